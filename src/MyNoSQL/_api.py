@@ -1,0 +1,138 @@
+"""The ``MyNoSQL`` handle: the calls existing users know, and a Pythonic surface around them."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from ._database import Change, Database, default_location
+from ._errors import DatabaseClosed
+from ._options import Options
+
+
+class MyNoSQL:
+    """A handle on one database at a time.
+
+    >>> import MyNoSQL
+    >>> db = MyNoSQL.MyNoSQL()           # doctest: +SKIP
+    >>> db.opendb("YourDatabaseName")   # doctest: +SKIP
+    >>> rec = db.savedoc({"temp": 21.5}) # doctest: +SKIP   -> {"id": "...", "rev": "1-...", "temp": 21.5}
+
+    Several databases can be open in one process: use one handle per database (or keep the ``Database``
+    objects that :meth:`opendb` returns). A handle is a context manager that closes its database on exit.
+
+    Where the files go: ``location`` (constructor), else :meth:`setdblocation`, else ``$MYNOSQL_HOME``, else the
+    per-user data directory (``~/.local/share/mynosql`` on Linux). Each database is a folder there.
+    """
+
+    def __init__(self, location: str | os.PathLike[str] | None = None, *, options: Options | None = None) -> None:
+        self._location = Path(location).expanduser() if location is not None else None
+        self.options = options or Options()
+        self._db: Database | None = None
+
+    # -- the seed API -----------------------------------------------------------------------------------------
+
+    def setdblocation(self, path: str | os.PathLike[str]) -> bool:
+        """Where the next :meth:`opendb` opens (or creates) its database folder."""
+        self._location = Path(path).expanduser()
+        return True
+
+    @property
+    def location(self) -> Path:
+        return self._location if self._location is not None else default_location()
+
+    def opendb(self, name: str) -> Database:
+        """Open (creating if needed) the database ``name``; closes the one this handle had open, if any.
+
+        Raises :class:`DatabaseLocked` if another process (or handle) has it open.
+        """
+        self.closedb()
+        self._db = Database(self.location, name, self.options)
+        return self._db
+
+    def closedb(self) -> None:
+        """Flush, stop background work and release the database. Does nothing if none is open."""
+        db, self._db = self._db, None
+        if db is not None:
+            db.close()
+
+    @property
+    def db(self) -> Database:
+        """The open database (raises :class:`DatabaseClosed` if none)."""
+        db = self._db
+        if db is None or db.closed:
+            raise DatabaseClosed("no database is open: call opendb(name) first")
+        return db
+
+    def setdbmode(self, mode: str) -> bool:
+        """``"Peer"`` or ``"Mirror"`` (any case), remembered by the database. Unknown mode: returns False."""
+        return self.db.setdbmode(mode)
+
+    def getdbmode(self) -> str:
+        return self.db.getdbmode()
+
+    def addpeer(self, url: str) -> bool:
+        """Remember a mirror (``http://host:8800``); the database keeps the list."""
+        return self.db.addpeer(url)
+
+    def savedoc(self, doc: dict[str, Any]) -> dict[str, Any]:
+        """Save a record; returns a new dict with its ``id`` (generated if absent) and new ``rev``.
+
+        - A record without ``id`` gets a random one (32 hex digits); any other string id is kept (ids starting
+          with ``_`` are reserved).
+        - To update, pass the ``rev`` you read: if the stored record has another revision (it changed since),
+          :class:`ConflictError` is raised and nothing is written. Saving unchanged content keeps the ``rev``.
+        - Durability: when ``savedoc`` returns, the record is in the write-ahead log in the operating system's
+          hands, so it survives the crash or kill of this process. With ``Options(durability="power")`` it is
+          also ``fdatasync``-ed before ``savedoc`` returns, so it survives power loss; concurrent savers share
+          syncs (group commit). Choose "power" for ledgers; the default suits loggers and games.
+        """
+        return self.db.savedoc(doc)
+
+    def readdoc(self, id: str) -> dict[str, Any]:
+        """The record's current (winning) revision, as a dict of your own. :class:`DocumentNotFound` if none."""
+        return self.db.readdoc(id)
+
+    def deletedoc(self, id: str, rev: str) -> dict[str, Any]:
+        """Delete revision ``rev`` of ``id``; returns ``{"id", "rev" (the tombstone's), "deleted": True}``."""
+        return self.db.deletedoc(id, rev)
+
+    def conflicts(self, id: str) -> list[str]:
+        return self.db.conflicts(id)
+
+    def changes(self, since: int = 0) -> Iterator[Change]:
+        return self.db.changes(since)
+
+    def indexadd(self, name: str) -> bool:
+        return self.db.indexadd(name)
+
+    def indexdrop(self, name: str) -> bool:
+        return self.db.indexdrop(name)
+
+    def indexread(self, name: str) -> dict[str, Any]:
+        return self.db.indexread(name)
+
+    def verify(self) -> list[str]:
+        return self.db.verify()
+
+    def compact(self) -> int:
+        return self.db.compact()
+
+    # -- Pythonic surface -------------------------------------------------------------------------------------
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        return iter(self.db)
+
+    def __len__(self) -> int:
+        return len(self.db)
+
+    def __contains__(self, id: object) -> bool:
+        return id in self.db
+
+    def __enter__(self) -> MyNoSQL:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.closedb()

@@ -1,0 +1,471 @@
+"""One open database: its directory, lock, remembered configuration and the record operations."""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+import threading
+import urllib.parse
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO, Any, NamedTuple
+
+import orjson
+
+from ._errors import (
+    ConflictError,
+    DatabaseClosed,
+    DatabaseLocked,
+    DocumentNotFound,
+    IndexNotFound,
+    InvalidDocument,
+    StorageError,
+)
+from ._options import Options
+from .docs import revtree
+from .docs.codec import decode_value, dumps_body, loads_body
+from .docs.revtree import DocState
+from .storage.fileutil import atomic_write, sweep_temp_files
+from .storage.store import Store, secondary_value
+
+CONFIG_FORMAT = 1
+MAX_ID_BYTES = 1024
+MODES = {"peer": "Peer", "mirror": "Mirror"}
+DEFAULT_PORT = 8800
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,199}$")
+_TOMBSTONE_BODY = b"{}"
+
+
+class _IdSource:
+    """uuid4 hex strings from a pool of OS randomness (one getrandom call per 256 ids, reset after fork)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._pool = b""
+        self._pos = 0
+        if hasattr(os, "register_at_fork"):
+            os.register_at_fork(after_in_child=self._reset)
+
+    def _reset(self) -> None:
+        self._pool, self._pos = b"", 0
+
+    def __call__(self) -> str:
+        with self._lock:
+            if self._pos >= len(self._pool):
+                self._pool, self._pos = os.urandom(4096), 0
+            b = bytearray(self._pool[self._pos : self._pos + 16])
+            self._pos += 16
+        b[6] = (b[6] & 0x0F) | 0x40  # version 4
+        b[8] = (b[8] & 0x3F) | 0x80  # RFC 4122 variant
+        return b.hex()
+
+
+new_id = _IdSource()
+
+
+class Change(NamedTuple):
+    """One entry of the changes feed: the newest revision of a record changed after ``since``."""
+
+    seq: int
+    id: str
+    rev: str
+    deleted: bool
+
+
+def validate_id(id: Any) -> str:
+    if type(id) is not str:
+        if isinstance(id, str):
+            return validate_id(str(id))
+        raise InvalidDocument(f"a record id must be a string, not {type(id).__name__}")
+    if not id:
+        raise InvalidDocument("a record id must not be empty")
+    if "\x00" in id:
+        raise InvalidDocument("a record id must not contain NUL")
+    if len(id) > MAX_ID_BYTES // 4 and len(id.encode("utf-8", "surrogatepass")) > MAX_ID_BYTES:
+        raise InvalidDocument(f"a record id must be at most {MAX_ID_BYTES} bytes in UTF-8")
+    if id[0] == "_":
+        raise InvalidDocument(f"record ids starting with '_' are reserved (CouchDB's rule): {id[:40]!r}")
+    try:
+        id.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise InvalidDocument("a record id must be valid Unicode (no lone surrogates)") from exc
+    return id
+
+
+def validate_db_name(name: Any) -> str:
+    if not isinstance(name, str) or not _NAME_RE.match(name) or name.endswith("."):
+        raise InvalidDocument(
+            f"database name {name!r} is not valid: use 1-200 letters, digits, '_', '-' or '.', "
+            "starting with a letter or digit"
+        )
+    return name
+
+
+def normalize_peer_url(url: Any) -> str:
+    if not isinstance(url, str):
+        raise InvalidDocument(f"a mirror URL must be a string, not {type(url).__name__}")
+    parts = urllib.parse.urlsplit(url.strip())
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise InvalidDocument(f"not a mirror URL (expected http://host:port or https://...): {url!r}")
+    try:
+        parts.port  # noqa: B018 - validates the port
+    except ValueError as exc:
+        raise InvalidDocument(f"bad port in mirror URL {url!r}") from exc
+    path = parts.path.rstrip("/")
+    return urllib.parse.urlunsplit((parts.scheme, parts.netloc, path, "", ""))
+
+
+def default_location() -> Path:
+    """The per-user data directory: ``$MYNOSQL_HOME``, else the platform's user data directory + MyNoSQL."""
+    env = os.environ.get("MYNOSQL_HOME")
+    if env:
+        return Path(env).expanduser()
+    home = Path.home()
+    if sys.platform == "win32":  # pragma: no cover
+        return Path(os.environ.get("LOCALAPPDATA", home / "AppData" / "Local")) / "MyNoSQL"
+    if sys.platform == "darwin":  # pragma: no cover
+        return home / "Library" / "Application Support" / "MyNoSQL"
+    return Path(os.environ.get("XDG_DATA_HOME") or home / ".local" / "share") / "mynosql"
+
+
+class _FileLock:
+    """An exclusive OS lock on ``LOCK``: released by the OS if the process dies."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._f: IO[bytes] | None = None
+
+    def acquire(self) -> None:
+        f = open(self.path, "a+b")  # noqa: SIM115 - held open for the database's lifetime
+        try:
+            if sys.platform == "win32":  # pragma: no cover
+                import msvcrt
+
+                msvcrt.locking(f.fileno(), msvcrt.LK_NBLCK, 1)
+            else:
+                import fcntl
+
+                fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            f.close()
+            raise DatabaseLocked(
+                f"database {self.path.parent} is open in another process or handle; close it there first"
+            ) from exc
+        self._f = f
+
+    def release(self) -> None:
+        if self._f is not None:
+            self._f.close()
+            self._f = None
+
+
+class Database:
+    """An open database. Thread-safe. Get one from ``MyNoSQL.opendb``."""
+
+    def __init__(self, location: Path, name: str, options: Options) -> None:
+        self.name = validate_db_name(name)
+        self.options = options
+        self.path = Path(location) / name
+        self._closed = True
+        try:
+            location = Path(location)
+            if not location.exists():
+                location.mkdir(parents=True, mode=0o700)  # the data directory: owner only
+            if not self.path.exists():
+                self.path.mkdir(mode=0o700)
+        except OSError as exc:
+            raise StorageError(exc.errno, f"cannot create database directory {self.path}: {exc.strerror}") from exc
+        self._lock = _FileLock(self.path / "LOCK")
+        self._lock.acquire()
+        try:
+            sweep_temp_files(self.path)
+            self._config_lock = threading.Lock()
+            self.config = self._load_config()
+            self.store = Store(self.path, options)
+            self.store.sidx_fields = tuple(self.config["indexes"])
+        except BaseException:
+            self._lock.release()
+            raise
+        self._closed = False
+
+    # -- lifecycle --------------------------------------------------------------------------------------------
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def _check(self) -> Store:
+        if self._closed:
+            raise DatabaseClosed(f"database {self.name!r} is closed")
+        return self.store
+
+    def close(self) -> None:
+        """Flush pending records into shards, stop background work and release the lock. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self.store.close()
+        finally:
+            self._lock.release()
+
+    def __enter__(self) -> Database:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- configuration (remembered in config.json) ------------------------------------------------------------
+
+    def _load_config(self) -> dict[str, Any]:
+        path = self.path / "config.json"
+        base: dict[str, Any] = {"format": CONFIG_FORMAT, "mode": "Peer", "peers": [], "indexes": [],
+                                "host": "127.0.0.1", "port": DEFAULT_PORT}
+        if path.exists():
+            try:
+                loaded = orjson.loads(path.read_bytes())
+                if not isinstance(loaded, dict):
+                    raise ValueError("not an object")
+            except (ValueError, orjson.JSONDecodeError) as exc:
+                from ._errors import CorruptionError
+
+                raise CorruptionError(f"{path} is damaged: {exc}", path=str(path)) from exc
+            base.update(loaded)
+        return base
+
+    def _save_config(self) -> None:
+        atomic_write(self.path / "config.json", orjson.dumps(self.config, option=orjson.OPT_INDENT_2))
+
+    def setdbmode(self, mode: Any) -> bool:
+        self._check()
+        norm = MODES.get(mode.lower()) if isinstance(mode, str) else None
+        if norm is None:
+            return False
+        with self._config_lock:
+            if self.config["mode"] != norm:
+                self.config["mode"] = norm
+                self._save_config()
+        return True
+
+    def getdbmode(self) -> str:
+        self._check()
+        return str(self.config["mode"])
+
+    def addpeer(self, url: str) -> bool:
+        """Remember a mirror URL (normalised; duplicates are ignored). Returns True."""
+        self._check()
+        norm = normalize_peer_url(url)
+        with self._config_lock:
+            if norm not in self.config["peers"]:
+                self.config["peers"] = [*self.config["peers"], norm]
+                self._save_config()
+        return True
+
+    def peers(self) -> list[str]:
+        self._check()
+        return list(self.config["peers"])
+
+    # -- records ----------------------------------------------------------------------------------------------
+
+    def savedoc(self, doc: dict[str, Any]) -> dict[str, Any]:
+        store = self._check()
+        if not isinstance(doc, dict):
+            raise InvalidDocument(f"a record must be a dict, not {type(doc).__name__}")
+        id = doc.get("id")
+        fresh = id is None  # a random 128-bit id is new: no need to look it up
+        id = new_id() if fresh else validate_id(id)
+        rev = doc.get("rev")
+        if rev is not None and type(rev) is not str:
+            raise InvalidDocument(f"rev must be a string, not {type(rev).__name__}")
+        body = {k: v for k, v in doc.items() if k != "id" and k != "rev"}
+        blob = dumps_body(body)
+        if len(blob) > self.options.max_doc_bytes:
+            raise InvalidDocument(
+                f"record {id!r} is {len(blob)} bytes encoded, over the limit of {self.options.max_doc_bytes}"
+            )
+        limit = self.options.revs_limit
+
+        def mutate(prev: DocState | None) -> DocState | None:
+            if prev is None:
+                if rev is not None:
+                    raise ConflictError(f"record {id!r} does not exist, so {rev!r} is not its current revision",
+                                        id=id)
+                new = revtree.new_rev(None, False, blob)
+                return DocState(id, 0, {new: (None, False)}, {new: blob})
+            tree = prev.tree
+            win = prev.winner
+            if rev is None:
+                if not tree[win][1]:
+                    raise ConflictError(
+                        f"record {id!r} already exists (rev {win}); pass its current rev to update it",
+                        id=id, current_rev=win)
+                parent = win  # re-creating a deleted record continues its history
+            elif rev in prev.bodies and not tree[rev][1]:
+                parent = rev
+                if prev.bodies[rev] == blob:
+                    return None  # same content: no new revision
+            else:
+                raise ConflictError(
+                    f"record {id!r} has revision {win}, not {rev}: it was changed since you read it",
+                    id=id, current_rev=win)
+            new = revtree.new_rev(parent, False, blob)
+            tree2 = dict(tree)
+            tree2[new] = (parent, False)
+            bodies = dict(prev.bodies)
+            del bodies[parent]
+            bodies[new] = blob
+            return DocState(id, 0, revtree.stem(tree2, limit), bodies)
+
+        prev, state = store.put(id, mutate, fresh=fresh)
+        out: dict[str, Any] = {"id": id, "rev": (state or prev).winner}  # type: ignore[union-attr]
+        out.update(loads_body(blob))
+        return out
+
+    def readdoc(self, id: str) -> dict[str, Any]:
+        store = self._check()
+        if type(id) is not str:
+            id = validate_id(id)
+        state = store.get_state(id)
+        if state is None:
+            raise DocumentNotFound(id)
+        win = state.winner
+        if state.tree[win][1]:
+            raise DocumentNotFound(id, deleted=True)
+        out: dict[str, Any] = {"id": id, "rev": win}
+        out.update(loads_body(state.bodies[win]))
+        return out
+
+    def deletedoc(self, id: str, rev: str) -> dict[str, Any]:
+        """Delete the revision ``rev`` of record ``id`` (leaves a tombstone that replicates)."""
+        store = self._check()
+        id = validate_id(id)
+        if type(rev) is not str:
+            raise InvalidDocument("deletedoc needs the rev being deleted (a string)")
+        tombstone = revtree.new_rev(rev, True, _TOMBSTONE_BODY)
+
+        def mutate(prev: DocState | None) -> DocState:
+            if prev is None:
+                raise DocumentNotFound(id)
+            tree = prev.tree
+            if rev not in prev.bodies or tree[rev][1]:
+                if tree[prev.winner][1]:
+                    raise DocumentNotFound(id, deleted=True)
+                raise ConflictError(f"record {id!r} has revision {prev.winner}, not {rev}", id=id,
+                                    current_rev=prev.winner)
+            tree2 = dict(tree)
+            tree2[tombstone] = (rev, True)
+            bodies = dict(prev.bodies)
+            del bodies[rev]
+            bodies[tombstone] = _TOMBSTONE_BODY
+            return DocState(id, 0, revtree.stem(tree2, self.options.revs_limit), bodies)
+
+        store.put(id, mutate)
+        return {"id": id, "rev": tombstone, "deleted": True}
+
+    def conflicts(self, id: str) -> list[str]:
+        """Revisions of ``id`` that lost the winner rule and are not deleted (CouchDB's ``_conflicts``)."""
+        state = self._check().get_state(validate_id(id))
+        if state is None:
+            raise DocumentNotFound(id)
+        return state.conflicts()
+
+    def changes(self, since: int = 0) -> Iterator[Change]:
+        """The local changes feed: the newest revision of each record changed after ``since``, oldest first."""
+        store = self._check()
+        for s in store.iter_states(since):
+            win = s.winner
+            yield Change(s.seq, s.id, win, s.tree[win][1])
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        """Every record (not deleted), in change order."""
+        store = self._check()
+        for s in store.iter_states(0):
+            win = s.winner
+            if not s.tree[win][1]:
+                out: dict[str, Any] = {"id": s.id, "rev": win}
+                out.update(loads_body(s.bodies[win]))
+                yield out
+
+    def __len__(self) -> int:
+        return self._check().live_count
+
+    def __contains__(self, id: object) -> bool:
+        if not isinstance(id, str):
+            return False
+        state = self._check().get_state(id)
+        return state is not None and not state.deleted
+
+    @property
+    def seq(self) -> int:
+        """The change sequence of the latest change."""
+        return self._check().seq
+
+    # -- secondary indexes ------------------------------------------------------------------------------------
+
+    def indexadd(self, name: str) -> bool:
+        """Index the field ``name`` of every record. Returns False if it was indexed already."""
+        store = self._check()
+        if not isinstance(name, str) or not name or name in ("id", "rev"):
+            raise InvalidDocument(f"cannot index field {name!r}")
+        with self._config_lock:
+            if name in self.config["indexes"]:
+                return False
+            with store._flush_lock:
+                rows = []
+                for s in store.iter_states(0):
+                    v = secondary_value(s, name)
+                    if v is not None:
+                        rows.append((s.id, v))
+                store.index.set_secondary(name, rows)
+                self.config["indexes"] = [*self.config["indexes"], name]
+                self._save_config()
+                store.sidx_fields = tuple(self.config["indexes"])
+        return True
+
+    def indexdrop(self, name: str) -> bool:
+        store = self._check()
+        with self._config_lock:
+            if name not in self.config["indexes"]:
+                return False
+            with store._flush_lock:
+                self.config["indexes"] = [n for n in self.config["indexes"] if n != name]
+                store.sidx_fields = tuple(self.config["indexes"])
+                self._save_config()
+                store.index.drop_secondary(name)
+        return True
+
+    def indexes(self) -> list[str]:
+        self._check()
+        return list(self.config["indexes"])
+
+    def indexread(self, name: str) -> dict[str, Any]:
+        """``{id: value of field name}`` for every record that has the field."""
+        store = self._check()
+        if name not in self.config["indexes"]:
+            raise IndexNotFound(f"no index on field {name!r}; create it with indexadd({name!r})")
+        with store.lock:
+            pending = dict(store._frozen)
+            pending.update(store._active)
+        out: dict[str, Any] = {i: decode_value(orjson.loads(v)) for i, v in store.index.secondary(name)}
+        for id, s in pending.items():
+            v = secondary_value(s, name)
+            if v is None:
+                out.pop(id, None)
+            else:
+                out[id] = decode_value(orjson.loads(v))
+        return out
+
+    # -- maintenance ------------------------------------------------------------------------------------------
+
+    def flush(self) -> None:
+        """Pack pending records into shard files now (the compactor does this by itself)."""
+        self._check().flush()
+
+    def compact(self) -> int:
+        """Rewrite shards that hold dead records and delete what is left empty. Returns records moved."""
+        return self._check().compact()
+
+    def verify(self) -> list[str]:
+        """Check every checksum and the index. Returns the problems found (an empty list: all is well)."""
+        return self._check().verify()

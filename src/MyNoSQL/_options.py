@@ -1,0 +1,64 @@
+"""Typed, frozen options of a database."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Literal
+
+Durability = Literal["process", "power"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Options:
+    """Tuning knobs of one open database. The defaults suit most applications.
+
+    durability:
+        ``"process"`` (default): a ``savedoc`` that returned survives a crash of the process (SIGKILL included),
+        because the write-ahead log record is in the operating system's hands before ``savedoc`` returns.
+        ``"power"``: a ``savedoc`` that returned also survives power loss or an OS crash: the log is
+        ``fdatasync``-ed before returning. Concurrent writers share one sync (group commit).
+    cache_docs:
+        how many recently used records stay decoded in RAM (the LRU); records still referenced elsewhere stay
+        reachable through a weak-value map at no extra cost.
+    block_cache_bytes:
+        how many bytes of decompressed shard blocks stay in RAM.
+    max_doc_bytes:
+        the largest encoded record accepted by ``savedoc`` (default 8 MiB).
+    revs_limit:
+        how many ancestors of each leaf revision are remembered (as CouchDB's ``_revs_limit``).
+    flush_docs, flush_interval:
+        the background compactor packs the write-ahead log into LZMA shard blocks once this many records are
+        pending, or this many seconds after the first pending one.
+    block_docs:
+        records per compressed block (16-64 is the measured sweet spot of size against read latency).
+    shard_max_bytes:
+        a shard file is closed for appends past this size and a new one begun.
+    gc_live_ratio:
+        a closed shard whose live records fall below this fraction of its records is rewritten (its live
+        records move to the newest shard) and deleted.
+    """
+
+    durability: Durability = "process"
+    cache_docs: int = 10_000
+    block_cache_bytes: int = 16 * 1024 * 1024
+    max_doc_bytes: int = 8 * 1024 * 1024
+    revs_limit: int = 1000
+    flush_docs: int = 4096
+    flush_interval: float = 1.0
+    block_docs: int = 64
+    shard_max_bytes: int = 64 * 1024 * 1024
+    gc_live_ratio: float = 0.5
+
+    def __post_init__(self) -> None:
+        if self.durability not in ("process", "power"):
+            raise ValueError(f"durability must be 'process' or 'power', not {self.durability!r}")
+        for name in ("cache_docs", "block_cache_bytes", "max_doc_bytes", "revs_limit", "flush_docs",
+                     "block_docs", "shard_max_bytes"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1")
+        if not 1 <= self.block_docs <= 255:
+            raise ValueError("block_docs must be between 1 and 255")
+        if self.flush_interval <= 0:
+            raise ValueError("flush_interval must be positive")
+        if not 0.0 <= self.gc_live_ratio < 1.0:
+            raise ValueError("gc_live_ratio must be in [0, 1)")

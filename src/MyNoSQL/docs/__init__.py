@@ -1,0 +1,1 @@
+"""Records: the value codec and revision trees (pure code, no I/O)."""

@@ -1,0 +1,201 @@
+"""The reversible encoding of record values (dict <-> JSON bytes). No pickle, ever.
+
+JSON holds ``dict`` (string keys), ``list``, ``str``, ``int``, ``float`` (finite), ``bool`` and ``None``; they are
+stored as themselves. Other supported types are stored as a JSON object with exactly one key that starts with
+``$`` (a *tag*):
+
+=====================  ==========================================  =====================================
+Python value           stored as                                   notes
+=====================  ==========================================  =====================================
+``bytes``              ``{"$bytes": "<base64>"}``                  ``bytearray``/``memoryview`` -> bytes
+``datetime.datetime``  ``{"$datetime": "<isoformat>"}``            naive stays naive, tz-aware keeps tz
+``datetime.date``      ``{"$date": "YYYY-MM-DD"}``
+``datetime.time``      ``{"$time": "<isoformat>"}``
+``decimal.Decimal``    ``{"$decimal": "<str>"}``                   exact, NaN and signs included
+``uuid.UUID``          ``{"$uuid": "<canonical str>"}``
+``tuple``              ``{"$tuple": [...]}``
+``set``/``frozenset``  ``{"$set": [...]}`` / ``{"$frozenset": ...}`` elements sorted by their encoding
+``int`` beyond 64 bit  ``{"$int": "<decimal digits>"}``
+=====================  ==========================================  =====================================
+
+A dict of the application's that itself has exactly one key starting with ``$`` is wrapped as
+``{"$dict": {...}}`` so it can never be mistaken for a tag. Subclasses of ``str``, ``int``, ``float``, ``dict``
+and ``list`` (an ``Enum`` of strings, an ``OrderedDict``...) are stored as their base type. Anything else, a
+non-string dict key, NaN or infinity raises :class:`~MyNoSQL.InvalidValueType` naming the key path, and nothing
+is written.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime
+import decimal
+import math
+import uuid
+from typing import Any
+
+import orjson
+
+from .._errors import InvalidDocument, InvalidValueType
+
+MAX_DEPTH = 200
+_FAST = orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_SUBCLASS | orjson.OPT_PASSTHROUGH_DATACLASS
+_INT_MIN = -(2**63)
+_INT_MAX = 2**64 - 1
+_NoneType = type(None)
+_TAGS = frozenset(
+    ("$bytes", "$datetime", "$date", "$time", "$decimal", "$uuid", "$tuple", "$set", "$frozenset", "$int",
+     "$dict")
+)
+
+
+def _path(parent: Any) -> str:
+    parts: list[str] = []
+    while parent is not None:
+        parent, key = parent
+        parts.append(f"[{key!r}]")
+    return "".join(reversed(parts)) or "<record>"
+
+
+def _bad(value: Any, where: Any, why: str | None = None) -> InvalidValueType:
+    path = _path(where)
+    what = why or f"values of type {type(value).__module__}.{type(value).__qualname__} cannot be stored"
+    return InvalidValueType(f"{what} (at {path})", path=path)
+
+
+def encode_value(v: Any, where: Any = None, depth: int = 0) -> Any:
+    """Return the JSON-able form of ``v``; ``where`` is the key path as nested (parent, key) pairs."""
+    t = type(v)
+    if t is str or t is bool or t is _NoneType:
+        return v
+    if t is float:
+        if math.isfinite(v):
+            return v
+        raise _bad(v, where, f"{v!r} is not a JSON number")
+    if t is int:
+        return v if _INT_MIN <= v <= _INT_MAX else {"$int": str(v)}
+    if depth >= MAX_DEPTH:
+        raise InvalidDocument(f"values nest deeper than {MAX_DEPTH} levels (at {_path(where)})")
+    d1 = depth + 1
+    if t is dict:
+        out = {}
+        for k, item in v.items():
+            if type(k) is not str:
+                if not isinstance(k, str):
+                    raise _bad(k, (where, k), f"dict keys must be strings, not {type(k).__name__}")
+                k = str(k)
+            out[k] = encode_value(item, (where, k), d1)
+        if len(out) == 1 and next(iter(out)).startswith("$"):
+            return {"$dict": out}
+        return out
+    if t is list:
+        return [encode_value(item, (where, i), d1) for i, item in enumerate(v)]
+    if t is datetime.datetime:
+        return {"$datetime": v.isoformat()}
+    if t is datetime.date:
+        return {"$date": v.isoformat()}
+    if t is datetime.time:
+        return {"$time": v.isoformat()}
+    if t is bytes:
+        return {"$bytes": base64.b64encode(v).decode("ascii")}
+    if t is decimal.Decimal:
+        return {"$decimal": str(v)}
+    if t is uuid.UUID:
+        return {"$uuid": str(v)}
+    if t is tuple:
+        return {"$tuple": [encode_value(item, (where, i), d1) for i, item in enumerate(v)]}
+    if t is set or t is frozenset:
+        items = [encode_value(item, (where, "<set item>"), d1) for item in v]
+        items.sort(key=orjson.dumps)
+        return {"$set" if t is set else "$frozenset": items}
+    # Subclasses of the plain types are stored as their base type.
+    if isinstance(v, bool):
+        return bool(v)
+    if isinstance(v, str):
+        return str(v)
+    if isinstance(v, int):
+        return encode_value(int(v), where, depth)
+    if isinstance(v, float):
+        return encode_value(float(v), where, depth)
+    if isinstance(v, dict):
+        return encode_value(dict(v), where, depth)
+    if isinstance(v, list):
+        return encode_value(list(v), where, depth)
+    if isinstance(v, (bytearray, memoryview)):
+        return encode_value(bytes(v), where, depth)
+    raise _bad(v, where)
+
+
+def decode_value(v: Any) -> Any:
+    """Inverse of :func:`encode_value` on a freshly parsed JSON value (mutated in place where possible)."""
+    t = type(v)
+    if t is dict:
+        if len(v) == 1:
+            key = next(iter(v))
+            if key in _TAGS:
+                return _decode_tag(key, v[key])
+        for k, item in v.items():
+            if type(item) is dict or type(item) is list:
+                v[k] = decode_value(item)
+        return v
+    if t is list:
+        for i, item in enumerate(v):
+            if type(item) is dict or type(item) is list:
+                v[i] = decode_value(item)
+        return v
+    return v
+
+
+def _decode_tag(tag: str, arg: Any) -> Any:
+    if tag == "$dict":
+        return {k: decode_value(item) for k, item in arg.items()}
+    if tag == "$datetime":
+        return datetime.datetime.fromisoformat(arg)
+    if tag == "$date":
+        return datetime.date.fromisoformat(arg)
+    if tag == "$time":
+        return datetime.time.fromisoformat(arg)
+    if tag == "$bytes":
+        return base64.b64decode(arg)
+    if tag == "$decimal":
+        return decimal.Decimal(arg)
+    if tag == "$uuid":
+        return uuid.UUID(arg)
+    if tag == "$tuple":
+        return tuple(decode_value(item) for item in arg)
+    if tag == "$set":
+        return {decode_value(item) for item in arg}
+    if tag == "$frozenset":
+        return frozenset(decode_value(item) for item in arg)
+    if tag == "$int":
+        return int(arg)
+    raise AssertionError(tag)  # pragma: no cover - _TAGS and this function list the same tags
+
+
+def _refuse(value: Any) -> Any:
+    raise TypeError
+
+
+def dumps_body(body: dict[str, Any]) -> bytes:
+    """Encode a record body (without ``id``/``rev``) to compact JSON bytes.
+
+    Fast path: most records hold only plain JSON types. orjson serialises them (refusing anything it would
+    have to convert), and if parsing the result gives back an equal value with no ``"$`` string in it, the
+    bytes are exactly what :func:`encode_value` would give. Otherwise the full walk runs.
+    """
+    try:
+        data = orjson.dumps(body, option=_FAST, default=_refuse)
+        if b'"$' not in data and orjson.loads(data) == body:
+            return data
+    except TypeError:  # orjson.JSONEncodeError is a TypeError
+        pass
+    return orjson.dumps(encode_value(body))
+
+
+def loads_body(data: bytes) -> dict[str, Any]:
+    """Decode bytes made by :func:`dumps_body` into a new dict owned by the caller."""
+    value = orjson.loads(data)
+    if b'"$' in data:
+        value = decode_value(value)
+    result: dict[str, Any] = value
+    return result

@@ -1,0 +1,203 @@
+"""Revision trees, CouchDB style. Pure functions and one small value class; no I/O.
+
+A revision id is ``"<generation>-<hash>"`` where the generation counts edits from the first save and the hash is
+32 lowercase hex digits (MD5 of the parent revision, the deleted flag and the encoded body, so the same edit
+made on two nodes gets the same id). A record keeps a tree of revisions: every edit adds a child to a leaf;
+replication can add branches (concurrent edits), which are *conflicts*.
+
+The winner among the leaves is the same everywhere (CouchDB's rule): the leaf that is not deleted before one
+that is, then the highest generation, then the highest hash in ASCII order. Bodies are kept for leaves only;
+ancestors are remembered by id, at most ``revs_limit`` of them behind each leaf (stemming).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import re
+import struct
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import orjson
+
+from .._errors import CorruptionError
+
+REV_RE = re.compile(r"^([1-9][0-9]{0,9})-([0-9a-zA-Z]{1,64})$")
+STRICT_REV_RE = re.compile(r"^[1-9][0-9]{0,9}-[0-9a-f]{32}$")
+
+# node: rev -> (parent rev or None, deleted)
+Tree = dict[str, tuple[str | None, bool]]
+
+
+def parse_rev(rev: str) -> tuple[int, str]:
+    """Split ``"3-abc..."`` into ``(3, "abc...")``; raise ``ValueError`` if it is not a revision id."""
+    m = REV_RE.match(rev) if type(rev) is str else None
+    if m is None:
+        raise ValueError(f"not a revision id: {rev!r}")
+    return int(m.group(1)), m.group(2)
+
+
+def rev_gen(rev: str) -> int:
+    return int(rev[: rev.index("-")])
+
+
+def rev_key(rev: str, deleted: bool) -> tuple[bool, int, str]:
+    """Sort key of the winner rule: higher wins."""
+    gen, _, h = rev.partition("-")
+    return (not deleted, int(gen), h)
+
+
+def new_rev(parent: str | None, deleted: bool, body: bytes) -> str:
+    """The deterministic id of the revision that follows ``parent`` with this body."""
+    gen = rev_gen(parent) + 1 if parent else 1
+    h = hashlib.md5(usedforsecurity=False)
+    h.update((parent or "").encode())
+    h.update(b"\x01" if deleted else b"\x00")
+    h.update(body)
+    return f"{gen}-{h.hexdigest()}"
+
+
+def leaves(tree: Tree) -> list[str]:
+    parents = {p for p, _ in tree.values() if p is not None}
+    return [r for r in tree if r not in parents]
+
+
+def winner(tree: Tree) -> str:
+    return max(leaves(tree), key=lambda r: rev_key(r, tree[r][1]))
+
+
+def sorted_leaves(tree: Tree) -> list[str]:
+    """Leaves, winner first, then the others in the order of the winner rule."""
+    return sorted(leaves(tree), key=lambda r: rev_key(r, tree[r][1]), reverse=True)
+
+
+def ancestry(tree: Tree, rev: str) -> list[str]:
+    """``rev`` and its known ancestors, newest first."""
+    out = [rev]
+    parent = tree[rev][0]
+    while parent is not None and parent in tree:
+        out.append(parent)
+        parent = tree[parent][0]
+    return out
+
+
+def stem(tree: Tree, limit: int) -> Tree:
+    """Keep at most ``limit`` revisions on each leaf's path (the leaf included)."""
+    if len(tree) <= limit:
+        return tree
+    keep: set[str] = set()
+    for leaf in leaves(tree):
+        keep.update(ancestry(tree, leaf)[:limit])
+    out: Tree = {}
+    for rev, (parent, deleted) in tree.items():
+        if rev in keep:
+            out[rev] = (parent if parent in keep else None, deleted)
+    return out
+
+
+def merge_path(tree: Tree, path: Sequence[str], deleted: bool) -> tuple[Tree, bool]:
+    """Graft a revision path (leaf first, then its ancestors, newest to oldest) into ``tree``.
+
+    Returns the new tree and whether the leaf was new. Used by replication (``new_edits=false``): the path's
+    generations must be consecutive. The leaf is marked ``deleted`` as given; ancestors already known keep
+    their flags.
+    """
+    if not path:
+        raise ValueError("empty revision path")
+    gens = [parse_rev(r)[0] for r in path]
+    for a, b in itertools.pairwise(gens):
+        if a != b + 1:
+            raise ValueError(f"revision path is not consecutive: {list(path)!r}")
+    if path[0] in tree:
+        return tree, False
+    out = dict(tree)
+    # Oldest first, so parents are inserted before children (the encoding relies on that order).
+    chain = list(reversed(path))
+    for i, rev in enumerate(chain):
+        parent = chain[i - 1] if i else None
+        if rev in out:
+            continue
+        if parent is None:
+            # The oldest revision of the path: attach it to a known parent if the tree has one
+            # (path stemmed on the other side); otherwise it is a root.
+            out[rev] = (None, False)
+        else:
+            out[rev] = (parent, False)
+    out[path[0]] = (out[path[0]][0], deleted)
+    return out, True
+
+
+def revs_diff(tree: Tree | None, revs: Iterable[str]) -> list[str]:
+    """The revisions of ``revs`` that ``tree`` does not hold."""
+    if tree is None:
+        return list(dict.fromkeys(revs))
+    return [r for r in dict.fromkeys(revs) if r not in tree]
+
+
+class DocState:
+    """Everything stored about one record: its id, last change seq, revision tree and leaf bodies."""
+
+    __slots__ = ("__weakref__", "bodies", "disk_loc", "id", "in_x", "seq", "tree")
+
+    def __init__(self, id: str, seq: int, tree: Tree, bodies: dict[str, bytes]) -> None:
+        self.id = id
+        self.seq = seq
+        self.tree = tree
+        self.bodies = bodies  # leaf rev -> encoded body (JSON bytes); deleted leaves keep theirs too
+        # Where the newest on-disk state of this id is (bno << 8 | slot), -1 if none; and whether its index row
+        # is in the collision table. Storage bookkeeping, not part of the encoding.
+        self.disk_loc = -1
+        self.in_x = False
+
+    @property
+    def winner(self) -> str:
+        tree = self.tree
+        if len(tree) == 1:
+            return next(iter(tree))
+        return winner(tree)
+
+    @property
+    def deleted(self) -> bool:
+        return self.tree[self.winner][1]
+
+    def conflicts(self) -> list[str]:
+        """Non-deleted leaves other than the winner, in winner-rule order (CouchDB's ``_conflicts``)."""
+        tree = self.tree
+        return [r for r in sorted_leaves(tree)[1:] if not tree[r][1]]
+
+    def deleted_conflicts(self) -> list[str]:
+        tree = self.tree
+        return [r for r in sorted_leaves(tree)[1:] if tree[r][1]]
+
+    # -- encoding ---------------------------------------------------------------------------------------------
+    # record := meta_len u32 | meta JSON [id, seq, [[rev, parent_index, deleted], ...], [[node, body_len], ...]]
+    #           | body bytes, in the order of the meta list
+
+    def to_bytes(self) -> bytes:
+        index = {}
+        nodes: list[list[Any]] = []
+        for i, (rev, (parent, deleted)) in enumerate(self.tree.items()):
+            index[rev] = i
+            nodes.append([rev, -1 if parent is None else index[parent], 1 if deleted else 0])
+        lens = [[index[r], len(b)] for r, b in self.bodies.items()]
+        meta = orjson.dumps([self.id, self.seq, nodes, lens])
+        return b"".join((struct.pack("<I", len(meta)), meta, *self.bodies.values()))
+
+    @classmethod
+    def from_bytes(cls, data: bytes | memoryview) -> DocState:
+        try:
+            (mlen,) = struct.unpack_from("<I", data, 0)
+            id, seq, nodes, lens = orjson.loads(data[4 : 4 + mlen])
+            revs = [n[0] for n in nodes]
+            tree: Tree = {n[0]: (None if n[1] < 0 else revs[n[1]], bool(n[2])) for n in nodes}
+            bodies: dict[str, bytes] = {}
+            pos = 4 + mlen
+            for idx, blen in lens:
+                bodies[revs[idx]] = bytes(data[pos : pos + blen])
+                pos += blen
+            if pos != len(data) or not tree:
+                raise ValueError("record length mismatch")
+        except (ValueError, TypeError, IndexError, KeyError, struct.error) as exc:
+            raise CorruptionError(f"undecodable record: {exc}") from exc
+        return cls(id, seq, tree, bodies)

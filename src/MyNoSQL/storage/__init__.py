@@ -1,0 +1,1 @@
+"""On-disk storage: write-ahead log, LZMA shard files, the SQLite index and the RAM caches."""

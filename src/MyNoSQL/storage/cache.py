@@ -1,0 +1,101 @@
+"""RAM caches: decoded records (weak-value map + bounded LRU) and decompressed blocks (LRU bounded in bytes).
+
+Records that nothing uses any more are purged: the LRU holds at most ``capacity`` states; a state evicted from
+it stays reachable through the weak-value map only while something else (a pending write, an iterator, a
+replication batch) still holds it, and vanishes with the last reference.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import weakref
+from collections import OrderedDict
+from typing import Generic, TypeVar
+
+K = TypeVar("K")
+V = TypeVar("V")
+
+
+class RecordCache(Generic[K, V]):
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self._lru: OrderedDict[K, V] = OrderedDict()
+        self._weak: weakref.WeakValueDictionary[K, V] = weakref.WeakValueDictionary()
+        self._lock = threading.Lock()
+
+    def get(self, key: K) -> V | None:
+        value = self._lru.get(key)
+        if value is not None:
+            with contextlib.suppress(KeyError):  # evicted by another thread meanwhile; the value is still right
+                self._lru.move_to_end(key)
+            return value
+        value = self._weak.get(key)
+        if value is not None:
+            self.put(key, value)
+        return value
+
+    def put(self, key: K, value: V) -> None:
+        with self._lock:
+            lru = self._lru
+            lru[key] = value
+            lru.move_to_end(key)
+            self._weak[key] = value
+            while len(lru) > self.capacity:
+                lru.popitem(last=False)
+
+    def discard(self, key: K) -> None:
+        with self._lock:
+            self._lru.pop(key, None)
+            self._weak.pop(key, None)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._lru.clear()
+            self._weak.clear()
+
+    def __len__(self) -> int:
+        return len(self._lru)
+
+
+class BlockCache:
+    """Decompressed blocks by block number, bounded by the total bytes they hold."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self._lru: OrderedDict[int, list[bytes]] = OrderedDict()
+        self._sizes: dict[int, int] = {}
+        self._total = 0
+        self._lock = threading.Lock()
+
+    def get(self, bno: int) -> list[bytes] | None:
+        with self._lock:
+            value = self._lru.get(bno)
+            if value is not None:
+                self._lru.move_to_end(bno)
+            return value
+
+    def put(self, bno: int, records: list[bytes]) -> None:
+        size = sum(map(len, records)) + 64 * len(records)
+        if size > self.max_bytes:
+            return
+        with self._lock:
+            if bno in self._lru:
+                return
+            self._lru[bno] = records
+            self._sizes[bno] = size
+            self._total += size
+            while self._total > self.max_bytes:
+                old, _ = self._lru.popitem(last=False)
+                self._total -= self._sizes.pop(old)
+
+    def discard(self, bno: int) -> None:
+        with self._lock:
+            if self._lru.pop(bno, None) is not None:
+                self._total -= self._sizes.pop(bno)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._lru.clear()
+            self._sizes.clear()
+            self._total = 0

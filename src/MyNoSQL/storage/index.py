@@ -1,0 +1,228 @@
+"""The index: where each record's newest state lives, which blocks exist, and secondary indexes.
+
+It is a SQLite database (``index.sqlite``, WAL journal) written only by the compactor, once per flush, in one
+transaction with the shard lengths it covers; so the index and the shard files always agree after a crash.
+
+Tables::
+
+    meta(k TEXT PRIMARY KEY, v)                         format, flushed_seq, next_bno, live_count
+    docs(h INTEGER PRIMARY KEY, loc INTEGER)            h = 64-bit BLAKE2b of the id; loc = bno << 8 | slot
+    docs_x(id TEXT PRIMARY KEY, loc INTEGER)            the rare id whose hash another id already has
+    blocks(bno INTEGER PRIMARY KEY, shard, off, len,    one row per shard block; live = records in it that
+           count, first_seq, last_seq, live)             are still the newest state of their id
+    shards(n INTEGER PRIMARY KEY, size)                 committed length of each shard file
+    sidx(name TEXT, id TEXT, value BLOB)                secondary indexes: JSON of the field's value
+
+Keying ``docs`` by a hash keeps the row at ~20 bytes whatever the id's length: the id itself is inside the
+record, and every read checks it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import sqlite3
+import threading
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+from .._errors import CorruptionError, StorageError
+from .shards import BlockInfo
+
+FORMAT = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta(k TEXT PRIMARY KEY, v) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS docs(h INTEGER PRIMARY KEY, loc INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS docs_x(id TEXT PRIMARY KEY, loc INTEGER NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS blocks(bno INTEGER PRIMARY KEY, shard INTEGER NOT NULL, off INTEGER NOT NULL,
+    len INTEGER NOT NULL, count INTEGER NOT NULL, first_seq INTEGER NOT NULL, last_seq INTEGER NOT NULL,
+    live INTEGER NOT NULL);
+CREATE INDEX IF NOT EXISTS blocks_by_seq ON blocks(last_seq);
+CREATE TABLE IF NOT EXISTS shards(n INTEGER PRIMARY KEY, size INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS sidx(name TEXT NOT NULL, id TEXT NOT NULL, value BLOB, PRIMARY KEY(name, id))
+    WITHOUT ROWID;
+"""
+
+
+def id_hash(id: str) -> int:
+    return int.from_bytes(hashlib.blake2b(id.encode(), digest_size=8).digest(), "little", signed=True)
+
+
+class Index:
+    """SQLite index. Reads go through one shared connection (serialised); the compactor writes through its own."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        try:
+            self._w = self._connect()
+            self._w.executescript(_SCHEMA)
+            fmt = self.meta("format")
+            if fmt is None:
+                self._w.execute("INSERT INTO meta VALUES('format', ?)", (FORMAT,))
+            elif fmt != FORMAT:
+                raise CorruptionError(f"{path}: index format {fmt} is not supported (expected {FORMAT})",
+                                      path=str(path))
+            self._r = self._connect()
+        except sqlite3.DatabaseError as exc:
+            raise CorruptionError(f"{path}: the index cannot be opened: {exc}", path=str(path)) from exc
+        self._rlock = threading.Lock()
+
+    def _connect(self) -> sqlite3.Connection:
+        con = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        con.execute("PRAGMA journal_mode=WAL")
+        con.execute("PRAGMA synchronous=FULL")
+        con.execute("PRAGMA cache_size=-8000")
+        return con
+
+    def close(self) -> None:
+        self._r.close()
+        self._w.close()
+
+    # -- reads (any thread) -----------------------------------------------------------------------------------
+
+    def _one(self, sql: str, args: tuple[Any, ...]) -> Any:
+        try:
+            with self._rlock:
+                row = self._r.execute(sql, args).fetchone()
+        except sqlite3.DatabaseError as exc:
+            raise CorruptionError(f"{self.path}: index read failed: {exc}", path=str(self.path)) from exc
+        return None if row is None else row[0] if len(row) == 1 else row
+
+    def _all(self, sql: str, args: tuple[Any, ...] = ()) -> list[Any]:
+        try:
+            with self._rlock:
+                return self._r.execute(sql, args).fetchall()
+        except sqlite3.DatabaseError as exc:
+            raise CorruptionError(f"{self.path}: index read failed: {exc}", path=str(self.path)) from exc
+
+    def meta(self, key: str) -> Any:
+        row = self._w.execute("SELECT v FROM meta WHERE k=?", (key,)).fetchone()
+        return None if row is None else row[0]
+
+    def loc_by_hash(self, h: int) -> int | None:
+        result: int | None = self._one("SELECT loc FROM docs WHERE h=?", (h,))
+        return result
+
+    def loc_by_id(self, id: str) -> int | None:
+        result: int | None = self._one("SELECT loc FROM docs_x WHERE id=?", (id,))
+        return result
+
+    def block(self, bno: int) -> tuple[int, int, int] | None:
+        """(shard, offset, length) of a block."""
+        result: tuple[int, int, int] | None = self._one("SELECT shard, off, len FROM blocks WHERE bno=?", (bno,))
+        return result
+
+    def blocks_after(self, seq: int, after_bno: int = -1) -> list[tuple[int, int, int, int, int]]:
+        """Blocks holding changes past ``seq`` (bno order): (bno, shard, off, len, last_seq); a page at a time."""
+        return self._all(
+            "SELECT bno, shard, off, len, last_seq FROM blocks WHERE last_seq > ? AND bno > ? ORDER BY bno LIMIT 64",
+            (seq, after_bno),
+        )
+
+    def all_blocks(self) -> list[tuple[int, int, int, int, int, int, int]]:
+        return self._all("SELECT bno, shard, off, len, count, first_seq, last_seq FROM blocks ORDER BY bno")
+
+    def live_locs(self, hashes: Iterable[int]) -> dict[int, int]:
+        hs = list(hashes)
+        if not hs:
+            return {}
+        q = ",".join("?" * len(hs))
+        return dict(self._all(f"SELECT h, loc FROM docs WHERE h IN ({q})", tuple(hs)))
+
+    def shard_sizes(self) -> dict[int, int]:
+        return dict(self._all("SELECT n, size FROM shards"))
+
+    def shard_liveness(self) -> list[tuple[int, int, int]]:
+        """(shard, live records, all records) per shard."""
+        return self._all("SELECT shard, SUM(live), SUM(count) FROM blocks GROUP BY shard ORDER BY shard")
+
+    def blocks_of_shard(self, shard: int) -> list[tuple[int, int, int]]:
+        return self._all("SELECT bno, off, len FROM blocks WHERE shard=? ORDER BY bno", (shard,))
+
+    def secondary(self, name: str) -> list[tuple[str, bytes]]:
+        return self._all("SELECT id, value FROM sidx WHERE name=?", (name,))
+
+    def count_rows(self) -> tuple[int, int]:
+        return self._one("SELECT (SELECT COUNT(*) FROM docs), (SELECT COUNT(*) FROM docs_x)", ())  # type: ignore[no-any-return]
+
+    def integrity(self) -> str:
+        return str(self._one("PRAGMA integrity_check", ()))
+
+    # -- the compactor's transaction --------------------------------------------------------------------------
+
+    def commit_flush(
+        self,
+        *,
+        blocks: list[BlockInfo],
+        placements: list[tuple[str, int, int, int, bool]],
+        shard_sizes: dict[int, int],
+        meta: dict[str, Any],
+        sidx_set: list[tuple[str, str, bytes]],
+        sidx_del: list[tuple[str, str]],
+    ) -> list[bool]:
+        """One transaction: new blocks, record placements, live counts, shard lengths, meta, secondary indexes.
+
+        A placement is ``(id, h, loc, prev_loc, prev_in_x)``: the record's new location and where its previous
+        state was (``prev_loc`` -1: never on disk). Returns, per placement, whether it lives in ``docs_x``.
+        """
+        w = self._w
+        in_x: list[bool] = []
+        dead: dict[int, int] = {}
+        try:
+            w.execute("BEGIN IMMEDIATE")
+            w.executemany(
+                "INSERT INTO blocks(bno, shard, off, len, count, first_seq, last_seq, live) VALUES(?,?,?,?,?,?,?,?)",
+                [(b.bno, b.shard, b.offset, b.length, b.count, b.first_seq, b.last_seq, b.count) for b in blocks],
+            )
+            for id, h, loc, prev_loc, prev_in_x in placements:
+                if prev_loc >= 0:
+                    dead[prev_loc >> 8] = dead.get(prev_loc >> 8, 0) + 1
+                    if prev_in_x:
+                        w.execute("UPDATE docs_x SET loc=? WHERE id=?", (loc, id))
+                    else:
+                        w.execute("UPDATE docs SET loc=? WHERE h=?", (loc, h))
+                    in_x.append(prev_in_x)
+                elif w.execute("SELECT 1 FROM docs WHERE h=?", (h,)).fetchone() is None:
+                    w.execute("INSERT INTO docs(h, loc) VALUES(?,?)", (h, loc))
+                    in_x.append(False)
+                else:  # another id has this hash: a 1-in-2**64 event per pair, handled all the same
+                    w.execute("INSERT OR REPLACE INTO docs_x(id, loc) VALUES(?,?)", (id, loc))
+                    in_x.append(True)
+            w.executemany("UPDATE blocks SET live = live - ? WHERE bno=?", [(n, b) for b, n in dead.items()])
+            w.executemany("INSERT OR REPLACE INTO shards(n, size) VALUES(?,?)", list(shard_sizes.items()))
+            w.executemany("INSERT OR REPLACE INTO meta(k, v) VALUES(?,?)", list(meta.items()))
+            w.executemany("INSERT OR REPLACE INTO sidx(name, id, value) VALUES(?,?,?)", sidx_set)
+            w.executemany("DELETE FROM sidx WHERE name=? AND id=?", sidx_del)
+            w.execute("COMMIT")
+        except sqlite3.Error as exc:
+            with contextlib.suppress(sqlite3.Error):
+                w.execute("ROLLBACK")
+            raise StorageError(None, f"index commit failed: {exc}") from exc
+        return in_x
+
+    def drop_shard(self, shard: int) -> None:
+        w = self._w
+        try:
+            w.execute("BEGIN IMMEDIATE")
+            w.execute("DELETE FROM blocks WHERE shard=?", (shard,))
+            w.execute("DELETE FROM shards WHERE n=?", (shard,))
+            w.execute("COMMIT")
+        except sqlite3.Error as exc:
+            with contextlib.suppress(sqlite3.Error):
+                w.execute("ROLLBACK")
+            raise StorageError(None, f"index commit failed: {exc}") from exc
+
+    def set_secondary(self, name: str, rows: Iterable[tuple[str, bytes]]) -> None:
+        w = self._w
+        w.execute("BEGIN IMMEDIATE")
+        w.execute("DELETE FROM sidx WHERE name=?", (name,))
+        w.executemany("INSERT INTO sidx(name, id, value) VALUES(?,?,?)", ((name, i, v) for i, v in rows))
+        w.execute("COMMIT")
+
+    def drop_secondary(self, name: str) -> None:
+        self._w.execute("DELETE FROM sidx WHERE name=?", (name,))
+
+    def iter_hash_rows(self) -> Iterator[tuple[int, int]]:
+        yield from self._all("SELECT h, loc FROM docs")

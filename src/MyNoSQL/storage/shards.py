@@ -1,0 +1,246 @@
+"""Shard files: append-only sequences of LZMA-compressed blocks of records.
+
+A shard file starts with the 8-byte magic ``MNSQSHD1`` and then holds blocks, one after the other::
+
+    block header (48 bytes, little endian)
+      magic      4s   b"MNBK"
+      version    u8   1
+      flags      u8   0
+      count      u16  records in the block (1..255)
+      raw_len    u32  length of the decompressed payload
+      comp_len   u32  length of the compressed payload that follows the header
+      bno        u64  block number (global, increasing in the order blocks were written)
+      first_seq  u64  change sequence of the first record
+      last_seq   u64  change sequence of the last record
+      crc        u32  crc32 of the compressed payload
+      hcrc       u32  crc32 of the 44 header bytes before it
+    payload: raw LZMA2 (lzma.FORMAT_RAW) of
+      count x u32 record lengths, then the records themselves
+
+Blocks are written in change-sequence order, so a shard file is also a slice of the changes feed. The index
+(SQLite) records which byte length of each shard is committed; anything past it is the tail of a flush that
+crashed before its index commit (those records are still in the write-ahead log) and is cut on open.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import lzma
+import os
+import struct
+import zlib
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from .._errors import CorruptionError, StorageError
+from .fileutil import fsync_dir, write_all
+
+MAGIC = b"MNSQSHD1"
+BLOCK_MAGIC = b"MNBK"
+VERSION = 1
+_HEAD = struct.Struct("<4sBBHIIQQQI")
+_HCRC = struct.Struct("<I")
+HEADER_SIZE = _HEAD.size + _HCRC.size  # 48
+FILTERS = [{"id": lzma.FILTER_LZMA2, "preset": 6, "dict_size": 1 << 16}]
+
+
+def shard_name(n: int) -> str:
+    return f"shard-{n:06d}.msd"
+
+
+@dataclass(frozen=True)
+class BlockInfo:
+    bno: int
+    shard: int
+    offset: int
+    length: int  # header + compressed payload
+    count: int
+    first_seq: int
+    last_seq: int
+
+
+def pack_block(bno: int, records: Sequence[bytes], first_seq: int, last_seq: int) -> bytes:
+    raw = b"".join((struct.pack(f"<{len(records)}I", *map(len, records)), *records))
+    comp = lzma.compress(raw, format=lzma.FORMAT_RAW, filters=FILTERS)
+    head = _HEAD.pack(BLOCK_MAGIC, VERSION, 0, len(records), len(raw), len(comp), bno, first_seq, last_seq,
+                      zlib.crc32(comp))
+    return head + _HCRC.pack(zlib.crc32(head)) + comp
+
+
+def parse_header(buf: bytes, where: str) -> tuple[int, int, int, int, int, int, int]:
+    """Check and unpack a block header: (count, raw_len, comp_len, bno, first_seq, last_seq, crc)."""
+    if len(buf) < HEADER_SIZE:
+        raise CorruptionError(f"{where}: truncated block header", path=where)
+    head = buf[: _HEAD.size]
+    (hcrc,) = _HCRC.unpack_from(buf, _HEAD.size)
+    magic, version, _flags, count, raw_len, comp_len, bno, first_seq, last_seq, crc = _HEAD.unpack(head)
+    if magic != BLOCK_MAGIC or zlib.crc32(head) != hcrc:
+        raise CorruptionError(f"{where}: damaged block header", path=where)
+    if version != VERSION:
+        raise CorruptionError(f"{where}: block format version {version} is not supported", path=where)
+    return count, raw_len, comp_len, bno, first_seq, last_seq, crc
+
+
+def unpack_payload(comp: bytes, count: int, raw_len: int, crc: int, where: str) -> list[bytes]:
+    if zlib.crc32(comp) != crc:
+        raise CorruptionError(f"{where}: block checksum mismatch", path=where)
+    try:
+        raw = lzma.decompress(comp, format=lzma.FORMAT_RAW, filters=FILTERS)
+    except lzma.LZMAError as exc:
+        raise CorruptionError(f"{where}: block does not decompress: {exc}", path=where) from exc
+    if len(raw) != raw_len or count * 4 > raw_len:
+        raise CorruptionError(f"{where}: block length mismatch", path=where)
+    lens = struct.unpack_from(f"<{count}I", raw, 0)
+    out = []
+    pos = count * 4
+    for n in lens:
+        out.append(raw[pos : pos + n])
+        pos += n
+    if pos != raw_len:
+        raise CorruptionError(f"{where}: block record table mismatch", path=where)
+    return out
+
+
+class ShardFiles:
+    """The shard files of one database: append blocks to the newest, read blocks from any."""
+
+    def __init__(self, directory: Path, *, max_bytes: int) -> None:
+        self.directory = directory
+        self.max_bytes = max_bytes
+        self._fds: dict[int, int] = {}
+        self._sizes: dict[int, int] = {}
+        self._roll = False
+
+    def path(self, n: int) -> Path:
+        return self.directory / shard_name(n)
+
+    def existing(self) -> list[int]:
+        out = []
+        for p in self.directory.glob("shard-*.msd"):
+            with contextlib.suppress(ValueError):
+                out.append(int(p.name[6:-4]))
+        return sorted(out)
+
+    def open(self, committed: dict[int, int]) -> None:
+        """Open shard files, cutting each back to its committed length (uncommitted tails are crash debris)."""
+        for n in self.existing():
+            if n not in committed:
+                # Created by a flush that crashed before its index commit: nothing references it.
+                self.path(n).unlink()
+                continue
+        for n, size in committed.items():
+            path = self.path(n)
+            if not path.exists():
+                raise CorruptionError(f"shard file {path.name} is missing", path=str(path))
+            fd = os.open(path, os.O_RDWR)
+            actual = os.fstat(fd).st_size
+            if actual > size:
+                os.ftruncate(fd, size)
+            elif actual < size:
+                os.close(fd)
+                raise CorruptionError(f"shard file {path.name} is shorter than committed ({actual} < {size})",
+                                      path=str(path))
+            self._fds[n] = fd
+            self._sizes[n] = size
+
+    @property
+    def current(self) -> int:
+        return max(self._sizes) if self._sizes else 0
+
+    @property
+    def appending(self) -> int:
+        """The shard the next append goes to (0 if a new one will be started)."""
+        return 0 if self._roll else self.current
+
+    def sizes(self) -> dict[int, int]:
+        return dict(self._sizes)
+
+    def append(self, blocks: Sequence[tuple[int, bytes, int, int, int]]) -> list[BlockInfo]:
+        """Append packed blocks ``(bno, data, count, first_seq, last_seq)`` and fsync. Single writer."""
+        infos: list[BlockInfo] = []
+        touched: set[int] = set()
+        try:
+            for bno, data, count, first_seq, last_seq in blocks:
+                n = self.current
+                if n == 0 or self._roll or (self._sizes[n] + len(data) > self.max_bytes
+                                            and self._sizes[n] > len(MAGIC)):
+                    n = self._create(n + 1)
+                    self._roll = False
+                fd = self._fds[n]
+                offset = self._sizes[n]
+                os.lseek(fd, offset, os.SEEK_SET)
+                write_all(fd, data)
+                self._sizes[n] = offset + len(data)
+                touched.add(n)
+                infos.append(BlockInfo(bno, n, offset, len(data), count, first_seq, last_seq))
+            for n in touched:
+                os.fsync(self._fds[n])
+        except OSError as exc:
+            # Roll the in-memory sizes back: the index will not reference what was half written.
+            for n in touched:
+                self._sizes[n] = min(self._sizes[n], os.fstat(self._fds[n]).st_size)
+            raise StorageError(exc.errno, f"cannot write shard file: {exc.strerror}") from exc
+        return infos
+
+    def roll(self) -> None:
+        """Make the next append start a new shard file."""
+        self._roll = True
+
+    def rollback(self, sizes: dict[int, int]) -> None:
+        """Forget appends past ``sizes`` (after a failed index commit)."""
+        for n in list(self._sizes):
+            if n not in sizes:
+                self.remove(n)
+            elif self._sizes[n] > sizes[n]:
+                os.ftruncate(self._fds[n], sizes[n])
+                self._sizes[n] = sizes[n]
+
+    def _create(self, n: int) -> int:
+        path = self.path(n)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+        write_all(fd, MAGIC)
+        os.fsync(fd)
+        fsync_dir(self.directory)
+        self._fds[n] = fd
+        self._sizes[n] = len(MAGIC)
+        return n
+
+    def read_block(self, shard: int, offset: int, length: int) -> list[bytes]:
+        where = f"{shard_name(shard)}@{offset}"
+        fd = self._fds.get(shard)
+        if fd is None:
+            raise CorruptionError(f"{where}: shard file is not open", path=str(self.path(shard)))
+        buf = os.pread(fd, length, offset)
+        if len(buf) != length:
+            raise CorruptionError(f"{where}: block is truncated", path=str(self.path(shard)))
+        count, raw_len, comp_len, _bno, _f, _l, crc = parse_header(buf, str(self.path(shard)))
+        if HEADER_SIZE + comp_len != length:
+            raise CorruptionError(f"{where}: block length mismatch", path=str(self.path(shard)))
+        return unpack_payload(buf[HEADER_SIZE:], count, raw_len, crc, str(self.path(shard)))
+
+    def scan(self, shard: int) -> Iterator[tuple[int, int, tuple[int, int, int, int, int, int, int]]]:
+        """Walk a shard's block headers: (offset, length, header fields). Raises CorruptionError on damage."""
+        fd = self._fds[shard]
+        pos = len(MAGIC)
+        end = self._sizes[shard]
+        while pos < end:
+            head = os.pread(fd, HEADER_SIZE, pos)
+            fields = parse_header(head, f"{self.path(shard)}@{pos}")
+            length = HEADER_SIZE + fields[2]
+            if pos + length > end:
+                raise CorruptionError(f"{self.path(shard)}@{pos}: block runs past the end", path=str(self.path(shard)))
+            yield pos, length, fields
+            pos += length
+
+    def remove(self, n: int) -> None:
+        fd = self._fds.pop(n, None)
+        self._sizes.pop(n, None)
+        if fd is not None:
+            os.close(fd)
+        self.path(n).unlink(missing_ok=True)
+
+    def close(self) -> None:
+        for fd in self._fds.values():
+            os.close(fd)
+        self._fds.clear()

@@ -1,0 +1,504 @@
+"""The store: memtables over a write-ahead log, packed by a background compactor into LZMA shard blocks.
+
+Write path (``put``, under the store's write lock): read the current state, let the caller derive the new one,
+append it to the write-ahead log, put it in the *active* memtable and the record cache. Nothing else: the
+index and the shards are not touched by a save.
+
+Compactor (one thread): when the active memtable holds ``flush_docs`` records or its oldest is
+``flush_interval`` old, it freezes it, rotates the log, packs the frozen states in change order into blocks of
+``block_docs`` records, compresses them (LZMA releases the GIL, so savers keep going), appends them to the newest
+shard and fsyncs it, commits the index in one transaction, and only then deletes the rotated log segments and
+drops the frozen memtable. A crash at any point leaves either the log segments or the committed blocks, never
+neither. Shards whose records are mostly dead are garbage-collected: their live records are re-appended (with a
+new change sequence, like any other write) and the file is deleted once nothing in it is live.
+
+Read path: active memtable, frozen memtable, record cache, then index -> block (decompressed-block cache) ->
+record. Disk reads are cached only if no flush completed meanwhile, so a stale state can never be cached.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from .._errors import CorruptionError, MyNoSQLError, StorageError
+from .._options import Options
+from ..docs.revtree import DocState
+from .cache import BlockCache, RecordCache
+from .index import Index, id_hash
+from .shards import ShardFiles, pack_block, shard_name
+from .wal import WriteAheadLog
+
+log = logging.getLogger("MyNoSQL")
+
+Mutation = Callable[[DocState | None], DocState | None]
+
+
+class _Moved(Exception):
+    """A block vanished between the index lookup and the read (garbage collection moved its records)."""
+
+
+@dataclass
+class FlushStats:
+    flushes: int = 0
+    records: int = 0
+    blocks: int = 0
+    seconds: float = 0.0
+    gc_shards: int = 0
+    last_error: str | None = None
+    errors: int = 0
+    fsync_seconds: list[float] = field(default_factory=list)
+
+
+class Store:
+    def __init__(self, directory: Path, options: Options) -> None:
+        self.directory = directory
+        self.opts = options
+        self.lock = threading.RLock()
+        self._flush_lock = threading.Lock()
+        self._active: dict[str, DocState] = {}
+        self._frozen: dict[str, DocState] = {}
+        self._active_delta = 0
+        self._frozen_delta = 0
+        self._first_pending = 0.0
+        self._flush_gen = 0
+        self._gc_pending: set[int] = set()
+        self.stats = FlushStats()
+        self.sidx_fields: tuple[str, ...] = ()
+        self.listeners: list[Callable[[DocState, DocState | None], None]] = []
+        self.cache: RecordCache[str, DocState] = RecordCache(options.cache_docs)
+        self.blocks = BlockCache(options.block_cache_bytes)
+        self._space = threading.Condition(self.lock)
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+
+        self.index = Index(directory / "index.sqlite")
+        try:
+            self.shards = ShardFiles(directory, max_bytes=options.shard_max_bytes)
+            self.shards.open(self.index.shard_sizes())
+            self.flushed_seq = int(self.index.meta("flushed_seq") or 0)
+            self._next_bno = int(self.index.meta("next_bno") or 1)
+            self._flushed_live = int(self.index.meta("live_count") or 0)
+            self.x_rows = self.index.count_rows()[1]
+            self.seq = self.flushed_seq
+            self.live_count = self._flushed_live
+            self.wal = WriteAheadLog(directory, power_safe=options.durability == "power")
+            old_segments = self.wal.segments()
+            for payload in self.wal.recover():
+                state = DocState.from_bytes(payload)
+                if state.seq > self.flushed_seq:
+                    prev = self.get_state(state.id)
+                    self._install(state, prev)
+                    self.seq = max(self.seq, state.seq)
+            if not self._active and old_segments:
+                self.wal.remove_through(old_segments[-1])  # everything in them is in committed blocks
+        except BaseException:
+            self.shards.close()
+            self.index.close()
+            raise
+        self._thread = threading.Thread(target=self._compactor, name=f"MyNoSQL-compactor-{directory.name}",
+                                        daemon=True)
+        self._thread.start()
+
+    # -- reads ------------------------------------------------------------------------------------------------
+
+    def get_state(self, id: str) -> DocState | None:
+        s = self._active.get(id)
+        if s is not None:
+            return s
+        s = self._frozen.get(id)
+        if s is not None:
+            return s
+        s = self.cache.get(id)
+        if s is not None:
+            return s
+        gen = self._flush_gen
+        s = self._read_disk(id)
+        if s is not None:
+            with self.lock:
+                if gen == self._flush_gen and id not in self._active and id not in self._frozen:
+                    self.cache.put(id, s)
+        return s
+
+    def _read_disk(self, id: str) -> DocState | None:
+        for _attempt in range(3):
+            try:
+                h = id_hash(id)
+                loc = self.index.loc_by_hash(h)
+                if loc is None:
+                    return None
+                s = self._read_loc(loc)
+                if s.id == id:
+                    s.disk_loc = loc
+                    return s
+                if not self.x_rows:
+                    return None
+                loc = self.index.loc_by_id(id)
+                if loc is None:
+                    return None
+                s = self._read_loc(loc)
+                s.disk_loc = loc
+                s.in_x = True
+                return s
+            except _Moved:
+                continue
+        raise CorruptionError(f"record {id!r}: its index entry points to a block that does not exist")
+
+    def _read_block(self, bno: int) -> list[bytes]:
+        records = self.blocks.get(bno)
+        if records is None:
+            where = self.index.block(bno)
+            if where is None:
+                raise _Moved(bno)
+            shard, off, length = where
+            try:
+                records = self.shards.read_block(shard, off, length)
+            except CorruptionError:
+                if self.index.block(bno) is None:
+                    raise _Moved(bno) from None
+                raise
+            self.blocks.put(bno, records)
+        return records
+
+    def _read_loc(self, loc: int) -> DocState:
+        records = self._read_block(loc >> 8)
+        slot = loc & 0xFF
+        if slot >= len(records):
+            raise CorruptionError(f"index points past the end of block {loc >> 8}")
+        return DocState.from_bytes(records[slot])
+
+    # -- writes -----------------------------------------------------------------------------------------------
+
+    def put(self, id: str, mutate: Mutation, *, fresh: bool = False) -> tuple[DocState | None, DocState | None]:
+        """Apply ``mutate(current) -> new or None`` atomically. Returns (previous, new); new is None if no-op.
+
+        ``fresh``: the caller generated this id at random, so no current state can exist.
+        """
+        with self.lock:
+            self._wait_for_space()
+            prev = None if fresh else self.get_state(id)
+            new = mutate(prev)
+            if new is None:
+                return prev, None
+            pos = self._write(new, prev)
+        if self.opts.durability == "power":
+            self.wal.wait_durable(pos)
+        for listener in self.listeners:
+            listener(new, prev)
+        return prev, new
+
+    def _wait_for_space(self) -> None:
+        # Back-pressure: savers wait while the compactor is more than a few flushes behind.
+        limit = 4 * self.opts.flush_docs
+        deadline = time.monotonic() + 60.0
+        while len(self._active) >= limit and self._frozen and not self._stop.is_set():
+            self._wake.set()
+            if not self._space.wait(timeout=max(0.0, deadline - time.monotonic())):
+                break
+
+    def _write(self, new: DocState, prev: DocState | None) -> int:
+        self.seq += 1
+        new.seq = self.seq
+        if prev is not None:
+            new.disk_loc, new.in_x = prev.disk_loc, prev.in_x
+        try:
+            pos = self.wal.append(new.to_bytes())
+        except StorageError:
+            self.seq -= 1
+            raise
+        self._install(new, prev)
+        return pos
+
+    def _install(self, new: DocState, prev: DocState | None) -> None:
+        if prev is not None and new.disk_loc < 0:
+            new.disk_loc, new.in_x = prev.disk_loc, prev.in_x
+        delta = (0 if new.deleted else 1) - (0 if prev is None or prev.deleted else 1)
+        active = self._active
+        if not active:
+            self._first_pending = time.monotonic()
+        active[new.id] = new
+        self._active_delta += delta
+        self.live_count += delta
+        self.cache.put(new.id, new)
+        if len(active) >= self.opts.flush_docs:
+            self._wake.set()
+
+    # -- the compactor ----------------------------------------------------------------------------------------
+
+    def _compactor(self) -> None:
+        backoff = 0.0
+        while not self._stop.is_set():
+            self._wake.wait(timeout=backoff or min(self.opts.flush_interval, 1.0))
+            self._wake.clear()
+            if self._stop.is_set():
+                break
+            try:
+                due = self._active and (
+                    len(self._active) >= self.opts.flush_docs
+                    or time.monotonic() - self._first_pending >= self.opts.flush_interval
+                )
+                if due:
+                    self.flush()
+                self.collect_garbage()
+                backoff = 0.0
+            except Exception as exc:  # the loop must survive; the error is logged once per kind and exposed
+                msg = f"{type(exc).__name__}: {exc}"
+                if msg != self.stats.last_error:
+                    log.error("compactor of %s failed: %s (will retry)", self.directory.name, msg)
+                self.stats.last_error = msg
+                self.stats.errors += 1
+                backoff = min(30.0, max(0.5, backoff * 2))
+
+    def flush(self) -> None:
+        """Pack every pending record into shard blocks and commit the index. Safe to call from any thread."""
+        with self._flush_lock:
+            with self.lock:
+                if not self._active:
+                    return
+                frozen, delta = self._active, self._active_delta
+                self._frozen, self._frozen_delta = frozen, delta
+                self._active, self._active_delta = {}, 0
+                try:
+                    closed = self.wal.rotate()
+                except OSError as exc:
+                    self._unfreeze()
+                    raise StorageError(exc.errno, f"cannot rotate the write-ahead log: {exc.strerror}") from exc
+            try:
+                self._flush_frozen(closed)
+            except BaseException:
+                with self.lock:
+                    self._unfreeze()
+                raise
+            self.stats.flushes += 1
+
+    def _unfreeze(self) -> None:
+        merged = self._frozen
+        merged.update(self._active)
+        self._active = merged
+        self._active_delta += self._frozen_delta
+        self._frozen, self._frozen_delta = {}, 0
+
+    def _flush_frozen(self, closed_segment: int) -> None:
+        t0 = time.perf_counter()
+        frozen, delta = self._frozen, self._frozen_delta
+        states = sorted(frozen.values(), key=lambda s: s.seq)
+        n = self.opts.block_docs
+        bno = self._next_bno
+        packed = []
+        locs: list[int] = []
+        for i in range(0, len(states), n):
+            chunk = states[i : i + n]
+            packed.append((bno, pack_block(bno, [s.to_bytes() for s in chunk], chunk[0].seq, chunk[-1].seq),
+                           len(chunk), chunk[0].seq, chunk[-1].seq))
+            locs.extend((bno << 8) | slot for slot in range(len(chunk)))
+            bno += 1
+        before = self.shards.sizes()
+        t1 = time.perf_counter()
+        infos = self.shards.append(packed)
+        self.stats.fsync_seconds = [*self.stats.fsync_seconds[-99:], time.perf_counter() - t1]
+        sizes = {i.shard: self.shards.sizes()[i.shard] for i in infos}
+        sidx_set, sidx_del = self._secondary_rows(states)
+        try:
+            in_x = self.index.commit_flush(
+                blocks=infos,
+                placements=[(s.id, id_hash(s.id), loc, s.disk_loc, s.in_x)
+                            for s, loc in zip(states, locs, strict=True)],
+                shard_sizes=sizes,
+                meta={"flushed_seq": states[-1].seq, "next_bno": bno, "live_count": self._flushed_live + delta},
+                sidx_set=sidx_set,
+                sidx_del=sidx_del,
+            )
+        except BaseException:
+            self.shards.rollback(before)
+            raise
+        self._next_bno = bno
+        self.flushed_seq = states[-1].seq
+        self._flushed_live += delta
+        self.x_rows += sum(1 for s, x in zip(states, in_x, strict=True) if x and not s.in_x)
+        with contextlib.suppress(OSError):
+            self.wal.remove_through(closed_segment)
+        with self.lock:
+            active = self._active
+            for s, loc, x in zip(states, locs, in_x, strict=True):
+                s.disk_loc, s.in_x = loc, x
+                newer = active.get(s.id)
+                if newer is not None:
+                    newer.disk_loc, newer.in_x = loc, x
+            self._frozen, self._frozen_delta = {}, 0
+            self._flush_gen += 1
+            self._space.notify_all()
+        self.stats.records += len(states)
+        self.stats.blocks += len(packed)
+        self.stats.seconds += time.perf_counter() - t0
+
+    def _secondary_rows(self, states: list[DocState]) -> tuple[list[tuple[str, str, bytes]], list[tuple[str, str]]]:
+        sets: list[tuple[str, str, bytes]] = []
+        dels: list[tuple[str, str]] = []
+        for name in self.sidx_fields:
+            for s in states:
+                value = secondary_value(s, name)
+                if value is None:
+                    dels.append((name, s.id))
+                else:
+                    sets.append((name, s.id, value))
+        return sets, dels
+
+    # -- garbage collection -----------------------------------------------------------------------------------
+
+    def collect_garbage(self, *, everything: bool = False) -> int:
+        """Move live records out of mostly dead shards and delete shards with nothing live. Returns moves."""
+        moved = 0
+        current = self.shards.appending
+        for shard, live, count in self.index.shard_liveness():
+            if shard == current:
+                continue
+            if live <= 0:
+                self._drop_shard(shard)
+            elif shard not in self._gc_pending and live < count * (1.0 if everything else self.opts.gc_live_ratio):
+                moved += self._evacuate(shard)
+                self._gc_pending.add(shard)
+        return moved
+
+    def _drop_shard(self, shard: int) -> None:
+        bnos = [b for b, _, _ in self.index.blocks_of_shard(shard)]
+        self.index.drop_shard(shard)
+        for b in bnos:
+            self.blocks.discard(b)
+        self.shards.remove(shard)
+        self._gc_pending.discard(shard)
+        self.stats.gc_shards += 1
+        log.info("collected shard %s of %s", shard_name(shard), self.directory.name)
+
+    def _evacuate(self, shard: int) -> int:
+        moved = 0
+        for bno, off, length in self.index.blocks_of_shard(shard):
+            records = [DocState.from_bytes(r) for r in self.shards.read_block(shard, off, length)]
+            live = self._live_filter(bno, records)
+            with self.lock:
+                for slot, s in live:
+                    if s.id in self._active or s.id in self._frozen:
+                        continue  # a newer state is pending; it supersedes this one when flushed
+                    s.disk_loc = (bno << 8) | slot
+                    s.in_x = self.index.loc_by_id(s.id) == s.disk_loc if self.x_rows else False
+                    self._write(s, s)  # same record, new change seq: a move, not an edit
+                    moved += 1
+        return moved
+
+    def _live_filter(self, bno: int, records: list[DocState]) -> list[tuple[int, DocState]]:
+        hashes = [id_hash(s.id) for s in records]
+        current = self.index.live_locs(hashes)
+        out = []
+        for slot, (s, h) in enumerate(zip(records, hashes, strict=True)):
+            loc = (bno << 8) | slot
+            if current.get(h) == loc or (self.x_rows and self.index.loc_by_id(s.id) == loc):
+                out.append((slot, s))
+        return out
+
+    def compact(self) -> int:
+        """Flush, then rewrite every shard that holds dead records. Returns how many records moved."""
+        self.flush()
+        with self._flush_lock:
+            self.shards.roll()
+        self._gc_pending.clear()
+        moved = self.collect_garbage(everything=True)
+        self.flush()
+        self.collect_garbage()
+        return moved
+
+    # -- changes feed -----------------------------------------------------------------------------------------
+
+    def iter_states(self, since: int = 0) -> Iterator[DocState]:
+        """The newest state of every record changed after ``since``, in change order (the changes feed)."""
+        cursor = since
+        while True:
+            gen = self._flush_gen
+            after_bno = -1
+            while True:
+                page = self.index.blocks_after(cursor, after_bno)
+                if not page:
+                    break
+                for bno, _shard, _off, _len, last_seq in page:
+                    after_bno = bno
+                    try:
+                        records = [DocState.from_bytes(r) for r in self._read_block(bno)]
+                    except _Moved:
+                        continue
+                    for _slot, s in self._live_filter(bno, records):
+                        if s.seq > cursor and s.id not in self._active and s.id not in self._frozen:
+                            yield s
+                    cursor = max(cursor, last_seq)
+            with self.lock:
+                if gen != self._flush_gen:
+                    continue  # a flush landed while we read the disk: read what it wrote first
+                pending = dict(self._frozen)
+                pending.update(self._active)
+            break
+        yield from sorted((s for s in pending.values() if s.seq > cursor), key=lambda s: s.seq)
+
+    # -- inspection and shutdown ------------------------------------------------------------------------------
+
+    def verify(self) -> list[str]:
+        """Check every block's checksums and records, and the index. Returns a list of problems (empty: clean)."""
+        problems = list(self.wal.problems)
+        try:
+            integrity = self.index.integrity()
+            if integrity != "ok":
+                problems.append(f"index.sqlite: {integrity}")
+        except MyNoSQLError as exc:
+            problems.append(str(exc))
+        known = {b[0]: b for b in self.index.all_blocks()}
+        seen = set()
+        for shard in sorted(self.shards.sizes()):
+            try:
+                for off, length, fields in self.shards.scan(shard):
+                    bno = fields[3]
+                    seen.add(bno)
+                    row = known.get(bno)
+                    if row is None or row[1] != shard or row[2] != off or row[3] != length:
+                        problems.append(f"{shard_name(shard)}@{off}: block {bno} does not match the index")
+                        continue
+                    try:
+                        for rec in self.shards.read_block(shard, off, length):
+                            DocState.from_bytes(rec)
+                    except CorruptionError as exc:
+                        problems.append(str(exc))
+            except CorruptionError as exc:
+                problems.append(str(exc))
+        for bno, row in known.items():
+            if bno not in seen and row[1] in self.shards.sizes():
+                problems.append(f"block {bno} is in the index but not in {shard_name(row[1])}")
+        return problems
+
+    def close(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        with self.lock:
+            self._space.notify_all()
+        self._thread.join(timeout=120)
+        try:
+            self.flush()
+        finally:
+            self.wal.close()
+            self.shards.close()
+            self.index.close()
+            self.cache.clear()
+            self.blocks.clear()
+
+
+def secondary_value(state: DocState, field: str) -> bytes | None:
+    """JSON (encoded form) of ``field`` in the winning body, or None if deleted or absent."""
+    win = state.winner
+    if state.tree[win][1]:
+        return None
+    body: Any = orjson.loads(state.bodies[win])
+    if field not in body:
+        return None
+    return orjson.dumps(body[field])

@@ -1,0 +1,195 @@
+"""The write-ahead log: append-only, CRC-framed segments.
+
+Every ``savedoc`` appends one frame with the record's full new state; the frame is in the operating system's
+hands (``write(2)`` returned) before ``savedoc`` returns, so it survives the death of the process. In
+``durability="power"`` mode the writer also waits for an ``fdatasync`` that covers its frame; writers arriving
+while a sync runs share the next one (group commit).
+
+The log is cut into segments ``wal-<n>.log``. The compactor *rotates* to a new segment, packs everything the
+older segments hold into shard blocks, commits the index, and only then deletes the older segments.
+
+Segment layout: an 8-byte magic ``MNSQWAL1``, then frames ``u32 length | u32 crc32(payload) | payload``
+(little endian). On recovery a frame that is short or fails its CRC at the end of the newest segment is a torn
+write from a crash and is cut off. Damage anywhere else is kept aside in ``<segment>.corrupt`` and reported.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import struct
+import threading
+import zlib
+from collections.abc import Iterator
+from pathlib import Path
+
+from .._errors import StorageError
+from .fileutil import fsync_dir, write_all
+
+log = logging.getLogger("MyNoSQL")
+
+MAGIC = b"MNSQWAL1"
+_FRAME = struct.Struct("<II")
+MAX_FRAME = 1 << 30
+
+
+def _segment_name(n: int) -> str:
+    return f"wal-{n:08d}.log"
+
+
+class WriteAheadLog:
+    def __init__(self, directory: Path, *, power_safe: bool) -> None:
+        self.directory = directory
+        self.power_safe = power_safe
+        self.problems: list[str] = []
+        self._fd = -1
+        self._segment = 0
+        self._written = 0  # bytes appended since open, over all segments
+        self._synced = 0
+        self._sync_lock = threading.Lock()
+
+    # -- recovery ---------------------------------------------------------------------------------------------
+
+    def segments(self) -> list[int]:
+        out = []
+        for p in self.directory.glob("wal-*.log"):
+            try:
+                out.append(int(p.name[4:-4]))
+            except ValueError:
+                continue
+        return sorted(out)
+
+    def recover(self) -> Iterator[bytes]:
+        """Yield every intact payload of every segment, oldest first; cut torn tails. Then open for appends."""
+        segs = self.segments()
+        for i, n in enumerate(segs):
+            yield from self._read_segment(self.directory / _segment_name(n), last=i == len(segs) - 1)
+        self._open_segment((segs[-1] + 1) if segs else 1)
+
+    def _read_segment(self, path: Path, *, last: bool) -> Iterator[bytes]:
+        data = path.read_bytes()
+        if len(data) < len(MAGIC) or data[: len(MAGIC)] != MAGIC:
+            if len(data) <= len(MAGIC) and MAGIC.startswith(data):
+                return  # created, crashed before the magic was complete: empty
+            self._set_aside(path, data, 0, "bad segment header")
+            return
+        pos = len(MAGIC)
+        end = len(data)
+        while pos < end:
+            if pos + _FRAME.size > end:
+                break
+            length, crc = _FRAME.unpack_from(data, pos)
+            body_end = pos + _FRAME.size + length
+            if length > MAX_FRAME or body_end > end:
+                break
+            payload = data[pos + _FRAME.size : body_end]
+            if zlib.crc32(payload) != crc:
+                break
+            yield payload
+            pos = body_end
+        if pos < end:
+            # A torn write can only be the last frame of the last segment, and only if nothing valid follows.
+            if last and end - pos <= _FRAME.size + MAX_FRAME and not self._valid_frame_after(data, pos):
+                log.warning("write-ahead log %s: cut a torn tail of %d bytes", path.name, end - pos)
+                self._truncate(path, pos)
+            else:
+                self._set_aside(path, data, pos, "checksum mismatch")
+
+    @staticmethod
+    def _valid_frame_after(data: bytes, pos: int) -> bool:
+        """Is there any CRC-valid frame starting after ``pos``? (Then the damage is not a torn tail.)"""
+        start = pos + 1
+        end = len(data)
+        while start + _FRAME.size <= end:
+            length, crc = _FRAME.unpack_from(data, start)
+            body_end = start + _FRAME.size + length
+            if 0 < length <= MAX_FRAME and body_end <= end and zlib.crc32(data[start + 8 : body_end]) == crc:
+                return True
+            start += 1
+            if start - pos > 1 << 20:  # bound the search: a frame header further on would have been found
+                break
+        return False
+
+    def _truncate(self, path: Path, size: int) -> None:
+        with open(path, "r+b") as f:
+            f.truncate(size)
+            f.flush()
+            os.fsync(f.fileno())
+
+    def _set_aside(self, path: Path, data: bytes, pos: int, why: str) -> None:
+        aside = path.with_name(path.name + ".corrupt")
+        aside.write_bytes(data[pos:])
+        self._truncate(path, pos)
+        msg = (f"write-ahead log {path.name}: {why} at byte {pos}; {len(data) - pos} bytes kept in {aside.name}, "
+               "records in them were not recovered")
+        log.error(msg)
+        self.problems.append(msg)
+
+    # -- appending --------------------------------------------------------------------------------------------
+
+    def _open_segment(self, n: int) -> None:
+        path = self.directory / _segment_name(n)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        try:
+            if os.fstat(fd).st_size == 0:
+                write_all(fd, MAGIC)
+            if self.power_safe:
+                os.fsync(fd)
+                fsync_dir(self.directory)
+        except OSError:
+            os.close(fd)
+            raise
+        self._fd = fd
+        self._segment = n
+
+    def append(self, payload: bytes) -> int:
+        """Append one frame; the caller serialises appends. Returns the log position just past the frame."""
+        frame = _FRAME.pack(len(payload), zlib.crc32(payload)) + payload
+        try:
+            n = os.write(self._fd, frame)
+            if n != len(frame):
+                # A short write (disk full): the partial frame must not stay, later frames would hide behind it.
+                os.ftruncate(self._fd, os.fstat(self._fd).st_size - n)
+                raise OSError(28, "No space left on device (short write)")
+        except OSError as exc:
+            raise StorageError(exc.errno, f"cannot append to the write-ahead log: {exc.strerror}") from exc
+        self._written += len(frame)
+        return self._written
+
+    def wait_durable(self, position: int) -> None:
+        """Block until every frame up to ``position`` is on stable storage (group commit)."""
+        while self._synced < position:
+            with self._sync_lock:
+                if self._synced >= position:
+                    return
+                target = self._written
+                try:
+                    os.fdatasync(self._fd)
+                except OSError as exc:
+                    raise StorageError(exc.errno, f"cannot sync the write-ahead log: {exc.strerror}") from exc
+                self._synced = max(self._synced, target)
+
+    def rotate(self) -> int:
+        """Start a new segment (caller serialises with appends). Returns the number of the last closed one."""
+        with self._sync_lock:
+            old_fd, old = self._fd, self._segment
+            if self.power_safe:
+                os.fdatasync(old_fd)
+                self._synced = self._written
+            self._open_segment(old + 1)
+            os.close(old_fd)
+        return old
+
+    def remove_through(self, n: int) -> None:
+        """Delete segments numbered ``n`` and below (their records are in committed shard blocks)."""
+        for s in self.segments():
+            if s <= n and s != self._segment:
+                (self.directory / _segment_name(s)).unlink(missing_ok=True)
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            with self._sync_lock:
+                if self.power_safe:
+                    os.fdatasync(self._fd)
+                os.close(self._fd)
+                self._fd = -1
