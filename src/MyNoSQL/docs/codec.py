@@ -8,7 +8,11 @@ stored as themselves. Other supported types are stored as a JSON object with exa
 Python value           stored as                                   notes
 =====================  ==========================================  =====================================
 ``bytes``              ``{"$bytes": "<base64>"}``                  ``bytearray``/``memoryview`` -> bytes
-``datetime.datetime``  ``{"$datetime": "<isoformat>"}``            naive stays naive, tz-aware keeps tz
+``datetime.datetime``  ``{"$datetime": "<isoformat>"}``            naive stays naive; aware keeps its
+                                                                   offset; a ``zoneinfo`` zone is kept
+                                                                   as wall time + name, e.g.
+                                                                   ``2026-03-29T02:30:00[Europe/Paris]``
+                                                                   (``~fold`` marks fold=1)
 ``datetime.date``      ``{"$date": "YYYY-MM-DD"}``
 ``datetime.time``      ``{"$time": "<isoformat>"}``
 ``decimal.Decimal``    ``{"$decimal": "<str>"}``                   exact, NaN and signs included
@@ -32,6 +36,7 @@ import datetime
 import decimal
 import math
 import uuid
+import zoneinfo
 from typing import Any
 
 import orjson
@@ -91,6 +96,10 @@ def encode_value(v: Any, where: Any = None, depth: int = 0) -> Any:
     if t is list:
         return [encode_value(item, (where, i), d1) for i, item in enumerate(v)]
     if t is datetime.datetime:
+        key = getattr(v.tzinfo, "key", None)
+        if isinstance(key, str):  # a zoneinfo zone: wall time, fold and zone name, exactly
+            wall = v.replace(tzinfo=None, fold=0).isoformat()
+            return {"$datetime": f"{wall}{'~fold' if v.fold else ''}[{key}]"}
         return {"$datetime": v.isoformat()}
     if t is datetime.date:
         return {"$date": v.isoformat()}
@@ -112,7 +121,7 @@ def encode_value(v: Any, where: Any = None, depth: int = 0) -> Any:
     if isinstance(v, bool):
         return bool(v)
     if isinstance(v, str):
-        return str(v)
+        return str.__str__(v)  # the string value itself, not a subclass's __str__ (Enum's would add its name)
     if isinstance(v, int):
         return encode_value(int(v), where, depth)
     if isinstance(v, float):
@@ -150,6 +159,11 @@ def _decode_tag(tag: str, arg: Any) -> Any:
     if tag == "$dict":
         return {k: decode_value(item) for k, item in arg.items()}
     if tag == "$datetime":
+        if arg.endswith("]"):
+            wall, _, key = arg[:-1].partition("[")
+            fold = wall.endswith("~fold")
+            naive = datetime.datetime.fromisoformat(wall.removesuffix("~fold"))
+            return naive.replace(tzinfo=zoneinfo.ZoneInfo(key), fold=int(fold))
         return datetime.datetime.fromisoformat(arg)
     if tag == "$date":
         return datetime.date.fromisoformat(arg)

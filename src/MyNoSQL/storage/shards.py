@@ -25,6 +25,7 @@ crashed before its index commit (those records are still in the write-ahead log)
 from __future__ import annotations
 
 import contextlib
+import logging
 import lzma
 import os
 import struct
@@ -35,6 +36,8 @@ from pathlib import Path
 
 from .._errors import CorruptionError, StorageError
 from .fileutil import fsync_dir, write_all
+
+log = logging.getLogger("MyNoSQL")
 
 MAGIC = b"MNSQSHD1"
 BLOCK_MAGIC = b"MNBK"
@@ -111,6 +114,7 @@ class ShardFiles:
         self._fds: dict[int, int] = {}
         self._sizes: dict[int, int] = {}
         self._roll = False
+        self.problems: list[str] = []
 
     def path(self, n: int) -> Path:
         return self.directory / shard_name(n)
@@ -132,21 +136,29 @@ class ShardFiles:
         for n, size in committed.items():
             path = self.path(n)
             if not path.exists():
-                raise CorruptionError(f"shard file {path.name} is missing", path=str(path))
+                # Reads of its records raise CorruptionError; everything else stays readable.
+                self.problems.append(f"shard file {path.name} is missing")
+                self._roll = True
+                self._sizes[n] = size
+                continue
             fd = os.open(path, os.O_RDWR)
             actual = os.fstat(fd).st_size
             if actual > size:
                 os.ftruncate(fd, size)
             elif actual < size:
-                os.close(fd)
-                raise CorruptionError(f"shard file {path.name} is shorter than committed ({actual} < {size})",
-                                      path=str(path))
+                self.problems.append(f"shard file {path.name} is shorter than committed ({actual} < {size} bytes)")
+                self._roll = True  # never append after a hole
             self._fds[n] = fd
             self._sizes[n] = size
+        for msg in self.problems:
+            log.error("%s: %s", self.directory, msg)
 
     @property
     def current(self) -> int:
         return max(self._sizes) if self._sizes else 0
+
+    def readable(self, n: int) -> bool:
+        return n in self._fds
 
     @property
     def appending(self) -> int:
@@ -210,7 +222,7 @@ class ShardFiles:
         where = f"{shard_name(shard)}@{offset}"
         fd = self._fds.get(shard)
         if fd is None:
-            raise CorruptionError(f"{where}: shard file is not open", path=str(self.path(shard)))
+            raise CorruptionError(f"{where}: shard file is missing", path=str(self.path(shard)))
         buf = os.pread(fd, length, offset)
         if len(buf) != length:
             raise CorruptionError(f"{where}: block is truncated", path=str(self.path(shard)))

@@ -355,6 +355,10 @@ class Store:
 
     def collect_garbage(self, *, everything: bool = False) -> int:
         """Move live records out of mostly dead shards and delete shards with nothing live. Returns moves."""
+        with self._flush_lock:
+            return self._collect(everything)
+
+    def _collect(self, everything: bool) -> int:
         moved = 0
         current = self.shards.appending
         for shard, live, count in self.index.shard_liveness():
@@ -447,7 +451,11 @@ class Store:
 
     def verify(self) -> list[str]:
         """Check every block's checksums and records, and the index. Returns a list of problems (empty: clean)."""
-        problems = list(self.wal.problems)
+        with self._flush_lock:  # no flush or collection while we look
+            return self._verify()
+
+    def _verify(self) -> list[str]:
+        problems = [*self.wal.problems, *self.shards.problems]
         try:
             integrity = self.index.integrity()
             if integrity != "ok":
@@ -457,6 +465,8 @@ class Store:
         known = {b[0]: b for b in self.index.all_blocks()}
         seen = set()
         for shard in sorted(self.shards.sizes()):
+            if not self.shards.readable(shard):
+                continue  # missing file: already reported
             try:
                 for off, length, fields in self.shards.scan(shard):
                     bno = fields[3]

@@ -1,0 +1,105 @@
+"""Values round-trip exactly through the documented encoding; anything else is refused with its path."""
+
+from __future__ import annotations
+
+import datetime
+import decimal
+import enum
+import uuid
+from collections import OrderedDict
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import MyNoSQL
+from MyNoSQL.docs.codec import dumps_body, loads_body
+
+UTC = datetime.timezone.utc
+SPECIAL: dict[str, Any] = {
+    "bytes": b"\x00\xffbinary",
+    "dt_naive": datetime.datetime(2026, 11, 26, 15, 11, 44, 123456),
+    "dt_aware": datetime.datetime(2026, 11, 26, 15, 11, tzinfo=datetime.timezone(datetime.timedelta(hours=-5))),
+    "date": datetime.date(2026, 1, 2),
+    "time": datetime.time(23, 59, 1, 5),
+    "dec": decimal.Decimal("-1234.5678900"),
+    "dec_nan": decimal.Decimal("NaN"),
+    "uuid": uuid.UUID("12345678-1234-5678-1234-567812345678"),
+    "tuple": (1, "a", (2.5, None)),
+    "set": {3, 1, 2},
+    "frozen": frozenset({"x", "y"}),
+    "big": 2**80,
+    "neg_big": -(2**70),
+    "nested": [{"t": (b"x",)}, {datetime.date(2020, 1, 1)}],
+    "lookalike": {"$bytes": "not really"},
+    "dollar": {"$x": 1},
+    "two_dollars": {"$a": 1, "$b": 2},
+    "unicode": "ü€𝄞",
+    "minus_zero": -0.0,
+    "empty": {},
+}
+
+
+def test_special_types_round_trip(db: MyNoSQL.MyNoSQL) -> None:
+    saved = db.savedoc({"id": "s", **SPECIAL})
+    for source in (saved, db.readdoc("s")):
+        for key, value in SPECIAL.items():
+            assert source[key] == value or repr(source[key]) == repr(value), key  # Decimal NaN != NaN
+            assert type(source[key]) is type(value), key
+        assert source["dt_aware"].utcoffset() == SPECIAL["dt_aware"].utcoffset()
+
+
+def test_subclasses_are_stored_as_their_base_type(db: MyNoSQL.MyNoSQL) -> None:
+    class Color(str, enum.Enum):
+        RED = "red"
+
+    class Level(enum.IntEnum):
+        HIGH = 3
+
+    r = db.savedoc({"c": Color.RED, "l": Level.HIGH, "od": OrderedDict(a=1), "flag": True})
+    read = db.readdoc(r["id"])
+    assert read["c"] == "red" and type(read["c"]) is str
+    assert read["l"] == 3 and type(read["l"]) is int
+    assert read["od"] == {"a": 1} and type(read["od"]) is dict
+    assert read["flag"] is True
+
+
+@pytest.mark.parametrize("bad", [complex(1, 1), object(), float("inf"), {1, (1, complex(0, 2))}, bytearray])
+def test_unsupported_values_are_refused(bad: Any) -> None:
+    with pytest.raises((MyNoSQL.InvalidValueType, TypeError)):
+        dumps_body({"v": bad})
+
+
+def test_too_deep_nesting_is_refused() -> None:
+    deep: Any = 1
+    for _ in range(300):
+        deep = [deep]
+    with pytest.raises(MyNoSQL.InvalidDocument, match="nest deeper"):
+        dumps_body({"v": deep})
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | st.text(),
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=6), children, max_size=4),
+    max_leaves=20,
+)
+extra_values = (
+    st.binary(max_size=20)
+    | st.datetimes(timezones=st.none() | st.timezones())
+    | st.dates()
+    | st.times()
+    | st.decimals(allow_nan=False)
+    | st.uuids()
+    | st.tuples(st.integers(), st.text(max_size=5))
+    | st.sets(st.integers(), max_size=5)
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.dictionaries(st.text(max_size=8), json_values | extra_values, max_size=6))
+def test_random_bodies_round_trip(body: dict[str, Any]) -> None:
+    data = dumps_body(body)
+    back = loads_body(data)
+    assert back == body
+    assert dumps_body(back) == data  # the encoding is stable

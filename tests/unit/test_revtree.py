@@ -1,0 +1,79 @@
+"""Revision trees: ids, the winner rule, merging replicated paths, stemming, revs_diff."""
+
+from __future__ import annotations
+
+import pytest
+
+from MyNoSQL.docs import revtree
+from MyNoSQL.docs.revtree import DocState
+
+
+def test_rev_ids_are_couchdb_shaped_and_deterministic() -> None:
+    a = revtree.new_rev(None, False, b'{"x":1}')
+    assert revtree.STRICT_REV_RE.match(a) and a.startswith("1-")
+    assert a == revtree.new_rev(None, False, b'{"x":1}')
+    assert a != revtree.new_rev(None, True, b'{"x":1}')
+    b = revtree.new_rev(a, False, b'{"x":2}')
+    assert b.startswith("2-")
+    assert revtree.parse_rev(b) == (2, b[2:])
+    for bad in ("", "0-abc", "x-abc", "1-", "1-a b", 5):
+        with pytest.raises(ValueError):
+            revtree.parse_rev(bad)  # type: ignore[arg-type]
+
+
+def test_winner_rule_matches_couchdb() -> None:
+    h = "a" * 32
+    tree: revtree.Tree = {"1-" + h: (None, False)}
+    tree["2-" + "b" * 32] = ("1-" + h, False)
+    tree["2-" + "c" * 32] = ("1-" + h, False)
+    assert revtree.winner(tree) == "2-" + "c" * 32  # same generation: the higher hash wins
+    tree["3-" + "0" * 32] = ("2-" + "b" * 32, True)
+    assert revtree.winner(tree) == "2-" + "c" * 32  # a deleted leaf loses to a live one, whatever its depth
+    tree["3-" + "1" * 32] = ("2-" + "c" * 32, True)
+    assert revtree.winner(tree) == "3-" + "1" * 32  # all deleted: highest generation, then hash
+    state = DocState("d", 1, tree, {r: b"{}" for r in revtree.leaves(tree)})
+    assert state.deleted and state.conflicts() == [] and state.deleted_conflicts() == ["3-" + "0" * 32]
+
+
+def test_merge_path_and_revs_diff() -> None:
+    r1 = revtree.new_rev(None, False, b"{}")
+    r2a = revtree.new_rev(r1, False, b'{"a":1}')
+    r2b = revtree.new_rev(r1, False, b'{"b":1}')
+    tree: revtree.Tree = {r1: (None, False), r2a: (r1, False)}
+    merged, added = revtree.merge_path(tree, [r2b, r1], deleted=False)
+    assert added and set(revtree.leaves(merged)) == {r2a, r2b}
+    again, added2 = revtree.merge_path(merged, [r2b, r1], deleted=False)
+    assert not added2 and again == merged
+    r3 = revtree.new_rev(r2b, False, b"{}")
+    assert revtree.revs_diff(merged, [r1, r2b, r3, r3]) == [r3]
+    assert revtree.revs_diff(None, [r1, r1]) == [r1]
+    with pytest.raises(ValueError):
+        revtree.merge_path(tree, ["3-" + "a" * 32, r1], deleted=False)  # generations not consecutive
+    assert revtree.ancestry(merged, r2b) == [r2b, r1]
+
+
+def test_stemming_keeps_the_newest_revisions_of_each_leaf() -> None:
+    tree: revtree.Tree = {}
+    parent = None
+    chain = []
+    for i in range(10):
+        rev = revtree.new_rev(parent, False, str(i).encode())
+        tree[rev] = (parent, False)
+        chain.append(rev)
+        parent = rev
+    stemmed = revtree.stem(tree, 4)
+    assert list(stemmed) == chain[-4:]
+    assert stemmed[chain[-4]][0] is None
+    assert revtree.winner(stemmed) == chain[-1]
+
+
+def test_state_encoding_round_trips_and_detects_damage() -> None:
+    r1 = revtree.new_rev(None, False, b'{"a":1}')
+    r2 = revtree.new_rev(r1, True, b"{}")
+    s = DocState("id/ü", 42, {r1: (None, False), r2: (r1, True)}, {r2: b"{}"})
+    back = DocState.from_bytes(s.to_bytes())
+    assert (back.id, back.seq, back.tree, back.bodies) == (s.id, s.seq, s.tree, s.bodies)
+    from MyNoSQL import CorruptionError
+
+    with pytest.raises(CorruptionError):
+        DocState.from_bytes(s.to_bytes()[:-1])
