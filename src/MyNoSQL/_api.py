@@ -89,11 +89,17 @@ class MyNoSQL:
           also ``fdatasync``-ed before ``savedoc`` returns, so it survives power loss; concurrent savers share
           syncs (group commit). Choose "power" for ledgers; the default suits loggers and games.
         """
-        return self.db.savedoc(doc)
+        db = self._db
+        if db is None:
+            raise DatabaseClosed("no database is open: call opendb(name) first")
+        return db.savedoc(doc)
 
     def readdoc(self, id: str) -> dict[str, Any]:
         """The record's current (winning) revision, as a dict of your own. :class:`DocumentNotFound` if none."""
-        return self.db.readdoc(id)
+        db = self._db  # not self.db: this is the hot path, and Database.readdoc checks for closed itself
+        if db is None:
+            raise DatabaseClosed("no database is open: call opendb(name) first")
+        return db.readdoc(id)
 
     def deletedoc(self, id: str, rev: str) -> dict[str, Any]:
         """Delete revision ``rev`` of ``id``; returns ``{"id", "rev" (the tombstone's), "deleted": True}``."""

@@ -318,23 +318,22 @@ class Database:
             return DocState(id, 0, revtree.stem(tree2, limit), bodies)
 
         prev, state = store.put(id, mutate, fresh=fresh)
-        out: dict[str, Any] = {"id": id, "rev": (state or prev).winner}  # type: ignore[union-attr]
-        out.update(loads_body(blob))
-        return out
+        data = (state or prev).doc_json  # type: ignore[union-attr]  # one of them exists
+        assert data is not None
+        out: dict[str, Any] = orjson.loads(data)  # a new dict, nothing shared with the caller or the store
+        return decode_value(out) if b'"$' in data else out
 
     def readdoc(self, id: str) -> dict[str, Any]:
-        store = self._check()
-        if type(id) is not str:
-            id = validate_id(id)
-        state = store.get_state(id)
+        if self._closed:
+            raise DatabaseClosed(f"database {self.name!r} is closed")
+        state = self.store.get_state(id if type(id) is str else validate_id(id))
         if state is None:
             raise DocumentNotFound(id)
-        win = state.winner
-        if state.tree[win][1]:
+        data = state.doc_json
+        if data is None:
             raise DocumentNotFound(id, deleted=True)
-        out: dict[str, Any] = {"id": id, "rev": win}
-        out.update(loads_body(state.bodies[win]))
-        return out
+        out: dict[str, Any] = orjson.loads(data)
+        return decode_value(out) if b'"$' in data else out
 
     def deletedoc(self, id: str, rev: str) -> dict[str, Any]:
         """Delete the revision ``rev`` of record ``id`` (leaves a tombstone that replicates)."""

@@ -138,7 +138,7 @@ def revs_diff(tree: Tree | None, revs: Iterable[str]) -> list[str]:
 class DocState:
     """Everything stored about one record: its id, last change seq, revision tree and leaf bodies."""
 
-    __slots__ = ("__weakref__", "bodies", "disk_loc", "id", "in_x", "seq", "tree")
+    __slots__ = ("__weakref__", "_json", "_win", "bodies", "disk_loc", "id", "in_x", "raw", "seq", "tree")
 
     def __init__(self, id: str, seq: int, tree: Tree, bodies: dict[str, bytes]) -> None:
         self.id = id
@@ -149,13 +149,30 @@ class DocState:
         # is in the collision table. Storage bookkeeping, not part of the encoding.
         self.disk_loc = -1
         self.in_x = False
+        self.raw: bytes | None = None  # to_bytes() of a state waiting in the log to be packed
+        self._win: str | None = None  # memoised; a state is never mutated after it is built
+        self._json: bytes | None = None
 
     @property
     def winner(self) -> str:
-        tree = self.tree
-        if len(tree) == 1:
-            return next(iter(tree))
-        return winner(tree)
+        win = self._win
+        if win is None:
+            tree = self.tree
+            win = self._win = next(iter(tree)) if len(tree) == 1 else winner(tree)
+        return win
+
+    @property
+    def doc_json(self) -> bytes | None:
+        """JSON of the winning revision as ``readdoc`` returns it (``id``, ``rev``, body); None if deleted."""
+        data = self._json
+        if data is None:
+            win = self.winner
+            if self.tree[win][1]:
+                return None
+            body = self.bodies[win]
+            head = b'{"id":' + orjson.dumps(self.id) + b',"rev":"' + win.encode() + b'"'
+            data = self._json = head + (b"}" if body == b"{}" else b"," + body[1:])
+        return data
 
     @property
     def deleted(self) -> bool:

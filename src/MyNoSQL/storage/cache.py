@@ -7,7 +7,6 @@ replication batch) still holds it, and vanishes with the last reference.
 
 from __future__ import annotations
 
-import contextlib
 import threading
 import weakref
 from collections import OrderedDict
@@ -27,8 +26,10 @@ class RecordCache(Generic[K, V]):
     def get(self, key: K) -> V | None:
         value = self._lru.get(key)
         if value is not None:
-            with contextlib.suppress(KeyError):  # evicted by another thread meanwhile; the value is still right
+            try:  # noqa: SIM105 - the hot read path; contextlib.suppress costs more than the lookup
                 self._lru.move_to_end(key)
+            except KeyError:  # evicted by another thread meanwhile; the value is still right
+                pass
             return value
         value = self._weak.get(key)
         if value is not None:
@@ -43,6 +44,11 @@ class RecordCache(Generic[K, V]):
             self._weak[key] = value
             while len(lru) > self.capacity:
                 lru.popitem(last=False)
+
+    def refresh(self, key: K, value: V) -> None:
+        """Replace the cached value of ``key`` if there is one (a newer state of a cached record)."""
+        if key in self._lru or key in self._weak:
+            self.put(key, value)
 
     def discard(self, key: K) -> None:
         with self._lock:

@@ -176,20 +176,31 @@ class Index:
                 "INSERT INTO blocks(bno, shard, off, len, count, first_seq, last_seq, live) VALUES(?,?,?,?,?,?,?,?)",
                 [(b.bno, b.shard, b.offset, b.length, b.count, b.first_seq, b.last_seq, b.count) for b in blocks],
             )
+            fresh = [p for p in placements if p[3] < 0]
+            taken: set[int] = set()
+            for i in range(0, len(fresh), 500):
+                chunk = [p[1] for p in fresh[i : i + 500]]
+                q = ",".join("?" * len(chunk))
+                taken.update(r[0] for r in w.execute(f"SELECT h FROM docs WHERE h IN ({q})", chunk))
+            docs_new, docs_upd, x_set = [], [], []
             for id, h, loc, prev_loc, prev_in_x in placements:
                 if prev_loc >= 0:
                     dead[prev_loc >> 8] = dead.get(prev_loc >> 8, 0) + 1
                     if prev_in_x:
-                        w.execute("UPDATE docs_x SET loc=? WHERE id=?", (loc, id))
+                        x_set.append((id, loc))
                     else:
-                        w.execute("UPDATE docs SET loc=? WHERE h=?", (loc, h))
+                        docs_upd.append((loc, h))
                     in_x.append(prev_in_x)
-                elif w.execute("SELECT 1 FROM docs WHERE h=?", (h,)).fetchone() is None:
-                    w.execute("INSERT INTO docs(h, loc) VALUES(?,?)", (h, loc))
-                    in_x.append(False)
-                else:  # another id has this hash: a 1-in-2**64 event per pair, handled all the same
-                    w.execute("INSERT OR REPLACE INTO docs_x(id, loc) VALUES(?,?)", (id, loc))
+                elif h in taken:  # another id has this hash: a 1-in-2**64 event per pair, handled all the same
+                    x_set.append((id, loc))
                     in_x.append(True)
+                else:
+                    taken.add(h)
+                    docs_new.append((h, loc))
+                    in_x.append(False)
+            w.executemany("INSERT INTO docs(h, loc) VALUES(?,?)", docs_new)
+            w.executemany("UPDATE docs SET loc=? WHERE h=?", docs_upd)
+            w.executemany("INSERT OR REPLACE INTO docs_x(id, loc) VALUES(?,?)", x_set)
             w.executemany("UPDATE blocks SET live = live - ? WHERE bno=?", [(n, b) for b, n in dead.items()])
             w.executemany("INSERT OR REPLACE INTO shards(n, size) VALUES(?,?)", list(shard_sizes.items()))
             w.executemany("INSERT OR REPLACE INTO meta(k, v) VALUES(?,?)", list(meta.items()))

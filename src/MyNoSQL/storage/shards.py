@@ -114,6 +114,7 @@ class ShardFiles:
         self._fds: dict[int, int] = {}
         self._sizes: dict[int, int] = {}
         self._roll = False
+        self._names: dict[int, str] = {}
         self.problems: list[str] = []
 
     def path(self, n: int) -> Path:
@@ -219,17 +220,19 @@ class ShardFiles:
         return n
 
     def read_block(self, shard: int, offset: int, length: int) -> list[bytes]:
-        where = f"{shard_name(shard)}@{offset}"
         fd = self._fds.get(shard)
         if fd is None:
-            raise CorruptionError(f"{where}: shard file is missing", path=str(self.path(shard)))
+            where = str(self.path(shard))
+            raise CorruptionError(f"{where}@{offset}: shard file is missing", path=where)
         buf = os.pread(fd, length, offset)
         if len(buf) != length:
-            raise CorruptionError(f"{where}: block is truncated", path=str(self.path(shard)))
-        count, raw_len, comp_len, _bno, _f, _l, crc = parse_header(buf, str(self.path(shard)))
+            where = str(self.path(shard))
+            raise CorruptionError(f"{where}@{offset}: block is truncated", path=where)
+        where = self._names.get(shard) or self._names.setdefault(shard, str(self.path(shard)))
+        count, raw_len, comp_len, _bno, _f, _l, crc = parse_header(buf, where)
         if HEADER_SIZE + comp_len != length:
-            raise CorruptionError(f"{where}: block length mismatch", path=str(self.path(shard)))
-        return unpack_payload(buf[HEADER_SIZE:], count, raw_len, crc, str(self.path(shard)))
+            raise CorruptionError(f"{where}@{offset}: block length mismatch", path=where)
+        return unpack_payload(buf[HEADER_SIZE:], count, raw_len, crc, where)
 
     def scan(self, shard: int) -> Iterator[tuple[int, int, tuple[int, int, int, int, int, int, int]]]:
         """Walk a shard's block headers: (offset, length, header fields). Raises CorruptionError on damage."""

@@ -209,8 +209,9 @@ class Store:
         new.seq = self.seq
         if prev is not None:
             new.disk_loc, new.in_x = prev.disk_loc, prev.in_x
+        new.raw = raw = new.to_bytes()
         try:
-            pos = self.wal.append(new.to_bytes())
+            pos = self.wal.append(raw)
         except StorageError:
             self.seq -= 1
             raise
@@ -227,7 +228,8 @@ class Store:
         active[new.id] = new
         self._active_delta += delta
         self.live_count += delta
-        self.cache.put(new.id, new)
+        # The record cache is refreshed when this state leaves the memtables (end of its flush); until then
+        # every read finds it in the memtable first.
         if len(active) >= self.opts.flush_docs:
             self._wake.set()
 
@@ -296,7 +298,7 @@ class Store:
         locs: list[int] = []
         for i in range(0, len(states), n):
             chunk = states[i : i + n]
-            packed.append((bno, pack_block(bno, [s.to_bytes() for s in chunk], chunk[0].seq, chunk[-1].seq),
+            packed.append((bno, pack_block(bno, [s.raw or s.to_bytes() for s in chunk], chunk[0].seq, chunk[-1].seq),
                            len(chunk), chunk[0].seq, chunk[-1].seq))
             locs.extend((bno << 8) | slot for slot in range(len(chunk)))
             bno += 1
@@ -328,7 +330,8 @@ class Store:
         with self.lock:
             active = self._active
             for s, loc, x in zip(states, locs, in_x, strict=True):
-                s.disk_loc, s.in_x = loc, x
+                s.disk_loc, s.in_x, s.raw = loc, x, None
+                self.cache.refresh(s.id, s)
                 newer = active.get(s.id)
                 if newer is not None:
                     newer.disk_loc, newer.in_x = loc, x

@@ -1,21 +1,27 @@
 """The write-ahead log: append-only, CRC-framed segments.
 
-Every ``savedoc`` appends one frame with the record's full new state; the frame is in the operating system's
-hands (``write(2)`` returned) before ``savedoc`` returns, so it survives the death of the process. In
-``durability="power"`` mode the writer also waits for an ``fdatasync`` that covers its frame; writers arriving
-while a sync runs share the next one (group commit).
+Every ``savedoc`` appends one frame with the record's full new state into a shared memory map of the segment
+file: once the copy is done the bytes are in the kernel's page cache, so they survive the death of the process
+(SIGKILL included), and the saver never gives up the GIL for a system call (a background compactor thread
+would otherwise make every save wait for it). Segment space is reserved with ``posix_fallocate`` before it is mapped,
+so a full disk is an ``OSError`` at reservation time, never a SIGBUS while copying. In ``durability="power"``
+mode the writer also waits for an ``fdatasync`` that covers its frame; writers arriving while a sync runs share
+the next one (group commit).
 
 The log is cut into segments ``wal-<n>.log``. The compactor *rotates* to a new segment, packs everything the
 older segments hold into shard blocks, commits the index, and only then deletes the older segments.
 
 Segment layout: an 8-byte magic ``MNSQWAL1``, then frames ``u32 length | u32 crc32(payload) | payload``
-(little endian). On recovery a frame that is short or fails its CRC at the end of the newest segment is a torn
-write from a crash and is cut off. Damage anywhere else is kept aside in ``<segment>.corrupt`` and reported.
+(little endian), then zeros up to the reserved size (a zero length ends the segment; the file is cut to its
+used length when the segment is closed). On recovery a frame that is short or fails its CRC at the end of the
+newest segment is a torn write from a crash and is cut off. Damage anywhere else is kept aside in
+``<segment>.corrupt`` and reported.
 """
 
 from __future__ import annotations
 
 import logging
+import mmap
 import os
 import struct
 import threading
@@ -31,6 +37,7 @@ log = logging.getLogger("MyNoSQL")
 MAGIC = b"MNSQWAL1"
 _FRAME = struct.Struct("<II")
 MAX_FRAME = 1 << 30
+SEGMENT_RESERVE = 8 << 20  # bytes reserved ahead in the open segment
 
 
 def _segment_name(n: int) -> str:
@@ -43,6 +50,8 @@ class WriteAheadLog:
         self.power_safe = power_safe
         self.problems: list[str] = []
         self._fd = -1
+        self._mm: mmap.mmap = None  # type: ignore[assignment]  # set by _open_segment
+        self._pos = 0
         self._segment = 0
         self._written = 0  # bytes appended since open, over all segments
         self._synced = 0
@@ -75,25 +84,26 @@ class WriteAheadLog:
             return
         pos = len(MAGIC)
         end = len(data)
-        while pos < end:
-            if pos + _FRAME.size > end:
-                break
+        while pos + _FRAME.size <= end:
             length, crc = _FRAME.unpack_from(data, pos)
             body_end = pos + _FRAME.size + length
-            if length > MAX_FRAME or body_end > end:
+            if length == 0 or length > MAX_FRAME or body_end > end:
                 break
             payload = data[pos + _FRAME.size : body_end]
             if zlib.crc32(payload) != crc:
                 break
             yield payload
             pos = body_end
-        if pos < end:
+        if pos >= end:
+            return
+        if data.count(b"\x00", pos) == end - pos:
+            self._truncate(path, pos)  # the zeroed, reserved rest of the segment: a clean end
+        elif last and not self._valid_frame_after(data, pos):
             # A torn write can only be the last frame of the last segment, and only if nothing valid follows.
-            if last and end - pos <= _FRAME.size + MAX_FRAME and not self._valid_frame_after(data, pos):
-                log.warning("write-ahead log %s: cut a torn tail of %d bytes", path.name, end - pos)
-                self._truncate(path, pos)
-            else:
-                self._set_aside(path, data, pos, "checksum mismatch")
+            log.warning("write-ahead log %s: cut a torn tail at byte %d", path.name, pos)
+            self._truncate(path, pos)
+        else:
+            self._set_aside(path, data, pos, "checksum mismatch")
 
     @staticmethod
     def _valid_frame_after(data: bytes, pos: int) -> bool:
@@ -129,32 +139,57 @@ class WriteAheadLog:
 
     def _open_segment(self, n: int) -> None:
         path = self.directory / _segment_name(n)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
         try:
-            if os.fstat(fd).st_size == 0:
+            used = os.fstat(fd).st_size
+            if used == 0:
                 write_all(fd, MAGIC)
+                used = len(MAGIC)
+            mm = self._map(fd, used + SEGMENT_RESERVE)
             if self.power_safe:
                 os.fsync(fd)
                 fsync_dir(self.directory)
         except OSError:
             os.close(fd)
             raise
-        self._fd = fd
-        self._segment = n
+        self._fd, self._mm, self._pos, self._segment = fd, mm, used, n
+
+    @staticmethod
+    def _map(fd: int, size: int) -> mmap.mmap:
+        if hasattr(os, "posix_fallocate"):
+            os.posix_fallocate(fd, 0, size)  # real blocks now: ENOSPC here, not SIGBUS later
+        elif os.fstat(fd).st_size < size:  # pragma: no cover - platforms without posix_fallocate
+            os.ftruncate(fd, size)
+        return mmap.mmap(fd, size)
 
     def append(self, payload: bytes) -> int:
         """Append one frame; the caller serialises appends. Returns the log position just past the frame."""
         frame = _FRAME.pack(len(payload), zlib.crc32(payload)) + payload
-        try:
-            n = os.write(self._fd, frame)
-            if n != len(frame):
-                # A short write (disk full): the partial frame must not stay, later frames would hide behind it.
-                os.ftruncate(self._fd, os.fstat(self._fd).st_size - n)
-                raise OSError(28, "No space left on device (short write)")
-        except OSError as exc:
-            raise StorageError(exc.errno, f"cannot append to the write-ahead log: {exc.strerror}") from exc
+        pos, end = self._pos, self._pos + len(frame)
+        if end > len(self._mm):
+            try:
+                self._grow(end)
+            except OSError as exc:
+                raise StorageError(exc.errno, f"cannot extend the write-ahead log: {exc.strerror}") from exc
+        self._mm[pos:end] = frame
+        self._pos = end
         self._written += len(frame)
         return self._written
+
+    def _grow(self, need: int) -> None:
+        size = max(need + SEGMENT_RESERVE, 2 * len(self._mm))
+        mm = self._map(self._fd, size)
+        self._mm.close()
+        self._mm = mm
+
+    def _close_segment(self) -> None:
+        """Unmap, cut the file to its used length, close."""
+        self._mm.close()
+        os.ftruncate(self._fd, self._pos)
+        if self.power_safe:
+            os.fsync(self._fd)
+        os.close(self._fd)
+        self._fd = -1
 
     def wait_durable(self, position: int) -> None:
         """Block until every frame up to ``position`` is on stable storage (group commit)."""
@@ -172,12 +207,10 @@ class WriteAheadLog:
     def rotate(self) -> int:
         """Start a new segment (caller serialises with appends). Returns the number of the last closed one."""
         with self._sync_lock:
-            old_fd, old = self._fd, self._segment
-            if self.power_safe:
-                os.fdatasync(old_fd)
-                self._synced = self._written
+            old = self._segment
+            self._close_segment()
+            self._synced = self._written
             self._open_segment(old + 1)
-            os.close(old_fd)
         return old
 
     def remove_through(self, n: int) -> None:
@@ -189,7 +222,4 @@ class WriteAheadLog:
     def close(self) -> None:
         if self._fd >= 0:
             with self._sync_lock:
-                if self.power_safe:
-                    os.fdatasync(self._fd)
-                os.close(self._fd)
-                self._fd = -1
+                self._close_segment()
