@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import re
 import sys
 import threading
 import urllib.parse
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import IO, Any, NamedTuple
+from typing import IO, TYPE_CHECKING, Any, NamedTuple
 
 import orjson
 
@@ -20,6 +22,7 @@ from ._errors import (
     DocumentNotFound,
     IndexNotFound,
     InvalidDocument,
+    MyNoSQLError,
     StorageError,
 )
 from ._options import Options
@@ -28,6 +31,11 @@ from .docs.codec import decode_value, dumps_body, loads_body
 from .docs.revtree import DocState
 from .storage.fileutil import atomic_write, sweep_temp_files
 from .storage.store import Store, secondary_value
+
+if TYPE_CHECKING:
+    from .replication.sync import Sync
+
+log = logging.getLogger("MyNoSQL")
 
 CONFIG_FORMAT = 1
 MAX_ID_BYTES = 1024
@@ -116,6 +124,14 @@ def normalize_peer_url(url: Any) -> str:
     return urllib.parse.urlunsplit((parts.scheme, parts.netloc, path, "", ""))
 
 
+def redact_url(url: str) -> str:
+    """A URL without user and password: what logs, errors, status and /_mirrors show."""
+    p = urllib.parse.urlsplit(url)
+    host = p.hostname or ""
+    netloc = (f"[{host}]" if ":" in host else host) + (f":{p.port}" if p.port else "")
+    return urllib.parse.urlunsplit((p.scheme, netloc, p.path, "", ""))
+
+
 def default_location() -> Path:
     """The per-user data directory: ``$MYNOSQL_HOME``, else the platform's user data directory + MyNoSQL."""
     env = os.environ.get("MYNOSQL_HOME")
@@ -188,6 +204,13 @@ class Database:
             self._lock.release()
             raise
         self._closed = False
+        self.sync: Sync | None = None
+        self._sync_lock = threading.Lock()
+        try:
+            self._restart_sync()
+        except BaseException:
+            self.close()
+            raise
 
     # -- lifecycle --------------------------------------------------------------------------------------------
 
@@ -206,6 +229,10 @@ class Database:
             return
         self._closed = True
         try:
+            with self._sync_lock:
+                if self.sync is not None:
+                    self.sync.stop(final_push=self.options.final_push)
+                    self.sync = None
             self.store.close()
         finally:
             self._lock.release()
@@ -221,7 +248,7 @@ class Database:
     def _load_config(self) -> dict[str, Any]:
         path = self.path / "config.json"
         base: dict[str, Any] = {"format": CONFIG_FORMAT, "mode": "Peer", "peers": [], "indexes": [],
-                                "host": "127.0.0.1", "port": DEFAULT_PORT}
+                                "host": "127.0.0.1", "port": DEFAULT_PORT, "advertise": None}
         if path.exists():
             try:
                 loaded = orjson.loads(path.read_bytes())
@@ -232,6 +259,10 @@ class Database:
 
                 raise CorruptionError(f"{path} is damaged: {exc}", path=str(path)) from exc
             base.update(loaded)
+        if "uuid" not in base:
+            base["uuid"] = new_id()
+            self.config = base
+            self._save_config()
         return base
 
     def _save_config(self) -> None:
@@ -243,24 +274,114 @@ class Database:
         if norm is None:
             return False
         with self._config_lock:
-            if self.config["mode"] != norm:
+            changed = self.config["mode"] != norm
+            if changed:
                 self.config["mode"] = norm
                 self._save_config()
+        if changed:
+            self._restart_sync()
         return True
+
+    def setlisten(self, host: str = "127.0.0.1", port: int = DEFAULT_PORT, *, advertise: str | None = None) -> None:
+        """Where this database serves as a mirror (remembered): host, port (0: any free port), and the URL
+        other nodes should use for it (default ``http://host:port``)."""
+        self._check()
+        if not isinstance(host, str) or not host or not isinstance(port, int) or not 0 <= port < 65536:
+            raise InvalidDocument("setlisten needs a host name and a port number (0-65535)")
+        with self._config_lock:
+            self.config.update(host=host, port=port, advertise=advertise and normalize_peer_url(advertise))
+            self._save_config()
+        if self.config["mode"] == "Mirror":
+            self._restart_sync()
+
+    @property
+    def server_url(self) -> str | None:
+        """The URL this database serves on (Mirror mode), or None."""
+        return self.sync.server_url if self.sync else None
+
+    def _restart_sync(self) -> None:
+        with self._sync_lock:
+            if self.sync is not None:
+                self.sync.stop(final_push=0)
+                self.sync = None
+            if os.environ.get("MYNOSQL_SYNC", "1") == "0":
+                return  # background replication and serving switched off (tests, air-gapped runs)
+            if self.config["mode"] == "Mirror" or self.config["peers"]:
+                from .replication.sync import Sync
+
+                sync = Sync(self)
+                sync.start()
+                self.sync = sync
+
+    def learn_mirrors(self, urls: list[str], *, via: str) -> None:
+        """Remember mirrors that a known mirror (``via``) lists; keeps the credentials of ``via`` for them."""
+        creds = urllib.parse.urlsplit(via)
+        added = []
+        for url in urls:
+            try:
+                norm = normalize_peer_url(url)
+            except InvalidDocument:
+                continue
+            p = urllib.parse.urlsplit(norm)
+            if creds.username and not p.username:
+                norm = urllib.parse.urlunsplit((p.scheme, f"{creds.netloc.rpartition('@')[0]}@{p.netloc}",
+                                                p.path, "", ""))
+            added.append(norm)
+        with self._config_lock:
+            own = {self.config.get("advertise"), self.server_url}
+            known = {redact_url(u) for u in self.config["peers"]}
+            new = [u for u in added if redact_url(u) not in known and redact_url(u) not in own]
+            if new:
+                self.config["peers"] = [*self.config["peers"], *dict.fromkeys(new)]
+                self._save_config()
 
     def getdbmode(self) -> str:
         self._check()
         return str(self.config["mode"])
 
     def addpeer(self, url: str) -> bool:
-        """Remember a mirror URL (normalised; duplicates are ignored). Returns True."""
+        """Remember a mirror URL (normalised; duplicates are ignored), learn its list of mirrors, and start
+        replicating with it in the background. Returns True (also when the mirror cannot be reached now)."""
         self._check()
         norm = normalize_peer_url(url)
         with self._config_lock:
-            if norm not in self.config["peers"]:
+            is_new = norm not in self.config["peers"]
+            if is_new:
                 self.config["peers"] = [*self.config["peers"], norm]
                 self._save_config()
+        if self.sync is None or is_new:
+            self._restart_sync()
         return True
+
+    def status(self) -> dict[str, Any]:
+        """Mode, records, pending pushes and, per mirror: reachable, last success/error, pending, lag."""
+        store = self._check()
+        sync = self.sync
+        return {"name": self.name, "mode": self.config["mode"], "records": len(self), "seq": store.seq,
+                "server": self.server_url, "mirrors": sync.status() if sync else {},
+                "compactor_error": store.stats.last_error}
+
+    def watch(self, callback: Callable[[Change], None]) -> Callable[[], None]:
+        """Call ``callback(change)`` after every change, local or replicated. Returns a function that stops it.
+
+        Callbacks run in the thread that made the change; keep them short. An exception in one is logged.
+        """
+        store = self._check()
+
+        def listener(new: DocState, prev: DocState | None) -> None:
+            win = new.winner
+            try:
+                callback(Change(new.seq, new.id, win, new.tree[win][1]))
+            except Exception:
+                log.exception("watch callback %r failed", callback)
+
+        store.listeners.append(listener)
+
+        def unwatch() -> None:
+            with contextlib.suppress(ValueError):
+                store.listeners.remove(listener)
+
+        return unwatch
 
     def peers(self) -> list[str]:
         self._check()
@@ -328,12 +449,25 @@ class Database:
             raise DatabaseClosed(f"database {self.name!r} is closed")
         state = self.store.get_state(id if type(id) is str else validate_id(id))
         if state is None:
-            raise DocumentNotFound(id)
+            state = self._fetch_remote(id)
+            if state is None:
+                raise DocumentNotFound(id)
         data = state.doc_json
         if data is None:
             raise DocumentNotFound(id, deleted=True)
         out: dict[str, Any] = orjson.loads(data)
         return decode_value(out) if b'"$' in data else out
+
+    def _fetch_remote(self, id: str) -> DocState | None:
+        """A peer reading a record it does not hold asks a mirror, for at most ``read_timeout`` seconds."""
+        sync = self.sync
+        if sync is None or self.config["mode"] == "Mirror" or not isinstance(id, str):
+            return None
+        try:
+            sync.run(sync.fetch(validate_id(id)), timeout=self.options.read_timeout)
+        except (TimeoutError, MyNoSQLError, OSError):
+            return None
+        return self.store.get_state(id)
 
     def deletedoc(self, id: str, rev: str) -> dict[str, Any]:
         """Delete the revision ``rev`` of record ``id`` (leaves a tombstone that replicates)."""
@@ -454,6 +588,59 @@ class Database:
             else:
                 out[id] = decode_value(orjson.loads(v))
         return out
+
+    # -- replication primitives (the replicator and the mirror server use these) -----------------------------
+
+    def state(self, id: str) -> DocState | None:
+        """Everything stored about ``id`` (revision tree and leaf bodies), or None."""
+        return self._check().get_state(id)
+
+    def put_replicated(self, id: str, path: list[str], deleted: bool, blob: bytes) -> bool:
+        """Merge a revision received by replication (``new_edits=false``). Returns False if it was known.
+
+        ``path`` is the revision and its ancestors, newest first, as in ``_revisions``; ``blob`` its encoded body.
+        """
+        store = self._check()
+        limit = self.options.revs_limit
+
+        def mutate(prev: DocState | None) -> DocState | None:
+            tree, added = revtree.merge_path(prev.tree if prev else {}, path, deleted)
+            if not added:
+                return None
+            bodies = dict(prev.bodies) if prev else {}
+            for ancestor in path[1:]:
+                bodies.pop(ancestor, None)  # a leaf this path extends is a leaf no more
+            bodies[path[0]] = blob
+            tree = revtree.stem(tree, limit)
+            return DocState(id, 0, tree, {r: b for r, b in bodies.items() if r in tree})
+
+        _prev, new = store.put(id, mutate)
+        return new is not None
+
+    def revs_diff(self, query: dict[str, list[str]]) -> dict[str, list[str]]:
+        """For each id, the revisions of the list that this database does not have."""
+        store = self._check()
+        out: dict[str, list[str]] = {}
+        for id, revs in query.items():
+            state = store.get_state(id)
+            missing = revtree.revs_diff(state.tree if state else None, revs)
+            if missing:
+                out[id] = missing
+        return out
+
+    def local_get(self, id: str) -> dict[str, Any] | None:
+        """A ``_local`` document (replication checkpoints): never replicated, never in the changes feed."""
+        row = self._check().index.get_local(id)
+        if row is None:
+            return None
+        doc: dict[str, Any] = orjson.loads(row[1])
+        doc["_id"] = "_local/" + id
+        doc["_rev"] = f"0-{row[0]}"
+        return doc
+
+    def local_put(self, id: str, doc: dict[str, Any] | None) -> str:
+        body = None if doc is None else orjson.dumps({k: v for k, v in doc.items() if k[:1] != "_"})
+        return f"0-{self._check().index.put_local(id, body)}"
 
     # -- maintenance ------------------------------------------------------------------------------------------
 

@@ -33,6 +33,15 @@ class Options:
         records per compressed block (16-64 is the measured sweet spot of size against read latency).
     shard_max_bytes:
         a shard file is closed for appends past this size and a new one begun.
+    remote_timeout:
+        seconds an HTTP request to a mirror may take before it counts as failed.
+    read_timeout:
+        how long ``readdoc`` of a record this peer does not hold may wait for a mirror before it gives up
+        (``DocumentNotFound``): reads never hang on the network.
+    longpoll:
+        how long one poll of a mirror's changes feed waits for a change (an idle poll is one request).
+    final_push:
+        how long ``closedb`` may spend on a last push of unsent records.
     gc_live_ratio:
         a closed shard whose live records fall below this fraction of its records is rewritten (its live
         records move to the newest shard) and deleted.
@@ -48,6 +57,10 @@ class Options:
     block_docs: int = 64
     shard_max_bytes: int = 64 * 1024 * 1024
     gc_live_ratio: float = 0.5
+    remote_timeout: float = 10.0
+    read_timeout: float = 2.0
+    longpoll: float = 25.0
+    final_push: float = 5.0
 
     def __post_init__(self) -> None:
         if self.durability not in ("process", "power"):

@@ -16,6 +16,7 @@ REV = re.compile(r"^\d+-[0-9a-f]{32}$")
 
 def test_seed_readme_snippet(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MYNOSQL_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("MYNOSQL_SYNC", "0")  # "mirrorhostname" is not a loopback address: no traffic to it
     db = MyNoSQL.MyNoSQL()
     db.opendb("YourDatabaseName")
     assert db.setdbmode("Mirror") is True

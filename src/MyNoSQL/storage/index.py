@@ -12,6 +12,7 @@ Tables::
            count, first_seq, last_seq, live)             are still the newest state of their id
     shards(n INTEGER PRIMARY KEY, size)                 committed length of each shard file
     sidx(name TEXT, id TEXT, value BLOB)                secondary indexes: JSON of the field's value
+    local(id TEXT PRIMARY KEY, rev, body)               CouchDB ``_local`` documents (replication checkpoints)
 
 Keying ``docs`` by a hash keeps the row at ~20 bytes whatever the id's length: the id itself is inside the
 record, and every read checks it.
@@ -43,6 +44,7 @@ CREATE INDEX IF NOT EXISTS blocks_by_seq ON blocks(last_seq);
 CREATE TABLE IF NOT EXISTS shards(n INTEGER PRIMARY KEY, size INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS sidx(name TEXT NOT NULL, id TEXT NOT NULL, value BLOB, PRIMARY KEY(name, id))
     WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS local(id TEXT PRIMARY KEY, rev INTEGER NOT NULL, body BLOB NOT NULL) WITHOUT ROWID;
 """
 
 
@@ -68,6 +70,7 @@ class Index:
         except sqlite3.DatabaseError as exc:
             raise CorruptionError(f"{path}: the index cannot be opened: {exc}", path=str(path)) from exc
         self._rlock = threading.Lock()
+        self._wlock = threading.Lock()  # the writer connection: the compactor, and local-document writes
 
     def _connect(self) -> sqlite3.Connection:
         con = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
@@ -170,6 +173,21 @@ class Index:
         w = self._w
         in_x: list[bool] = []
         dead: dict[int, int] = {}
+        with self._wlock:
+            return self._commit_flush(w, in_x, dead, blocks, placements, shard_sizes, meta, sidx_set, sidx_del)
+
+    def _commit_flush(
+        self,
+        w: sqlite3.Connection,
+        in_x: list[bool],
+        dead: dict[int, int],
+        blocks: list[BlockInfo],
+        placements: list[tuple[str, int, int, int, bool]],
+        shard_sizes: dict[int, int],
+        meta: dict[str, Any],
+        sidx_set: list[tuple[str, str, bytes]],
+        sidx_del: list[tuple[str, str]],
+    ) -> list[bool]:
         try:
             w.execute("BEGIN IMMEDIATE")
             w.executemany(
@@ -214,6 +232,10 @@ class Index:
         return in_x
 
     def drop_shard(self, shard: int) -> None:
+        with self._wlock:
+            self._drop_shard(shard)
+
+    def _drop_shard(self, shard: int) -> None:
         w = self._w
         try:
             w.execute("BEGIN IMMEDIATE")
@@ -226,14 +248,41 @@ class Index:
             raise StorageError(None, f"index commit failed: {exc}") from exc
 
     def set_secondary(self, name: str, rows: Iterable[tuple[str, bytes]]) -> None:
-        w = self._w
-        w.execute("BEGIN IMMEDIATE")
-        w.execute("DELETE FROM sidx WHERE name=?", (name,))
-        w.executemany("INSERT INTO sidx(name, id, value) VALUES(?,?,?)", ((name, i, v) for i, v in rows))
-        w.execute("COMMIT")
+        with self._wlock:
+            w = self._w
+            try:
+                w.execute("BEGIN IMMEDIATE")
+                w.execute("DELETE FROM sidx WHERE name=?", (name,))
+                w.executemany("INSERT INTO sidx(name, id, value) VALUES(?,?,?)", ((name, i, v) for i, v in rows))
+                w.execute("COMMIT")
+            except sqlite3.Error as exc:
+                with contextlib.suppress(sqlite3.Error):
+                    w.execute("ROLLBACK")
+                raise StorageError(None, f"cannot build index {name!r}: {exc}") from exc
 
     def drop_secondary(self, name: str) -> None:
-        self._w.execute("DELETE FROM sidx WHERE name=?", (name,))
+        with self._wlock:
+            self._w.execute("DELETE FROM sidx WHERE name=?", (name,))
+
+    # -- _local documents (not replicated, not in the changes feed) -------------------------------------------
+
+    def get_local(self, id: str) -> tuple[int, bytes] | None:
+        result: tuple[int, bytes] | None = self._one("SELECT rev, body FROM local WHERE id=?", (id,))
+        return result
+
+    def put_local(self, id: str, body: bytes | None) -> int:
+        """Store (or delete, with None) a local document; returns its new revision number."""
+        with self._wlock:
+            try:
+                row = self._w.execute("SELECT rev FROM local WHERE id=?", (id,)).fetchone()
+                rev = (row[0] if row else 0) + 1
+                if body is None:
+                    self._w.execute("DELETE FROM local WHERE id=?", (id,))
+                else:
+                    self._w.execute("INSERT OR REPLACE INTO local(id, rev, body) VALUES(?,?,?)", (id, rev, body))
+            except sqlite3.Error as exc:
+                raise StorageError(None, f"cannot write local document: {exc}") from exc
+        return rev
 
     def iter_hash_rows(self) -> Iterator[tuple[int, int]]:
         yield from self._all("SELECT h, loc FROM docs")

@@ -1,0 +1,1 @@
+"""Replication: CouchDB's protocol between a local database and mirrors (or CouchDB/PouchDB servers)."""

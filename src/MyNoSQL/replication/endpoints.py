@@ -1,0 +1,231 @@
+"""The two kinds of replication endpoint: a local database and a CouchDB-compatible server over HTTP.
+
+Both offer the same async methods, so one replicator moves records between any two of them: local -> mirror,
+mirror -> local, and (for the ``replicate`` command) server -> server. All foreign errors of the HTTP client are
+translated here, at one boundary, into :class:`RemoteError` (``raise ... from exc``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import urllib.parse
+from collections.abc import Sequence
+from itertools import islice
+from typing import Any, Protocol
+
+import aiohttp
+import orjson
+
+from .._database import Database, validate_id
+from .._database import redact_url as redact
+
+__all__ = ["Endpoint", "HttpEndpoint", "LocalEndpoint", "RemoteError", "redact", "replication_id"]
+from .._errors import InvalidDocument, MyNoSQLError
+from . import protocol
+
+
+class RemoteError(MyNoSQLError):
+    """A mirror could not be reached, or answered with an error. ``status`` is the HTTP status (0: network)."""
+
+    def __init__(self, message: str, *, status: int = 0) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class Endpoint(Protocol):
+    """What the replicator needs of either side."""
+
+    identity: str  # a stable name for replication ids (a URL without credentials, or a path)
+
+    async def info(self) -> dict[str, Any]: ...
+    async def changes(
+        self, since: Any, limit: int, timeout: float | None = None
+    ) -> tuple[list[dict[str, Any]], Any]: ...
+    async def revs_diff(self, query: dict[str, list[str]]) -> dict[str, list[str]]: ...
+    async def bulk_get(self, wants: dict[str, list[str]]) -> list[dict[str, Any]]: ...
+    async def bulk_docs(self, docs: Sequence[dict[str, Any]]) -> list[dict[str, Any]]: ...
+    async def get_local(self, id: str) -> dict[str, Any] | None: ...
+    async def put_local(self, id: str, doc: dict[str, Any]) -> None: ...
+
+
+class LocalEndpoint:
+    """A database of this process. Blocking work runs in worker threads, off the event loop."""
+
+    def __init__(self, db: Database, *, ids: set[str] | None = None) -> None:
+        self.db = db
+        self.identity = f"local:{db.path}"
+
+    async def info(self) -> dict[str, Any]:
+        return {"db_name": self.db.name, "update_seq": self.db.seq, "doc_count": len(self.db)}
+
+    async def changes(self, since: Any, limit: int, timeout: float | None = None) -> tuple[list[dict[str, Any]], Any]:
+        start = since if isinstance(since, int) else 0
+
+        def read() -> tuple[list[dict[str, Any]], int]:
+            rows = [protocol.changes_row(s) for s in islice(self.db.store.iter_states(start), limit)]
+            return rows, rows[-1]["seq"] if rows else start
+
+        return await asyncio.to_thread(read)
+
+    async def revs_diff(self, query: dict[str, list[str]]) -> dict[str, list[str]]:
+        return await asyncio.to_thread(self.db.revs_diff, query)
+
+    async def bulk_get(self, wants: dict[str, list[str]]) -> list[dict[str, Any]]:
+        def read() -> list[dict[str, Any]]:
+            out = []
+            for id, revs in wants.items():
+                state = self.db.state(id)
+                if state is None:
+                    continue
+                for rev in revs:
+                    if rev in state.bodies:
+                        out.append(protocol.doc_to_wire(state, rev, revs=True))
+            return out
+
+        return await asyncio.to_thread(read)
+
+    async def bulk_docs(self, docs: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+        def write() -> list[dict[str, Any]]:
+            errors = []
+            opts = self.db.options
+            for doc in docs:
+                try:
+                    w = protocol.doc_from_wire(doc, validate_id=validate_id, max_bytes=opts.max_doc_bytes,
+                                               max_revs=opts.revs_limit)
+                    self.db.put_replicated(w.id, w.path, w.deleted, w.blob)
+                except InvalidDocument as exc:
+                    errors.append({"id": doc.get("_id") if isinstance(doc, dict) else None,
+                                   "error": "forbidden", "reason": str(exc)})
+            return errors
+
+        return await asyncio.to_thread(write)
+
+    async def get_local(self, id: str) -> dict[str, Any] | None:
+        return await asyncio.to_thread(self.db.local_get, id)
+
+    async def put_local(self, id: str, doc: dict[str, Any]) -> None:
+        await asyncio.to_thread(self.db.local_put, id, doc)
+
+
+class HttpEndpoint:
+    """A database on a CouchDB-compatible server (a MyNoSQL mirror, CouchDB, PouchDB Server)."""
+
+    def __init__(self, session: aiohttp.ClientSession, db_url: str, *, timeout: float = 30.0) -> None:
+        p = urllib.parse.urlsplit(db_url)
+        self._auth = aiohttp.BasicAuth(urllib.parse.unquote(p.username), urllib.parse.unquote(p.password or "")) \
+            if p.username else None
+        self.url = redact(db_url).rstrip("/")
+        self.identity = self.url
+        self.session = session
+        self.timeout = timeout
+        self._has_bulk_get: bool | None = None
+
+    async def request(self, method: str, path: str, *, params: dict[str, str] | None = None, body: Any = None,
+                      ok: tuple[int, ...] = (200, 201, 202), timeout: float | None = None) -> Any:
+        url = self.url + path
+        data = None if body is None else orjson.dumps(body)
+        headers = {"Accept": "application/json"}
+        if data is not None:
+            headers["Content-Type"] = "application/json"
+        try:
+            async with self.session.request(
+                method, url, params=params, data=data, headers=headers, auth=self._auth,
+                timeout=aiohttp.ClientTimeout(total=timeout or self.timeout),
+            ) as resp:
+                raw = await resp.read()
+                if resp.status not in ok:
+                    reason = raw[:200].decode("utf-8", "replace")
+                    raise RemoteError(f"{method} {self.url}{path}: HTTP {resp.status} {reason}", status=resp.status)
+                return orjson.loads(raw) if raw else None
+        except RemoteError:
+            raise
+        except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+            raise RemoteError(f"{method} {self.url}{path}: {type(exc).__name__}: {exc}") from exc
+        except orjson.JSONDecodeError as exc:
+            raise RemoteError(f"{method} {self.url}{path}: the answer is not JSON") from exc
+
+    async def info(self) -> dict[str, Any]:
+        result: dict[str, Any] = await self.request("GET", "/")
+        return result
+
+    async def ensure_exists(self) -> None:
+        try:
+            await self.request("GET", "/")
+        except RemoteError as exc:
+            if exc.status != 404:
+                raise
+            await self.request("PUT", "/", ok=(201, 202, 412))
+
+    async def changes(self, since: Any, limit: int, timeout: float | None = None) -> tuple[list[dict[str, Any]], Any]:
+        params = {"style": "all_docs", "since": str(since) if not isinstance(since, str) else since,
+                  "limit": str(limit)}
+        if timeout:
+            params.update(feed="longpoll", timeout=str(int(timeout * 1000)))
+        result = await self.request("GET", "/_changes", params=params,
+                                    timeout=(timeout or 0) + self.timeout)
+        return list(result.get("results", [])), result.get("last_seq", since)
+
+    async def revs_diff(self, query: dict[str, list[str]]) -> dict[str, list[str]]:
+        result = await self.request("POST", "/_revs_diff", body=query)
+        return {id: v["missing"] for id, v in (result or {}).items() if v.get("missing")}
+
+    async def bulk_get(self, wants: dict[str, list[str]]) -> list[dict[str, Any]]:
+        if self._has_bulk_get is not False:
+            try:
+                body = {"docs": [{"id": id, "rev": rev} for id, revs in wants.items() for rev in revs]}
+                result = await self.request("POST", "/_bulk_get", params={"revs": "true"}, body=body)
+                self._has_bulk_get = True
+                out = []
+                for entry in result.get("results", []):
+                    for d in entry.get("docs", []):
+                        if "ok" in d:
+                            out.append(d["ok"])
+                return out
+            except RemoteError as exc:
+                if exc.status not in (400, 404, 405, 501):
+                    raise
+                self._has_bulk_get = False
+        out = []
+        for id, revs in wants.items():  # the plain protocol: one GET per document
+            params = {"revs": "true", "latest": "true", "open_revs": orjson.dumps(revs).decode()}
+            result = await self.request("GET", "/" + urllib.parse.quote(id, safe=""), params=params)
+            out.extend(d["ok"] for d in result if "ok" in d)
+        return out
+
+    async def bulk_docs(self, docs: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+        result = await self.request("POST", "/_bulk_docs", body={"docs": list(docs), "new_edits": False})
+        return [r for r in (result or []) if "error" in r]
+
+    async def get_local(self, id: str) -> dict[str, Any] | None:
+        try:
+            result: dict[str, Any] = await self.request("GET", "/_local/" + urllib.parse.quote(id, safe=""))
+            return result
+        except RemoteError as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    async def put_local(self, id: str, doc: dict[str, Any]) -> None:
+        path = "/_local/" + urllib.parse.quote(id, safe="")
+        current = await self.get_local(id)
+        body = dict(doc)
+        if current and "_rev" in current:
+            body["_rev"] = current["_rev"]
+        await self.request("PUT", path, body=body)
+
+    async def get_doc(self, id: str, timeout: float) -> dict[str, Any] | None:
+        """The winning revision with its history and conflicts, or None if the server does not have it."""
+        try:
+            result: dict[str, Any] = await self.request(
+                "GET", "/" + urllib.parse.quote(id, safe=""), params={"revs": "true", "conflicts": "true"},
+                timeout=timeout)
+            return result
+        except RemoteError as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+
+def replication_id(source: Endpoint, target: Endpoint, extra: str = "") -> str:
+    return hashlib.md5(f"{source.identity}|{target.identity}|{extra}".encode(), usedforsecurity=False).hexdigest()

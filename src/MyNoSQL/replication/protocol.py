@@ -1,0 +1,132 @@
+"""Wire shapes of CouchDB's replication protocol, and the mapping between records and CouchDB documents.
+
+A record ``{"id": ..., "rev": ..., **body}`` travels as the CouchDB document
+``{"_id": id, "_rev": rev, **body}`` plus ``"_deleted": true`` for a tombstone and
+``"_revisions": {"start": N, "ids": [hash, ...]}`` (newest first) when the history is asked for.
+
+The body is the record's stored JSON (see :mod:`MyNoSQL.docs.codec`: values that JSON cannot hold travel as
+one-key ``{"$tag": ...}`` objects). CouchDB reserves top-level keys that start with ``_``, so a record's own
+top-level key ``_x`` travels as ``$_x`` and is mapped back on arrival (a document from elsewhere with a
+top-level ``$_x`` key therefore arrives as ``_x``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+from .._errors import InvalidDocument
+from ..docs import revtree
+from ..docs.codec import loads_body
+from ..docs.revtree import DocState
+
+# Keys a document may carry on the wire besides its body; others starting with "_" are refused.
+_WIRE_META = frozenset(("_id", "_rev", "_deleted", "_revisions", "_conflicts", "_deleted_conflicts",
+                        "_revs_info", "_local_seq"))
+
+
+def body_to_wire(blob: bytes) -> dict[str, Any]:
+    body: dict[str, Any] = orjson.loads(blob)
+    if any(k[:1] == "_" for k in body):
+        body = {("$" + k if k[:1] == "_" else k): v for k, v in body.items()}
+    return body
+
+
+def body_from_wire(doc: dict[str, Any]) -> dict[str, Any]:
+    body = {}
+    for k, v in doc.items():
+        if k[:1] == "_":
+            if k not in _WIRE_META:
+                if k == "_attachments":
+                    raise InvalidDocument("attachments are not supported")
+                raise InvalidDocument(f"bad special document member: {k}")
+            continue
+        body["_" + k[2:] if k[:2] == "$_" else k] = v
+    return body
+
+
+def revisions(state: DocState, rev: str) -> dict[str, Any]:
+    chain = revtree.ancestry(state.tree, rev)
+    return {"start": revtree.rev_gen(rev), "ids": [r.partition("-")[2] for r in chain]}
+
+
+def doc_to_wire(state: DocState, rev: str, *, revs: bool = False, conflicts: bool = False) -> dict[str, Any]:
+    """The CouchDB document for leaf ``rev`` of ``state``."""
+    doc: dict[str, Any] = {"_id": state.id, "_rev": rev}
+    deleted = state.tree[rev][1]
+    if deleted:
+        doc["_deleted"] = True
+    doc.update(body_to_wire(state.bodies[rev]))
+    if revs:
+        doc["_revisions"] = revisions(state, rev)
+    if conflicts:
+        c = state.conflicts()
+        if c:
+            doc["_conflicts"] = c
+    return doc
+
+
+class WireDoc:
+    """A document received with ``new_edits=false``, checked and ready to merge."""
+
+    __slots__ = ("blob", "deleted", "id", "path")
+
+    def __init__(self, id: str, path: list[str], deleted: bool, blob: bytes) -> None:
+        self.id = id
+        self.path = path  # leaf first, then ancestors, newest to oldest
+        self.deleted = deleted
+        self.blob = blob
+
+
+def doc_from_wire(doc: Any, *, validate_id: Any, max_bytes: int, max_revs: int) -> WireDoc:
+    """Check a CouchDB document sent for replication; raise InvalidDocument with CouchDB's wording."""
+    if not isinstance(doc, dict):
+        raise InvalidDocument("document must be a JSON object")
+    id = validate_id(doc.get("_id"))
+    rev = doc.get("_rev")
+    if not isinstance(rev, str):
+        raise InvalidDocument("missing _rev (replicated documents need one)")
+    try:
+        gen, h = revtree.parse_rev(rev)
+    except ValueError as exc:
+        raise InvalidDocument(f"invalid rev format: {rev[:80]!r}") from exc
+    deleted = doc.get("_deleted", False)
+    if not isinstance(deleted, bool):
+        raise InvalidDocument("_deleted must be a boolean")
+    path = [rev]
+    hist = doc.get("_revisions")
+    if hist is not None:
+        if not isinstance(hist, dict) or type(hist.get("start")) is not int or not isinstance(hist.get("ids"), list):
+            raise InvalidDocument("_revisions must be {start: int, ids: [str]}")
+        ids = hist["ids"]
+        if hist["start"] != gen or not ids or ids[0] != h:
+            raise InvalidDocument("_revisions does not match _rev")
+        if len(ids) > max_revs:
+            ids = ids[:max_revs]
+        if gen - len(ids) < 0:
+            raise InvalidDocument("_revisions is longer than the revision's generation")
+        path = []
+        for i, x in enumerate(ids):
+            r = f"{gen - i}-{x}" if isinstance(x, str) else ""
+            if not revtree.REV_RE.match(r):
+                raise InvalidDocument("invalid revision id in _revisions")
+            path.append(r)
+    body = body_from_wire(doc)
+    blob = orjson.dumps(body)
+    if len(blob) > max_bytes:
+        raise InvalidDocument(f"document is {len(blob)} bytes, over the limit of {max_bytes}")
+    try:
+        loads_body(blob)  # the tagged values must decode
+    except (ValueError, TypeError, KeyError, AttributeError, ArithmeticError, RecursionError) as exc:
+        raise InvalidDocument(f"document holds a malformed tagged value: {exc}") from exc
+    return WireDoc(id, path, deleted, blob)
+
+
+def changes_row(state: DocState) -> dict[str, Any]:
+    """One ``_changes?style=all_docs`` row: the winner first, then the other leaves."""
+    leaves = revtree.sorted_leaves(state.tree)
+    row: dict[str, Any] = {"seq": state.seq, "id": state.id, "changes": [{"rev": r} for r in leaves]}
+    if state.tree[leaves[0]][1]:
+        row["deleted"] = True
+    return row

@@ -1,0 +1,371 @@
+"""Background replication of one open database: a thread running an asyncio loop that owns every task.
+
+Peer mode (the default):
+  * push: the local changes feed since the push checkpoint goes to the current mirror (a durable outbox: what
+    was saved offline, or before a crash, is pushed when a mirror answers);
+  * poll: the mirror's changes feed since the poll checkpoint (longpoll: an idle poll is one small round
+    trip); records this peer holds and for which the mirror has revisions it lacks are downloaded;
+  * the mirror list is learned from ``GET /_mirrors`` and remembered; when the current mirror fails, the next
+    one is tried (failover).
+Mirror mode: the HTTP server, and a continuous pull from every other known mirror.
+
+Retries use capped exponential backoff with jitter; a remote's state changes (reachable <-> unreachable) are
+logged once each, not once per retry, and exposed in ``status()``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import threading
+import time
+import urllib.parse
+from collections.abc import Coroutine
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import aiohttp
+
+from .._errors import MyNoSQLError
+from . import protocol
+from .endpoints import HttpEndpoint, LocalEndpoint, RemoteError, redact
+from .replicator import replicate
+
+if TYPE_CHECKING:
+    from .._database import Database
+
+log = logging.getLogger("MyNoSQL")
+T = TypeVar("T")
+
+
+def db_url(mirror: str, name: str) -> str:
+    """The URL of database ``name`` on a mirror given by its server URL (or already a database URL)."""
+    p = urllib.parse.urlsplit(mirror)
+    return mirror.rstrip("/") if p.path.strip("/") else f"{mirror.rstrip('/')}/{urllib.parse.quote(name)}"
+
+
+class RemoteState:
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.reachable: bool | None = None
+        self.last_success: float | None = None
+        self.last_error: str | None = None
+        self.pushed_seq = 0
+        self.pulled_seq: Any = 0
+        self.remote_seq: Any = 0
+        self.docs_pushed = 0
+        self.docs_pulled = 0
+
+    def ok(self) -> None:
+        if self.reachable is not True:
+            log.info("mirror %s is reachable", self.url)
+        self.reachable = True
+        self.last_success = time.time()
+
+    def failed(self, exc: BaseException) -> None:
+        msg = str(exc) if isinstance(exc, MyNoSQLError) else f"{type(exc).__name__}: {exc}"
+        if self.reachable is not False or msg != self.last_error:
+            log.warning("mirror %s: %s (will retry)", self.url, msg)
+        self.reachable = False
+        self.last_error = msg
+
+
+class Backoff:
+    def __init__(self, base: float = 0.2, cap: float = 10.0) -> None:
+        self.base, self.cap, self.n = base, cap, 0
+
+    def reset(self) -> None:
+        self.n = 0
+
+    def next(self) -> float:
+        self.n += 1
+        return random.uniform(0, min(self.cap, self.base * 2 ** min(self.n, 20)))
+
+
+class Sync:
+    """Owned by a Database: started by ``opendb``, stopped and joined by ``closedb``."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+        self.opts = db.options
+        self.loop = asyncio.new_event_loop()
+        self.remotes: dict[str, RemoteState] = {}
+        self.server_url: str | None = None
+        self._thread = threading.Thread(target=self._run, name=f"MyNoSQL-sync-{db.name}", daemon=True)
+        self._ready = threading.Event()
+        self._stopping: asyncio.Event | None = None
+        self._changed: asyncio.Event | None = None
+        self._session: aiohttp.ClientSession | None = None
+        self._tasks: list[asyncio.Task[Any]] = []
+        self._runner: Any = None
+        self._start_error: BaseException | None = None
+        self.current: str | None = None  # the mirror a peer talks to now
+
+    # -- lifecycle --------------------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._thread.start()
+        self._ready.wait(timeout=30)
+        if self._start_error is not None:
+            self._thread.join(timeout=10)
+            raise self._start_error
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self.loop)
+        try:
+            self.loop.run_until_complete(self._main())
+        finally:
+            self.loop.close()
+
+    async def _main(self) -> None:
+        self._stopping = asyncio.Event()
+        self._changed = asyncio.Event()
+        self._session = aiohttp.ClientSession(
+            timeout=aiohttp.ClientTimeout(total=self.opts.remote_timeout),
+            connector=aiohttp.TCPConnector(limit=16, enable_cleanup_closed=True))
+        try:
+            if self.db.config["mode"] == "Mirror":
+                await self._start_server()
+            self.db.store.listeners.append(self._on_local_change)
+        except BaseException as exc:
+            self._start_error = exc
+            await self._session.close()
+            self._ready.set()
+            return
+        self._ready.set()
+        if self.db.config["mode"] == "Mirror":
+            self._tasks.append(asyncio.create_task(self._mirror_loop()))
+        else:
+            self._tasks.append(asyncio.create_task(self._peer_loop()))
+        await self._stopping.wait()
+        for t in self._tasks:
+            t.cancel()
+        for t in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await t
+        if self._runner is not None:
+            await self._runner.cleanup()
+        await self._session.close()
+
+    def stop(self, final_push: float = 5.0) -> None:
+        """Make one last push (bounded by ``final_push`` seconds), stop every task and join the thread."""
+        if not self._thread.is_alive():
+            return
+        with contextlib.suppress(ValueError):
+            self.db.store.listeners.remove(self._on_local_change)
+        if final_push > 0 and self.db.config["mode"] != "Mirror" and self.current:
+            with contextlib.suppress(Exception):
+                self.run(self._push(self.current), timeout=final_push)
+        if self._stopping is not None:
+            self.loop.call_soon_threadsafe(self._stopping.set)
+        self._thread.join(timeout=30)
+
+    def run(self, coro: Coroutine[Any, Any, T], timeout: float) -> T:
+        """Run ``coro`` on the sync loop from another thread, waiting at most ``timeout`` seconds."""
+        fut = asyncio.run_coroutine_threadsafe(coro, self.loop)
+        try:
+            return fut.result(timeout)
+        except TimeoutError:
+            fut.cancel()
+            raise
+
+    def _on_local_change(self, new: Any, prev: Any) -> None:
+        if self._changed is not None and not self.loop.is_closed():
+            with contextlib.suppress(RuntimeError):
+                self.loop.call_soon_threadsafe(self._changed.set)
+
+    # -- the server (mirror mode) -----------------------------------------------------------------------------
+
+    async def _start_server(self) -> None:
+        from aiohttp import web
+
+        from ..server.app import MirrorApp
+
+        host, port = self.db.config["host"], int(self.db.config["port"])
+        app = MirrorApp({self.db.name: self.db}, mirrors=self.known_mirrors).build()
+        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, host, port, reuse_address=True)
+        await site.start()
+        sockets = getattr(site._server, "sockets", None) or []
+        real_port = sockets[0].getsockname()[1] if sockets else port
+        shown = f"[{host}]" if ":" in host else host
+        self.server_url = f"http://{shown}:{real_port}"
+        log.info("mirror %s serving on %s", self.db.name, self.server_url)
+
+    def known_mirrors(self) -> list[str]:
+        own = [self.db.config.get("advertise") or self.server_url] if self.server_url else []
+        return list(dict.fromkeys([*own, *(redact(u) for u in self.db.config["peers"])]))
+
+    # -- mirror mode: pull from every other mirror ------------------------------------------------------------
+
+    async def _mirror_loop(self) -> None:
+        """Keep one pull running from every other known mirror (new ones are picked up within seconds)."""
+        running: dict[str, asyncio.Task[Any]] = {}
+        while True:
+            for url in self.db.config["peers"]:
+                if url not in running and redact(url) != self.server_url:
+                    running[url] = asyncio.create_task(self._pull_forever(url))
+            await asyncio.sleep(2.0)
+
+    async def _pull_forever(self, url: str) -> None:
+        state = self.remotes.setdefault(redact(url), RemoteState(redact(url)))
+        backoff = Backoff()
+        local = LocalEndpoint(self.db)
+        while True:
+            try:
+                remote = HttpEndpoint(self._session_(), db_url(url, self.db.name), timeout=self.opts.remote_timeout)
+                res = await replicate(remote, local, wait=self.opts.longpoll)
+                state.ok()
+                state.docs_pulled += res.docs_written
+                state.pulled_seq = res.last_seq
+                backoff.reset()
+            except (MyNoSQLError, OSError, asyncio.TimeoutError) as exc:
+                state.failed(exc)
+                await asyncio.sleep(backoff.next())
+
+    def _session_(self) -> aiohttp.ClientSession:
+        assert self._session is not None
+        return self._session
+
+    # -- peer mode ----------------------------------------------------------------------------------------------
+
+    async def _peer_loop(self) -> None:
+        """Talk to one mirror at a time; on failure try the next (failover)."""
+        backoff = Backoff()
+        index = 0
+        refreshed = 0.0
+        while True:
+            peers = list(self.db.config["peers"])
+            if not peers:
+                await asyncio.sleep(1.0)
+                continue
+            url = peers[index % len(peers)]
+            state = self.remotes.setdefault(redact(url), RemoteState(redact(url)))
+            try:
+                if time.monotonic() - refreshed > 600:
+                    await self._refresh_mirrors(url)
+                    refreshed = time.monotonic()
+                self.current = url
+                await self._push(url)
+                await self._poll(url)
+                backoff.reset()
+            except (MyNoSQLError, OSError, asyncio.TimeoutError) as exc:
+                state.failed(exc)
+                index += 1  # fail over to the next mirror
+                if index % len(peers) == 0:
+                    await asyncio.sleep(backoff.next())
+
+    async def _refresh_mirrors(self, url: str) -> None:
+        root = HttpEndpoint(self._session_(), url, timeout=self.opts.remote_timeout)
+        try:
+            found = await root.request("GET", "/_mirrors")
+        except RemoteError as exc:
+            if exc.status in (404, 405):
+                return  # not a MyNoSQL mirror (CouchDB, PouchDB): nothing to learn
+            raise
+        mirrors = found.get("mirrors") if isinstance(found, dict) else None
+        if isinstance(mirrors, list):
+            self.db.learn_mirrors([m for m in mirrors if isinstance(m, str)], via=url)
+
+    async def _push(self, url: str) -> None:
+        state = self.remotes.setdefault(redact(url), RemoteState(redact(url)))
+        remote = HttpEndpoint(self._session_(), db_url(url, self.db.name), timeout=self.opts.remote_timeout)
+        await remote.ensure_exists()
+        res = await replicate(LocalEndpoint(self.db), remote)
+        state.ok()
+        state.docs_pushed += res.docs_written
+        state.pushed_seq = res.last_seq if isinstance(res.last_seq, int) else state.pushed_seq
+
+    async def _poll(self, url: str) -> None:
+        """Wait (longpoll) for the mirror's changes to records this peer holds, then for a local change."""
+        assert self._changed is not None
+        state = self.remotes.setdefault(redact(url), RemoteState(redact(url)))
+        remote = HttpEndpoint(self._session_(), db_url(url, self.db.name), timeout=self.opts.remote_timeout)
+        ck_id = "poll-" + remote.identity
+        ck = await asyncio.to_thread(self.db.local_get, ck_id)
+        since = ck.get("since", 0) if ck else 0
+        self._changed.clear()
+        poll = asyncio.create_task(remote.changes(since, 1000, timeout=self.opts.longpoll))
+        local = asyncio.create_task(self._changed.wait())
+        done, _pending = await asyncio.wait({poll, local}, return_when=asyncio.FIRST_COMPLETED)
+        if poll not in done:
+            poll.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await poll
+            return  # a local change: push first
+        local.cancel()
+        rows, last_seq = poll.result()
+        state.ok()
+        state.remote_seq = last_seq
+        if rows:
+            pulled = await self._download_held(remote, rows)
+            state.docs_pulled += pulled
+            await asyncio.to_thread(self.db.local_put, ck_id, {"since": last_seq})
+        state.pulled_seq = last_seq
+
+    async def _download_held(self, remote: HttpEndpoint, rows: list[dict[str, Any]]) -> int:
+        """Fetch the revisions the mirror has of records held here and this peer lacks."""
+        query = {r["id"]: [c["rev"] for c in r.get("changes", [])] for r in rows if isinstance(r.get("id"), str)}
+
+        def held_missing() -> dict[str, list[str]]:
+            out = {}
+            for id, revs in query.items():
+                st = self.db.state(id)
+                if st is not None:
+                    missing = [r for r in revs if r not in st.tree]
+                    if missing:
+                        out[id] = missing
+            return out
+
+        want = await asyncio.to_thread(held_missing)
+        if not want:
+            return 0
+        docs = await remote.bulk_get(want)
+        errors = await LocalEndpoint(self.db).bulk_docs(docs)
+        return len(docs) - len(errors)
+
+    async def fetch(self, id: str) -> bool:
+        """Download every leaf of ``id`` from a mirror (a peer reading a record it does not hold)."""
+        for url in [self.current, *self.db.config["peers"]]:
+            if not url:
+                continue
+            remote = HttpEndpoint(self._session_(), db_url(url, self.db.name), timeout=self.opts.read_timeout)
+            try:
+                from urllib.parse import quote
+
+                docs = await remote.request("GET", "/" + quote(id, safe=""),
+                                            params={"open_revs": "all", "revs": "true"},
+                                            timeout=self.opts.read_timeout)
+            except RemoteError as exc:
+                if exc.status == 404:
+                    return False
+                continue
+            found = [d["ok"] for d in docs if isinstance(d, dict) and "ok" in d]
+            if found:
+                await LocalEndpoint(self.db).bulk_docs(found)
+            return bool(found)
+        return False
+
+    # -- status -------------------------------------------------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        seq = self.db.seq
+        out = {}
+        for url, st in list(self.remotes.items()):
+            out[url] = {
+                "reachable": st.reachable,
+                "last_success": st.last_success,
+                "last_error": st.last_error,
+                "pending": max(0, seq - st.pushed_seq) if self.db.config["mode"] != "Mirror" else 0,
+                "lag": (st.remote_seq - st.pulled_seq) if isinstance(st.remote_seq, int)
+                and isinstance(st.pulled_seq, int) else None,
+                "docs_pushed": st.docs_pushed,
+                "docs_pulled": st.docs_pulled,
+                "current": redact(self.current) == url if self.current else False,
+            }
+        return out
+
+
+__all__ = ["Sync", "db_url", "protocol"]

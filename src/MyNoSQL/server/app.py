@@ -1,0 +1,396 @@
+"""HTTP routes of a mirror (aiohttp). Every answer is JSON; errors are CouchDB-shaped ``{"error", "reason"}``.
+
+Routes: ``GET /``, ``GET /_up``, ``GET /_mirrors``, ``GET|HEAD|PUT /{db}``, ``GET /{db}/_changes`` (normal and
+longpoll), ``POST /{db}/_revs_diff``, ``POST /{db}/_bulk_get``, ``POST /{db}/_bulk_docs``,
+``POST /{db}/_ensure_full_commit``, ``GET /{db}/_all_docs``, ``GET|PUT|DELETE /{db}/_local/{id}``,
+``GET|PUT|DELETE /{db}/{id}`` (``rev``, ``revs``, ``open_revs``, ``latest``, ``conflicts``, ``new_edits``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from .._database import Database, validate_id
+from .._errors import ConflictError, DocumentNotFound, InvalidDocument, MyNoSQLError
+from ..docs import revtree
+from ..docs.codec import loads_body
+from ..replication import protocol
+
+log = logging.getLogger("MyNoSQL")
+
+MAX_BODY = 64 * 1024 * 1024
+MAX_LIMIT = 10_000
+MAX_LONGPOLL = 60.0
+
+
+class HttpError(Exception):
+    def __init__(self, status: int, error: str, reason: str) -> None:
+        super().__init__(reason)
+        self.status, self.error, self.reason = status, error, reason
+
+
+def _json(data: Any, status: int = 200) -> web.Response:
+    return web.Response(body=orjson.dumps(data), status=status, content_type="application/json")
+
+
+def _err(status: int, error: str, reason: str) -> web.Response:
+    return _json({"error": error, "reason": reason}, status)
+
+
+class ChangeNotifier:
+    """Wakes longpoll ``_changes`` requests when the database changes (from any thread)."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.event = asyncio.Event()
+
+    def notify(self, *_args: Any) -> None:
+        self.loop.call_soon_threadsafe(self._fire)
+
+    def _fire(self) -> None:
+        self.event.set()
+        self.event = asyncio.Event()
+
+
+class MirrorApp:
+    def __init__(self, dbs: dict[str, Database], *, mirrors: Callable[[], list[str]] | None = None) -> None:
+        self.dbs = dbs
+        self.mirrors = mirrors or (lambda: [])
+        self.notifiers: dict[str, ChangeNotifier] = {}
+
+    # -- plumbing ---------------------------------------------------------------------------------------------
+
+    def build(self) -> web.Application:
+        app = web.Application(client_max_size=MAX_BODY, middlewares=[self._errors])
+        r = app.router
+        r.add_get("/", self.root)
+        r.add_get("/_up", self.up)
+        r.add_get("/_mirrors", self.get_mirrors)
+        r.add_route("HEAD", "/{db}", self.db_info)
+        r.add_get("/{db}", self.db_info)
+        r.add_put("/{db}", self.db_create)
+        r.add_get("/{db}/_changes", self.changes)
+        r.add_post("/{db}/_changes", self.changes)
+        r.add_post("/{db}/_revs_diff", self.revs_diff)
+        r.add_post("/{db}/_bulk_get", self.bulk_get)
+        r.add_post("/{db}/_bulk_docs", self.bulk_docs)
+        r.add_post("/{db}/_ensure_full_commit", self.full_commit)
+        r.add_get("/{db}/_all_docs", self.all_docs)
+        r.add_get("/{db}/_local/{id:.+}", self.local_get)
+        r.add_put("/{db}/_local/{id:.+}", self.local_put)
+        r.add_delete("/{db}/_local/{id:.+}", self.local_delete)
+        r.add_get("/{db}/{id:.+}", self.doc_get)
+        r.add_put("/{db}/{id:.+}", self.doc_put)
+        r.add_delete("/{db}/{id:.+}", self.doc_delete)
+        app.on_startup.append(self._startup)
+        return app
+
+    async def _startup(self, app: web.Application) -> None:
+        loop = asyncio.get_running_loop()
+        for name, db in self.dbs.items():
+            n = ChangeNotifier(loop)
+            self.notifiers[name] = n
+            db.store.listeners.append(n.notify)
+
+    @web.middleware
+    async def _errors(self, request: web.Request, handler: Callable[[web.Request], Any]) -> web.StreamResponse:
+        try:
+            resp: web.StreamResponse = await handler(request)
+            return resp
+        except HttpError as exc:
+            return _err(exc.status, exc.error, exc.reason)
+        except DocumentNotFound as exc:
+            return _err(404, "not_found", "deleted" if exc.deleted else "missing")
+        except ConflictError:
+            return _err(409, "conflict", "Document update conflict.")
+        except InvalidDocument as exc:
+            return _err(400, "bad_request", str(exc))
+        except web.HTTPException as exc:
+            if exc.status == 413:
+                return _err(413, "too_large", "the request body is too large")
+            return _err(exc.status, "not_found" if exc.status == 404 else "bad_request", exc.reason)
+        except MyNoSQLError as exc:
+            log.error("mirror: %s %s failed: %s", request.method, request.path, exc)
+            return _err(500, "internal_error", "the database could not complete the request")
+
+    def _db(self, request: web.Request) -> Database:
+        db = self.dbs.get(request.match_info["db"])
+        if db is None or db.closed:
+            raise HttpError(404, "not_found", "Database does not exist.")
+        return db
+
+    @staticmethod
+    async def _body(request: web.Request) -> Any:
+        raw = await request.read()
+        try:
+            return orjson.loads(raw)
+        except orjson.JSONDecodeError as exc:
+            raise HttpError(400, "bad_request", "invalid JSON body") from exc
+
+    @staticmethod
+    def _flag(request: web.Request, name: str) -> bool:
+        return request.query.get(name, "false").lower() == "true"
+
+    # -- server -----------------------------------------------------------------------------------------------
+
+    async def root(self, request: web.Request) -> web.Response:
+        return _json({"couchdb": "Welcome", "version": "3.3.0", "vendor": {"name": "MyNoSQL"},
+                      "features": ["mynosql"]})
+
+    async def up(self, request: web.Request) -> web.Response:
+        return _json({"status": "ok"})
+
+    async def get_mirrors(self, request: web.Request) -> web.Response:
+        return _json({"mirrors": self.mirrors()})
+
+    # -- database ---------------------------------------------------------------------------------------------
+
+    async def db_info(self, request: web.Request) -> web.Response:
+        db = self._db(request)
+        return _json({"db_name": db.name, "doc_count": len(db), "doc_del_count": 0, "update_seq": db.seq,
+                      "instance_start_time": "0", "purge_seq": 0})
+
+    async def db_create(self, request: web.Request) -> web.Response:
+        if request.match_info["db"] in self.dbs:
+            return _err(412, "file_exists", "The database could not be created, the file already exists.")
+        raise HttpError(403, "forbidden", "this mirror serves only its configured databases")
+
+    async def full_commit(self, request: web.Request) -> web.Response:
+        self._db(request)
+        return _json({"ok": True, "instance_start_time": "0"}, 201)
+
+    async def changes(self, request: web.Request) -> web.Response:
+        db = self._db(request)
+        q = request.query
+        since_raw = q.get("since", "0")
+        if since_raw == "now":
+            since = db.seq
+        else:
+            try:
+                since = int(since_raw.split("-")[0]) if since_raw else 0
+            except ValueError as exc:
+                raise HttpError(400, "bad_request", "since must be an integer or 'now'") from exc
+            since = max(0, since)
+        try:
+            limit = min(MAX_LIMIT, max(1, int(q.get("limit", MAX_LIMIT))))
+            timeout = min(MAX_LONGPOLL, max(0.0, int(q.get("timeout", 60000)) / 1000))
+        except ValueError as exc:
+            raise HttpError(400, "bad_request", "limit and timeout must be integers") from exc
+        all_docs = q.get("style") == "all_docs"
+        feed = q.get("feed", "normal")
+        notifier = self.notifiers.get(db.name)
+        event = notifier.event if notifier else None
+
+        def read() -> list[dict[str, Any]]:
+            out = []
+            for s in db.store.iter_states(since):
+                row = protocol.changes_row(s)
+                if not all_docs:
+                    row["changes"] = row["changes"][:1]
+                out.append(row)
+                if len(out) >= limit:
+                    break
+            return out
+
+        rows = await asyncio.to_thread(read)
+        if not rows and feed in ("longpoll", "continuous") and event is not None and timeout > 0:
+            try:
+                await asyncio.wait_for(event.wait(), timeout)
+            except asyncio.TimeoutError:
+                pass
+            else:
+                rows = await asyncio.to_thread(read)
+        last = rows[-1]["seq"] if rows else since
+        return _json({"results": rows, "last_seq": last, "pending": 0})
+
+    async def revs_diff(self, request: web.Request) -> web.Response:
+        db = self._db(request)
+        body = await self._body(request)
+        if not isinstance(body, dict) or not all(
+            isinstance(k, str) and isinstance(v, list) and all(isinstance(r, str) for r in v) for k, v in body.items()
+        ):
+            raise HttpError(400, "bad_request", "expected {id: [rev, ...]}")
+        missing = await asyncio.to_thread(db.revs_diff, body)
+        return _json({id: {"missing": revs} for id, revs in missing.items()})
+
+    async def bulk_get(self, request: web.Request) -> web.Response:
+        db = self._db(request)
+        body = await self._body(request)
+        docs = body.get("docs") if isinstance(body, dict) else None
+        if not isinstance(docs, list) or not all(isinstance(d, dict) for d in docs):
+            raise HttpError(400, "bad_request", "expected {docs: [{id, rev}, ...]}")
+        revs = self._flag(request, "revs")
+
+        def read() -> list[dict[str, Any]]:
+            results = []
+            for want in docs:
+                id, rev = want.get("id"), want.get("rev")
+                if not isinstance(id, str) or (rev is not None and not isinstance(rev, str)):
+                    results.append({"id": id, "docs": [{"error": {"id": id, "rev": rev, "error": "bad_request",
+                                                                  "reason": "id and rev must be strings"}}]})
+                    continue
+                state = db.state(id)
+                if state is None or (rev is not None and rev not in state.bodies):
+                    results.append({"id": id, "docs": [{"error": {"id": id, "rev": rev or "undefined",
+                                                                  "error": "not_found", "reason": "missing"}}]})
+                    continue
+                results.append({"id": id, "docs": [{"ok": protocol.doc_to_wire(state, rev or state.winner,
+                                                                                revs=revs)}]})
+            return results
+
+        return _json({"results": await asyncio.to_thread(read)})
+
+    async def bulk_docs(self, request: web.Request) -> web.Response:
+        db = self._db(request)
+        body = await self._body(request)
+        docs = body.get("docs") if isinstance(body, dict) else None
+        if not isinstance(docs, list):
+            raise HttpError(400, "bad_request", "Missing JSON list of 'docs'")
+        new_edits = body.get("new_edits", True)
+
+        def write() -> list[dict[str, Any]]:
+            out = []
+            for doc in docs:
+                try:
+                    if new_edits is False:
+                        w = protocol.doc_from_wire(doc, validate_id=validate_id, max_bytes=db.options.max_doc_bytes,
+                                                   max_revs=db.options.revs_limit)
+                        db.put_replicated(w.id, w.path, w.deleted, w.blob)
+                    else:
+                        out.append({"ok": True, **self._save(db, doc, None)})
+                except (ConflictError, DocumentNotFound) as exc:
+                    out.append({"id": doc.get("_id"), "error": "conflict", "reason": str(exc)})
+                except InvalidDocument as exc:
+                    out.append({"id": doc.get("_id") if isinstance(doc, dict) else None, "error": "forbidden",
+                                "reason": str(exc)})
+            return out
+
+        return _json(await asyncio.to_thread(write), 201)
+
+    async def all_docs(self, request: web.Request) -> web.Response:
+        db = self._db(request)
+
+        def read() -> list[dict[str, Any]]:
+            return [{"id": s.id, "key": s.id, "value": {"rev": s.winner}}
+                    for s in db.store.iter_states(0) if not s.deleted]
+
+        rows = sorted(await asyncio.to_thread(read), key=lambda r: r["id"])
+        return _json({"total_rows": len(rows), "offset": 0, "rows": rows})
+
+    # -- local documents --------------------------------------------------------------------------------------
+
+    async def local_get(self, request: web.Request) -> web.Response:
+        db = self._db(request)
+        doc = await asyncio.to_thread(db.local_get, request.match_info["id"])
+        if doc is None:
+            raise HttpError(404, "not_found", "missing")
+        return _json(doc)
+
+    async def local_put(self, request: web.Request) -> web.Response:
+        db = self._db(request)
+        body = await self._body(request)
+        if not isinstance(body, dict):
+            raise HttpError(400, "bad_request", "document must be a JSON object")
+        id = request.match_info["id"]
+        rev = await asyncio.to_thread(db.local_put, id, body)
+        return _json({"ok": True, "id": "_local/" + id, "rev": rev}, 201)
+
+    async def local_delete(self, request: web.Request) -> web.Response:
+        db = self._db(request)
+        id = request.match_info["id"]
+        if await asyncio.to_thread(db.local_get, id) is None:
+            raise HttpError(404, "not_found", "missing")
+        rev = await asyncio.to_thread(db.local_put, id, None)
+        return _json({"ok": True, "id": "_local/" + id, "rev": rev})
+
+    # -- documents --------------------------------------------------------------------------------------------
+
+    @staticmethod
+    def _save(db: Database, doc: Any, id: str | None) -> dict[str, Any]:
+        if not isinstance(doc, dict):
+            raise InvalidDocument("document must be a JSON object")
+        doc_id = id if id is not None else doc.get("_id")
+        if id is not None and doc.get("_id", id) != id:
+            raise InvalidDocument("document id does not match the URL")
+        if doc.get("_deleted") is True:
+            if not isinstance(doc.get("_rev"), str):
+                raise ConflictError("a deletion needs the current _rev")
+            res = db.deletedoc(validate_id(doc_id), doc["_rev"])
+            return {"id": res["id"], "rev": res["rev"]}
+        record = loads_body(orjson.dumps(protocol.body_from_wire(doc)))
+        if doc_id is not None:
+            record["id"] = doc_id
+        if "_rev" in doc:
+            record["rev"] = doc["_rev"]
+        saved = db.savedoc(record)
+        return {"id": saved["id"], "rev": saved["rev"]}
+
+    async def doc_get(self, request: web.Request) -> web.Response:
+        db = self._db(request)
+        id = request.match_info["id"]
+        q = request.query
+        state = await asyncio.to_thread(db.state, id)
+        revs = self._flag(request, "revs")
+        if "open_revs" in q:
+            if state is None:
+                raise HttpError(404, "not_found", "missing")
+            raw = q["open_revs"]
+            if raw == "all":
+                wanted = revtree.leaves(state.tree)
+            else:
+                try:
+                    wanted = orjson.loads(raw)
+                except orjson.JSONDecodeError as exc:
+                    raise HttpError(400, "bad_request", "open_revs must be 'all' or a JSON list") from exc
+                if not isinstance(wanted, list) or not all(isinstance(r, str) for r in wanted):
+                    raise HttpError(400, "bad_request", "open_revs must be 'all' or a JSON list")
+            out: list[dict[str, Any]] = []
+            latest = self._flag(request, "latest")
+            for rev in wanted:
+                if rev in state.bodies:
+                    out.append({"ok": protocol.doc_to_wire(state, rev, revs=revs)})
+                elif latest and rev in state.tree:
+                    for leaf in revtree.leaves(state.tree):
+                        if rev in revtree.ancestry(state.tree, leaf):
+                            out.append({"ok": protocol.doc_to_wire(state, leaf, revs=revs)})
+                else:
+                    out.append({"missing": rev})
+            return _json(out)
+        if state is None:
+            raise HttpError(404, "not_found", "missing")
+        rev = q.get("rev") or state.winner
+        if rev not in state.bodies:
+            raise HttpError(404, "not_found", "missing")
+        if "rev" not in q and state.tree[rev][1]:
+            raise HttpError(404, "not_found", "deleted")
+        return _json(protocol.doc_to_wire(state, rev, revs=revs, conflicts=self._flag(request, "conflicts")))
+
+    async def doc_put(self, request: web.Request) -> web.Response:
+        db = self._db(request)
+        id = request.match_info["id"]
+        body = await self._body(request)
+        if request.query.get("new_edits") == "false":
+            if isinstance(body, dict):
+                body.setdefault("_id", id)
+            w = protocol.doc_from_wire(body, validate_id=validate_id, max_bytes=db.options.max_doc_bytes,
+                                       max_revs=db.options.revs_limit)
+            await asyncio.to_thread(db.put_replicated, w.id, w.path, w.deleted, w.blob)
+            return _json({"ok": True, "id": w.id, "rev": w.path[0]}, 201)
+        if isinstance(body, dict) and "rev" in request.query:
+            body.setdefault("_rev", request.query["rev"])
+        res = await asyncio.to_thread(self._save, db, body, id)
+        return _json({"ok": True, **res}, 201)
+
+    async def doc_delete(self, request: web.Request) -> web.Response:
+        db = self._db(request)
+        rev = request.query.get("rev")
+        if not rev:
+            raise HttpError(409, "conflict", "Document update conflict.")
+        res = await asyncio.to_thread(db.deletedoc, validate_id(request.match_info["id"]), rev)
+        return _json({"ok": True, "id": res["id"], "rev": res["rev"]})
