@@ -1,18 +1,75 @@
-"""``python -m MyNoSQL`` and the ``mynosql`` command (subcommands arrive with the operations work)."""
+"""The ``mynosql`` command (also ``python -m MyNoSQL``)."""
 
 from __future__ import annotations
 
+import logging
+import signal
 import sys
+import threading
+from pathlib import Path
+
+import click
+
+from ._api import MyNoSQL
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("-v", "--verbose", count=True, help="More log output (-v: info, -vv: debug).")
+def cli(verbose: int) -> None:
+    """MyNoSQL: an embedded, offline-first, replicated document database."""
+    level = logging.WARNING - 10 * min(verbose, 2)
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+@cli.command()
+@click.option("--path", "path", type=click.Path(file_okay=False, path_type=Path), required=True,
+              help="Folder that holds the database folders.")
+@click.option("--db", "name", required=True, help="Database name.")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", default=8800, show_default=True, type=click.IntRange(0, 65535),
+              help="Port to listen on (0: any free port).")
+@click.option("--peer", "peers", multiple=True, help="Another mirror to keep in step with (repeatable).")
+@click.option("--advertise", default=None, help="The URL other nodes should use for this mirror.")
+def serve(path: Path, name: str, host: str, port: int, peers: tuple[str, ...], advertise: str | None) -> None:
+    """Run a mirror in the foreground until SIGINT or SIGTERM, then shut down cleanly."""
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    handle = MyNoSQL(path)
+    db = handle.opendb(name)
+    try:
+        db.setlisten(host, port, advertise=advertise)  # before the mode: never bind the default port first
+        db.setdbmode("Mirror")
+        for p in peers:
+            db.addpeer(p)
+        click.echo(f"serving {name} on {db.server_url}", nl=True)
+        sys.stdout.flush()
+        while not stop.wait(0.5):
+            pass
+    finally:
+        handle.closedb()
+    click.echo("stopped")
+
+
+@cli.command()
+def demo() -> None:
+    """Run the demo (what scripts/demo runs)."""
+    from .demo import main as run_demo
+
+    raise SystemExit(run_demo())
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = sys.argv[1:] if argv is None else argv
-    if args[:1] == ["demo"]:
-        from .demo import main as demo
-
-        return demo()
-    print("usage: mynosql demo", file=sys.stderr)
-    return 2
+    try:
+        cli.main(args=argv, prog_name="mynosql", standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        return int(exc.exit_code)
+    except click.ClickException as exc:
+        exc.show()
+        return exc.exit_code
+    except click.exceptions.Abort:
+        return 130
+    return 0
 
 
 if __name__ == "__main__":

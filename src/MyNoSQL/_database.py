@@ -349,8 +349,8 @@ class Database:
             if is_new:
                 self.config["peers"] = [*self.config["peers"], norm]
                 self._save_config()
-        if self.sync is None or is_new:
-            self._restart_sync()
+        if self.sync is None:
+            self._restart_sync()  # the running loops pick up new mirrors from the config by themselves
         return True
 
     def status(self) -> dict[str, Any]:

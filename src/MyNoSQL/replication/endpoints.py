@@ -146,16 +146,16 @@ class HttpEndpoint:
             raise RemoteError(f"{method} {self.url}{path}: the answer is not JSON") from exc
 
     async def info(self) -> dict[str, Any]:
-        result: dict[str, Any] = await self.request("GET", "/")
+        result: dict[str, Any] = await self.request("GET", "")
         return result
 
     async def ensure_exists(self) -> None:
         try:
-            await self.request("GET", "/")
+            await self.request("GET", "")
         except RemoteError as exc:
             if exc.status != 404:
                 raise
-            await self.request("PUT", "/", ok=(201, 202, 412))
+            await self.request("PUT", "", ok=(201, 202, 412))
 
     async def changes(self, since: Any, limit: int, timeout: float | None = None) -> tuple[list[dict[str, Any]], Any]:
         params = {"style": "all_docs", "since": str(since) if not isinstance(since, str) else since,

@@ -101,6 +101,7 @@ class Sync:
         self._runner: Any = None
         self._start_error: BaseException | None = None
         self.current: str | None = None  # the mirror a peer talks to now
+        self._refreshed: dict[str, float] = {}
 
     # -- lifecycle --------------------------------------------------------------------------------------------
 
@@ -184,7 +185,7 @@ class Sync:
 
         host, port = self.db.config["host"], int(self.db.config["port"])
         app = MirrorApp({self.db.name: self.db}, mirrors=self.known_mirrors).build()
-        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        self._runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=1.0)
         await self._runner.setup()
         site = web.TCPSite(self._runner, host, port, reuse_address=True)
         await site.start()
@@ -202,11 +203,12 @@ class Sync:
 
     async def _mirror_loop(self) -> None:
         """Keep one pull running from every other known mirror (new ones are picked up within seconds)."""
-        running: dict[str, asyncio.Task[Any]] = {}
+        running: set[str] = set()
         while True:
             for url in self.db.config["peers"]:
                 if url not in running and redact(url) != self.server_url:
-                    running[url] = asyncio.create_task(self._pull_forever(url))
+                    running.add(url)
+                    self._tasks.append(asyncio.create_task(self._pull_forever(url)))
             await asyncio.sleep(2.0)
 
     async def _pull_forever(self, url: str) -> None:
@@ -215,6 +217,7 @@ class Sync:
         local = LocalEndpoint(self.db)
         while True:
             try:
+                await self._refresh_mirrors(url)
                 remote = HttpEndpoint(self._session_(), db_url(url, self.db.name), timeout=self.opts.remote_timeout)
                 res = await replicate(remote, local, wait=self.opts.longpoll)
                 state.ok()
@@ -235,7 +238,6 @@ class Sync:
         """Talk to one mirror at a time; on failure try the next (failover)."""
         backoff = Backoff()
         index = 0
-        refreshed = 0.0
         while True:
             peers = list(self.db.config["peers"])
             if not peers:
@@ -244,9 +246,7 @@ class Sync:
             url = peers[index % len(peers)]
             state = self.remotes.setdefault(redact(url), RemoteState(redact(url)))
             try:
-                if time.monotonic() - refreshed > 600:
-                    await self._refresh_mirrors(url)
-                    refreshed = time.monotonic()
+                await self._refresh_mirrors(url)
                 self.current = url
                 await self._push(url)
                 await self._poll(url)
@@ -258,13 +258,19 @@ class Sync:
                     await asyncio.sleep(backoff.next())
 
     async def _refresh_mirrors(self, url: str) -> None:
+        """Learn the mirrors ``url`` knows (``GET /_mirrors``), at most every 10 minutes per mirror."""
+        now = time.monotonic()
+        if now - self._refreshed.get(url, -1e9) < 600:
+            return
         root = HttpEndpoint(self._session_(), url, timeout=self.opts.remote_timeout)
         try:
             found = await root.request("GET", "/_mirrors")
         except RemoteError as exc:
-            if exc.status in (404, 405):
+            if exc.status in (400, 404, 405):
+                self._refreshed[url] = now
                 return  # not a MyNoSQL mirror (CouchDB, PouchDB): nothing to learn
             raise
+        self._refreshed[url] = now
         mirrors = found.get("mirrors") if isinstance(found, dict) else None
         if isinstance(mirrors, list):
             self.db.learn_mirrors([m for m in mirrors if isinstance(m, str)], via=url)
@@ -289,13 +295,16 @@ class Sync:
         self._changed.clear()
         poll = asyncio.create_task(remote.changes(since, 1000, timeout=self.opts.longpoll))
         local = asyncio.create_task(self._changed.wait())
-        done, _pending = await asyncio.wait({poll, local}, return_when=asyncio.FIRST_COMPLETED)
+        try:
+            done, _pending = await asyncio.wait({poll, local}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for t in (poll, local):
+                if not t.done():
+                    t.cancel()
+                    with contextlib.suppress(asyncio.CancelledError, Exception):
+                        await t
         if poll not in done:
-            poll.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await poll
             return  # a local change: push first
-        local.cancel()
         rows, last_seq = poll.result()
         state.ok()
         state.remote_seq = last_seq

@@ -9,6 +9,7 @@ longpoll), ``POST /{db}/_revs_diff``, ``POST /{db}/_bulk_get``, ``POST /{db}/_bu
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -51,7 +52,8 @@ class ChangeNotifier:
         self.event = asyncio.Event()
 
     def notify(self, *_args: Any) -> None:
-        self.loop.call_soon_threadsafe(self._fire)
+        with contextlib.suppress(RuntimeError):  # the server is shutting down: nobody waits any more
+            self.loop.call_soon_threadsafe(self._fire)
 
     def _fire(self) -> None:
         self.event.set()
@@ -72,9 +74,10 @@ class MirrorApp:
         r.add_get("/", self.root)
         r.add_get("/_up", self.up)
         r.add_get("/_mirrors", self.get_mirrors)
-        r.add_route("HEAD", "/{db}", self.db_info)
         r.add_get("/{db}", self.db_info)
+        r.add_get("/{db}/", self.db_info)
         r.add_put("/{db}", self.db_create)
+        r.add_put("/{db}/", self.db_create)
         r.add_get("/{db}/_changes", self.changes)
         r.add_post("/{db}/_changes", self.changes)
         r.add_post("/{db}/_revs_diff", self.revs_diff)
@@ -89,7 +92,14 @@ class MirrorApp:
         r.add_put("/{db}/{id:.+}", self.doc_put)
         r.add_delete("/{db}/{id:.+}", self.doc_delete)
         app.on_startup.append(self._startup)
+        app.on_cleanup.append(self._cleanup)
         return app
+
+    async def _cleanup(self, app: web.Application) -> None:
+        for name, n in self.notifiers.items():
+            with contextlib.suppress(ValueError):
+                self.dbs[name].store.listeners.remove(n.notify)
+        self.notifiers.clear()
 
     async def _startup(self, app: web.Application) -> None:
         loop = asyncio.get_running_loop()

@@ -192,7 +192,10 @@ class Store:
         if self.opts.durability == "power":
             self.wal.wait_durable(pos)
         for listener in self.listeners:
-            listener(new, prev)
+            try:
+                listener(new, prev)
+            except Exception:  # the save is done and durable: a failing observer must not undo that
+                log.exception("a change listener failed")
         return prev, new
 
     def _wait_for_space(self) -> None:
