@@ -589,6 +589,21 @@ class Database:
                 out[id] = decode_value(orjson.loads(v))
         return out
 
+    def pull(self, url: str, *, timeout: float = 60.0) -> dict[str, Any]:
+        """Copy every record of the database at ``url`` (CouchDB, PouchDB Server or a mirror) that this one
+        lacks, now, whatever the mode. Returns counts (``docs_read``, ``docs_written``, ``errors``...)."""
+        from .replication.oneshot import replicate_once
+
+        self._check()
+        return replicate_once(normalize_peer_url(url), self, timeout=timeout)
+
+    def push(self, url: str, *, timeout: float = 60.0) -> dict[str, Any]:
+        """Copy every record of this database that the one at ``url`` lacks, now (creating it if needed)."""
+        from .replication.oneshot import replicate_once
+
+        self._check()
+        return replicate_once(self, normalize_peer_url(url), timeout=timeout)
+
     # -- replication primitives (the replicator and the mirror server use these) -----------------------------
 
     def state(self, id: str) -> DocState | None:

@@ -16,7 +16,7 @@ import pytest
 
 import MyNoSQL
 
-from .conftest import ENV, MirrorProcess, free_port, wait_until
+from support.mirrors import ENV, MirrorProcess, free_port, wait_until
 
 FAST = MyNoSQL.Options(flush_docs=200, remote_timeout=5.0, read_timeout=3.0, longpoll=5.0, final_push=5.0)
 

@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from .faultproxy import FaultProxy, Mode
+from support.faultproxy import FaultProxy, Mode
 
 # ---------------------------------------------------------------- helpers
 

@@ -1,0 +1,33 @@
+"""One-shot replication between any two endpoints (a local database or a server URL), from sync code."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from typing import Any
+
+import aiohttp
+
+from .._database import Database
+from .endpoints import Endpoint, HttpEndpoint, LocalEndpoint
+from .replicator import replicate
+
+
+async def _run(source: Database | str, target: Database | str, timeout: float, batch_size: int) -> dict[str, Any]:
+    async with aiohttp.ClientSession() as session:
+
+        def endpoint(x: Database | str) -> Endpoint:
+            return LocalEndpoint(x) if isinstance(x, Database) else HttpEndpoint(session, x, timeout=timeout)
+
+        src, tgt = endpoint(source), endpoint(target)
+        if isinstance(tgt, HttpEndpoint):
+            await tgt.ensure_exists()
+        result = await replicate(src, tgt, batch_size=batch_size)
+        return dataclasses.asdict(result)
+
+
+def replicate_once(source: Database | str, target: Database | str, *, timeout: float = 60.0,
+                   batch_size: int = 500) -> dict[str, Any]:
+    """Copy every revision ``target`` lacks from ``source`` (a Database, or a database URL such as
+    ``http://user:pass@host:5984/db``), checkpointed. Blocks until done; returns counts."""
+    return asyncio.run(_run(source, target, timeout, batch_size))

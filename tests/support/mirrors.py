@@ -1,0 +1,100 @@
+"""Real mirror processes (`python -m MyNoSQL serve`) on 127.0.0.1, started and stopped by the tests."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]  # the repository
+ENV = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+ENV.pop("MYNOSQL_SYNC", None)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_until(cond: Callable[[], object], timeout: float = 20.0, what: str = "condition") -> None:
+    """Poll ``cond`` until it is true; fail after ``timeout`` seconds (no fixed sleeps in tests)."""
+    deadline = time.monotonic() + timeout
+    delay = 0.005
+    while time.monotonic() < deadline:
+        try:
+            if cond():
+                return
+        except Exception:  # the condition may read a record that is not there yet
+            pass
+        time.sleep(delay)  # a poll interval, not a wait for replication
+        delay = min(0.1, delay * 2)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+class MirrorProcess:
+    def __init__(self, path: Path, name: str, port: int, peers: list[str]) -> None:
+        self.path, self.name, self.port, self.peers = path, name, port, peers
+        self.url = f"http://127.0.0.1:{port}"
+        self.proc: subprocess.Popen[str] | None = None
+        self.log: list[str] = []
+
+    def start(self) -> MirrorProcess:
+        args = [sys.executable, "-m", "MyNoSQL", "serve", "--path", str(self.path), "--db", self.name,
+                "--host", "127.0.0.1", "--port", str(self.port)]
+        for p in self.peers:
+            args += ["--peer", p]
+        self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=ENV,
+                                     stdin=subprocess.DEVNULL)
+        assert self.proc.stdout is not None
+        line = ""
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            line = self.proc.stdout.readline()
+            if not line or line.startswith("serving"):
+                break
+            self.log.append(line)
+        assert line.startswith("serving"), f"mirror did not start: {line!r} {''.join(self.log)}"
+        threading.Thread(target=self._drain, daemon=True).start()
+        return self
+
+    def _drain(self) -> None:
+        assert self.proc is not None and self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.log.append(line)
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(timeout=30)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+
+@pytest.fixture
+def mirrors(tmp_path: Path) -> Iterator[Callable[..., MirrorProcess]]:
+    started: list[MirrorProcess] = []
+
+    def make(name: str = "db", *, port: int | None = None, peers: list[str] | None = None, tag: str = "m",
+             start: bool = True) -> MirrorProcess:
+        m = MirrorProcess(tmp_path / tag, name, port or free_port(), peers or [])
+        started.append(m)
+        return m.start() if start else m
+
+    yield make
+    for m in started:
+        m.stop()
