@@ -13,10 +13,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from support.mirrors import ENV, MirrorProcess, free_port, wait_until
 
 import MyNoSQL
-
-from support.mirrors import ENV, MirrorProcess, free_port, wait_until
 
 FAST = MyNoSQL.Options(flush_docs=200, remote_timeout=5.0, read_timeout=3.0, longpoll=5.0, final_push=5.0)
 

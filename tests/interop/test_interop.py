@@ -10,9 +10,9 @@ from typing import Any
 
 import pytest
 from pouch import pouch_replicate
+from support.mirrors import MirrorProcess, free_port
 
 import MyNoSQL
-from support.mirrors import MirrorProcess, free_port
 
 
 def call(method: str, url: str, body: Any = None) -> Any:
