@@ -1,4 +1,4 @@
-"""Tests for the fault-injecting TCP proxy (tests/support/faultproxy.py)."""
+"""Tests for the fault-injecting TCP proxy (MyNoSQL.testing.faultproxy)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from support.faultproxy import FaultProxy, Mode
+from MyNoSQL.testing.faultproxy import FaultProxy, Mode
 
 # ---------------------------------------------------------------- helpers
 

@@ -72,7 +72,7 @@ class RemoteState:
 
 
 class Backoff:
-    def __init__(self, base: float = 0.2, cap: float = 10.0) -> None:
+    def __init__(self, base: float = 0.2, cap: float = 5.0) -> None:
         self.base, self.cap, self.n = base, cap, 0
 
     def reset(self) -> None:
@@ -122,9 +122,7 @@ class Sync:
     async def _main(self) -> None:
         self._stopping = asyncio.Event()
         self._changed = asyncio.Event()
-        self._session = aiohttp.ClientSession(
-            timeout=aiohttp.ClientTimeout(total=self.opts.remote_timeout),
-            connector=aiohttp.TCPConnector(limit=16, enable_cleanup_closed=True))
+        self._session = self._make_session()
         try:
             if self.db.config["mode"] == "Mirror":
                 await self._start_server()
@@ -227,6 +225,17 @@ class Sync:
             except (MyNoSQLError, OSError, asyncio.TimeoutError) as exc:
                 state.failed(exc)
                 await asyncio.sleep(backoff.next())
+                if backoff.n > 3:
+                    await self._new_session()
+
+    def _make_session(self) -> aiohttp.ClientSession:
+        return aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.opts.remote_timeout),
+                                     connector=aiohttp.TCPConnector(limit=16))
+
+    async def _new_session(self) -> None:
+        old, self._session = self._session, self._make_session()
+        if old is not None:
+            await old.close()
 
     def _session_(self) -> aiohttp.ClientSession:
         assert self._session is not None
@@ -248,11 +257,14 @@ class Sync:
             try:
                 await self._refresh_mirrors(url)
                 self.current = url
+                assert self._changed is not None
+                self._changed.clear()  # before the push: a save made during it wakes the poll at once
                 await self._push(url)
                 await self._poll(url)
                 backoff.reset()
             except (MyNoSQLError, OSError, asyncio.TimeoutError) as exc:
                 state.failed(exc)
+                await self._new_session()  # pooled connections may be dead or black-holed: start afresh
                 index += 1  # fail over to the next mirror
                 if index % len(peers) == 0:
                     await asyncio.sleep(backoff.next())
@@ -292,7 +304,6 @@ class Sync:
         ck_id = "poll-" + remote.identity
         ck = await asyncio.to_thread(self.db.local_get, ck_id)
         since = ck.get("since", 0) if ck else 0
-        self._changed.clear()
         poll = asyncio.create_task(remote.changes(since, 1000, timeout=self.opts.longpoll))
         local = asyncio.create_task(self._changed.wait())
         try:
