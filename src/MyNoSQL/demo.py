@@ -45,7 +45,8 @@ def _count(url: str) -> int:
 
 
 def main() -> int:
-    sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]  # interleave with the log lines
+    # line buffering, so the demo's lines and the library's log lines come out in order
+    sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]
     logging.basicConfig(level=logging.WARNING, format="            log: %(message)s", stream=sys.stdout)  # the demo prints the state of things itself
     root = Path(tempfile.mkdtemp(prefix="mynosql-demo-"))
     with socket.socket() as s:
