@@ -47,7 +47,7 @@ def _count(url: str) -> int:
 def main() -> int:
     # line buffering, so the demo's lines and the library's log lines come out in order
     sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]
-    logging.basicConfig(level=logging.WARNING, format="            log: %(message)s", stream=sys.stdout)  # the demo prints the state of things itself
+    logging.basicConfig(level=logging.WARNING, format="            log: %(message)s", stream=sys.stdout)
     root = Path(tempfile.mkdtemp(prefix="mynosql-demo-"))
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
