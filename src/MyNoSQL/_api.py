@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -119,6 +119,26 @@ class MyNoSQL:
 
     def indexread(self, name: str) -> dict[str, Any]:
         return self.db.indexread(name)
+
+    def setlisten(self, host: str = "127.0.0.1", port: int = 8800, *, advertise: str | None = None) -> None:
+        """Where this database serves in Mirror mode (remembered). Call it before ``setdbmode("Mirror")``."""
+        self.db.setlisten(host, port, advertise=advertise)
+
+    def status(self) -> dict[str, Any]:
+        """Mode, record count, and per mirror: reachable, last success and error, pending pushes, lag."""
+        return self.db.status()
+
+    def watch(self, callback: Callable[[Change], None]) -> Callable[[], None]:
+        """Call ``callback(change)`` after every change, local or replicated; returns a function to stop."""
+        return self.db.watch(callback)
+
+    def pull(self, url: str, *, timeout: float = 60.0) -> dict[str, Any]:
+        """Copy now every record of the database at ``url`` that this one lacks (one-shot replication)."""
+        return self.db.pull(url, timeout=timeout)
+
+    def push(self, url: str, *, timeout: float = 60.0) -> dict[str, Any]:
+        """Copy now every record of this database that the one at ``url`` lacks (one-shot replication)."""
+        return self.db.push(url, timeout=timeout)
 
     def verify(self) -> list[str]:
         return self.db.verify()

@@ -188,3 +188,49 @@ def test_conflicting_offline_edits_converge_to_one_winner(mirrors: Any, peers: A
     a.deletedoc("hero", loser)
     wait_until(lambda: b.conflicts("hero") == [] and (mirror_doc(m, "hero") or {}).get("_conflicts") is None,
                what="resolution everywhere")
+
+
+def test_watch_reports_local_and_replicated_changes_and_status(mirrors: Any, peers: Any) -> None:
+    m = mirrors()
+    a, b = peers("a"), peers("b")
+    seen: list[MyNoSQL.Change] = []
+    stop = b.watch(seen.append)
+    b.addpeer(m.url)
+    a.addpeer(m.url)
+    mine = b.savedoc({"id": "game-state", "turn": 1})
+    assert seen[-1] == MyNoSQL.Change(seen[-1].seq, "game-state", mine["rev"], False)
+    wait_until(lambda: mirror_doc(m, "game-state") is not None, what="push")
+    theirs = a.readdoc("game-state")
+    moved = a.savedoc({**theirs, "turn": 2})  # another player moves
+    wait_until(lambda: any(c.rev == moved["rev"] for c in seen), what="a replicated change reported by watch")
+    stop()
+    b.savedoc({"id": "after-unwatch"})
+    assert all(c.id != "after-unwatch" for c in seen)
+    st = b.status()
+    assert st["mode"] == "Peer" and st["records"] == 2
+    info = st["mirrors"][m.url]
+    assert info["reachable"] is True and info["last_error"] is None and info["current"] is True
+    wait_until(lambda: b.status()["mirrors"][m.url]["pending"] == 0, what="nothing pending")
+
+
+FORGETFUL = """
+import sys, MyNoSQL
+h = MyNoSQL.MyNoSQL(sys.argv[1])
+h.opendb("db")
+h.addpeer(sys.argv[2])
+h.savedoc({"id": "kept"})
+print("saved", flush=True)
+"""  # no closedb: the interpreter must still exit
+
+
+def test_a_process_that_forgets_closedb_still_exits(tmp_path: Path) -> None:
+    url = f"http://127.0.0.1:{free_port()}"  # nobody listens: the push keeps failing in the background
+    out = subprocess.run([sys.executable, "-c", FORGETFUL, str(tmp_path), url], env=ENV, text=True,
+                         capture_output=True, timeout=60)
+    assert out.returncode == 0 and out.stdout.strip() == "saved", out.stderr
+    h = MyNoSQL.MyNoSQL(tmp_path)
+    h.opendb("db")
+    try:
+        assert h.readdoc("kept")["id"] == "kept"  # and the record was safe in the log
+    finally:
+        h.closedb()

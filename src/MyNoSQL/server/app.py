@@ -112,6 +112,11 @@ class MirrorApp:
     async def _errors(self, request: web.Request, handler: Callable[[web.Request], Any]) -> web.StreamResponse:
         try:
             resp: web.StreamResponse = await handler(request)
+            # gzip when the client accepts it and it is worth it (our peers, CouchDB's and PouchDB's clients)
+            body = resp.body if isinstance(resp, web.Response) else None
+            if isinstance(body, (bytes, bytearray)) and len(body) > 1024 \
+                    and "gzip" in request.headers.get("Accept-Encoding", ""):
+                resp.enable_compression(web.ContentCoding.gzip)
             return resp
         except HttpError as exc:
             return _err(exc.status, exc.error, exc.reason)
