@@ -15,9 +15,10 @@ from ._errors import (
     InvalidDocument,
     InvalidValueType,
     MyNoSQLError,
+    SecurityError,
     StorageError,
 )
-from ._options import Options
+from ._options import Limits, Options
 
 __version__ = "0.1.0"
 
@@ -30,11 +31,13 @@ __all__ = [
     "DatabaseLocked",
     "DocumentNotFound",
     "IndexNotFound",
+    "Limits",
     "InvalidDocument",
     "InvalidValueType",
     "MyNoSQL",
     "MyNoSQLError",
     "Options",
+    "SecurityError",
     "StorageError",
     "__version__",
 ]

@@ -203,14 +203,19 @@ class Database:
         except BaseException:
             self._lock.release()
             raise
+        from .server.auth import Users
+
+        self.users = Users(self.path / "users.json")
         self._closed = False
         self.sync: Sync | None = None
         self._sync_lock = threading.Lock()
+        self.sync_error: str | None = None
         try:
             self._restart_sync()
-        except BaseException:
-            self.close()
-            raise
+        except (MyNoSQLError, OSError) as exc:
+            # The records are usable all the same; the reason is logged and shown by status().
+            self.sync_error = f"{type(exc).__name__}: {exc}"
+            log.error("database %s: background replication/serving did not start: %s", name, exc)
 
     # -- lifecycle --------------------------------------------------------------------------------------------
 
@@ -248,7 +253,8 @@ class Database:
     def _load_config(self) -> dict[str, Any]:
         path = self.path / "config.json"
         base: dict[str, Any] = {"format": CONFIG_FORMAT, "mode": "Peer", "peers": [], "indexes": [],
-                                "host": "127.0.0.1", "port": DEFAULT_PORT, "advertise": None}
+                                "host": "127.0.0.1", "port": DEFAULT_PORT, "advertise": None, "certfile": None,
+                                "keyfile": None}
         if path.exists():
             try:
                 loaded = orjson.loads(path.read_bytes())
@@ -274,25 +280,54 @@ class Database:
         if norm is None:
             return False
         with self._config_lock:
-            changed = self.config["mode"] != norm
-            if changed:
+            before = self.config["mode"]
+            if before != norm:
                 self.config["mode"] = norm
                 self._save_config()
-        if changed:
-            self._restart_sync()
+        if before != norm:
+            try:
+                self._restart_sync()
+            except BaseException:
+                with self._config_lock:  # not remembered: the next opendb must not fail the same way
+                    self.config["mode"] = before
+                    self._save_config()
+                self._restart_sync()
+                raise
         return True
 
-    def setlisten(self, host: str = "127.0.0.1", port: int = DEFAULT_PORT, *, advertise: str | None = None) -> None:
-        """Where this database serves as a mirror (remembered): host, port (0: any free port), and the URL
-        other nodes should use for it (default ``http://host:port``)."""
+    def setlisten(self, host: str = "127.0.0.1", port: int = DEFAULT_PORT, *, advertise: str | None = None,
+                  certfile: str | None = None, keyfile: str | None = None) -> None:
+        """Where this database serves as a mirror (remembered): host, port (0: any free port), the URL other
+        nodes should use for it (default ``http(s)://host:port``), and a TLS certificate and key (PEM files;
+        then it serves ``https://``). Serving beyond loopback needs users (``adduser``)."""
         self._check()
         if not isinstance(host, str) or not host or not isinstance(port, int) or not 0 <= port < 65536:
             raise InvalidDocument("setlisten needs a host name and a port number (0-65535)")
+        if (certfile is None) != (keyfile is None):
+            raise InvalidDocument("TLS needs both certfile and keyfile")
         with self._config_lock:
-            self.config.update(host=host, port=port, advertise=advertise and normalize_peer_url(advertise))
+            self.config.update(host=host, port=port, advertise=advertise and normalize_peer_url(advertise),
+                               certfile=certfile and str(Path(certfile).resolve()),
+                               keyfile=keyfile and str(Path(keyfile).resolve()))
             self._save_config()
         if self.config["mode"] == "Mirror":
             self._restart_sync()
+
+    def adduser(self, name: str, password: str, role: str = "replicator") -> None:
+        """Let ``name`` reach this database when it serves as a mirror. Roles: ``"replicator"`` (read and
+        write records, replicate) and ``"reader"`` (read and replicate from, never write records). The password
+        is stored only as a salted PBKDF2-SHA256 hash. Once any user exists, every data route needs one."""
+        self._check()
+        self.users.set(name, password, role)
+
+    def removeuser(self, name: str) -> bool:
+        self._check()
+        return self.users.remove(name)
+
+    def userlist(self) -> dict[str, str]:
+        """``{name: role}`` of the users of this database (never their passwords)."""
+        self._check()
+        return self.users.names()
 
     @property
     def server_url(self) -> str | None:
@@ -300,6 +335,7 @@ class Database:
         return self.sync.server_url if self.sync else None
 
     def _restart_sync(self) -> None:
+        self.sync_error = None
         with self._sync_lock:
             if self.sync is not None:
                 self.sync.stop(final_push=0)
@@ -359,7 +395,7 @@ class Database:
         sync = self.sync
         return {"name": self.name, "mode": self.config["mode"], "records": len(self), "seq": store.seq,
                 "server": self.server_url, "mirrors": sync.status() if sync else {},
-                "compactor_error": store.stats.last_error}
+                "sync_error": self.sync_error, "compactor_error": store.stats.last_error}
 
     def watch(self, callback: Callable[[Change], None]) -> Callable[[], None]:
         """Call ``callback(change)`` after every change, local or replicated. Returns a function that stops it.
@@ -384,8 +420,9 @@ class Database:
         return unwatch
 
     def peers(self) -> list[str]:
+        """The mirrors this database knows (without credentials)."""
         self._check()
-        return list(self.config["peers"])
+        return [redact_url(u) for u in self.config["peers"]]
 
     # -- records ----------------------------------------------------------------------------------------------
 
@@ -590,19 +627,22 @@ class Database:
         return out
 
     def pull(self, url: str, *, timeout: float = 60.0) -> dict[str, Any]:
-        """Copy every record of the database at ``url`` (CouchDB, PouchDB Server or a mirror) that this one
-        lacks, now, whatever the mode. Returns counts (``docs_read``, ``docs_written``, ``errors``...)."""
+        """Copy every record of the database at ``url`` (CouchDB, PouchDB Server or a mirror; a server URL
+        without a path means the database of this one's name there) that this one lacks, now, whatever the
+        mode. Returns counts (``docs_read``, ``docs_written``, ``errors``...)."""
         from .replication.oneshot import replicate_once
+        from .replication.sync import db_url
 
         self._check()
-        return replicate_once(normalize_peer_url(url), self, timeout=timeout)
+        return replicate_once(db_url(normalize_peer_url(url), self.name), self, timeout=timeout)
 
     def push(self, url: str, *, timeout: float = 60.0) -> dict[str, Any]:
         """Copy every record of this database that the one at ``url`` lacks, now (creating it if needed)."""
         from .replication.oneshot import replicate_once
+        from .replication.sync import db_url
 
         self._check()
-        return replicate_once(self, normalize_peer_url(url), timeout=timeout)
+        return replicate_once(self, db_url(normalize_peer_url(url), self.name), timeout=timeout)
 
     # -- replication primitives (the replicator and the mirror server use these) -----------------------------
 

@@ -11,7 +11,9 @@ Every error the library raises on purpose derives from :class:`MyNoSQLError`::
      ├── DatabaseClosed                the handle has no open database (never opened, or closed)
      ├── DatabaseLocked                another process (or handle) has this database open
      ├── CorruptionError               a checksum or structure check failed on disk; says where
-     └── StorageError(OSError)         the operating system refused a write (disk full, permissions)
+     ├── StorageError(OSError)         the operating system refused a write (disk full, permissions)
+     └── SecurityError                 a configuration that would expose data (e.g. serving beyond loopback
+                                       without credentials); the message says what to do
 
 Foreign errors (``OSError`` from the file system, ``sqlite3.Error`` from the index) are translated into these
 at the storage boundary with ``raise ... from exc`` so the original stays visible in the traceback.
@@ -83,3 +85,7 @@ class CorruptionError(MyNoSQLError):
 
 class StorageError(MyNoSQLError, OSError):
     """The operating system refused a write (disk full, permission denied...). Nothing was acknowledged."""
+
+
+class SecurityError(MyNoSQLError):
+    """Refused: the configuration would expose data. The message says exactly what to do instead."""

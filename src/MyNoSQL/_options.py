@@ -9,6 +9,21 @@ Durability = Literal["process", "power"]
 
 
 @dataclasses.dataclass(frozen=True)
+class Limits:
+    """What a mirror accepts from a client. Over a limit: a 4xx answer with a JSON error, nothing written."""
+
+    max_request_bytes: int = 32 * 1024 * 1024  # one request body
+    max_batch: int = 10_000  # documents (or ids) in one _bulk_docs, _bulk_get or _revs_diff
+    max_depth: int = 100  # JSON nesting of a document
+    max_revisions: int = 1000  # entries of a document's _revisions list
+    max_connections: int = 512  # open client connections; more are refused
+    header_timeout: float = 15.0  # a connection with no complete request this long after it opened (or after
+    #                               its last answer) is closed: idle keep-alive and slow headers alike
+    body_timeout: float = 60.0  # seconds for a client to send a request's body
+    max_longpoll: float = 60.0  # seconds a longpoll _changes request may wait
+
+
+@dataclasses.dataclass(frozen=True)
 class Options:
     """Tuning knobs of one open database. The defaults suit most applications.
 
@@ -42,12 +57,18 @@ class Options:
         how long one poll of a mirror's changes feed waits for a change (an idle poll is one request).
     final_push:
         how long ``closedb`` may spend on a last push of unsent records.
+    tls_ca_file, tls_verify:
+        a CA bundle to verify ``https://`` mirrors with (default: the system's); ``tls_verify=False`` turns
+        verification off (it logs a warning: anyone on the path can then read and change what travels).
+    limits:
+        what this database accepts when it serves as a mirror (:class:`Limits`).
     gc_live_ratio:
         a closed shard whose live records fall below this fraction of its records is rewritten (its live
         records move to the newest shard) and deleted.
     """
 
     durability: Durability = "process"
+    limits: Limits = dataclasses.field(default_factory=Limits)
     cache_docs: int = 10_000
     block_cache_bytes: int = 16 * 1024 * 1024
     max_doc_bytes: int = 8 * 1024 * 1024
@@ -61,6 +82,8 @@ class Options:
     read_timeout: float = 2.0
     longpoll: float = 25.0
     final_push: float = 5.0
+    tls_ca_file: str | None = None
+    tls_verify: bool = True
 
     def __post_init__(self) -> None:
         if self.durability not in ("process", "power"):

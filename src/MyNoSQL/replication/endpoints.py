@@ -8,6 +8,7 @@ translated here, at one boundary, into :class:`RemoteError` (``raise ... from ex
 from __future__ import annotations
 
 import asyncio
+import base64
 import hashlib
 import urllib.parse
 from collections.abc import Sequence
@@ -113,8 +114,10 @@ class HttpEndpoint:
 
     def __init__(self, session: aiohttp.ClientSession, db_url: str, *, timeout: float = 30.0) -> None:
         p = urllib.parse.urlsplit(db_url)
-        self._auth = aiohttp.BasicAuth(urllib.parse.unquote(p.username), urllib.parse.unquote(p.password or "")) \
-            if p.username else None
+        self._auth: str | None = None
+        if p.username:
+            pair = f"{urllib.parse.unquote(p.username)}:{urllib.parse.unquote(p.password or '')}"
+            self._auth = "Basic " + base64.b64encode(pair.encode("utf-8")).decode("ascii")
         self.url = redact(db_url).rstrip("/")
         self.identity = self.url
         self.session = session
@@ -126,11 +129,13 @@ class HttpEndpoint:
         url = self.url + path
         data = None if body is None else orjson.dumps(body)
         headers = {"Accept": "application/json"}
+        if self._auth is not None:
+            headers["Authorization"] = self._auth
         if data is not None:
             headers["Content-Type"] = "application/json"
         try:
             async with self.session.request(
-                method, url, params=params, data=data, headers=headers, auth=self._auth,
+                method, url, params=params, data=data, headers=headers,
                 timeout=aiohttp.ClientTimeout(total=timeout or self.timeout),
             ) as resp:
                 raw = await resp.read()

@@ -6,15 +6,16 @@ import asyncio
 import dataclasses
 from typing import Any
 
-import aiohttp
-
 from .._database import Database
+from .._options import Options
 from .endpoints import Endpoint, HttpEndpoint, LocalEndpoint
 from .replicator import replicate
+from .sync import client_session
 
 
-async def _run(source: Database | str, target: Database | str, timeout: float, batch_size: int) -> dict[str, Any]:
-    async with aiohttp.ClientSession() as session:
+async def _run(source: Database | str, target: Database | str, timeout: float, batch_size: int,
+               opts: Options) -> dict[str, Any]:
+    async with client_session(opts) as session:
 
         def endpoint(x: Database | str) -> Endpoint:
             return LocalEndpoint(x) if isinstance(x, Database) else HttpEndpoint(session, x, timeout=timeout)
@@ -30,4 +31,5 @@ def replicate_once(source: Database | str, target: Database | str, *, timeout: f
                    batch_size: int = 500) -> dict[str, Any]:
     """Copy every revision ``target`` lacks from ``source`` (a Database, or a database URL such as
     ``http://user:pass@host:5984/db``), checkpointed. Blocks until done; returns counts."""
-    return asyncio.run(_run(source, target, timeout, batch_size))
+    db = source if isinstance(source, Database) else target if isinstance(target, Database) else None
+    return asyncio.run(_run(source, target, timeout, batch_size, db.options if db is not None else Options()))

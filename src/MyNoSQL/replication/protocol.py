@@ -79,10 +79,25 @@ class WireDoc:
         self.blob = blob
 
 
-def doc_from_wire(doc: Any, *, validate_id: Any, max_bytes: int, max_revs: int) -> WireDoc:
+def check_depth(value: Any, limit: int) -> None:
+    """Raise InvalidDocument if ``value`` nests dicts and lists deeper than ``limit`` (iterative: no recursion)."""
+    stack = [(value, 0)]
+    while stack:
+        v, d = stack.pop()
+        if d > limit:
+            raise InvalidDocument(f"document nests deeper than {limit} levels")
+        if type(v) is dict:
+            stack.extend((x, d + 1) for x in v.values() if type(x) is dict or type(x) is list)
+        elif type(v) is list:
+            stack.extend((x, d + 1) for x in v if type(x) is dict or type(x) is list)
+
+
+def doc_from_wire(doc: Any, *, validate_id: Any, max_bytes: int, max_revs: int, max_depth: int = 100,
+                  max_history: int = 1000) -> WireDoc:
     """Check a CouchDB document sent for replication; raise InvalidDocument with CouchDB's wording."""
     if not isinstance(doc, dict):
         raise InvalidDocument("document must be a JSON object")
+    check_depth(doc, max_depth)
     id = validate_id(doc.get("_id"))
     rev = doc.get("_rev")
     if not isinstance(rev, str):
@@ -100,6 +115,8 @@ def doc_from_wire(doc: Any, *, validate_id: Any, max_bytes: int, max_revs: int) 
         if not isinstance(hist, dict) or type(hist.get("start")) is not int or not isinstance(hist.get("ids"), list):
             raise InvalidDocument("_revisions must be {start: int, ids: [str]}")
         ids = hist["ids"]
+        if len(ids) > max_history:
+            raise InvalidDocument(f"_revisions lists {len(ids)} revisions, over the limit of {max_history}")
         if hist["start"] != gen or not ids or ids[0] != h:
             raise InvalidDocument("_revisions does not match _rev")
         if len(ids) > max_revs:

@@ -17,8 +17,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
 import random
+import ssl
 import threading
 import time
 import urllib.parse
@@ -27,7 +29,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import aiohttp
 
-from .._errors import MyNoSQLError
+from .._errors import MyNoSQLError, SecurityError
+from .._options import Options
 from . import protocol
 from .endpoints import HttpEndpoint, LocalEndpoint, RemoteError, redact
 from .replicator import replicate
@@ -37,6 +40,34 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("MyNoSQL")
 T = TypeVar("T")
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+_warned_unverified = False
+
+
+def client_session(opts: Options) -> aiohttp.ClientSession:
+    """An HTTP client that verifies TLS certificates (system CAs, or ``opts.tls_ca_file``)."""
+    global _warned_unverified
+    ssl_arg: ssl.SSLContext | bool = True
+    if not opts.tls_verify:
+        if not _warned_unverified:
+            log.warning("TLS certificate verification is OFF (Options.tls_verify=False): anyone on the network "
+                        "path can read and change what is replicated")
+            _warned_unverified = True
+        ssl_arg = False
+    elif opts.tls_ca_file:
+        ssl_arg = ssl.create_default_context(cafile=opts.tls_ca_file)
+    return aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=opts.remote_timeout),
+                                 connector=aiohttp.TCPConnector(limit=16, ssl=ssl_arg))
 
 
 def db_url(mirror: str, name: str) -> str:
@@ -181,16 +212,40 @@ class Sync:
 
         from ..server.app import MirrorApp
 
-        host, port = self.db.config["host"], int(self.db.config["port"])
-        app = MirrorApp({self.db.name: self.db}, mirrors=self.known_mirrors).build()
-        self._runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=1.0)
+        cfg = self.db.config
+        host, port = cfg["host"], int(cfg["port"])
+        users, limits = self.db.users, self.opts.limits
+        if not users and not is_loopback(host):
+            raise SecurityError(
+                f"refusing to serve database {self.db.name!r} on {host}:{port} without credentials: anyone who "
+                "can reach that address could read and change every record. Add users first (mynosql serve "
+                "--credentials FILE, or db.adduser(name, password)), or listen on 127.0.0.1.")
+        if not users:
+            log.warning("mirror %s serves WITHOUT authentication (loopback only: %s)", self.db.name, host)
+        ssl_ctx = None
+        if cfg.get("certfile"):
+            ssl_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            ssl_ctx.load_cert_chain(cfg["certfile"], cfg["keyfile"])
+        app = MirrorApp({self.db.name: self.db}, mirrors=self.known_mirrors, users=users, limits=limits).build()
+        self._runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=1.0,
+                                     keepalive_timeout=limits.header_timeout)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, host, port, reuse_address=True)
+        server = self._runner.server
+        assert server is not None
+        accept = server.connection_made
+
+        def guarded(handler: Any, transport: Any) -> None:  # refuse connections past the limit
+            accept(handler, transport)
+            if len(server.connections) > limits.max_connections:
+                transport.close()
+
+        server.connection_made = guarded
+        site = web.TCPSite(self._runner, host, port, reuse_address=True, ssl_context=ssl_ctx)
         await site.start()
         sockets = getattr(site._server, "sockets", None) or []
         real_port = sockets[0].getsockname()[1] if sockets else port
         shown = f"[{host}]" if ":" in host else host
-        self.server_url = f"http://{shown}:{real_port}"
+        self.server_url = f"{'https' if ssl_ctx else 'http'}://{shown}:{real_port}"
         log.info("mirror %s serving on %s", self.db.name, self.server_url)
 
     def known_mirrors(self) -> list[str]:
@@ -229,8 +284,7 @@ class Sync:
                     await self._new_session()
 
     def _make_session(self) -> aiohttp.ClientSession:
-        return aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.opts.remote_timeout),
-                                     connector=aiohttp.TCPConnector(limit=16))
+        return client_session(self.opts)
 
     async def _new_session(self) -> None:
         old, self._session = self._session, self._make_session()

@@ -9,6 +9,7 @@ longpoll), ``POST /{db}/_revs_diff``, ``POST /{db}/_bulk_get``, ``POST /{db}/_bu
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import logging
 from collections.abc import Callable
@@ -19,15 +20,15 @@ from aiohttp import web
 
 from .._database import Database, validate_id
 from .._errors import ConflictError, DocumentNotFound, InvalidDocument, MyNoSQLError
+from .._options import Limits
 from ..docs import revtree
 from ..docs.codec import loads_body
 from ..replication import protocol
+from .auth import Throttle, Users
 
 log = logging.getLogger("MyNoSQL")
 
-MAX_BODY = 64 * 1024 * 1024
 MAX_LIMIT = 10_000
-MAX_LONGPOLL = 60.0
 
 
 class HttpError(Exception):
@@ -60,16 +61,27 @@ class ChangeNotifier:
         self.event = asyncio.Event()
 
 
+# What a "reader" may do besides GET/HEAD: read-only POSTs, and replication checkpoints (_local documents,
+# which are not records: a reader pulling from the mirror records its progress there).
+_READER_POSTS = ("_revs_diff", "_bulk_get", "_changes", "_ensure_full_commit")
+_PUBLIC = ("/", "/_up")
+
+
 class MirrorApp:
-    def __init__(self, dbs: dict[str, Database], *, mirrors: Callable[[], list[str]] | None = None) -> None:
+    def __init__(self, dbs: dict[str, Database], *, mirrors: Callable[[], list[str]] | None = None,
+                 users: Users | None = None, limits: Limits | None = None) -> None:
         self.dbs = dbs
         self.mirrors = mirrors or (lambda: [])
         self.notifiers: dict[str, ChangeNotifier] = {}
+        self.users = users
+        self.limits = limits or Limits()
+        self.throttle = Throttle()
 
     # -- plumbing ---------------------------------------------------------------------------------------------
 
     def build(self) -> web.Application:
-        app = web.Application(client_max_size=MAX_BODY, middlewares=[self._errors])
+        app = web.Application(client_max_size=self.limits.max_request_bytes, middlewares=[self._errors, self._auth])
+        app.on_response_prepare.append(self._headers)
         r = app.router
         r.add_get("/", self.root)
         r.add_get("/_up", self.up)
@@ -108,6 +120,41 @@ class MirrorApp:
             self.notifiers[name] = n
             db.store.listeners.append(n.notify)
 
+    @staticmethod
+    async def _headers(request: web.Request, response: web.StreamResponse) -> None:
+        response.headers["Server"] = "MyNoSQL"  # never the versions of Python or aiohttp
+
+    @web.middleware
+    async def _auth(self, request: web.Request, handler: Callable[[web.Request], Any]) -> web.StreamResponse:
+        users = self.users
+        if not users or (request.path in _PUBLIC and request.method in ("GET", "HEAD")):
+            resp: web.StreamResponse = await handler(request)
+            return resp
+        addr = request.remote or "?"
+        if self.throttle.blocked(addr):
+            return _err(429, "too_many_requests", "Too many failed logins; try again later.")
+        role = None
+        auth = request.headers.get("Authorization", "")
+        if auth[:6].lower() == "basic ":
+            try:
+                name, _, password = base64.b64decode(auth[6:], validate=True).decode("utf-8").partition(":")
+            except (ValueError, UnicodeDecodeError):
+                name = password = ""
+            if name:
+                role = await asyncio.to_thread(users.check, name, password)
+        if role is None:
+            self.throttle.failed(addr)
+            resp = _err(401, "unauthorized", "Name or password is incorrect.")
+            resp.headers["WWW-Authenticate"] = 'Basic realm="MyNoSQL"'
+            return resp
+        if role == "reader" and request.method not in ("GET", "HEAD"):
+            parts = request.path.strip("/").split("/")
+            local = len(parts) >= 3 and parts[1] == "_local"
+            if not (local or (request.method == "POST" and len(parts) == 2 and parts[1] in _READER_POSTS)):
+                return _err(403, "forbidden", "You are not allowed to write to this database.")
+        resp = await handler(request)
+        return resp
+
     @web.middleware
     async def _errors(self, request: web.Request, handler: Callable[[web.Request], Any]) -> web.StreamResponse:
         try:
@@ -133,6 +180,11 @@ class MirrorApp:
         except MyNoSQLError as exc:
             log.error("mirror: %s %s failed: %s", request.method, request.path, exc)
             return _err(500, "internal_error", "the database could not complete the request")
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # a bug: logged with its traceback here, never shown to the client
+            log.exception("mirror: %s %s failed", request.method, request.path)
+            return _err(500, "internal_error", "the database could not complete the request")
 
     def _db(self, request: web.Request) -> Database:
         db = self.dbs.get(request.match_info["db"])
@@ -140,13 +192,43 @@ class MirrorApp:
             raise HttpError(404, "not_found", "Database does not exist.")
         return db
 
-    @staticmethod
-    async def _body(request: web.Request) -> Any:
-        raw = await request.read()
+    async def _body(self, request: web.Request) -> Any:
+        try:
+            raw = await asyncio.wait_for(request.read(), self.limits.body_timeout)
+        except asyncio.TimeoutError as exc:
+            raise HttpError(408, "timeout", "the request body did not arrive in time") from exc
         try:
             return orjson.loads(raw)
         except orjson.JSONDecodeError as exc:
             raise HttpError(400, "bad_request", "invalid JSON body") from exc
+
+    def _batch(self, items: Any, what: str) -> None:
+        if len(items) > self.limits.max_batch:
+            raise HttpError(413, "too_large", f"{len(items)} {what} in one request, over the limit of "
+                            f"{self.limits.max_batch}")
+
+    def _wire(self, db: Database, doc: Any) -> protocol.WireDoc:
+        lim = self.limits
+        return protocol.doc_from_wire(doc, validate_id=validate_id, max_bytes=db.options.max_doc_bytes,
+                                      max_revs=db.options.revs_limit, max_depth=lim.max_depth,
+                                      max_history=lim.max_revisions)
+
+    @staticmethod
+    def _local_id(request: web.Request) -> str:
+        id = request.match_info["id"]
+        if "\x00" in id or len(id.encode("utf-8", "surrogatepass")) > 1024:
+            raise HttpError(400, "illegal_docid", "local document ids are 1-1024 bytes without NUL")
+        return id
+
+    @staticmethod
+    def _doc_id(request: web.Request) -> str:
+        id = request.match_info["id"]
+        if any(part in (".", "..") for part in id.split("/")):
+            raise HttpError(400, "illegal_docid", "document ids must not contain '.' or '..' path segments")
+        try:
+            return validate_id(id)
+        except InvalidDocument as exc:
+            raise HttpError(400, "illegal_docid", str(exc)) from exc
 
     @staticmethod
     def _flag(request: web.Request, name: str) -> bool:
@@ -194,7 +276,7 @@ class MirrorApp:
             since = max(0, since)
         try:
             limit = min(MAX_LIMIT, max(1, int(q.get("limit", MAX_LIMIT))))
-            timeout = min(MAX_LONGPOLL, max(0.0, int(q.get("timeout", 60000)) / 1000))
+            timeout = min(self.limits.max_longpoll, max(0.0, int(q.get("timeout", 60000)) / 1000))
         except ValueError as exc:
             raise HttpError(400, "bad_request", "limit and timeout must be integers") from exc
         all_docs = q.get("style") == "all_docs"
@@ -231,6 +313,8 @@ class MirrorApp:
             isinstance(k, str) and isinstance(v, list) and all(isinstance(r, str) for r in v) for k, v in body.items()
         ):
             raise HttpError(400, "bad_request", "expected {id: [rev, ...]}")
+        self._batch(body, "ids")
+        self._batch([r for v in body.values() for r in v], "revisions")
         missing = await asyncio.to_thread(db.revs_diff, body)
         return _json({id: {"missing": revs} for id, revs in missing.items()})
 
@@ -240,6 +324,7 @@ class MirrorApp:
         docs = body.get("docs") if isinstance(body, dict) else None
         if not isinstance(docs, list) or not all(isinstance(d, dict) for d in docs):
             raise HttpError(400, "bad_request", "expected {docs: [{id, rev}, ...]}")
+        self._batch(docs, "documents")
         revs = self._flag(request, "revs")
 
         def read() -> list[dict[str, Any]]:
@@ -267,15 +352,17 @@ class MirrorApp:
         docs = body.get("docs") if isinstance(body, dict) else None
         if not isinstance(docs, list):
             raise HttpError(400, "bad_request", "Missing JSON list of 'docs'")
+        self._batch(docs, "documents")
         new_edits = body.get("new_edits", True)
+        if not isinstance(new_edits, bool):
+            raise HttpError(400, "bad_request", "new_edits must be true or false")
 
         def write() -> list[dict[str, Any]]:
             out = []
             for doc in docs:
                 try:
                     if new_edits is False:
-                        w = protocol.doc_from_wire(doc, validate_id=validate_id, max_bytes=db.options.max_doc_bytes,
-                                                   max_revs=db.options.revs_limit)
+                        w = self._wire(db, doc)
                         db.put_replicated(w.id, w.path, w.deleted, w.blob)
                     else:
                         out.append({"ok": True, **self._save(db, doc, None)})
@@ -302,7 +389,7 @@ class MirrorApp:
 
     async def local_get(self, request: web.Request) -> web.Response:
         db = self._db(request)
-        doc = await asyncio.to_thread(db.local_get, request.match_info["id"])
+        doc = await asyncio.to_thread(db.local_get, self._local_id(request))
         if doc is None:
             raise HttpError(404, "not_found", "missing")
         return _json(doc)
@@ -312,13 +399,16 @@ class MirrorApp:
         body = await self._body(request)
         if not isinstance(body, dict):
             raise HttpError(400, "bad_request", "document must be a JSON object")
-        id = request.match_info["id"]
+        id = self._local_id(request)
+        if len(orjson.dumps(body)) > 1024 * 1024:
+            raise HttpError(413, "too_large", "local documents are limited to 1 MiB")
+        protocol.check_depth(body, self.limits.max_depth)
         rev = await asyncio.to_thread(db.local_put, id, body)
         return _json({"ok": True, "id": "_local/" + id, "rev": rev}, 201)
 
     async def local_delete(self, request: web.Request) -> web.Response:
         db = self._db(request)
-        id = request.match_info["id"]
+        id = self._local_id(request)
         if await asyncio.to_thread(db.local_get, id) is None:
             raise HttpError(404, "not_found", "missing")
         rev = await asyncio.to_thread(db.local_put, id, None)
@@ -348,7 +438,7 @@ class MirrorApp:
 
     async def doc_get(self, request: web.Request) -> web.Response:
         db = self._db(request)
-        id = request.match_info["id"]
+        id = self._doc_id(request)
         q = request.query
         state = await asyncio.to_thread(db.state, id)
         revs = self._flag(request, "revs")
@@ -388,13 +478,12 @@ class MirrorApp:
 
     async def doc_put(self, request: web.Request) -> web.Response:
         db = self._db(request)
-        id = request.match_info["id"]
+        id = self._doc_id(request)
         body = await self._body(request)
         if request.query.get("new_edits") == "false":
             if isinstance(body, dict):
                 body.setdefault("_id", id)
-            w = protocol.doc_from_wire(body, validate_id=validate_id, max_bytes=db.options.max_doc_bytes,
-                                       max_revs=db.options.revs_limit)
+            w = self._wire(db, body)
             await asyncio.to_thread(db.put_replicated, w.id, w.path, w.deleted, w.blob)
             return _json({"ok": True, "id": w.id, "rev": w.path[0]}, 201)
         if isinstance(body, dict) and "rev" in request.query:
@@ -407,5 +496,5 @@ class MirrorApp:
         rev = request.query.get("rev")
         if not rev:
             raise HttpError(409, "conflict", "Document update conflict.")
-        res = await asyncio.to_thread(db.deletedoc, validate_id(request.match_info["id"]), rev)
+        res = await asyncio.to_thread(db.deletedoc, self._doc_id(request), rev)
         return _json({"ok": True, "id": res["id"], "rev": res["rev"]})

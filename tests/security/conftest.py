@@ -1,0 +1,1 @@
+from support.mirrors import mirrors  # noqa: F401 - the fixture

@@ -1,0 +1,248 @@
+"""A mirror is safe by default: credentials, roles, TLS, limits, no leaks. Real `mynosql serve` processes."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import socket
+import stat
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from support.mirrors import ENV, MirrorProcess, free_port, wait_until
+
+import MyNoSQL
+
+PASSWORD = "correct horse battery"
+
+
+def request(method: str, url: str, body: Any = None, *, user: str | None = None, password: str = PASSWORD,
+            raw: bytes | None = None, ctx: Any = None) -> tuple[int, dict[str, str], Any]:
+    data = raw if raw is not None else (None if body is None else json.dumps(body).encode())
+    headers = {"Content-Type": "application/json", "Accept": "application/json"}
+    if user is not None:
+        headers["Authorization"] = "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+    req = urllib.request.Request(url, data=data, method=method, headers=headers)
+    try:
+        with urllib.request.urlopen(req, timeout=15, context=ctx) as r:
+            return r.status, dict(r.headers), json.loads(r.read() or b"null")
+    except urllib.error.HTTPError as exc:
+        return exc.code, dict(exc.headers), json.loads(exc.read() or b"null")
+
+
+class Serve(MirrorProcess):
+    def __init__(self, path: Path, extra: list[str]) -> None:
+        super().__init__(path, "db", free_port(), [])
+        self.extra = extra
+
+    def start(self) -> Serve:
+        import threading
+
+        args = [sys.executable, "-m", "MyNoSQL", "-v", "serve", "--path", str(self.path), "--db", self.name,
+                "--host", "127.0.0.1", "--port", str(self.port), *self.extra]
+        self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=ENV,
+                                     stdin=subprocess.DEVNULL)
+        assert self.proc.stdout is not None
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            line = self.proc.stdout.readline()
+            if not line or line.startswith("serving"):
+                break
+            self.log.append(line)
+        assert line.startswith("serving"), "".join(self.log)
+        self.url = line.split(" on ")[1].strip()
+        threading.Thread(target=self._drain, daemon=True).start()
+        return self
+
+
+@pytest.fixture
+def creds(tmp_path: Path) -> Path:
+    f = tmp_path / "users.txt"
+    f.write_text(f"# users of the mirror\nalice:{PASSWORD}\nbob:{PASSWORD}:reader\n")
+    return f
+
+
+@pytest.fixture
+def secured(tmp_path: Path, creds: Path) -> Iterator[Serve]:
+    s = Serve(tmp_path / "srv", ["--credentials", str(creds), "--header-timeout", "1.5",
+                                 "--max-request-bytes", "200000", "--max-batch", "50"]).start()
+    yield s
+    s.stop()
+
+
+def test_refuses_to_serve_beyond_loopback_without_credentials(tmp_path: Path) -> None:
+    out = subprocess.run([sys.executable, "-m", "MyNoSQL", "serve", "--path", str(tmp_path), "--db", "db",
+                          "--host", "0.0.0.0", "--port", "0"], env=ENV, capture_output=True, text=True, timeout=60)
+    assert out.returncode != 0
+    assert "without credentials" in out.stderr and "--credentials" in out.stderr and "127.0.0.1" in out.stderr
+    db = MyNoSQL.MyNoSQL(tmp_path, options=MyNoSQL.Options())
+    h = db.opendb("db")
+    try:
+        assert h.getdbmode() == "Peer"  # the refused mode was not remembered
+        h.setlisten("0.0.0.0", 0)
+        with pytest.raises(MyNoSQL.SecurityError, match="without credentials"):
+            h.setdbmode("Mirror")
+    finally:
+        db.closedb()
+
+
+def test_loopback_mirror_may_run_open_and_says_so(tmp_path: Path) -> None:
+    s = Serve(tmp_path / "open", []).start()
+    try:
+        assert request("GET", f"{s.url}/db")[0] == 200
+        wait_until(lambda: "WITHOUT authentication" in "".join(s.log), what="the open-mirror warning")
+    finally:
+        s.stop()
+
+
+def test_credentials_roles_and_no_hints(secured: Serve, tmp_path: Path) -> None:
+    db = f"{secured.url}/db"
+    assert request("GET", f"{secured.url}/")[0] == 200  # the welcome is public
+    assert request("GET", f"{secured.url}/_up")[0] == 200
+    no, headers, body = request("GET", db)
+    wrong_pw = request("GET", db, user="alice", password="nope nope nope")
+    no_user = request("GET", db, user="mallory")
+    assert no == wrong_pw[0] == no_user[0] == 401
+    assert body == wrong_pw[2] == no_user[2]  # no hint of which part was wrong
+    assert headers.get("WWW-Authenticate", "").startswith("Basic")
+    assert request("GET", f"{secured.url}/_mirrors")[0] == 401
+    assert request("PUT", f"{db}/x", {"v": 1}, user="alice")[0] == 201
+    assert request("GET", f"{db}/x", user="bob")[2]["v"] == 1
+    assert request("PUT", f"{db}/y", {"v": 1}, user="bob")[0] == 403
+    assert request("POST", f"{db}/_bulk_docs", {"docs": [{"_id": "z"}]}, user="bob")[0] == 403
+    rev = request("GET", f"{db}/x", user="bob")[2]["_rev"]
+    assert request("DELETE", f"{db}/x?rev={rev}", user="bob")[0] == 403
+    assert request("POST", f"{db}/_revs_diff", {"x": [rev]}, user="bob")[0] == 200
+    assert request("PUT", f"{db}/_local/ck", {"seq": 1}, user="bob")[0] == 201  # checkpoints are not records
+    # passwords are stored hashed, owner-only
+    users = tmp_path / "srv" / "db" / "users.json"
+    text = users.read_text()
+    assert PASSWORD not in text
+    assert stat.S_IMODE(os.stat(users).st_mode) == 0o600
+
+
+def test_repeated_failures_are_throttled(secured: Serve) -> None:
+    codes = [request("GET", f"{secured.url}/db", user="alice", password=f"guess {i}")[0] for i in range(12)]
+    assert codes[:10] == [401] * 10 and codes[-1] == 429
+    assert request("GET", f"{secured.url}/db", user="alice")[0] == 429  # even the right one, for a while
+
+
+def test_peer_credentials_from_the_url_and_never_leaked(secured: Serve, tmp_path: Path,
+                                                          caplog: pytest.LogCaptureFixture) -> None:
+    url = secured.url.replace("http://", f"http://alice:{PASSWORD.replace(' ', '%20')}@")
+    h = MyNoSQL.MyNoSQL(tmp_path / "peer", options=MyNoSQL.Options(longpoll=2.0))
+    h.opendb("db")
+    try:
+        h.addpeer(url)
+        rec = h.savedoc({"id": "secret-record", "v": 42})
+        wait_until(lambda: request("GET", f"{secured.url}/db/secret-record", user="alice")[0] == 200,
+                   what="the push with credentials")
+        assert request("GET", f"{secured.url}/db/secret-record", user="alice")[2]["_rev"] == rec["rev"]
+        status = json.dumps(h.status())
+        assert PASSWORD not in status and "alice" not in status
+        assert all(PASSWORD not in p and "alice" not in p for p in h.db.peers())
+        mirrors = request("GET", f"{secured.url}/_mirrors", user="alice")[2]
+        assert PASSWORD not in json.dumps(mirrors)
+        config = (tmp_path / "peer" / "db" / "config.json")
+        assert stat.S_IMODE(os.stat(config).st_mode) == 0o600  # where the peer keeps them
+    finally:
+        h.closedb()
+    assert PASSWORD not in caplog.text and PASSWORD.replace(" ", "%20") not in caplog.text
+    assert PASSWORD not in "".join(secured.log)
+
+
+def test_wrong_peer_credentials_fail_with_a_clear_status(secured: Serve, tmp_path: Path) -> None:
+    url = secured.url.replace("http://", "http://alice:wrongpassword@")
+    h = MyNoSQL.MyNoSQL(tmp_path / "peer2", options=MyNoSQL.Options(longpoll=2.0))
+    h.opendb("db")
+    try:
+        h.addpeer(url)
+        h.savedoc({"id": "a"})
+        wait_until(lambda: "401" in str(h.status()["mirrors"][secured.url]["last_error"]), what="401 in status")
+        assert "wrongpassword" not in json.dumps(h.status())
+    finally:
+        h.closedb()
+
+
+def test_no_versions_paths_or_tracebacks_in_answers(secured: Serve) -> None:
+    _status, headers, body = request("GET", f"{secured.url}/")
+    assert headers.get("Server") == "MyNoSQL"
+    assert "aiohttp" not in json.dumps(body).lower() and "python" not in json.dumps(body).lower()
+    for method, path, raw in [("POST", "/db/_bulk_docs", b"{not json"), ("GET", "/db/%00", None),
+                              ("PUT", "/db/a/../b", b"{}"), ("GET", "/nope/x", None)]:
+        code, hdrs, answer = request(method, secured.url + path, raw=raw, user="alice")
+        assert 400 <= code < 500, (path, code, answer)
+        text = json.dumps(answer)
+        assert "Traceback" not in text and "/tmp" not in text and str(secured.path) not in text
+        assert hdrs.get("Server") == "MyNoSQL"
+
+
+def test_limits_answer_4xx_and_write_nothing(secured: Serve) -> None:
+    db = f"{secured.url}/db"
+    big = {"docs": [{"_id": f"b{i}", "pad": "x" * 5000} for i in range(45)]}
+    assert request("POST", f"{db}/_bulk_docs", big, user="alice")[0] == 413  # over 200,000 bytes
+    many = {"docs": [{"_id": f"m{i}"} for i in range(51)]}
+    assert request("POST", f"{db}/_bulk_docs", many, user="alice")[0] == 413  # over 50 documents
+    deep: Any = 1
+    for _ in range(150):
+        deep = [deep]
+    code, _, body = request("PUT", f"{db}/deep?new_edits=false",
+                            {"_rev": "1-" + "a" * 32, "v": deep}, user="alice")
+    assert code == 400 and "deeper" in body["reason"]
+    history = {"_id": "h", "_rev": "2000-" + "a" * 32, "_revisions": {"start": 2000, "ids": ["a" * 32] * 1500}}
+    assert request("POST", f"{db}/_bulk_docs", {"docs": [history], "new_edits": False}, user="alice")[2][0][
+        "error"] == "forbidden"
+    assert request("GET", f"{db}", user="alice")[2]["doc_count"] == 0
+
+
+def test_slow_and_idle_clients_are_cut_off(secured: Serve) -> None:
+    port = int(secured.url.rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(b"GET /_up HTTP/1.1\r\nHost: x\r\n")  # headers never finished
+        t0 = time.monotonic()
+        assert s.recv(100) == b""  # closed by the server
+        assert time.monotonic() - t0 < 8
+    assert request("GET", f"{secured.url}/_up")[0] == 200  # and it still serves others
+
+
+def test_tls_with_a_certificate_made_by_the_test(tmp_path: Path, creds: Path) -> None:
+    trustme = pytest.importorskip("trustme")
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1", "localhost")
+    cert.private_key_and_cert_chain_pem.write_to_path(str(tmp_path / "server.pem"))
+    cert.private_key_pem.write_to_path(str(tmp_path / "server.key"))
+    ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
+    s = Serve(tmp_path / "tls", ["--credentials", str(creds), "--cert", str(tmp_path / "server.pem"),
+                                 "--key", str(tmp_path / "server.key")]).start()
+    try:
+        assert s.url.startswith("https://")
+        url = s.url.replace("https://", f"https://alice:{PASSWORD.replace(' ', '%20')}@")
+        trusted = MyNoSQL.MyNoSQL(tmp_path / "ok", options=MyNoSQL.Options(tls_ca_file=str(tmp_path / "ca.pem")))
+        trusted.opendb("db")
+        untrusted = MyNoSQL.MyNoSQL(tmp_path / "bad")
+        untrusted.opendb("db")
+        try:
+            r = trusted.push(url)
+            assert r["docs_written"] == 0
+            trusted.savedoc({"id": "over-tls"})
+            assert trusted.push(url)["docs_written"] == 1
+            untrusted.savedoc({"id": "never"})
+            with pytest.raises(MyNoSQL.MyNoSQLError, match=r"(?i)certificate"):
+                untrusted.push(url)
+        finally:
+            trusted.closedb()
+            untrusted.closedb()
+        import ssl
+
+        ctx = ssl.create_default_context(cafile=str(tmp_path / "ca.pem"))
+        assert request("GET", f"{s.url}/db/over-tls", user="alice", ctx=ctx)[0] == 200
+    finally:
+        s.stop()
