@@ -913,6 +913,16 @@ def machine_text() -> str:
             f"{platform.python_version()} ({sys.executable}); aiohttp {aiohttp.__version__}; node {node}; {pouch_v}")
 
 
+def git_text() -> str:
+    def git(*a: str) -> str:
+        r = subprocess.run(["git", *a], cwd=ROOT, capture_output=True, text=True, check=False)
+        return r.stdout.strip()
+
+    head = git("rev-parse", "--short", "HEAD") or "?"
+    dirty = git("status", "--porcelain", "--", "src")
+    return f"git {head}" + (" with uncommitted changes under src/" if dirty else "")
+
+
 def parse_sizes(text: str) -> list[int]:
     out = [int(x.replace("_", "")) for x in text.split(",") if x.strip()]
     if not out or any(x < 1 for x in out):
@@ -981,8 +991,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     header = [f"- Command: `{command}` (cwd `{Path.cwd()}`)",
               f"- Date: {started.isoformat(timespec='seconds')}; total run time {total:.1f} s",
               f"- Machine: {machine_text()}",
-              f"- MyNoSQL from {Path(MyNoSQL.__file__).parent}; data: seeded random records of ~300 bytes of JSON "
-              f"(same records, same ids for both engines); everything on 127.0.0.1"]
+              f"- MyNoSQL {MyNoSQL.__version__} from {Path(MyNoSQL.__file__).parent} ({git_text()})",
+              "- Data: seeded random records of ~300 bytes of JSON (same records, same ids for both engines); "
+              "everything on 127.0.0.1"]
     text = rep.markdown(header)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(text)

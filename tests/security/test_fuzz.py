@@ -1,0 +1,131 @@
+"""Hostile requests against every route of a real mirror (HTTP on 127.0.0.1): only 2xx/4xx, no crash, no damage.
+
+Bounded and seeded here (``MYNOSQL_FUZZ_EXAMPLES``, default 300); ``scripts/fuzz`` runs longer.
+"""
+
+from __future__ import annotations
+
+import base64
+import http.client
+import json
+import os
+import urllib.parse
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, seed, settings
+from hypothesis import strategies as st
+
+import MyNoSQL
+
+EXAMPLES = int(os.environ.get("MYNOSQL_FUZZ_EXAMPLES", "300"))
+AUTH = "Basic " + base64.b64encode(b"fuzzer:fuzzer-password").decode()
+
+
+@pytest.fixture(scope="module")
+def mirror(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[MyNoSQL.MyNoSQL, int, Path]]:
+    os.environ.pop("MYNOSQL_SYNC", None)
+    path = tmp_path_factory.mktemp("fuzz")
+    limits = MyNoSQL.Limits(max_longpoll=0.2, max_request_bytes=256 * 1024, max_batch=200, header_timeout=5)
+    h = MyNoSQL.MyNoSQL(path, options=MyNoSQL.Options(limits=limits, flush_docs=50))
+    db = h.opendb("db")
+    db.adduser("fuzzer", "fuzzer-password")
+    db.adduser("reader", "reader-password", role="reader")
+    db.setlisten("127.0.0.1", 0)
+    db.setdbmode("Mirror")
+    for i in range(20):
+        h.savedoc({"id": f"seed{i}", "i": i})
+    url = db.server_url
+    assert url is not None
+    yield h, int(url.rsplit(":", 1)[1]), path
+    h.closedb()
+
+
+ids = st.one_of(
+    st.sampled_from(["seed1", "seed2", "x", "a/b", "..", "a/../b", "_design/x", "_local/y", "%00", "a%00b",
+                     "é", "x" * 2000, "", " ", "?", "#"]),
+    st.text(min_size=0, max_size=40),
+)
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
+    lambda kids: st.lists(kids, max_size=5) | st.dictionaries(st.text(max_size=8), kids, max_size=5),
+    max_leaves=30,
+)
+revs = st.one_of(st.sampled_from(["1-" + "a" * 32, "0-x", "99999999999-" + "f" * 32, "bad", "", "1-"]),
+                 st.text(max_size=20))
+docs = st.one_of(
+    json_values,
+    st.fixed_dictionaries({"_id": ids, "_rev": revs}, optional={
+        "_deleted": st.one_of(st.booleans(), json_values), "v": json_values, "_attachments": json_values,
+        "_revisions": st.one_of(json_values, st.fixed_dictionaries({"start": st.integers(-5, 10**12),
+                                                                     "ids": st.lists(st.text(max_size=34))}))}),
+)
+bodies = st.one_of(
+    st.none(),
+    docs.map(lambda d: json.dumps(d).encode()),
+    st.fixed_dictionaries({"docs": st.lists(docs, max_size=30)},
+                          optional={"new_edits": json_values}).map(lambda d: json.dumps(d).encode()),
+    st.dictionaries(ids, st.lists(revs, max_size=5), max_size=10).map(lambda d: json.dumps(d).encode()),
+    st.binary(max_size=300),
+    st.just(b'{"docs": [' * 2000),  # truncated and deep
+    st.just(b"[" * 5000 + b"]" * 5000),
+    st.just(json.dumps({"docs": [{"_id": f"many{i}"} for i in range(300)]}).encode()),  # over max_batch
+    st.just(b'{"x": "' + b"y" * 300_000 + b'"}'),  # over max_request_bytes
+)
+queries = st.dictionaries(
+    st.sampled_from(["since", "limit", "style", "feed", "timeout", "rev", "revs", "open_revs", "latest",
+                     "conflicts", "new_edits", "heartbeat"]),
+    st.one_of(st.sampled_from(["0", "-1", "now", "99999999999999999999", "all", "true", "false", "longpoll",
+                               "all_docs", "[\"1-x\"]", "[", "1e9", "abc"]), st.text(max_size=10)),
+    max_size=4,
+)
+paths = st.sampled_from([
+    "/", "/_up", "/_mirrors", "/db", "/db/", "/other", "/db/_changes", "/db/_revs_diff", "/db/_bulk_get",
+    "/db/_bulk_docs", "/db/_ensure_full_commit", "/db/_all_docs", "/db/_local/{id}", "/db/{id}", "/{id}",
+    "/db/_design/{id}", "/db/{id}/{id}",
+])
+auths = st.one_of(st.just(AUTH), st.just(AUTH), st.just(AUTH), st.none(), st.just("Basic !!!"),
+                  st.just("Basic " + base64.b64encode(b"reader:reader-password").decode()),
+                  st.text(max_size=30).map(lambda t: "Basic " + t))
+
+
+@seed(20261126)
+@settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+@given(method=st.sampled_from(["GET", "PUT", "POST", "DELETE", "HEAD", "PATCH", "COPY"]), path=paths, id=ids,
+       query=queries, body=bodies, auth=auths)
+def test_every_route_answers_2xx_or_4xx(mirror: Any, method: str, path: str, id: str, query: dict[str, str],
+                                        body: bytes | None, auth: str | None) -> None:
+    _h, port, _p = mirror
+    target = path.replace("{id}", urllib.parse.quote(id, safe="/%"))
+    if query:
+        target += "?" + urllib.parse.urlencode(query)
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=15)
+    try:
+        headers = {"Content-Type": "application/json"}
+        if auth is not None:
+            headers["Authorization"] = auth
+        try:
+            conn.request(method, target, body=body, headers=headers)
+        except (UnicodeEncodeError, http.client.InvalidURL, ValueError):
+            return  # the client library itself refuses to send this
+        resp = conn.getresponse()
+        data = resp.read()
+        assert resp.status < 500, (method, target, resp.status, data[:300])
+        assert b"Traceback" not in data and b"aiohttp/" not in data and b"Python/" not in data
+        if data and method != "HEAD" and resp.getheader("Content-Type", "").startswith("application/json"):
+            json.loads(data)  # our answers are JSON (the HTTP parser's own 400s for malformed requests are text)
+    finally:
+        conn.close()
+
+
+def test_after_the_fuzz_the_server_is_alive_and_the_database_clean(mirror: Any) -> None:
+    h, port, _path = mirror
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    conn.request("GET", "/_up")
+    assert conn.getresponse().status == 200
+    conn.close()
+    assert h.readdoc("seed3")["i"] == 3
+    h.db.flush()
+    assert h.verify() == []
