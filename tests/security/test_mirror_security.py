@@ -246,3 +246,40 @@ def test_tls_with_a_certificate_made_by_the_test(tmp_path: Path, creds: Path) ->
         assert request("GET", f"{s.url}/db/over-tls", user="alice", ctx=ctx)[0] == 200
     finally:
         s.stop()
+
+
+def test_connections_over_the_limit_are_refused(tmp_path: Path, creds: Path) -> None:
+    s = Serve(tmp_path / "conns", ["--credentials", str(creds), "--max-connections", "3"]).start()
+    port = int(s.url.rsplit(":", 1)[1])
+    held = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(3)]
+    try:
+        extra = socket.create_connection(("127.0.0.1", port), timeout=10)
+        with extra:
+            extra.sendall(b"GET /_up HTTP/1.1\r\nHost: x\r\n\r\n")
+            try:
+                got = extra.recv(100)
+            except ConnectionResetError:
+                got = b""
+            assert got == b""  # closed at once: over the limit
+    finally:
+        for c in held:
+            c.close()
+    wait_until(lambda: request("GET", f"{s.url}/_up")[0] == 200, what="serving again once they closed")
+    s.stop()
+
+
+def test_turning_tls_verification_off_is_explicit_and_warns(caplog: pytest.LogCaptureFixture) -> None:
+    import asyncio
+
+    from MyNoSQL.replication import sync
+
+    sync._warned_unverified = False
+
+    async def make() -> None:
+        await sync.client_session(MyNoSQL.Options(tls_verify=False)).close()
+        await sync.client_session(MyNoSQL.Options()).close()
+
+    with caplog.at_level("WARNING", logger="MyNoSQL"):
+        asyncio.run(make())
+    assert "verification is OFF" in caplog.text
+    assert MyNoSQL.Options().tls_verify is True
