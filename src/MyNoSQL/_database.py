@@ -340,7 +340,7 @@ class Database:
             if self.sync is not None:
                 self.sync.stop(final_push=0)
                 self.sync = None
-            if os.environ.get("MYNOSQL_SYNC", "1") == "0":
+            if os.environ.get("MYNOSQL_SYNC", "1") == "0" or not self.options.background_sync:
                 return  # background replication and serving switched off (tests, air-gapped runs)
             if self.config["mode"] == "Mirror" or self.config["peers"]:
                 from .replication.sync import Sync

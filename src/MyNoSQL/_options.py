@@ -60,6 +60,9 @@ class Options:
     tls_ca_file, tls_verify:
         a CA bundle to verify ``https://`` mirrors with (default: the system's); ``tls_verify=False`` turns
         verification off (it logs a warning: anyone on the path can then read and change what travels).
+    background_sync:
+        False opens the database without its background thread: no replication, no serving (tools that
+        inspect a database, like the ``mynosql`` command, use this).
     limits:
         what this database accepts when it serves as a mirror (:class:`Limits`).
     gc_live_ratio:
@@ -84,6 +87,7 @@ class Options:
     final_push: float = 5.0
     tls_ca_file: str | None = None
     tls_verify: bool = True
+    background_sync: bool = True
 
     def __post_init__(self) -> None:
         if self.durability not in ("process", "power"):

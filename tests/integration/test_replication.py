@@ -54,7 +54,9 @@ def test_offline_saves_arrive_when_the_mirror_starts(mirrors: Any, peers: Any) -
     p = peers("p1")
     p.addpeer(f"http://127.0.0.1:{port}")  # nothing listens there yet
     saved = [p.savedoc({"reading": i}) for i in range(50)]
-    assert p.db.status()["mirrors"][f"http://127.0.0.1:{port}"]["pending"] > 0 or True
+    wait_until(lambda: p.db.status()["mirrors"][f"http://127.0.0.1:{port}"]["reachable"] is False,
+               what="the peer noticing that the mirror is down")
+    assert p.db.status()["mirrors"][f"http://127.0.0.1:{port}"]["pending"] == 50
     m = mirrors(port=port)
     wait_until(lambda: http_json(f"{m.url}/db")["doc_count"] == 50, what="50 records on the mirror")
     for s in saved[:5]:

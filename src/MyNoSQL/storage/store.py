@@ -453,6 +453,11 @@ class Store:
             break
         yield from sorted((s for s in pending.values() if s.seq > cursor), key=lambda s: s.seq)
 
+    def index_rows(self) -> int:
+        """Records on disk plus pending ones (an upper bound of ``iter_states(0)``, for progress bars)."""
+        docs, x = self.index.count_rows()
+        return int(docs) + int(x) + len(self._active) + len(self._frozen)
+
     # -- inspection and shutdown ------------------------------------------------------------------------------
 
     def verify(self) -> list[str]:

@@ -37,7 +37,7 @@ log = logging.getLogger("MyNoSQL")
 MAGIC = b"MNSQWAL1"
 _FRAME = struct.Struct("<II")
 MAX_FRAME = 1 << 30
-SEGMENT_RESERVE = 8 << 20  # bytes reserved ahead in the open segment
+SEGMENT_RESERVE = 1 << 20  # bytes reserved ahead in the open segment (doubles as it fills)
 
 
 def _segment_name(n: int) -> str:

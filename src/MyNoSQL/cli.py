@@ -1,0 +1,502 @@
+"""The ``mynosql`` command (also ``python -m MyNoSQL``).
+
+Exit codes scripts can rely on: 0 success; 1 failure (``verify`` found damage, a replication failed...);
+2 bad usage; 3 the database is open in another process; 4 no such record; 5 conflict (stale revision);
+6 a remote server could not be reached or refused. ``--json`` prints one JSON document on stdout.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+from typing import IO, Any, TypeVar
+
+import click
+import orjson
+
+from ._api import MyNoSQL
+from ._database import Database, default_location, redact_url, validate_db_name
+from ._errors import (
+    ConflictError,
+    DatabaseLocked,
+    DocumentNotFound,
+    InvalidDocument,
+    MyNoSQLError,
+    SecurityError,
+)
+from ._options import Limits, Options
+from .docs import revtree
+from .docs.codec import decode_value
+
+EXIT_FAIL, EXIT_USAGE, EXIT_LOCKED, EXIT_NOT_FOUND, EXIT_CONFLICT, EXIT_REMOTE = 1, 2, 3, 4, 5, 6
+T = TypeVar("T")
+
+
+class Fail(click.ClickException):
+    """An error with one of the exit codes above (``code``)."""
+
+    def __init__(self, message: str, code: int = EXIT_FAIL) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def _out(data: Any, as_json: bool, text: str | None = None) -> None:
+    if as_json:
+        click.echo(orjson.dumps(data, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS, default=str).decode())
+    else:
+        click.echo(text if text is not None else orjson.dumps(data, option=orjson.OPT_INDENT_2, default=str))
+
+
+class Progress:
+    """A progress bar (tqdm) on a terminal; plain periodic lines (every ``every`` s) when not on one."""
+
+    def __init__(self, what: str, total: int | None, every: float = 5.0) -> None:
+        self.what, self.total, self.every = what, total, every
+        self.n = 0
+        self.t0 = self.last = time.monotonic()
+        self.bar: Any = None
+        if sys.stderr.isatty():
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, desc=what, unit=" rec", unit_scale=True, file=sys.stderr)
+
+    def update(self, k: int = 1) -> None:
+        self.n += k
+        if self.bar is not None:
+            self.bar.update(k)
+            return
+        now = time.monotonic()
+        if now - self.last >= self.every:
+            self.last = now
+            rate = self.n / max(now - self.t0, 1e-9)
+            eta = f", ETA {(self.total - self.n) / rate:.0f} s" if self.total and rate > 0 else ""
+            of = f"/{self.total}" if self.total else ""
+            click.echo(f"{self.what}: {self.n}{of} records, {rate:,.0f}/s{eta}", err=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+        else:
+            dt = time.monotonic() - self.t0
+            click.echo(f"{self.what}: {self.n} records in {dt:.1f} s", err=True)
+
+
+def tracked(items: Iterable[T], what: str, total: int | None) -> Iterator[T]:
+    p = Progress(what, total)
+    try:
+        for x in items:
+            yield x
+            p.update()
+    finally:
+        p.close()
+
+
+def _location(path: Path | None) -> Path:
+    return path if path is not None else default_location()
+
+
+def open_db(path: Path | None, name: str, *, sync: bool = False) -> tuple[MyNoSQL, Database]:
+    h = MyNoSQL(_location(path), options=Options(background_sync=sync))
+    try:
+        return h, h.opendb(name)
+    except DatabaseLocked as exc:
+        raise Fail(f"{exc}", EXIT_LOCKED) from exc
+    except InvalidDocument as exc:
+        raise Fail(str(exc), EXIT_USAGE) from exc
+
+
+def db_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    f = click.option("--json", "as_json", is_flag=True, help="Print JSON.")(f)
+    f = click.option("--db", "name", required=True, help="Database name.")(f)
+    f = click.option("--path", type=click.Path(file_okay=False, path_type=Path), default=None,
+                     help="Folder holding the databases (default: $MYNOSQL_HOME or the user data folder).")(f)
+    return f
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("-v", "--verbose", count=True, help="More log output (-v: info, -vv: debug).")
+def cli(verbose: int) -> None:
+    """MyNoSQL: an embedded, offline-first, replicated document database."""
+    level = logging.WARNING - 10 * min(verbose, 2)
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+# -- serve ------------------------------------------------------------------------------------------------------
+
+
+@cli.command()
+@click.option("--path", type=click.Path(file_okay=False, path_type=Path), required=True,
+              help="Folder that holds the database folders.")
+@click.option("--db", "name", required=True, help="Database name.")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", default=8800, show_default=True, type=click.IntRange(0, 65535),
+              help="Port to listen on (0: any free port).")
+@click.option("--peer", "peers", multiple=True, help="Another mirror to keep in step with (repeatable).")
+@click.option("--advertise", default=None, help="The URL other nodes should use for this mirror.")
+@click.option("--credentials", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="A file of user:password (or user:password:reader) lines: the users, read at start and "
+                   "stored hashed. Required to listen beyond loopback.")
+@click.option("--cert", type=click.Path(exists=True, dir_okay=False), default=None, help="TLS certificate (PEM).")
+@click.option("--key", type=click.Path(exists=True, dir_okay=False), default=None, help="TLS private key (PEM).")
+@click.option("--max-request-bytes", type=click.IntRange(1024), default=None, help="Largest request body.")
+@click.option("--max-batch", type=click.IntRange(1), default=None, help="Most documents in one request.")
+@click.option("--max-connections", type=click.IntRange(1), default=None, help="Most open client connections.")
+@click.option("--header-timeout", type=click.FloatRange(0.1), default=None,
+              help="Seconds a connection may stay without a complete request (idle or slow headers).")
+def serve(path: Path, name: str, host: str, port: int, peers: tuple[str, ...], advertise: str | None,
+          credentials: Path | None, cert: str | None, key: str | None, max_request_bytes: int | None,
+          max_batch: int | None, max_connections: int | None, header_timeout: float | None) -> None:
+    """Run a mirror in the foreground until SIGINT or SIGTERM, then shut down cleanly."""
+    from .server.auth import parse_credentials_file
+
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    given: dict[str, Any] = {"max_request_bytes": max_request_bytes, "max_batch": max_batch,
+                             "max_connections": max_connections, "header_timeout": header_timeout}
+    limits = dataclasses.replace(Limits(), **{k: v for k, v in given.items() if v is not None})
+    handle = MyNoSQL(path, options=Options(limits=limits))
+    try:
+        db = handle.opendb(name)
+    except DatabaseLocked as exc:
+        raise Fail(str(exc), EXIT_LOCKED) from exc
+    try:
+        if credentials is not None:
+            db.users.replace_all(parse_credentials_file(credentials))
+        # before the mode: never bind the default port first
+        db.setlisten(host, port, advertise=advertise, certfile=cert, keyfile=key)
+        try:
+            db.setdbmode("Mirror")
+        except (SecurityError, OSError) as exc:
+            raise Fail(str(exc)) from exc
+        for p in peers:
+            db.addpeer(p)
+        click.echo(f"serving {name} on {db.server_url}")
+        sys.stdout.flush()
+        while not stop.wait(0.5):
+            pass
+    finally:
+        handle.closedb()
+    click.echo("stopped")
+
+
+# -- inspecting and editing -------------------------------------------------------------------------------------
+
+
+def _disk(db: Database) -> tuple[int, int]:
+    files = [p for p in db.path.iterdir() if p.is_file()]
+    shards = sum(p.stat().st_size for p in files if p.name.startswith("shard-"))
+    return sum(p.stat().st_size for p in files), shards
+
+
+@cli.command()
+@db_options
+def status(path: Path | None, name: str, as_json: bool) -> None:
+    """Mode, records, conflicts, disk use, mirrors, pending pushes."""
+    h, db = open_db(path, name)
+    try:
+        conflicts = sum(1 for s in db.store.iter_states(0) if s.conflicts())
+        total, shards = _disk(db)
+        pending = {}
+        for url in db.config["peers"]:
+            from .replication.endpoints import replication_id
+
+            ck = db.local_get(_push_id(db, url, replication_id))
+            seq = ck.get("source_last_seq", 0) if ck else 0
+            pending[redact_url(url)] = max(0, db.seq - seq) if isinstance(seq, int) else None
+        info = {"name": db.name, "path": str(db.path), "mode": db.getdbmode(), "records": len(db),
+                "conflicts": conflicts, "seq": db.seq, "disk_bytes": total, "shard_bytes": shards,
+                "mirrors": db.peers(), "pending_pushes": pending, "indexes": db.indexes(),
+                "users": db.userlist()}
+    finally:
+        h.closedb()
+    lines = [f"{k}: {v}" for k, v in info.items()]
+    _out(info, as_json, "\n".join(lines))
+
+
+def _push_id(db: Database, url: str, replication_id: Callable[..., str]) -> str:
+    from .replication.sync import db_url
+
+    class _Id:
+        def __init__(self, identity: str) -> None:
+            self.identity = identity
+
+    return replication_id(_Id(f"local:{db.path}"), _Id(redact_url(db_url(url, db.name)).rstrip("/")))
+
+
+def _plain(doc: dict[str, Any]) -> dict[str, Any]:
+    """A record as JSON can print it: bytes, dates... in their tagged form."""
+    from .docs.codec import encode_value
+
+    out: dict[str, Any] = encode_value(doc)
+    return out
+
+
+@cli.command()
+@db_options
+@click.argument("id")
+def get(path: Path | None, name: str, as_json: bool, id: str) -> None:
+    """Print a record (its winning revision) as JSON."""
+    h, db = open_db(path, name)
+    try:
+        rec = db.readdoc(id)
+    except DocumentNotFound as exc:
+        raise Fail(str(exc), EXIT_NOT_FOUND) from exc
+    finally:
+        h.closedb()
+    _out(_plain(rec), True)
+
+
+@cli.command()
+@db_options
+@click.argument("source", type=click.File("rb"), default="-")
+def put(path: Path | None, name: str, as_json: bool, source: IO[bytes]) -> None:
+    """Save a record: one JSON object from SOURCE (a file, or - for stdin). Prints its id and new rev."""
+    try:
+        doc = decode_value(orjson.loads(source.read()))
+    except orjson.JSONDecodeError as exc:
+        raise Fail(f"not JSON: {exc}", EXIT_USAGE) from exc
+    h, db = open_db(path, name)
+    try:
+        saved = db.savedoc(doc)
+    except ConflictError as exc:
+        raise Fail(str(exc), EXIT_CONFLICT) from exc
+    except InvalidDocument as exc:
+        raise Fail(str(exc), EXIT_USAGE) from exc
+    finally:
+        h.closedb()
+    _out({"id": saved["id"], "rev": saved["rev"]}, as_json, f"{saved['id']} {saved['rev']}")
+
+
+@cli.command()
+@db_options
+@click.argument("id")
+@click.option("--rev", default=None, help="The revision to delete (default: the current one).")
+def delete(path: Path | None, name: str, as_json: bool, id: str, rev: str | None) -> None:
+    """Delete a record (a tombstone, which replicates)."""
+    h, db = open_db(path, name)
+    try:
+        res = db.deletedoc(id, rev or db.readdoc(id)["rev"])
+    except DocumentNotFound as exc:
+        raise Fail(str(exc), EXIT_NOT_FOUND) from exc
+    except ConflictError as exc:
+        raise Fail(str(exc), EXIT_CONFLICT) from exc
+    finally:
+        h.closedb()
+    _out(res, as_json, f"{res['id']} {res['rev']} deleted")
+
+
+@cli.command()
+@db_options
+def conflicts(path: Path | None, name: str, as_json: bool) -> None:
+    """List the records that have conflicting revisions."""
+    h, db = open_db(path, name)
+    try:
+        found = {s.id: {"winner": s.winner, "conflicts": s.conflicts()}
+                 for s in db.store.iter_states(0) if s.conflicts()}
+    finally:
+        h.closedb()
+    _out(found, as_json, "\n".join(f"{id} {v['winner']} vs {' '.join(v['conflicts'])}" for id, v in found.items())
+         or "no conflicts")
+
+
+# -- export / import --------------------------------------------------------------------------------------------
+
+
+@cli.command("export")
+@db_options
+@click.argument("target", type=click.File("wb"), default="-")
+def export_(path: Path | None, name: str, as_json: bool, target: IO[bytes]) -> None:
+    """Write every record (all revisions that matter: the tree and every leaf) as JSON Lines, streaming."""
+    h, db = open_db(path, name)
+    n = 0
+    try:
+        for s in tracked(db.store.iter_states(0), "export", db.store.index_rows()):
+            target.write(export_line(s))
+            n += 1
+    finally:
+        h.closedb()
+    if as_json:
+        _out({"exported": n}, True)
+
+
+def export_line(s: revtree.DocState) -> bytes:
+    index = {}
+    nodes = []
+    for i, (rev, (parent, deleted)) in enumerate(s.tree.items()):
+        index[rev] = i
+        nodes.append([rev, -1 if parent is None else index[parent], 1 if deleted else 0])
+    leaves = {rev: orjson.Fragment(body) for rev, body in s.bodies.items()}
+    return orjson.dumps({"id": s.id, "revs": nodes, "leaves": leaves}) + b"\n"
+
+
+@cli.command("import")
+@db_options
+@click.argument("source", type=click.File("rb"), default="-")
+def import_(path: Path | None, name: str, as_json: bool, source: IO[bytes]) -> None:
+    """Read JSON Lines made by ``export``: ids, revisions and conflicts are kept (merged like replication)."""
+    h, db = open_db(path, name)
+    n = errors = 0
+    try:
+        for lineno, line in enumerate(tracked(source, "import", None), 1):
+            if not line.strip():
+                continue
+            try:
+                import_line(db, line)
+                n += 1
+            except (ValueError, KeyError, TypeError, InvalidDocument) as exc:
+                errors += 1
+                click.echo(f"line {lineno}: {exc}", err=True)
+    finally:
+        h.closedb()
+    _out({"imported": n, "errors": errors}, as_json, f"imported {n} records, {errors} errors")
+    if errors:
+        raise SystemExit(EXIT_FAIL)
+
+
+def import_line(db: Database, line: bytes) -> None:
+    from ._database import validate_id
+    from .docs.codec import loads_body
+
+    obj = orjson.loads(line)
+    id = validate_id(obj["id"])
+    revs = [n[0] for n in obj["revs"]]
+    tree: revtree.Tree = {n[0]: (None if n[1] < 0 else revs[n[1]], bool(n[2])) for n in obj["revs"]}
+    for leaf, body in obj["leaves"].items():
+        if leaf not in tree or not isinstance(body, dict):
+            raise InvalidDocument(f"record {id!r}: leaf {leaf!r} is not in its revision tree")
+        for r in revtree.ancestry(tree, leaf):
+            revtree.parse_rev(r)
+        blob = orjson.dumps(body)
+        loads_body(blob)  # the tagged values must decode
+        db.put_replicated(id, revtree.ancestry(tree, leaf), tree[leaf][1], blob)
+
+
+# -- maintenance ------------------------------------------------------------------------------------------------
+
+
+@cli.command()
+@db_options
+def verify(path: Path | None, name: str, as_json: bool) -> None:
+    """Check every checksum, every record and the index. Exit 1 if anything is damaged."""
+    h, db = open_db(path, name)
+    try:
+        t0 = time.monotonic()
+        problems = db.verify()
+        dt = time.monotonic() - t0
+    finally:
+        h.closedb()
+    _out({"ok": not problems, "problems": problems, "seconds": round(dt, 3)}, as_json,
+         "\n".join(problems) if problems else f"ok ({dt:.1f} s)")
+    if problems:
+        raise SystemExit(EXIT_FAIL)
+
+
+@cli.command()
+@db_options
+def compact(path: Path | None, name: str, as_json: bool) -> None:
+    """Rewrite shards holding dead records and delete what is left empty."""
+    h, db = open_db(path, name)
+    try:
+        before = _disk(db)[0]
+        t0 = time.monotonic()
+        moved = db.compact()
+        dt = time.monotonic() - t0
+        after = _disk(db)[0]
+    finally:
+        h.closedb()
+    _out({"moved": moved, "bytes_before": before, "bytes_after": after, "seconds": round(dt, 3)}, as_json,
+         f"moved {moved} records; {before:,} -> {after:,} bytes in {dt:.1f} s")
+
+
+def _endpoint_arg(spec: str, stack: list[MyNoSQL]) -> Database | str:
+    """A URL stays a URL; a path DIR/NAME opens the local database NAME in DIR."""
+    if spec.startswith(("http://", "https://")):
+        return spec
+    p = Path(spec).expanduser()
+    validate_db_name(p.name)
+    h = MyNoSQL(p.parent, options=Options(background_sync=False))
+    try:
+        db = h.opendb(p.name)
+    except DatabaseLocked as exc:
+        raise Fail(str(exc), EXIT_LOCKED) from exc
+    stack.append(h)
+    return db
+
+
+@cli.command()
+@click.argument("source")
+@click.argument("target")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.option("--timeout", default=60.0, show_default=True, help="Seconds for each HTTP request.")
+def replicate(source: str, target: str, as_json: bool, timeout: float) -> None:
+    """One-shot replication from SOURCE to TARGET: each a database folder (DIR/NAME) or a database URL
+    (a MyNoSQL mirror, CouchDB or PouchDB Server; credentials in the URL)."""
+    from .replication.oneshot import replicate_once
+
+    opened: list[MyNoSQL] = []
+    try:
+        src, tgt = _endpoint_arg(source, opened), _endpoint_arg(target, opened)
+        result = replicate_once(src, tgt, timeout=timeout)
+    except MyNoSQLError as exc:
+        from .replication.endpoints import RemoteError
+
+        raise Fail(str(exc), EXIT_REMOTE if isinstance(exc, RemoteError) else EXIT_FAIL) from exc
+    finally:
+        for h in opened:
+            h.closedb()
+    _out(result, as_json, f"read {result['docs_read']} changes, wrote {result['docs_written']} revisions, "
+         f"{len(result['errors'])} errors, in {result['seconds']:.2f} s")
+    if result["errors"]:
+        raise SystemExit(EXIT_FAIL)
+
+
+@cli.command()
+@click.argument("which", type=click.Choice(["local", "replication", "all"]), default="local")
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+def bench(which: str, args: tuple[str, ...]) -> None:
+    """Run the benchmark scripts of a source checkout (bench/local.py, bench/replication.py)."""
+    root = Path(__file__).resolve().parents[2] / "bench"
+    names = ["local", "replication"] if which == "all" else [which]
+    for n in names:
+        script = root / f"{n}.py"
+        if not script.exists():
+            raise Fail(f"{script} not found: the benchmarks are in a source checkout of MyNoSQL")
+        rc = subprocess.call([sys.executable, str(script), *args], env={**os.environ})
+        if rc:
+            raise SystemExit(rc)
+
+
+@cli.command()
+def demo() -> None:
+    """Run the demo (what scripts/demo runs)."""
+    from .demo import main as run_demo
+
+    raise SystemExit(run_demo())
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        cli.main(args=argv, prog_name="mynosql", standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        return int(exc.exit_code)
+    except Fail as exc:
+        exc.show()
+        return exc.code
+    except click.ClickException as exc:
+        exc.show()
+        return exc.exit_code
+    except click.exceptions.Abort:
+        return 130
+    except MyNoSQLError as exc:
+        click.echo(f"Error: {exc}", err=True)
+        return EXIT_FAIL
+    return 0
