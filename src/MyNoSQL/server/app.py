@@ -13,6 +13,7 @@ import base64
 import contextlib
 import logging
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -25,6 +26,7 @@ from ..docs import revtree
 from ..docs.codec import loads_body
 from ..replication import protocol
 from .auth import Throttle, Users
+from .observe import Observer
 
 log = logging.getLogger("MyNoSQL")
 
@@ -64,7 +66,7 @@ class ChangeNotifier:
 # What a "reader" may do besides GET/HEAD: read-only POSTs, and replication checkpoints (_local documents,
 # which are not records: a reader pulling from the mirror records its progress there).
 _READER_POSTS = ("_revs_diff", "_bulk_get", "_changes", "_ensure_full_commit")
-_PUBLIC = ("/", "/_up")
+_PUBLIC = ("/", "/_up")  # everything else needs a user once users exist (/_metrics and /_dashboard too)
 
 
 class MirrorApp:
@@ -76,16 +78,22 @@ class MirrorApp:
         self.users = users
         self.limits = limits or Limits()
         self.throttle = Throttle()
+        self.observer = Observer(dbs)
+        self._ticker: asyncio.Task[None] | None = None
 
     # -- plumbing ---------------------------------------------------------------------------------------------
 
     def build(self) -> web.Application:
-        app = web.Application(client_max_size=self.limits.max_request_bytes, middlewares=[self._errors, self._auth])
+        app = web.Application(client_max_size=self.limits.max_request_bytes,
+                              middlewares=[self._observe, self._errors, self._auth])
         app.on_response_prepare.append(self._headers)
         r = app.router
         r.add_get("/", self.root)
         r.add_get("/_up", self.up)
         r.add_get("/_mirrors", self.get_mirrors)
+        r.add_get("/_metrics", self.metrics)
+        r.add_get("/_dashboard", self.dashboard)
+        r.add_get("/_dashboard/data", self.dashboard_data)
         r.add_get("/{db}", self.db_info)
         r.add_get("/{db}/", self.db_info)
         r.add_put("/{db}", self.db_create)
@@ -108,12 +116,20 @@ class MirrorApp:
         return app
 
     async def _cleanup(self, app: web.Application) -> None:
+        if self._ticker is not None:
+            self._ticker.cancel()
         for name, n in self.notifiers.items():
             with contextlib.suppress(ValueError):
                 self.dbs[name].store.listeners.remove(n.notify)
         self.notifiers.clear()
 
+    async def _tick(self) -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            self.observer.tick()
+
     async def _startup(self, app: web.Application) -> None:
+        self._ticker = asyncio.create_task(self._tick())
         loop = asyncio.get_running_loop()
         for name, db in self.dbs.items():
             n = ChangeNotifier(loop)
@@ -123,6 +139,14 @@ class MirrorApp:
     @staticmethod
     async def _headers(request: web.Request, response: web.StreamResponse) -> None:
         response.headers["Server"] = "MyNoSQL"  # never the versions of Python or aiohttp
+
+    @web.middleware
+    async def _observe(self, request: web.Request, handler: Callable[[web.Request], Any]) -> web.StreamResponse:
+        resp: web.StreamResponse = await handler(request)
+        info = request.match_info.route.resource
+        route = info.canonical if info is not None else "unmatched"
+        self.observer.request(route, request.method, resp.status)
+        return resp
 
     @web.middleware
     async def _auth(self, request: web.Request, handler: Callable[[web.Request], Any]) -> web.StreamResponse:
@@ -147,6 +171,7 @@ class MirrorApp:
             resp = _err(401, "unauthorized", "Name or password is incorrect.")
             resp.headers["WWW-Authenticate"] = 'Basic realm="MyNoSQL"'
             return resp
+        request["user"] = name
         if role == "reader" and request.method not in ("GET", "HEAD"):
             parts = request.path.strip("/").split("/")
             local = len(parts) >= 3 and parts[1] == "_local"
@@ -246,6 +271,21 @@ class MirrorApp:
     async def get_mirrors(self, request: web.Request) -> web.Response:
         return _json({"mirrors": self.mirrors()})
 
+    async def metrics(self, request: web.Request) -> web.Response:
+        text = await asyncio.to_thread(self.observer.prometheus)
+        return web.Response(text=text, content_type="text/plain", charset="utf-8",
+                            headers={"X-Content-Type-Options": "nosniff"})
+
+    async def dashboard(self, request: web.Request) -> web.Response:
+        page = (Path(__file__).parent / "static" / "dashboard.html").read_bytes()
+        return web.Response(body=page, content_type="text/html", charset="utf-8", headers={
+            "Content-Security-Policy": "default-src 'self'; script-src 'self' 'unsafe-inline'; "
+                                       "style-src 'self' 'unsafe-inline'; img-src 'self' data:",
+            "X-Frame-Options": "DENY", "Cache-Control": "no-store"})
+
+    async def dashboard_data(self, request: web.Request) -> web.Response:
+        return _json(await asyncio.to_thread(self.observer.snapshot))
+
     # -- database ---------------------------------------------------------------------------------------------
 
     async def db_info(self, request: web.Request) -> web.Response:
@@ -295,6 +335,7 @@ class MirrorApp:
                     break
             return out
 
+        self.observer.client(request.remote or "?", request.get("user"), db.name, since)
         rows = await asyncio.to_thread(read)
         if not rows and feed in ("longpoll", "continuous") and event is not None and timeout > 0:
             try:
@@ -344,7 +385,9 @@ class MirrorApp:
                                                                                 revs=revs)}]})
             return results
 
-        return _json({"results": await asyncio.to_thread(read)})
+        results = await asyncio.to_thread(read)
+        self.observer.docs_out += sum(1 for r in results for d in r["docs"] if "ok" in d)
+        return _json({"results": results})
 
     async def bulk_docs(self, request: web.Request) -> web.Response:
         db = self._db(request)
@@ -363,7 +406,8 @@ class MirrorApp:
                 try:
                     if new_edits is False:
                         w = self._wire(db, doc)
-                        db.put_replicated(w.id, w.path, w.deleted, w.blob)
+                        if db.put_replicated(w.id, w.path, w.deleted, w.blob):
+                            self.observer.docs_in += 1
                     else:
                         out.append({"ok": True, **self._save(db, doc, None)})
                 except (ConflictError, DocumentNotFound) as exc:

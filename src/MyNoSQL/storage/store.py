@@ -55,7 +55,10 @@ class FlushStats:
     gc_shards: int = 0
     last_error: str | None = None
     errors: int = 0
-    fsync_seconds: list[float] = field(default_factory=list)
+    fsync_seconds: list[float] = field(default_factory=list)  # the last 100 shard fsyncs
+    fsync_total: float = 0.0
+    raw_bytes: int = 0  # records packed since open, before compression
+    packed_bytes: int = 0  # the blocks they became
 
 
 class Store:
@@ -299,16 +302,21 @@ class Store:
         bno = self._next_bno
         packed = []
         locs: list[int] = []
+        raw_total = 0
         for i in range(0, len(states), n):
             chunk = states[i : i + n]
-            packed.append((bno, pack_block(bno, [s.raw or s.to_bytes() for s in chunk], chunk[0].seq, chunk[-1].seq),
+            records = [s.raw or s.to_bytes() for s in chunk]
+            raw_total += sum(map(len, records))
+            packed.append((bno, pack_block(bno, records, chunk[0].seq, chunk[-1].seq),
                            len(chunk), chunk[0].seq, chunk[-1].seq))
             locs.extend((bno << 8) | slot for slot in range(len(chunk)))
             bno += 1
         before = self.shards.sizes()
         t1 = time.perf_counter()
         infos = self.shards.append(packed)
-        self.stats.fsync_seconds = [*self.stats.fsync_seconds[-99:], time.perf_counter() - t1]
+        took = time.perf_counter() - t1
+        self.stats.fsync_seconds = [*self.stats.fsync_seconds[-99:], took]
+        self.stats.fsync_total += took
         sizes = {i.shard: self.shards.sizes()[i.shard] for i in infos}
         sidx_set, sidx_del = self._secondary_rows(states)
         try:
@@ -343,6 +351,8 @@ class Store:
             self._space.notify_all()
         self.stats.records += len(states)
         self.stats.blocks += len(packed)
+        self.stats.raw_bytes += raw_total
+        self.stats.packed_bytes += sum(len(p[1]) for p in packed)
         self.stats.seconds += time.perf_counter() - t0
 
     def _secondary_rows(self, states: list[DocState]) -> tuple[list[tuple[str, str, bytes]], list[tuple[str, str]]]:
@@ -452,6 +462,17 @@ class Store:
                 pending.update(self._active)
             break
         yield from sorted((s for s in pending.values() if s.seq > cursor), key=lambda s: s.seq)
+
+    def raw_bytes_on_disk(self) -> int:
+        """Decompressed size of every block on disk (from the block headers: nothing is decompressed)."""
+        total = 0
+        with self._flush_lock:
+            for shard in sorted(self.shards.sizes()):
+                if not self.shards.readable(shard):
+                    continue
+                with contextlib.suppress(CorruptionError):
+                    total += sum(fields[1] for _off, _len, fields in self.shards.scan(shard))
+        return total
 
     def index_rows(self) -> int:
         """Records on disk plus pending ones (an upper bound of ``iter_states(0)``, for progress bars)."""
