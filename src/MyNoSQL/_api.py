@@ -41,6 +41,7 @@ class MyNoSQL:
 
     @property
     def location(self) -> Path:
+        """The folder where ``opendb`` opens databases (see the class docstring for the order of choice)."""
         return self._location if self._location is not None else default_location()
 
     def opendb(self, name: str) -> Database:
@@ -71,6 +72,7 @@ class MyNoSQL:
         return self.db.setdbmode(mode)
 
     def getdbmode(self) -> str:
+        """``"Peer"`` or ``"Mirror"``."""
         return self.db.getdbmode()
 
     def addpeer(self, url: str) -> bool:
@@ -106,18 +108,23 @@ class MyNoSQL:
         return self.db.deletedoc(id, rev)
 
     def conflicts(self, id: str) -> list[str]:
+        """Revisions of ``id`` that lost the winner rule and are not deleted (CouchDB's ``_conflicts``)."""
         return self.db.conflicts(id)
 
     def changes(self, since: int = 0) -> Iterator[Change]:
+        """The local changes feed: the newest revision of each record changed after ``since``, oldest first."""
         return self.db.changes(since)
 
     def indexadd(self, name: str) -> bool:
+        """Index the field ``name`` of every record (persisted, kept current). False if it already was."""
         return self.db.indexadd(name)
 
     def indexdrop(self, name: str) -> bool:
+        """Drop the index on field ``name``. False if there was none."""
         return self.db.indexdrop(name)
 
     def indexread(self, name: str) -> dict[str, Any]:
+        """``{id: value of field name}`` for every record that has the field."""
         return self.db.indexread(name)
 
     def setlisten(self, host: str = "127.0.0.1", port: int = 8800, *, advertise: str | None = None) -> None:
@@ -141,20 +148,25 @@ class MyNoSQL:
         return self.db.push(url, timeout=timeout)
 
     def verify(self) -> list[str]:
+        """Check every checksum, record and the index; the problems found (empty: all is well)."""
         return self.db.verify()
 
     def compact(self) -> int:
+        """Rewrite shards that hold dead revisions; returns how many records moved."""
         return self.db.compact()
 
     # -- Pythonic surface -------------------------------------------------------------------------------------
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
+        """Every record that is not deleted, as dicts of your own, in change order."""
         return iter(self.db)
 
     def __len__(self) -> int:
+        """How many records are not deleted."""
         return len(self.db)
 
     def __contains__(self, id: object) -> bool:
+        """Whether a record with this id exists and is not deleted."""
         return id in self.db
 
     def __enter__(self) -> MyNoSQL:

@@ -221,6 +221,7 @@ class Database:
 
     @property
     def closed(self) -> bool:
+        """True once ``close`` was called."""
         return self._closed
 
     def _check(self) -> Store:
@@ -243,6 +244,7 @@ class Database:
             self._lock.release()
 
     def __enter__(self) -> Database:
+        """``with`` closes the database at the end."""
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -275,6 +277,7 @@ class Database:
         atomic_write(self.path / "config.json", orjson.dumps(self.config, option=orjson.OPT_INDENT_2))
 
     def setdbmode(self, mode: Any) -> bool:
+        """``"Peer"`` or ``"Mirror"`` (any case), remembered. Unknown mode: False. Starts or stops serving."""
         self._check()
         norm = MODES.get(mode.lower()) if isinstance(mode, str) else None
         if norm is None:
@@ -321,6 +324,7 @@ class Database:
         self.users.set(name, password, role)
 
     def removeuser(self, name: str) -> bool:
+        """Remove a user of the mirror. False if there was none."""
         self._check()
         return self.users.remove(name)
 
@@ -372,6 +376,7 @@ class Database:
                 self._save_config()
 
     def getdbmode(self) -> str:
+        """``"Peer"`` or ``"Mirror"``."""
         self._check()
         return str(self.config["mode"])
 
@@ -427,6 +432,7 @@ class Database:
     # -- records ----------------------------------------------------------------------------------------------
 
     def savedoc(self, doc: dict[str, Any]) -> dict[str, Any]:
+        """Save a record; see :meth:`MyNoSQL.savedoc` for the rules and the durability contract."""
         store = self._check()
         if not isinstance(doc, dict):
             raise InvalidDocument(f"a record must be a dict, not {type(doc).__name__}")
@@ -482,6 +488,7 @@ class Database:
         return decode_value(out) if b'"$' in data else out
 
     def readdoc(self, id: str) -> dict[str, Any]:
+        """The winning revision of ``id`` as a new dict; a peer asks a mirror for a record it does not hold."""
         if self._closed:
             raise DatabaseClosed(f"database {self.name!r} is closed")
         state = self.store.get_state(id if type(id) is str else validate_id(id))
@@ -558,9 +565,11 @@ class Database:
                 yield out
 
     def __len__(self) -> int:
+        """How many records are not deleted."""
         return self._check().live_count
 
     def __contains__(self, id: object) -> bool:
+        """Whether a record with this id exists and is not deleted."""
         if not isinstance(id, str):
             return False
         state = self._check().get_state(id)
@@ -594,6 +603,7 @@ class Database:
         return True
 
     def indexdrop(self, name: str) -> bool:
+        """Drop the index on field ``name``. False if there was none."""
         store = self._check()
         with self._config_lock:
             if name not in self.config["indexes"]:
@@ -606,6 +616,7 @@ class Database:
         return True
 
     def indexes(self) -> list[str]:
+        """The fields indexed by ``indexadd``."""
         self._check()
         return list(self.config["indexes"])
 
