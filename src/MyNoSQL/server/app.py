@@ -139,6 +139,7 @@ class MirrorApp:
     @staticmethod
     async def _headers(request: web.Request, response: web.StreamResponse) -> None:
         response.headers["Server"] = "MyNoSQL"  # never the versions of Python or aiohttp
+        response.headers["X-MyNoSQL"] = "1"  # our clients may then send gzip request bodies (an extension)
 
     @web.middleware
     async def _observe(self, request: web.Request, handler: Callable[[web.Request], Any]) -> web.StreamResponse:
