@@ -364,7 +364,7 @@ def import_(path: Path | None, name: str, as_json: bool, source: IO[bytes]) -> N
 
 def import_line(db: Database, line: bytes) -> None:
     from ._database import validate_id
-    from .docs.codec import loads_body
+    from .docs.codec import dumps_exact, loads_body
 
     obj = orjson.loads(line)
     id = validate_id(obj["id"])
@@ -375,7 +375,7 @@ def import_line(db: Database, line: bytes) -> None:
             raise InvalidDocument(f"record {id!r}: leaf {leaf!r} is not in its revision tree")
         for r in revtree.ancestry(tree, leaf):
             revtree.parse_rev(r)
-        blob = orjson.dumps(body)
+        blob = dumps_exact(body)
         loads_body(blob)  # the tagged values must decode
         db.put_replicated(id, revtree.ancestry(tree, leaf), tree[leaf][1], blob)
 

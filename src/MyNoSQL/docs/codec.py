@@ -200,10 +200,21 @@ def dumps_body(body: dict[str, Any]) -> bytes:
     try:
         data = orjson.dumps(body, option=_FAST, default=_refuse)
         if b'"$' not in data and orjson.loads(data) == body:
-            return data
+            return _exact(data)
     except TypeError:  # orjson.JSONEncodeError is a TypeError
         pass
-    return orjson.dumps(encode_value(body))
+    return _exact(orjson.dumps(encode_value(body)))
+
+
+def dumps_exact(value: Any) -> bytes:
+    """``orjson.dumps`` for bytes that will be kept (see :func:`_exact`)."""
+    return _exact(orjson.dumps(value))
+
+
+def _exact(data: bytes) -> bytes:
+    """A copy of exactly the right size: orjson's result keeps its ~4 KiB buffer, and bodies live on in the
+    memtable and caches (measured: 120 MiB for 30,000 pending records without this)."""
+    return bytes(memoryview(data)) if len(data) < 2048 else data
 
 
 def loads_body(data: bytes) -> dict[str, Any]:

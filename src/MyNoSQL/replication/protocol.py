@@ -18,7 +18,7 @@ import orjson
 
 from .._errors import InvalidDocument
 from ..docs import revtree
-from ..docs.codec import loads_body
+from ..docs.codec import dumps_exact, loads_body
 from ..docs.revtree import DocState
 
 # Keys a document may carry on the wire besides its body; others starting with "_" are refused.
@@ -130,7 +130,7 @@ def doc_from_wire(doc: Any, *, validate_id: Any, max_bytes: int, max_revs: int, 
                 raise InvalidDocument("invalid revision id in _revisions")
             path.append(r)
     body = body_from_wire(doc)
-    blob = orjson.dumps(body)
+    blob = dumps_exact(body)
     if len(blob) > max_bytes:
         raise InvalidDocument(f"document is {len(blob)} bytes, over the limit of {max_bytes}")
     try:
