@@ -60,6 +60,9 @@ class Options:
     tls_ca_file, tls_verify:
         a CA bundle to verify ``https://`` mirrors with (default: the system's); ``tls_verify=False`` turns
         verification off (it logs a warning: anyone on the path can then read and change what travels).
+    learn_mirrors:
+        False keeps the mirror list to what ``addpeer`` was given (no ``GET /_mirrors``): for networks where
+        the mirrors' own addresses are not reachable (NAT, proxies).
     background_sync:
         False opens the database without its background thread: no replication, no serving (tools that
         inspect a database, like the ``mynosql`` command, use this).
@@ -88,6 +91,7 @@ class Options:
     tls_ca_file: str | None = None
     tls_verify: bool = True
     background_sync: bool = True
+    learn_mirrors: bool = True
 
     def __post_init__(self) -> None:
         if self.durability not in ("process", "power"):

@@ -326,7 +326,7 @@ class Sync:
     async def _refresh_mirrors(self, url: str) -> None:
         """Learn the mirrors ``url`` knows (``GET /_mirrors``), at most every 10 minutes per mirror."""
         now = time.monotonic()
-        if now - self._refreshed.get(url, -1e9) < 600:
+        if not self.opts.learn_mirrors or now - self._refreshed.get(url, -1e9) < 600:
             return
         root = HttpEndpoint(self._session_(), url, timeout=self.opts.remote_timeout)
         try:

@@ -205,7 +205,8 @@ class Store:
         # Back-pressure: savers wait while the compactor is more than a few flushes behind.
         limit = 4 * self.opts.flush_docs
         deadline = time.monotonic() + 60.0
-        while len(self._active) >= limit and self._frozen and not self._stop.is_set():
+        while len(self._active) >= limit and self._frozen and not self._stop.is_set() \
+                and self.stats.last_error is None:  # a failing compactor (disk full) must not block savers
             self._wake.set()
             if not self._space.wait(timeout=max(0.0, deadline - time.monotonic())):
                 break
@@ -257,6 +258,9 @@ class Store:
                     self.flush()
                 self.collect_garbage()
                 backoff = 0.0
+                if self.stats.last_error is not None:
+                    log.info("compactor of %s works again", self.directory.name)
+                    self.stats.last_error = None
             except Exception as exc:  # the loop must survive; the error is logged once per kind and exposed
                 msg = f"{type(exc).__name__}: {exc}"
                 if msg != self.stats.last_error:

@@ -20,6 +20,7 @@ newest segment is a torn write from a crash and is cut off. Damage anywhere else
 
 from __future__ import annotations
 
+import errno
 import logging
 import mmap
 import os
@@ -139,7 +140,13 @@ class WriteAheadLog:
     # -- appending --------------------------------------------------------------------------------------------
 
     def _open_segment(self, n: int) -> None:
+        self._fd, self._mm, self._size, self._pos = self._create_segment(n)
+        self._segment = n
+
+    def _create_segment(self, n: int) -> tuple[int, mmap.mmap | None, int, int]:
+        """Open (or create) segment ``n`` with room reserved; on failure nothing is left behind."""
         path = self.directory / _segment_name(n)
+        existed = path.exists()
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
         try:
             used = os.fstat(fd).st_size
@@ -147,14 +154,22 @@ class WriteAheadLog:
                 write_all(fd, MAGIC)
                 used = len(MAGIC)
             size = used + SEGMENT_RESERVE
-            mm = self._map(fd, size)
+            try:
+                mm = self._map(fd, size)
+            except OSError as exc:
+                if exc.errno != errno.ENOSPC:
+                    raise
+                size = used + 64 * 1024  # nearly full: a small reservation still lets saves through
+                mm = self._map(fd, size)
             if self.power_safe:
                 os.fsync(fd)
                 fsync_dir(self.directory)
         except OSError:
             os.close(fd)
+            if not existed:
+                path.unlink(missing_ok=True)
             raise
-        self._fd, self._mm, self._size, self._pos, self._segment = fd, mm, size, used, n
+        return fd, mm, size, used
 
     def _map(self, fd: int, size: int) -> mmap.mmap | None:
         """Reserve ``size`` bytes of file; in process mode, map them (power mode writes with pwrite)."""
@@ -192,7 +207,13 @@ class WriteAheadLog:
 
     def _grow(self, need: int) -> None:
         size = max(need + SEGMENT_RESERVE, 2 * self._size)
-        mm = self._map(self._fd, size)
+        try:
+            mm = self._map(self._fd, size)
+        except OSError as exc:
+            if exc.errno != errno.ENOSPC:
+                raise
+            size = need + 4096  # nearly full: just what this frame needs
+            mm = self._map(self._fd, size)
         if self._mm is not None:
             self._mm.close()
         self._mm, self._size = mm, size
@@ -224,9 +245,11 @@ class WriteAheadLog:
         """Start a new segment (caller serialises with appends). Returns the number of the last closed one."""
         with self._sync_lock:
             old = self._segment
+            new = self._create_segment(old + 1)  # first: if the disk is full, the current segment stays
             self._close_segment()
             self._synced = self._written
-            self._open_segment(old + 1)
+            self._fd, self._mm, self._size, self._pos = new
+            self._segment = old + 1
         return old
 
     def remove_through(self, n: int) -> None:

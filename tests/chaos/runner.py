@@ -1,0 +1,356 @@
+"""Seeded chaos: 2 mirrors and 3 peers as real processes, random histories, then heal and check the promises.
+
+    python tests/chaos/runner.py --runs 20            # seeds 1..20
+    python tests/chaos/runner.py --seed 7 --verbose   # replay one seed, printing its history
+    python tests/chaos/runner.py --seed 7 --shrink    # look for a shorter history that still fails
+
+A history mixes creates, updates and deletes of a small set of ids (so conflicts happen), partitions of any
+link (each peer-mirror and mirror-mirror link goes through its own fault proxy), isolated peers editing the same
+record offline, SIGKILL and restart of any node (in the middle of whatever it was doing: a flush, a
+replication batch), and clocks that differ by hours. Then every link heals, every node runs, and once quiet:
+
+- convergence: both mirrors hold the same records with the same leaves, winner and tombstones, and every peer's
+  copy of a record it holds has the mirrors' winner;
+- no acknowledged write lost: every revision a save or delete returned is on every mirror (leaf or ancestor);
+- the winner is CouchDB's rule applied to the leaves;
+- replicating again when in step moves nothing;
+- every database passes verify.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "src"))
+
+from MyNoSQL.docs import revtree  # noqa: E402
+from MyNoSQL.replication.oneshot import replicate_once  # noqa: E402
+from MyNoSQL.testing import FaultProxy  # noqa: E402
+
+AGENT = Path(__file__).with_name("agent.py")
+ENV = {**{k: v for k, v in os.environ.items() if k != "MYNOSQL_SYNC"}, "PYTHONPATH": str(ROOT / "src")}
+IDS = [f"r{i}" for i in range(12)]
+N_PEERS, N_MIRRORS = 3, 2
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Node:
+    def __init__(self, name: str, path: Path, mode: str, offset: float, port: int = 0) -> None:
+        self.name, self.path, self.mode, self.offset, self.port = name, path, mode, offset, port
+        self.proc: subprocess.Popen[str] | None = None
+
+    def start(self) -> None:
+        args = [sys.executable, str(AGENT), str(self.path), "db", self.mode, str(self.offset), str(self.port)]
+        self.proc = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                                     text=True, env=ENV)
+        ready = self._readline(60)
+        if not ready.get("ready"):
+            raise RuntimeError(f"{self.name} did not start: {ready}")
+
+    def _readline(self, timeout: float) -> dict[str, Any]:
+        assert self.proc is not None and self.proc.stdout is not None
+        import selectors
+
+        sel = selectors.DefaultSelector()
+        sel.register(self.proc.stdout, selectors.EVENT_READ)
+        if not sel.select(timeout):
+            raise TimeoutError(f"{self.name} did not answer within {timeout} s")
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"{self.name} exited")
+        return json.loads(line)  # type: ignore[no-any-return]
+
+    def call(self, op: str, timeout: float = 30, **kw: Any) -> dict[str, Any]:
+        assert self.proc is not None and self.proc.stdin is not None
+        self.proc.stdin.write(json.dumps({"op": op, **kw}) + "\n")
+        self.proc.stdin.flush()
+        return self._readline(timeout)
+
+    @property
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def kill(self) -> None:
+        if self.alive:
+            assert self.proc is not None
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(30)
+
+    def stop(self) -> None:
+        if self.alive:
+            assert self.proc is not None and self.proc.stdin is not None
+            self.proc.stdin.close()
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+
+@dataclasses.dataclass
+class Stats:
+    runs: int = 0
+    ops: int = 0
+    acked: int = 0
+    faults: dict[str, int] = dataclasses.field(default_factory=dict)
+    divergences: int = 0
+    lost: int = 0
+    failures: list[int] = dataclasses.field(default_factory=list)
+
+
+def make_history(seed: int, n_ops: int) -> list[tuple[Any, ...]]:
+    rnd = random.Random(seed)
+    links = [f"p{i}-m{j}" for i in range(N_PEERS) for j in range(N_MIRRORS)] + ["m0-m1", "m1-m0"]
+    ops: list[tuple[Any, ...]] = []
+    for _ in range(n_ops):
+        x = rnd.random()
+        peer = rnd.randrange(N_PEERS)
+        if x < 0.45:
+            ops.append(("save", peer, rnd.choice(IDS), rnd.randrange(1000)))
+        elif x < 0.55:
+            ops.append(("delete", peer, rnd.choice(IDS)))
+        elif x < 0.65:
+            ops.append(("partition", rnd.choice(links)))
+        elif x < 0.72:
+            ops.append(("heal", rnd.choice(links)))
+        elif x < 0.78:
+            ops.append(("isolate", peer))
+        elif x < 0.84:
+            ops.append(("kill", f"p{peer}"))
+        elif x < 0.87:
+            ops.append(("kill", f"m{rnd.randrange(N_MIRRORS)}"))
+        elif x < 0.95:
+            ops.append(("pause", round(rnd.uniform(0.02, 0.3), 3)))
+        else:
+            ops.append(("restart", f"p{peer}"))
+    return ops
+
+
+def run_seed(seed: int, stats: Stats, *, n_ops: int = 40, verbose: bool = False,
+             history: list[tuple[Any, ...]] | None = None, skew: bool = False) -> list[str]:
+    """Run one seeded history; return the problems found (empty: every promise held)."""
+    rnd = random.Random(seed * 7919 + 1)
+    ops = history if history is not None else make_history(seed, n_ops)
+    problems: list[str] = []
+    with tempfile.TemporaryDirectory(prefix=f"mynosql-chaos-{seed}-") as tmp:
+        base = Path(tmp)
+        names = [*(f"p{i}" for i in range(N_PEERS)), *(f"m{j}" for j in range(N_MIRRORS))]
+        offsets = {name: rnd.choice([0, 0, 3 * 3600, -5 * 3600, 86400]) for name in names}
+        if skew:  # every node hours away from every other
+            offsets = {name: (k - 2) * 7 * 3600.0 for k, name in enumerate(names)}
+        mirrors = {f"m{j}": Node(f"m{j}", base / f"m{j}", "Mirror", offsets[f"m{j}"], free_port())
+                   for j in range(N_MIRRORS)}
+        peers = {f"p{i}": Node(f"p{i}", base / f"p{i}", "Peer", offsets[f"p{i}"]) for i in range(N_PEERS)}
+        proxies: dict[str, FaultProxy] = {}
+        for i in range(N_PEERS):
+            for j in range(N_MIRRORS):
+                proxies[f"p{i}-m{j}"] = FaultProxy("127.0.0.1", mirrors[f"m{j}"].port).start()
+        proxies["m0-m1"] = FaultProxy("127.0.0.1", mirrors["m1"].port).start()
+        proxies["m1-m0"] = FaultProxy("127.0.0.1", mirrors["m0"].port).start()
+        acked: list[tuple[str, str, str]] = []
+        try:
+            for m in mirrors.values():
+                m.start()
+            mirrors["m0"].call("addpeer", url=proxies["m0-m1"].url)
+            mirrors["m1"].call("addpeer", url=proxies["m1-m0"].url)
+            for name, p in peers.items():
+                p.start()
+                for j in range(N_MIRRORS):
+                    p.call("addpeer", url=proxies[f"{name}-m{j}"].url)
+            for op in ops:
+                stats.ops += 1
+                kind = op[0]
+                if verbose:
+                    print("  ", op)
+                if kind in ("save", "delete"):
+                    node = peers[f"p{op[1]}"]
+                    if not node.alive:
+                        node.start()
+                    ans = node.call("save", id=op[2], body={"v": op[3], "by": node.name}) if kind == "save" \
+                        else node.call("delete", id=op[2])
+                    if ans.get("ok"):
+                        acked.append((node.name, op[2], ans["rev"]))
+                else:
+                    stats.faults[kind] = stats.faults.get(kind, 0) + 1
+                    if kind == "partition":
+                        proxies[op[1]].partition()
+                    elif kind == "heal":
+                        proxies[op[1]].heal()
+                    elif kind == "isolate":
+                        for j in range(N_MIRRORS):
+                            proxies[f"p{op[1]}-m{j}"].partition()
+                    elif kind == "kill":
+                        node = (peers | mirrors)[op[1]]
+                        node.kill()
+                        if op[1].startswith("m"):
+                            node.start()  # a mirror comes back at once (same port); peers on their next op
+                    elif kind == "restart":
+                        node = peers[op[1]]
+                        node.stop()
+                        node.start()
+                    elif kind == "pause":
+                        time.sleep(op[1])  # time passing is part of the history (interleavings)
+            stats.acked += len(acked)
+            # -- heal everything and wait until quiet ------------------------------------------------------------
+            for p in proxies.values():
+                p.heal()
+            for node in (*mirrors.values(), *peers.values()):
+                if not node.alive:
+                    node.start()
+            problems = settle_and_check(mirrors, peers, acked, stats)
+        except Exception as exc:  # the harness itself failed: report it as a problem of this seed
+            problems = [f"harness: {type(exc).__name__}: {exc}"]
+        finally:
+            for p in proxies.values():
+                p.stop()
+            for node in (*peers.values(), *mirrors.values()):
+                node.stop()
+        if not problems:
+            problems = verify_files(base)
+    stats.runs += 1
+    if problems:
+        stats.failures.append(seed)
+    return problems
+
+
+def winner_rule(leaves: dict[str, bool]) -> str:
+    return max(leaves, key=lambda r: revtree.rev_key(r, leaves[r]))
+
+
+def settle_and_check(mirrors: dict[str, Node], peers: dict[str, Node], acked: list[tuple[str, str, str]],
+                     stats: Stats, timeout: float = 60.0) -> list[str]:
+    deadline = time.monotonic() + timeout
+    problems: list[str] = ["never checked"]
+    while time.monotonic() < deadline:
+        problems = check(mirrors, peers, acked)
+        if not problems:
+            break
+        time.sleep(0.2)  # poll interval while replication settles
+    if problems:
+        stats.divergences += sum(1 for p in problems if p.startswith("diverged"))
+        stats.lost += sum(1 for p in problems if p.startswith("lost"))
+        return problems
+    # replicating again when in step moves nothing
+    urls = [f"http://127.0.0.1:{m.port}/db" for m in mirrors.values()]
+    for a, b in ((urls[0], urls[1]), (urls[1], urls[0])):
+        res = replicate_once(a, b, timeout=10)
+        if res["docs_written"]:
+            problems.append(f"not idempotent: replicating {a} -> {b} again wrote {res['docs_written']}")
+    return problems
+
+
+def check(mirrors: dict[str, Node], peers: dict[str, Node], acked: list[tuple[str, str, str]]) -> list[str]:
+    problems = []
+    dumps = {name: m.call("dump")["docs"] for name, m in mirrors.items()}
+    first, second = dumps["m0"], dumps["m1"]
+    if {k: v["leaves"] for k, v in first.items()} != {k: v["leaves"] for k, v in second.items()}:
+        diff = sorted(k for k in set(first) | set(second) if first.get(k, {}).get("leaves")
+                      != second.get(k, {}).get("leaves"))
+        return [f"diverged: mirrors differ on {diff[:5]}"]
+    for id, d in first.items():
+        if d["winner"] != winner_rule(d["leaves"]):
+            problems.append(f"diverged: {id} winner {d['winner']} is not CouchDB's rule")
+        if second[id]["winner"] != d["winner"]:
+            problems.append(f"diverged: {id} winners differ")
+    for peer, id, rev in acked:
+        for name, docs in dumps.items():
+            if id not in docs or rev not in docs[id]["revs"]:
+                problems.append(f"lost: {peer}'s acknowledged {id} {rev} is not on {name}")
+    for name, p in peers.items():
+        st = p.call("status")["status"]
+        pending = sum(m["pending"] or 0 for m in st["mirrors"].values() if m.get("current"))
+        if pending:
+            problems.append(f"not quiet: {name} has {pending} pending")
+        for id, d in p.call("dump")["docs"].items():
+            if id in first and d["winner"] != first[id]["winner"]:
+                problems.append(f"diverged: {name} holds {id} at {d['winner']}, mirrors at {first[id]['winner']}")
+    return problems
+
+
+def verify_files(base: Path) -> list[str]:
+    import MyNoSQL
+
+    problems = []
+    for d in sorted(base.iterdir()):
+        if (d / "db").is_dir():
+            with MyNoSQL.MyNoSQL(d, options=MyNoSQL.Options(background_sync=False)) as h:
+                h.opendb("db")
+                problems += [f"verify {d.name}: {p}" for p in h.verify()]
+    return problems
+
+
+def shrink(seed: int, n_ops: int, budget: int = 30) -> list[tuple[Any, ...]]:
+    """Delta debugging: drop chunks of the history while the run still fails."""
+    ops = make_history(seed, n_ops)
+    chunk = max(1, len(ops) // 2)
+    tries = 0
+    while chunk >= 1 and tries < budget:
+        i = 0
+        changed = False
+        while i < len(ops) and tries < budget:
+            candidate = ops[:i] + ops[i + chunk:]
+            tries += 1
+            if run_seed(seed, Stats(), history=candidate):
+                ops = candidate
+                changed = True
+            else:
+                i += chunk
+        if not changed:
+            chunk //= 2
+    return ops
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--runs", type=int, default=10)
+    ap.add_argument("--first", type=int, default=1, help="first seed of --runs")
+    ap.add_argument("--seed", type=int, default=None, help="replay this one seed")
+    ap.add_argument("--ops", type=int, default=40)
+    ap.add_argument("--verbose", action="store_true")
+    ap.add_argument("--shrink", action="store_true")
+    ap.add_argument("--report", type=Path, default=None, help="write the summary table (Markdown) here")
+    a = ap.parse_args(argv)
+    seeds = [a.seed] if a.seed is not None else list(range(a.first, a.first + a.runs))
+    stats = Stats()
+    t0 = time.monotonic()
+    for s in seeds:
+        problems = run_seed(s, stats, n_ops=a.ops, verbose=a.verbose)
+        print(f"seed {s}: {'ok' if not problems else 'FAILED'}", flush=True)
+        for p in problems[:10]:
+            print("   ", p)
+        if problems and a.shrink:
+            short = shrink(s, a.ops)
+            print(f"   shortest failing history found ({len(short)} ops):")
+            for op in short:
+                print("     ", op)
+        if problems:
+            print(f"   replay: python tests/chaos/runner.py --seed {s} --verbose")
+    dt = time.monotonic() - t0
+    summary = (f"{stats.runs} runs, {stats.ops} operations, {stats.acked} acknowledged writes checked, "
+               f"faults {json.dumps(stats.faults, sort_keys=True)}, {stats.divergences} divergences, "
+               f"{stats.lost} lost writes, failed seeds {stats.failures}, {dt:.0f} s")
+    print(summary)
+    if a.report:
+        a.report.write_text(json.dumps(dataclasses.asdict(stats) | {"seconds": round(dt, 1)}, indent=1))
+    return 1 if stats.failures else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
