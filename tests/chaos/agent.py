@@ -6,12 +6,13 @@ Commands (one JSON object a line) and answers (one JSON line each):
   {"op": "delete", "id": I}                   -> {"ok": true, "rev": R} | {"ok": false, "error": E}
   {"op": "addpeer", "url": U}                 -> {"ok": true}
   {"op": "read", "id": I}                     -> {"ok": true, "rev": R} | {"ok": false, "error": E}
-  {"op": "dump"}                              -> {"ok": true, "docs": {id: {"winner": R, "leaves": {rev: deleted}, "revs": [...]}}}
+  {"op": "dump"}      -> {"ok": true, "docs": {id: {"winner": R, "leaves": {rev: deleted}, "revs": [...]}}}
   {"op": "status"}                            -> {"ok": true, "status": ...}
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 import time
@@ -41,10 +42,8 @@ def main() -> None:
         try:
             if op == "save":
                 doc = dict(cmd["body"], id=cmd["id"])
-                try:
+                with contextlib.suppress(MyNoSQL.DocumentNotFound):
                     doc["rev"] = db.readdoc(cmd["id"])["rev"]
-                except MyNoSQL.DocumentNotFound:
-                    pass
                 out = {"ok": True, "rev": db.savedoc(doc)["rev"]}
             elif op == "delete":
                 cur = db.readdoc(cmd["id"])
