@@ -205,21 +205,48 @@ def status(path: Path | None, name: str, as_json: bool) -> None:
     try:
         conflicts = sum(1 for s in db.store.iter_states(0) if s.conflicts())
         total, shards = _disk(db)
-        pending = {}
+        mirrors = {}
         for url in db.config["peers"]:
             from .replication.endpoints import replication_id
+            from .replication.sync import db_url
 
             ck = db.local_get(_push_id(db, url, replication_id))
             seq = ck.get("source_last_seq", 0) if ck else 0
-            pending[redact_url(url)] = max(0, db.seq - seq) if isinstance(seq, int) else None
+            poll = db.local_get("poll-" + redact_url(db_url(url, db.name)).rstrip("/"))
+            remote = _remote_seq(db_url(url, db.name))
+            since = poll.get("since", 0) if poll else 0
+            mirrors[redact_url(url)] = {
+                "pending_pushes": max(0, db.seq - seq) if isinstance(seq, int) else None,
+                "reachable": remote is not None,
+                "lag": remote - since if isinstance(remote, int) and isinstance(since, int) else None,
+            }
         info = {"name": db.name, "path": str(db.path), "mode": db.getdbmode(), "records": len(db),
                 "conflicts": conflicts, "seq": db.seq, "disk_bytes": total, "shard_bytes": shards,
-                "mirrors": db.peers(), "pending_pushes": pending, "indexes": db.indexes(),
-                "users": db.userlist()}
+                "mirrors": mirrors, "indexes": db.indexes(), "users": db.userlist()}
     finally:
         h.closedb()
     lines = [f"{k}: {v}" for k, v in info.items()]
     _out(info, as_json, "\n".join(lines))
+
+
+def _remote_seq(url: str, timeout: float = 2.0) -> int | None:
+    """The update_seq of a remote database (None if it does not answer within ``timeout``)."""
+    import base64
+    import urllib.parse
+    import urllib.request
+
+    p = urllib.parse.urlsplit(url)
+    headers = {"Accept": "application/json"}
+    if p.username:
+        pair = f"{urllib.parse.unquote(p.username)}:{urllib.parse.unquote(p.password or '')}"
+        headers["Authorization"] = "Basic " + base64.b64encode(pair.encode()).decode()
+    try:
+        req = urllib.request.Request(redact_url(url), headers=headers)
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            seq = orjson.loads(r.read()).get("update_seq")
+    except (OSError, ValueError):
+        return None
+    return seq if isinstance(seq, int) else None
 
 
 def _push_id(db: Database, url: str, replication_id: Callable[..., str]) -> str:
@@ -459,13 +486,14 @@ def replicate(source: str, target: str, as_json: bool, timeout: float) -> None:
         raise SystemExit(EXIT_FAIL)
 
 
-@cli.command()
-@click.argument("which", type=click.Choice(["local", "replication", "all"]), default="local")
+@cli.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+@click.argument("which", type=click.Choice(["local", "replication", "export_import", "all"]), default="local")
 @click.argument("args", nargs=-1, type=click.UNPROCESSED)
 def bench(which: str, args: tuple[str, ...]) -> None:
-    """Run the benchmark scripts of a source checkout (bench/local.py, bench/replication.py)."""
+    """Run the benchmark scripts of a source checkout (bench/local.py, bench/replication.py,
+    bench/export_import.py); extra ARGS go to the script (e.g. --quick)."""
     root = Path(__file__).resolve().parents[2] / "bench"
-    names = ["local", "replication"] if which == "all" else [which]
+    names = ["local", "replication", "export_import"] if which == "all" else [which]
     for n in names:
         script = root / f"{n}.py"
         if not script.exists():

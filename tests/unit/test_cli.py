@@ -117,3 +117,18 @@ def test_replicate_between_a_path_and_a_mirror_both_ways(tmp_path: Path, mirror:
     assert json.loads(again.stdout)["docs_written"] == 0
     down = run("replicate", str(tmp_path / "local"), f"http://127.0.0.1:{free_port()}/db")
     assert down.returncode == 6
+    # status of a peer of this mirror: its pending pushes and the mirror's lag, live
+    with MyNoSQL.MyNoSQL(tmp_path, options=MyNoSQL.Options(background_sync=False)) as h:
+        h.opendb("local")
+        h.addpeer(f"{mirror.url}/db")
+        h.savedoc({"id": "unsent"})
+    st = json.loads(run("status", "--path", str(tmp_path), "--db", "local", "--json").stdout)
+    info = st["mirrors"][f"{mirror.url}/db"]
+    # the one-shot push above shares the checkpoint of the background push: only the new record is pending
+    assert info["reachable"] is True and info["pending_pushes"] == 1 and isinstance(info["lag"], int)
+
+
+def test_bench_subcommand_runs_the_benchmark_scripts(tmp_path: Path) -> None:
+    out = run("bench", "local", "--quick", "--out", str(tmp_path / "local.md"))
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert b"| metric |" in out.stdout and (tmp_path / "local.md").exists()
