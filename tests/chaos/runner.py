@@ -317,6 +317,16 @@ def shrink(seed: int, n_ops: int, budget: int = 30) -> list[tuple[Any, ...]]:
     return ops
 
 
+def report_markdown(stats: Stats, seconds: float, command: str) -> str:
+    rows = [("runs executed (seeds)", stats.runs), ("operations", stats.ops),
+            *((f"faults injected: {k}", v) for k, v in sorted(stats.faults.items())),
+            ("acknowledged writes checked", stats.acked), ("divergences found", stats.divergences),
+            ("lost writes", stats.lost), ("failed seeds", ", ".join(map(str, stats.failures)) or "none"),
+            ("wall time", f"{seconds:,.0f} s")]
+    lines = ["| what | count |", "|---|---:|", *(f"| {k} | {v} |" for k, v in rows)]
+    return f"Command: `{command}`\n\n" + "\n".join(lines) + "\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--runs", type=int, default=10)
@@ -348,7 +358,7 @@ def main(argv: list[str] | None = None) -> int:
                f"{stats.lost} lost writes, failed seeds {stats.failures}, {dt:.0f} s")
     print(summary)
     if a.report:
-        a.report.write_text(json.dumps(dataclasses.asdict(stats) | {"seconds": round(dt, 1)}, indent=1))
+        a.report.write_text(report_markdown(stats, dt, " ".join(["python tests/chaos/runner.py", *(argv or sys.argv[1:])])))
     return 1 if stats.failures else 0
 
 
