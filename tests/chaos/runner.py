@@ -358,7 +358,8 @@ def main(argv: list[str] | None = None) -> int:
                f"{stats.lost} lost writes, failed seeds {stats.failures}, {dt:.0f} s")
     print(summary)
     if a.report:
-        a.report.write_text(report_markdown(stats, dt, " ".join(["python tests/chaos/runner.py", *(argv or sys.argv[1:])])))
+        command = " ".join(["python tests/chaos/runner.py", *(argv or sys.argv[1:])])
+        a.report.write_text(report_markdown(stats, dt, command))
     return 1 if stats.failures else 0
 
 
