@@ -46,7 +46,9 @@ class Endpoint(Protocol):
     ) -> tuple[list[dict[str, Any]], Any]: ...
     async def revs_diff(self, query: dict[str, list[str]]) -> dict[str, list[str]]: ...
     async def bulk_get(self, wants: dict[str, list[str]]) -> list[dict[str, Any]]: ...
-    async def bulk_docs(self, docs: Sequence[dict[str, Any]]) -> list[dict[str, Any]]: ...
+    async def bulk_docs(
+        self, docs: Sequence[dict[str, Any]], checkpoint: tuple[str, dict[str, Any]] | None = None
+    ) -> tuple[list[dict[str, Any]], int, bool]: ...
     async def get_local(self, id: str) -> dict[str, Any] | None: ...
     async def put_local(self, id: str, doc: dict[str, Any]) -> None: ...
 
@@ -87,19 +89,26 @@ class LocalEndpoint:
 
         return await asyncio.to_thread(read)
 
-    async def bulk_docs(self, docs: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-        def write() -> list[dict[str, Any]]:
+    async def bulk_docs(
+        self, docs: Sequence[dict[str, Any]], checkpoint: tuple[str, dict[str, Any]] | None = None
+    ) -> tuple[list[dict[str, Any]], int, bool]:
+        """Write replicated revisions; returns (per-document errors, revisions new here, checkpoint written)."""
+
+        def write() -> tuple[list[dict[str, Any]], int, bool]:
             errors = []
+            written = 0
             opts = self.db.options
             for doc in docs:
                 try:
                     w = protocol.doc_from_wire(doc, validate_id=validate_id, max_bytes=opts.max_doc_bytes,
                                                max_revs=opts.revs_limit)
-                    self.db.put_replicated(w.id, w.path, w.deleted, w.blob)
+                    written += self.db.put_replicated(w.id, w.path, w.deleted, w.blob)
                 except InvalidDocument as exc:
                     errors.append({"id": doc.get("_id") if isinstance(doc, dict) else None,
                                    "error": "forbidden", "reason": str(exc)})
-            return errors
+            if checkpoint is not None:
+                self.db.local_put(*checkpoint)
+            return errors, written, checkpoint is not None
 
         return await asyncio.to_thread(write)
 
@@ -125,6 +134,8 @@ class HttpEndpoint:
         self.timeout = timeout
         self._has_bulk_get: bool | None = None
         self._gzip = False  # set once the server says it is a MyNoSQL mirror
+        self._last_written: int | None = None
+        self.exists = False  # ensure_exists succeeded once
 
     async def request(self, method: str, path: str, *, params: dict[str, str] | None = None, body: Any = None,
                       ok: tuple[int, ...] = (200, 201, 202), timeout: float | None = None) -> Any:
@@ -146,6 +157,8 @@ class HttpEndpoint:
                 raw = await resp.read()
                 if not self._gzip and resp.headers.get("X-MyNoSQL") == "1":
                     self._gzip = True
+                written = resp.headers.get("X-MyNoSQL-Written")
+                self._last_written = int(written) if written and written.isdigit() else None
                 if resp.status not in ok:
                     reason = raw[:200].decode("utf-8", "replace")
                     raise RemoteError(f"{method} {self.url}{path}: HTTP {resp.status} {reason}", status=resp.status)
@@ -162,12 +175,15 @@ class HttpEndpoint:
         return result
 
     async def ensure_exists(self) -> None:
+        if self.exists:
+            return
         try:
             await self.request("GET", "")
         except RemoteError as exc:
             if exc.status != 404:
                 raise
             await self.request("PUT", "", ok=(201, 202, 412))
+        self.exists = True
 
     async def changes(self, since: Any, limit: int, timeout: float | None = None) -> tuple[list[dict[str, Any]], Any]:
         params = {"style": "all_docs", "since": str(since) if not isinstance(since, str) else since,
@@ -205,9 +221,23 @@ class HttpEndpoint:
             out.extend(d["ok"] for d in result if "ok" in d)
         return out
 
-    async def bulk_docs(self, docs: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-        result = await self.request("POST", "/_bulk_docs", body={"docs": list(docs), "new_edits": False})
-        return [r for r in (result or []) if "error" in r]
+    @property
+    def mynosql(self) -> bool:
+        """The server said it is a MyNoSQL mirror: the protocol extensions may be used."""
+        return self._gzip
+
+    async def bulk_docs(
+        self, docs: Sequence[dict[str, Any]], checkpoint: tuple[str, dict[str, Any]] | None = None
+    ) -> tuple[list[dict[str, Any]], int, bool]:
+        body: dict[str, Any] = {"docs": list(docs), "new_edits": False}
+        extended = self.mynosql and checkpoint is not None
+        if extended:
+            assert checkpoint is not None
+            body["mynosql_checkpoint"] = {"id": checkpoint[0], "doc": checkpoint[1]}
+        result = await self.request("POST", "/_bulk_docs", body=body)
+        errors = [r for r in (result or []) if isinstance(r, dict) and "error" in r]
+        written = self._last_written if extended and self._last_written is not None else len(docs) - len(errors)
+        return errors, written, extended
 
     async def get_local(self, id: str) -> dict[str, Any] | None:
         try:

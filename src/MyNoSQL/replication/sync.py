@@ -33,7 +33,7 @@ from .._errors import MyNoSQLError, SecurityError
 from .._options import Options
 from . import protocol
 from .endpoints import HttpEndpoint, LocalEndpoint, RemoteError, redact
-from .replicator import replicate
+from .replicator import Resume, replicate
 
 if TYPE_CHECKING:
     from .._database import Database
@@ -133,6 +133,9 @@ class Sync:
         self._start_error: BaseException | None = None
         self.current: str | None = None  # the mirror a peer talks to now
         self._refreshed: dict[str, float] = {}
+        self._resume: dict[str, Resume] = {}  # per mirror: where the push stands (no checkpoint re-reads)
+        self._poll_since: dict[str, Any] = {}
+        self._endpoints: dict[str, HttpEndpoint] = {}
 
     # -- lifecycle --------------------------------------------------------------------------------------------
 
@@ -148,6 +151,12 @@ class Sync:
         try:
             self.loop.run_until_complete(self._main())
         finally:
+            # whatever is still pending (a longpoll handler, a cancelled request) ends here, not in the GC
+            pending = asyncio.all_tasks(self.loop)
+            for t in pending:
+                t.cancel()
+            self.loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+            self.loop.run_until_complete(self.loop.shutdown_asyncgens())
             self.loop.close()
 
     async def _main(self) -> None:
@@ -298,7 +307,7 @@ class Sync:
     # -- peer mode ----------------------------------------------------------------------------------------------
 
     async def _peer_loop(self) -> None:
-        """Talk to one mirror at a time; on failure try the next (failover)."""
+        """Talk to one mirror at a time, pushing and polling side by side; on failure try the next (failover)."""
         backoff = Backoff()
         index = 0
         while True:
@@ -308,20 +317,44 @@ class Sync:
                 continue
             url = peers[index % len(peers)]
             state = self.remotes.setdefault(redact(url), RemoteState(redact(url)))
+            tasks: list[asyncio.Task[None]] = []
             try:
                 await self._refresh_mirrors(url)
                 self.current = url
-                assert self._changed is not None
-                self._changed.clear()  # before the push: a save made during it wakes the poll at once
-                await self._push(url)
-                await self._poll(url)
+                await self._push(url)  # the outbox first: what was saved offline or before a crash
                 backoff.reset()
+                tasks = [asyncio.create_task(self._push_loop(url)), asyncio.create_task(self._poll_loop(url))]
+                done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+                for t in done:
+                    t.result()  # raises the failure that ended the loop
             except (MyNoSQLError, OSError, asyncio.TimeoutError) as exc:
                 state.failed(exc)
+                self._resume.pop(url, None)
                 await self._new_session()  # pooled connections may be dead or black-holed: start afresh
                 index += 1  # fail over to the next mirror
                 if index % len(peers) == 0:
                     await asyncio.sleep(backoff.next())
+            finally:
+                for t in tasks:
+                    t.cancel()
+                for t in tasks:
+                    with contextlib.suppress(asyncio.CancelledError, Exception):
+                        await t
+
+    async def _push_loop(self, url: str) -> None:
+        """Push after every local change (a save made during a push wakes the next one at once)."""
+        assert self._changed is not None
+        state = self.remotes[redact(url)]
+        while True:
+            self._changed.clear()
+            if state.pushed_seq != self.db.seq:
+                await self._push(url)
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._changed.wait(), 30.0)
+
+    async def _poll_loop(self, url: str) -> None:
+        while True:
+            await self._poll(url)
 
     async def _refresh_mirrors(self, url: str) -> None:
         """Learn the mirrors ``url`` knows (``GET /_mirrors``), at most every 10 minutes per mirror."""
@@ -341,36 +374,36 @@ class Sync:
         if isinstance(mirrors, list):
             self.db.learn_mirrors([m for m in mirrors if isinstance(m, str)], via=url)
 
+    def _endpoint(self, url: str) -> HttpEndpoint:
+        """One HttpEndpoint per mirror and session: it remembers that the mirror exists and speaks MyNoSQL."""
+        ep = self._endpoints.get(url)
+        if ep is None or ep.session is not self._session:
+            ep = HttpEndpoint(self._session_(), db_url(url, self.db.name), timeout=self.opts.remote_timeout)
+            self._endpoints[url] = ep
+        return ep
+
     async def _push(self, url: str) -> None:
         state = self.remotes.setdefault(redact(url), RemoteState(redact(url)))
-        remote = HttpEndpoint(self._session_(), db_url(url, self.db.name), timeout=self.opts.remote_timeout)
+        remote = self._endpoint(url)
         await remote.ensure_exists()
-        res = await replicate(LocalEndpoint(self.db), remote)
+        resume = self._resume.setdefault(url, Resume())
+        res = await replicate(LocalEndpoint(self.db), remote, resume=resume)
         state.ok()
         state.docs_pushed += res.docs_written
-        state.pushed_seq = res.last_seq if isinstance(res.last_seq, int) else state.pushed_seq
+        if isinstance(res.last_seq, int):  # the local feed is empty past it: everything up to it is pushed
+            state.pushed_seq = res.last_seq
 
     async def _poll(self, url: str) -> None:
         """Wait (longpoll) for the mirror's changes to records this peer holds, then for a local change."""
-        assert self._changed is not None
         state = self.remotes.setdefault(redact(url), RemoteState(redact(url)))
-        remote = HttpEndpoint(self._session_(), db_url(url, self.db.name), timeout=self.opts.remote_timeout)
+        remote = self._endpoint(url)
         ck_id = "poll-" + remote.identity
-        ck = await asyncio.to_thread(self.db.local_get, ck_id)
-        since = ck.get("since", 0) if ck else 0
-        poll = asyncio.create_task(remote.changes(since, 1000, timeout=self.opts.longpoll))
-        local = asyncio.create_task(self._changed.wait())
-        try:
-            done, _pending = await asyncio.wait({poll, local}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for t in (poll, local):
-                if not t.done():
-                    t.cancel()
-                    with contextlib.suppress(asyncio.CancelledError, Exception):
-                        await t
-        if poll not in done:
-            return  # a local change: push first
-        rows, last_seq = poll.result()
+        since = self._poll_since.get(url)
+        if since is None:
+            ck = await asyncio.to_thread(self.db.local_get, ck_id)
+            since = ck.get("since", 0) if ck else 0
+        rows, last_seq = await remote.changes(since, 1000, timeout=self.opts.longpoll)
+        self._poll_since[url] = last_seq
         state.ok()
         state.remote_seq = last_seq
         if rows:

@@ -401,7 +401,14 @@ class MirrorApp:
         if not isinstance(new_edits, bool):
             raise HttpError(400, "bad_request", "new_edits must be true or false")
 
+        checkpoint = body.get("mynosql_checkpoint") if new_edits is False else None  # extension: see replicator
+        if checkpoint is not None and not (isinstance(checkpoint, dict) and isinstance(checkpoint.get("id"), str)
+                                           and isinstance(checkpoint.get("doc"), dict)):
+            raise HttpError(400, "bad_request", "mynosql_checkpoint must be {id: str, doc: {...}}")
+        written = 0
+
         def write() -> list[dict[str, Any]]:
+            nonlocal written
             out = []
             for doc in docs:
                 try:
@@ -409,6 +416,7 @@ class MirrorApp:
                         w = self._wire(db, doc)
                         if db.put_replicated(w.id, w.path, w.deleted, w.blob):
                             self.observer.docs_in += 1
+                            written += 1
                     else:
                         out.append({"ok": True, **self._save(db, doc, None)})
                 except (ConflictError, DocumentNotFound) as exc:
@@ -418,7 +426,14 @@ class MirrorApp:
                                 "reason": str(exc)})
             return out
 
-        return _json(await asyncio.to_thread(write), 201)
+        answer = await asyncio.to_thread(write)
+        if checkpoint is not None:  # after the documents: a checkpoint never runs ahead of what it covers
+            if len(orjson.dumps(checkpoint["doc"])) > 1024 * 1024:
+                raise HttpError(413, "too_large", "local documents are limited to 1 MiB")
+            await asyncio.to_thread(db.local_put, checkpoint["id"][:1024], checkpoint["doc"])
+        resp = _json(answer, 201)
+        resp.headers["X-MyNoSQL-Written"] = str(written)
+        return resp
 
     async def all_docs(self, request: web.Request) -> web.Response:
         db = self._db(request)
