@@ -28,7 +28,7 @@ async def _run(source: Database | str, target: Database | str, timeout: float, b
 
 
 def replicate_once(source: Database | str, target: Database | str, *, timeout: float = 60.0,
-                   batch_size: int = 500) -> dict[str, Any]:
+                   batch_size: int = 1000) -> dict[str, Any]:
     """Copy every revision ``target`` lacks from ``source`` (a Database, or a database URL such as
     ``http://user:pass@host:5984/db``), checkpointed. Blocks until done; returns counts."""
     db = source if isinstance(source, Database) else target if isinstance(target, Database) else None

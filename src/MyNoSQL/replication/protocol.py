@@ -97,7 +97,6 @@ def doc_from_wire(doc: Any, *, validate_id: Any, max_bytes: int, max_revs: int, 
     """Check a CouchDB document sent for replication; raise InvalidDocument with CouchDB's wording."""
     if not isinstance(doc, dict):
         raise InvalidDocument("document must be a JSON object")
-    check_depth(doc, max_depth)
     id = validate_id(doc.get("_id"))
     rev = doc.get("_rev")
     if not isinstance(rev, str):
@@ -133,6 +132,10 @@ def doc_from_wire(doc: Any, *, validate_id: Any, max_bytes: int, max_revs: int, 
     blob = dumps_exact(body)
     if len(blob) > max_bytes:
         raise InvalidDocument(f"document is {len(blob)} bytes, over the limit of {max_bytes}")
+    if blob.count(b"{") + blob.count(b"[") > max_depth:  # fewer brackets than the limit: cannot nest deeper
+        check_depth(body, max_depth)
+    if b'"$' not in blob:
+        return WireDoc(id, path, deleted, blob)
     try:
         loads_body(blob)  # the tagged values must decode
     except (ValueError, TypeError, KeyError, AttributeError, ArithmeticError, RecursionError) as exc:

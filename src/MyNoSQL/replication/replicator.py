@@ -12,6 +12,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import dataclasses
 import time
 import uuid
@@ -57,7 +59,7 @@ class Resume:
 SMALL_BATCH = 50  # below this many revisions, a MyNoSQL target gets the documents without a _revs_diff first
 
 
-async def replicate(source: Endpoint, target: Endpoint, *, batch_size: int = 500, extra_id: str = "",
+async def replicate(source: Endpoint, target: Endpoint, *, batch_size: int = 1000, extra_id: str = "",
                     max_batches: int | None = None, wait: float | None = None,
                     resume: Resume | None = None) -> ReplicationResult:
     """Move every revision the target lacks from ``source`` to ``target``. Returns what was done.
@@ -81,39 +83,54 @@ async def replicate(source: Endpoint, target: Endpoint, *, batch_size: int = 500
         history = list((src_ck or {}).get("history", []))[:20]
         session = uuid.uuid4().hex
     result.start_seq = result.last_seq = since
-    first = True
-    while max_batches is None or result.batches < max_batches:
-        rows, last_seq = await source.changes(since, batch_size, timeout=wait if first else None)
-        first = False
+    extended = getattr(target, "mynosql", False)
+
+    async def fetch(after: Any, wait_for: float | None) -> tuple[list[dict[str, Any]], Any, list[dict[str, Any]]]:
+        """Steps 3-5 for one batch: the changes after ``after``, what the target lacks, those documents."""
+        rows, last = await source.changes(after, batch_size, timeout=wait_for)
         if not rows:
-            break
-        result.docs_read += len(rows)
+            return rows, last, []
         query = {r["id"]: [c["rev"] for c in r.get("changes", [])] for r in rows if "id" in r}
         n_revs = sum(map(len, query.values()))
         result.missing_checked += n_revs
-        extended = getattr(target, "mynosql", False)
         small = extended and n_revs <= SMALL_BATCH
         missing = query if small or not query else await target.revs_diff(query)
-        since = last_seq
-        entry = {"session_id": session, "recorded_seq": since}
-        ck = {"session_id": session, "source_last_seq": since, "history": [entry, *history][:20],
-              "replication_id_version": 1}
-        ck_written = False
-        if missing:
-            docs = await source.bulk_get(missing)
+        docs = await source.bulk_get(missing) if missing else []
+        return rows, last, docs
+
+    batch = await fetch(since, wait)
+    while batch[0] and (max_batches is None or result.batches < max_batches):
+        rows, last_seq, docs = batch
+        result.docs_read += len(rows)
+        # pipelining: the next batch is read while this one is written (checkpoints stay in order)
+        more = len(rows) >= batch_size and (max_batches is None or result.batches + 1 < max_batches)
+        prefetch = asyncio.ensure_future(fetch(last_seq, None)) if more else None
+        try:
+            since = last_seq
+            entry = {"session_id": session, "recorded_seq": since}
+            ck = {"session_id": session, "source_last_seq": since, "history": [entry, *history][:20],
+                  "replication_id_version": 1}
+            ck_written = False
             if docs:
                 errors, written, ck_written = await target.bulk_docs(docs, checkpoint=(rep_id, ck))
                 result.errors.extend(errors)
                 result.docs_written += written
-        result.last_seq = since
-        result.batches += 1
-        if not ck_written:
-            await target.put_local(rep_id, ck)
-        await source.put_local(rep_id, ck)
-        if resume is not None:
-            resume.since, resume.session, resume.history = since, session, ck["history"]
-        if len(rows) < batch_size:
+            result.last_seq = since
+            result.batches += 1
+            if not ck_written:
+                await target.put_local(rep_id, ck)
+            await source.put_local(rep_id, ck)
+            if resume is not None:
+                resume.since, resume.session, resume.history = since, session, ck["history"]
+        except BaseException:
+            if prefetch is not None:
+                prefetch.cancel()
+                with contextlib.suppress(BaseException):
+                    await prefetch
+            raise
+        if prefetch is None:
             break
+        batch = await prefetch
     result.seconds = time.monotonic() - t0
     return result
 

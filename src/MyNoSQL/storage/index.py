@@ -284,5 +284,13 @@ class Index:
                 raise StorageError(None, f"cannot write local document: {exc}") from exc
         return rev
 
-    def iter_hash_rows(self) -> Iterator[tuple[int, int]]:
-        yield from self._all("SELECT h, loc FROM docs")
+    def iter_hashes(self) -> Iterator[int]:
+        """Every id hash in the index (its own cursor: it may be long)."""
+        con = self._connect()
+        try:
+            for (h,) in con.execute("SELECT h FROM docs"):
+                yield h
+            for (id,) in con.execute("SELECT id FROM docs_x"):
+                yield id_hash(id)
+        finally:
+            con.close()

@@ -173,6 +173,8 @@ class ShardFiles:
         """Append packed blocks ``(bno, data, count, first_seq, last_seq)`` and fsync. Single writer."""
         infos: list[BlockInfo] = []
         touched: set[int] = set()
+        before = dict(self._sizes)
+        roll = self._roll
         try:
             for bno, data, count, first_seq, last_seq in blocks:
                 n = self.current
@@ -190,9 +192,12 @@ class ShardFiles:
             for n in touched:
                 os.fsync(self._fds[n])
         except OSError as exc:
-            # Roll the in-memory sizes back: the index will not reference what was half written.
-            for n in touched:
-                self._sizes[n] = min(self._sizes[n], os.fstat(self._fds[n]).st_size)
+            # Nothing of this append may stay: a half-written block would sit in the middle of the shard.
+            self._roll = roll
+            try:
+                self.rollback(before)
+            except OSError as exc2:
+                log.error("%s: could not cut back a failed append: %s", self.directory, exc2)
             raise StorageError(exc.errno, f"cannot write shard file: {exc.strerror}") from exc
         return infos
 
@@ -201,13 +206,15 @@ class ShardFiles:
         self._roll = True
 
     def rollback(self, sizes: dict[int, int]) -> None:
-        """Forget appends past ``sizes`` (after a failed index commit)."""
+        """Forget appends past ``sizes`` (after a failed append or a failed index commit)."""
         for n in list(self._sizes):
             if n not in sizes:
                 self.remove(n)
-            elif self._sizes[n] > sizes[n]:
-                os.ftruncate(self._fds[n], sizes[n])
-                self._sizes[n] = sizes[n]
+                continue
+            fd = self._fds.get(n)
+            if fd is not None and os.fstat(fd).st_size > sizes[n]:  # a half-written block counts too
+                os.ftruncate(fd, sizes[n])
+            self._sizes[n] = sizes[n]
 
     def _create(self, n: int) -> int:
         path = self.path(n)

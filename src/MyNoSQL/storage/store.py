@@ -32,6 +32,7 @@ import orjson
 from .._errors import CorruptionError, MyNoSQLError, StorageError
 from .._options import Options
 from ..docs.revtree import DocState
+from .bloom import Bloom
 from .cache import BlockCache, RecordCache
 from .index import Index, id_hash
 from .shards import ShardFiles, pack_block, shard_name
@@ -74,6 +75,7 @@ class Store:
         self._first_pending = 0.0
         self._flush_gen = 0
         self._gc_pending: set[int] = set()
+        self._bloom: Bloom | None = None  # built by the compactor thread at start
         self.stats = FlushStats()
         self.sidx_fields: tuple[str, ...] = ()
         self.listeners: list[Callable[[DocState, DocState | None], None]] = []
@@ -132,9 +134,12 @@ class Store:
         return s
 
     def _read_disk(self, id: str) -> DocState | None:
+        h = id_hash(id)
+        bloom = self._bloom
+        if bloom is not None and h not in bloom:
+            return None  # certainly not on disk: no index query
         for _attempt in range(3):
             try:
-                h = id_hash(id)
                 loc = self.index.loc_by_hash(h)
                 if loc is None:
                     return None
@@ -242,8 +247,21 @@ class Store:
 
     # -- the compactor ----------------------------------------------------------------------------------------
 
+    def _build_bloom(self) -> None:
+        """(Re)build the filter of on-disk ids; holds the flush lock so no flush adds ids meanwhile."""
+        with self._flush_lock:
+            docs, x = self.index.count_rows()
+            bloom = Bloom(2 * (int(docs) + int(x)))
+            for h in self.index.iter_hashes():
+                bloom.add(h)
+            self._bloom = bloom
+
     def _compactor(self) -> None:
         backoff = 0.0
+        try:
+            self._build_bloom()
+        except Exception as exc:  # reads just keep asking the index
+            log.warning("%s: no id filter (%s); reads of unknown ids query the index", self.directory.name, exc)
         while not self._stop.is_set():
             self._wake.wait(timeout=backoff or min(self.opts.flush_interval, 1.0))
             self._wake.clear()
@@ -257,6 +275,8 @@ class Store:
                 if due:
                     self.flush()
                 self.collect_garbage()
+                if self._bloom is not None and self._bloom.full:
+                    self._build_bloom()
                 backoff = 0.0
                 if self.stats.last_error is not None:
                     log.info("compactor of %s works again", self.directory.name)
@@ -292,11 +312,13 @@ class Store:
             self.stats.flushes += 1
 
     def _unfreeze(self) -> None:
+        """A flush failed: its records go back to the active memtable (their log segments were kept)."""
         merged = self._frozen
         merged.update(self._active)
         self._active = merged
         self._active_delta += self._frozen_delta
         self._frozen, self._frozen_delta = {}, 0
+        self._space.notify_all()  # savers waiting for this flush must not wait for a timeout
 
     def _flush_frozen(self, closed_segment: int) -> None:
         t0 = time.perf_counter()
@@ -340,6 +362,11 @@ class Store:
         self.flushed_seq = states[-1].seq
         self._flushed_live += delta
         self.x_rows += sum(1 for s, x in zip(states, in_x, strict=True) if x and not s.in_x)
+        bloom = self._bloom
+        if bloom is not None:  # before the memtable lets go of them: a reader must find them one way or the other
+            for s in states:
+                if s.disk_loc < 0:
+                    bloom.add(id_hash(s.id))
         with contextlib.suppress(OSError):
             self.wal.remove_through(closed_segment)
         with self.lock:

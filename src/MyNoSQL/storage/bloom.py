@@ -1,0 +1,41 @@
+"""A Bloom filter of the id hashes on disk: "certainly not stored" answered in RAM, without SQLite.
+
+Most reads of an id that is not stored (a new record, a replicated one) would otherwise query the index: a call
+that releases the GIL and, when the compactor thread is busy, waits for it to give the GIL back. Ten bits per
+record (1.2 MB for a million records) and four probes give about one false "maybe" in a hundred.
+"""
+
+from __future__ import annotations
+
+
+class Bloom:
+    BITS_PER_KEY = 10
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = max(capacity, 1 << 14)
+        self.m = self.capacity * self.BITS_PER_KEY
+        self.bits = bytearray(self.m // 8 + 1)
+        self.count = 0
+
+    def _probes(self, h: int) -> tuple[int, int, int, int]:
+        a = h & 0xFFFFFFFF
+        b = (h >> 32) & 0xFFFFFFFF | 1
+        m = self.m
+        return a % m, (a + b) % m, (a + 2 * b) % m, (a + 3 * b) % m
+
+    def add(self, h: int) -> None:
+        bits = self.bits
+        for p in self._probes(h):
+            bits[p >> 3] |= 1 << (p & 7)
+        self.count += 1
+
+    def __contains__(self, h: int) -> bool:
+        bits = self.bits
+        for p in self._probes(h):  # noqa: SIM110 - a plain loop is faster than all() over a generator
+            if not bits[p >> 3] & (1 << (p & 7)):
+                return False
+        return True
+
+    @property
+    def full(self) -> bool:
+        return self.count > self.capacity
