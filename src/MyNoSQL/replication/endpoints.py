@@ -53,6 +53,9 @@ class Endpoint(Protocol):
     async def put_local(self, id: str, doc: dict[str, Any]) -> None: ...
 
 
+SMALL = 64  # below this many changes or documents, local work runs inline on the event loop
+
+
 class LocalEndpoint:
     """A database of this process. Blocking work runs in worker threads, off the event loop."""
 
@@ -70,6 +73,8 @@ class LocalEndpoint:
             rows = [protocol.changes_row(s) for s in islice(self.db.store.iter_states(start), limit)]
             return rows, rows[-1]["seq"] if rows else start
 
+        if self.db.seq - start <= SMALL:
+            return read()  # a few changes, from the memtable: a thread hop would cost more than the work
         return await asyncio.to_thread(read)
 
     async def revs_diff(self, query: dict[str, list[str]]) -> dict[str, list[str]]:
@@ -87,6 +92,8 @@ class LocalEndpoint:
                         out.append(protocol.doc_to_wire(state, rev, revs=True))
             return out
 
+        if len(wants) <= SMALL:
+            return read()
         return await asyncio.to_thread(read)
 
     async def bulk_docs(

@@ -31,6 +31,7 @@ from .observe import Observer
 log = logging.getLogger("MyNoSQL")
 
 MAX_LIMIT = 10_000
+SMALL_INLINE = 64  # a request touching fewer records runs on the event loop, not in a worker thread
 
 
 class HttpError(Exception):
@@ -337,14 +338,15 @@ class MirrorApp:
             return out
 
         self.observer.client(request.remote or "?", request.get("user"), db.name, since)
-        rows = await asyncio.to_thread(read)
+        small = db.seq - since <= SMALL_INLINE  # a short tail: read it inline, no thread hop
+        rows = read() if small else await asyncio.to_thread(read)
         if not rows and feed in ("longpoll", "continuous") and event is not None and timeout > 0:
             try:
                 await asyncio.wait_for(event.wait(), timeout)
             except asyncio.TimeoutError:
                 pass
             else:
-                rows = await asyncio.to_thread(read)
+                rows = read() if db.seq - since <= SMALL_INLINE else await asyncio.to_thread(read)
         last = rows[-1]["seq"] if rows else since
         return _json({"results": rows, "last_seq": last, "pending": 0})
 
@@ -426,11 +428,14 @@ class MirrorApp:
                                 "reason": str(exc)})
             return out
 
-        answer = await asyncio.to_thread(write)
+        answer = write() if len(docs) <= SMALL_INLINE else await asyncio.to_thread(write)
         if checkpoint is not None:  # after the documents: a checkpoint never runs ahead of what it covers
             if len(orjson.dumps(checkpoint["doc"])) > 1024 * 1024:
                 raise HttpError(413, "too_large", "local documents are limited to 1 MiB")
-            await asyncio.to_thread(db.local_put, checkpoint["id"][:1024], checkpoint["doc"])
+            if len(docs) <= SMALL_INLINE:
+                db.local_put(checkpoint["id"][:1024], checkpoint["doc"])  # no fsync: cheap enough inline
+            else:
+                await asyncio.to_thread(db.local_put, checkpoint["id"][:1024], checkpoint["doc"])
         resp = _json(answer, 201)
         resp.headers["X-MyNoSQL-Written"] = str(written)
         return resp
