@@ -76,7 +76,7 @@ class Options:
     durability: Durability = "process"
     limits: Limits = dataclasses.field(default_factory=Limits)
     cache_docs: int = 10_000
-    block_cache_bytes: int = 16 * 1024 * 1024
+    block_cache_bytes: int = 32 * 1024 * 1024
     max_doc_bytes: int = 8 * 1024 * 1024
     revs_limit: int = 1000
     flush_docs: int = 4096

@@ -41,9 +41,12 @@ class RecordCache(Generic[K, V]):
             lru = self._lru
             lru[key] = value
             lru.move_to_end(key)
-            self._weak[key] = value
+            self._weak.pop(key, None)  # the LRU holds it now; an older weak entry must not shadow it later
             while len(lru) > self.capacity:
-                lru.popitem(last=False)
+                old_key, old = lru.popitem(last=False)
+                # Evicted: it stays findable only while something else still holds it (a pending write, an
+                # iterator, a replication batch). Entering the weak map here, not on every put, keeps reads cheap.
+                self._weak[old_key] = old
 
     def refresh(self, key: K, value: V) -> None:
         """Replace the cached value of ``key`` if there is one (a newer state of a cached record)."""

@@ -75,7 +75,8 @@ class Store:
         self._first_pending = 0.0
         self._flush_gen = 0
         self._gc_pending: set[int] = set()
-        self._bloom: Bloom | None = None  # built by the compactor thread at start
+        self._bloom: Bloom | None = None  # built by the compactor thread once the database is written to
+        self._want_bloom = False
         self.stats = FlushStats()
         self.sidx_fields: tuple[str, ...] = ()
         self.listeners: list[Callable[[DocState, DocState | None], None]] = []
@@ -190,6 +191,9 @@ class Store:
 
         ``fresh``: the caller generated this id at random, so no current state can exist.
         """
+        if not self._want_bloom:  # the first write: reads of unknown ids start to matter (a reader never pays)
+            self._want_bloom = True
+            self._wake.set()
         with self.lock:
             self._wait_for_space()
             prev = None if fresh else self.get_state(id)
@@ -258,10 +262,6 @@ class Store:
 
     def _compactor(self) -> None:
         backoff = 0.0
-        try:
-            self._build_bloom()
-        except Exception as exc:  # reads just keep asking the index
-            log.warning("%s: no id filter (%s); reads of unknown ids query the index", self.directory.name, exc)
         while not self._stop.is_set():
             self._wake.wait(timeout=backoff or min(self.opts.flush_interval, 1.0))
             self._wake.clear()
@@ -275,8 +275,13 @@ class Store:
                 if due:
                     self.flush()
                 self.collect_garbage()
-                if self._bloom is not None and self._bloom.full:
-                    self._build_bloom()
+                if (self._bloom is None and self._want_bloom) or (self._bloom is not None and self._bloom.full):
+                    try:
+                        self._build_bloom()
+                    except Exception as exc:  # reads just keep asking the index
+                        self._want_bloom = False
+                        log.warning("%s: no id filter (%s); reads of unknown ids query the index",
+                                    self.directory.name, exc)
                 backoff = 0.0
                 if self.stats.last_error is not None:
                     log.info("compactor of %s works again", self.directory.name)
