@@ -33,11 +33,13 @@ import collections
 import contextlib
 import dataclasses
 import gc
+import hashlib
 import http.client
 import os
 import platform
 import random
 import re
+import resource
 import shlex
 import shutil
 import signal
@@ -416,6 +418,42 @@ def pouch_replicate(src: str, tgt: str, n: int) -> dict[str, Any]:
     return res
 
 
+# -- CPU accounting -----------------------------------------------------------------------------------------------
+
+
+def machine_busy_cpu() -> float:
+    """CPU seconds the whole machine has spent busy (every process), since boot."""
+    t = psutil.cpu_times()
+    return float(sum(t) - t.idle - getattr(t, "iowait", 0.0) - getattr(t, "guest", 0.0)
+                 - getattr(t, "guest_nice", 0.0))
+
+
+def wait_for_quiet(max_seconds: float, threshold: float = 0.3, window: float = 20.0) -> str:
+    """Wait (at most ``max_seconds``) until other processes use under ``threshold`` cores for ``window`` s."""
+    if max_seconds <= 0:
+        return "not waited for"
+    t0 = time.monotonic()
+    quiet_since: float | None = None
+    last = machine_busy_cpu()
+    while time.monotonic() - t0 < max_seconds:
+        time.sleep(2.0)
+        now = machine_busy_cpu()
+        busy, last = (now - last) / 2.0, now
+        if busy < threshold:
+            quiet_since = quiet_since or time.monotonic()
+            if time.monotonic() - quiet_since >= window:
+                return f"quiet after {time.monotonic() - t0:.0f} s of waiting"
+        else:
+            quiet_since = None
+    return f"still busy after waiting {max_seconds:.0f} s: ran anyway"
+
+
+def own_cpu() -> float:
+    """CPU seconds of this process and of its children that have been waited for (mirrors, node servers)."""
+    s, c = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return s.ru_utime + s.ru_stime + c.ru_utime + c.ru_stime
+
+
 # -- the report ---------------------------------------------------------------------------------------------------
 
 
@@ -441,6 +479,7 @@ class Report:
         self.rows: list[Row] = []
         self.notes: list[str] = []
         self.phases: list[tuple[str, float]] = []
+        self.contention: list[str] = []
 
     def row(self, *args: Any, **kw: Any) -> None:
         r = Row(*args, **kw)
@@ -454,14 +493,20 @@ class Report:
 
     @contextlib.contextmanager
     def phase(self, name: str) -> Iterator[None]:
+        """Times a phase, and how much CPU other processes of the machine used meanwhile (they skew results)."""
         print(f"\n== {name}", flush=True)
         t0 = time.perf_counter()
+        busy0, own0 = machine_busy_cpu(), own_cpu()
         try:
             yield
         finally:
             dt = time.perf_counter() - t0
+            busy, own = machine_busy_cpu() - busy0, own_cpu() - own0
+            other = max(0.0, busy - own)
             self.phases.append((name, dt))
-            print(f"   ({dt:.1f} s)", flush=True)
+            self.contention.append(f"{name}: {other / dt:.2f} of {os.cpu_count()} cores")
+            print(f"   ({dt:.1f} s; this benchmark's processes used {own / dt:.2f} cores, other processes "
+                  f"{other / dt:.2f})", flush=True)
 
     def markdown(self, header: list[str]) -> str:
         out = ["# MyNoSQL replication benchmark", "", *header, "",
@@ -471,7 +516,10 @@ class Report:
             out.append(f"| {r.metric} | {r.mine} | {r.anchor} | {r.anchor_value} | {r.ratio} | {r.aim} | {r.met} |")
         out += ["", "Notes:", ""]
         out += [f"- {n}" for n in self.notes]
-        out += ["- Phase wall times: " + "; ".join(f"{name}: {dt:.1f} s" for name, dt in self.phases), ""]
+        out += ["- Phase wall times: " + "; ".join(f"{name}: {dt:.1f} s" for name, dt in self.phases)]
+        out += ["- CPU used by OTHER processes of the machine during each phase (average; this machine has "
+                f"{os.cpu_count()} cores, so anything well above 0 slowed the measurements down): "
+                + "; ".join(self.contention), ""]
         return "\n".join(out)
 
 
@@ -485,33 +533,47 @@ def bench_initial(args: argparse.Namespace, tmp: Path, rep: Report) -> None:
     for n in sizes:
         docs = docs_all[:n]
         raw = raw_json_bytes(docs)
-        # MyNoSQL: local database -> fresh mirror (db.push), then mirror -> fresh mirror (replicate_once).
+        push_times: list[float] = []
+        pouch_runs: list[dict[str, Any]] = []
+        wire: dict[str, Any] | None = None
+        wire_m2m: dict[str, Any] | None = None
+        pwire: dict[str, Any] | None = None
         with contextlib.ExitStack() as stack:
+            # MyNoSQL: a local database -> a fresh mirror process each time (db.push); PouchDB: replicate.js from
+            # an express-pouchdb database to a new empty one on the same server. Interleaved, args.reps times.
             handle, db, load_rate = build_local(tmp / f"local-{n}", docs)
             stack.callback(handle.closedb)
-            m1 = Mirror(tmp, f"init-a-{n}").start()
-            stack.callback(m1.stop)
-            t0 = time.perf_counter()
-            res = db.push(m1.db_url, timeout=120)
-            push_s = time.perf_counter() - t0
-            if res["docs_written"] != n or res["errors"]:
-                raise RuntimeError(f"push wrote {res['docs_written']} of {n}: {res['errors'][:3]}")
-            if m1.info()["doc_count"] != n:
-                raise RuntimeError(f"mirror holds {m1.info()['doc_count']} records, expected {n}")
+            server = stack.enter_context(pouch.pouchdb_server())
+            pouch_load_rate = pouch_load(f"{server.url}/src", docs)
+            mirrors: list[Mirror] = []
+            for i in range(args.reps):
+                m = Mirror(tmp, f"init-{n}-{i}").start()
+                stack.callback(m.stop)
+                mirrors.append(m)
+                t0 = time.perf_counter()
+                res = db.push(m.db_url, timeout=300)
+                push_times.append(time.perf_counter() - t0)
+                if res["docs_written"] != n or res["errors"]:
+                    raise RuntimeError(f"push wrote {res['docs_written']} of {n}: {res['errors'][:3]}")
+                if m.info()["doc_count"] != n:
+                    raise RuntimeError(f"mirror holds {m.info()['doc_count']} records, expected {n}")
+                if i:
+                    m.stop()  # keep only the first one (the source of mirror -> mirror) running
+                pouch_runs.append(pouch_replicate(f"{server.url}/src", f"{server.url}/tgt-{i}", n))
+            m1 = mirrors[0]
             m2 = Mirror(tmp, f"init-b-{n}").start()
             stack.callback(m2.stop)
             t0 = time.perf_counter()
-            res2 = replicate_once(m1.db_url, m2.db_url, timeout=120)
+            res2 = replicate_once(m1.db_url, m2.db_url, timeout=300)
             m2m_s = time.perf_counter() - t0
             if res2["docs_written"] != n or m2.info()["doc_count"] != n:
                 raise RuntimeError(f"mirror -> mirror wrote {res2['docs_written']} of {n}")
-            wire: dict[str, Any] | None = None
-            wire_m2m: dict[str, Any] | None = None
+            m2.stop()
             if n == bytes_n:
                 m3 = Mirror(tmp, f"init-c-{n}").start()
                 stack.callback(m3.stop)
                 proxy = stack.enter_context(CountingProxy(m3.port))
-                res3 = db.push(f"{proxy.url}/{DB}", timeout=120)
+                res3 = db.push(f"{proxy.url}/{DB}", timeout=300)
                 if res3["docs_written"] != n:
                     raise RuntimeError("push through the proxy did not write every record")
                 wire = proxy.snapshot()
@@ -519,18 +581,15 @@ def bench_initial(args: argparse.Namespace, tmp: Path, rep: Report) -> None:
                 stack.callback(m4.stop)
                 p_src = stack.enter_context(CountingProxy(m1.port))
                 p_tgt = stack.enter_context(CountingProxy(m4.port))
-                replicate_once(f"{p_src.url}/{DB}", f"{p_tgt.url}/{DB}", timeout=120)
+                replicate_once(f"{p_src.url}/{DB}", f"{p_tgt.url}/{DB}", timeout=300)
                 wire_m2m = {"src": p_src.snapshot(), "tgt": p_tgt.snapshot()}
-        # PouchDB: express-pouchdb database -> empty database on the same server, PouchDB's replicator.
-        with pouch.pouchdb_server() as server:
-            pouch_load_rate = pouch_load(f"{server.url}/src", docs)
-            pres = pouch_replicate(f"{server.url}/src", f"{server.url}/tgt", n)
-            pouch_s = pres["elapsed_ms"] / 1000
-            pwire: dict[str, Any] | None = None
-            if n == bytes_n:
-                with CountingProxy(server.port) as p_src, CountingProxy(server.port) as p_tgt:
-                    pouch_replicate(f"{p_src.url}/src", f"{p_tgt.url}/tgt-wire", n)
-                    pwire = {"src": p_src.snapshot(), "tgt": p_tgt.snapshot()}
+                with CountingProxy(server.port) as pp_src, CountingProxy(server.port) as pp_tgt:
+                    pouch_replicate(f"{pp_src.url}/src", f"{pp_tgt.url}/tgt-wire", n)
+                    pwire = {"src": pp_src.snapshot(), "tgt": pp_tgt.snapshot()}
+        push_s = statistics.median(push_times)
+        pouch_times = [r["elapsed_ms"] / 1000 for r in pouch_runs]
+        pouch_s = statistics.median(pouch_times)
+        pres = pouch_runs[pouch_times.index(pouch_s)] if pouch_s in pouch_times else pouch_runs[0]
         mine, anchor = n / push_s, n / pouch_s
         ratio = mine / anchor
         rep.row(f"initial replication, {n:,} records (push: local db -> fresh mirror process)", fmt_rate(mine),
@@ -539,10 +598,14 @@ def bench_initial(args: argparse.Namespace, tmp: Path, rep: Report) -> None:
         rep.row(f"initial replication, {n:,} records, mirror -> mirror (replicate_once)", fmt_rate(n / m2m_s),
                 "same PouchDB run", fmt_rate(anchor), f"{n / m2m_s / anchor:.2f}x", "—", "—")
         rep.note(f"{n:,} records, {raw / n:.0f} B of raw JSON each ({raw:,} B): local load {load_rate:,.0f} "
-                 f"savedoc/s (not timed); push {push_s:.2f} s ({res['batches']} batches of 500); mirror -> mirror "
-                 f"{m2m_s:.2f} s; PouchDB load {pouch_load_rate:,.0f} docs/s (_bulk_docs, not timed), replicate.js "
-                 f"elapsed {pouch_s:.2f} s (process wall time {pres['wall_s']:.2f} s, node start-up included; the "
-                 f"ratio uses the elapsed time, the one in PouchDB's favour)")
+                 f"savedoc/s (not timed); push (median of {args.reps}, each to a fresh mirror process) "
+                 f"{push_s:.2f} s, runs " + ", ".join(fmt_rate(n / t) for t in push_times) + f" "
+                 f"({res['batches']} batches of ~{n // max(1, res['batches']):,} records); mirror -> mirror "
+                 f"{m2m_s:.2f} s (one run); PouchDB load "
+                 f"{pouch_load_rate:,.0f} docs/s (_bulk_docs, not timed), replicate.js elapsed (median) "
+                 f"{pouch_s:.2f} s, runs " + ", ".join(fmt_rate(n / t) for t in pouch_times) + f" (process wall "
+                 f"time {pres['wall_s']:.2f} s, node start-up included; the ratio uses the elapsed time, the one "
+                 f"in PouchDB's favour)")
         if wire is not None and pwire is not None and wire_m2m is not None:
             mine_r = wire["bytes"] / raw
             p_tgt, p_src = pwire["tgt"], pwire["src"]
@@ -923,6 +986,15 @@ def git_text() -> str:
     return f"git {head}" + (" with uncommitted changes under src/" if dirty else "")
 
 
+def src_fingerprint() -> str:
+    """A hash of every file under src/: shows whether the code changed while the benchmark ran."""
+    h = hashlib.sha256()
+    for f in sorted((ROOT / "src").rglob("*.py")):
+        with contextlib.suppress(OSError):
+            h.update(str(f).encode() + b"\0" + f.read_bytes())
+    return h.hexdigest()[:12]
+
+
 def parse_sizes(text: str) -> list[int]:
     out = [int(x.replace("_", "")) for x in text.split(",") if x.strip()]
     if not out or any(x < 1 for x in out):
@@ -934,6 +1006,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--sizes", type=parse_sizes, default=None, help="initial replication sizes (10000,50000)")
     ap.add_argument("--poll-sizes", type=parse_sizes, default=None, help="records behind the poll (10000,100000)")
+    ap.add_argument("--reps", type=int, default=3, help="runs of each initial replication (median; 3)")
     ap.add_argument("--poll-k", type=int, default=50, help="polls per measurement (50)")
     ap.add_argument("--latency-n", type=int, default=None, help="changes timed peer -> mirror (200)")
     ap.add_argument("--rss-n", type=int, default=None, help="records received by the RSS mirror (200000)")
@@ -942,6 +1015,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--only", default="initial,poll,peer,latency,rss",
                     help="phases to run, comma-separated (initial,poll,peer,latency,rss)")
     ap.add_argument("--quick", action="store_true", help="small counts (a smoke run)")
+    ap.add_argument("--wait-quiet", type=float, default=0.0, metavar="SECONDS",
+                    help="first wait up to SECONDS for other processes to use < 0.3 cores for 20 s (default 0: no)")
     ap.add_argument("--out", type=Path, default=None, help="Markdown report (bench/results/replication.md)")
     args = ap.parse_args(argv)
     quick = args.quick
@@ -951,6 +1026,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.rss_n = args.rss_n or (10_000 if quick else 200_000)
     if quick:
         args.poll_k = min(args.poll_k, 10)
+        args.reps = min(args.reps, 2)
+    if args.reps < 1:
+        ap.error("--reps must be at least 1")
     out = args.out or (ROOT / "bench" / "results" / ("replication-quick.md" if quick else "replication.md"))
     phases = {p.strip() for p in args.only.split(",") if p.strip()}
     unknown = phases - {"initial", "poll", "peer", "latency", "rss"}
@@ -963,6 +1041,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     command = shlex.join([os.path.relpath(sys.executable, Path.cwd()) if sys.executable.startswith(str(Path.cwd()))
                           else sys.executable, *sys.argv])
+    if args.wait_quiet > 0:
+        print(f"waiting up to {args.wait_quiet:.0f} s for a quiet machine...", flush=True)
+    quiet = wait_for_quiet(args.wait_quiet)
+    git_start, src_start = git_text(), src_fingerprint()
     started = datetime.now(timezone.utc)
     t_start = time.perf_counter()
     rep = Report()
@@ -986,12 +1068,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     total = time.perf_counter() - t_start
-    rep.note("ratio = MyNoSQL / anchor (higher is better for docs/s, lower for bytes, ms and MB). Each number is one "
-             "measurement in this run (no repetitions), so single rows can move by ~10-20% between runs.")
+    rep.note(f"ratio = MyNoSQL / anchor (higher is better for docs/s, lower for bytes, ms and MB). Initial "
+             f"replication rates are medians of {args.reps} interleaved runs (MyNoSQL, PouchDB, MyNoSQL, ...); the "
+             f"other rows are one measurement each, so single rows can move by ~10-20% between runs.")
     header = [f"- Command: `{command}` (cwd `{Path.cwd()}`)",
               f"- Date: {started.isoformat(timespec='seconds')}; total run time {total:.1f} s",
-              f"- Machine: {machine_text()}",
-              f"- MyNoSQL {MyNoSQL.__version__} from {Path(MyNoSQL.__file__).parent} ({git_text()})",
+              f"- Machine: {machine_text()}; other processes before the start: {quiet}",
+              f"- MyNoSQL {MyNoSQL.__version__} from {Path(MyNoSQL.__file__).parent} ({git_start}, src/ "
+              f"fingerprint {src_start}" + ("" if src_fingerprint() == src_start else
+                                            f"; **src/ CHANGED during the run**, now {git_text()}") + ")",
               "- Data: seeded random records of ~300 bytes of JSON (same records, same ids for both engines); "
               "everything on 127.0.0.1"]
     text = rep.markdown(header)
