@@ -7,6 +7,7 @@ Exit codes scripts can rely on: 0 success; 1 failure (``verify`` found damage, a
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
@@ -103,14 +104,23 @@ def _location(path: Path | None) -> Path:
     return path if path is not None else default_location()
 
 
-def open_db(path: Path | None, name: str, *, sync: bool = False) -> tuple[MyNoSQL, Database]:
-    h = MyNoSQL(_location(path), options=Options(background_sync=sync))
+_EXIT_CODES: list[tuple[type[BaseException], int]] = [
+    (DatabaseLocked, EXIT_LOCKED), (DocumentNotFound, EXIT_NOT_FOUND), (ConflictError, EXIT_CONFLICT),
+    (InvalidDocument, EXIT_USAGE),
+]
+
+
+@contextlib.contextmanager
+def opened(path: Path | None, name: str) -> Iterator[Database]:
+    """The database, opened without background work and closed at the end; errors become exit codes."""
+    h = MyNoSQL(_location(path), options=Options(background_sync=False))
     try:
-        return h, h.opendb(name)
-    except DatabaseLocked as exc:
-        raise Fail(f"{exc}", EXIT_LOCKED) from exc
-    except InvalidDocument as exc:
-        raise Fail(str(exc), EXIT_USAGE) from exc
+        yield h.opendb(name)
+    except MyNoSQLError as exc:
+        code = next((c for kind, c in _EXIT_CODES if isinstance(exc, kind)), EXIT_FAIL)
+        raise Fail(str(exc), code) from exc
+    finally:
+        h.closedb()
 
 
 def db_options(f: Callable[..., Any]) -> Callable[..., Any]:
@@ -201,8 +211,7 @@ def _disk(db: Database) -> tuple[int, int]:
 @db_options
 def status(path: Path | None, name: str, as_json: bool) -> None:
     """Mode, records, conflicts, disk use, mirrors, pending pushes."""
-    h, db = open_db(path, name)
-    try:
+    with opened(path, name) as db:
         conflicts = sum(1 for s in db.store.iter_states(0) if s.conflicts())
         total, shards = _disk(db)
         mirrors = {}
@@ -223,8 +232,6 @@ def status(path: Path | None, name: str, as_json: bool) -> None:
         info = {"name": db.name, "path": str(db.path), "mode": db.getdbmode(), "records": len(db),
                 "conflicts": conflicts, "seq": db.seq, "disk_bytes": total, "shard_bytes": shards,
                 "mirrors": mirrors, "indexes": db.indexes(), "users": db.userlist()}
-    finally:
-        h.closedb()
     lines = [f"{k}: {v}" for k, v in info.items()]
     _out(info, as_json, "\n".join(lines))
 
@@ -272,13 +279,8 @@ def _plain(doc: dict[str, Any]) -> dict[str, Any]:
 @click.argument("id")
 def get(path: Path | None, name: str, as_json: bool, id: str) -> None:
     """Print a record (its winning revision) as JSON."""
-    h, db = open_db(path, name)
-    try:
+    with opened(path, name) as db:
         rec = db.readdoc(id)
-    except DocumentNotFound as exc:
-        raise Fail(str(exc), EXIT_NOT_FOUND) from exc
-    finally:
-        h.closedb()
     _out(_plain(rec), True)
 
 
@@ -291,15 +293,8 @@ def put(path: Path | None, name: str, as_json: bool, source: IO[bytes]) -> None:
         doc = decode_value(orjson.loads(source.read()))
     except orjson.JSONDecodeError as exc:
         raise Fail(f"not JSON: {exc}", EXIT_USAGE) from exc
-    h, db = open_db(path, name)
-    try:
+    with opened(path, name) as db:
         saved = db.savedoc(doc)
-    except ConflictError as exc:
-        raise Fail(str(exc), EXIT_CONFLICT) from exc
-    except InvalidDocument as exc:
-        raise Fail(str(exc), EXIT_USAGE) from exc
-    finally:
-        h.closedb()
     _out({"id": saved["id"], "rev": saved["rev"]}, as_json, f"{saved['id']} {saved['rev']}")
 
 
@@ -309,15 +304,8 @@ def put(path: Path | None, name: str, as_json: bool, source: IO[bytes]) -> None:
 @click.option("--rev", default=None, help="The revision to delete (default: the current one).")
 def delete(path: Path | None, name: str, as_json: bool, id: str, rev: str | None) -> None:
     """Delete a record (a tombstone, which replicates)."""
-    h, db = open_db(path, name)
-    try:
+    with opened(path, name) as db:
         res = db.deletedoc(id, rev or db.readdoc(id)["rev"])
-    except DocumentNotFound as exc:
-        raise Fail(str(exc), EXIT_NOT_FOUND) from exc
-    except ConflictError as exc:
-        raise Fail(str(exc), EXIT_CONFLICT) from exc
-    finally:
-        h.closedb()
     _out(res, as_json, f"{res['id']} {res['rev']} deleted")
 
 
@@ -325,12 +313,9 @@ def delete(path: Path | None, name: str, as_json: bool, id: str, rev: str | None
 @db_options
 def conflicts(path: Path | None, name: str, as_json: bool) -> None:
     """List the records that have conflicting revisions."""
-    h, db = open_db(path, name)
-    try:
+    with opened(path, name) as db:
         found = {s.id: {"winner": s.winner, "conflicts": s.conflicts()}
                  for s in db.store.iter_states(0) if s.conflicts()}
-    finally:
-        h.closedb()
     _out(found, as_json, "\n".join(f"{id} {v['winner']} vs {' '.join(v['conflicts'])}" for id, v in found.items())
          or "no conflicts")
 
@@ -343,14 +328,11 @@ def conflicts(path: Path | None, name: str, as_json: bool) -> None:
 @click.argument("target", type=click.File("wb"), default="-")
 def export_(path: Path | None, name: str, as_json: bool, target: IO[bytes]) -> None:
     """Write every record (all revisions that matter: the tree and every leaf) as JSON Lines, streaming."""
-    h, db = open_db(path, name)
     n = 0
-    try:
+    with opened(path, name) as db:
         for s in tracked(db.store.iter_states(0), "export", db.store.index_rows()):
             target.write(export_line(s))
             n += 1
-    finally:
-        h.closedb()
     if as_json:
         _out({"exported": n}, True)
 
@@ -370,9 +352,8 @@ def export_line(s: revtree.DocState) -> bytes:
 @click.argument("source", type=click.File("rb"), default="-")
 def import_(path: Path | None, name: str, as_json: bool, source: IO[bytes]) -> None:
     """Read JSON Lines made by ``export``: ids, revisions and conflicts are kept (merged like replication)."""
-    h, db = open_db(path, name)
     n = errors = 0
-    try:
+    with opened(path, name) as db:
         for lineno, line in enumerate(tracked(source, "import", None), 1):
             if not line.strip():
                 continue
@@ -382,8 +363,6 @@ def import_(path: Path | None, name: str, as_json: bool, source: IO[bytes]) -> N
             except (ValueError, KeyError, TypeError, InvalidDocument) as exc:
                 errors += 1
                 click.echo(f"line {lineno}: {exc}", err=True)
-    finally:
-        h.closedb()
     _out({"imported": n, "errors": errors}, as_json, f"imported {n} records, {errors} errors")
     if errors:
         raise SystemExit(EXIT_FAIL)
@@ -414,13 +393,10 @@ def import_line(db: Database, line: bytes) -> None:
 @db_options
 def verify(path: Path | None, name: str, as_json: bool) -> None:
     """Check every checksum, every record and the index. Exit 1 if anything is damaged."""
-    h, db = open_db(path, name)
-    try:
+    with opened(path, name) as db:
         t0 = time.monotonic()
         problems = db.verify()
         dt = time.monotonic() - t0
-    finally:
-        h.closedb()
     _out({"ok": not problems, "problems": problems, "seconds": round(dt, 3)}, as_json,
          "\n".join(problems) if problems else f"ok ({dt:.1f} s)")
     if problems:
@@ -431,15 +407,12 @@ def verify(path: Path | None, name: str, as_json: bool) -> None:
 @db_options
 def compact(path: Path | None, name: str, as_json: bool) -> None:
     """Rewrite shards holding dead records and delete what is left empty."""
-    h, db = open_db(path, name)
-    try:
+    with opened(path, name) as db:
         before = _disk(db)[0]
         t0 = time.monotonic()
         moved = db.compact()
         dt = time.monotonic() - t0
         after = _disk(db)[0]
-    finally:
-        h.closedb()
     _out({"moved": moved, "bytes_before": before, "bytes_after": after, "seconds": round(dt, 3)}, as_json,
          f"moved {moved} records; {before:,} -> {after:,} bytes in {dt:.1f} s")
 

@@ -174,24 +174,15 @@ class Index:
         A placement is ``(id, h, loc, prev_loc, prev_in_x)``: the record's new location and where its previous
         state was (``prev_loc`` -1: never on disk). Returns, per placement, whether it lives in ``docs_x``.
         """
+        with self._wlock:
+            return self._commit_flush(blocks, placements, shard_sizes, meta, sidx_set, sidx_del)
+
+    def _commit_flush(self, blocks: list[BlockInfo], placements: list[tuple[str, int, int, int, bool]],
+                      shard_sizes: dict[int, int], meta: dict[str, Any], sidx_set: list[tuple[str, str, bytes]],
+                      sidx_del: list[tuple[str, str]]) -> list[bool]:
         w = self._w
         in_x: list[bool] = []
         dead: dict[int, int] = {}
-        with self._wlock:
-            return self._commit_flush(w, in_x, dead, blocks, placements, shard_sizes, meta, sidx_set, sidx_del)
-
-    def _commit_flush(
-        self,
-        w: sqlite3.Connection,
-        in_x: list[bool],
-        dead: dict[int, int],
-        blocks: list[BlockInfo],
-        placements: list[tuple[str, int, int, int, bool]],
-        shard_sizes: dict[int, int],
-        meta: dict[str, Any],
-        sidx_set: list[tuple[str, str, bytes]],
-        sidx_del: list[tuple[str, str]],
-    ) -> list[bool]:
         try:
             w.execute("BEGIN IMMEDIATE")
             w.executemany(
