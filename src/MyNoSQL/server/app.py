@@ -220,10 +220,14 @@ class MirrorApp:
         return db
 
     async def _body(self, request: web.Request) -> Any:
-        try:
-            raw = await asyncio.wait_for(request.read(), self.limits.body_timeout)
-        except asyncio.TimeoutError as exc:
-            raise HttpError(408, "timeout", "the request body did not arrive in time") from exc
+        length = request.content_length
+        if length is not None and length <= 65536 and request.content.is_eof():
+            raw = await request.read()  # already here: no timer task needed
+        else:
+            try:
+                raw = await asyncio.wait_for(request.read(), self.limits.body_timeout)
+            except asyncio.TimeoutError as exc:
+                raise HttpError(408, "timeout", "the request body did not arrive in time") from exc
         try:
             return orjson.loads(raw)
         except orjson.JSONDecodeError as exc:
@@ -429,6 +433,9 @@ class MirrorApp:
             return out
 
         answer = write() if len(docs) <= SMALL_INLINE else await asyncio.to_thread(write)
+        if written and self.notifiers.get(db.name):
+            for _ in range(3):  # let waiting longpolls answer first: the checkpoint below can wait a moment
+                await asyncio.sleep(0)
         if checkpoint is not None:  # after the documents: a checkpoint never runs ahead of what it covers
             if len(orjson.dumps(checkpoint["doc"])) > 1024 * 1024:
                 raise HttpError(413, "too_large", "local documents are limited to 1 MiB")
