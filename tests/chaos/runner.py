@@ -263,7 +263,10 @@ def check(mirrors: dict[str, Node], peers: dict[str, Node], acked: list[tuple[st
     if {k: v["leaves"] for k, v in first.items()} != {k: v["leaves"] for k, v in second.items()}:
         diff = sorted(k for k in set(first) | set(second) if first.get(k, {}).get("leaves")
                       != second.get(k, {}).get("leaves"))
-        return [f"diverged: mirrors differ on {diff[:5]}"]
+        detail = {k: {"m0": first.get(k, {}).get("leaves"), "m1": second.get(k, {}).get("leaves")} for k in diff[:3]}
+        pulls = {name: m.call("status")["status"]["mirrors"] for name, m in mirrors.items()}
+        return [f"diverged: mirrors differ on {diff[:5]}: {json.dumps(detail)}; mirror pull states: "
+                f"{json.dumps(pulls, default=str)}"]
     for id, d in first.items():
         if d["winner"] != winner_rule(d["leaves"]):
             problems.append(f"diverged: {id} winner {d['winner']} is not CouchDB's rule")
