@@ -39,28 +39,10 @@ def request(method: str, url: str, body: Any = None, *, user: str | None = None,
 
 
 class Serve(MirrorProcess):
+    """A `mynosql serve` process of database "db" on a free port, with more options."""
+
     def __init__(self, path: Path, extra: list[str]) -> None:
-        super().__init__(path, "db", free_port(), [])
-        self.extra = extra
-
-    def start(self) -> Serve:
-        import threading
-
-        args = [sys.executable, "-m", "MyNoSQL", "-v", "serve", "--path", str(self.path), "--db", self.name,
-                "--host", "127.0.0.1", "--port", str(self.port), *self.extra]
-        self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=ENV,
-                                     stdin=subprocess.DEVNULL)
-        assert self.proc.stdout is not None
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            line = self.proc.stdout.readline()
-            if not line or line.startswith("serving"):
-                break
-            self.log.append(line)
-        assert line.startswith("serving"), "".join(self.log)
-        self.url = line.split(" on ")[1].strip()
-        threading.Thread(target=self._drain, daemon=True).start()
-        return self
+        super().__init__(path, "db", free_port(), [], extra)
 
 
 @pytest.fixture

@@ -41,15 +41,16 @@ def wait_until(cond: Callable[[], object], timeout: float = 20.0, what: str = "c
 
 
 class MirrorProcess:
-    def __init__(self, path: Path, name: str, port: int, peers: list[str]) -> None:
+    def __init__(self, path: Path, name: str, port: int, peers: list[str], extra: list[str] | None = None) -> None:
         self.path, self.name, self.port, self.peers = path, name, port, peers
+        self.extra = extra or []  # more `serve` options (credentials, TLS, limits)
         self.url = f"http://127.0.0.1:{port}"
         self.proc: subprocess.Popen[str] | None = None
         self.log: list[str] = []
 
     def start(self) -> MirrorProcess:
-        args = [sys.executable, "-m", "MyNoSQL", "serve", "--path", str(self.path), "--db", self.name,
-                "--host", "127.0.0.1", "--port", str(self.port)]
+        args = [sys.executable, "-m", "MyNoSQL", "-v", "serve", "--path", str(self.path), "--db", self.name,
+                "--host", "127.0.0.1", "--port", str(self.port), *self.extra]
         for p in self.peers:
             args += ["--peer", p]
         self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=ENV,
@@ -63,6 +64,7 @@ class MirrorProcess:
                 break
             self.log.append(line)
         assert line.startswith("serving"), f"mirror did not start: {line!r} {''.join(self.log)}"
+        self.url = line.split(" on ")[1].strip()  # http or https, as the mirror says
         threading.Thread(target=self._drain, daemon=True).start()
         return self
 
