@@ -635,25 +635,33 @@ def bench_initial(args: argparse.Namespace, tmp: Path, rep: Report) -> None:
 # -- 2: a poll when nothing changed -------------------------------------------------------------------------------
 
 
-async def _polls(url: str, since: Any, proxy: CountingProxy, k: int) -> tuple[list[float], dict[str, Any]]:
-    """``k`` polls the way a peer sends them (HttpEndpoint.changes: same client, headers and query), warm
-    connection; returns the ms of each and what crossed the proxy for all of them."""
-    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=16)) as session:
-        ep = HttpEndpoint(session, url, timeout=30)
-        rows, _ = await ep.changes(since, 1000)  # warm-up: opens the pooled connection
-        if rows:
-            raise RuntimeError(f"the poll of {url} since {since} is not empty: {rows[:2]}")
-        await asyncio.sleep(0.05)
-        proxy.reset()
-        times = []
-        for _ in range(k):
-            t0 = time.perf_counter()
-            rows, _last = await ep.changes(since, 1000)
-            times.append((time.perf_counter() - t0) * 1000)
+async def _polls(targets: list[tuple[str, Any, CountingProxy]], k: int) -> list[tuple[list[float], dict[str, Any]]]:
+    """``k`` rounds of one poll per target, the way a peer sends it (HttpEndpoint.changes: same client, headers
+    and query) on a warm pooled connection; the targets alternate within each round, so that load from outside
+    hits every target alike. Returns, per target, the ms of each poll and what crossed its proxy."""
+    async with contextlib.AsyncExitStack() as stack:
+        eps = []
+        for url, since, _proxy in targets:
+            session = await stack.enter_async_context(
+                aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=16)))
+            ep = HttpEndpoint(session, url, timeout=30)
+            rows, _ = await ep.changes(since, 1000)  # warm-up: opens the pooled connection
             if rows:
-                raise RuntimeError("a poll found changes")
+                raise RuntimeError(f"the poll of {url} since {since} is not empty: {rows[:2]}")
+            eps.append(ep)
         await asyncio.sleep(0.05)
-        return times, proxy.snapshot()
+        for _url, _since, proxy in targets:
+            proxy.reset()
+        times: list[list[float]] = [[] for _ in targets]
+        for _ in range(k):
+            for i, (ep, (_url, since, _proxy)) in enumerate(zip(eps, targets, strict=True)):
+                t0 = time.perf_counter()
+                rows, _last = await ep.changes(since, 1000)
+                times[i].append((time.perf_counter() - t0) * 1000)
+                if rows:
+                    raise RuntimeError("a poll found changes")
+        await asyncio.sleep(0.05)
+        return [(times[i], proxy.snapshot()) for i, (_u, _s, proxy) in enumerate(targets)]
 
 
 def bench_poll(args: argparse.Namespace, tmp: Path, rep: Report) -> None:
@@ -661,21 +669,29 @@ def bench_poll(args: argparse.Namespace, tmp: Path, rep: Report) -> None:
     k = args.poll_k
     docs_all = make_docs(max(sizes))
     results: dict[int, dict[str, Any]] = {}
-    for n in sizes:
-        docs = docs_all[:n]
-        with contextlib.ExitStack() as stack:
+    with contextlib.ExitStack() as stack:
+        # Every database is up at once and the polls alternate between them (see _polls).
+        server = stack.enter_context(pouch.pouchdb_server())
+        targets: list[tuple[str, Any, CountingProxy]] = []
+        seqs: dict[int, tuple[Any, Any]] = {}
+        for n in sizes:
+            docs = docs_all[:n]
             m = Mirror(tmp, f"poll-{n}")
             fill_mirror_folder(m.path, docs)
             m.start()
             stack.callback(m.stop)
             seq = m.info()["update_seq"]
             proxy = stack.enter_context(CountingProxy(m.port))
-            times, snap = asyncio.run(_polls(f"{proxy.url}/{DB}", seq, proxy, k))
-        with pouch.pouchdb_server() as server:
-            pouch_load(f"{server.url}/src", docs)
-            pseq = http_json("GET", f"{server.url}/src")["update_seq"]
-            with CountingProxy(server.port) as proxy:
-                ptimes, psnap = asyncio.run(_polls(f"{proxy.url}/src", pseq, proxy, k))
+            targets.append((f"{proxy.url}/{DB}", seq, proxy))
+            pouch_load(f"{server.url}/src-{n}", docs)
+            pseq = http_json("GET", f"{server.url}/src-{n}")["update_seq"]
+            pproxy = stack.enter_context(CountingProxy(server.port))
+            targets.append((f"{pproxy.url}/src-{n}", pseq, pproxy))
+            seqs[n] = (seq, pseq)
+        measured = asyncio.run(_polls(targets, k))
+    for j, n in enumerate(sizes):
+        (times, snap), (ptimes, psnap) = measured[2 * j], measured[2 * j + 1]
+        seq, pseq = seqs[n]
         results[n] = {"ms": statistics.median(times), "bytes": snap["bytes"] / k, "rt": snap["requests"] / k,
                       "conn": snap["connections"], "c2s": snap["c2s"] / k, "s2c": snap["s2c"] / k,
                       "p_ms": statistics.median(ptimes), "p_bytes": psnap["bytes"] / k,
@@ -705,7 +721,8 @@ def bench_poll(args: argparse.Namespace, tmp: Path, rep: Report) -> None:
         f"{r['s2c']:.0f} B, PouchDB c2s {r['p_c2s']:.0f} B + s2c {r['p_s2c']:.0f} B" for n, r in results.items())
     rep.note(f"Idle poll = GET {{db}}/_changes?style=all_docs&since=<last_seq>&limit=1000 sent by MyNoSQL's "
              f"HttpEndpoint.changes (the peer's client code, aiohttp, same headers), {k} times on a warm pooled "
-             f"connection, through a FaultProxy; bytes are per poll. The real peer adds feed=longpoll&timeout=25000 "
+             f"connection, through a FaultProxy, every database up at once and the polls alternating between them "
+             f"(outside load hits all alike); bytes are per poll. The real peer adds feed=longpoll&timeout=25000 "
              f"(same bytes plus ~30; it is answered when something changes or after 25 s). The mirrors' records "
              f"were written into their folders before they started (no replication); express-pouchdb's were "
              f"loaded with _bulk_docs. {detail}.")
