@@ -166,7 +166,8 @@ class Sync:
         try:
             if self.db.config["mode"] == "Mirror":
                 await self._start_server()
-            self.db.store.listeners.append(self._on_local_change)
+            else:  # only a peer's push waits for local changes; a mirror would wake nothing, once per record
+                self.db.store.listeners.append(self._on_local_change)
         except BaseException as exc:
             self._start_error = exc
             await self._session.close()
