@@ -485,7 +485,11 @@ class Store:
                     except _Moved:
                         continue
                     for _slot, s in self._live_filter(bno, records):
-                        if s.seq > cursor and s.id not in self._active and s.id not in self._frozen:
+                        # Skip a disk state only when a newer one is pending (it comes later). A pending state with
+                        # the same seq is the one a flush is committing right now: the cursor moves past it here,
+                        # so it must be yielded from disk, not left for the pending pass.
+                        newer = self._active.get(s.id) or self._frozen.get(s.id)
+                        if s.seq > cursor and (newer is None or newer.seq <= s.seq):
                             yield s
                     cursor = max(cursor, last_seq)
             with self.lock:
