@@ -8,6 +8,10 @@ Commands (one JSON object a line) and answers (one JSON line each):
   {"op": "read", "id": I}                     -> {"ok": true, "rev": R} | {"ok": false, "error": E}
   {"op": "dump"}      -> {"ok": true, "docs": {id: {"winner": R, "leaves": {rev: deleted}, "revs": [...]}}}
   {"op": "status"}                            -> {"ok": true, "status": ...}
+  {"op": "hang_in_compaction", "at": P}       -> {"ok": true, "hung": bool}
+      compacts in a thread that stops for good right after the store step P ("shards.append": blocks written,
+      index not committed; "index.commit_flush": index committed, log not yet dropped; "wal.remove_through":
+      log dropped); the runner then SIGKILLs the node, so the crash lands exactly there.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import json
 import sys
+import threading
 import time
 
 _offset = float(sys.argv[4])
@@ -24,6 +29,34 @@ if _offset:  # a skewed clock: everything in Python that asks for the wall time 
 
 import MyNoSQL  # noqa: E402
 from MyNoSQL.docs import revtree  # noqa: E402
+
+
+def hang_in_compaction(db: MyNoSQL.Database, at: str) -> bool:
+    """Run a compaction that blocks for ever right after ``at`` (a store step); True once it blocks there."""
+    owner_name, method = at.split(".")
+    owner = getattr(db.store, owner_name)
+    real = getattr(owner, method)
+    reached = threading.Event()
+
+    def step_then_hang(*args: object, **kwargs: object) -> object:
+        out = real(*args, **kwargs)
+        reached.set()
+        threading.Event().wait()  # until SIGKILL
+        return out
+
+    setattr(owner, method, step_then_hang)
+    done = threading.Event()
+
+    def compact() -> None:
+        with contextlib.suppress(MyNoSQL.MyNoSQLError):
+            db.compact()
+        done.set()
+
+    threading.Thread(target=compact, daemon=True).start()
+    deadline = time.monotonic() + 5
+    while not reached.is_set() and not done.is_set() and time.monotonic() < deadline:
+        reached.wait(0.01)
+    return reached.is_set()
 
 
 def main() -> None:
@@ -61,6 +94,8 @@ def main() -> None:
                 out = {"ok": True, "docs": docs}
             elif op == "status":
                 out = {"ok": True, "status": db.status()}
+            elif op == "hang_in_compaction":
+                out = {"ok": True, "hung": hang_in_compaction(db, cmd["at"])}
             elif op == "verify":
                 db.flush()
                 out = {"ok": True, "problems": db.verify()}

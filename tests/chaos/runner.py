@@ -3,11 +3,13 @@
     python tests/chaos/runner.py --runs 20            # seeds 1..20
     python tests/chaos/runner.py --seed 7 --verbose   # replay one seed, printing its history
     python tests/chaos/runner.py --seed 7 --shrink    # look for a shorter history that still fails
+    python tests/chaos/runner.py --runs 1000 --jobs 3 --report docs/chaos-1000.md   # seeds in 3 worker processes
 
 A history mixes creates, updates and deletes of a small set of ids (so conflicts happen), partitions of any
 link (each peer-mirror and mirror-mirror link goes through its own fault proxy), isolated peers editing the same
 record offline, SIGKILL and restart of any node (in the middle of whatever it was doing: a flush, a
-replication batch), and clocks that differ by hours. Then every link heals, every node runs, and once quiet:
+replication batch; or at an exact step of a compaction: after the shard append, after the index commit, after
+the log is dropped), and clocks that differ by hours. Then every link heals, every node runs, and once quiet:
 
 - convergence: both mirrors hold the same records with the same leaves, winner and tombstones, and every peer's
   copy of a record it holds has the mirrors' winner;
@@ -20,8 +22,10 @@ replication batch), and clocks that differ by hours. Then every link heals, ever
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import dataclasses
 import json
+import multiprocessing
 import os
 import random
 import signal
@@ -44,6 +48,7 @@ AGENT = Path(__file__).with_name("agent.py")
 ENV = {**{k: v for k, v in os.environ.items() if k != "MYNOSQL_SYNC"}, "PYTHONPATH": str(ROOT / "src")}
 IDS = [f"r{i}" for i in range(12)]
 N_PEERS, N_MIRRORS = 3, 2
+COMPACTION_STEPS = ["shards.append", "index.commit_flush", "wal.remove_through"]
 
 
 def free_port() -> int:
@@ -136,8 +141,15 @@ def make_history(seed: int, n_ops: int) -> list[tuple[Any, ...]]:
             ops.append(("kill", f"p{peer}"))
         elif x < 0.87:
             ops.append(("kill", f"m{rnd.randrange(N_MIRRORS)}"))
-        elif x < 0.95:
+        elif x < 0.93:
             ops.append(("pause", round(rnd.uniform(0.02, 0.3), 3)))
+        elif x < 0.96:  # SIGKILL at an exact step of a compaction
+            if rnd.random() < 0.6:  # a peer, right after a save, so the compaction has a memtable to flush
+                ops.append(("save", peer, rnd.choice(IDS), rnd.randrange(1000)))
+                node = f"p{peer}"
+            else:
+                node = f"m{rnd.randrange(N_MIRRORS)}"
+            ops.append(("crash_compacting", node, rnd.choice(COMPACTION_STEPS)))
         else:
             ops.append(("restart", f"p{peer}"))
     return ops
@@ -201,6 +213,16 @@ def run_seed(seed: int, stats: Stats, *, n_ops: int = 40, verbose: bool = False,
                         node.kill()
                         if op[1].startswith("m"):
                             node.start()  # a mirror comes back at once (same port); peers on their next op
+                    elif kind == "crash_compacting":
+                        node = (peers | mirrors)[op[1]]
+                        if not node.alive:
+                            node.start()
+                        if node.call("hang_in_compaction", at=op[2]).get("hung"):
+                            stats.faults["crash_compacting: landed at the step"] = \
+                                stats.faults.get("crash_compacting: landed at the step", 0) + 1
+                        node.kill()
+                        if op[1].startswith("m"):
+                            node.start()
                     elif kind == "restart":
                         node = peers[op[1]]
                         node.stop()
@@ -320,14 +342,31 @@ def shrink(seed: int, n_ops: int, budget: int = 30) -> list[tuple[Any, ...]]:
     return ops
 
 
-def report_markdown(stats: Stats, seconds: float, command: str) -> str:
+def report_markdown(stats: Stats, seconds: float, command: str, *, planned: int | None = None) -> str:
     rows = [("runs executed (seeds)", stats.runs), ("operations", stats.ops),
             *((f"faults injected: {k}", v) for k, v in sorted(stats.faults.items())),
             ("acknowledged writes checked", stats.acked), ("divergences found", stats.divergences),
-            ("lost writes", stats.lost), ("failed seeds", ", ".join(map(str, stats.failures)) or "none"),
+            ("lost writes", stats.lost), ("failed seeds", ", ".join(map(str, sorted(stats.failures))) or "none"),
             ("wall time", f"{seconds:,.0f} s")]
     lines = ["| what | count |", "|---|---:|", *(f"| {k} | {v} |" for k, v in rows)]
-    return f"Command: `{command}`\n\n" + "\n".join(lines) + "\n"
+    running = planned is not None and stats.runs < planned
+    progress = f"**In progress: {stats.runs} of {planned} seeds so far.**\n\n" if running else ""
+    return f"{progress}Command: `{command}`\n\n" + "\n".join(lines) + "\n"
+
+
+def _one_seed(seed: int, n_ops: int, verbose: bool) -> tuple[int, list[str], dict[str, Any]]:
+    """One seed in a worker process: its problems and its own counts (merged by the parent)."""
+    stats = Stats()
+    problems = run_seed(seed, stats, n_ops=n_ops, verbose=verbose)
+    return seed, problems, dataclasses.asdict(stats)
+
+
+def _merge(total: Stats, part: dict[str, Any]) -> None:
+    for key in ("runs", "ops", "acked", "divergences", "lost"):
+        setattr(total, key, getattr(total, key) + part[key])
+    for kind, n in part["faults"].items():
+        total.faults[kind] = total.faults.get(kind, 0) + n
+    total.failures.extend(part["failures"])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -336,32 +375,42 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--first", type=int, default=1, help="first seed of --runs")
     ap.add_argument("--seed", type=int, default=None, help="replay this one seed")
     ap.add_argument("--ops", type=int, default=40)
+    ap.add_argument("--jobs", type=int, default=1, help="seeds run at once, each in its own worker process")
     ap.add_argument("--verbose", action="store_true")
     ap.add_argument("--shrink", action="store_true")
-    ap.add_argument("--report", type=Path, default=None, help="write the summary table (Markdown) here")
+    ap.add_argument("--report", type=Path, default=None,
+                    help="write the summary table (Markdown) here; rewritten every 25 seeds while running")
     a = ap.parse_args(argv)
     seeds = [a.seed] if a.seed is not None else list(range(a.first, a.first + a.runs))
+    command = " ".join(["python tests/chaos/runner.py", *(argv if argv is not None else sys.argv[1:])])
     stats = Stats()
     t0 = time.monotonic()
-    for s in seeds:
-        problems = run_seed(s, stats, n_ops=a.ops, verbose=a.verbose)
-        print(f"seed {s}: {'ok' if not problems else 'FAILED'}", flush=True)
-        for p in problems[:10]:
-            print("   ", p)
-        if problems and a.shrink:
+    # spawn, not fork: a worker must not inherit the parent's threads (fault proxies) or file descriptors
+    ctx = multiprocessing.get_context("spawn")
+    with concurrent.futures.ProcessPoolExecutor(max_workers=max(1, a.jobs), mp_context=ctx) as pool:
+        futures = [pool.submit(_one_seed, s, a.ops, a.verbose) for s in seeds]
+        for fut in concurrent.futures.as_completed(futures):
+            s, problems, part = fut.result()
+            _merge(stats, part)
+            print(f"seed {s}: {'ok' if not problems else 'FAILED'}", flush=True)
+            for p in problems[:10]:
+                print("   ", p, flush=True)
+            if problems:
+                print(f"   replay: python tests/chaos/runner.py --seed {s} --verbose", flush=True)
+            if a.report and stats.runs % 25 == 0:
+                a.report.write_text(report_markdown(stats, time.monotonic() - t0, command, planned=len(seeds)))
+    if a.shrink:
+        for s in sorted(stats.failures):
             short = shrink(s, a.ops)
-            print(f"   shortest failing history found ({len(short)} ops):")
+            print(f"seed {s}: shortest failing history found ({len(short)} ops):")
             for op in short:
                 print("     ", op)
-        if problems:
-            print(f"   replay: python tests/chaos/runner.py --seed {s} --verbose")
     dt = time.monotonic() - t0
     summary = (f"{stats.runs} runs, {stats.ops} operations, {stats.acked} acknowledged writes checked, "
                f"faults {json.dumps(stats.faults, sort_keys=True)}, {stats.divergences} divergences, "
-               f"{stats.lost} lost writes, failed seeds {stats.failures}, {dt:.0f} s")
+               f"{stats.lost} lost writes, failed seeds {sorted(stats.failures)}, {dt:.0f} s")
     print(summary)
     if a.report:
-        command = " ".join(["python tests/chaos/runner.py", *(argv or sys.argv[1:])])
         a.report.write_text(report_markdown(stats, dt, command))
     return 1 if stats.failures else 0
 
