@@ -666,6 +666,10 @@ class Database:
 
         ``path`` is the revision and its ancestors, newest first, as in ``_revisions``; ``blob`` its encoded body.
         """
+        return self.merge_replicated(id, path, deleted, blob) is not None
+
+    def merge_replicated(self, id: str, path: list[str], deleted: bool, blob: bytes) -> DocState | None:
+        """``put_replicated`` returning the record's new state (its seq and tree), or None if it was known."""
         store = self._check()
         limit = self.options.revs_limit
 
@@ -681,7 +685,7 @@ class Database:
             return DocState(id, 0, tree, {r: b for r, b in bodies.items() if r in tree})
 
         _prev, new = store.put(id, mutate)
-        return new is not None
+        return new
 
     def revs_diff(self, query: dict[str, list[str]]) -> dict[str, list[str]]:
         """For each id, the revisions of the list that this database does not have."""

@@ -236,3 +236,33 @@ def test_a_process_that_forgets_closedb_still_exits(tmp_path: Path) -> None:
         assert h.readdoc("kept")["id"] == "kept"  # and the record was safe in the log
     finally:
         h.closedb()
+
+
+def _changes_requests(m: MirrorProcess) -> int:
+    """GET /{db}/_changes requests the mirror answered, from its own /_metrics."""
+    with urllib.request.urlopen(f"{m.url}/_metrics", timeout=10) as r:
+        text = r.read().decode()
+    return sum(int(float(line.rsplit(" ", 1)[1])) for line in text.splitlines()
+               if line.startswith('mynosql_http_requests_total{route="/{db}/_changes",method="GET"'))
+
+
+def test_a_peer_is_not_woken_by_the_echo_of_its_own_pushes(mirrors: Any, peers: Any) -> None:
+    m = mirrors()
+    p, other = peers("p"), peers("other")
+    p.addpeer(m.url)
+    first = p.savedoc({"id": "seed"})
+    wait_until(lambda: mirror_doc(m, "seed") is not None, what="the first push")
+    wait_until(lambda: p.db.status()["mirrors"][m.url]["pending"] == 0, what="nothing pending")
+    before = _changes_requests(m)
+    for i in range(12):  # one at a time: each push lands while the peer's longpoll waits
+        p.savedoc({"id": f"echo-{i}", "i": i})
+        wait_until(lambda i=i: mirror_doc(m, f"echo-{i}") is not None, what=f"push {i}")
+    woken = _changes_requests(m) - before  # a longpoll (5 s) that times out may add one
+    assert woken <= 2, f"{woken} _changes requests for 12 pushes: the peer was woken by its own writes"
+    # a change by someone else still wakes the peer at once, also for a record the peer wrote itself
+    other.addpeer(m.url)
+    theirs = other.readdoc("seed")
+    assert theirs["rev"] == first["rev"]
+    moved = other.savedoc({**theirs, "by": "other"})
+    wait_until(lambda: p.db.state("seed").winner == moved["rev"], timeout=4.0,  # < the 5 s longpoll
+               what="the author seeing another peer's update within one longpoll")

@@ -129,7 +129,10 @@ class LocalEndpoint:
 class HttpEndpoint:
     """A database on a CouchDB-compatible server (a MyNoSQL mirror, CouchDB, PouchDB Server)."""
 
-    def __init__(self, session: aiohttp.ClientSession, db_url: str, *, timeout: float = 30.0) -> None:
+    def __init__(self, session: aiohttp.ClientSession, db_url: str, *, timeout: float = 30.0,
+                 client: str | None = None) -> None:
+        """``client``: a token naming this replicating client to a MyNoSQL mirror, which then leaves the client's
+        own writes out of its ``_changes`` answers (they would only echo what it already has)."""
         p = urllib.parse.urlsplit(db_url)
         self._auth: str | None = None
         if p.username:
@@ -143,12 +146,15 @@ class HttpEndpoint:
         self._gzip = False  # set once the server says it is a MyNoSQL mirror
         self._last_written: int | None = None
         self.exists = False  # ensure_exists succeeded once
+        self.client = client
 
     async def request(self, method: str, path: str, *, params: dict[str, str] | None = None, body: Any = None,
                       ok: tuple[int, ...] = (200, 201, 202), timeout: float | None = None) -> Any:
         url = self.url + path
         data = None if body is None else orjson.dumps(body)
         headers = {"Accept": "application/json"}
+        if self.client is not None:
+            headers["X-MyNoSQL-Client"] = self.client
         if self._auth is not None:
             headers["Authorization"] = self._auth
         if data is not None:

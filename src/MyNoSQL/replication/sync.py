@@ -20,6 +20,7 @@ import contextlib
 import ipaddress
 import logging
 import random
+import secrets
 import ssl
 import threading
 import time
@@ -136,6 +137,8 @@ class Sync:
         self._resume: dict[str, Resume] = {}  # per mirror: where the push stands (no checkpoint re-reads)
         self._poll_since: dict[str, Any] = {}
         self._endpoints: dict[str, HttpEndpoint] = {}
+        # names this peer to its mirrors, which then leave its own writes out of its longpoll answers
+        self.client_token = secrets.token_hex(8)
 
     # -- lifecycle --------------------------------------------------------------------------------------------
 
@@ -379,7 +382,8 @@ class Sync:
         """One HttpEndpoint per mirror and session: it remembers that the mirror exists and speaks MyNoSQL."""
         ep = self._endpoints.get(url)
         if ep is None or ep.session is not self._session:
-            ep = HttpEndpoint(self._session_(), db_url(url, self.db.name), timeout=self.opts.remote_timeout)
+            ep = HttpEndpoint(self._session_(), db_url(url, self.db.name), timeout=self.opts.remote_timeout,
+                              client=self.client_token)
             self._endpoints[url] = ep
         return ep
 

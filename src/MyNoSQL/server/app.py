@@ -12,6 +12,7 @@ import asyncio
 import base64
 import contextlib
 import logging
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -64,6 +65,35 @@ class ChangeNotifier:
         self.event = asyncio.Event()
 
 
+class EchoLog:
+    """Recent changes that only echo a replicating client's own write (bounded; thread-safe).
+
+    A peer that pushed revision R of a record, and left it the record's only leaf, learns nothing from the
+    ``_changes`` row of that write: answering its waiting longpoll with it would cost a round trip per change for
+    nothing. Rows are marked here by seq; a row whose record changed again has a new seq and is not an echo.
+    """
+
+    def __init__(self, capacity: int = 16384) -> None:
+        self.capacity = capacity
+        self._by_seq: dict[int, str] = {}
+        self._lock = threading.Lock()
+
+    def add(self, seq: int, client: str) -> None:
+        with self._lock:
+            self._by_seq[seq] = client
+            while len(self._by_seq) > self.capacity:
+                del self._by_seq[next(iter(self._by_seq))]
+
+    def echoes(self, row: dict[str, Any], client: str) -> bool:
+        return self._by_seq.get(row["seq"]) == client
+
+
+def _client_token(request: web.Request) -> str | None:
+    """The ``X-MyNoSQL-Client`` token of a replicating client (an extension), if it is a sane one."""
+    token = request.headers.get("X-MyNoSQL-Client")
+    return token if token and len(token) <= 64 and token.isascii() and token.isalnum() else None
+
+
 # What a "reader" may do besides GET/HEAD: read-only POSTs, and replication checkpoints (_local documents,
 # which are not records: a reader pulling from the mirror records its progress there).
 _READER_POSTS = ("_revs_diff", "_bulk_get", "_changes", "_ensure_full_commit")
@@ -76,6 +106,7 @@ class MirrorApp:
         self.dbs = dbs
         self.mirrors = mirrors or (lambda: [])
         self.notifiers: dict[str, ChangeNotifier] = {}
+        self.echo_logs: dict[str, EchoLog] = {name: EchoLog() for name in dbs}
         self.users = users
         self.limits = limits or Limits()
         self.throttle = Throttle()
@@ -329,10 +360,12 @@ class MirrorApp:
         feed = q.get("feed", "normal")
         notifier = self.notifiers.get(db.name)
         event = notifier.event if notifier else None
+        client = _client_token(request)
+        echo_log = self.echo_logs.get(db.name) if client else None
 
-        def read() -> list[dict[str, Any]]:
+        def read(after: int) -> list[dict[str, Any]]:
             out = []
-            for s in db.store.iter_states(since):
+            for s in db.store.iter_states(after):
                 row = protocol.changes_row(s)
                 if not all_docs:
                     row["changes"] = row["changes"][:1]
@@ -341,17 +374,29 @@ class MirrorApp:
                     break
             return out
 
+        async def answer(after: int) -> tuple[list[dict[str, Any]], int]:
+            """The rows after ``after`` worth sending, and the seq they cover (echoes skipped, still covered)."""
+            rows = read(after) if db.seq - after <= SMALL_INLINE else await asyncio.to_thread(read, after)
+            last = rows[-1]["seq"] if rows else after
+            if echo_log is not None and client is not None:
+                rows = [r for r in rows if not echo_log.echoes(r, client)]
+            return rows, last
+
         self.observer.client(request.remote or "?", request.get("user"), db.name, since)
-        small = db.seq - since <= SMALL_INLINE  # a short tail: read it inline, no thread hop
-        rows = read() if small else await asyncio.to_thread(read)
-        if not rows and feed in ("longpoll", "continuous") and event is not None and timeout > 0:
-            try:
-                await asyncio.wait_for(event.wait(), timeout)
-            except asyncio.TimeoutError:
-                pass
-            else:
-                rows = read() if db.seq - since <= SMALL_INLINE else await asyncio.to_thread(read)
-        last = rows[-1]["seq"] if rows else since
+        rows, last = await answer(since)
+        if not rows and feed in ("longpoll", "continuous") and notifier is not None and event is not None \
+                and timeout > 0:
+            deadline = asyncio.get_running_loop().time() + timeout
+            while not rows:
+                remaining = deadline - asyncio.get_running_loop().time()
+                if remaining <= 0:
+                    break
+                try:
+                    await asyncio.wait_for(event.wait(), remaining)
+                except asyncio.TimeoutError:
+                    break
+                event = notifier.event  # taken before reading: a change during the read wakes the next wait
+                rows, last = await answer(last)
         return _json({"results": rows, "last_seq": last, "pending": 0})
 
     async def revs_diff(self, request: web.Request) -> web.Response:
@@ -412,6 +457,8 @@ class MirrorApp:
                                            and isinstance(checkpoint.get("doc"), dict)):
             raise HttpError(400, "bad_request", "mynosql_checkpoint must be {id: str, doc: {...}}")
         written = 0
+        client = _client_token(request)
+        echo_log = self.echo_logs.get(db.name) if client else None
 
         def write() -> list[dict[str, Any]]:
             nonlocal written
@@ -420,9 +467,13 @@ class MirrorApp:
                 try:
                     if new_edits is False:
                         w = self._wire(db, doc)
-                        if db.put_replicated(w.id, w.path, w.deleted, w.blob):
+                        state = db.merge_replicated(w.id, w.path, w.deleted, w.blob)
+                        if state is not None:
                             self.observer.docs_in += 1
                             written += 1
+                            if echo_log is not None and client is not None \
+                                    and revtree.leaves(state.tree) == [w.path[0]]:
+                                echo_log.add(state.seq, client)  # the client's write, the record's only leaf
                     else:
                         out.append({"ok": True, **self._save(db, doc, None)})
                 except (ConflictError, DocumentNotFound) as exc:
