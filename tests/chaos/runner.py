@@ -52,6 +52,21 @@ COMPACTION_STEPS = ["shards.append", "index.commit_flush", "wal.remove_through"]
 
 
 def free_port() -> int:
+    """A free port below the ephemeral range: a mirror restarted on its port must not find it taken by the local
+    end of some outgoing connection (with several jobs, hundreds of them come and go every second)."""
+    try:
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768
+    rnd = random.Random()
+    for _ in range(200):
+        port = rnd.randrange(10_000, max(10_001, low))
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
@@ -62,10 +77,21 @@ class Node:
         self.name, self.path, self.mode, self.offset, self.port = name, path, mode, offset, port
         self.proc: subprocess.Popen[str] | None = None
 
+    @property
+    def stderr_path(self) -> Path:
+        return self.path.with_name(f"{self.name}.stderr")  # beside the node's folder, kept across restarts
+
+    def stderr_tail(self, lines: int = 15) -> str:
+        try:
+            return " | ".join(self.stderr_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
     def start(self) -> None:
         args = [sys.executable, str(AGENT), str(self.path), "db", self.mode, str(self.offset), str(self.port)]
-        self.proc = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                                     text=True, env=ENV)
+        with open(self.stderr_path, "a") as err:
+            self.proc = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err,
+                                         text=True, env=ENV)
         ready = self._readline(60)
         if not ready.get("ready"):
             raise RuntimeError(f"{self.name} did not start: {ready}")
@@ -80,7 +106,8 @@ class Node:
             raise TimeoutError(f"{self.name} did not answer within {timeout} s")
         line = self.proc.stdout.readline()
         if not line:
-            raise RuntimeError(f"{self.name} exited")
+            self.proc.wait(10)
+            raise RuntimeError(f"{self.name} exited with {self.proc.returncode}; its stderr: {self.stderr_tail()}")
         return json.loads(line)  # type: ignore[no-any-return]
 
     def call(self, op: str, timeout: float = 30, **kw: Any) -> dict[str, Any]:

@@ -227,3 +227,71 @@ def test_damage_inside_the_wal_is_reported_not_silently_dropped(tmp_path: Path) 
         assert problems and "checksum mismatch" in problems[0]
         assert 0 < len(db2) < 100
     assert list((tmp_path / "w").glob("*.corrupt"))
+
+
+COMPACTING = textwrap.dedent(
+    """
+    import sys, threading, MyNoSQL
+    location, step, round_ = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    opts = MyNoSQL.Options(flush_docs=10_000, block_docs=8, flush_interval=60, shard_max_bytes=4000,
+                           background_sync=False)
+    h = MyNoSQL.MyNoSQL(location, options=opts)
+    db = h.opendb("c")
+    for i in range(60):  # updates and deletes leave dead records behind, so the compaction has work
+        id = f"k{i % 25}"
+        doc = {"id": id, "i": i, "round": round_, "pad": "p" * (i * 7 % 50)}
+        if id in db:
+            doc["rev"] = db.readdoc(id)["rev"]
+        if i % 9 == 8 and "rev" in doc:
+            saved = db.deletedoc(id, doc["rev"])
+        else:
+            saved = db.savedoc(doc)
+        print("ack", id, saved["rev"], flush=True)
+        if i == 30:
+            db.flush()
+    owner_name, method = step.split(".")
+    owner = getattr(db.store, owner_name)
+    real = getattr(owner, method)
+
+    def step_then_hang(*args, **kwargs):
+        out = real(*args, **kwargs)
+        print("at", step, flush=True)
+        threading.Event().wait()  # until SIGKILL
+        return out
+
+    setattr(owner, method, step_then_hang)
+    db.compact()
+    print("compacted without reaching the step", flush=True)
+    """
+)
+
+
+@pytest.mark.parametrize("step", ["shards.append", "index.commit_flush", "wal.remove_through"])
+def test_sigkill_at_each_step_of_a_compaction_loses_nothing(tmp_path: Path, step: str) -> None:
+    """SIGKILL exactly after a step of compaction (blocks written / index committed / log dropped), twice over."""
+    for round_ in range(3):
+        proc = subprocess.Popen([sys.executable, "-c", COMPACTING, str(tmp_path), step, str(round_)],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
+        acked: dict[str, str] = {}
+        try:
+            assert proc.stdout is not None
+            for line in proc.stdout:
+                parts = line.split()
+                if parts[0] == "ack":
+                    acked[parts[1]] = parts[2]
+                else:
+                    assert parts[:2] == ["at", step], line
+                    break
+            else:
+                pytest.fail(f"the child ended early: {proc.stderr.read() if proc.stderr else ''}")
+        finally:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(timeout=30)
+        with MyNoSQL.MyNoSQL(tmp_path, options=MyNoSQL.Options(background_sync=False)) as h:
+            db = h.opendb("c")
+            assert db.verify() == []
+            for id, rev in acked.items():
+                assert db.state(id).winner == rev  # type: ignore[union-attr]
+            db.savedoc({"id": f"after-{round_}"})
+            db.compact()
+            assert db.verify() == []

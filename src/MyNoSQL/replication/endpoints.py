@@ -24,6 +24,7 @@ from .._database import redact_url as redact
 
 __all__ = ["Endpoint", "HttpEndpoint", "LocalEndpoint", "RemoteError", "redact", "replication_id"]
 from .._errors import InvalidDocument, MyNoSQLError
+from ..docs.revtree import DocState
 from . import protocol
 
 
@@ -62,6 +63,9 @@ class LocalEndpoint:
     def __init__(self, db: Database, *, ids: set[str] | None = None) -> None:
         self.db = db
         self.identity = f"local:{db.path}"
+        # The states the last changes() read: bulk_get serves the same batch from them instead of looking every
+        # record up again (a revision's body and ancestry never change, so an older state serves it as well).
+        self._recent: dict[str, DocState] = {}
 
     async def info(self) -> dict[str, Any]:
         return {"db_name": self.db.name, "update_seq": self.db.seq, "doc_count": len(self.db)}
@@ -70,7 +74,9 @@ class LocalEndpoint:
         start = since if isinstance(since, int) else 0
 
         def read() -> tuple[list[dict[str, Any]], int]:
-            rows = [protocol.changes_row(s) for s in islice(self.db.store.iter_states(start), limit)]
+            states = list(islice(self.db.store.iter_states(start), limit))
+            self._recent = {s.id: s for s in states}
+            rows = [protocol.changes_row(s) for s in states]
             return rows, rows[-1]["seq"] if rows else start
 
         if self.db.seq - start <= SMALL:
@@ -83,8 +89,11 @@ class LocalEndpoint:
     async def bulk_get(self, wants: dict[str, list[str]]) -> list[dict[str, Any]]:
         def read() -> list[dict[str, Any]]:
             out = []
+            recent = self._recent
             for id, revs in wants.items():
-                state = self.db.state(id)
+                state = recent.get(id)
+                if state is None or not all(rev in state.bodies for rev in revs):
+                    state = self.db.state(id)
                 if state is None:
                     continue
                 for rev in revs:

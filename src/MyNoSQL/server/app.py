@@ -55,12 +55,17 @@ class ChangeNotifier:
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
         self.event = asyncio.Event()
+        self._scheduled = False  # one wake-up in flight covers every change made before it runs
 
     def notify(self, *_args: Any) -> None:
+        if self._scheduled:
+            return  # a batch of writes wakes the loop once, not once per record
+        self._scheduled = True
         with contextlib.suppress(RuntimeError):  # the server is shutting down: nobody waits any more
             self.loop.call_soon_threadsafe(self._fire)
 
     def _fire(self) -> None:
+        self._scheduled = False  # before waking: a change made from now on schedules its own wake-up
         self.event.set()
         self.event = asyncio.Event()
 
