@@ -110,3 +110,36 @@ def test_pouchdb_replicates_both_ways_with_a_mynosql_mirror(mirror: MirrorProces
         assert len(all_leaves) == 2 and len(conflicts) == 1  # the loser is kept, on both sides
         # the winner is CouchDB's rule: same generation, higher hash
         assert rev == max(all_leaves, key=lambda r: (int(r.split("-")[0]), r.split("-")[1]))
+
+
+def test_checkpoints_on_a_pouchdb_server_take_one_round_trip_and_survive_other_writers(pouchdb_url: str) -> None:
+    import asyncio
+
+    from MyNoSQL.replication.endpoints import HttpEndpoint
+
+    call("PUT", f"{pouchdb_url}/ck")
+
+    async def scenario() -> list[str]:
+        import aiohttp
+
+        async with aiohttp.ClientSession() as session:
+            ep = HttpEndpoint(session, f"{pouchdb_url}/ck")
+            calls: list[str] = []
+            real = ep.request
+
+            async def counted(method: str, path: str, **kw: Any) -> Any:
+                calls.append(method)
+                return await real(method, path, **kw)
+
+            ep.request = counted  # type: ignore[method-assign]
+            await ep.put_local("rep-1", {"last_seq": 1})  # first write: read the _rev first
+            await ep.put_local("rep-1", {"last_seq": 2})  # then one PUT each
+            await ep.put_local("rep-1", {"last_seq": 3})
+            other = call("GET", f"{pouchdb_url}/ck/_local/rep-1")
+            call("PUT", f"{pouchdb_url}/ck/_local/rep-1", {**other, "last_seq": 99})  # someone else writes it
+            await ep.put_local("rep-1", {"last_seq": 4})  # 409 with our old _rev: read it again, write
+            assert (await ep.get_local("rep-1") or {}).get("last_seq") == 4
+            return calls
+
+    calls = asyncio.run(scenario())
+    assert calls == ["GET", "PUT", "PUT", "PUT", "PUT", "GET", "PUT", "GET"]

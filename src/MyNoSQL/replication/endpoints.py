@@ -156,6 +156,7 @@ class HttpEndpoint:
         self._last_written: int | None = None
         self.exists = False  # ensure_exists succeeded once
         self.client = client
+        self._local_revs: dict[str, str] = {}  # _local doc id -> the _rev our last write of it got
 
     async def request(self, method: str, path: str, *, params: dict[str, str] | None = None, body: Any = None,
                       ok: tuple[int, ...] = (200, 201, 202), timeout: float | None = None) -> Any:
@@ -271,12 +272,29 @@ class HttpEndpoint:
             raise
 
     async def put_local(self, id: str, doc: dict[str, Any]) -> None:
+        """Write a checkpoint: with the ``_rev`` our last write of it returned (one round trip), else (first
+        write, or someone else wrote it since: 409) with the ``_rev`` read first."""
         path = "/_local/" + urllib.parse.quote(id, safe="")
+        known = self._local_revs.get(id)
+        if known is not None:
+            try:
+                answer = await self.request("PUT", path, body={**doc, "_rev": known})
+                self._remember_local_rev(id, answer)
+                return
+            except RemoteError as exc:
+                self._local_revs.pop(id, None)
+                if exc.status != 409:
+                    raise
         current = await self.get_local(id)
         body = dict(doc)
         if current and "_rev" in current:
             body["_rev"] = current["_rev"]
-        await self.request("PUT", path, body=body)
+        self._remember_local_rev(id, await self.request("PUT", path, body=body))
+
+    def _remember_local_rev(self, id: str, answer: Any) -> None:
+        rev = answer.get("rev") if isinstance(answer, dict) else None
+        if isinstance(rev, str):
+            self._local_revs[id] = rev
 
     async def get_doc(self, id: str, timeout: float) -> dict[str, Any] | None:
         """The winning revision with its history and conflicts, or None if the server does not have it."""
