@@ -266,3 +266,32 @@ def test_a_peer_is_not_woken_by_the_echo_of_its_own_pushes(mirrors: Any, peers: 
     moved = other.savedoc({**theirs, "by": "other"})
     wait_until(lambda: p.db.state("seed").winner == moved["rev"], timeout=4.0,  # < the 5 s longpoll
                what="the author seeing another peer's update within one longpoll")
+
+
+def test_a_download_that_fails_is_retried_not_skipped(mirrors: Any, peers: Any,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """Regression (chaos seeds 11 and 15): the poll position moved past rows whose download then failed."""
+    from MyNoSQL.replication.endpoints import HttpEndpoint, RemoteError
+
+    m = mirrors()
+    a, b = peers("a"), peers("b")
+    a.addpeer(m.url)
+    b.addpeer(m.url)
+    mine = a.savedoc({"id": "shared", "v": 1})
+    wait_until(lambda: mirror_doc(m, "shared") is not None, what="a's push")
+    theirs = b.readdoc("shared")
+    real = HttpEndpoint.bulk_get
+    failed: list[bool] = []
+
+    async def fail_once_for_a(self: HttpEndpoint, wants: dict[str, list[str]]) -> list[dict[str, Any]]:
+        if self.client == a.db.sync.client_token and not failed:
+            failed.append(True)
+            raise RemoteError("injected: the link dropped between _changes and _bulk_get")
+        return await real(self, wants)
+
+    monkeypatch.setattr(HttpEndpoint, "bulk_get", fail_once_for_a)
+    newer = b.savedoc({**theirs, "v": 2})
+    wait_until(lambda: bool(failed), what="a's download failing once")
+    wait_until(lambda: a.db.state("shared").winner == newer["rev"], timeout=15.0,
+               what="a downloading the newer revision after the failure")
+    assert a.readdoc("shared")["v"] == 2 and mine["rev"] != newer["rev"]

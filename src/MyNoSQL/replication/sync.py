@@ -408,13 +408,14 @@ class Sync:
             ck = await asyncio.to_thread(self.db.local_get, ck_id)
             since = ck.get("since", 0) if ck else 0
         rows, last_seq = await remote.changes(since, 1000, timeout=self.opts.longpoll)
-        self._poll_since[url] = last_seq
         state.ok()
         state.remote_seq = last_seq
         if rows:
             pulled = await self._download_held(remote, rows)
             state.docs_pulled += pulled
             await asyncio.to_thread(self.db.local_put, ck_id, {"since": last_seq})
+        # Only now: a download that fails (the link drops) must be retried from the same rows, not skipped.
+        self._poll_since[url] = last_seq
         state.pulled_seq = last_seq
 
     async def _download_held(self, remote: HttpEndpoint, rows: list[dict[str, Any]]) -> int:
