@@ -90,10 +90,14 @@ def main() -> None:
                 docs = {}
                 for s in db.store.iter_states(0):
                     leaves = {r: s.tree[r][1] for r in revtree.leaves(s.tree)}
-                    docs[s.id] = {"winner": s.winner, "leaves": leaves, "revs": list(s.tree)}
+                    docs[s.id] = {"winner": s.winner, "leaves": leaves, "revs": list(s.tree), "seq": s.seq}
                 out = {"ok": True, "docs": docs}
             elif op == "status":
                 out = {"ok": True, "status": db.status()}
+            elif op == "sync_state":  # for the report of a divergence
+                sync = db.sync
+                out = {"ok": True, "current": sync and sync.current, "poll_since": sync and sync._poll_since,
+                       "token": sync and sync.client_token, "seq": db.seq}
             elif op == "hang_in_compaction":
                 out = {"ok": True, "hung": hang_in_compaction(db, cmd["at"])}
             elif op == "verify":

@@ -332,7 +332,11 @@ def check(mirrors: dict[str, Node], peers: dict[str, Node], acked: list[tuple[st
             problems.append(f"not quiet: {name} has {pending} pending")
         for id, d in p.call("dump")["docs"].items():
             if id in first and d["winner"] != first[id]["winner"]:
-                problems.append(f"diverged: {name} holds {id} at {d['winner']}, mirrors at {first[id]['winner']}")
+                where = {m: {"seq": docs[id].get("seq"), "leaves": docs[id]["leaves"]} for m, docs in dumps.items()
+                         if id in docs}
+                problems.append(f"diverged: {name} holds {id} at {d['winner']}, mirrors at {first[id]['winner']}; "
+                                f"{name}: leaves {d['leaves']}, sync {json.dumps(p.call('sync_state'))}; "
+                                f"mirrors: {json.dumps(where)}; {name} stderr: {p.stderr_tail(25)}")
     return problems
 
 

@@ -246,7 +246,7 @@ COMPACTING = textwrap.dedent(
             saved = db.deletedoc(id, doc["rev"])
         else:
             saved = db.savedoc(doc)
-        print("ack", id, saved["rev"], flush=True)
+        print("ack", id, saved["rev"], db.seq, flush=True)
         if i == 30:
             db.flush()
     owner_name, method = step.split(".")
@@ -273,12 +273,14 @@ def test_sigkill_at_each_step_of_a_compaction_loses_nothing(tmp_path: Path, step
         proc = subprocess.Popen([sys.executable, "-c", COMPACTING, str(tmp_path), step, str(round_)],
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
         acked: dict[str, str] = {}
+        seq = 0
         try:
             assert proc.stdout is not None
             for line in proc.stdout:
                 parts = line.split()
                 if parts[0] == "ack":
                     acked[parts[1]] = parts[2]
+                    seq = int(parts[3])
                 else:
                     assert parts[:2] == ["at", step], line
                     break
@@ -290,6 +292,7 @@ def test_sigkill_at_each_step_of_a_compaction_loses_nothing(tmp_path: Path, step
         with MyNoSQL.MyNoSQL(tmp_path, options=MyNoSQL.Options(background_sync=False)) as h:
             db = h.opendb("c")
             assert db.verify() == []
+            assert db.seq >= seq, "the change sequence went back: a peer's poll position would skip changes"
             for id, rev in acked.items():
                 assert db.state(id).winner == rev  # type: ignore[union-attr]
             db.savedoc({"id": f"after-{round_}"})

@@ -98,7 +98,8 @@ class RemoteState:
     def failed(self, exc: BaseException) -> None:
         msg = str(exc) if isinstance(exc, MyNoSQLError) else f"{type(exc).__name__}: {exc}"
         if self.reachable is not False or msg != self.last_error:
-            log.warning("mirror %s: %s (will retry)", self.url, msg)
+            expected = isinstance(exc, (MyNoSQLError, OSError))  # network and remote errors; others are bugs
+            log.warning("mirror %s: %s (will retry)", self.url, msg, exc_info=None if expected else exc)
         self.reachable = False
         self.last_error = msg
 
@@ -290,7 +291,7 @@ class Sync:
                 state.docs_pulled += res.docs_written
                 state.pulled_seq = res.last_seq
                 backoff.reset()
-            except (MyNoSQLError, OSError, asyncio.TimeoutError) as exc:
+            except Exception as exc:  # any failure: a background loop must never die (cancellation still ends it)
                 state.failed(exc)
                 await asyncio.sleep(backoff.next())
                 if backoff.n > 3:
@@ -331,7 +332,7 @@ class Sync:
                 done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
                 for t in done:
                     t.result()  # raises the failure that ended the loop
-            except (MyNoSQLError, OSError, asyncio.TimeoutError) as exc:
+            except Exception as exc:  # any failure: a background loop must never die (cancellation still ends it)
                 state.failed(exc)
                 self._resume.pop(url, None)
                 await self._new_session()  # pooled connections may be dead or black-holed: start afresh
@@ -436,8 +437,13 @@ class Sync:
         if not want:
             return 0
         docs = await remote.bulk_get(want)
-        errors = await LocalEndpoint(self.db).bulk_docs(docs)
-        return len(docs) - len(errors)
+        errors, written, _ck = await LocalEndpoint(self.db).bulk_docs(docs)
+        got = {(d.get("_id"), d.get("_rev")) for d in docs if isinstance(d, dict)}
+        lacking = [(id, rev) for id, revs in want.items() for rev in revs if (id, rev) not in got]
+        if errors or lacking:  # the poll position must not move past rows not downloaded: retry them
+            raise RemoteError(f"{remote.url}: {len(lacking)} wanted revision(s) not served, {len(errors)} refused "
+                              f"(first: {(lacking or errors)[0]})")
+        return written
 
     async def fetch(self, id: str) -> bool:
         """Download every leaf of ``id`` from a mirror (a peer reading a record it does not hold)."""
