@@ -97,7 +97,9 @@ def main() -> None:
             elif op == "sync_state":  # for the report of a divergence
                 sync = db.sync
                 out = {"ok": True, "current": sync and sync.current, "poll_since": sync and sync._poll_since,
-                       "token": sync and sync.client_token, "seq": db.seq}
+                       "token": sync and sync.client_token, "seq": db.seq,
+                       "get_state": {s.id: (lambda st: st and st.winner)(db.state(s.id))
+                                     for s in db.store.iter_states(0)}}
             elif op == "hang_in_compaction":
                 out = {"ok": True, "hung": hang_in_compaction(db, cmd["at"])}
             elif op == "verify":

@@ -336,7 +336,9 @@ def check(mirrors: dict[str, Node], peers: dict[str, Node], acked: list[tuple[st
                          if id in docs}
                 problems.append(f"diverged: {name} holds {id} at {d['winner']}, mirrors at {first[id]['winner']}; "
                                 f"{name}: leaves {d['leaves']}, sync {json.dumps(p.call('sync_state'))}; "
-                                f"mirrors: {json.dumps(where)}; {name} stderr: {p.stderr_tail(25)}")
+                                f"mirrors: {json.dumps(where)}; "
+                                f"{name} status: {json.dumps(st['mirrors'], default=str)}; "
+                                f"{name} stderr: {p.stderr_tail(25)}")
     return problems
 
 

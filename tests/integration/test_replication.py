@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -295,3 +296,30 @@ def test_a_download_that_fails_is_retried_not_skipped(mirrors: Any, peers: Any,
     wait_until(lambda: a.db.state("shared").winner == newer["rev"], timeout=15.0,
                what="a downloading the newer revision after the failure")
     assert a.readdoc("shared")["v"] == 2 and mine["rev"] != newer["rev"]
+
+
+def test_a_poll_loop_that_ends_by_cancellation_is_restarted(mirrors: Any, peers: Any,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """Regression (chaos seed 504): a poll loop that ended by cancellation left the peer pushing but never polling."""
+    from MyNoSQL.replication.sync import Sync
+
+    real = Sync._poll_loop
+    calls: list[int] = []
+
+    async def cancelled_once(self: Sync, url: str) -> None:
+        calls.append(1)
+        if len(calls) == 1:
+            raise asyncio.CancelledError  # as if something cancelled the poll task from inside
+        await real(self, url)
+
+    monkeypatch.setattr(Sync, "_poll_loop", cancelled_once)
+    m = mirrors()
+    a, b = peers("a"), peers("b")
+    a.addpeer(m.url)
+    mine = a.savedoc({"id": "shared", "v": 1})
+    wait_until(lambda: mirror_doc(m, "shared") is not None, what="a's push")
+    b.addpeer(m.url)
+    newer = b.savedoc({**b.readdoc("shared"), "v": 2})
+    wait_until(lambda: a.db.state("shared").winner == newer["rev"], timeout=15.0,
+               what="a polling again and downloading b's update")
+    assert mine["rev"] != newer["rev"] and len(calls) >= 2

@@ -329,9 +329,14 @@ class Sync:
                 await self._push(url)  # the outbox first: what was saved offline or before a crash
                 backoff.reset()
                 tasks = [asyncio.create_task(self._push_loop(url)), asyncio.create_task(self._poll_loop(url))]
-                done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+                # FIRST_COMPLETED, not FIRST_EXCEPTION: a loop that ended by cancellation (which FIRST_EXCEPTION
+                # ignores) left the other one running alone, e.g. a peer still pushing but never polling again.
+                done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
                 for t in done:
+                    if t.cancelled():
+                        raise RemoteError(f"{redact(url)}: a replication loop was cancelled; starting afresh")
                     t.result()  # raises the failure that ended the loop
+                raise RemoteError(f"{redact(url)}: a replication loop ended; starting afresh")
             except Exception as exc:  # any failure: a background loop must never die (cancellation still ends it)
                 state.failed(exc)
                 self._resume.pop(url, None)
