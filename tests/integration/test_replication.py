@@ -35,6 +35,16 @@ def mirror_doc(m: MirrorProcess, id: str) -> dict[str, Any] | None:
         raise
 
 
+def two_peers_sharing(m: MirrorProcess, peers: Any, id: str, body: dict[str, Any]) -> tuple[Any, Any, dict[str, Any]]:
+    """Peers a and b on mirror ``m``; a saves record ``id`` and it reaches the mirror. Returns (a, b, a's save)."""
+    a, b = peers("a"), peers("b")
+    a.addpeer(m.url)
+    b.addpeer(m.url)
+    saved = a.savedoc({"id": id, **body})
+    wait_until(lambda: mirror_doc(m, id) is not None, what=f"{id} on the mirror")
+    return a, b, saved
+
+
 @pytest.fixture
 def peers(tmp_path: Path) -> Iterator[Callable[[str], MyNoSQL.MyNoSQL]]:
     opened: list[MyNoSQL.MyNoSQL] = []
@@ -67,11 +77,7 @@ def test_offline_saves_arrive_when_the_mirror_starts(mirrors: Any, peers: Any) -
 
 def test_second_peer_reads_through_the_mirror_and_sees_updates(mirrors: Any, peers: Any) -> None:
     m = mirrors()
-    a, b = peers("a"), peers("b")
-    a.addpeer(m.url)
-    b.addpeer(m.url)
-    rec = a.savedoc({"id": "shared", "hp": 10})
-    wait_until(lambda: mirror_doc(m, "shared") is not None, what="record on the mirror")
+    a, b, rec = two_peers_sharing(m, peers, "shared", {"hp": 10})
     assert "shared" not in b.db.store.cache._lru  # b never held it
     got = b.readdoc("shared")  # fetched from the mirror, stored, returned
     assert got == rec
@@ -275,11 +281,7 @@ def test_a_download_that_fails_is_retried_not_skipped(mirrors: Any, peers: Any,
     from MyNoSQL.replication.endpoints import HttpEndpoint, RemoteError
 
     m = mirrors()
-    a, b = peers("a"), peers("b")
-    a.addpeer(m.url)
-    b.addpeer(m.url)
-    mine = a.savedoc({"id": "shared", "v": 1})
-    wait_until(lambda: mirror_doc(m, "shared") is not None, what="a's push")
+    a, b, mine = two_peers_sharing(m, peers, "shared", {"v": 1})
     theirs = b.readdoc("shared")
     real = HttpEndpoint.bulk_get
     failed: list[bool] = []

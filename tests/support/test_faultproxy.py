@@ -14,17 +14,9 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from MyNoSQL.testing.faultproxy import FaultProxy, Mode
+from support.mirrors import wait_until
 
 # ---------------------------------------------------------------- helpers
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float = 2.0, what: str = "condition") -> None:
-    """Poll ``predicate`` until it holds or the deadline passes."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.01)
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):
