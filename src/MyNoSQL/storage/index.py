@@ -24,7 +24,7 @@ import contextlib
 import hashlib
 import sqlite3
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +46,24 @@ CREATE TABLE IF NOT EXISTS sidx(name TEXT NOT NULL, id TEXT NOT NULL, value BLOB
     WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS local(id TEXT PRIMARY KEY, rev INTEGER NOT NULL, body BLOB NOT NULL) WITHOUT ROWID;
 """
+
+
+def _rows(con: sqlite3.Connection, head: str, rows: Sequence[tuple[Any, ...]], tail: str = "") -> None:
+    """``head VALUES (..),(..),... tail`` with as many rows per statement as 999 parameters allow.
+
+    Every SQLite step releases the GIL, and taking it back while another thread runs Python can cost the whole
+    switch interval (5 ms): ``executemany`` steps once per row, so a flush of 4,096 records took seconds under a
+    busy reader or writer. A multi-row statement is one step for hundreds of rows. (999 is the oldest SQLite's
+    limit on parameters; multi-row VALUES works since SQLite 3.7.11.)
+    """
+    if not rows:
+        return
+    width = len(rows[0])
+    per = max(1, 999 // width)
+    one = "(" + ",".join("?" * width) + ")"
+    for i in range(0, len(rows), per):
+        part = rows[i : i + per]
+        con.execute(f"{head} VALUES {','.join([one] * len(part))} {tail}", [v for r in part for v in r])
 
 
 def id_hash(id: str) -> int:
@@ -185,24 +203,24 @@ class Index:
         dead: dict[int, int] = {}
         try:
             w.execute("BEGIN IMMEDIATE")
-            w.executemany(
-                "INSERT INTO blocks(bno, shard, off, len, count, first_seq, last_seq, live) VALUES(?,?,?,?,?,?,?,?)",
-                [(b.bno, b.shard, b.offset, b.length, b.count, b.first_seq, b.last_seq, b.count) for b in blocks],
-            )
+            _rows(w, "INSERT INTO blocks(bno, shard, off, len, count, first_seq, last_seq, live)",
+                  [(b.bno, b.shard, b.offset, b.length, b.count, b.first_seq, b.last_seq, b.count) for b in blocks])
             fresh = [p for p in placements if p[3] < 0]
             taken: set[int] = set()
             for i in range(0, len(fresh), 500):
                 chunk = [p[1] for p in fresh[i : i + 500]]
                 q = ",".join("?" * len(chunk))
                 taken.update(r[0] for r in w.execute(f"SELECT h FROM docs WHERE h IN ({q})", chunk))
-            docs_new, docs_upd, x_set = [], [], []
+            docs_new: list[tuple[int, int]] = []
+            docs_upd: list[tuple[int, int]] = []
+            x_set: list[tuple[str, int]] = []
             for id, h, loc, prev_loc, prev_in_x in placements:
                 if prev_loc >= 0:
                     dead[prev_loc >> 8] = dead.get(prev_loc >> 8, 0) + 1
                     if prev_in_x:
                         x_set.append((id, loc))
                     else:
-                        docs_upd.append((loc, h))
+                        docs_upd.append((h, loc))
                     in_x.append(prev_in_x)
                 elif h in taken:  # another id has this hash: a 1-in-2**64 event per pair, handled all the same
                     x_set.append((id, loc))
@@ -211,14 +229,22 @@ class Index:
                     taken.add(h)
                     docs_new.append((h, loc))
                     in_x.append(False)
-            w.executemany("INSERT INTO docs(h, loc) VALUES(?,?)", docs_new)
-            w.executemany("UPDATE docs SET loc=? WHERE h=?", docs_upd)
+            _rows(w, "INSERT INTO docs(h, loc)", docs_new)
+            _rows(w, "INSERT OR REPLACE INTO docs(h, loc)", docs_upd)  # rows that exist: a replace is an update
             w.executemany("INSERT OR REPLACE INTO docs_x(id, loc) VALUES(?,?)", x_set)
-            w.executemany("UPDATE blocks SET live = live - ? WHERE bno=?", [(n, b) for b, n in dead.items()])
-            w.executemany("INSERT OR REPLACE INTO shards(n, size) VALUES(?,?)", list(shard_sizes.items()))
-            w.executemany("INSERT OR REPLACE INTO meta(k, v) VALUES(?,?)", list(meta.items()))
-            w.executemany("INSERT OR REPLACE INTO sidx(name, id, value) VALUES(?,?,?)", sidx_set)
-            w.executemany("DELETE FROM sidx WHERE name=? AND id=?", sidx_del)
+            dead_rows = list(dead.items())
+            for i in range(0, len(dead_rows), 300):
+                part = dead_rows[i : i + 300]
+                w.execute(f"UPDATE blocks SET live = live - CASE bno {' '.join(['WHEN ? THEN ?'] * len(part))} END "
+                          f"WHERE bno IN ({','.join('?' * len(part))})", [v for r in part for v in r] +
+                          [b for b, _n in part])
+            _rows(w, "INSERT OR REPLACE INTO shards(n, size)", list(shard_sizes.items()))
+            _rows(w, "INSERT OR REPLACE INTO meta(k, v)", list(meta.items()))
+            _rows(w, "INSERT OR REPLACE INTO sidx(name, id, value)", sidx_set)
+            for i in range(0, len(sidx_del), 499):
+                dels = sidx_del[i : i + 499]
+                w.execute(f"DELETE FROM sidx WHERE (name, id) IN (VALUES {','.join(['(?,?)'] * len(dels))})",
+                          [v for r in dels for v in r])
             w.execute("COMMIT")
         except sqlite3.Error as exc:
             with contextlib.suppress(sqlite3.Error):
@@ -288,12 +314,25 @@ class Index:
                 raise StorageError(None, f"cannot write local document: {exc}") from exc
         return rev
 
-    def iter_hashes(self) -> Iterator[int]:
-        """Every id hash in the index (its own cursor: it may be long)."""
+    def iter_hashes(self, chunk: int = 65_536) -> Iterator[int]:
+        """Every id hash in the index (its own connection: it may be long).
+
+        The hashes come ``chunk`` to a query, joined into one text value: a query step releases the GIL, and taking
+        it back while another thread runs Python can take the whole switch interval (5 ms), so one step per row
+        turned a 100,000-record rebuild of the id filter into minutes under a busy writer.
+        """
         con = self._connect()
         try:
-            for (h,) in con.execute("SELECT h FROM docs"):
-                yield h
+            low = -(1 << 63)
+            while True:
+                text, high, n = con.execute(
+                    "SELECT group_concat(h), max(h), count(*) FROM (SELECT h FROM docs WHERE h >= ? ORDER BY h "
+                    "LIMIT ?)", (low, chunk)).fetchone()
+                if n:
+                    yield from map(int, text.split(","))
+                if n < chunk or high == (1 << 63) - 1:
+                    break
+                low = high + 1
             for (id,) in con.execute("SELECT id FROM docs_x"):
                 yield id_hash(id)
         finally:

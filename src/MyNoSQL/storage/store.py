@@ -210,10 +210,13 @@ class Store:
         return prev, new
 
     def _wait_for_space(self) -> None:
-        # Back-pressure: savers wait while the compactor is more than a few flushes behind.
-        limit = 4 * self.opts.flush_docs
+        # Back-pressure: savers wait while the next flush has grown to twice its usual size, whatever the compactor
+        # is busy with (a flush, garbage collection, rebuilding the id filter). At most ~4 flushes' worth of
+        # records (the frozen memtable and this one) wait in RAM, so a writer faster than the compactor holds a
+        # bounded backlog (bench/replication.py, RSS phase; test_a_writer_faster_than_the_compactor_is_held_back).
+        limit = 2 * self.opts.flush_docs
         deadline = time.monotonic() + 60.0
-        while len(self._active) >= limit and self._frozen and not self._stop.is_set() \
+        while len(self._active) >= limit and not self._stop.is_set() \
                 and self.stats.last_error is None:  # a failing compactor (disk full) must not block savers
             self._wake.set()
             if not self._space.wait(timeout=max(0.0, deadline - time.monotonic())):
@@ -302,6 +305,7 @@ class Store:
                 frozen, delta = self._active, self._active_delta
                 self._frozen, self._frozen_delta = frozen, delta
                 self._active, self._active_delta = {}, 0
+                self._space.notify_all()  # the active memtable is empty again: waiting savers go on
                 try:
                     closed = self.wal.rotate()
                 except OSError as exc:
