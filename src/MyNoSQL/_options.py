@@ -43,7 +43,9 @@ class Options:
         how many ancestors of each leaf revision are remembered (as CouchDB's ``_revs_limit``).
     flush_docs, flush_interval:
         the background compactor packs the write-ahead log into LZMA shard blocks once this many records are
-        pending, or this many seconds after the first pending one.
+        pending, or this many seconds after the first pending one. When records come faster than it packs them,
+        ``savedoc`` (and a mirror taking pushed records) waits once ``2 * flush_docs`` records wait for the next
+        flush: at most ~``4 * flush_docs`` records (this batch and the one being packed) are held in RAM.
     block_docs:
         records per compressed block (16-64 is the measured sweet spot of size against read latency).
     shard_max_bytes:
