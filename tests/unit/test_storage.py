@@ -5,6 +5,8 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 
+from support.mirrors import wait_until
+
 import MyNoSQL
 
 
@@ -194,3 +196,32 @@ def test_every_id_hash_is_read_back_across_query_chunks(location: Path) -> None:
             assert list(index.iter_hashes(chunk)) == hashes
     finally:
         index.close()
+
+
+def test_garbage_collection_moves_a_big_shard_a_flush_at_a_time(location: Path) -> None:
+    """Evacuating a mostly dead shard put all its live records in the memtable at once (past the back-pressure
+    limit, so savers then waited for the whole collection); it now flushes every ``flush_docs`` moved records."""
+    flush_docs = 64
+    opts = MyNoSQL.Options(flush_docs=flush_docs, block_docs=16, gc_live_ratio=0.5, background_sync=False)
+    with MyNoSQL.MyNoSQL(location, options=opts) as db:
+        db.opendb("e")
+        store = db.db.store
+        recs = [db.savedoc({"id": f"e{i:04d}", "v": 0}) for i in range(2000)]
+        db.db.flush()
+        with store._flush_lock:
+            store.shards.roll()  # the 2,000 records stay alone in their shard
+        peak = 0
+        real_install = store._install
+
+        def install(new: object, prev: object) -> None:
+            nonlocal peak
+            real_install(new, prev)  # type: ignore[arg-type]
+            peak = max(peak, len(store._active))
+
+        store._install = install  # type: ignore[method-assign]
+        for i in range(1001):  # 999 of 2,000 left live: under gc_live_ratio, the shard is evacuated
+            recs[i] = db.savedoc({**recs[i], "v": 1})
+        wait_until(lambda: store.stats.gc_shards >= 1, timeout=60, what="the old shard to be collected")
+        assert peak <= 4 * flush_docs
+        assert [db.readdoc(f"e{i:04d}")["v"] for i in range(2000)] == [1] * 1001 + [0] * 999
+        assert db.verify() == []

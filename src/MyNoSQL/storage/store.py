@@ -10,7 +10,8 @@ Compactor (one thread): when the active memtable holds ``flush_docs`` records or
 shard and fsyncs it, commits the index in one transaction, and only then deletes the rotated log segments and
 drops the frozen memtable. A crash at any point leaves either the log segments or the committed blocks, never
 neither. Shards whose records are mostly dead are garbage-collected: their live records are re-appended (with a
-new change sequence, like any other write) and the file is deleted once nothing in it is live.
+new change sequence, like any other write; flushed every ``flush_docs`` moves) and the file is deleted once
+nothing in it is live. Back-pressure: a saver waits while the active memtable holds ``2 * flush_docs`` records.
 
 Read path: active memtable, frozen memtable, record cache, then index -> block (decompressed-block cache) ->
 record. Disk reads are cached only if no flush completed meanwhile, so a stale state can never be cached.
@@ -299,25 +300,28 @@ class Store:
     def flush(self) -> None:
         """Pack every pending record into shard blocks and commit the index. Safe to call from any thread."""
         with self._flush_lock:
-            with self.lock:
-                if not self._active:
-                    return
-                frozen, delta = self._active, self._active_delta
-                self._frozen, self._frozen_delta = frozen, delta
-                self._active, self._active_delta = {}, 0
-                self._space.notify_all()  # the active memtable is empty again: waiting savers go on
-                try:
-                    closed = self.wal.rotate()
-                except OSError as exc:
-                    self._unfreeze()
-                    raise StorageError(exc.errno, f"cannot rotate the write-ahead log: {exc.strerror}") from exc
+            self._flush_locked()
+
+    def _flush_locked(self) -> None:
+        with self.lock:
+            if not self._active:
+                return
+            frozen, delta = self._active, self._active_delta
+            self._frozen, self._frozen_delta = frozen, delta
+            self._active, self._active_delta = {}, 0
+            self._space.notify_all()  # the active memtable is empty again: waiting savers go on
             try:
-                self._flush_frozen(closed)
-            except BaseException:
-                with self.lock:
-                    self._unfreeze()
-                raise
-            self.stats.flushes += 1
+                closed = self.wal.rotate()
+            except OSError as exc:
+                self._unfreeze()
+                raise StorageError(exc.errno, f"cannot rotate the write-ahead log: {exc.strerror}") from exc
+        try:
+            self._flush_frozen(closed)
+        except BaseException:
+            with self.lock:
+                self._unfreeze()
+            raise
+        self.stats.flushes += 1
 
     def _unfreeze(self) -> None:
         """A flush failed: its records go back to the active memtable (their log segments were kept)."""
@@ -447,6 +451,8 @@ class Store:
                     s.in_x = self.index.loc_by_id(s.id) == s.disk_loc if self.x_rows else False
                     self._write(s, s)  # same record, new change seq: a move, not an edit
                     moved += 1
+            if len(self._active) >= self.opts.flush_docs:  # a big shard moves a flush at a time: bounded RAM
+                self._flush_locked()
         return moved
 
     def _live_filter(self, bno: int, records: list[DocState]) -> list[tuple[int, DocState]]:
