@@ -295,6 +295,8 @@ class Store:
                     log.error("compactor of %s failed: %s (will retry)", self.directory.name, msg)
                 self.stats.last_error = msg
                 self.stats.errors += 1
+                with self.lock:
+                    self._space.notify_all()  # a failing compactor must not hold savers back (back-pressure)
                 backoff = min(30.0, max(0.5, backoff * 2))
 
     def flush(self) -> None:
