@@ -67,7 +67,7 @@ from MyNoSQL.testing.faultproxy import FaultProxy
 ROOT = Path(__file__).resolve().parents[1]
 INTEROP = ROOT / "tests" / "interop"
 sys.path.insert(0, str(INTEROP))
-import pouch  # noqa: E402  (tests/interop/pouch.py: the PouchDB server harness, stdlib only)
+import pouch  # noqa: E402  (tests/interop/pouch.py: the PouchDB server harness)
 
 DB = "bench"
 HOST = "127.0.0.1"

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
+import contextlib
 import dataclasses
 import json
 import multiprocessing
@@ -42,7 +43,7 @@ sys.path.insert(0, str(ROOT / "src"))
 
 from MyNoSQL.docs import revtree  # noqa: E402
 from MyNoSQL.replication.oneshot import replicate_once  # noqa: E402
-from MyNoSQL.testing import FaultProxy  # noqa: E402
+from MyNoSQL.testing import FaultProxy, poll_until  # noqa: E402
 
 AGENT = Path(__file__).with_name("agent.py")
 ENV = {**{k: v for k, v in os.environ.items() if k != "MYNOSQL_SYNC"}, "PYTHONPATH": str(ROOT / "src")}
@@ -285,13 +286,15 @@ def winner_rule(leaves: dict[str, bool]) -> str:
 
 def settle_and_check(mirrors: dict[str, Node], peers: dict[str, Node], acked: list[tuple[str, str, str]],
                      stats: Stats, timeout: float = 60.0) -> list[str]:
-    deadline = time.monotonic() + timeout
     problems: list[str] = ["never checked"]
-    while time.monotonic() < deadline:
+
+    def in_step() -> bool:
+        nonlocal problems
         problems = check(mirrors, peers, acked)
-        if not problems:
-            break
-        time.sleep(0.2)  # poll interval while replication settles
+        return not problems
+
+    with contextlib.suppress(TimeoutError):  # the problems of the last check are reported below
+        poll_until(in_step, timeout=timeout, interval=0.2, what="replication to settle")
     if problems:
         stats.divergences += sum(1 for p in problems if p.startswith("diverged"))
         stats.lost += sum(1 for p in problems if p.startswith("lost"))

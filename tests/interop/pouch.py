@@ -1,4 +1,4 @@
-"""Harness for interop tests against a real PouchDB HTTP server (stdlib only).
+"""Harness for interop tests against a real PouchDB HTTP server (stdlib and MyNoSQL.testing only).
 
 The Node side lives next to this module: ``server.js`` (express + express-pouchdb over an in-memory
 PouchDB, bound to 127.0.0.1) and ``replicate.js`` (a one-shot ``PouchDB.replicate`` CLI).  Their
@@ -38,12 +38,12 @@ import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, TypeVar
+from typing import IO, Any
 
-_T = TypeVar("_T")
+from MyNoSQL.testing import poll_until
 
 __all__ = [
     "INTEROP_DIR",
@@ -54,7 +54,6 @@ __all__ = [
     "node_modules_fresh",
     "npm_available",
     "pouch_replicate",
-    "poll_until",
     "pouchdb_server",
 ]
 
@@ -178,18 +177,19 @@ def _install_lock(timeout: float) -> Iterator[None]:
     """Serialise ``npm ci`` across processes (e.g. pytest-xdist workers), waiting at most ``timeout``."""
     digest = hashlib.sha256(str(INTEROP_DIR).encode()).hexdigest()[:16]
     lock_path = Path(tempfile.gettempdir()) / f"mynosql-interop-npm-{digest}.lock"
-    deadline = time.monotonic() + timeout
     with lock_path.open("a") as fh:
-        while True:
+
+        def locked() -> bool:
             try:
                 fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
             except BlockingIOError:
-                if time.monotonic() >= deadline:
-                    raise PouchHarnessError(
-                        f"timed out after {timeout:.0f}s waiting for another `npm ci` ({lock_path})"
-                    ) from None
-                time.sleep(0.2)  # poll interval while another process installs
+                return False
+            return True
+
+        try:
+            poll_until(locked, timeout=timeout, interval=0.2, what=f"the lock of another `npm ci` ({lock_path})")
+        except TimeoutError as exc:
+            raise PouchHarnessError(str(exc)) from None
         try:
             yield
         finally:
@@ -417,25 +417,3 @@ def pouch_replicate(
             result,
         )
     return result
-
-
-def poll_until(
-    probe: Callable[[], _T], *, timeout: float = 10.0, interval: float = 0.05, what: str = "condition"
-) -> _T:
-    """Call ``probe`` until it returns a truthy value and return that value.
-
-    Bounded in time (``timeout``) and in count (``timeout / interval`` + 2 probes); ``interval`` is only
-    the poll interval.  Raises ``TimeoutError`` with the last value seen.
-    """
-    if timeout <= 0 or interval <= 0:
-        raise ValueError("timeout and interval must be positive")
-    deadline = time.monotonic() + timeout
-    last: _T | None = None
-    for _ in range(int(timeout / interval) + 2):
-        last = probe()
-        if last:
-            return last
-        if time.monotonic() >= deadline:
-            break
-        time.sleep(min(interval, max(0.0, deadline - time.monotonic())))  # poll interval
-    raise TimeoutError(f"{what} not reached within {timeout:.1f}s (last value: {last!r})")

@@ -12,10 +12,11 @@ from typing import Any
 import pytest
 from pouch import (
     PouchReplicationError,
-    poll_until,
     pouch_replicate,
     pouchdb_server,
 )
+
+from MyNoSQL.testing import poll_until
 
 HTTP_TIMEOUT_S = 10.0
 FIXED_REV = "1-" + "0123456789abcdef" * 2  # 1-<32 hex>

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from MyNoSQL.testing import poll_until
+
 ROOT = Path(__file__).resolve().parents[2]  # the repository
 ENV = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
 ENV.pop("MYNOSQL_SYNC", None)
@@ -26,18 +28,11 @@ def free_port() -> int:
 
 
 def wait_until(cond: Callable[[], object], timeout: float = 20.0, what: str = "condition") -> None:
-    """Poll ``cond`` until it is true; fail after ``timeout`` seconds (no fixed sleeps in tests)."""
-    deadline = time.monotonic() + timeout
-    delay = 0.005
-    while time.monotonic() < deadline:
-        try:
-            if cond():
-                return
-        except Exception:  # the condition may read a record that is not there yet
-            pass
-        time.sleep(delay)  # a poll interval, not a wait for replication
-        delay = min(0.1, delay * 2)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+    """Poll ``cond`` until it is true (an exception counts as "not yet"); fail the test after ``timeout`` s."""
+    try:
+        poll_until(cond, timeout=timeout, what=what, ignore=(Exception,))
+    except TimeoutError as exc:
+        raise AssertionError(str(exc)) from None
 
 
 class MirrorProcess:

@@ -48,8 +48,8 @@ CREATE TABLE IF NOT EXISTS local(id TEXT PRIMARY KEY, rev INTEGER NOT NULL, body
 """
 
 
-def _rows(con: sqlite3.Connection, head: str, rows: Sequence[tuple[Any, ...]]) -> None:
-    """``head VALUES (..),(..),...`` with as many rows per statement as 999 parameters allow.
+def _rows(con: sqlite3.Connection, head: str, rows: Sequence[tuple[Any, ...]], tail: str = "") -> None:
+    """``head VALUES (..),(..),... tail`` with as many rows per statement as 999 parameters allow.
 
     Every SQLite step releases the GIL, and taking it back while another thread runs Python can cost the whole
     switch interval (5 ms): ``executemany`` steps once per row, so a flush of 4,096 records took seconds under a
@@ -63,7 +63,7 @@ def _rows(con: sqlite3.Connection, head: str, rows: Sequence[tuple[Any, ...]]) -
     one = "(" + ",".join("?" * width) + ")"
     for i in range(0, len(rows), per):
         part = rows[i : i + per]
-        con.execute(f"{head} VALUES {','.join([one] * len(part))}", [v for r in part for v in r])
+        con.execute(f"{head} VALUES {','.join([one] * len(part))}{tail}", [v for r in part for v in r])
 
 
 def id_hash(id: str) -> int:
@@ -241,10 +241,7 @@ class Index:
             _rows(w, "INSERT OR REPLACE INTO shards(n, size)", list(shard_sizes.items()))
             _rows(w, "INSERT OR REPLACE INTO meta(k, v)", list(meta.items()))
             _rows(w, "INSERT OR REPLACE INTO sidx(name, id, value)", sidx_set)
-            for i in range(0, len(sidx_del), 499):
-                dels = sidx_del[i : i + 499]
-                w.execute(f"DELETE FROM sidx WHERE (name, id) IN (VALUES {','.join(['(?,?)'] * len(dels))})",
-                          [v for r in dels for v in r])
+            _rows(w, "DELETE FROM sidx WHERE (name, id) IN (", sidx_del, ")")
             w.execute("COMMIT")
         except sqlite3.Error as exc:
             with contextlib.suppress(sqlite3.Error):
