@@ -714,7 +714,9 @@ def run(args: argparse.Namespace, tmp: Path, launcher: Launcher) -> Report:
     nt.append(f"Cached reads, in save order: MyNoSQL first pass {n / first_pass:,.0f} ops/s, warm passes "
               + ", ".join(f"{n / s:,.0f}" for s in cached) + f" ops/s (record cache sized to hold them: "
               f"Options(cache_docs={max(n, MyNoSQL.Options().cache_docs):,}); the default is "
-              f"{MyNoSQL.Options().cache_docs:,}). SQLite first pass {n / sq_first:,.0f}, warm "
+              f"{MyNoSQL.Options().cache_docs:,}); the first warm pass is each record's second read, which "
+              "builds readdoc's decoded copy of it, and later reads copy that). "
+              f"SQLite first pass {n / sq_first:,.0f}, warm "
               + ", ".join(f"{n / s:,.0f}" for s in sq_cached) + " ops/s; SQLite SELECT without decoding the "
               f"body: {n / median(sq_cached_raw):,.0f} ops/s (readdoc would be "
               f"{median(sq_cached_raw) / median(cached):.2f}x that).")

@@ -27,7 +27,7 @@ from ._errors import (
 )
 from ._options import Options
 from .docs import revtree
-from .docs.codec import decode_value, dumps_body, loads_body
+from .docs.codec import copy_plan, decode_value, dumps_body, loads_body
 from .docs.revtree import DocState
 from .storage.fileutil import atomic_write, sweep_temp_files
 from .storage.store import Store, secondary_value
@@ -43,6 +43,9 @@ MODES = {"peer": "Peer", "mirror": "Mirror"}
 DEFAULT_PORT = 8800
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,199}$")
 _TOMBSTONE_BODY = b"{}"
+# readdoc keeps the records it reads more than once, of up to this many JSON bytes, decoded while their state is
+# in RAM (about 3x the RAM of the JSON; the record cache's count bounds it): later reads copy that memo.
+_DECODED_MAX = 1024
 
 
 class _IdSource:
@@ -496,11 +499,29 @@ class Database:
             state = self._fetch_remote(id)
             if state is None:
                 raise DocumentNotFound(id)
-        data = state.doc_json
-        if data is None:
-            raise DocumentNotFound(id, deleted=True)
-        out: dict[str, Any] = orjson.loads(data)
-        return decode_value(out) if b'"$' in data else out
+        decoded = state.decoded
+        if type(decoded) is not tuple:  # no memo yet: parse the JSON
+            data = state.doc_json
+            if data is None:
+                raise DocumentNotFound(id, deleted=True)
+            out: dict[str, Any] = orjson.loads(data)
+            if b'"$' in data:
+                out = decode_value(out)
+            if decoded is not True:  # None: a first read (a scan or a cold read may never come back); False: no memo
+                if decoded is None:
+                    state.decoded = True
+                return out
+            plan = copy_plan(out) if len(data) <= _DECODED_MAX else None
+            if plan is None:  # too big, or nested too deep to copy cheaply
+                state.decoded = False
+                return out
+            decoded = state.decoded = (out, plan)
+        # A record read again is copied from its decoded memo: ~2x faster than parsing its JSON again.
+        doc, plan = decoded
+        out = doc.copy()
+        for k in plan:
+            out[k] = out[k].copy()
+        return out
 
     def _fetch_remote(self, id: str) -> DocState | None:
         """A peer reading a record it does not hold asks a mirror, for at most ``read_timeout`` seconds."""

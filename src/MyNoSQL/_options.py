@@ -34,7 +34,8 @@ class Options:
         ``fdatasync``-ed before returning. Concurrent writers share one sync (group commit).
     cache_docs:
         how many recently used records stay decoded in RAM (the LRU); records still referenced elsewhere stay
-        reachable through a weak-value map at no extra cost.
+        reachable through a weak-value map at no extra cost. A small record (up to 1 KiB of JSON) read more
+        than once also keeps its dict form, about 3x its JSON in RAM, so later reads copy it instead of parsing.
     block_cache_bytes:
         how many bytes of decompressed shard blocks stay in RAM.
     max_doc_bytes:

@@ -86,6 +86,24 @@ def test_returned_and_read_dicts_are_the_callers_own(db: MyNoSQL.MyNoSQL) -> Non
     assert doc == {"id": "a", "nested": {"list": [1, 2, 3]}}  # the caller's dict is not changed
 
 
+def test_a_record_read_again_is_still_the_callers_own(db: MyNoSQL.MyNoSQL) -> None:
+    # Small records with one level of containers are copied from a decoded memo from the second read on.
+    db.savedoc({"id": "f", "values": [1.5, 2.5], "tags": {"a": 1}, "set": {1, 2}, "pair": (1, "x"), "n": 3})
+    first = db.readdoc("f")
+    for _ in range(3):
+        read = db.readdoc("f")
+        assert read == first and read is not first
+        read["values"].append(9.5)
+        read["tags"]["b"] = 2
+        read["set"].add(3)
+        read["n"] = 4
+        read["new"] = True
+    assert db.readdoc("f") == first == {"id": "f", "rev": first["rev"], "values": [1.5, 2.5], "tags": {"a": 1},
+                                         "set": {1, 2}, "pair": (1, "x"), "n": 3}
+    saved = db.savedoc({**first, "n": 5})  # a new revision is read as itself, not as the old memo
+    assert db.readdoc("f") == saved and db.readdoc("f")["n"] == 5
+
+
 def test_readdoc_unknown_raises_documentnotfound_which_is_a_keyerror(db: MyNoSQL.MyNoSQL) -> None:
     with pytest.raises(MyNoSQL.DocumentNotFound) as err:
         db.readdoc("nope")

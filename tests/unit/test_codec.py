@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import MyNoSQL
-from MyNoSQL.docs.codec import dumps_body, loads_body
+from MyNoSQL.docs.codec import copy_plan, dumps_body, loads_body
 
 UTC = datetime.timezone.utc
 SPECIAL: dict[str, Any] = {
@@ -103,3 +103,36 @@ def test_random_bodies_round_trip(body: dict[str, Any]) -> None:
     back = loads_body(data)
     assert back == body
     assert dumps_body(back) == data  # the encoding is stable
+
+
+def _mutable_parts(v: Any) -> list[Any]:
+    """Every list, dict and set reachable from ``v`` (inside tuples and frozensets too)."""
+    found: list[Any] = []
+    todo = [v]
+    while todo:
+        x = todo.pop()
+        if isinstance(x, (list, dict, set)):
+            found.append(x)
+        if isinstance(x, dict):
+            todo.extend(x.values())
+        elif isinstance(x, (list, set, tuple, frozenset)):
+            todo.extend(x)
+    return found
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.dictionaries(st.text(max_size=8), json_values | extra_values, max_size=6))
+def test_a_copy_by_the_copy_plan_shares_nothing_mutable(body: dict[str, Any]) -> None:
+    doc = loads_body(dumps_body(body))
+    plan = copy_plan(doc)
+    # No plan exactly when a list, dict or set sits inside another container: readdoc parses the JSON instead.
+    nested = any(len(_mutable_parts(v)) > (type(v) in (list, dict, set)) for v in doc.values())
+    assert (plan is None) == nested
+    if plan is None:
+        return
+    out = doc.copy()
+    for k in plan:
+        out[k] = out[k].copy()
+    assert out == doc
+    ours = {id(x) for x in _mutable_parts(out)}
+    assert not ours & {id(x) for x in _mutable_parts(doc)}

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from pathlib import Path
 
 from support.mirrors import wait_until
 
 import MyNoSQL
+from MyNoSQL.storage.cache import RecordCache
 
 
 def _threads(n: int, target: object) -> None:
@@ -114,6 +116,27 @@ def test_record_cache_is_bounded(location: Path) -> None:
         store = db.db.store
         assert len(store.cache) <= 100
         assert store.blocks._total <= 64 * 1024
+
+
+def test_record_cache_gives_a_record_read_since_its_last_look_a_second_chance() -> None:
+    @dataclasses.dataclass
+    class Entry:
+        hit: bool = False
+
+    cache: RecordCache[str, Entry] = RecordCache(3)
+    held = {k: Entry() for k in "abcdef"}
+    for k in "abc":
+        cache.put(k, held[k])
+    assert cache.get("a") is held["a"]
+    cache.put("d", held["d"])  # "a" (oldest, but read) is spared; "b" goes
+    assert list(cache._lru) == ["c", "a", "d"] and not held["a"].hit
+    for k in "cad":
+        cache.get(k)
+    cache.put("e", held["e"])  # every entry was read: each gets its chance once, then the oldest goes
+    assert list(cache._lru) == ["a", "d", "e"]
+    cache.put("f", held["f"])
+    assert list(cache._lru) == ["d", "e", "f"] and len(cache) == 3
+    assert cache.get("b") is held["b"]  # evicted but still held elsewhere: found through the weak map
 
 
 def test_reads_while_flushing_never_see_stale_or_missing_records(location: Path) -> None:

@@ -48,6 +48,10 @@ _FAST = orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_SUBCLASS | orjs
 _INT_MIN = -(2**63)
 _INT_MAX = 2**64 - 1
 _NoneType = type(None)
+_ATOMIC = frozenset(
+    (str, int, float, bool, _NoneType, bytes, datetime.datetime, datetime.date, datetime.time, decimal.Decimal,
+     uuid.UUID)
+)
 _TAGS = frozenset(
     ("$bytes", "$datetime", "$date", "$time", "$decimal", "$uuid", "$tuple", "$set", "$frozenset", "$int",
      "$dict")
@@ -224,3 +228,35 @@ def loads_body(data: bytes) -> dict[str, Any]:
         value = decode_value(value)
     result: dict[str, Any] = value
     return result
+
+
+def copy_plan(doc: dict[str, Any]) -> tuple[str, ...] | None:
+    """How to copy a decoded record cheaply, or None if it nests too deep for that (decode it again instead).
+
+    The plan is the keys whose values are lists, dicts or sets of immutable values: ``doc.copy()`` plus a
+    shallow copy of each of those gives a record that shares nothing mutable with ``doc``.
+    """
+    keys: list[str] = []
+    for k, v in doc.items():
+        t = type(v)
+        if t in _ATOMIC:
+            continue
+        if t is list or t is set:
+            items = v
+        elif t is dict:
+            items = v.values()
+        elif t is tuple or t is frozenset:
+            if all(_immutable(x) for x in v):
+                continue
+            return None
+        else:
+            return None
+        if not _ATOMIC.issuperset(map(type, items)) and not all(_immutable(x) for x in items):
+            return None
+        keys.append(k)
+    return tuple(keys)
+
+
+def _immutable(v: Any) -> bool:
+    t = type(v)
+    return t in _ATOMIC or ((t is tuple or t is frozenset) and all(_immutable(x) for x in v))

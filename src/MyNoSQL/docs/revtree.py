@@ -138,7 +138,9 @@ def revs_diff(tree: Tree | None, revs: Iterable[str]) -> list[str]:
 class DocState:
     """Everything stored about one record: its id, last change seq, revision tree and leaf bodies."""
 
-    __slots__ = ("__weakref__", "_json", "_win", "bodies", "disk_loc", "id", "in_x", "raw", "seq", "tree")
+    __slots__ = (
+        "__weakref__", "_json", "_win", "bodies", "decoded", "disk_loc", "hit", "id", "in_x", "raw", "seq", "tree"
+    )
 
     def __init__(self, id: str, seq: int, tree: Tree, bodies: dict[str, bytes]) -> None:
         self.id = id
@@ -149,9 +151,13 @@ class DocState:
         # is in the collision table. Storage bookkeeping, not part of the encoding.
         self.disk_loc = -1
         self.in_x = False
+        self.hit = False  # read since the record cache last looked at it (its second-chance eviction)
         self.raw: bytes | None = None  # to_bytes() of a state waiting in the log to be packed
         self._win: str | None = None  # memoised; a state is never mutated after it is built
         self._json: bytes | None = None
+        # readdoc's memo of doc_json decoded, with the codec's copy_plan for it: never handed out, only copied.
+        # None: not read yet; True: read once; False: no memo (too big, or nested too deep to copy cheaply).
+        self.decoded: tuple[dict[str, Any], tuple[str, ...]] | bool | None = None
 
     @property
     def winner(self) -> str:

@@ -3,6 +3,10 @@
 Records that nothing uses any more are purged: the LRU holds at most ``capacity`` states; a state evicted from
 it stays reachable through the weak-value map only while something else (a pending write, an iterator, a
 replication batch) still holds it, and vanishes with the last reference.
+
+The record LRU is a *second chance* (CLOCK) approximation: a hit only sets the value's ``hit`` flag instead of
+moving the entry (``move_to_end`` was a third of a cached ``readdoc``); eviction takes the oldest entry and, if
+it was hit since it was last looked at, clears the flag and moves it to the young end instead.
 """
 
 from __future__ import annotations
@@ -10,10 +14,16 @@ from __future__ import annotations
 import threading
 import weakref
 from collections import OrderedDict
-from typing import Generic, TypeVar
+from typing import Generic, Protocol, TypeVar
 
 K = TypeVar("K")
-V = TypeVar("V")
+
+
+class _Hittable(Protocol):
+    hit: bool
+
+
+V = TypeVar("V", bound=_Hittable)
 
 
 class RecordCache(Generic[K, V]):
@@ -26,10 +36,7 @@ class RecordCache(Generic[K, V]):
     def get(self, key: K) -> V | None:
         value = self._lru.get(key)
         if value is not None:
-            try:  # noqa: SIM105 - the hot read path; contextlib.suppress costs more than the lookup
-                self._lru.move_to_end(key)
-            except KeyError:  # evicted by another thread meanwhile; the value is still right
-                pass
+            value.hit = True
             return value
         value = self._weak.get(key)
         if value is not None:
@@ -39,14 +46,20 @@ class RecordCache(Generic[K, V]):
     def put(self, key: K, value: V) -> None:
         with self._lock:
             lru = self._lru
-            lru[key] = value
-            lru.move_to_end(key)
+            lru.pop(key, None)
             self._weak.pop(key, None)  # the LRU holds it now; an older weak entry must not shadow it later
-            while len(lru) > self.capacity:
+            chances = len(lru)  # bounded even while readers keep setting flags
+            while len(lru) >= self.capacity:  # make room first: the newcomer is not a candidate
                 old_key, old = lru.popitem(last=False)
+                if old.hit and chances > 0:
+                    chances -= 1
+                    old.hit = False
+                    lru[old_key] = old  # read since it was last looked at: a second chance at the young end
+                    continue
                 # Evicted: it stays findable only while something else still holds it (a pending write, an
                 # iterator, a replication batch). Entering the weak map here, not on every put, keeps reads cheap.
                 self._weak[old_key] = old
+            lru[key] = value
 
     def refresh(self, key: K, value: V) -> None:
         """Replace the cached value of ``key`` if there is one (a newer state of a cached record)."""
