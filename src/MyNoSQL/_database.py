@@ -357,7 +357,10 @@ class Database:
                 self.sync = sync
 
     def learn_mirrors(self, urls: list[str], *, via: str) -> None:
-        """Remember mirrors that a known mirror (``via``) lists; keeps the credentials of ``via`` for them."""
+        """Remember mirrors that a known mirror (``via``) lists; keeps the credentials of ``via`` for them.
+
+        Mirrors learned through an ``https://`` mirror must be ``https://`` too: a plain-HTTP one is skipped
+        (credentials and records would travel in clear text because of what a mirror said)."""
         creds = urllib.parse.urlsplit(via)
         added = []
         for url in urls:
@@ -366,6 +369,10 @@ class Database:
             except InvalidDocument:
                 continue
             p = urllib.parse.urlsplit(norm)
+            if creds.scheme == "https" and p.scheme != "https":
+                log.warning("mirror %s lists %s, a plain-HTTP address: not used (it would downgrade TLS)",
+                            redact_url(via), redact_url(norm))
+                continue
             if creds.username and not p.username:
                 norm = urllib.parse.urlunsplit((p.scheme, f"{creds.netloc.rpartition('@')[0]}@{p.netloc}",
                                                 p.path, "", ""))

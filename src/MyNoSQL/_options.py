@@ -21,6 +21,8 @@ class Limits:
     #                               its last answer) is closed: idle keep-alive and slow headers alike
     body_timeout: float = 60.0  # seconds for a client to send a request's body
     max_longpoll: float = 60.0  # seconds a longpoll _changes request may wait
+    max_auth_failures: int = 10  # failed logins from one address within auth_failure_window before it gets 429s
+    auth_failure_window: float = 60.0  # seconds
 
 
 @dataclasses.dataclass(frozen=True)

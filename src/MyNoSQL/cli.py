@@ -156,24 +156,35 @@ def cli(verbose: int) -> None:
                    "stored hashed. Required to listen beyond loopback.")
 @click.option("--cert", type=click.Path(exists=True, dir_okay=False), default=None, help="TLS certificate (PEM).")
 @click.option("--key", type=click.Path(exists=True, dir_okay=False), default=None, help="TLS private key (PEM).")
+@click.option("--ca-file", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="CA bundle (PEM) to verify https:// peers with, instead of the system's.")
+@click.option("--no-verify-tls", is_flag=True, help="Do not verify https:// peers' certificates (insecure; warns).")
 @click.option("--max-request-bytes", type=click.IntRange(1024), default=None, help="Largest request body.")
 @click.option("--max-batch", type=click.IntRange(1), default=None, help="Most documents in one request.")
 @click.option("--max-connections", type=click.IntRange(1), default=None, help="Most open client connections.")
 @click.option("--header-timeout", type=click.FloatRange(0.1), default=None,
               help="Seconds a connection may stay without a complete request (idle or slow headers).")
+@click.option("--body-timeout", type=click.FloatRange(0.1), default=None, help="Seconds to send a request body.")
+@click.option("--max-doc-bytes", type=click.IntRange(1024), default=None, help="Largest encoded document.")
+@click.option("--max-depth", type=click.IntRange(1, 200), default=None, help="Deepest JSON nesting of a document.")
+@click.option("--max-revisions", type=click.IntRange(1), default=None,
+              help="Longest revision history (_revisions) sent with one document.")
+@click.option("--max-auth-failures", type=click.IntRange(1), default=None,
+              help="Failed logins from one address in a minute before it is refused for a while (429).")
 def serve(path: Path, name: str, host: str, port: int, peers: tuple[str, ...], advertise: str | None,
-          credentials: Path | None, cert: str | None, key: str | None, max_request_bytes: int | None,
-          max_batch: int | None, max_connections: int | None, header_timeout: float | None) -> None:
+          credentials: Path | None, cert: str | None, key: str | None, ca_file: str | None, no_verify_tls: bool,
+          max_doc_bytes: int | None, **limit_options: Any) -> None:
     """Run a mirror in the foreground until SIGINT or SIGTERM, then shut down cleanly."""
     from .server.auth import parse_credentials_file
 
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    given: dict[str, Any] = {"max_request_bytes": max_request_bytes, "max_batch": max_batch,
-                             "max_connections": max_connections, "header_timeout": header_timeout}
-    limits = dataclasses.replace(Limits(), **{k: v for k, v in given.items() if v is not None})
-    handle = MyNoSQL(path, options=Options(limits=limits))
+    limits = dataclasses.replace(Limits(), **{k: v for k, v in limit_options.items() if v is not None})
+    options = Options(limits=limits, tls_ca_file=ca_file, tls_verify=not no_verify_tls)
+    if max_doc_bytes is not None:
+        options = dataclasses.replace(options, max_doc_bytes=max_doc_bytes)
+    handle = MyNoSQL(path, options=options)
     try:
         db = handle.opendb(name)
     except DatabaseLocked as exc:

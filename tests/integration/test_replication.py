@@ -325,3 +325,26 @@ def test_a_poll_loop_that_ends_by_cancellation_is_restarted(mirrors: Any, peers:
     wait_until(lambda: a.db.state("shared").winner == newer["rev"], timeout=15.0,
                what="a polling again and downloading b's update")
     assert mine["rev"] != newer["rev"] and len(calls) >= 2
+
+
+def test_a_changes_position_past_a_restored_mirror_is_read_again_from_the_start(
+        mirrors: Any, caplog: pytest.LogCaptureFixture) -> None:
+    import aiohttp
+
+    from MyNoSQL.replication.endpoints import HttpEndpoint
+
+    m = mirrors()
+    for i in range(3):
+        urllib.request.urlopen(urllib.request.Request(f"{m.url}/db/r{i}", data=b"{}", method="PUT"), timeout=10)
+
+    async def read(since: int) -> tuple[list[dict[str, Any]], Any]:
+        async with aiohttp.ClientSession() as session:
+            return await HttpEndpoint(session, f"{m.url}/db", timeout=10).changes(since, 100)
+
+    # A position the mirror never gave (it was restored from an older backup, or re-created): the mirror refuses
+    # it, and the replicator reads everything again from 0 rather than stopping or skipping anything.
+    rows, last = asyncio.run(read(1000))
+    assert sorted(r["id"] for r in rows) == ["r0", "r1", "r2"] and last == 3
+    assert "restored or re-created" in caplog.text
+    rows, last = asyncio.run(read(3))
+    assert rows == [] and last == 3

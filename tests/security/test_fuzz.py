@@ -10,6 +10,7 @@ import http.client
 import json
 import os
 import urllib.parse
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,8 @@ from hypothesis import strategies as st
 import MyNoSQL
 
 EXAMPLES = int(os.environ.get("MYNOSQL_FUZZ_EXAMPLES", "300"))
+ANSWERS: Counter[int] = Counter()  # status -> how many answers, over the whole fuzz run
+ROUTES_REACHED: set[tuple[str, str]] = set()  # (method, path pattern) answered past the login check
 AUTH = "Basic " + base64.b64encode(b"fuzzer:fuzzer-password").decode()
 
 
@@ -28,7 +31,10 @@ AUTH = "Basic " + base64.b64encode(b"fuzzer:fuzzer-password").decode()
 def mirror(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[MyNoSQL.MyNoSQL, int, Path]]:
     os.environ.pop("MYNOSQL_SYNC", None)
     path = tmp_path_factory.mktemp("fuzz")
-    limits = MyNoSQL.Limits(max_longpoll=0.2, max_request_bytes=256 * 1024, max_batch=200, header_timeout=5)
+    # The login throttle is off here: with it, a few bad logins early on would turn every later answer into a 429
+    # that never reaches a route (it has its own test in test_mirror_security.py).
+    limits = MyNoSQL.Limits(max_longpoll=0.2, max_request_bytes=256 * 1024, max_batch=200, header_timeout=5,
+                            max_auth_failures=10**9)
     h = MyNoSQL.MyNoSQL(path, options=MyNoSQL.Options(limits=limits, flush_docs=50))
     db = h.opendb("db")
     db.adduser("fuzzer", "fuzzer-password")
@@ -82,7 +88,8 @@ queries = st.dictionaries(
     max_size=4,
 )
 paths = st.sampled_from([
-    "/", "/_up", "/_mirrors", "/db", "/db/", "/other", "/db/_changes", "/db/_revs_diff", "/db/_bulk_get",
+    "/", "/_up", "/_mirrors", "/_metrics", "/_dashboard", "/_dashboard/data", "/db", "/db/", "/other",
+    "/db/_changes", "/db/_revs_diff", "/db/_bulk_get",
     "/db/_bulk_docs", "/db/_ensure_full_commit", "/db/_all_docs", "/db/_local/{id}", "/db/{id}", "/{id}",
     "/db/_design/{id}", "/db/{id}/{id}",
 ])
@@ -112,6 +119,9 @@ def test_every_route_answers_2xx_or_4xx(mirror: Any, method: str, path: str, id:
             return  # the client library itself refuses to send this
         resp = conn.getresponse()
         data = resp.read()
+        ANSWERS[resp.status] += 1
+        if resp.status not in (401, 403, 429):
+            ROUTES_REACHED.add((method, path))
         assert resp.status < 500, (method, target, resp.status, data[:300])
         assert b"Traceback" not in data and b"aiohttp/" not in data and b"Python/" not in data
         if data and method != "HEAD" and resp.getheader("Content-Type", "").startswith("application/json"):
@@ -122,6 +132,12 @@ def test_every_route_answers_2xx_or_4xx(mirror: Any, method: str, path: str, id:
 
 def test_after_the_fuzz_the_server_is_alive_and_the_database_clean(mirror: Any) -> None:
     h, port, _path = mirror
+    # The fuzz reached the routes: most answers came from past the login check, many different routes answered.
+    total = sum(ANSWERS.values())
+    assert total >= EXAMPLES // 2, ANSWERS
+    assert ANSWERS[429] == 0 and ANSWERS[401] < total / 2, ANSWERS
+    assert sum(n for status, n in ANSWERS.items() if status < 300) >= total / 20, ANSWERS
+    assert len(ROUTES_REACHED) >= min(25, EXAMPLES // 10), sorted(ROUTES_REACHED)
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
     conn.request("GET", "/_up")
     assert conn.getresponse().status == 200

@@ -180,9 +180,75 @@ def test_limits_answer_4xx_and_write_nothing(secured: Serve) -> None:
                             {"_rev": "1-" + "a" * 32, "v": deep}, user="alice")
     assert code == 400 and "deeper" in body["reason"]
     history = {"_id": "h", "_rev": "2000-" + "a" * 32, "_revisions": {"start": 2000, "ids": ["a" * 32] * 1500}}
-    assert request("POST", f"{db}/_bulk_docs", {"docs": [history], "new_edits": False}, user="alice")[2][0][
-        "error"] == "forbidden"
-    assert request("GET", f"{db}", user="alice")[2]["doc_count"] == 0
+    good = {"_id": "g", "_rev": "1-" + "b" * 32, "v": 1}
+    code, _, body = request("POST", f"{db}/_bulk_docs", {"docs": [good, history], "new_edits": False}, user="alice")
+    assert code == 400 and "document 1" in body["reason"] and "over the limit of 1000" in body["reason"]
+    deep = 1
+    for _ in range(101):  # 101 lists in the document: over its limit of 100; the request is within its 103
+        deep = [deep]
+    code, _, body = request("POST", f"{db}/_bulk_docs", {"docs": [{"_id": "n", "v": 1}, {"_id": "d", "v": deep}]},
+                            user="alice")
+    assert code == 400 and "document 1" in body["reason"] and "deeper than 100" in body["reason"]
+    assert request("GET", f"{db}", user="alice")[2]["doc_count"] == 0  # not even the good documents before them
+
+
+def test_document_size_nesting_and_checkpoint_limits_write_nothing(tmp_path: Path, creds: Path) -> None:
+    s = Serve(tmp_path / "roomy", ["--credentials", str(creds), "--max-doc-bytes", "4096", "--max-depth", "20",
+                                   "--max-revisions", "10"]).start()
+    try:
+        db = f"{s.url}/db"
+        code, _, body = request("PUT", f"{db}/big", {"pad": "x" * 5000}, user="alice")
+        assert code == 400 and "over the limit of 4096" in body["reason"]
+        code, _, body = request("POST", f"{db}/_bulk_docs", {"docs": [{"_id": "ok"}, {"_id": "b2", "pad": "x" * 5000}]},
+                                user="alice")
+        assert code == 400 and "document 1" in body["reason"]
+        for depth in (21, 300, 2000):  # over the limit; past what orjson writes (255); past what it reads (1024)
+            raw = ('{"v":' + '{"d":' * depth + "1" + "}" * depth + "}").encode()
+            code, _, body = request("PUT", f"{db}/deep{depth}", raw=raw, user="alice")
+            assert code == 400 and body["error"] == "bad_request", (depth, code, body)
+        history = {"_id": "h", "_rev": "12-" + "a" * 32, "_revisions": {"start": 12, "ids": ["a" * 32] * 11}}
+        code, _, body = request("POST", f"{db}/_bulk_docs", {"docs": [history], "new_edits": False}, user="alice")
+        assert code == 400 and "over the limit of 10" in body["reason"]
+        checkpoint = {"id": "cp", "doc": {"pad": "x" * (1024 * 1024 + 1)}}
+        code, _, _ = request("POST", f"{db}/_bulk_docs", {"docs": [{"_id": "c", "_rev": "1-" + "c" * 32}],
+                                                          "new_edits": False, "mynosql_checkpoint": checkpoint},
+                             user="alice")
+        assert code == 413
+        assert request("GET", f"{db}", user="alice")[2]["doc_count"] == 0
+        assert request("GET", f"{db}/_local/cp", user="alice")[0] == 404
+    finally:
+        s.stop()
+
+
+def test_changes_refuses_a_since_from_the_future_and_survives_huge_numbers(secured: Serve) -> None:
+    db = f"{secured.url}/db"
+    assert request("PUT", f"{db}/a", {"v": 1}, user="alice")[0] == 201
+    seq = request("GET", f"{db}/_changes", user="alice")[2]["last_seq"]
+    assert request("GET", f"{db}/_changes?since={seq}", user="alice")[2]["results"] == []
+    for since in (str(int(seq) + 1), "9" * 30, "9" * 400):
+        code, _, body = request("GET", f"{db}/_changes?since={since}", user="alice")
+        assert code == 400 and body["error"] == "since_ahead", (since, code, body)
+    code, _, body = request("GET", f"{db}/_changes?feed=longpoll&since=0&timeout={'9' * 400}&limit={'9' * 400}",
+                            user="alice")
+    assert code == 200 and len(body["results"]) == 1  # both clamped
+
+
+def test_malformed_http_gets_no_versions_either(secured: Serve) -> None:
+    port = int(secured.url.rsplit(":", 1)[1])
+    for raw in (b"GARBAGE\r\n\r\n", b"GET / HTTP/1.1\r\nHost: x\r\nContent-Length: -5\r\n\r\n",
+                b"GET /" + b"a" * 20000 + b" HTTP/1.1\r\nHost: x\r\n\r\n"):
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+            sock.sendall(raw)
+            answer = b""
+            while b"\r\n\r\n" not in answer:  # the status line and headers (bounded: the server closes)
+                chunk = sock.recv(4096)
+                if not chunk:
+                    break
+                answer += chunk
+        head = answer.split(b"\r\n\r\n")[0].decode("latin-1")
+        assert head.startswith(("HTTP/1.1 4", "HTTP/1.0 4")), head
+        assert "Server: MyNoSQL" in head and "aiohttp" not in answer.decode("latin-1").lower()
+        assert "python" not in answer.decode("latin-1").lower()
 
 
 def test_slow_and_idle_clients_are_cut_off(secured: Serve) -> None:
@@ -226,6 +292,12 @@ def test_tls_with_a_certificate_made_by_the_test(tmp_path: Path, creds: Path) ->
 
         ctx = ssl.create_default_context(cafile=str(tmp_path / "ca.pem"))
         assert request("GET", f"{s.url}/db/over-tls", user="alice", ctx=ctx)[0] == 200
+        # A second `mynosql serve` keeps in step with it over TLS, trusting the test's CA through --ca-file.
+        other = Serve(tmp_path / "tls2", ["--peer", url, "--ca-file", str(tmp_path / "ca.pem")]).start()
+        try:
+            wait_until(lambda: request("GET", f"{other.url}/db/over-tls")[0] == 200, what="pulled over TLS")
+        finally:
+            other.stop()
     finally:
         s.stop()
 
@@ -265,3 +337,80 @@ def test_turning_tls_verification_off_is_explicit_and_warns(caplog: pytest.LogCa
         asyncio.run(make())
     assert "verification is OFF" in caplog.text
     assert MyNoSQL.Options().tls_verify is True
+
+
+def test_a_mirror_beyond_loopback_with_no_users_left_lets_nobody_in(tmp_path: Path) -> None:
+    # What a mirror serving 0.0.0.0 does once its last user is removed (the app is run here on 127.0.0.1 with the
+    # setting such an address gets): every data route answers 401, whatever the credentials; /_up still answers.
+    import asyncio
+
+    from aiohttp import web
+
+    from MyNoSQL.server.app import MirrorApp
+
+    h = MyNoSQL.MyNoSQL(tmp_path, options=MyNoSQL.Options(background_sync=False))
+    db = h.opendb("db")
+    db.adduser("alice", PASSWORD)
+    assert db.removeuser("alice") and not db.users
+    port = free_port()
+
+    async def main() -> list[int]:
+        runner = web.AppRunner(MirrorApp({"db": db}, users=db.users, open_without_users=False).build())
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", port).start()
+        try:
+            calls = [("GET", "/db", None), ("GET", "/db", "alice"), ("PUT", "/db/x", "alice"), ("GET", "/_up", None)]
+            return [(await asyncio.to_thread(request, m, f"http://127.0.0.1:{port}{p}", {} if m == "PUT" else None,
+                                             user=u))[0] for m, p, u in calls]
+        finally:
+            await runner.cleanup()
+
+    try:
+        assert asyncio.run(main()) == [401, 401, 401, 200]
+        assert len(db) == 0
+    finally:
+        h.closedb()
+
+
+def test_replacing_the_users_never_leaves_a_moment_without_any(tmp_path: Path) -> None:
+    import threading
+
+    from MyNoSQL.server.auth import Users
+
+    users = Users(tmp_path / "users.json")
+    users.set("old", PASSWORD)
+    seen_empty = threading.Event()
+    done = threading.Event()
+
+    def watch() -> None:
+        while not done.is_set():  # bounded by the replacement below (a few PBKDF2 hashes)
+            if not users:
+                seen_empty.set()
+
+    t = threading.Thread(target=watch)
+    t.start()
+    try:
+        users.replace_all([(f"u{i}", PASSWORD, "replicator") for i in range(4)])
+    finally:
+        done.set()
+        t.join(timeout=30)
+    assert not seen_empty.is_set()
+    assert sorted(users.names()) == ["u0", "u1", "u2", "u3"]
+    with pytest.raises(MyNoSQL.InvalidDocument):
+        users.replace_all([("new", PASSWORD, "replicator"), ("bad", "short", "replicator")])
+    assert sorted(users.names()) == ["u0", "u1", "u2", "u3"]  # a bad list changes nothing
+
+
+def test_mirrors_learned_through_tls_must_use_tls_too(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    h = MyNoSQL.MyNoSQL(tmp_path, options=MyNoSQL.Options(background_sync=False))
+    db = h.opendb("db")
+    try:
+        via = "https://alice:secret-pw@127.0.0.1:8801"
+        db.addpeer(via)
+        db.learn_mirrors(["http://127.0.0.2:8802", "https://127.0.0.3:8803"], via=via)
+        peers = db.config["peers"]
+        assert "https://alice:secret-pw@127.0.0.3:8803" in peers  # the credentials of the mirror that listed it
+        assert not any("127.0.0.2" in p for p in peers)  # never downgraded to clear text
+        assert "plain-HTTP" in caplog.text and "secret-pw" not in caplog.text
+    finally:
+        h.closedb()

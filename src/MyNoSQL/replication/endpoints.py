@@ -11,6 +11,7 @@ import asyncio
 import base64
 import gzip
 import hashlib
+import logging
 import urllib.parse
 from collections.abc import Sequence
 from itertools import islice
@@ -26,6 +27,8 @@ __all__ = ["Endpoint", "HttpEndpoint", "LocalEndpoint", "RemoteError", "redact",
 from .._errors import InvalidDocument, MyNoSQLError
 from ..docs.revtree import DocState
 from . import protocol
+
+log = logging.getLogger("MyNoSQL")
 
 
 class RemoteError(MyNoSQLError):
@@ -213,8 +216,15 @@ class HttpEndpoint:
                   "limit": str(limit)}
         if timeout:
             params.update(feed="longpoll", timeout=str(int(timeout * 1000)))
-        result = await self.request("GET", "/_changes", params=params,
-                                    timeout=(timeout or 0) + self.timeout)
+        try:
+            result = await self.request("GET", "/_changes", params=params, timeout=(timeout or 0) + self.timeout)
+        except RemoteError as exc:
+            if exc.status != 400 or '"since_ahead"' not in str(exc) or params["since"] == "0":
+                raise
+            # A MyNoSQL mirror restored from a backup, or re-created: our position is past all it has.
+            log.warning("%s has fewer changes than we had read from it (restored or re-created?): reading them "
+                        "again from the start", self.identity)
+            return await self.changes(0, limit, timeout)
         return list(result.get("results", [])), result.get("last_seq", since)
 
     async def revs_diff(self, query: dict[str, list[str]]) -> dict[str, list[str]]:

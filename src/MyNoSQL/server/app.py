@@ -15,10 +15,10 @@ import logging
 import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple, TypeVar
 
 import orjson
-from aiohttp import web
+from aiohttp import web, web_response
 
 from .._database import Database, validate_id
 from .._errors import ConflictError, DocumentNotFound, InvalidDocument, MyNoSQLError
@@ -31,8 +31,25 @@ from .observe import Observer
 
 log = logging.getLogger("MyNoSQL")
 
+# aiohttp names itself and Python's version in the Server header of the answers it makes on its own (a request
+# it cannot parse gets its 400 before any middleware or on_response_prepare hook runs). Say only our name.
+web_response.SERVER_SOFTWARE = "MyNoSQL"  # type: ignore[attr-defined]
+
 MAX_LIMIT = 10_000
+_LOCAL_MAX = 1024 * 1024  # bytes of one _local document (a checkpoint)
+_WRAPPING = 3  # levels a request body adds around documents: {"docs": [doc]}, {"mynosql_checkpoint": {"doc"}}
 SMALL_INLINE = 64  # a request touching fewer records runs on the event loop, not in a worker thread
+
+
+_T = TypeVar("_T")
+
+
+class _Edit(NamedTuple):
+    """A checked normal write: a record to save, or (record None) the deletion of ``rev``."""
+
+    id: Any
+    rev: str | None
+    record: dict[str, Any] | None
 
 
 class HttpError(Exception):
@@ -107,14 +124,16 @@ _PUBLIC = ("/", "/_up")  # everything else needs a user once users exist (/_metr
 
 class MirrorApp:
     def __init__(self, dbs: dict[str, Database], *, mirrors: Callable[[], list[str]] | None = None,
-                 users: Users | None = None, limits: Limits | None = None) -> None:
+                 users: Users | None = None, limits: Limits | None = None, open_without_users: bool = True) -> None:
+        """``open_without_users``: serve everyone while no user exists (only ever for a loopback address)."""
         self.dbs = dbs
         self.mirrors = mirrors or (lambda: [])
         self.notifiers: dict[str, ChangeNotifier] = {}
         self.echo_logs: dict[str, EchoLog] = {name: EchoLog() for name in dbs}
         self.users = users
+        self.open_without_users = open_without_users
         self.limits = limits or Limits()
-        self.throttle = Throttle()
+        self.throttle = Throttle(self.limits.max_auth_failures, self.limits.auth_failure_window)
         self.observer = Observer(dbs)
         self._ticker: asyncio.Task[None] | None = None
 
@@ -189,7 +208,7 @@ class MirrorApp:
     @web.middleware
     async def _auth(self, request: web.Request, handler: Callable[[web.Request], Any]) -> web.StreamResponse:
         users = self.users
-        if not users or (request.path in _PUBLIC and request.method in ("GET", "HEAD")):
+        if (not users and self.open_without_users) or (request.path in _PUBLIC and request.method in ("GET", "HEAD")):
             resp: web.StreamResponse = await handler(request)
             return resp
         addr = request.remote or "?"
@@ -202,7 +221,7 @@ class MirrorApp:
                 name, _, password = base64.b64decode(auth[6:], validate=True).decode("utf-8").partition(":")
             except (ValueError, UnicodeDecodeError):
                 name = password = ""
-            if name:
+            if name and users:  # a non-loopback mirror whose last user was removed lets nobody in
                 role = await asyncio.to_thread(users.check, name, password)
         if role is None:
             self.throttle.failed(addr)
@@ -265,9 +284,16 @@ class MirrorApp:
             except asyncio.TimeoutError as exc:
                 raise HttpError(408, "timeout", "the request body did not arrive in time") from exc
         try:
-            return orjson.loads(raw)
+            body = orjson.loads(raw)
         except orjson.JSONDecodeError as exc:
             raise HttpError(400, "bad_request", "invalid JSON body") from exc
+        # Documents may nest max_depth levels; a request wraps them in a few more ({"docs": [...]}).
+        try:
+            protocol.check_depth(body, self.limits.max_depth + _WRAPPING)
+        except InvalidDocument as exc:
+            raise HttpError(400, "bad_request", f"the request nests deeper than documents may "
+                            f"({self.limits.max_depth} levels)") from exc
+        return body
 
     def _batch(self, items: Any, what: str) -> None:
         if len(items) > self.limits.max_batch:
@@ -352,13 +378,15 @@ class MirrorApp:
             since = db.seq
         else:
             try:
-                since = int(since_raw.split("-")[0]) if since_raw else 0
+                since = max(0, int(since_raw.split("-")[0]) if since_raw else 0)
             except ValueError as exc:
                 raise HttpError(400, "bad_request", "since must be an integer or 'now'") from exc
-            since = max(0, since)
+            if since > db.seq:  # not a seq this database gave: it was restored or re-created since
+                raise HttpError(400, "since_ahead", f"since {str(since)[:40]} is ahead of this database's last "
+                                f"change ({db.seq}); start again from 0")
         try:
             limit = min(MAX_LIMIT, max(1, int(q.get("limit", MAX_LIMIT))))
-            timeout = min(self.limits.max_longpoll, max(0.0, int(q.get("timeout", 60000)) / 1000))
+            timeout = min(self.limits.max_longpoll, max(0, min(int(q.get("timeout", 60000)), 10**9)) / 1000)
         except ValueError as exc:
             raise HttpError(400, "bad_request", "limit and timeout must be integers") from exc
         all_docs = q.get("style") == "all_docs"
@@ -461,17 +489,23 @@ class MirrorApp:
         if checkpoint is not None and not (isinstance(checkpoint, dict) and isinstance(checkpoint.get("id"), str)
                                            and isinstance(checkpoint.get("doc"), dict)):
             raise HttpError(400, "bad_request", "mynosql_checkpoint must be {id: str, doc: {...}}")
+        if checkpoint is not None and len(orjson.dumps(checkpoint["doc"])) > _LOCAL_MAX:
+            raise HttpError(413, "too_large", "local documents are limited to 1 MiB")
         written = 0
         client = _client_token(request)
         echo_log = self.echo_logs.get(db.name) if client else None
 
         def write() -> list[dict[str, Any]]:
             nonlocal written
+            # Every document is checked against the limits before any is written: over a limit, the whole
+            # request is refused and nothing is written (a conflict stays a per-document answer, as in CouchDB).
+            check: Callable[[Any], protocol.WireDoc | _Edit] = \
+                (lambda d: self._wire(db, d)) if new_edits is False else (lambda d: self._record(db, d, None))
+            checked = [self._checked(check, doc, n) for n, doc in enumerate(docs)]
             out = []
-            for doc in docs:
+            for doc, w in zip(docs, checked, strict=True):
                 try:
-                    if new_edits is False:
-                        w = self._wire(db, doc)
+                    if isinstance(w, protocol.WireDoc):
                         state = db.merge_replicated(w.id, w.path, w.deleted, w.blob)
                         if state is not None:
                             self.observer.docs_in += 1
@@ -480,12 +514,9 @@ class MirrorApp:
                                     and revtree.leaves(state.tree) == [w.path[0]]:
                                 echo_log.add(state.seq, client)  # the client's write, the record's only leaf
                     else:
-                        out.append({"ok": True, **self._save(db, doc, None)})
+                        out.append({"ok": True, **self._write(db, w)})
                 except (ConflictError, DocumentNotFound) as exc:
                     out.append({"id": doc.get("_id"), "error": "conflict", "reason": str(exc)})
-                except InvalidDocument as exc:
-                    out.append({"id": doc.get("_id") if isinstance(doc, dict) else None, "error": "forbidden",
-                                "reason": str(exc)})
             return out
 
         answer = write() if len(docs) <= SMALL_INLINE else await asyncio.to_thread(write)
@@ -493,8 +524,6 @@ class MirrorApp:
             for _ in range(3):  # let waiting longpolls answer first: the checkpoint below can wait a moment
                 await asyncio.sleep(0)
         if checkpoint is not None:  # after the documents: a checkpoint never runs ahead of what it covers
-            if len(orjson.dumps(checkpoint["doc"])) > 1024 * 1024:
-                raise HttpError(413, "too_large", "local documents are limited to 1 MiB")
             if len(docs) <= SMALL_INLINE:
                 db.local_put(checkpoint["id"][:1024], checkpoint["doc"])  # no fsync: cheap enough inline
             else:
@@ -528,7 +557,7 @@ class MirrorApp:
         if not isinstance(body, dict):
             raise HttpError(400, "bad_request", "document must be a JSON object")
         id = self._local_id(request)
-        if len(orjson.dumps(body)) > 1024 * 1024:
+        if len(orjson.dumps(body)) > _LOCAL_MAX:
             raise HttpError(413, "too_large", "local documents are limited to 1 MiB")
         protocol.check_depth(body, self.limits.max_depth)
         rev = await asyncio.to_thread(db.local_put, id, body)
@@ -544,25 +573,45 @@ class MirrorApp:
 
     # -- documents --------------------------------------------------------------------------------------------
 
-    @staticmethod
-    def _save(db: Database, doc: Any, id: str | None) -> dict[str, Any]:
+    def _record(self, db: Database, doc: Any, id: str | None) -> _Edit:
+        """Check a document of a normal write (PUT, or ``_bulk_docs`` without ``new_edits=false``)."""
         if not isinstance(doc, dict):
             raise InvalidDocument("document must be a JSON object")
         doc_id = id if id is not None else doc.get("_id")
         if id is not None and doc.get("_id", id) != id:
             raise InvalidDocument("document id does not match the URL")
         if doc.get("_deleted") is True:
-            if not isinstance(doc.get("_rev"), str):
-                raise ConflictError("a deletion needs the current _rev")
-            res = db.deletedoc(validate_id(doc_id), doc["_rev"])
-            return {"id": res["id"], "rev": res["rev"]}
-        record = loads_body(orjson.dumps(protocol.body_from_wire(doc)))
+            rev = doc.get("_rev")
+            return _Edit(validate_id(doc_id), rev if isinstance(rev, str) else None, None)
+        body = protocol.body_from_wire(doc)
+        protocol.check_depth(body, self.limits.max_depth)
+        data = orjson.dumps(body)  # what savedoc stores, give or take the id: checked here, before any write
+        if len(data) > db.options.max_doc_bytes:
+            raise InvalidDocument(f"document is {len(data)} bytes, over the limit of {db.options.max_doc_bytes}")
+        record = loads_body(data)
         if doc_id is not None:
             record["id"] = doc_id
         if "_rev" in doc:
             record["rev"] = doc["_rev"]
-        saved = db.savedoc(record)
-        return {"id": saved["id"], "rev": saved["rev"]}
+        return _Edit(doc_id, None, record)
+
+    @staticmethod
+    def _write(db: Database, edit: _Edit) -> dict[str, Any]:
+        if edit.record is None:  # a deletion
+            if edit.rev is None:
+                raise ConflictError("a deletion needs the current _rev")
+            res = db.deletedoc(edit.id, edit.rev)
+        else:
+            res = db.savedoc(edit.record)
+        return {"id": res["id"], "rev": res["rev"]}
+
+    @staticmethod
+    def _checked(check: Callable[[Any], _T], doc: Any, n: int) -> _T:
+        """``check(doc)``; a document that breaks a rule or limit refuses the whole request (nothing written)."""
+        try:
+            return check(doc)
+        except InvalidDocument as exc:
+            raise HttpError(400, "bad_request", f"document {n}: {exc}") from exc
 
     async def doc_get(self, request: web.Request) -> web.Response:
         db = self._db(request)
@@ -616,7 +665,8 @@ class MirrorApp:
             return _json({"ok": True, "id": w.id, "rev": w.path[0]}, 201)
         if isinstance(body, dict) and "rev" in request.query:
             body.setdefault("_rev", request.query["rev"])
-        res = await asyncio.to_thread(self._save, db, body, id)
+        edit = self._record(db, body, id)
+        res = await asyncio.to_thread(self._write, db, edit)
         return _json({"ok": True, **res}, 201)
 
     async def doc_delete(self, request: web.Request) -> web.Response:

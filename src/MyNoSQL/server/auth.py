@@ -31,6 +31,13 @@ def _derive(password: str, salt: bytes, iterations: int) -> bytes:
     return hashlib.pbkdf2_hmac("sha256", password.encode("utf-8"), salt, iterations)
 
 
+def _entry(password: str, role: str) -> dict[str, Any]:
+    """What is stored of a user: the role and a salted PBKDF2 hash of the password (never the password)."""
+    salt = secrets.token_bytes(16)
+    return {"role": role, "salt": salt.hex(), "iterations": ITERATIONS,
+            "hash": _derive(password, salt, ITERATIONS).hex()}
+
+
 def parse_credentials_file(path: Path) -> list[tuple[str, str, str]]:
     """``user:password`` lines (optionally ``user:password:role``); ``#`` starts a comment line."""
     out = []
@@ -73,17 +80,20 @@ class Users:
         atomic_write(self.path, orjson.dumps({"version": 1, "users": self._users}, option=orjson.OPT_INDENT_2))
         os.chmod(self.path, 0o600)
 
-    def set(self, name: str, password: str, role: str = "replicator") -> None:
+    @staticmethod
+    def _validate(name: str, password: str, role: str) -> None:
         if not isinstance(name, str) or not name or ":" in name or len(name) > 200:
             raise InvalidDocument("a user name must be 1-200 characters without ':'")
         if not isinstance(password, str) or len(password) < 8:
             raise InvalidDocument("a password must be at least 8 characters")
         if role not in ROLES:
             raise InvalidDocument(f"role must be one of {', '.join(ROLES)}")
-        salt = secrets.token_bytes(16)
+
+    def set(self, name: str, password: str, role: str = "replicator") -> None:
+        self._validate(name, password, role)
+        entry = _entry(password, role)
         with self._lock:
-            self._users[name] = {"role": role, "salt": salt.hex(), "iterations": ITERATIONS,
-                                 "hash": _derive(password, salt, ITERATIONS).hex()}
+            self._users[name] = entry
             self._verified.clear()
             self._save()
 
@@ -96,13 +106,16 @@ class Users:
             return True
 
     def replace_all(self, entries: list[tuple[str, str, str]]) -> None:
-        with self._lock:
-            self._users = {}
+        """Make ``entries`` (name, password, role) the users, in one swap: a serving mirror never sees an
+        empty or half-filled list meanwhile."""
+        users = {}
         for name, password, role in entries:
-            self.set(name, password, role)
-        if not entries:
-            with self._lock:
-                self._save()
+            self._validate(name, password, role)
+            users[name] = _entry(password, role)
+        with self._lock:
+            self._users = users
+            self._verified.clear()
+            self._save()
 
     def check(self, name: str, password: str) -> str | None:
         """The user's role if the password is right, else None. Constant time in what it compares."""
