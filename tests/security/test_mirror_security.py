@@ -141,6 +141,85 @@ def test_peer_credentials_from_the_url_and_never_leaked(secured: Serve, tmp_path
     assert PASSWORD not in "".join(secured.log)
 
 
+def test_a_mirrors_own_peer_credentials_never_show_in_its_answers_or_log(secured: Serve, tmp_path: Path,
+                                                                          creds: Path) -> None:
+    url = secured.url.replace("http://", f"http://alice:{PASSWORD.replace(' ', '%20')}@")
+    other = Serve(tmp_path / "other", ["--credentials", str(creds), "--peer", url]).start()
+    try:
+        assert request("PUT", f"{secured.url}/db/from-secured", {"v": 1}, user="alice")[0] == 201
+        wait_until(lambda: request("GET", f"{other.url}/db/from-secured", user="bob")[0] == 200,
+                   what="the mirror pulled with its peer's credentials")
+        code, _, listed = request("GET", f"{other.url}/_mirrors", user="bob")
+        assert code == 200 and secured.url in listed["mirrors"]  # the peer is listed, without its credentials
+        text = json.dumps(listed)
+        assert PASSWORD not in text and PASSWORD.replace(" ", "%20") not in text and "alice" not in text
+        for path in ("/_dashboard/data", "/_metrics"):
+            with urllib.request.urlopen(urllib.request.Request(f"{other.url}{path}", headers={
+                    "Authorization": "Basic " + base64.b64encode(f"bob:{PASSWORD}".encode()).decode()}),
+                    timeout=15) as r:
+                page = r.read()
+                assert r.status == 200 and b"alice" not in page and PASSWORD.replace(" ", "%20").encode() not in page
+    finally:
+        other.stop()
+    assert PASSWORD.replace(" ", "%20") not in "".join(other.log) and PASSWORD not in "".join(other.log)
+
+
+def test_the_login_throttle_is_per_address(secured: Serve) -> None:
+    # 127.0.0.1 and 127.0.0.2 are different clients (both loopback): one guessing does not lock the other out.
+    port = int(secured.url.rsplit(":", 1)[1])
+    for i in range(11):
+        assert request("GET", f"{secured.url}/db", user="alice", password=f"guess {i}")[0] in (401, 429)
+    assert request("GET", f"{secured.url}/db", user="alice")[0] == 429
+    conn = socket.create_connection(("127.0.0.1", port), timeout=10, source_address=("127.0.0.2", 0))
+    try:
+        auth = base64.b64encode(f"alice:{PASSWORD}".encode()).decode()
+        conn.sendall(f"GET /db HTTP/1.1\r\nHost: x\r\nAuthorization: Basic {auth}\r\nConnection: close\r\n\r\n"
+                     .encode())
+        answer = b""
+        while chunk := conn.recv(4096):  # bounded: the server closes (Connection: close)
+            answer += chunk
+    finally:
+        conn.close()
+    assert answer.startswith(b"HTTP/1.1 200"), answer[:200]
+
+
+def test_slow_bodies_and_idle_connections_are_cut_off(tmp_path: Path, creds: Path) -> None:
+    s = Serve(tmp_path / "slow", ["--credentials", str(creds), "--header-timeout", "1.5", "--body-timeout", "1.5"]
+              ).start()
+    try:
+        port = int(s.url.rsplit(":", 1)[1])
+        auth = base64.b64encode(f"alice:{PASSWORD}".encode()).decode()
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+            sock.sendall(f"PUT /db/slow HTTP/1.1\r\nHost: x\r\nAuthorization: Basic {auth}\r\n"
+                         "Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{".encode())
+            t0 = time.monotonic()
+            answer = sock.recv(4096)  # the rest of the body never comes
+            assert answer.startswith(b"HTTP/1.1 408") and time.monotonic() - t0 < 8, answer[:200]
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+            sock.sendall(b"GET /_up HTTP/1.1\r\nHost: x\r\n\r\n")
+            first = sock.recv(4096)
+            assert first.startswith(b"HTTP/1.1 200")
+            t0 = time.monotonic()
+            while sock.recv(4096):  # then idle on a keep-alive connection: closed by the server
+                pass
+            assert time.monotonic() - t0 < 8
+        assert request("GET", f"{s.url}/db/slow", user="alice")[0] == 404  # nothing of it was written
+    finally:
+        s.stop()
+
+
+def test_ids_and_members_a_mirror_refuses(secured: Serve) -> None:
+    db = f"{secured.url}/db"
+    for bad in ("_design", "_x", "a%00b", "x" * 1025, "a/../b", "./a"):
+        code, _, body = request("PUT", f"{db}/{bad}", {"v": 1}, user="alice")
+        assert 400 <= code < 500 and body["error"], (bad, code, body)
+    for doc in ({"_id": "m1", "_attachments": {}}, {"_id": "m2", "_unknown": 1}, {"_id": "m3", "_rev": "bad"},
+                {"_id": 5}, {"_id": "m4", "_rev": "0-" + "a" * 32}):
+        code, _, body = request("POST", f"{db}/_bulk_docs", {"docs": [doc], "new_edits": False}, user="alice")
+        assert code == 400, (doc, code, body)
+    assert request("GET", db, user="alice")[2]["doc_count"] == 0
+
+
 def test_wrong_peer_credentials_fail_with_a_clear_status(secured: Serve, tmp_path: Path) -> None:
     url = secured.url.replace("http://", "http://alice:wrongpassword@")
     h = MyNoSQL.MyNoSQL(tmp_path / "peer2", options=MyNoSQL.Options(longpoll=2.0))
