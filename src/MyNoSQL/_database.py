@@ -746,10 +746,16 @@ class Database:
         """Pack pending records into shard files now (the compactor does this by itself)."""
         self._check().flush()
 
-    def compact(self) -> int:
-        """Rewrite shards that hold dead records and delete what is left empty. Returns records moved."""
-        return self._check().compact()
+    def compact(self, progress: Callable[[int, int | None], None] | None = None) -> int:
+        """Rewrite shards that hold dead records and delete what is left empty. Returns records moved.
 
-    def verify(self) -> list[str]:
-        """Check every checksum and the index. Returns the problems found (an empty list: all is well)."""
-        return self._check().verify()
+        ``progress(moved, total)`` is called as blocks move (``total``: the live records to move, an upper bound).
+        """
+        return self._check().compact(progress)
+
+    def verify(self, progress: Callable[[int, int | None], None] | None = None) -> list[str]:
+        """Check every checksum and the index. Returns the problems found (an empty list: all is well).
+
+        ``progress(checked, total)`` is called after each block (counts of records).
+        """
+        return self._check().verify(progress)

@@ -1,8 +1,17 @@
 """The ``mynosql`` command (also ``python -m MyNoSQL``).
 
 Exit codes scripts can rely on: 0 success; 1 failure (``verify`` found damage, a replication failed...);
-2 bad usage; 3 the database is open in another process; 4 no such record; 5 conflict (stale revision);
-6 a remote server could not be reached or refused. ``--json`` prints one JSON document on stdout.
+2 bad usage; 3 the database is open in another process; 4 no such record, or no such database (only ``put``,
+``import`` and a path TARGET of ``replicate`` create a database); 5 conflict (stale revision); 6 a remote server
+could not be reached or refused (a 401 included).
+
+``--json`` (every subcommand but ``demo``) prints one JSON document on stdout, whatever the exit code: the
+result, or on an error ``{"error": KIND, "message": ..., "exit_code": N}`` (the message also goes to stderr as
+text). ``serve --json`` prints JSON Lines instead (one object when it serves, one when it stops); the summary of
+``export --json`` goes to stderr when the export itself goes to stdout.
+
+Progress of long work (``export``, ``import``, ``verify``, ``compact``, ``replicate``) goes to stderr: a bar when
+stderr is a terminal, else a plain line every $MYNOSQL_PROGRESS_INTERVAL seconds (default 5) and one at the end.
 """
 
 from __future__ import annotations
@@ -12,6 +21,7 @@ import dataclasses
 import logging
 import os
 import signal
+import stat
 import subprocess
 import sys
 import threading
@@ -38,6 +48,9 @@ from .docs import revtree
 from .docs.codec import decode_value
 
 EXIT_FAIL, EXIT_USAGE, EXIT_LOCKED, EXIT_NOT_FOUND, EXIT_CONFLICT, EXIT_REMOTE = 1, 2, 3, 4, 5, 6
+ERROR_KINDS = {EXIT_FAIL: "failed", EXIT_USAGE: "usage", EXIT_LOCKED: "locked", EXIT_NOT_FOUND: "not_found",
+               EXIT_CONFLICT: "conflict", EXIT_REMOTE: "remote"}
+PROGRESS_INTERVAL_ENV = "MYNOSQL_PROGRESS_INTERVAL"
 T = TypeVar("T")
 
 
@@ -49,25 +62,61 @@ class Fail(click.ClickException):
         self.code = code
 
 
-def _out(data: Any, as_json: bool, text: str | None = None) -> None:
+def _out(data: Any, as_json: bool, text: str | None = None, *, err: bool = False) -> None:
     if as_json:
-        click.echo(orjson.dumps(data, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS, default=str).decode())
+        click.echo(orjson.dumps(data, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS, default=str).decode(),
+                   err=err)
     else:
-        click.echo(text if text is not None else orjson.dumps(data, option=orjson.OPT_INDENT_2, default=str))
+        click.echo(text if text is not None else orjson.dumps(data, option=orjson.OPT_INDENT_2, default=str),
+                   err=err)
+
+
+def _interval() -> float:
+    """Seconds between plain progress lines: $MYNOSQL_PROGRESS_INTERVAL, default 5."""
+    try:
+        return max(0.0, float(os.environ.get(PROGRESS_INTERVAL_ENV) or 5.0))
+    except ValueError:
+        return 5.0
+
+
+def _amount(x: float, unit: str, of: float | None = None) -> str:
+    """``1,234 records``, ``1,234 of 5,000 records``; bytes in MB."""
+    mb = unit == "bytes"
+
+    def num(v: float) -> str:
+        return f"{v / 1e6:,.1f}" if mb else f"{v:,.0f}"
+
+    return f"{num(x)}{'' if of is None else ' of ' + num(of)} {'MB' if mb else unit}"
 
 
 class Progress:
-    """A progress bar (tqdm) on a terminal; plain periodic lines (every ``every`` s) when not on one."""
+    """A progress bar (tqdm) when stderr is a terminal; otherwise a plain line every ``every`` seconds and one
+    at the end. Counts ``unit`` ("records", "changes" or "bytes"); with a ``total``, also the ETA.
 
-    def __init__(self, what: str, total: int | None, every: float = 5.0) -> None:
-        self.what, self.total, self.every = what, total, every
+    ``update(k)`` adds ``k``; calling the object with ``(done, total)`` sets both: it is the ``progress`` hook
+    of ``Database.verify``, ``Database.compact`` and ``replicate_once``."""
+
+    def __init__(self, what: str, total: int | None = None, unit: str = "records",
+                 every: float | None = None) -> None:
+        self.what, self.total, self.unit = what, total, unit
+        self.every = _interval() if every is None else every
         self.n = 0
         self.t0 = self.last = time.monotonic()
         self.bar: Any = None
         if sys.stderr.isatty():
             from tqdm import tqdm
 
-            self.bar = tqdm(total=total, desc=what, unit=" rec", unit_scale=True, file=sys.stderr)
+            byte = unit == "bytes"
+            self.bar = tqdm(total=total, desc=what, unit="B" if byte else f" {unit}", unit_scale=True,
+                            unit_divisor=1024 if byte else 1000, file=sys.stderr)
+
+    def __call__(self, done: int, total: int | None = None) -> None:
+        if total is not None and total != self.total:
+            self.total = total
+            if self.bar is not None:
+                self.bar.total = total
+                self.bar.refresh()
+        self.update(done - self.n)
 
     def update(self, k: int = 1) -> None:
         self.n += k
@@ -78,26 +127,41 @@ class Progress:
         if now - self.last >= self.every:
             self.last = now
             rate = self.n / max(now - self.t0, 1e-9)
-            eta = f", ETA {(self.total - self.n) / rate:.0f} s" if self.total and rate > 0 else ""
-            of = f"/{self.total}" if self.total else ""
-            click.echo(f"{self.what}: {self.n}{of} records, {rate:,.0f}/s{eta}", err=True)
+            eta = f", ETA {(self.total - self.n) / rate:,.0f} s" if self.total and rate > 0 else ""
+            done = _amount(self.n, self.unit, self.total or None)
+            click.echo(f"{self.what}: {done}, {_amount(rate, self.unit)}/s{eta}", err=True)
 
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
         else:
             dt = time.monotonic() - self.t0
-            click.echo(f"{self.what}: {self.n} records in {dt:.1f} s", err=True)
+            click.echo(f"{self.what}: {_amount(self.n, self.unit)} in {dt:.1f} s", err=True)
+
+
+@contextlib.contextmanager
+def progress(what: str, total: int | None = None, unit: str = "records") -> Iterator[Progress]:
+    p = Progress(what, total, unit)
+    try:
+        yield p
+    finally:
+        p.close()
 
 
 def tracked(items: Iterable[T], what: str, total: int | None) -> Iterator[T]:
-    p = Progress(what, total)
-    try:
+    with progress(what, total) as p:
         for x in items:
             yield x
             p.update()
-    finally:
-        p.close()
+
+
+def _regular_size(f: IO[bytes]) -> int | None:
+    """Bytes left to read in ``f`` if it is a regular file (a path, or stdin redirected from one), else None."""
+    try:
+        st = os.fstat(f.fileno())
+        return st.st_size - f.tell() if stat.S_ISREG(st.st_mode) else None
+    except (OSError, ValueError):
+        return None
 
 
 def _location(path: Path | None) -> Path:
@@ -110,10 +174,30 @@ _EXIT_CODES: list[tuple[type[BaseException], int]] = [
 ]
 
 
+def _is_database(folder: Path) -> bool:
+    return folder.is_dir() and any((folder / f).is_file() for f in ("config.json", "index.sqlite"))
+
+
+def _require(location: Path, name: str) -> None:
+    """Fail with EXIT_NOT_FOUND, creating nothing, unless ``location/name`` is a database."""
+    try:
+        validate_db_name(name)
+    except InvalidDocument as exc:
+        raise Fail(str(exc), EXIT_USAGE) from exc
+    if not _is_database(location / name):
+        raise Fail(f"no database {name!r} in {location} (only put, import and replicate to a path create one)",
+                   EXIT_NOT_FOUND)
+
+
 @contextlib.contextmanager
-def opened(path: Path | None, name: str) -> Iterator[Database]:
-    """The database, opened without background work and closed at the end; errors become exit codes."""
-    h = MyNoSQL(_location(path), options=Options(background_sync=False))
+def opened(path: Path | None, name: str, *, create: bool = False) -> Iterator[Database]:
+    """The database, opened without background work and closed at the end; errors become exit codes.
+
+    Without ``create``, a database that does not exist is an error (EXIT_NOT_FOUND) and nothing is created."""
+    location = _location(path)
+    if not create:
+        _require(location, name)
+    h = MyNoSQL(location, options=Options(background_sync=False))
     try:
         yield h.opendb(name)
     except MyNoSQLError as exc:
@@ -171,9 +255,11 @@ def cli(verbose: int) -> None:
               help="Longest revision history (_revisions) sent with one document.")
 @click.option("--max-auth-failures", type=click.IntRange(1), default=None,
               help="Failed logins from one address in a minute before it is refused for a while (429).")
+@click.option("--json", "as_json", is_flag=True,
+              help='JSON Lines on stdout: {"event": "serving", "db", "url", "peers"} then {"event": "stopped"}.')
 def serve(path: Path, name: str, host: str, port: int, peers: tuple[str, ...], advertise: str | None,
           credentials: Path | None, cert: str | None, key: str | None, ca_file: str | None, no_verify_tls: bool,
-          max_doc_bytes: int | None, **limit_options: Any) -> None:
+          max_doc_bytes: int | None, as_json: bool, **limit_options: Any) -> None:
     """Run a mirror in the foreground until SIGINT or SIGTERM, then shut down cleanly."""
     from .server.auth import parse_credentials_file
 
@@ -200,20 +286,25 @@ def serve(path: Path, name: str, host: str, port: int, peers: tuple[str, ...], a
             raise Fail(str(exc)) from exc
         for p in peers:
             db.addpeer(p)
-        click.echo(f"serving {name} on {db.server_url}")
+        if as_json:
+            click.echo(orjson.dumps({"event": "serving", "db": name, "url": db.server_url,
+                                     "peers": [redact_url(u) for u in db.config["peers"]]}))
+        else:
+            click.echo(f"serving {name} on {db.server_url}")
         sys.stdout.flush()
         while not stop.wait(0.5):
             pass
     finally:
         handle.closedb()
-    click.echo("stopped")
+    click.echo(orjson.dumps({"event": "stopped", "db": name}) if as_json else "stopped")
 
 
 # -- inspecting and editing -------------------------------------------------------------------------------------
 
 
-def _disk(db: Database) -> tuple[int, int]:
-    files = [p for p in db.path.iterdir() if p.is_file()]
+def _disk(folder: Path) -> tuple[int, int]:
+    """Bytes of every file of a database folder, and of its shards."""
+    files = [p for p in folder.iterdir() if p.is_file()]
     shards = sum(p.stat().st_size for p in files if p.name.startswith("shard-"))
     return sum(p.stat().st_size for p in files), shards
 
@@ -224,7 +315,7 @@ def status(path: Path | None, name: str, as_json: bool) -> None:
     """Mode, records, conflicts, disk use, mirrors, pending pushes."""
     with opened(path, name) as db:
         conflicts = sum(1 for s in db.store.iter_states(0) if s.conflicts())
-        total, shards = _disk(db)
+        total, shards = _disk(db.path)
         mirrors = {}
         for url in db.config["peers"]:
             from .replication.endpoints import replication_id
@@ -304,7 +395,7 @@ def put(path: Path | None, name: str, as_json: bool, source: IO[bytes]) -> None:
         doc = decode_value(orjson.loads(source.read()))
     except orjson.JSONDecodeError as exc:
         raise Fail(f"not JSON: {exc}", EXIT_USAGE) from exc
-    with opened(path, name) as db:
+    with opened(path, name, create=True) as db:
         saved = db.savedoc(doc)
     _out({"id": saved["id"], "rev": saved["rev"]}, as_json, f"{saved['id']} {saved['rev']}")
 
@@ -345,7 +436,14 @@ def export_(path: Path | None, name: str, as_json: bool, target: IO[bytes]) -> N
             target.write(export_line(s))
             n += 1
     if as_json:
-        _out({"exported": n}, True)
+        _out({"exported": n}, True, err=_is_stdout(target))  # not in the middle of the export
+
+
+def _is_stdout(f: IO[bytes]) -> bool:
+    try:
+        return os.path.sameopenfile(f.fileno(), sys.stdout.fileno())
+    except (OSError, ValueError):
+        return False
 
 
 def export_line(s: revtree.DocState) -> bytes:
@@ -364,8 +462,10 @@ def export_line(s: revtree.DocState) -> bytes:
 def import_(path: Path | None, name: str, as_json: bool, source: IO[bytes]) -> None:
     """Read JSON Lines made by ``export``: ids, revisions and conflicts are kept (merged like replication)."""
     n = errors = 0
-    with opened(path, name) as db:
-        for lineno, line in enumerate(tracked(source, "import", None), 1):
+    # Progress in bytes: their total is known when SOURCE is a regular file (a count of lines is not, cheaply).
+    with opened(path, name, create=True) as db, progress("import", _regular_size(source), "bytes") as bar:
+        for lineno, line in enumerate(source, 1):
+            bar.update(len(line))
             if not line.strip():
                 continue
             try:
@@ -404,9 +504,9 @@ def import_line(db: Database, line: bytes) -> None:
 @db_options
 def verify(path: Path | None, name: str, as_json: bool) -> None:
     """Check every checksum, every record and the index. Exit 1 if anything is damaged."""
-    with opened(path, name) as db:
+    with opened(path, name) as db, progress("verify") as bar:
         t0 = time.monotonic()
-        problems = db.verify()
+        problems = db.verify(progress=bar)
         dt = time.monotonic() - t0
     _out({"ok": not problems, "problems": problems, "seconds": round(dt, 3)}, as_json,
          "\n".join(problems) if problems else f"ok ({dt:.1f} s)")
@@ -418,22 +518,27 @@ def verify(path: Path | None, name: str, as_json: bool) -> None:
 @db_options
 def compact(path: Path | None, name: str, as_json: bool) -> None:
     """Rewrite shards holding dead records and delete what is left empty."""
+    folder = _location(path) / name
     with opened(path, name) as db:
-        before = _disk(db)[0]
+        before, shards_before = _disk(folder)
         t0 = time.monotonic()
-        moved = db.compact()
+        with progress("compact") as bar:
+            moved = db.compact(progress=bar)
         dt = time.monotonic() - t0
-        after = _disk(db)[0]
-    _out({"moved": moved, "bytes_before": before, "bytes_after": after, "seconds": round(dt, 3)}, as_json,
+    after, shards_after = _disk(folder)  # once closed: an open database also holds its logs
+    _out({"moved": moved, "bytes_before": before, "bytes_after": after, "shard_bytes_before": shards_before,
+          "shard_bytes_after": shards_after, "seconds": round(dt, 3)}, as_json,
          f"moved {moved} records; {before:,} -> {after:,} bytes in {dt:.1f} s")
 
 
-def _endpoint_arg(spec: str, stack: list[MyNoSQL]) -> Database | str:
-    """A URL stays a URL; a path DIR/NAME opens the local database NAME in DIR."""
+def _endpoint_arg(spec: str, stack: list[MyNoSQL], *, create: bool) -> Database | str:
+    """A URL stays a URL; a path DIR/NAME opens the local database NAME in DIR (created only if ``create``)."""
     if spec.startswith(("http://", "https://")):
         return spec
     p = Path(spec).expanduser()
     validate_db_name(p.name)
+    if not create:
+        _require(p.parent, p.name)
     h = MyNoSQL(p.parent, options=Options(background_sync=False))
     try:
         db = h.opendb(p.name)
@@ -453,16 +558,20 @@ def replicate(source: str, target: str, as_json: bool, timeout: float) -> None:
     (a MyNoSQL mirror, CouchDB or PouchDB Server; credentials in the URL)."""
     from .replication.oneshot import replicate_once
 
-    opened: list[MyNoSQL] = []
+    handles: list[MyNoSQL] = []
     try:
-        src, tgt = _endpoint_arg(source, opened), _endpoint_arg(target, opened)
-        result = replicate_once(src, tgt, timeout=timeout)
+        src = _endpoint_arg(source, handles, create=False)
+        tgt = _endpoint_arg(target, handles, create=True)
+        with progress("replicate", unit="changes") as bar:
+            result = replicate_once(src, tgt, timeout=timeout, progress=bar)
     except MyNoSQLError as exc:
         from .replication.endpoints import RemoteError
 
-        raise Fail(str(exc), EXIT_REMOTE if isinstance(exc, RemoteError) else EXIT_FAIL) from exc
+        code = EXIT_REMOTE if isinstance(exc, RemoteError) else EXIT_USAGE if isinstance(exc, InvalidDocument) \
+            else EXIT_FAIL
+        raise Fail(str(exc), code) from exc
     finally:
-        for h in opened:
+        for h in handles:
             h.closedb()
     _out(result, as_json, f"read {result['docs_read']} changes, wrote {result['docs_written']} revisions, "
          f"{len(result['errors'])} errors, in {result['seconds']:.2f} s")
@@ -473,18 +582,57 @@ def replicate(source: str, target: str, as_json: bool, timeout: float) -> None:
 @cli.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
 @click.argument("which", type=click.Choice(["local", "replication", "export_import", "all"]), default="local")
 @click.argument("args", nargs=-1, type=click.UNPROCESSED)
-def bench(which: str, args: tuple[str, ...]) -> None:
+@click.option("--json", "as_json", is_flag=True,
+              help="Print a JSON summary on stdout (every table of each report, a row as an object keyed by the "
+                   "column headers); the reports go to stderr.")
+def bench(which: str, args: tuple[str, ...], as_json: bool) -> None:
     """Run the benchmark scripts of a source checkout (bench/local.py, bench/replication.py,
     bench/export_import.py); extra ARGS go to the script (e.g. --quick)."""
     root = Path(__file__).resolve().parents[2] / "bench"
     names = ["local", "replication", "export_import"] if which == "all" else [which]
+    runs = []
+    rc = 0
     for n in names:
         script = root / f"{n}.py"
         if not script.exists():
             raise Fail(f"{script} not found: the benchmarks are in a source checkout of MyNoSQL")
-        rc = subprocess.call([sys.executable, str(script), *args], env={**os.environ})
+        if not as_json:
+            rc = subprocess.call([sys.executable, str(script), *args], env={**os.environ})
+        else:
+            done = subprocess.run([sys.executable, str(script), *args], env={**os.environ}, stdout=subprocess.PIPE,
+                                  text=True, check=False)
+            rc = done.returncode
+            click.echo(done.stdout, err=True, nl=False)
+            runs.append({"benchmark": n, "exit_code": rc, "tables": markdown_tables(done.stdout)})
         if rc:
-            raise SystemExit(rc)
+            break
+    if as_json:
+        _out({"benchmarks": runs, "ok": rc == 0}, True)
+    if rc:
+        raise SystemExit(rc)
+
+
+def markdown_tables(text: str) -> list[list[dict[str, str]]]:
+    """The tables of a Markdown text: each a list of rows, a row a dict keyed by the header cells."""
+    def cells(line: str) -> list[str]:
+        return [c.strip().replace("**", "") for c in line.strip().strip("|").split("|")]
+
+    tables: list[list[dict[str, str]]] = []
+    lines = text.splitlines()
+    i = 0
+    while i + 1 < len(lines):
+        head, rule = lines[i].strip(), lines[i + 1].strip()
+        if head.startswith("|") and rule.startswith("|") and set(rule) <= set("|-: "):
+            keys = cells(head)
+            i += 2
+            rows = []
+            while i < len(lines) and lines[i].strip().startswith("|"):
+                rows.append(dict(zip(keys, cells(lines[i]), strict=False)))
+                i += 1
+            tables.append(rows)
+        else:
+            i += 1
+    return tables
 
 
 @cli.command()
@@ -495,20 +643,29 @@ def demo() -> None:
     raise SystemExit(run_demo())
 
 
+def _json_error(message: str, code: int) -> None:
+    """With --json, an error is a JSON document on stdout too (the text went to stderr)."""
+    _out({"error": ERROR_KINDS.get(code, "failed"), "message": message, "exit_code": code}, True)
+
+
 def main(argv: list[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    as_json = "--json" in (args[: args.index("--")] if "--" in args else args)
     try:
-        cli.main(args=argv, prog_name="mynosql", standalone_mode=False)
+        cli.main(args=args, prog_name="mynosql", standalone_mode=False)
     except click.exceptions.Exit as exc:
         return int(exc.exit_code)
-    except Fail as exc:
-        exc.show()
-        return exc.code
     except click.ClickException as exc:
         exc.show()
-        return exc.exit_code
+        code = exc.code if isinstance(exc, Fail) else exc.exit_code
+        if as_json:
+            _json_error(exc.format_message(), code)
+        return code
     except click.exceptions.Abort:
         return 130
     except MyNoSQLError as exc:
         click.echo(f"Error: {exc}", err=True)
+        if as_json:
+            _json_error(str(exc), EXIT_FAIL)
         return EXIT_FAIL
     return 0

@@ -2,9 +2,20 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
+import pty
+import re
+import select
+import selectors
+import signal
+import struct
 import subprocess
 import sys
+import termios
+import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -14,16 +25,54 @@ from support.mirrors import ENV, MirrorProcess, free_port
 import MyNoSQL
 
 
-def run(*args: str, input: bytes | None = None) -> subprocess.CompletedProcess[bytes]:
-    return subprocess.run([sys.executable, "-m", "MyNoSQL", *args], input=input, capture_output=True, env=ENV,
-                          timeout=300)
+def run(*args: str, input: bytes | None = None,
+        env: dict[str, str] | None = None) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run([sys.executable, "-m", "MyNoSQL", *args], input=input, capture_output=True,
+                          env={**ENV, **(env or {})}, timeout=300)
 
 
-def test_every_subcommand_has_help() -> None:
-    for cmd in ["serve", "status", "get", "put", "delete", "export", "import", "verify", "compact", "conflicts",
-                "replicate", "bench", "demo"]:
+def run_on_terminal(*args: str, timeout: float = 120.0) -> tuple[int, str]:
+    """Run the command with stderr on a pseudo-terminal (stdout to /dev/null); its exit code and what the
+    terminal showed. Bounded: ``timeout`` seconds in all, at most 10,000 reads."""
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 120, 0, 0))  # rows, columns
+    proc = subprocess.Popen([sys.executable, "-m", "MyNoSQL", *args], stdin=subprocess.DEVNULL,
+                            stdout=subprocess.DEVNULL, stderr=slave, env=ENV)
+    os.close(slave)
+    shown = b""
+    deadline = time.monotonic() + timeout
+    try:
+        for _ in range(10_000):
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise AssertionError(f"{args[0]} did not finish within {timeout} s: {shown[-2000:]!r}")
+            ready, _, _ = select.select([master], [], [], min(left, 1.0))
+            if not ready:
+                continue
+            try:
+                chunk = os.read(master, 65536)
+            except OSError:  # EIO: the command closed the terminal (it exited)
+                break
+            if not chunk:
+                break
+            shown += chunk
+        return proc.wait(timeout=30), shown.decode(errors="replace")
+    finally:
+        os.close(master)
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=30)
+
+
+COMMANDS = ["serve", "status", "get", "put", "delete", "export", "import", "verify", "compact", "conflicts",
+            "replicate", "bench", "demo"]
+
+
+def test_every_subcommand_has_help_and_all_but_demo_take_json() -> None:
+    for cmd in COMMANDS:
         out = run(cmd, "--help")
         assert out.returncode == 0 and b"Usage: mynosql " + cmd.encode() in out.stdout, cmd
+        assert (b"--json" in out.stdout) == (cmd != "demo"), cmd
 
 
 def test_put_get_delete_status_with_exit_codes(tmp_path: Path) -> None:
@@ -37,6 +86,9 @@ def test_put_get_delete_status_with_exit_codes(tmp_path: Path) -> None:
     assert run("get", *p, "missing").returncode == 4
     assert run("put", *p, input=b'{"id": "a", "n": 2}').returncode == 5  # exists: needs its rev
     assert run("put", *p, input=b"{not json").returncode == 2
+    bad = run("put", *p, "--json", input=b"{not json")  # an error with --json: a JSON object on stdout as well
+    assert bad.returncode == 2 and json.loads(bad.stdout)["error"] == "usage" and b"not JSON" in bad.stderr
+    assert json.loads(bad.stdout)["exit_code"] == 2 and "not JSON" in json.loads(bad.stdout)["message"]
     upd = run("put", *p, "--json", input=json.dumps({"id": "a", "rev": rev, "n": 2}).encode())
     assert upd.returncode == 0
     st = json.loads(run("status", *p, "--json").stdout)
@@ -76,7 +128,7 @@ def test_export_import_round_trip_of_100000_records_with_conflicts(tmp_path: Pat
     assert run("verify", "--path", str(tmp_path), "--db", "dst").returncode == 0
 
 
-def test_verify_catches_a_flipped_byte_and_compact_and_conflicts(tmp_path: Path) -> None:
+def test_verify_catches_a_flipped_byte(tmp_path: Path) -> None:
     with MyNoSQL.MyNoSQL(tmp_path, options=MyNoSQL.Options(block_docs=16)) as h:
         h.opendb("v")
         for i in range(500):
@@ -93,7 +145,6 @@ def test_verify_catches_a_flipped_byte_and_compact_and_conflicts(tmp_path: Path)
     assert report["ok"] is False and "checksum" in " ".join(report["problems"])
     damaged = run("conflicts", "--path", str(tmp_path), "--db", "v")
     assert damaged.returncode == 1 and b"checksum mismatch" in damaged.stderr  # said, not hidden
-    assert json.loads(run("compact", "--path", str(tmp_path), "--db", "x", "--json").stdout)["moved"] == 0
 
 
 @pytest.fixture
@@ -128,7 +179,258 @@ def test_replicate_between_a_path_and_a_mirror_both_ways(tmp_path: Path, mirror:
     assert info["reachable"] is True and info["pending_pushes"] == 1 and isinstance(info["lag"], int)
 
 
-def test_bench_subcommand_runs_the_benchmark_scripts(tmp_path: Path) -> None:
-    out = run("bench", "local", "--quick", "--out", str(tmp_path / "local.md"))
+def test_bench_subcommand_runs_the_benchmark_scripts_with_a_json_summary(tmp_path: Path) -> None:
+    out = run("bench", "local", "--quick", "--out", str(tmp_path / "local.md"), "--json")
     assert out.returncode == 0, out.stderr[-2000:]
-    assert b"| metric |" in out.stdout and (tmp_path / "local.md").exists()
+    assert b"| metric |" in out.stderr and (tmp_path / "local.md").exists()  # the report: on stderr with --json
+    summary = json.loads(out.stdout)
+    assert summary["ok"] is True and [b["benchmark"] for b in summary["benchmarks"]] == ["local"]
+    (table,) = summary["benchmarks"][0]["tables"]
+    written = (tmp_path / "local.md").read_text()
+    assert len(table) == written.count("\n| ") - 1  # a row per table line of the report (header excluded)
+    for row in table:
+        assert set(row) == {"metric", "MyNoSQL", "anchor", "anchor value", "ratio", "aim", "met?"}
+        assert f"| {row['metric']} | {row['MyNoSQL']} |" in written
+
+
+def test_put_from_a_file_and_delete_by_rev_with_json(tmp_path: Path) -> None:
+    p = ["--path", str(tmp_path), "--db", "d"]
+    rec = tmp_path / "rec.json"
+    rec.write_text(json.dumps({"id": "f", "n": 1, "blob": {"$bytes": "AAE="}}))
+    first = run("put", *p, str(rec), "--json")
+    assert first.returncode == 0, first.stderr
+    rev1 = json.loads(first.stdout)["rev"]
+    assert rev1.startswith("1-") and json.loads(first.stdout)["id"] == "f"
+    rec.write_text(json.dumps({"id": "f", "rev": rev1, "n": 2}))
+    second = run("put", *p, str(rec))  # text: "ID REV"
+    assert second.returncode == 0
+    id, rev2 = second.stdout.decode().split()
+    assert id == "f" and rev2.startswith("2-")
+    assert json.loads(run("get", *p, "f").stdout) == {"id": "f", "rev": rev2, "n": 2}
+    assert run("put", *p, str(tmp_path / "missing.json")).returncode == 2  # no such file: usage
+    stale = run("delete", *p, "f", "--rev", rev1, "--json")
+    assert stale.returncode == 5 and json.loads(stale.stdout) == {
+        "error": "conflict", "exit_code": 5, "message": f"record 'f' has revision {rev2}, not {rev1}"}
+    gone = run("delete", *p, "f", "--rev", rev2, "--json")
+    assert gone.returncode == 0, gone.stderr
+    res = json.loads(gone.stdout)
+    assert res["id"] == "f" and res["deleted"] is True and res["rev"].startswith("3-")
+    missing = run("delete", *p, "f", "--json")
+    assert missing.returncode == 4 and json.loads(missing.stdout)["error"] == "not_found"
+    with MyNoSQL.MyNoSQL(tmp_path) as h:
+        db = h.opendb("d")
+        state = db.state("f")
+        assert state is not None and state.winner == res["rev"] and state.tree[res["rev"]] == (rev2, True)
+
+
+@pytest.mark.parametrize("cmd", [["status"], ["get", "a"], ["delete", "a"], ["export"], ["verify"], ["compact"],
+                                 ["conflicts"]])
+def test_a_database_that_does_not_exist_is_not_found_and_not_created(tmp_path: Path, cmd: list[str]) -> None:
+    nowhere = tmp_path / "nowhere"
+    out = run(cmd[0], "--path", str(nowhere), "--db", "x", *cmd[1:])
+    assert out.returncode == 4 and b"no database 'x'" in out.stderr, out.stderr
+    assert not nowhere.exists()
+    data = tmp_path / "data"
+    (data / "notadb").mkdir(parents=True)
+    (data / "notadb" / "notes.txt").write_text("not a database")
+    for name in ("x", "notadb"):
+        out = run(cmd[0], "--path", str(data), "--db", name, "--json", *cmd[1:])
+        assert out.returncode == 4 and json.loads(out.stdout)["error"] == "not_found", out.stderr
+    assert sorted(p.relative_to(data).as_posix() for p in data.rglob("*")) == ["notadb", "notadb/notes.txt"]
+
+
+def test_replicate_from_a_missing_path_creates_nothing_put_and_import_create(tmp_path: Path) -> None:
+    out = run("replicate", str(tmp_path / "a" / "src"), str(tmp_path / "b" / "dst"))
+    assert out.returncode == 4 and b"no database 'src'" in out.stderr
+    assert list(tmp_path.iterdir()) == []  # neither side was created
+    assert run("put", "--path", str(tmp_path / "p"), "--db", "d", input=b'{"id": "x"}').returncode == 0
+    assert run("import", "--path", str(tmp_path / "i"), "--db", "d", input=b"").returncode == 0
+    assert run("replicate", str(tmp_path / "p" / "d"), str(tmp_path / "r" / "d")).returncode == 0
+    for folder in ("p", "i", "r"):
+        assert run("status", "--path", str(tmp_path / folder), "--db", "d").returncode == 0, folder
+    assert json.loads(run("get", "--path", str(tmp_path / "r"), "--db", "d", "x").stdout)["id"] == "x"
+
+
+def make_dirty(location: Path, n: int = 2400) -> dict[str, Any]:
+    """Database "d": ``n`` records on disk, every third one then rewritten (a third of the old states dead).
+    Returns the records as saved last."""
+    recs = {}
+    with MyNoSQL.MyNoSQL(location, options=MyNoSQL.Options(block_docs=16)) as h:
+        h.opendb("d")
+        for i in range(n):
+            rec = h.savedoc({"id": f"k{i:05d}", "text": f"value {i} " * 8})
+            recs[rec["id"]] = rec
+    with MyNoSQL.MyNoSQL(location, options=MyNoSQL.Options(block_docs=16)) as h:
+        h.opendb("d")
+        for i in range(0, n, 3):
+            rec = h.savedoc({**recs[f"k{i:05d}"], "text": "rewritten"})
+            recs[rec["id"]] = rec
+    return recs
+
+
+def test_compact_reclaims_dead_records_and_keeps_the_data(tmp_path: Path) -> None:
+    recs = make_dirty(tmp_path)
+    p = ["--path", str(tmp_path), "--db", "d"]
+    out = run("compact", *p, "--json")
+    assert out.returncode == 0, out.stderr
+    report = json.loads(out.stdout)
+    # every live record of the shard that held dead ones moved; the dead third is gone from the shards
+    assert report["moved"] == len(recs) == 2400
+    assert report["shard_bytes_after"] < report["shard_bytes_before"] * 0.9
+    assert report["bytes_before"] - report["bytes_after"] >= report["shard_bytes_before"] - report["shard_bytes_after"]
+    with MyNoSQL.MyNoSQL(tmp_path) as h:
+        h.opendb("d")
+        assert {r["id"]: r for r in h} == recs  # same records, same revisions
+    assert run("verify", *p).returncode == 0
+    again = json.loads(run("compact", *p, "--json").stdout)
+    assert again["moved"] == 0 and again["shard_bytes_after"] == report["shard_bytes_after"]
+    text = run("compact", *p).stdout.decode()
+    assert text.startswith("moved 0 records;")
+
+
+def test_conflicts_of_two_divergent_databases_listed_and_resolved(tmp_path: Path) -> None:
+    a, b = str(tmp_path / "a"), str(tmp_path / "b")
+    assert run("put", "--path", a, "--db", "d", input=b'{"id": "c", "v": 0}').returncode == 0
+    assert run("put", "--path", a, "--db", "d", input=b'{"id": "calm", "v": 0}').returncode == 0
+    assert run("replicate", f"{a}/d", f"{b}/d").returncode == 0
+    for where, v in ((a, "from a"), (b, "from b")):  # both edit "c" while apart
+        with MyNoSQL.MyNoSQL(where) as h:
+            h.opendb("d")
+            h.savedoc({**h.readdoc("c"), "v": v})
+    assert json.loads(run("conflicts", "--path", a, "--db", "d", "--json").stdout) == {}
+    assert run("replicate", f"{b}/d", f"{a}/d").returncode == 0
+    with MyNoSQL.MyNoSQL(a) as h:
+        h.opendb("d")
+        winner, losers = h.readdoc("c")["rev"], h.conflicts("c")
+    assert len(losers) == 1
+    out = run("conflicts", "--path", a, "--db", "d", "--json")
+    assert out.returncode == 0 and json.loads(out.stdout) == {"c": {"winner": winner, "conflicts": losers}}
+    assert run("conflicts", "--path", a, "--db", "d").stdout.decode().strip() == f"c {winner} vs {losers[0]}"
+    assert json.loads(run("status", "--path", a, "--db", "d", "--json").stdout)["conflicts"] == 1
+    # an export carries the conflict into another database
+    dump = run("export", "--path", a, "--db", "d").stdout
+    assert run("import", "--path", str(tmp_path / "c"), "--db", "d", input=dump).returncode == 0
+    assert json.loads(run("conflicts", "--path", str(tmp_path / "c"), "--db", "d", "--json").stdout) == {
+        "c": {"winner": winner, "conflicts": losers}}
+    # resolved by deleting the losing revision
+    assert run("delete", "--path", a, "--db", "d", "c", "--rev", losers[0]).returncode == 0
+    assert run("conflicts", "--path", a, "--db", "d").stdout.decode().strip() == "no conflicts"
+    assert json.loads(run("get", "--path", a, "--db", "d", "c").stdout)["rev"] == winner
+
+
+def progress_command(cmd: str, tmp_path: Path) -> list[str]:
+    """The arguments of ``cmd`` over the dirty database "d" in ``tmp_path`` (import: from its export)."""
+    p = ["--path", str(tmp_path), "--db", "d"]
+    if cmd == "import":
+        dump = tmp_path / "dump.jsonl"
+        with dump.open("wb") as f:
+            subprocess.run([sys.executable, "-m", "MyNoSQL", "export", *p], stdout=f, env=ENV, check=True,
+                           timeout=120, stderr=subprocess.DEVNULL)
+        return ["import", "--path", str(tmp_path), "--db", "copy", str(dump)]
+    if cmd == "replicate":
+        return ["replicate", str(tmp_path / "d"), str(tmp_path / "copy")]
+    if cmd == "export":
+        return ["export", *p, str(tmp_path / "out.jsonl")]
+    return [cmd, *p]
+
+
+# what each command counts: the total it knows (None: no total), and its unit
+PROGRESS = {"export": (2400, "records"), "verify": (3200, "records"), "compact": (2400, "records"),
+            "import": (-1, "MB"), "replicate": (None, "changes")}
+
+
+@pytest.mark.parametrize("cmd", sorted(PROGRESS))
+def test_progress_lines_when_not_on_a_terminal(tmp_path: Path, cmd: str) -> None:
+    make_dirty(tmp_path)
+    args = progress_command(cmd, tmp_path)
+    out = run(*args, env={"MYNOSQL_PROGRESS_INTERVAL": "0"})  # a line at every step instead of every 5 s
+    assert out.returncode == 0, out.stderr
+    lines = out.stderr.decode().splitlines()
+    total, unit = PROGRESS[cmd]
+    num = r"[\d,.]+"
+    if total is None:
+        pattern = rf"{cmd}: ({num}) {unit}, {num} {unit}/s"
+    else:
+        pattern = rf"{cmd}: ({num}) of ({num}) {unit}, {num} {unit}/s, ETA {num} s"
+    steps = [m for m in map(re.compile(pattern).fullmatch, lines) if m]
+    assert len(steps) >= 2, lines  # periodic: more than one line along the way
+    counts = [float(m.group(1).replace(",", "")) for m in steps]
+    assert counts == sorted(counts) and counts[-1] > counts[0]
+    if cmd == "import":
+        size = f"{(tmp_path / 'dump.jsonl').stat().st_size / 1e6:,.1f}"
+        assert {m.group(2) for m in steps} == {size} and steps[-1].group(1) == size
+    elif total is not None:
+        assert {m.group(2) for m in steps} == {f"{total:,}"} and steps[-1].group(1) == f"{total:,}"
+    else:
+        assert steps[-1].group(1) == "2,400"  # every change processed
+    assert re.fullmatch(rf"{cmd}: {num} {unit} in {num} s", lines[-1]), lines
+
+
+def test_progress_default_interval_prints_only_the_last_line(tmp_path: Path) -> None:
+    make_dirty(tmp_path, 600)
+    out = run("verify", "--path", str(tmp_path), "--db", "d")
+    assert out.returncode == 0
+    assert re.fullmatch(r"verify: 800 records in [\d.]+ s", out.stderr.decode().strip()), out.stderr
+
+
+@pytest.mark.parametrize("cmd", sorted(PROGRESS))
+def test_progress_bar_on_a_terminal(tmp_path: Path, cmd: str) -> None:
+    make_dirty(tmp_path)
+    args = progress_command(cmd, tmp_path)
+    rc, shown = run_on_terminal(*args)
+    assert rc == 0, shown
+    total, unit = PROGRESS[cmd]
+    if cmd == "import":
+        kb = round((tmp_path / "dump.jsonl").stat().st_size / 1024)
+        # tqdm: "import: 100%|#####| 212k/212k [00:00<00:00, 3.75MB/s]"
+        assert re.search(rf"\rimport: 100%\|.*\| {kb}k/{kb}k \[\d\d:\d\d<\d\d:\d\d, [\d.]+[kM]?B/s\]", shown), shown
+    elif total is None:
+        assert re.search(rf"\r{cmd}: 2\.40k {unit} \[\d\d:\d\d, [\d.]+k? {unit}/s\]", shown), shown
+    else:
+        t = f"{total / 1000:.2f}k"
+        assert re.search(rf"\r{cmd}: 100%\|.*\| {t}/{t} \[\d\d:\d\d<\d\d:\d\d, [\d.]+k? {unit}/s\]", shown), shown
+
+
+def test_replicate_to_a_mirror_with_credentials_401_is_exit_6(tmp_path: Path) -> None:
+    users = tmp_path / "users.txt"
+    users.write_text("alice:a-long-password-1\n")
+    m = MirrorProcess(tmp_path / "m", "db", free_port(), [], ["--credentials", str(users)]).start()
+    try:
+        assert run("put", "--path", str(tmp_path), "--db", "local", input=b'{"id": "a"}').returncode == 0
+        out = run("replicate", str(tmp_path / "local"), f"{m.url}/db", "--json")
+        assert out.returncode == 6 and b"401" in out.stderr, out.stderr
+        err = json.loads(out.stdout)
+        assert err["error"] == "remote" and err["exit_code"] == 6 and "401" in err["message"]
+        wrong = run("replicate", str(tmp_path / "local"), m.url.replace("://", "://alice:wrong@") + "/db")
+        assert wrong.returncode == 6 and b"wrong" not in wrong.stderr  # the password is never echoed
+        good = run("replicate", str(tmp_path / "local"), m.url.replace("://", "://alice:a-long-password-1@") + "/db",
+                   "--json")
+        assert good.returncode == 0 and json.loads(good.stdout)["docs_written"] == 1, good.stderr
+        assert b"a-long-password-1" not in good.stdout + good.stderr
+    finally:
+        m.stop()
+
+
+def test_serve_json_lines(tmp_path: Path) -> None:
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "MyNoSQL", "serve", "--path", str(tmp_path), "--db", "db",
+                             "--port", str(port), "--peer", "http://u:secret@127.0.0.1:9/", "--json"],
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL, env=ENV)
+    assert proc.stdout is not None
+    try:
+        with selectors.DefaultSelector() as sel:
+            sel.register(proc.stdout, selectors.EVENT_READ)
+            assert sel.select(timeout=60), "serve printed nothing within 60 s"
+            started = json.loads(proc.stdout.readline())
+        url = f"http://127.0.0.1:{port}"
+        assert started == {"event": "serving", "db": "db", "url": url, "peers": ["http://127.0.0.1:9"]}  # no password
+        with urllib.request.urlopen(f"{url}/db", timeout=15) as r:
+            assert json.loads(r.read())["db_name"] == "db"
+        proc.send_signal(signal.SIGTERM)
+        rest, _ = proc.communicate(timeout=60)
+        assert proc.returncode == 0
+        assert [json.loads(x) for x in rest.splitlines()] == [{"event": "stopped", "db": "db"}]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=30)

@@ -105,6 +105,28 @@ def test_garbage_collection_reclaims_dead_shards(location: Path) -> None:
         assert all(db.readdoc(f"g{i}")["v"] == 14 for i in range(100))
 
 
+def test_verify_and_compact_report_progress(location: Path) -> None:
+    opts = MyNoSQL.Options(block_docs=10)
+    with MyNoSQL.MyNoSQL(location, options=opts) as h:
+        h.opendb("p")
+        db = h.db
+        recs = [h.savedoc({"id": f"p{i}", "v": i}) for i in range(200)]
+        db.flush()
+        for r in recs[::2]:
+            h.savedoc({**r, "v": -1})
+        db.flush()  # 300 records on disk, in the shard being appended to: 100 of them dead
+        checked: list[tuple[int, int | None]] = []
+        assert db.verify(progress=lambda done, total: checked.append((done, total))) == []
+        assert checked[0] == (0, 300) and checked[-1] == (300, 300)
+        assert [d for d, _ in checked] == sorted(d for d, _ in checked)
+        assert len(checked) == 1 + len(db.store.index.all_blocks())  # a call per block
+        moves: list[tuple[int, int | None]] = []
+        moved = db.compact(progress=lambda done, total: moves.append((done, total)))
+        assert moved == 200 and moves[0] == (0, 200) and moves[-1] == (200, 200)
+        assert [d for d, _ in moves] == sorted(d for d, _ in moves) and len(moves) > 2
+        assert db.verify() == [] and len(h) == 200
+
+
 def test_record_cache_is_bounded(location: Path) -> None:
     opts = MyNoSQL.Options(cache_docs=100, block_cache_bytes=64 * 1024, flush_docs=500)
     with MyNoSQL.MyNoSQL(location, options=opts) as db:

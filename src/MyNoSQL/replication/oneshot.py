@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+from collections.abc import Callable
 from typing import Any
 
 from .._database import Database
@@ -14,7 +15,7 @@ from .sync import client_session
 
 
 async def _run(source: Database | str, target: Database | str, timeout: float, batch_size: int,
-               opts: Options) -> dict[str, Any]:
+               opts: Options, progress: Callable[[int, int | None], None] | None) -> dict[str, Any]:
     async with client_session(opts) as session:
 
         def endpoint(x: Database | str) -> Endpoint:
@@ -23,13 +24,17 @@ async def _run(source: Database | str, target: Database | str, timeout: float, b
         src, tgt = endpoint(source), endpoint(target)
         if isinstance(tgt, HttpEndpoint):
             await tgt.ensure_exists()
-        result = await replicate(src, tgt, batch_size=batch_size)
+        result = await replicate(src, tgt, batch_size=batch_size, progress=progress)
         return dataclasses.asdict(result)
 
 
 def replicate_once(source: Database | str, target: Database | str, *, timeout: float = 60.0,
-                   batch_size: int = 1000) -> dict[str, Any]:
+                   batch_size: int = 1000,
+                   progress: Callable[[int, int | None], None] | None = None) -> dict[str, Any]:
     """Copy every revision ``target`` lacks from ``source`` (a Database, or a database URL such as
-    ``http://user:pass@host:5984/db``), checkpointed. Blocks until done; returns counts."""
+    ``http://user:pass@host:5984/db``), checkpointed. Blocks until done; returns counts.
+
+    ``progress(changes processed, None)`` is called after each batch (in the calling thread)."""
     db = source if isinstance(source, Database) else target if isinstance(target, Database) else None
-    return asyncio.run(_run(source, target, timeout, batch_size, db.options if db is not None else Options()))
+    opts = db.options if db is not None else Options()
+    return asyncio.run(_run(source, target, timeout, batch_size, opts, progress))

@@ -17,6 +17,7 @@ import contextlib
 import dataclasses
 import time
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 from .endpoints import Endpoint, RemoteError, replication_id
@@ -61,11 +62,14 @@ SMALL_BATCH = 50  # below this many revisions, a MyNoSQL target gets the documen
 
 async def replicate(source: Endpoint, target: Endpoint, *, batch_size: int = 1000, extra_id: str = "",
                     max_batches: int | None = None, wait: float | None = None,
-                    resume: Resume | None = None) -> ReplicationResult:
+                    resume: Resume | None = None,
+                    progress: Callable[[int, int | None], None] | None = None) -> ReplicationResult:
     """Move every revision the target lacks from ``source`` to ``target``. Returns what was done.
 
     ``wait``: if the first read of the changes feed finds nothing, wait up to this many seconds for a change
     (longpoll) before returning. ``resume``: state kept by the caller between passes (see :class:`Resume`).
+    ``progress(changes processed, None)``: called after each batch is written and checkpointed (the number of
+    changes to come is not known).
 
     Extensions with a MyNoSQL mirror as target (plain protocol with anything else): a small batch skips
     ``_revs_diff`` (the mirror ignores revisions it has), and the checkpoint rides in the ``_bulk_docs``
@@ -122,6 +126,8 @@ async def replicate(source: Endpoint, target: Endpoint, *, batch_size: int = 100
             await source.put_local(rep_id, ck)
             if resume is not None:
                 resume.since, resume.session, resume.history = since, session, ck["history"]
+            if progress is not None:
+                progress(result.docs_read, None)
         except BaseException:
             if prefetch is not None:
                 prefetch.cancel()

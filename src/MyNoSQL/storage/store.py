@@ -39,6 +39,8 @@ from .index import Index, id_hash
 from .shards import ShardFiles, pack_block, shard_name
 from .wal import WriteAheadLog
 
+Progress = Callable[[int, int | None], None]  # progress(done, total): total None when unknown
+
 log = logging.getLogger("MyNoSQL")
 
 Mutation = Callable[[DocState | None], DocState | None]
@@ -412,21 +414,31 @@ class Store:
 
     # -- garbage collection -----------------------------------------------------------------------------------
 
-    def collect_garbage(self, *, everything: bool = False) -> int:
-        """Move live records out of mostly dead shards and delete shards with nothing live. Returns moves."""
-        with self._flush_lock:
-            return self._collect(everything)
+    def collect_garbage(self, *, everything: bool = False, progress: Progress | None = None) -> int:
+        """Move live records out of mostly dead shards and delete shards with nothing live. Returns moves.
 
-    def _collect(self, everything: bool) -> int:
+        ``progress(moved, total)``: called after each block moved; ``total`` is the live records of the shards
+        chosen (an upper bound: a record saved meanwhile is not moved)."""
+        with self._flush_lock:
+            return self._collect(everything, progress)
+
+    def _collect(self, everything: bool, progress: Progress | None = None) -> int:
         moved = 0
         current = self.shards.appending
-        for shard, live, count in self.index.shard_liveness():
+        ratio = 1.0 if everything else self.opts.gc_live_ratio
+        liveness = self.index.shard_liveness()
+        total = sum(live for shard, live, count in liveness
+                    if shard != current and 0 < live < count * ratio and shard not in self._gc_pending)
+        if progress is not None:
+            progress(0, total)
+        for shard, live, count in liveness:
             if shard == current:
                 continue
             if live <= 0:
                 self._drop_shard(shard)
-            elif shard not in self._gc_pending and live < count * (1.0 if everything else self.opts.gc_live_ratio):
-                moved += self._evacuate(shard)
+            elif shard not in self._gc_pending and live < count * ratio:
+                step = None if progress is None else lambda k, base=moved: progress(base + k, total)
+                moved += self._evacuate(shard, step)
                 self._gc_pending.add(shard)
         return moved
 
@@ -440,7 +452,8 @@ class Store:
         self.stats.gc_shards += 1
         log.info("collected shard %s of %s", shard_name(shard), self.directory.name)
 
-    def _evacuate(self, shard: int) -> int:
+    def _evacuate(self, shard: int, progress: Callable[[int], None] | None = None) -> int:
+        """Move the live records of ``shard`` (``progress(moved so far)`` after each block)."""
         moved = 0
         for bno, off, length in self.index.blocks_of_shard(shard):
             records = [DocState.from_bytes(r) for r in self.shards.read_block(shard, off, length)]
@@ -455,6 +468,8 @@ class Store:
                     moved += 1
             if len(self._active) >= self.opts.flush_docs:  # a big shard moves a flush at a time: bounded RAM
                 self._flush_locked()
+            if progress is not None:
+                progress(moved)
         return moved
 
     def _live_filter(self, bno: int, records: list[DocState]) -> list[tuple[int, DocState]]:
@@ -467,13 +482,15 @@ class Store:
                 out.append((slot, s))
         return out
 
-    def compact(self) -> int:
-        """Flush, then rewrite every shard that holds dead records. Returns how many records moved."""
+    def compact(self, progress: Progress | None = None) -> int:
+        """Flush, then rewrite every shard that holds dead records. Returns how many records moved.
+
+        ``progress(moved, total)``: see :meth:`collect_garbage`."""
         self.flush()
         with self._flush_lock:
             self.shards.roll()
         self._gc_pending.clear()
-        moved = self.collect_garbage(everything=True)
+        moved = self.collect_garbage(everything=True, progress=progress)
         self.flush()
         self.collect_garbage()
         return moved
@@ -530,12 +547,14 @@ class Store:
 
     # -- inspection and shutdown ------------------------------------------------------------------------------
 
-    def verify(self) -> list[str]:
-        """Check every block's checksums and records, and the index. Returns a list of problems (empty: clean)."""
-        with self._flush_lock:  # no flush or collection while we look
-            return self._verify()
+    def verify(self, progress: Progress | None = None) -> list[str]:
+        """Check every block's checksums and records, and the index. Returns a list of problems (empty: clean).
 
-    def _verify(self) -> list[str]:
+        ``progress(records checked, records in the index's blocks)``: called after each block."""
+        with self._flush_lock:  # no flush or collection while we look
+            return self._verify(progress)
+
+    def _verify(self, progress: Progress | None = None) -> list[str]:
         problems = [*self.wal.problems, *self.shards.problems]
         try:
             integrity = self.index.integrity()
@@ -545,6 +564,9 @@ class Store:
             problems.append(str(exc))
         known = {b[0]: b for b in self.index.all_blocks()}
         seen = set()
+        done, total = 0, sum(b[4] for b in known.values())
+        if progress is not None:
+            progress(done, total)
         for shard in sorted(self.shards.sizes()):
             if not self.shards.readable(shard):
                 continue  # missing file: already reported
@@ -552,6 +574,9 @@ class Store:
                 for off, length, fields in self.shards.scan(shard):
                     bno = fields[3]
                     seen.add(bno)
+                    done += fields[0]
+                    if progress is not None:
+                        progress(done, total)
                     row = known.get(bno)
                     if row is None or row[1] != shard or row[2] != off or row[3] != length:
                         problems.append(f"{shard_name(shard)}@{off}: block {bno} does not match the index")
