@@ -319,29 +319,39 @@ class Sync:
         state = self.remotes.setdefault(redact(url), RemoteState(redact(url)))
         backoff = Backoff()
         local = LocalEndpoint(self.db)
-        while True:
-            remote: HttpEndpoint | None = None
-            progress = Resume()  # a fresh one each pass (checkpoints are read as before): it tells where we stand
-            try:
-                await self._refresh_mirrors(url)
-                remote = HttpEndpoint(self._session_(), db_url(url, self.db.name), timeout=self.opts.remote_timeout)
-                res = await replicate(remote, local, wait=self.opts.longpoll, resume=progress)
-                state.ok()
-                state.docs_pulled += res.docs_written
-                state.pulled_seq = res.last_seq
-                if remote.update_seq is not None:
-                    state.remote_seq = remote.update_seq
-                backoff.reset()
-            except Exception as exc:  # any failure: a background loop must never die (cancellation still ends it)
-                # what this pass learnt still counts: the remote's seq from a _changes answer, the batches done
-                if remote is not None and remote.update_seq is not None:
-                    state.remote_seq = remote.update_seq
-                if progress.since is not None:
-                    state.pulled_seq = progress.since
-                state.failed(exc)
-                await asyncio.sleep(backoff.next())
-                if backoff.n > 3:
-                    await self._new_session()
+        # Its own HTTP session: starting afresh after failures to reach one mirror must not close the connections
+        # (and cut the waiting longpoll) of the pulls from the others.
+        session = self._make_session()
+        try:
+            while True:
+                remote: HttpEndpoint | None = None
+                progress = Resume()  # a fresh one each pass (checkpoints are read as before): where we stand
+                try:
+                    await self._refresh_mirrors(url, session)
+                    remote = HttpEndpoint(session, db_url(url, self.db.name), timeout=self.opts.remote_timeout)
+                    # the first pass, and the first after a failure, does not wait for changes: the state
+                    # (reachable, lag) is known at once, not after a longpoll on an idle remote
+                    wait = self.opts.longpoll if state.reachable else None
+                    res = await replicate(remote, local, wait=wait, resume=progress)
+                    state.ok()
+                    state.docs_pulled += res.docs_written
+                    state.pulled_seq = res.last_seq
+                    if remote.update_seq is not None:
+                        state.remote_seq = remote.update_seq
+                    backoff.reset()
+                except Exception as exc:  # a background loop must never die (cancellation still ends it)
+                    # what this pass learnt still counts: the remote's seq from a _changes answer, the batches done
+                    if remote is not None and remote.update_seq is not None:
+                        state.remote_seq = remote.update_seq
+                    if progress.since is not None:
+                        state.pulled_seq = progress.since
+                    state.failed(exc)
+                    await asyncio.sleep(backoff.next())
+                    if backoff.n > 3:  # pooled connections may be dead or black-holed: start afresh
+                        old, session = session, self._make_session()
+                        await old.close()
+        finally:
+            await session.close()
 
     def _make_session(self) -> aiohttp.ClientSession:
         return client_session(self.opts)
@@ -412,12 +422,12 @@ class Sync:
         while True:
             await self._poll(url)
 
-    async def _refresh_mirrors(self, url: str) -> None:
+    async def _refresh_mirrors(self, url: str, session: aiohttp.ClientSession | None = None) -> None:
         """Learn the mirrors ``url`` knows (``GET /_mirrors``), at most every 10 minutes per mirror."""
         now = time.monotonic()
         if not self.opts.learn_mirrors or now - self._refreshed.get(url, -1e9) < 600:
             return
-        root = HttpEndpoint(self._session_(), url, timeout=self.opts.remote_timeout)
+        root = HttpEndpoint(session or self._session_(), url, timeout=self.opts.remote_timeout)
         try:
             found = await root.request("GET", "/_mirrors")
         except RemoteError as exc:
