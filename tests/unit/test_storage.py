@@ -270,3 +270,25 @@ def test_garbage_collection_moves_a_big_shard_a_flush_at_a_time(location: Path) 
         assert peak <= 4 * flush_docs
         assert [db.readdoc(f"e{i:04d}")["v"] for i in range(2000)] == [1] * 1001 + [0] * 999
         assert db.verify() == []
+
+
+def test_write_ahead_log_syncs_are_counted_and_timed(location: Path) -> None:
+    with MyNoSQL.MyNoSQL(location / "power", options=MyNoSQL.Options(durability="power")) as db:
+        db.opendb("p")
+        stats = db.db.store.stats
+        opened = stats.wal.count  # creating the first segment synced it and its folder
+        assert opened >= 2
+        for i in range(50):
+            db.savedoc({"id": f"p{i}"})  # one writer: one fdatasync per save (no one to share it with)
+        assert stats.wal.count >= opened + 50
+        before, seconds, shard_fsyncs = stats.wal.count, stats.wal.seconds, stats.fsyncs
+        assert seconds > 0
+        db.db.flush()  # rotates: the new segment is synced, the old one synced and closed; the shard fsynced
+        assert stats.wal.count >= before + 3 and stats.wal.seconds > seconds
+        assert stats.fsyncs == shard_fsyncs + 1 and stats.fsync_total > 0
+    with MyNoSQL.MyNoSQL(location / "process") as db:  # durability="process": the log is never synced
+        db.opendb("p")
+        for i in range(50):
+            db.savedoc({"id": f"p{i}"})
+        db.db.flush()
+        assert db.db.store.stats.wal.count == 0 and db.db.store.stats.fsyncs == 1

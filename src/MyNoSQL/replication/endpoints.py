@@ -12,6 +12,7 @@ import base64
 import gzip
 import hashlib
 import logging
+import ssl
 import urllib.parse
 from collections.abc import Sequence
 from itertools import islice
@@ -32,11 +33,27 @@ log = logging.getLogger("MyNoSQL")
 
 
 class RemoteError(MyNoSQLError):
-    """A mirror could not be reached, or answered with an error. ``status`` is the HTTP status (0: network)."""
+    """A mirror could not be reached, or answered with an error. ``status`` is the HTTP status (0: network).
 
-    def __init__(self, message: str, *, status: int = 0) -> None:
+    ``kind`` names the problem without its details (addresses, ports, errno texts), so that a background loop
+    logs a problem once, not again for every retry whose message differs: ``"unreachable"`` (connection refused,
+    reset or timed out), ``"tls"``, ``"HTTP 401"`` (each 4xx on its own), ``"HTTP 5xx"``, ``"protocol"`` (an answer
+    that is not what the protocol says), ``"error"``.
+    """
+
+    def __init__(self, message: str, *, status: int = 0, kind: str | None = None) -> None:
         super().__init__(message)
         self.status = status
+        if kind is None:
+            kind = ("HTTP 5xx" if status >= 500 else f"HTTP {status}") if status else "error"
+        self.kind = kind
+
+
+def _network_kind(exc: BaseException) -> str:
+    """The kind of a failure below HTTP: a TLS problem, or the remote being unreachable (any other)."""
+    if isinstance(exc, (ssl.SSLError, aiohttp.ClientSSLError)):
+        return "tls"
+    return "unreachable"
 
 
 class Endpoint(Protocol):
@@ -160,6 +177,9 @@ class HttpEndpoint:
         self.exists = False  # ensure_exists succeeded once
         self.client = client
         self._local_revs: dict[str, str] = {}  # _local doc id -> the _rev our last write of it got
+        # The remote's latest change sequence, as a MyNoSQL mirror tells it with each _changes answer
+        # (X-MyNoSQL-Update-Seq, an extension): how far behind its feed a pull is (replication lag).
+        self.update_seq: int | None = None
 
     async def request(self, method: str, path: str, *, params: dict[str, str] | None = None, body: Any = None,
                       ok: tuple[int, ...] = (200, 201, 202), timeout: float | None = None) -> Any:
@@ -188,13 +208,17 @@ class HttpEndpoint:
                 if resp.status not in ok:
                     reason = raw[:200].decode("utf-8", "replace")
                     raise RemoteError(f"{method} {self.url}{path}: HTTP {resp.status} {reason}", status=resp.status)
+                seq = resp.headers.get("X-MyNoSQL-Update-Seq")
+                if seq is not None and seq.isdigit():
+                    self.update_seq = int(seq)
                 return orjson.loads(raw) if raw else None
         except RemoteError:
             raise
         except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
-            raise RemoteError(f"{method} {self.url}{path}: {type(exc).__name__}: {exc}") from exc
+            raise RemoteError(f"{method} {self.url}{path}: {type(exc).__name__}: {exc}",
+                              kind=_network_kind(exc)) from exc
         except orjson.JSONDecodeError as exc:
-            raise RemoteError(f"{method} {self.url}{path}: the answer is not JSON") from exc
+            raise RemoteError(f"{method} {self.url}{path}: the answer is not JSON", kind="protocol") from exc
 
     async def info(self) -> dict[str, Any]:
         result: dict[str, Any] = await self.request("GET", "")

@@ -9,8 +9,9 @@ Peer mode (the default):
     one is tried (failover).
 Mirror mode: the HTTP server, and a continuous pull from every other known mirror.
 
-Retries use capped exponential backoff with jitter; a remote's state changes (reachable <-> unreachable) are
-logged once each, not once per retry, and exposed in ``status()``.
+Retries use capped exponential backoff with jitter; a remote's state changes (reachable <-> unreachable, or a
+different kind of problem) are logged once each, not once per retry, and exposed in ``status()`` (see
+:class:`RemoteState`).
 """
 
 from __future__ import annotations
@@ -77,31 +78,67 @@ def db_url(mirror: str, name: str) -> str:
     return mirror.rstrip("/") if p.path.strip("/") else f"{mirror.rstrip('/')}/{urllib.parse.quote(name)}"
 
 
+def problem_kind(exc: BaseException) -> str:
+    """What kind of problem ``exc`` is, without its details: a change of kind is logged, a new message is not."""
+    if isinstance(exc, RemoteError):
+        return exc.kind
+    if isinstance(exc, (OSError, asyncio.TimeoutError)):
+        return "unreachable"
+    return type(exc).__name__
+
+
 class RemoteState:
+    """What this node knows of one remote mirror. Its problems are logged once per change of state: when it
+    becomes unreachable (a WARNING), when the kind of problem changes (another WARNING: from "unreachable" to
+    "HTTP 401", say; a new address or errno text in the message of the same kind is not a change), and when it
+    answers again (one INFO line). Every retry in between is counted (``failures``), not logged."""
+
     def __init__(self, url: str) -> None:
         self.url = url
         self.reachable: bool | None = None
         self.last_success: float | None = None
         self.last_error: str | None = None
+        self.last_kind: str | None = None
+        self.failures = 0  # failed attempts since the last success
+        self.failing_since: float | None = None
         self.pushed_seq = 0
-        self.pulled_seq: Any = 0
-        self.remote_seq: Any = 0
+        self.pulled_seq: Any = None  # where this node's pull (or poll) of the remote's feed stands; None: unknown
+        self.remote_seq: Any = None  # the remote's latest change sequence as last heard; None: unknown
         self.docs_pushed = 0
         self.docs_pulled = 0
 
     def ok(self) -> None:
-        if self.reachable is not True:
+        if self.reachable is False:
+            since = time.time() - self.failing_since if self.failing_since is not None else 0.0
+            log.info("mirror %s is reachable again (after %d failed attempt(s) in %.0f s)", self.url, self.failures,
+                     since)
+        elif self.reachable is None:
             log.info("mirror %s is reachable", self.url)
         self.reachable = True
         self.last_success = time.time()
+        self.failures = 0
+        self.failing_since = None
 
     def failed(self, exc: BaseException) -> None:
         msg = str(exc) if isinstance(exc, MyNoSQLError) else f"{type(exc).__name__}: {exc}"
-        if self.reachable is not False or msg != self.last_error:
+        kind = problem_kind(exc)
+        if self.reachable is not False or kind != self.last_kind:
             expected = isinstance(exc, (MyNoSQLError, OSError))  # network and remote errors; others are bugs
-            log.warning("mirror %s: %s (will retry)", self.url, msg, exc_info=None if expected else exc)
+            log.warning("mirror %s: %s (will retry; logged again only if the kind of problem changes)", self.url,
+                        msg, exc_info=None if expected else exc)
+        if self.reachable is not False:
+            self.failing_since = time.time()
         self.reachable = False
         self.last_error = msg
+        self.last_kind = kind
+        self.failures += 1
+
+    @property
+    def lag(self) -> int | None:
+        """Changes of the remote's feed not pulled yet (in change sequence numbers), if both ends are known."""
+        if isinstance(self.remote_seq, int) and isinstance(self.pulled_seq, int):
+            return max(0, self.remote_seq - self.pulled_seq)
+        return None
 
 
 class Backoff:
@@ -283,20 +320,39 @@ class Sync:
         state = self.remotes.setdefault(redact(url), RemoteState(redact(url)))
         backoff = Backoff()
         local = LocalEndpoint(self.db)
-        while True:
-            try:
-                await self._refresh_mirrors(url)
-                remote = HttpEndpoint(self._session_(), db_url(url, self.db.name), timeout=self.opts.remote_timeout)
-                res = await replicate(remote, local, wait=self.opts.longpoll)
-                state.ok()
-                state.docs_pulled += res.docs_written
-                state.pulled_seq = res.last_seq
-                backoff.reset()
-            except Exception as exc:  # any failure: a background loop must never die (cancellation still ends it)
-                state.failed(exc)
-                await asyncio.sleep(backoff.next())
-                if backoff.n > 3:
-                    await self._new_session()
+        # Its own HTTP session: starting afresh after failures to reach one mirror must not close the connections
+        # (and cut the waiting longpoll) of the pulls from the others.
+        session = self._make_session()
+        try:
+            while True:
+                remote: HttpEndpoint | None = None
+                progress = Resume()  # a fresh one each pass (checkpoints are read as before): where we stand
+                try:
+                    await self._refresh_mirrors(url, session)
+                    remote = HttpEndpoint(session, db_url(url, self.db.name), timeout=self.opts.remote_timeout)
+                    # the first pass, and the first after a failure, does not wait for changes: the state
+                    # (reachable, lag) is known at once, not after a longpoll on an idle remote
+                    wait = self.opts.longpoll if state.reachable else None
+                    res = await replicate(remote, local, wait=wait, resume=progress)
+                    state.ok()
+                    state.docs_pulled += res.docs_written
+                    state.pulled_seq = res.last_seq
+                    if remote.update_seq is not None:
+                        state.remote_seq = remote.update_seq
+                    backoff.reset()
+                except Exception as exc:  # a background loop must never die (cancellation still ends it)
+                    # what this pass learnt still counts: the remote's seq from a _changes answer, the batches done
+                    if remote is not None and remote.update_seq is not None:
+                        state.remote_seq = remote.update_seq
+                    if progress.since is not None:
+                        state.pulled_seq = progress.since
+                    state.failed(exc)
+                    await asyncio.sleep(backoff.next())
+                    if backoff.n > 3:  # pooled connections may be dead or black-holed: start afresh
+                        old, session = session, self._make_session()
+                        await old.close()
+        finally:
+            await session.close()
 
     def _make_session(self) -> aiohttp.ClientSession:
         return client_session(self.opts)
@@ -367,12 +423,12 @@ class Sync:
         while True:
             await self._poll(url)
 
-    async def _refresh_mirrors(self, url: str) -> None:
+    async def _refresh_mirrors(self, url: str, session: aiohttp.ClientSession | None = None) -> None:
         """Learn the mirrors ``url`` knows (``GET /_mirrors``), at most every 10 minutes per mirror."""
         now = time.monotonic()
         if not self.opts.learn_mirrors or now - self._refreshed.get(url, -1e9) < 600:
             return
-        root = HttpEndpoint(self._session_(), url, timeout=self.opts.remote_timeout)
+        root = HttpEndpoint(session or self._session_(), url, timeout=self.opts.remote_timeout)
         try:
             found = await root.request("GET", "/_mirrors")
         except RemoteError as exc:
@@ -416,7 +472,8 @@ class Sync:
             since = ck.get("since", 0) if ck else 0
         rows, last_seq = await remote.changes(since, 1000, timeout=self.opts.longpoll)
         state.ok()
-        state.remote_seq = last_seq
+        # the mirror's latest seq (a MyNoSQL mirror says it; a batch may end before it), else where the feed ended
+        state.remote_seq = remote.update_seq if remote.update_seq is not None else last_seq
         if rows:
             pulled = await self._download_held(remote, rows)
             state.docs_pulled += pulled
@@ -448,7 +505,7 @@ class Sync:
         lacking = [(id, rev) for id, revs in want.items() for rev in revs if (id, rev) not in got]
         if errors or lacking:  # the poll position must not move past rows not downloaded: retry them
             raise RemoteError(f"{remote.url}: {len(lacking)} wanted revision(s) not served, {len(errors)} refused "
-                              f"(first: {(lacking or errors)[0]})")
+                              f"(first: {(lacking or errors)[0]})", kind="protocol")
         return written
 
     async def fetch(self, id: str) -> bool:
@@ -484,8 +541,8 @@ class Sync:
                 "last_success": st.last_success,
                 "last_error": st.last_error,
                 "pending": max(0, seq - st.pushed_seq) if self.db.config["mode"] != "Mirror" else 0,
-                "lag": (st.remote_seq - st.pulled_seq) if isinstance(st.remote_seq, int)
-                and isinstance(st.pulled_seq, int) else None,
+                "lag": st.lag,
+                "failures": st.failures,
                 "docs_pushed": st.docs_pushed,
                 "docs_pulled": st.docs_pulled,
                 "current": redact(self.current) == url if self.current else False,

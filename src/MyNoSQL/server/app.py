@@ -119,7 +119,23 @@ def _client_token(request: web.Request) -> str | None:
 # What a "reader" may do besides GET/HEAD: read-only POSTs, and replication checkpoints (_local documents,
 # which are not records: a reader pulling from the mirror records its progress there).
 _READER_POSTS = ("_revs_diff", "_bulk_get", "_changes", "_ensure_full_commit")
+# The authenticated user of a request (a typed request key where aiohttp has them: no NotAppKeyWarning)
+_USER: Any = web.RequestKey("user", str) if hasattr(web, "RequestKey") else "user"
 _PUBLIC = ("/", "/_up")  # everything else needs a user once users exist (/_metrics and /_dashboard too)
+# Answers that are part of the protocol, not a client's problem: a missing record or checkpoint (404), a conflict
+# (409), a database that exists already (412). The dashboard shows a client's other 4xx/5xx answers.
+_ORDINARY = (404, 409, 412)
+
+
+def _basic_name(request: web.Request) -> str:
+    """The user name of a request's basic credentials ("" if none or unreadable)."""
+    auth = request.headers.get("Authorization", "")
+    if auth[:6].lower() != "basic ":
+        return ""
+    try:
+        return base64.b64decode(auth[6:], validate=True).decode("utf-8").partition(":")[0][:64]
+    except (ValueError, UnicodeDecodeError):
+        return ""
 
 
 class MirrorApp:
@@ -203,7 +219,30 @@ class MirrorApp:
         info = request.match_info.route.resource
         route = info.canonical if info is not None else "unmatched"
         self.observer.request(route, request.method, resp.status)
+        if resp.status >= 400 and resp.status not in _ORDINARY:
+            self._client_error(request, resp, route)
         return resp
+
+    def _client_error(self, request: web.Request, resp: web.StreamResponse, route: str) -> None:
+        """Remember the error this mirror answered a replicating client with (the dashboard shows it next to the
+        client): on the routes of its databases and ``/_mirrors``, and any failed login that gave a name. (Not,
+        say, the anonymous first request of a browser for the dashboard, which the 401 makes ask for a password.)"""
+        db = request.match_info.get("db")
+        db = db if db in self.dbs else None
+        user = request.get(_USER)
+        if user is None and resp.status == 401:  # a failed login: the name it tried (never the password)
+            user = _basic_name(request) or None
+        if db is None and route != "/_mirrors" and not (resp.status == 401 and user):
+            return
+        error = reason = ""
+        body = resp.body if isinstance(resp, web.Response) else None
+        if isinstance(body, bytes) and len(body) <= 4096:
+            with contextlib.suppress(orjson.JSONDecodeError):
+                answer = orjson.loads(body)
+                if isinstance(answer, dict):
+                    error, reason = str(answer.get("error", "")), str(answer.get("reason", ""))
+        what = f"{resp.status} {error}: {reason}" if error else str(resp.status)
+        self.observer.error(request.remote or "?", user, db, f"{what} ({request.method} {route})"[:300])
 
     @web.middleware
     async def _auth(self, request: web.Request, handler: Callable[[web.Request], Any]) -> web.StreamResponse:
@@ -228,7 +267,7 @@ class MirrorApp:
             resp = _err(401, "unauthorized", "Name or password is incorrect.")
             resp.headers["WWW-Authenticate"] = 'Basic realm="MyNoSQL"'
             return resp
-        request["user"] = name
+        request[_USER] = name
         if role == "reader" and request.method not in ("GET", "HEAD"):
             parts = request.path.strip("/").split("/")
             local = len(parts) >= 3 and parts[1] == "_local"
@@ -334,6 +373,14 @@ class MirrorApp:
                       "features": ["mynosql"]})
 
     async def up(self, request: web.Request) -> web.Response:
+        """Health: every database open and its compactor working (no I/O: cheap enough for any prober)."""
+        problems = []
+        for name, db in self.dbs.items():
+            problem = "closed" if db.closed else db.store.problem()
+            if problem:
+                problems.append(f"database {name!r}: {problem}")
+        if problems:
+            return _json({"status": "failing", "reason": "; ".join(problems)}, 503)
         return _json({"status": "ok"})
 
     async def get_mirrors(self, request: web.Request) -> web.Response:
@@ -415,7 +462,7 @@ class MirrorApp:
                 rows = [r for r in rows if not echo_log.echoes(r, client)]
             return rows, last
 
-        self.observer.client(request.remote or "?", request.get("user"), db.name, since)
+        self.observer.client(request.remote or "?", request.get(_USER), db.name, since)
         rows, last = await answer(since)
         if not rows and feed in ("longpoll", "continuous") and notifier is not None and event is not None \
                 and timeout > 0:
@@ -430,7 +477,11 @@ class MirrorApp:
                     break
                 event = notifier.event  # taken before reading: a change during the read wakes the next wait
                 rows, last = await answer(last)
-        return _json({"results": rows, "last_seq": last, "pending": 0})
+        if last != since:  # what the client has been sent (echoes it skipped included): its lag from now on
+            self.observer.client(request.remote or "?", request.get(_USER), db.name, last)
+        resp = _json({"results": rows, "last_seq": last, "pending": 0})
+        resp.headers["X-MyNoSQL-Update-Seq"] = str(db.seq)  # a MyNoSQL client learns how far behind it is
+        return resp
 
     async def revs_diff(self, request: web.Request) -> web.Response:
         db = self._db(request)
@@ -508,7 +559,6 @@ class MirrorApp:
                     if isinstance(w, protocol.WireDoc):
                         state = db.merge_replicated(w.id, w.path, w.deleted, w.blob)
                         if state is not None:
-                            self.observer.docs_in += 1
                             written += 1
                             if echo_log is not None and client is not None \
                                     and revtree.leaves(state.tree) == [w.path[0]]:
@@ -520,6 +570,7 @@ class MirrorApp:
             return out
 
         answer = write() if len(docs) <= SMALL_INLINE else await asyncio.to_thread(write)
+        self.observer.docs_in += written  # counted here, on the event loop: worker threads never race on it
         if written and self.notifiers.get(db.name):
             for _ in range(3):  # let waiting longpolls answer first: the checkpoint below can wait a moment
                 await asyncio.sleep(0)
@@ -643,6 +694,7 @@ class MirrorApp:
                             out.append({"ok": protocol.doc_to_wire(state, leaf, revs=revs)})
                 else:
                     out.append({"missing": rev})
+            self.observer.docs_out += sum(1 for d in out if "ok" in d)  # the plain protocol's _bulk_get
             return _json(out)
         if state is None:
             raise HttpError(404, "not_found", "missing")
@@ -661,7 +713,8 @@ class MirrorApp:
             if isinstance(body, dict):
                 body.setdefault("_id", id)
             w = self._wire(db, body)
-            await asyncio.to_thread(db.put_replicated, w.id, w.path, w.deleted, w.blob)
+            if await asyncio.to_thread(db.put_replicated, w.id, w.path, w.deleted, w.blob):
+                self.observer.docs_in += 1
             return _json({"ok": True, "id": w.id, "rev": w.path[0]}, 201)
         if isinstance(body, dict) and "rev" in request.query:
             body.setdefault("_rev", request.query["rev"])

@@ -1,13 +1,16 @@
 """What a mirror tells about itself: ``/_metrics`` (Prometheus text format) and the ``/_dashboard`` data.
 
 Counters live in RAM (since the process started); per-second samples of writes and replication traffic are kept
-for the last 10 minutes for the dashboard's chart.
+for the last 10 minutes for the dashboard's chart. Clients (peers and mirrors pulling from this one) are listed
+with how far behind they are and the last error this mirror answered them with (a 4xx/5xx on their requests, a
+failed login; not the protocol's ordinary 404/409/412).
 """
 
 from __future__ import annotations
 
 import collections
-import itertools
+import dataclasses
+import threading
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -18,32 +21,66 @@ if TYPE_CHECKING:
 HISTORY = 600  # seconds of per-second samples
 
 
+@dataclasses.dataclass(frozen=True)
+class _SlowFacts:
+    stamp: tuple[int, int, int]  # the database's seq, flushes and collected shards when they were computed
+    at: float
+    took: float
+    conflicts: int
+    raw: int
+
+
 class Observer:
     def __init__(self, dbs: dict[str, Database]) -> None:
         self.dbs = dbs
         self.started = time.time()
         self.requests: collections.Counter[tuple[str, str, int]] = collections.Counter()
-        self.docs_in = 0  # revisions received by _bulk_docs / PUT
-        self.docs_out = 0  # revisions sent by _bulk_get / GET
+        self.docs_in = 0  # revisions received by _bulk_docs / PUT (new_edits=false)
+        self.docs_out = 0  # revisions sent by _bulk_get / GET ?open_revs
         self.clients: dict[str, dict[str, Any]] = {}  # recently seen peers and mirrors, by address (+ user)
+        self._clients_lock = threading.Lock()  # fed on the event loop, read by snapshot() in a worker thread
+        # per second: (time, writes, revisions received, revisions sent)
         self._samples: collections.deque[tuple[int, int, int, int]] = collections.deque(maxlen=HISTORY)
         self._last_seq = {name: db.seq for name, db in dbs.items()}
-        self._slow: dict[str, tuple[float, dict[str, Any]]] = {}
+        self._last_in = self._last_out = 0
+        self._slow: dict[str, _SlowFacts] = {}
+        self._slow_lock = threading.Lock()
 
     # -- fed by the app ---------------------------------------------------------------------------------------
 
     def request(self, route: str, method: str, status: int) -> None:
         self.requests[(route, method, status)] += 1
 
-    def client(self, addr: str, user: str | None, db: str, since: Any = None) -> None:
+    def _client(self, addr: str, user: str | None, db: str | None) -> dict[str, Any]:
+        """The entry of a client (created if new); call with the lock held."""
         key = f"{user}@{addr}" if user else addr
-        c = self.clients.setdefault(key, {"address": addr, "user": user, "db": db, "first_seen": time.time()})
-        c["last_seen"] = time.time()
-        if isinstance(since, int):
-            c["since"] = since
-        if len(self.clients) > 1000:  # keep the busiest recent ones
-            for k in sorted(self.clients, key=lambda k: self.clients[k]["last_seen"])[:500]:
-                del self.clients[k]
+        now = time.time()
+        c = self.clients.get(key)
+        if c is None:
+            if len(self.clients) >= 1000:  # keep the most recently seen ones
+                for k in sorted(self.clients, key=lambda k: self.clients[k]["last_seen"])[:500]:
+                    del self.clients[k]
+            c = self.clients[key] = {"address": addr, "user": user, "db": db, "first_seen": now,
+                                     "last_error": None, "last_error_at": None, "errors": 0}
+        c["last_seen"] = now
+        if db is not None:
+            c["db"] = db
+        return c
+
+    def client(self, addr: str, user: str | None, db: str, since: Any = None) -> None:
+        """A client read the changes feed of ``db`` since ``since`` (how far behind it is: its lag)."""
+        with self._clients_lock:
+            c = self._client(addr, user, db)
+            if isinstance(since, int):
+                c["since"] = since
+
+    def error(self, addr: str, user: str | None, db: str | None, what: str) -> None:
+        """This mirror answered a client with an error (``what``: status, error and reason, method and route)."""
+        with self._clients_lock:
+            c = self._client(addr, user, db)
+            c["last_error"] = what
+            c["last_error_at"] = c["last_seen"]
+            c["errors"] += 1
 
     def tick(self) -> None:
         """Take this second's sample (called every second by the server)."""
@@ -55,24 +92,29 @@ class Observer:
             seq = db.seq
             writes += max(0, seq - self._last_seq.get(name, seq))
             self._last_seq[name] = seq
-        self._samples.append((now, writes, self.docs_in, self.docs_out))
+        docs_in, docs_out = self.docs_in, self.docs_out
+        self._samples.append((now, writes, docs_in - self._last_in, docs_out - self._last_out))
+        self._last_in, self._last_out = docs_in, docs_out
 
     # -- derived views ----------------------------------------------------------------------------------------
 
     def _slow_facts(self, name: str, db: Database) -> dict[str, Any]:
-        """Facts that need a scan (conflicts, disk), recomputed at most every 30 s."""
-        at, facts = self._slow.get(name, (0.0, {}))
-        if time.monotonic() - at < 30 and facts:
-            return facts
-        conflicts = sum(1 for s in db.store.iter_states(0) if s.conflicts())
-        files = [p for p in Path(db.path).iterdir() if p.is_file()]
+        """Facts about a database; those that need a scan (conflicts, the size before compression) are kept until
+        the database changes, then recomputed at most every 2 s (or 10 times as long as the last scan took)."""
+        store = db.store
+        stamp = (db.seq, store.stats.flushes, store.stats.gc_shards)
+        with self._slow_lock:  # a /_metrics scrape and a dashboard refresh at once scan once
+            cached = self._slow.get(name)
+            now = time.monotonic()
+            if cached is None or (cached.stamp != stamp and now - cached.at >= max(2.0, 10 * cached.took)):
+                conflicts = sum(1 for s in store.iter_states(0) if s.conflicts())
+                raw = store.raw_bytes_on_disk()
+                cached = self._slow[name] = _SlowFacts(stamp, now, time.monotonic() - now, conflicts, raw)
+        files = [p for p in Path(db.path).iterdir() if p.is_file()]  # a handful of files: always fresh
         disk = sum(p.stat().st_size for p in files)
         shards = sum(p.stat().st_size for p in files if p.name.startswith("shard-"))
-        raw = db.store.raw_bytes_on_disk()
-        facts = {"conflicts": conflicts, "disk_bytes": disk, "shard_bytes": shards,
-                 "compression_ratio": round(raw / shards, 2) if shards else None}
-        self._slow[name] = (time.monotonic(), facts)
-        return facts
+        return {"conflicts": cached.conflicts, "disk_bytes": disk, "shard_bytes": shards,
+                "compression_ratio": round(cached.raw / shards, 2) if shards and cached.raw else None}
 
     def snapshot(self) -> dict[str, Any]:
         dbs = []
@@ -85,16 +127,15 @@ class Observer:
                         **self._slow_facts(name, db), "mirrors": mirrors})
         now = time.time()
         seqs = {name: db.seq for name, db in self.dbs.items() if not db.closed}
+        with self._clients_lock:
+            clients = [dict(c) for c in self.clients.values()]
         peers = []
-        for c in sorted(self.clients.values(), key=lambda c: -c["last_seen"]):
+        for c in sorted(clients, key=lambda c: -c["last_seen"]):
             if now - c["last_seen"] > 600:
                 continue
-            lag = seqs.get(c["db"], 0) - c["since"] if "since" in c else None
-            peers.append({**c, "lag": lag, "last_error": None})
-        samples = list(self._samples)
-        series = []
-        for (_t0, _w0, i0, o0), (t1, w1, i1, o1) in itertools.pairwise(samples):
-            series.append({"t": t1, "writes": w1, "docs_in": i1 - i0, "docs_out": o1 - o0})
+            lag = max(0, seqs.get(c["db"], 0) - c["since"]) if "since" in c else None
+            peers.append({**c, "lag": lag})
+        series = [{"t": t, "writes": w, "docs_in": i, "docs_out": o} for t, w, i, o in self._samples]
         return {"uptime": round(now - self.started, 1), "databases": dbs, "peers": peers[:50], "series": series,
                 "requests": sum(self.requests.values())}
 
@@ -111,6 +152,8 @@ class Observer:
         metric("mynosql_http_requests_total", "counter", "HTTP requests by route, method and status.",
                [({"route": r, "method": m, "status": s}, n) for (r, m, s), n in sorted(self.requests.items())])
         live = [(name, db) for name, db in self.dbs.items() if not db.closed]
+        metric("mynosql_healthy", "gauge", "1 if the database is open and its compactor works (as /_up).",
+               [({"db": n}, 0 if db.store.problem() else 1) for n, db in live])
         metric("mynosql_records", "gauge", "Records (not deleted).", [({"db": n}, len(db)) for n, db in live])
         metric("mynosql_update_seq", "gauge", "Latest change sequence.", [({"db": n}, db.seq) for n, db in live])
         facts = [(n, self._slow_facts(n, db)) for n, db in live]
@@ -120,13 +163,19 @@ class Observer:
                                                                                for n, f in facts])
         lag_rows: list[tuple[dict[str, Any], float]] = []
         up_rows: list[tuple[dict[str, Any], float]] = []
+        fail_rows: list[tuple[dict[str, Any], float]] = []
         for n, db in live:
             for url, st in (db.sync.status() if db.sync else {}).items():
+                labels = {"db": n, "remote": url}
                 if st.get("lag") is not None:
-                    lag_rows.append(({"db": n, "remote": url}, st["lag"]))
-                up_rows.append(({"db": n, "remote": url}, 1 if st.get("reachable") else 0))
-        metric("mynosql_replication_lag", "gauge", "Changes of a remote not yet pulled.", lag_rows)
+                    lag_rows.append((labels, st["lag"]))
+                up_rows.append((labels, 1 if st.get("reachable") else 0))
+                fail_rows.append((labels, st.get("failures", 0)))
+        metric("mynosql_replication_lag", "gauge",
+               "Changes of a remote mirror not pulled yet (change sequence numbers; as last heard from it).", lag_rows)
         metric("mynosql_replication_reachable", "gauge", "1 if the remote answered last time.", up_rows)
+        metric("mynosql_replication_failures", "gauge", "Failed attempts to reach a remote since its last success.",
+               fail_rows)
         metric("mynosql_replication_docs_received_total", "counter", "Revisions received.", [({}, self.docs_in)])
         metric("mynosql_replication_docs_sent_total", "counter", "Revisions sent.", [({}, self.docs_out)])
         st = [(n, db.store.stats) for n, db in live]
@@ -134,10 +183,17 @@ class Observer:
                [({"db": n}, s.flushes) for n, s in st])
         metric("mynosql_compaction_seconds_total", "counter", "Time spent packing and committing.",
                [({"db": n}, round(s.seconds, 6)) for n, s in st])
-        metric("mynosql_shard_fsync_seconds_total", "counter", "Time spent in shard fsyncs.",
-               [({"db": n}, round(s.fsync_total, 6)) for n, s in st])
         metric("mynosql_compaction_errors_total", "counter", "Failed flushes (retried).",
                [({"db": n}, s.errors) for n, s in st])
+        metric("mynosql_shard_fsyncs_total", "counter", "Shard fsyncs (one per shard a flush appends to).",
+               [({"db": n}, s.fsyncs) for n, s in st])
+        metric("mynosql_shard_fsync_seconds_total", "counter", "Time spent appending blocks to shards and fsyncing.",
+               [({"db": n}, round(s.fsync_total, 6)) for n, s in st])
+        metric("mynosql_wal_fsyncs_total", "counter",
+               "Syncs of the write-ahead log: group commits and segment syncs (durability=power).",
+               [({"db": n}, s.wal.count) for n, s in st])
+        metric("mynosql_wal_fsync_seconds_total", "counter", "Time spent in syncs of the write-ahead log.",
+               [({"db": n}, round(s.wal.seconds, 6)) for n, s in st])
         return "\n".join(out) + "\n"
 
 

@@ -24,7 +24,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +37,7 @@ from .bloom import Bloom
 from .cache import BlockCache, RecordCache
 from .index import Index, id_hash
 from .shards import ShardFiles, pack_block, shard_name
-from .wal import WriteAheadLog
+from .wal import SyncStats, WriteAheadLog
 
 Progress = Callable[[int, int | None], None]  # progress(done, total): total None when unknown
 
@@ -59,7 +59,9 @@ class FlushStats:
     gc_shards: int = 0
     last_error: str | None = None
     errors: int = 0
-    fsync_total: float = 0.0
+    fsync_total: float = 0.0  # seconds appending blocks to shards and fsyncing them
+    fsyncs: int = 0  # shard fsyncs (one per shard a flush appended to)
+    wal: SyncStats = field(default_factory=SyncStats)  # the write-ahead log's syncs (durability="power")
     raw_bytes: int = 0  # records packed since open, before compression
     packed_bytes: int = 0  # the blocks they became
 
@@ -98,7 +100,7 @@ class Store:
             self.x_rows = self.index.count_rows()[1]
             self.seq = self.flushed_seq
             self.live_count = self._flushed_live
-            self.wal = WriteAheadLog(directory, power_safe=options.durability == "power")
+            self.wal = WriteAheadLog(directory, power_safe=options.durability == "power", stats=self.stats.wal)
             old_segments = self.wal.segments()
             for payload in self.wal.recover():
                 state = DocState.from_bytes(payload)
@@ -357,6 +359,7 @@ class Store:
         t1 = time.perf_counter()
         infos = self.shards.append(packed)
         self.stats.fsync_total += time.perf_counter() - t1
+        self.stats.fsyncs += len({i.shard for i in infos})  # one fsync per shard appended to
         sizes = {i.shard: self.shards.sizes()[i.shard] for i in infos}
         sidx_set, sidx_del = self._secondary_rows(states)
         try:
@@ -592,6 +595,16 @@ class Store:
             if bno not in seen and row[1] in self.shards.sizes():
                 problems.append(f"block {bno} is in the index but not in {shard_name(row[1])}")
         return problems
+
+    def problem(self) -> str | None:
+        """Why this store is not healthy now, or None (cheap: no I/O; for health checks)."""
+        if self._stop.is_set():
+            return "closed"
+        if not self._thread.is_alive():
+            return "its compactor has stopped"
+        if self.stats.last_error is not None:
+            return "its compactor is failing (it retries; the error is in the log)"
+        return None
 
     def close(self) -> None:
         self._stop.set()
