@@ -5,25 +5,15 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import urllib.request
 from pathlib import Path
-from typing import Any
 
-from support.mirrors import ENV
+from support.mirrors import ENV, call
 
 import MyNoSQL
 
 
 def run(*args: str) -> subprocess.CompletedProcess[bytes]:
     return subprocess.run([sys.executable, "-m", "MyNoSQL", *args], capture_output=True, env=ENV, timeout=300)
-
-
-def call(method: str, url: str, body: Any = None) -> Any:
-    data = None if body is None else json.dumps(body).encode()
-    req = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json",
-                                                                        "Accept": "application/json"})
-    with urllib.request.urlopen(req, timeout=15) as r:
-        return json.loads(r.read())
 
 
 def test_mynosql_replicate_to_a_pouchdb_server_and_back(tmp_path: Path, pouchdb_url: str) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -10,17 +9,9 @@ from typing import Any
 
 import pytest
 from pouch import pouch_replicate
-from support.mirrors import MirrorProcess, free_port
+from support.mirrors import MirrorProcess, call, free_port
 
 import MyNoSQL
-
-
-def call(method: str, url: str, body: Any = None) -> Any:
-    data = None if body is None else json.dumps(body).encode()
-    req = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json",
-                                                                        "Accept": "application/json"})
-    with urllib.request.urlopen(req, timeout=15) as r:
-        return json.loads(r.read())
 
 
 def get_doc(db_url: str, id: str) -> dict[str, Any] | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -9,8 +10,10 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -19,6 +22,15 @@ from MyNoSQL.testing import poll_until
 ROOT = Path(__file__).resolve().parents[2]  # the repository
 ENV = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
 ENV.pop("MYNOSQL_SYNC", None)
+
+
+def call(method: str, url: str, body: Any = None) -> Any:
+    """One JSON request to a server on 127.0.0.1; its JSON answer (an HTTP error raises)."""
+    data = None if body is None else json.dumps(body).encode()
+    req = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json",
+                                                                        "Accept": "application/json"})
+    with urllib.request.urlopen(req, timeout=15) as r:
+        return json.loads(r.read())
 
 
 def free_port() -> int:
