@@ -311,36 +311,82 @@ def _disk(folder: Path) -> tuple[int, int]:
 
 @cli.command()
 @db_options
-def status(path: Path | None, name: str, as_json: bool) -> None:
-    """Mode, records, conflicts, disk use, mirrors, pending pushes."""
-    with opened(path, name) as db:
-        conflicts = sum(1 for s in db.store.iter_states(0) if s.conflicts())
-        total, shards = _disk(db.path)
-        mirrors = {}
-        for url in db.config["peers"]:
-            from .replication.endpoints import replication_id
-            from .replication.sync import db_url
-
-            ck = db.local_get(_push_id(db, url, replication_id))
-            seq = ck.get("source_last_seq", 0) if ck else 0
-            poll = db.local_get("poll-" + redact_url(db_url(url, db.name)).rstrip("/"))
-            remote = _remote_seq(db_url(url, db.name))
-            since = poll.get("since", 0) if poll else 0
-            mirrors[redact_url(url)] = {
-                "pending_pushes": max(0, db.seq - seq) if isinstance(seq, int) else None,
-                "reachable": remote is not None,
-                "lag": remote - since if isinstance(remote, int) and isinstance(since, int) else None,
-            }
-        info = {"name": db.name, "path": str(db.path), "mode": db.getdbmode(), "records": len(db),
-                "conflicts": conflicts, "seq": db.seq, "disk_bytes": total, "shard_bytes": shards,
-                "mirrors": mirrors, "indexes": db.indexes(), "users": db.userlist()}
+@click.option("--url", default=None, help="Ask the running mirror at this URL (http(s)://[user:pass@]host:port) "
+              "instead of opening the database folder (which a running mirror holds locked).")
+def status(path: Path | None, name: str, as_json: bool, url: str | None) -> None:
+    """Mode, records, conflicts, disk use, mirrors and their lag, pending pushes."""
+    if url is not None:
+        info = _mirror_status(url, name)
+    else:
+        try:
+            with opened(path, name) as db:
+                info = _local_status(db)
+        except Fail as exc:
+            if exc.code != EXIT_LOCKED:
+                raise
+            raise Fail(f"{exc.message} (a running mirror? ask it: mynosql status --db {name} --url URL)",
+                       EXIT_LOCKED) from exc
     lines = [f"{k}: {v}" for k, v in info.items()]
     _out(info, as_json, "\n".join(lines))
 
 
-def _remote_seq(url: str, timeout: float = 2.0) -> int | None:
-    """The update_seq of a remote database (None if it does not answer within ``timeout``)."""
+def _local_status(db: Database) -> dict[str, Any]:
+    """What ``status`` shows of a database opened here (its mirrors asked for their seq within 2 s each)."""
+    from .replication.endpoints import replication_id
+    from .replication.sync import db_url
+
+    class _Side:  # an endpoint as replication_id sees it: its identity
+        def __init__(self, identity: str) -> None:
+            self.identity = identity
+
+    here = _Side(f"local:{db.path}")
+    mirror_mode = db.getdbmode() == "Mirror"
+    mirrors = {}
+    pending: int | None
+    for url in db.config["peers"]:
+        there = _Side(redact_url(db_url(url, db.name)).rstrip("/"))
+        remote = _remote_seq(db_url(url, db.name))
+        if mirror_mode:  # a mirror pulls from the others (they pull from it): nothing to push, lag of its pull
+            ck = db.local_get(replication_id(there, here))
+            since, pending = (ck.get("source_last_seq", 0) if ck else 0), 0
+        else:  # a peer pushes its changes and polls the mirror for newer revisions of its records
+            ck = db.local_get(replication_id(here, there))
+            seq = ck.get("source_last_seq", 0) if ck else 0
+            pending = max(0, db.seq - seq) if isinstance(seq, int) else None
+            poll = db.local_get("poll-" + there.identity)
+            since = poll.get("since", 0) if poll else 0
+        mirrors[redact_url(url)] = {
+            "pending_pushes": pending,
+            "reachable": remote is not None,
+            "lag": max(0, remote - since) if isinstance(remote, int) and isinstance(since, int) else None,
+        }
+    total, shards = _disk(db.path)
+    return {"name": db.name, "path": str(db.path), "mode": db.getdbmode(), "records": len(db),
+            "conflicts": sum(1 for s in db.store.iter_states(0) if s.conflicts()), "seq": db.seq,
+            "disk_bytes": total, "shard_bytes": shards, "mirrors": mirrors, "indexes": db.indexes(),
+            "users": db.userlist()}
+
+
+def _mirror_status(url: str, name: str) -> dict[str, Any]:
+    """What a running mirror says of database ``name`` (its dashboard data), in ``status``'s shape."""
+    data = _get_json(url.rstrip("/") + "/_dashboard/data", timeout=10.0)
+    if not isinstance(data, dict):
+        raise Fail(f"{redact_url(url)} did not answer as a MyNoSQL mirror", EXIT_REMOTE)
+    db = next((d for d in data.get("databases", []) if d.get("name") == name), None)
+    if db is None:
+        raise Fail(f"the mirror at {redact_url(url)} does not serve a database {name!r}", EXIT_NOT_FOUND)
+    return {"name": name, "url": redact_url(url), "mode": db.get("mode"), "records": db.get("records"),
+            "conflicts": db.get("conflicts"), "seq": db.get("seq"), "disk_bytes": db.get("disk_bytes"),
+            "compression_ratio": db.get("compression_ratio"),
+            "mirrors": {u: {"reachable": m.get("reachable"), "lag": m.get("lag"), "pending_pushes": m.get("pending"),
+                            "last_error": m.get("last_error")} for u, m in (db.get("mirrors") or {}).items()},
+            "peers": [p for p in data.get("peers", []) if p.get("db") == name]}
+
+
+def _get_json(url: str, timeout: float) -> Any:
+    """GET ``url`` (basic credentials from it, never shown) and parse the JSON answer; errors become exit 6."""
     import base64
+    import urllib.error
     import urllib.parse
     import urllib.request
 
@@ -350,22 +396,21 @@ def _remote_seq(url: str, timeout: float = 2.0) -> int | None:
         pair = f"{urllib.parse.unquote(p.username)}:{urllib.parse.unquote(p.password or '')}"
         headers["Authorization"] = "Basic " + base64.b64encode(pair.encode()).decode()
     try:
-        req = urllib.request.Request(redact_url(url), headers=headers)
-        with urllib.request.urlopen(req, timeout=timeout) as r:
-            seq = orjson.loads(r.read()).get("update_seq")
-    except (OSError, ValueError):
+        with urllib.request.urlopen(urllib.request.Request(redact_url(url), headers=headers), timeout=timeout) as r:
+            return orjson.loads(r.read())
+    except urllib.error.HTTPError as exc:
+        raise Fail(f"{redact_url(url)}: HTTP {exc.code} {exc.reason}", EXIT_REMOTE) from exc
+    except (OSError, ValueError) as exc:
+        raise Fail(f"{redact_url(url)}: {exc}", EXIT_REMOTE) from exc
+
+
+def _remote_seq(url: str, timeout: float = 2.0) -> int | None:
+    """The update_seq of a remote database (None if it does not answer within ``timeout``)."""
+    try:
+        seq = _get_json(url, timeout).get("update_seq")
+    except (Fail, AttributeError):
         return None
     return seq if isinstance(seq, int) else None
-
-
-def _push_id(db: Database, url: str, replication_id: Callable[..., str]) -> str:
-    from .replication.sync import db_url
-
-    class _Id:
-        def __init__(self, identity: str) -> None:
-            self.identity = identity
-
-    return replication_id(_Id(f"local:{db.path}"), _Id(redact_url(db_url(url, db.name)).rstrip("/")))
 
 
 def _plain(doc: dict[str, Any]) -> dict[str, Any]:

@@ -23,6 +23,7 @@ import pytest
 from support.mirrors import ENV, MirrorProcess, free_port
 
 import MyNoSQL
+from MyNoSQL.testing import poll_until
 
 
 def run(*args: str, input: bytes | None = None,
@@ -177,6 +178,36 @@ def test_replicate_between_a_path_and_a_mirror_both_ways(tmp_path: Path, mirror:
     info = st["mirrors"][f"{mirror.url}/db"]
     # the one-shot push above shares the checkpoint of the background push: only the new record is pending
     assert info["reachable"] is True and info["pending_pushes"] == 1 and isinstance(info["lag"], int)
+
+
+def test_status_of_running_and_stopped_mirrors(tmp_path: Path) -> None:
+    a = MirrorProcess(tmp_path / "a", "db", free_port(), []).start()
+    b = MirrorProcess(tmp_path / "b", "db", free_port(), [f"{a.url}"]).start()
+    try:
+        for i in range(5):
+            urllib.request.urlopen(urllib.request.Request(f"{a.url}/db/r{i}", data=b"{}", method="PUT"), timeout=10)
+        locked = run("status", "--path", str(tmp_path / "b"), "--db", "db")
+        assert locked.returncode == 3 and b"--url" in locked.stderr  # the running mirror holds it: say what to do
+
+        def pulled() -> dict[str, Any] | None:
+            st = json.loads(run("status", "--db", "db", "--url", b.url, "--json").stdout)
+            return st if st["records"] == 5 and st["mirrors"][a.url]["lag"] == 0 else None
+
+        st = poll_until(pulled, timeout=60, what="b's status: a's 5 records pulled, lag 0")
+        assert st["mode"] == "Mirror" and st["mirrors"][a.url]["reachable"] is True and st["disk_bytes"] > 0
+        missing = run("status", "--db", "nope", "--url", b.url)
+        assert missing.returncode == 4
+        assert run("status", "--db", "db", "--url", f"http://127.0.0.1:{free_port()}").returncode == 6
+    finally:
+        b.stop()
+    for i in range(5, 8):  # a moves on while b is stopped: b's status (read from its folder) shows the lag
+        urllib.request.urlopen(urllib.request.Request(f"{a.url}/db/r{i}", data=b"{}", method="PUT"), timeout=10)
+    try:
+        st = json.loads(run("status", "--path", str(tmp_path / "b"), "--db", "db", "--json").stdout)
+        assert st["mode"] == "Mirror" and st["records"] == 5
+        assert st["mirrors"][a.url] == {"pending_pushes": 0, "reachable": True, "lag": 3}
+    finally:
+        a.stop()
 
 
 def test_bench_subcommand_runs_the_benchmark_scripts_with_a_json_summary(tmp_path: Path) -> None:

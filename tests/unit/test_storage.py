@@ -127,6 +127,37 @@ def test_verify_and_compact_report_progress(location: Path) -> None:
         assert db.verify() == [] and len(h) == 200
 
 
+def test_verify_cross_checks_every_record_location_of_the_index(location: Path) -> None:
+    import sqlite3
+
+    with MyNoSQL.MyNoSQL(location, options=MyNoSQL.Options(block_docs=10)) as h:
+        h.opendb("v")
+        recs = [h.savedoc({"id": f"v{i}", "v": i}) for i in range(50)]
+        h.savedoc({**recs[0], "v": -1})  # one dead copy on disk: not a problem
+        h.db.flush()
+        assert h.verify() == []
+    index = location / "v" / "index.sqlite"
+    con = sqlite3.connect(index)
+    first, second = con.execute("SELECT h, loc FROM docs ORDER BY loc LIMIT 2").fetchall()
+    con.execute("UPDATE docs SET loc=? WHERE h=?", (second[1], first[0]))  # a row pointing at another record
+    con.commit()
+    con.close()
+    with MyNoSQL.MyNoSQL(location) as h:
+        h.opendb("v")
+        problems = h.verify()
+        assert any("point at no record of that id" in p for p in problems), problems
+        assert any("current records in it" in p for p in problems), problems
+    con = sqlite3.connect(index)
+    con.execute("DELETE FROM docs WHERE h=?", (first[0],))  # a lost row (its record still counted live)
+    con.commit()
+    con.close()
+    with MyNoSQL.MyNoSQL(location) as h:
+        h.opendb("v")
+        problems = h.verify()
+        assert problems and all("point at no record" not in p for p in problems), problems
+        assert any("current records in it" in p for p in problems), problems
+
+
 def test_record_cache_is_bounded(location: Path) -> None:
     opts = MyNoSQL.Options(cache_docs=100, block_cache_bytes=64 * 1024, flush_docs=500)
     with MyNoSQL.MyNoSQL(location, options=opts) as db:

@@ -343,5 +343,9 @@ class HttpEndpoint:
             raise
 
 
-def replication_id(source: Endpoint, target: Endpoint, extra: str = "") -> str:
+class Identified(Protocol):
+    identity: str
+
+
+def replication_id(source: Identified, target: Identified, extra: str = "") -> str:
     return hashlib.md5(f"{source.identity}|{target.identity}|{extra}".encode(), usedforsecurity=False).hexdigest()

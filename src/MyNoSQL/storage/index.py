@@ -146,8 +146,8 @@ class Index:
             (seq, after_bno),
         )
 
-    def all_blocks(self) -> list[tuple[int, int, int, int, int, int, int]]:
-        return self._all("SELECT bno, shard, off, len, count, first_seq, last_seq FROM blocks ORDER BY bno")
+    def all_blocks(self) -> list[tuple[int, int, int, int, int, int, int, int]]:
+        return self._all("SELECT bno, shard, off, len, count, first_seq, last_seq, live FROM blocks ORDER BY bno")
 
     def live_locs(self, hashes: Iterable[int]) -> dict[int, int]:
         hs = list(hashes)

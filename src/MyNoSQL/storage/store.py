@@ -567,6 +567,8 @@ class Store:
             problems.append(str(exc))
         known = {b[0]: b for b in self.index.all_blocks()}
         seen = set()
+        rows, x_rows = self.index.count_rows()
+        found = 0  # index rows that point at a record with their id: every row must
         done, total = 0, sum(b[4] for b in known.values())
         if progress is not None:
             progress(done, total)
@@ -585,16 +587,35 @@ class Store:
                         problems.append(f"{shard_name(shard)}@{off}: block {bno} does not match the index")
                         continue
                     try:
-                        for rec in self.shards.read_block(shard, off, length):
-                            DocState.from_bytes(rec)
+                        states = [DocState.from_bytes(rec) for rec in self.shards.read_block(shard, off, length)]
                     except CorruptionError as exc:
                         problems.append(str(exc))
+                        continue
+                    live = self._indexed_here(bno, states, x_rows > 0)
+                    found += live
+                    if live != row[7]:
+                        problems.append(f"block {bno}: the index counts {row[7]} current records in it, but {live} "
+                                        "of its records are where the index says their id is")
             except CorruptionError as exc:
                 problems.append(str(exc))
         for bno, row in known.items():
             if bno not in seen and row[1] in self.shards.sizes():
                 problems.append(f"block {bno} is in the index but not in {shard_name(row[1])}")
+        if found != rows + x_rows:
+            problems.append(f"index.sqlite: {rows + x_rows - found} of its {rows + x_rows} record locations point "
+                            "at no record of that id")
         return problems
+
+    def _indexed_here(self, bno: int, states: list[DocState], collisions: bool) -> int:
+        """How many of block ``bno``'s records the index places there (the newest state of their id)."""
+        hashes = [id_hash(s.id) for s in states]
+        locs = self.index.live_locs(hashes)
+        here = 0
+        for slot, (s, h) in enumerate(zip(states, hashes, strict=True)):
+            loc = bno << 8 | slot
+            if locs.get(h) == loc or (collisions and self.index.loc_by_id(s.id) == loc):
+                here += 1
+        return here
 
     def problem(self) -> str | None:
         """Why this store is not healthy now, or None (cheap: no I/O; for health checks)."""
