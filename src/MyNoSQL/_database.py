@@ -545,8 +545,8 @@ class Database:
         """Delete the revision ``rev`` of record ``id`` (leaves a tombstone that replicates)."""
         store = self._check()
         id = validate_id(id)
-        if type(rev) is not str:
-            raise InvalidDocument("deletedoc needs the rev being deleted (a string)")
+        if type(rev) is not str or not revtree.REV_RE.match(rev):
+            raise InvalidDocument(f"deletedoc needs the rev being deleted (N-<32 hex>), not {str(rev)[:80]!r}")
         tombstone = revtree.new_rev(rev, True, _TOMBSTONE_BODY)
 
         def mutate(prev: DocState | None) -> DocState:

@@ -24,6 +24,16 @@ class Limits:
     max_auth_failures: int = 10  # failed logins from one address within auth_failure_window before it gets 429s
     auth_failure_window: float = 60.0  # seconds
 
+    def __post_init__(self) -> None:
+        if not 1 <= self.max_depth <= 200:
+            raise ValueError("max_depth must be between 1 and 200 (the deepest nesting a record may have)")
+        for name in ("max_request_bytes", "max_batch", "max_revisions", "max_connections", "max_auth_failures"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1")
+        for name in ("header_timeout", "body_timeout", "max_longpoll", "auth_failure_window"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive")
+
 
 @dataclasses.dataclass(frozen=True)
 class Options:

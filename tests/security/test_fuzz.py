@@ -6,10 +6,12 @@ Bounded and seeded here (``MYNOSQL_FUZZ_EXAMPLES``, default 300); ``scripts/fuzz
 from __future__ import annotations
 
 import base64
+import gzip
 import http.client
 import json
 import os
 import urllib.parse
+import zlib
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -54,19 +56,27 @@ ids = st.one_of(
                      "é", "x" * 2000, "", " ", "?", "#"]),
     st.text(min_size=0, max_size=40),
 )
+tagged = st.sampled_from([{"$date": "garbage"}, {"$int": "xyz"}, {"$dict": 5}, {"$tuple": 5}, {"$set": [[1]]},
+                          {"$uuid": "zz"}, {"$bytes": "!!"}, {"$datetime": "2020-01-01T00:00[Nowhere/Zone]"},
+                          {"$decimal": "1e999999999"}, {"$date": "2026-11-26"}, {"$int": "1" * 30}])
 json_values = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20) | tagged,
     lambda kids: st.lists(kids, max_size=5) | st.dictionaries(st.text(max_size=8), kids, max_size=5),
     max_leaves=30,
 )
-revs = st.one_of(st.sampled_from(["1-" + "a" * 32, "0-x", "99999999999-" + "f" * 32, "bad", "", "1-"]),
+hexes = st.sampled_from(["a" * 32, "b" * 32, "c" * 32, "f" * 32])
+revs = st.one_of(st.sampled_from(["1-" + "a" * 32, "2-" + "b" * 32, "0-x", "99999999999-" + "f" * 32, "bad", "", "1-",
+                                  "abc"]),
                  st.text(max_size=20))
 docs = st.one_of(
     json_values,
     st.fixed_dictionaries({"_id": ids, "_rev": revs}, optional={
         "_deleted": st.one_of(st.booleans(), json_values), "v": json_values, "_attachments": json_values,
         "_revisions": st.one_of(json_values, st.fixed_dictionaries({"start": st.integers(-5, 10**12),
-                                                                     "ids": st.lists(st.text(max_size=34))}))}),
+                                                                     "ids": st.lists(st.text(max_size=34))}),
+                                # chains over a few known hashes: they share ancestors with what is stored
+                                st.integers(1, 4).flatmap(lambda n: st.fixed_dictionaries({
+                                    "start": st.just(n), "ids": st.lists(hexes, min_size=n, max_size=n)})))}),
 )
 bodies = st.one_of(
     st.none(),
@@ -93,6 +103,8 @@ paths = st.sampled_from([
     "/db/_bulk_docs", "/db/_ensure_full_commit", "/db/_all_docs", "/db/_local/{id}", "/db/{id}", "/{id}",
     "/db/_design/{id}", "/db/{id}/{id}",
 ])
+encodings = st.one_of(st.none(), st.tuples(st.sampled_from(["gzip", "deflate"]), st.booleans()),
+                      st.just(("identity", False)))
 auths = st.one_of(st.just(AUTH), st.just(AUTH), st.just(AUTH), st.none(), st.just("Basic !!!"),
                   st.just("Basic " + base64.b64encode(b"reader:reader-password").decode()),
                   st.text(max_size=30).map(lambda t: "Basic " + t))
@@ -101,10 +113,12 @@ auths = st.one_of(st.just(AUTH), st.just(AUTH), st.just(AUTH), st.none(), st.jus
 @seed(20261126)
 @settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck), database=None)
 @given(method=st.sampled_from(["GET", "PUT", "POST", "DELETE", "HEAD", "PATCH", "COPY"]), path=paths, id=ids,
-       query=queries, body=bodies, auth=auths)
+       query=queries, body=bodies, auth=auths, encoding=encodings)
 def test_every_route_answers_2xx_or_4xx(mirror: Any, method: str, path: str, id: str, query: dict[str, str],
-                                        body: bytes | None, auth: str | None) -> None:
-    _h, port, _p = mirror
+                                        body: bytes | None, auth: str | None,
+                                        encoding: tuple[str, bool] | None) -> None:
+    h, port, _p = mirror
+    seq = h.db.seq
     target = path.replace("{id}", urllib.parse.quote(id, safe="/%"))
     if query:
         target += "?" + urllib.parse.urlencode(query)
@@ -113,6 +127,10 @@ def test_every_route_answers_2xx_or_4xx(mirror: Any, method: str, path: str, id:
         headers = {"Content-Type": "application/json"}
         if auth is not None:
             headers["Authorization"] = auth
+        if encoding is not None and body is not None:
+            headers["Content-Encoding"], really = encoding
+            if really:  # a body that does decompress (else the header lies about it)
+                body = gzip.compress(body) if encoding[0] == "gzip" else zlib.compress(body)
         try:
             conn.request(method, target, body=body, headers=headers)
         except (UnicodeEncodeError, http.client.InvalidURL, ValueError):
@@ -123,6 +141,8 @@ def test_every_route_answers_2xx_or_4xx(mirror: Any, method: str, path: str, id:
         if resp.status not in (401, 403, 429):
             ROUTES_REACHED.add((method, path))
         assert resp.status < 500, (method, target, resp.status, data[:300])
+        if resp.status >= 400:  # a refused request wrote nothing
+            assert h.db.seq == seq, (method, target, resp.status, data[:300])
         assert b"Traceback" not in data and b"aiohttp/" not in data and b"Python/" not in data
         if data and method != "HEAD" and resp.getheader("Content-Type", "").startswith("application/json"):
             json.loads(data)  # our answers are JSON (the HTTP parser's own 400s for malformed requests are text)

@@ -493,3 +493,59 @@ def test_mirrors_learned_through_tls_must_use_tls_too(tmp_path: Path, caplog: py
         assert "plain-HTTP" in caplog.text and "secret-pw" not in caplog.text
     finally:
         h.closedb()
+
+
+def test_hostile_writes_answer_4xx_write_nothing_and_never_break_a_record(secured: Serve) -> None:
+    db = f"{secured.url}/db"
+
+    def count() -> int:
+        return int(request("GET", db, user="alice")[2]["update_seq"])
+
+    # A replicated revision path that disagrees with the ancestry the mirror knows leaves no bodiless leaf.
+    a, b, x = "a" * 32, "b" * 32, "c" * 32
+    assert request("PUT", f"{db}/w?new_edits=false", {"_rev": f"2-{b}", "_revisions": {"start": 2, "ids": [b, a]},
+                                                       "v": 1}, user="alice")[0] == 201
+    assert request("PUT", f"{db}/w?new_edits=false", {"_rev": f"3-{x}", "_deleted": True,
+                                                       "_revisions": {"start": 3, "ids": [x, b, "f" * 32]}},
+                   user="alice")[0] == 201
+    code, _, got = request("POST", f"{db}/_bulk_get", {"docs": [{"id": "w"}]}, user="alice")
+    assert code == 200 and got["results"][0]["docs"][0]["ok"]["_deleted"] is True
+    assert request("GET", f'{db}/w?open_revs=["1-{"f" * 32}"]&latest=true', user="alice")[0] == 200
+    before = count()
+    bad_docs: list[Any] = [{"_id": 5}, {"_id": ["l"]}, {"_id": "x\u0000y"}, {"_id": "x" * 2000},
+                           {"_id": "r", "_rev": 5}, {"_id": "w", "_deleted": True, "_rev": "bad"},
+                           {"_id": "t", "v": {"$date": "garbage"}}, {"_id": "t", "v": {"$int": "xyz"}},
+                           {"_id": "t", "v": {"$set": [[1]]}}, {"_id": "t", "v": {"$uuid": "zz"}}]
+    for bad in bad_docs:
+        code, _, body = request("POST", f"{db}/_bulk_docs", {"docs": [{"_id": "ok2", "v": 1}, bad]}, user="alice")
+        assert code == 400 and "document 1" in body["reason"], (bad, code, body)
+    for method, path, doc in [("DELETE", "/x?rev=abc", None), ("PUT", "/w", {"_deleted": True, "_rev": "bad"}),
+                              ("PUT", "/t", {"v": {"$datetime": "2020-01-01T00:00[Nowhere/Zone]"}}),
+                              ("PUT", "/a?new_edits=false", {"_id": "b", "_rev": f"1-{a}"}),
+                              ("POST", "/_revs_diff", {"w": ["bad"]}), ("POST", "/_revs_diff", {"a\u0000": ["1-a"]}),
+                              ("POST", "/_bulk_get", {"docs": [{"id": "x" * 2000}]}),
+                              ("POST", "/_bulk_docs", {"docs": [{"_id": "c", "_rev": f"1-{a}"}], "new_edits": False,
+                                                       "mynosql_checkpoint": {"id": "a\u0000b", "doc": {}}})]:
+        code, _, body = request(method, db + path, doc, user="alice")
+        assert code == 400, (method, path, code, body)
+    for encoding in ("gzip", "deflate"):
+        req = urllib.request.Request(f"{db}/_bulk_docs", data=b"garbage", method="POST", headers={
+            "Content-Type": "application/json", "Content-Encoding": encoding,
+            "Authorization": "Basic " + base64.b64encode(f"alice:{PASSWORD}".encode()).decode()})
+        try:
+            urllib.request.urlopen(req, timeout=15)
+            raise AssertionError("accepted a body that does not decompress")
+        except urllib.error.HTTPError as exc:
+            assert exc.code == 400, exc.code
+    assert count() == before and request("GET", f"{db}/ok2", user="alice")[0] == 404  # nothing written
+    # A reserved id in a replicated batch is refused on its own (CouchDB's design documents), not the batch.
+    code, _, answer = request("POST", f"{db}/_bulk_docs", {"docs": [{"_id": "_design/x", "_rev": f"1-{a}"},
+                                                                    {"_id": "kept", "_rev": f"1-{a}"}],
+                                                           "new_edits": False}, user="alice")
+    assert code == 201 and answer == [{"id": "_design/x", "error": "forbidden",
+                                       "reason": "ids starting with '_' are reserved"}]
+    assert request("GET", f"{db}/kept", user="alice")[0] == 200
+    assert request("PUT", f"{db}/kept2", {"v": 1}, user="alice")[0] == 201
+    page = request("GET", f"{db}/_all_docs?skip=1&limit=1", user="alice")[2]  # "w" is deleted: not listed
+    assert page["total_rows"] == 2 and page["offset"] == 1 and [r["id"] for r in page["rows"]] == ["kept2"]
+    assert request("GET", f"{db}/_all_docs?limit={'9' * 400}", user="alice")[0] == 200

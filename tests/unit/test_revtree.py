@@ -52,6 +52,15 @@ def test_merge_path_and_revs_diff() -> None:
     assert revtree.ancestry(merged, r2b) == [r2b, r1]
 
 
+def test_a_path_that_disagrees_with_a_known_ancestry_leaves_no_stray_leaf() -> None:
+    a, b, x = "1-" + "a" * 32, "2-" + "b" * 32, "3-" + "c" * 32
+    tree, _ = revtree.merge_path({}, [b, a], False)
+    # The same 2-b, but with another parent claimed: 2-b's known ancestry stands, "1-f" is not added.
+    tree, added = revtree.merge_path(tree, [x, b, "1-" + "f" * 32], True)
+    assert added and tree == {a: (None, False), b: (a, False), x: (b, True)}
+    assert revtree.leaves(tree) == [x]
+
+
 def test_stemming_keeps_the_newest_revisions_of_each_leaf() -> None:
     tree: revtree.Tree = {}
     parent = None

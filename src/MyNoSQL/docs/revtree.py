@@ -112,18 +112,14 @@ def merge_path(tree: Tree, path: Sequence[str], deleted: bool) -> tuple[Tree, bo
     if path[0] in tree:
         return tree, False
     out = dict(tree)
+    # The path is grafted on its newest revision the tree knows: what the path says of older ones is not
+    # added (the tree has that revision's ancestry already; a path that disagrees must not leave a stray root,
+    # a leaf without a body, behind).
+    known = next((i for i, rev in enumerate(path) if rev in tree), len(path))
+    new = path[:known]
     # Oldest first, so parents are inserted before children (the encoding relies on that order).
-    chain = list(reversed(path))
-    for i, rev in enumerate(chain):
-        parent = chain[i - 1] if i else None
-        if rev in out:
-            continue
-        if parent is None:
-            # The oldest revision of the path: attach it to a known parent if the tree has one
-            # (path stemmed on the other side); otherwise it is a root.
-            out[rev] = (None, False)
-        else:
-            out[rev] = (parent, False)
+    for i in range(len(new) - 1, -1, -1):
+        out[new[i]] = (path[i + 1] if i + 1 < len(path) else None, False)
     out[path[0]] = (out[path[0]][0], deleted)
     return out, True
 

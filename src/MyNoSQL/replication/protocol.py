@@ -134,13 +134,17 @@ def doc_from_wire(doc: Any, *, validate_id: Any, max_bytes: int, max_revs: int, 
         raise InvalidDocument(f"document is {len(blob)} bytes, over the limit of {max_bytes}")
     if blob.count(b"{") + blob.count(b"[") > max_depth:  # fewer brackets than the limit: cannot nest deeper
         check_depth(body, max_depth)
-    if b'"$' not in blob:
-        return WireDoc(id, path, deleted, blob)
-    try:
-        loads_body(blob)  # the tagged values must decode
-    except (ValueError, TypeError, KeyError, AttributeError, ArithmeticError, RecursionError) as exc:
-        raise InvalidDocument(f"document holds a malformed tagged value: {exc}") from exc
+    if b'"$' in blob:
+        decode_body(blob)  # the tagged values must decode
     return WireDoc(id, path, deleted, blob)
+
+
+def decode_body(data: bytes) -> dict[str, Any]:
+    """``loads_body`` of a body that came over the wire: a malformed tagged value is an InvalidDocument."""
+    try:
+        return loads_body(data)
+    except (ValueError, TypeError, KeyError, AttributeError, ArithmeticError, RecursionError) as exc:
+        raise InvalidDocument(f"document holds a malformed tagged value: {str(exc)[:200]}") from exc
 
 
 def changes_row(state: DocState) -> dict[str, Any]:

@@ -13,7 +13,7 @@ import base64
 import contextlib
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, NamedTuple, TypeVar
 
@@ -24,7 +24,6 @@ from .._database import Database, validate_id
 from .._errors import ConflictError, DocumentNotFound, InvalidDocument, MyNoSQLError
 from .._options import Limits
 from ..docs import revtree
-from ..docs.codec import loads_body
 from ..replication import protocol
 from .auth import Throttle, Users
 from .observe import Observer
@@ -52,6 +51,12 @@ class _Edit(NamedTuple):
     record: dict[str, Any] | None
 
 
+class _Refused(NamedTuple):
+    """A document of a batch refused on its own (a reserved id)."""
+
+    id: str
+
+
 class HttpError(Exception):
     def __init__(self, status: int, error: str, reason: str) -> None:
         super().__init__(reason)
@@ -64,6 +69,32 @@ def _json(data: Any, status: int = 200) -> web.Response:
 
 def _err(status: int, error: str, reason: str) -> web.Response:
     return _json({"error": error, "reason": reason}, status)
+
+
+def _checked_local_id(id: str) -> str:
+    """The id of a ``_local`` document (a checkpoint), or a 400."""
+    if not id or "\x00" in id or len(id.encode("utf-8", "surrogatepass")) > 1024:
+        raise HttpError(400, "illegal_docid", "local document ids are 1-1024 bytes without NUL")
+    return id
+
+
+def _reserved(id: Any) -> bool:
+    """A well-formed id that starts with ``_`` (a CouchDB design document...): never held here, refused on
+    its own in a batch (as CouchDB refuses a document its validation forbids), never a reason to refuse a batch."""
+    return isinstance(id, str) and id[:1] == "_" and "\x00" not in id and len(id) <= 1024 \
+        and len(id.encode("utf-8", "surrogatepass")) <= 1024
+
+
+def _check_ids_and_revs(pairs: Iterable[tuple[Any, Any]]) -> None:
+    """A 400 unless every id is a record id (or a reserved one) and every rev (None: any) a revision id."""
+    for id, rev in pairs:
+        try:
+            if not _reserved(id):
+                validate_id(id)
+        except InvalidDocument as exc:
+            raise HttpError(400, "bad_request", f"{str(id)[:80]!r}: {exc}") from exc
+        if rev is not None and not (isinstance(rev, str) and revtree.REV_RE.match(rev)):
+            raise HttpError(400, "bad_request", f"invalid rev format: {str(rev)[:80]!r}")
 
 
 class ChangeNotifier:
@@ -315,13 +346,15 @@ class MirrorApp:
 
     async def _body(self, request: web.Request) -> Any:
         length = request.content_length
-        if length is not None and length <= 65536 and request.content.is_eof():
-            raw = await request.read()  # already here: no timer task needed
-        else:
-            try:
+        try:
+            if length is not None and length <= 65536 and request.content.is_eof():
+                raw = await request.read()  # already here: no timer task needed
+            else:
                 raw = await asyncio.wait_for(request.read(), self.limits.body_timeout)
-            except asyncio.TimeoutError as exc:
-                raise HttpError(408, "timeout", "the request body did not arrive in time") from exc
+        except asyncio.TimeoutError as exc:
+            raise HttpError(408, "timeout", "the request body did not arrive in time") from exc
+        except web.RequestPayloadError as exc:  # a gzip or deflate body that does not decompress
+            raise HttpError(400, "bad_request", "the request body could not be decoded") from exc
         try:
             body = orjson.loads(raw)
         except orjson.JSONDecodeError as exc:
@@ -347,10 +380,7 @@ class MirrorApp:
 
     @staticmethod
     def _local_id(request: web.Request) -> str:
-        id = request.match_info["id"]
-        if "\x00" in id or len(id.encode("utf-8", "surrogatepass")) > 1024:
-            raise HttpError(400, "illegal_docid", "local document ids are 1-1024 bytes without NUL")
-        return id
+        return _checked_local_id(request.match_info["id"])
 
     @staticmethod
     def _doc_id(request: web.Request) -> str:
@@ -492,6 +522,7 @@ class MirrorApp:
             raise HttpError(400, "bad_request", "expected {id: [rev, ...]}")
         self._batch(body, "ids")
         self._batch([r for v in body.values() for r in v], "revisions")
+        _check_ids_and_revs((id, rev) for id, revs in body.items() for rev in revs)
         missing = await asyncio.to_thread(db.revs_diff, body)
         return _json({id: {"missing": revs} for id, revs in missing.items()})
 
@@ -502,16 +533,13 @@ class MirrorApp:
         if not isinstance(docs, list) or not all(isinstance(d, dict) for d in docs):
             raise HttpError(400, "bad_request", "expected {docs: [{id, rev}, ...]}")
         self._batch(docs, "documents")
+        _check_ids_and_revs((d.get("id"), d.get("rev")) for d in docs)
         revs = self._flag(request, "revs")
 
         def read() -> list[dict[str, Any]]:
             results = []
             for want in docs:
-                id, rev = want.get("id"), want.get("rev")
-                if not isinstance(id, str) or (rev is not None and not isinstance(rev, str)):
-                    results.append({"id": id, "docs": [{"error": {"id": id, "rev": rev, "error": "bad_request",
-                                                                  "reason": "id and rev must be strings"}}]})
-                    continue
+                id, rev = want["id"], want.get("rev")
                 state = db.state(id)
                 if state is None or (rev is not None and rev not in state.bodies):
                     results.append({"id": id, "docs": [{"error": {"id": id, "rev": rev or "undefined",
@@ -540,8 +568,10 @@ class MirrorApp:
         if checkpoint is not None and not (isinstance(checkpoint, dict) and isinstance(checkpoint.get("id"), str)
                                            and isinstance(checkpoint.get("doc"), dict)):
             raise HttpError(400, "bad_request", "mynosql_checkpoint must be {id: str, doc: {...}}")
-        if checkpoint is not None and len(orjson.dumps(checkpoint["doc"])) > _LOCAL_MAX:
-            raise HttpError(413, "too_large", "local documents are limited to 1 MiB")
+        if checkpoint is not None:
+            _checked_local_id(checkpoint["id"])
+            if len(orjson.dumps(checkpoint["doc"])) > _LOCAL_MAX:
+                raise HttpError(413, "too_large", "local documents are limited to 1 MiB")
         written = 0
         client = _client_token(request)
         echo_log = self.echo_logs.get(db.name) if client else None
@@ -553,10 +583,12 @@ class MirrorApp:
             check: Callable[[Any], protocol.WireDoc | _Edit] = \
                 (lambda d: self._wire(db, d)) if new_edits is False else (lambda d: self._record(db, d, None))
             checked = [self._checked(check, doc, n) for n, doc in enumerate(docs)]
-            out = []
+            out: list[dict[str, Any]] = []
             for doc, w in zip(docs, checked, strict=True):
                 try:
-                    if isinstance(w, protocol.WireDoc):
+                    if isinstance(w, _Refused):
+                        out.append({"id": w.id, "error": "forbidden", "reason": "ids starting with '_' are reserved"})
+                    elif isinstance(w, protocol.WireDoc):
                         state = db.merge_replicated(w.id, w.path, w.deleted, w.blob)
                         if state is not None:
                             written += 1
@@ -576,22 +608,28 @@ class MirrorApp:
                 await asyncio.sleep(0)
         if checkpoint is not None:  # after the documents: a checkpoint never runs ahead of what it covers
             if len(docs) <= SMALL_INLINE:
-                db.local_put(checkpoint["id"][:1024], checkpoint["doc"])  # no fsync: cheap enough inline
+                db.local_put(checkpoint["id"], checkpoint["doc"])  # no fsync: cheap enough inline
             else:
-                await asyncio.to_thread(db.local_put, checkpoint["id"][:1024], checkpoint["doc"])
+                await asyncio.to_thread(db.local_put, checkpoint["id"], checkpoint["doc"])
         resp = _json(answer, 201)
         resp.headers["X-MyNoSQL-Written"] = str(written)
         return resp
 
     async def all_docs(self, request: web.Request) -> web.Response:
         db = self._db(request)
+        try:
+            skip = max(0, int(request.query.get("skip", 0)))
+            limit = max(0, int(request.query["limit"])) if "limit" in request.query else None
+        except ValueError as exc:
+            raise HttpError(400, "bad_request", "skip and limit must be integers") from exc
 
         def read() -> list[dict[str, Any]]:
             return [{"id": s.id, "key": s.id, "value": {"rev": s.winner}}
                     for s in db.store.iter_states(0) if not s.deleted]
 
         rows = sorted(await asyncio.to_thread(read), key=lambda r: r["id"])
-        return _json({"total_rows": len(rows), "offset": 0, "rows": rows})
+        page = rows[skip:] if limit is None else rows[skip:skip + limit]
+        return _json({"total_rows": len(rows), "offset": min(skip, len(rows)), "rows": page})
 
     # -- local documents --------------------------------------------------------------------------------------
 
@@ -631,19 +669,25 @@ class MirrorApp:
         doc_id = id if id is not None else doc.get("_id")
         if id is not None and doc.get("_id", id) != id:
             raise InvalidDocument("document id does not match the URL")
+        if doc_id is not None:
+            validate_id(doc_id)
+        rev = doc.get("_rev")
+        if rev is not None and not (isinstance(rev, str) and revtree.REV_RE.match(rev)):
+            raise InvalidDocument(f"invalid rev format: {str(rev)[:80]!r}")
         if doc.get("_deleted") is True:
-            rev = doc.get("_rev")
-            return _Edit(validate_id(doc_id), rev if isinstance(rev, str) else None, None)
+            if doc_id is None:
+                raise InvalidDocument("a deletion needs the document's _id")
+            return _Edit(doc_id, rev, None)
         body = protocol.body_from_wire(doc)
         protocol.check_depth(body, self.limits.max_depth)
         data = orjson.dumps(body)  # what savedoc stores, give or take the id: checked here, before any write
         if len(data) > db.options.max_doc_bytes:
             raise InvalidDocument(f"document is {len(data)} bytes, over the limit of {db.options.max_doc_bytes}")
-        record = loads_body(data)
+        record = protocol.decode_body(data)
         if doc_id is not None:
             record["id"] = doc_id
-        if "_rev" in doc:
-            record["rev"] = doc["_rev"]
+        if rev is not None:
+            record["rev"] = rev
         return _Edit(doc_id, None, record)
 
     @staticmethod
@@ -657,8 +701,11 @@ class MirrorApp:
         return {"id": res["id"], "rev": res["rev"]}
 
     @staticmethod
-    def _checked(check: Callable[[Any], _T], doc: Any, n: int) -> _T:
-        """``check(doc)``; a document that breaks a rule or limit refuses the whole request (nothing written)."""
+    def _checked(check: Callable[[Any], _T], doc: Any, n: int) -> _T | _Refused:
+        """``check(doc)``; a document that breaks a rule or limit refuses the whole request (nothing written),
+        one with a reserved id is refused on its own."""
+        if isinstance(doc, dict) and _reserved(doc.get("_id")):
+            return _Refused(doc["_id"])
         try:
             return check(doc)
         except InvalidDocument as exc:
@@ -710,8 +757,8 @@ class MirrorApp:
         id = self._doc_id(request)
         body = await self._body(request)
         if request.query.get("new_edits") == "false":
-            if isinstance(body, dict):
-                body.setdefault("_id", id)
+            if isinstance(body, dict) and body.setdefault("_id", id) != id:
+                raise HttpError(400, "bad_request", "document id does not match the URL")
             w = self._wire(db, body)
             if await asyncio.to_thread(db.put_replicated, w.id, w.path, w.deleted, w.blob):
                 self.observer.docs_in += 1

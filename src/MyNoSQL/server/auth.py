@@ -146,16 +146,18 @@ class Throttle:
         self._seen: dict[str, list[float]] = {}
 
     def blocked(self, addr: str) -> bool:
-        times = self._recent(addr)
-        return len(times) >= self.failures
+        times = self._seen.get(addr)  # only addresses that failed are remembered, not every client's
+        return times is not None and len(self._recent(addr, times)) >= self.failures
 
     def failed(self, addr: str) -> None:
-        self._recent(addr).append(time.monotonic())
-        if len(self._seen) > 10_000:  # bound the memory an address scan can take
-            self._seen.clear()
+        self._recent(addr, self._seen.get(addr, [])).append(time.monotonic())
+        if len(self._seen) > 10_000:  # bound the memory an address scan can take: forget the expired ones,
+            now = time.monotonic()    # then the addresses whose last failure is oldest
+            live = sorted((ts[-1], a) for a, ts in self._seen.items() if ts and now - ts[-1] < self.window)
+            self._seen = {a: self._seen[a] for _, a in live[-5_000:]}
 
-    def _recent(self, addr: str) -> list[float]:
+    def _recent(self, addr: str, times: list[float]) -> list[float]:
         now = time.monotonic()
-        times = [t for t in self._seen.get(addr, []) if now - t < self.window]
+        times = [t for t in times if now - t < self.window]
         self._seen[addr] = times
         return times

@@ -32,7 +32,7 @@ import orjson
 
 from .._errors import CorruptionError, MyNoSQLError, StorageError
 from .._options import Options
-from ..docs.revtree import DocState
+from ..docs.revtree import DocState, leaves
 from .bloom import Bloom
 from .cache import BlockCache, RecordCache
 from .index import Index, id_hash
@@ -591,6 +591,8 @@ class Store:
                     except CorruptionError as exc:
                         problems.append(str(exc))
                         continue
+                    problems.extend(f"{shard_name(shard)}@{off}: record {st.id!r} has a revision leaf without a "
+                                    "body" for st in states if any(r not in st.bodies for r in leaves(st.tree)))
                     live = self._indexed_here(bno, states, x_rows > 0)
                     found += live
                     if live != row[7]:
