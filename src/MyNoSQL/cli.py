@@ -111,6 +111,8 @@ class Progress:
                             unit_divisor=1024 if byte else 1000, file=sys.stderr)
 
     def __call__(self, done: int, total: int | None = None) -> None:
+        if total is not None:
+            total = max(total, done)  # an estimate (replicate's) may fall short: the bar never passes 100%
         if total is not None and total != self.total:
             self.total = total
             if self.bar is not None:
@@ -555,7 +557,11 @@ def _endpoint_arg(spec: str, stack: list[MyNoSQL], *, create: bool) -> Database 
 @click.option("--timeout", default=60.0, show_default=True, help="Seconds for each HTTP request.")
 def replicate(source: str, target: str, as_json: bool, timeout: float) -> None:
     """One-shot replication from SOURCE to TARGET: each a database folder (DIR/NAME) or a database URL
-    (a MyNoSQL mirror, CouchDB or PouchDB Server; credentials in the URL)."""
+    (a MyNoSQL mirror, CouchDB or PouchDB Server; credentials in the URL).
+
+    Progress counts changes (one per record changed since the last replication); its total and ETA are an upper
+    bound, the writes the source counts since then (a record written twice is one change), known only when the
+    source's update_seq is a number or starts with one (CouchDB's)."""
     from .replication.oneshot import replicate_once
 
     handles: list[MyNoSQL] = []

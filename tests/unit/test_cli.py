@@ -334,9 +334,9 @@ def progress_command(cmd: str, tmp_path: Path) -> list[str]:
     return [cmd, *p]
 
 
-# what each command counts: the total it knows (None: no total), and its unit
+# what each command counts: the total it knows (at the end), and its unit
 PROGRESS = {"export": (2400, "records"), "verify": (3200, "records"), "compact": (2400, "records"),
-            "import": (-1, "MB"), "replicate": (None, "changes")}
+            "import": (-1, "MB"), "replicate": (2400, "changes")}
 
 
 @pytest.mark.parametrize("cmd", sorted(PROGRESS))
@@ -348,10 +348,7 @@ def test_progress_lines_when_not_on_a_terminal(tmp_path: Path, cmd: str) -> None
     lines = out.stderr.decode().splitlines()
     total, unit = PROGRESS[cmd]
     num = r"[\d,.]+"
-    if total is None:
-        pattern = rf"{cmd}: ({num}) {unit}, {num} {unit}/s"
-    else:
-        pattern = rf"{cmd}: ({num}) of ({num}) {unit}, {num} {unit}/s, ETA {num} s"
+    pattern = rf"{cmd}: ({num}) of ({num}) {unit}, {num} {unit}/s, ETA {num} s"
     steps = [m for m in map(re.compile(pattern).fullmatch, lines) if m]
     assert len(steps) >= 2, lines  # periodic: more than one line along the way
     counts = [float(m.group(1).replace(",", "")) for m in steps]
@@ -359,11 +356,47 @@ def test_progress_lines_when_not_on_a_terminal(tmp_path: Path, cmd: str) -> None
     if cmd == "import":
         size = f"{(tmp_path / 'dump.jsonl').stat().st_size / 1e6:,.1f}"
         assert {m.group(2) for m in steps} == {size} and steps[-1].group(1) == size
-    elif total is not None:
-        assert {m.group(2) for m in steps} == {f"{total:,}"} and steps[-1].group(1) == f"{total:,}"
+    elif cmd == "replicate":
+        # the total: first an upper bound, the source's 3,200 writes (2,400 records, 800 of them written twice;
+        # the feed has a row per record), never below the count; once the feed is read to its end, the count
+        totals = [float(m.group(2).replace(",", "")) for m in steps]
+        assert totals[0] == 3200 and all(t >= c for t, c in zip(totals, counts, strict=True)), lines
+        assert steps[-1].group(1) == steps[-1].group(2) == "2,400"  # every change processed
     else:
-        assert steps[-1].group(1) == "2,400"  # every change processed
+        assert {m.group(2) for m in steps} == {f"{total:,}"} and steps[-1].group(1) == f"{total:,}"
     assert re.fullmatch(rf"{cmd}: {num} {unit} in {num} s", lines[-1]), lines
+
+
+def test_replicate_total_from_the_sources_update_seq() -> None:
+    """The total of replicate's progress: the source's update_seq (CouchDB's "123-g1AAA...": its integer prefix)
+    minus where the pass starts; None when either cannot be read as a number."""
+    import asyncio
+
+    from MyNoSQL.replication.endpoints import RemoteError
+    from MyNoSQL.replication.replicator import changes_to_come, seq_number
+
+    class Source:
+        def __init__(self, update_seq: Any = None, status: int | None = None) -> None:
+            self.update_seq, self.status = update_seq, status
+
+        async def info(self) -> dict[str, Any]:
+            if self.status is not None:
+                raise RemoteError("refused", status=self.status)
+            return {"db_name": "d", "update_seq": self.update_seq}
+
+    def total(update_seq: Any, since: Any) -> int | None:
+        return asyncio.run(changes_to_come(Source(update_seq), since))  # type: ignore[arg-type]
+
+    assert [seq_number(x) for x in (7, "123-g1AAAAB", "42", "now", "", None, True, [3])] == [
+        7, 123, 42, None, None, None, None, None]
+    assert total(3200, 0) == 3200 and total(3200, 1000) == 2200 and total(5, 9) == 0
+    assert total("1500-g1AAAAFTeJzLYWBg", "1000-g1AAAAE") == 500  # CouchDB 2+ sequences
+    assert total("1500-g1AAAAFTeJzLYWBg", 0) == 1500
+    assert total("g1AAAAFTeJzLYWBg", 0) is None and total(None, 0) is None and total(10, "opaque") is None
+    # a source refusing GET /{db} (an HTTP status): no total, the pass goes on; unreachable (no status): raised
+    assert asyncio.run(changes_to_come(Source(status=403), 0)) is None  # type: ignore[arg-type]
+    with pytest.raises(RemoteError):
+        asyncio.run(changes_to_come(Source(status=0), 0))  # type: ignore[arg-type]
 
 
 def test_progress_default_interval_prints_only_the_last_line(tmp_path: Path) -> None:
@@ -384,8 +417,6 @@ def test_progress_bar_on_a_terminal(tmp_path: Path, cmd: str) -> None:
         kb = round((tmp_path / "dump.jsonl").stat().st_size / 1024)
         # tqdm: "import: 100%|#####| 212k/212k [00:00<00:00, 3.75MB/s]"
         assert re.search(rf"\rimport: 100%\|.*\| {kb}k/{kb}k \[\d\d:\d\d<\d\d:\d\d, [\d.]+[kM]?B/s\]", shown), shown
-    elif total is None:
-        assert re.search(rf"\r{cmd}: 2\.40k {unit} \[\d\d:\d\d, [\d.]+k? {unit}/s\]", shown), shown
     else:
         t = f"{total / 1000:.2f}k"
         assert re.search(rf"\r{cmd}: 100%\|.*\| {t}/{t} \[\d\d:\d\d<\d\d:\d\d, [\d.]+k? {unit}/s\]", shown), shown
