@@ -193,6 +193,27 @@ def test_bench_subcommand_runs_the_benchmark_scripts_with_a_json_summary(tmp_pat
         assert f"| {row['metric']} | {row['MyNoSQL']} |" in written
 
 
+def test_bench_export_import_quick_reports_peak_rss_and_the_commit(tmp_path: Path) -> None:
+    out = run("bench", "export_import", "--quick", "--out", str(tmp_path / "ei.md"), "--json")
+    assert out.returncode == 0, out.stderr[-2000:]
+    written = (tmp_path / "ei.md").read_text()
+    assert "- 2,000 records;" in written and b"| step |" in out.stderr  # --quick: a small run; the report on stderr
+    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=Path(__file__).resolve().parents[2],
+                          capture_output=True, text=True, check=False).stdout.strip()
+    assert re.search(r"^- MyNoSQL from .*\(git [0-9a-f]{7,}", written, flags=re.M), written
+    if head:
+        assert f"(git {head}" in written
+    summary = json.loads(out.stdout)
+    assert summary["ok"] is True and [b["benchmark"] for b in summary["benchmarks"]] == ["export_import"]
+    (table,) = summary["benchmarks"][0]["tables"]
+    rows = {row["step"]: row for row in table}
+    assert set(rows) == {"create (savedoc loop, context)", "export", "import"}
+    for step in ("export", "import"):
+        assert 0 < float(rows[step]["peak RSS (MB)"].replace(",", "")) < 150
+        assert rows[step]["aim"] == "< 150 MB" and rows[step]["met?"] == "yes"
+        assert f"| {step} | {rows[step]['seconds']} |" in written
+
+
 def test_put_from_a_file_and_delete_by_rev_with_json(tmp_path: Path) -> None:
     p = ["--path", str(tmp_path), "--db", "d"]
     rec = tmp_path / "rec.json"
