@@ -75,6 +75,49 @@ def test_every_subcommand_has_help_and_all_but_demo_take_json() -> None:
         assert (b"--json" in out.stdout) == (cmd != "demo"), cmd
 
 
+def test_top_level_help_lists_every_exit_code() -> None:
+    out = run("--help")
+    assert out.returncode == 0
+    codes = re.findall(r"^ +(\d+) +\S", out.stdout.decode(), flags=re.M)
+    assert codes == ["0", "1", "2", "3", "4", "5", "6", "130"], out.stdout.decode()
+
+
+def test_ctrl_c_exits_130_with_a_json_error(tmp_path: Path) -> None:
+    """An import reading a pipe, interrupted (SIGINT) while it waits for the next line: exit 130, the records
+    read so far kept, and with --json the error object on stdout."""
+    proc = subprocess.Popen([sys.executable, "-m", "MyNoSQL", "import", "--path", str(tmp_path), "--db", "d",
+                             "--json", "-"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            env={**ENV, "MYNOSQL_PROGRESS_INTERVAL": "0"})
+    assert proc.stdin is not None and proc.stderr is not None
+    try:
+        for id in ("a", "b"):
+            rev = "1-" + id * 32
+            proc.stdin.write(json.dumps({"id": id, "revs": [[rev, -1, 0]], "leaves": {rev: {"n": 1}}}).encode() + b"\n")
+        proc.stdin.flush()
+        # a progress line as each line is read (before it is imported): two lines, "a" is imported; the command
+        # is in its loop, importing "b" or waiting for the next line
+        shown = b""
+        deadline = time.monotonic() + 60
+        while shown.count(b"import: ") < 2 and time.monotonic() < deadline:
+            ready, _, _ = select.select([proc.stderr], [], [], 1.0)
+            if ready:
+                chunk = os.read(proc.stderr.fileno(), 4096)
+                assert chunk, "import ended before it was interrupted"
+                shown += chunk
+        assert shown.count(b"import: ") == 2, shown
+        proc.send_signal(signal.SIGINT)
+        stdout, stderr = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=30)
+    assert proc.returncode == 130, shown + stderr
+    assert b"Interrupted." in stderr and b"Traceback" not in stderr
+    assert json.loads(stdout) == {"error": "interrupted", "message": "interrupted", "exit_code": 130}
+    out = run("get", "--path", str(tmp_path), "--db", "d", "a")  # closed cleanly: what was imported is there
+    assert out.returncode == 0 and json.loads(out.stdout)["n"] == 1, out.stderr
+
+
 def test_put_get_delete_status_with_exit_codes(tmp_path: Path) -> None:
     p = ["--path", str(tmp_path), "--db", "d"]
     out = run("put", *p, "--json", input=b'{"id": "a", "n": 1, "day": {"$date": "2026-11-26"}}')
