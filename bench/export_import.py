@@ -1,6 +1,7 @@
 """Peak RSS (and speed) of `mynosql export` and `mynosql import` on a database of many small records.
 
 Usage: python bench/export_import.py [--n 1000000] [--out bench/results/export_import.md]
+       python bench/export_import.py --quick    # smoke run: 2,000 records, bench/results/export_import-quick.md
 Each step runs in its own process; its peak RSS comes from os.wait4 (ru_maxrss of that process alone).
 Aim: export and import of 1,000,000 records each stay under 150 MB.
 """
@@ -41,11 +42,31 @@ def run(args: list[str], **kw: object) -> tuple[float, float, int]:
     return time.perf_counter() - t0, usage.ru_maxrss / 1024, proc.returncode
 
 
+def git_text() -> str:
+    """The commit measured: ``git abc1234``, and whether src/ had uncommitted changes."""
+    def git(*a: str) -> str:
+        try:
+            r = subprocess.run(["git", *a], cwd=ROOT, capture_output=True, text=True, check=False, timeout=30)
+        except (OSError, subprocess.TimeoutExpired):
+            return ""
+        return r.stdout.strip() if r.returncode == 0 else ""
+
+    head = git("rev-parse", "--short", "HEAD") or "?"
+    dirty = git("status", "--porcelain", "--", "src")
+    return f"git {head}" + (" with uncommitted changes under src/" if dirty else "")
+
+
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--n", type=int, default=1_000_000)
-    ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "export_import.md")
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--n", type=int, default=None, help="records (default 1000000; --quick 2000)")
+    ap.add_argument("--out", type=Path, default=None, help="Markdown report (default "
+                    "bench/results/export_import.md; --quick: bench/results/export_import-quick.md)")
+    ap.add_argument("--quick", action="store_true", help="a smoke run with few records")
     a = ap.parse_args()
+    a.n = a.n if a.n is not None else (2_000 if a.quick else 1_000_000)
+    if a.n < 1:
+        ap.error("--n must be positive")
+    a.out = a.out or ROOT / "bench" / "results" / ("export_import-quick.md" if a.quick else "export_import.md")
     py = sys.executable
     with tempfile.TemporaryDirectory(prefix="mynosql-expimp-") as tmp:
         d = Path(tmp)
@@ -73,7 +94,9 @@ def main() -> int:
         f"- Command: `{cmd}`",
         f"- Date: {datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds')}",
         f"- Machine: {platform.platform()}, {os.cpu_count()} CPUs, Python {platform.python_version()}",
-        f"- {a.n:,} records; the dump is {dump_mb:,.1f} MB of JSON Lines ({lines:,} lines)", "",
+        f"- MyNoSQL from {ROOT / 'src'} ({git_text()})",
+        f"- {a.n:,} records; the dump is {dump_mb:,.1f} MB of JSON Lines ({lines:,} lines)"
+        + (" (--quick: a smoke run; the aim is for 1,000,000 records)" if a.quick else ""), "",
         "| step | seconds | records/s | peak RSS (MB) | aim | met? |", "|---|---:|---:|---:|---|---|",
     ]
     for name, s, mb, aim in rows:

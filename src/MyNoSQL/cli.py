@@ -3,7 +3,8 @@
 Exit codes scripts can rely on: 0 success; 1 failure (``verify`` found damage, a replication failed...);
 2 bad usage; 3 the database is open in another process; 4 no such record, or no such database (only ``put``,
 ``import`` and a path TARGET of ``replicate`` create a database); 5 conflict (stale revision); 6 a remote server
-could not be reached or refused (a 401 included).
+could not be reached or refused (a 401 included); 130 interrupted (Ctrl-C, SIGINT; ``serve`` stops cleanly on it
+instead and exits 0).
 
 ``--json`` (every subcommand but ``demo``) prints one JSON document on stdout, whatever the exit code: the
 result, or on an error ``{"error": KIND, "message": ..., "exit_code": N}`` (the message also goes to stderr as
@@ -48,8 +49,9 @@ from .docs import revtree
 from .docs.codec import decode_value
 
 EXIT_FAIL, EXIT_USAGE, EXIT_LOCKED, EXIT_NOT_FOUND, EXIT_CONFLICT, EXIT_REMOTE = 1, 2, 3, 4, 5, 6
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report a command stopped by Ctrl-C
 ERROR_KINDS = {EXIT_FAIL: "failed", EXIT_USAGE: "usage", EXIT_LOCKED: "locked", EXIT_NOT_FOUND: "not_found",
-               EXIT_CONFLICT: "conflict", EXIT_REMOTE: "remote"}
+               EXIT_CONFLICT: "conflict", EXIT_REMOTE: "remote", EXIT_INTERRUPTED: "interrupted"}
 PROGRESS_INTERVAL_ENV = "MYNOSQL_PROGRESS_INTERVAL"
 T = TypeVar("T")
 
@@ -111,6 +113,8 @@ class Progress:
                             unit_divisor=1024 if byte else 1000, file=sys.stderr)
 
     def __call__(self, done: int, total: int | None = None) -> None:
+        if total is not None:
+            total = max(total, done)  # an estimate (replicate's) may fall short: the bar never passes 100%
         if total is not None and total != self.total:
             self.total = total
             if self.bar is not None:
@@ -218,7 +222,22 @@ def db_options(f: Callable[..., Any]) -> Callable[..., Any]:
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("-v", "--verbose", count=True, help="More log output (-v: info, -vv: debug).")
 def cli(verbose: int) -> None:
-    """MyNoSQL: an embedded, offline-first, replicated document database."""
+    """MyNoSQL: an embedded, offline-first, replicated document database.
+
+    \b
+    Exit codes:
+      0    success
+      1    failure (verify found damage, a replication failed...)
+      2    bad usage
+      3    the database is open in another process
+      4    no such record, or no such database
+      5    conflict (stale revision)
+      6    a remote server could not be reached or refused (401 included)
+      130  interrupted (Ctrl-C; serve stops cleanly instead, exit 0)
+
+    With --json, an error is also a JSON object on stdout:
+    {"error": KIND, "message": ..., "exit_code": N}.
+    """
     level = logging.WARNING - 10 * min(verbose, 2)
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
@@ -600,7 +619,11 @@ def _endpoint_arg(spec: str, stack: list[MyNoSQL], *, create: bool) -> Database 
 @click.option("--timeout", default=60.0, show_default=True, help="Seconds for each HTTP request.")
 def replicate(source: str, target: str, as_json: bool, timeout: float) -> None:
     """One-shot replication from SOURCE to TARGET: each a database folder (DIR/NAME) or a database URL
-    (a MyNoSQL mirror, CouchDB or PouchDB Server; credentials in the URL)."""
+    (a MyNoSQL mirror, CouchDB or PouchDB Server; credentials in the URL).
+
+    Progress counts changes (one per record changed since the last replication); its total and ETA are an upper
+    bound, the writes the source counts since then (a record written twice is one change), known only when the
+    source's update_seq is a number or starts with one (CouchDB's)."""
     from .replication.oneshot import replicate_once
 
     handles: list[MyNoSQL] = []
@@ -706,8 +729,11 @@ def main(argv: list[str] | None = None) -> int:
         if as_json:
             _json_error(exc.format_message(), code)
         return code
-    except click.exceptions.Abort:
-        return 130
+    except click.exceptions.Abort:  # Ctrl-C (click turns KeyboardInterrupt into Abort)
+        click.echo("Interrupted.", err=True)
+        if as_json:
+            _json_error("interrupted", EXIT_INTERRUPTED)
+        return EXIT_INTERRUPTED
     except MyNoSQLError as exc:
         click.echo(f"Error: {exc}", err=True)
         if as_json:

@@ -169,6 +169,42 @@ def test_metrics_count_conflicts_and_disk_and_time_compaction_and_syncs(tmp_path
         h.closedb()
 
 
+def test_dashboard_data_conflicts_disk_and_compression(mirror: MyNoSQL.MyNoSQL) -> None:
+    url = url_of(mirror)
+    folder = mirror.db.path
+    (row,) = data(url)["databases"]
+    # nothing in a shard yet: no ratio to show (the page shows a dash)
+    assert row["name"] == "db" and row["conflicts"] == 0 and row["compression_ratio"] is None
+    assert row["shard_bytes"] == 0 and row["disk_bytes"] == folder_bytes(folder) > 0
+    for i in range(300):  # compressible records: the same words again and again
+        mirror.savedoc({"id": f"r{i:03d}", "i": i, "text": "sensor reading within the usual range " * 10})
+    # a real conflict, as replication makes one: a second revision 1 of "r007"
+    status, _, body = request(f"{url}/db/_bulk_docs", method="POST", body={"new_edits": False, "docs": [
+        {"_id": "r007", "_rev": "1-" + "f" * 32, "text": "written elsewhere"}]})
+    assert status == 201, body
+    assert len(mirror.conflicts("r007")) == 1
+    mirror.db.flush()  # every record in the shards; nothing writes from now on
+    shards = sum(p.stat().st_size for p in folder.glob("shard-*"))
+    raw = mirror.db.store.raw_bytes_on_disk()  # the records' bytes before compression
+    assert shards > 0 and raw > 300 * 390
+
+    def settled() -> bool:  # the conflict scan is redone at most every 2 s after a change
+        (r,) = data(url)["databases"]
+        return r["conflicts"] == 1 and r["compression_ratio"] == round(raw / shards, 2)
+
+    wait_until(settled, what="one conflict and the compression ratio of the flushed records")
+    (row,) = data(url)["databases"]
+    assert row["records"] == 300 and row["shard_bytes"] == shards
+    ratio = row["compression_ratio"]
+    assert isinstance(ratio, float) and ratio > 1, ratio  # LZMA blocks of repetitive records: far smaller
+    # the disk use: the whole folder (shards, log, index), as /_metrics and `mynosql status` count it
+    wait_until(lambda: data(url)["databases"][0]["disk_bytes"] == folder_bytes(folder)
+               == sample(scrape(url), "mynosql_disk_bytes", db="db"),
+               what="the dashboard's disk bytes equal to the folder's size and to /_metrics'")
+    assert data(url)["databases"][0]["disk_bytes"] > shards
+    assert sample(scrape(url), "mynosql_conflicts", db="db") == 1
+
+
 def wait_until_value(url: str, name: str, value: float) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
     seen: list[dict[tuple[str, frozenset[tuple[str, str]]], float]] = []
 
@@ -383,6 +419,7 @@ def test_up_answers_503_for_a_closed_database(tmp_path: Path) -> None:
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 NO_VALUE = "\u2013"  # what the page shows where there is no value (an en dash)
+TIMES = "\u00d7"  # what follows a compression ratio on the page (a multiplication sign)
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="no Chromium installed (Debian: apt-get install chromium): "
@@ -391,8 +428,8 @@ def test_dashboard_in_a_real_browser(mirror: MyNoSQL.MyNoSQL, tmp_path: Path, mi
     sync_api = pytest.importorskip("playwright.sync_api")
     expect = sync_api.expect
     url = url_of(mirror)
-    for i in range(12):
-        mirror.savedoc({"id": f"b{i}"})
+    for i in range(12):  # compressible records: a compression ratio well above 1 once flushed
+        mirror.savedoc({"id": f"b{i}", "text": "sensor reading within the usual range " * 10})
     other: MirrorProcess = mirrors(tag="other")  # a known mirror that is up...
     down = f"http://127.0.0.1:{free_port()}"  # ...and one that is down
     mirror.addpeer(other.url)
@@ -411,6 +448,7 @@ def test_dashboard_in_a_real_browser(mirror: MyNoSQL.MyNoSQL, tmp_path: Path, mi
             page.goto(f"{url}/_dashboard")
             records = page.locator("#dbs td.records")  # locators: no eval, so the page's CSP stays on
             expect(records).to_have_text("12", timeout=15000)
+            expect(page.locator("#dbs td.conflicts")).to_have_text("0")
             expect(page.locator("#total-writes")).to_have_text("12", timeout=15000)
             # the known mirrors: the one that is up, in step; the one that is down, with its last error
             up_row = page.locator(f'#mirrors tr[data-url="{other.url}"]')
@@ -443,6 +481,21 @@ def test_dashboard_in_a_real_browser(mirror: MyNoSQL.MyNoSQL, tmp_path: Path, mi
                 expect(up_row.locator("td.failures")).to_have_text("0")
             finally:
                 peer.closedb()
+            # a real conflict (a second revision 1 of "b0", as replication makes one): the page counts it
+            status, _, body = request(f"{url}/db/_bulk_docs", method="POST", body={"new_edits": False, "docs": [
+                {"_id": "b0", "_rev": "1-" + "f" * 32, "text": "written elsewhere"}]})
+            assert status == 201, body
+            expect(page.locator("#dbs td.conflicts")).to_have_text("1", timeout=30000)
+            expect(records).to_have_text("17")
+            # the compression ratio of the flushed records (the compactor flushes within a second), as the data
+            mirror.db.flush()
+            ratio = page.locator("#dbs td.compression")
+            expect(ratio).to_have_text(re.compile(rf"\d+(\.\d+)?{TIMES}"), timeout=30000)
+            shown = float((ratio.text_content() or "").rstrip(TIMES))
+            assert shown > 1, shown
+            wait_until(lambda: float((ratio.text_content() or "").rstrip(TIMES))
+                       == data(url)["databases"][0]["compression_ratio"], timeout=30,
+                       what="the page's compression ratio equal to /_dashboard/data's")
         finally:
             if page is not None:  # also when the test fails: the screenshot shows what the page showed
                 ARTIFACTS.mkdir(parents=True, exist_ok=True)

@@ -76,6 +76,49 @@ def test_every_subcommand_has_help_and_all_but_demo_take_json() -> None:
         assert (b"--json" in out.stdout) == (cmd != "demo"), cmd
 
 
+def test_top_level_help_lists_every_exit_code() -> None:
+    out = run("--help")
+    assert out.returncode == 0
+    codes = re.findall(r"^ +(\d+) +\S", out.stdout.decode(), flags=re.M)
+    assert codes == ["0", "1", "2", "3", "4", "5", "6", "130"], out.stdout.decode()
+
+
+def test_ctrl_c_exits_130_with_a_json_error(tmp_path: Path) -> None:
+    """An import reading a pipe, interrupted (SIGINT) while it waits for the next line: exit 130, the records
+    read so far kept, and with --json the error object on stdout."""
+    proc = subprocess.Popen([sys.executable, "-m", "MyNoSQL", "import", "--path", str(tmp_path), "--db", "d",
+                             "--json", "-"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            env={**ENV, "MYNOSQL_PROGRESS_INTERVAL": "0"})
+    assert proc.stdin is not None and proc.stderr is not None
+    try:
+        for id in ("a", "b"):
+            rev = "1-" + id * 32
+            proc.stdin.write(json.dumps({"id": id, "revs": [[rev, -1, 0]], "leaves": {rev: {"n": 1}}}).encode() + b"\n")
+        proc.stdin.flush()
+        # a progress line as each line is read (before it is imported): two lines, "a" is imported; the command
+        # is in its loop, importing "b" or waiting for the next line
+        shown = b""
+        deadline = time.monotonic() + 60
+        while shown.count(b"import: ") < 2 and time.monotonic() < deadline:
+            ready, _, _ = select.select([proc.stderr], [], [], 1.0)
+            if ready:
+                chunk = os.read(proc.stderr.fileno(), 4096)
+                assert chunk, "import ended before it was interrupted"
+                shown += chunk
+        assert shown.count(b"import: ") == 2, shown
+        proc.send_signal(signal.SIGINT)
+        stdout, stderr = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=30)
+    assert proc.returncode == 130, shown + stderr
+    assert b"Interrupted." in stderr and b"Traceback" not in stderr
+    assert json.loads(stdout) == {"error": "interrupted", "message": "interrupted", "exit_code": 130}
+    out = run("get", "--path", str(tmp_path), "--db", "d", "a")  # closed cleanly: what was imported is there
+    assert out.returncode == 0 and json.loads(out.stdout)["n"] == 1, out.stderr
+
+
 def test_put_get_delete_status_with_exit_codes(tmp_path: Path) -> None:
     p = ["--path", str(tmp_path), "--db", "d"]
     out = run("put", *p, "--json", input=b'{"id": "a", "n": 1, "day": {"$date": "2026-11-26"}}')
@@ -224,6 +267,27 @@ def test_bench_subcommand_runs_the_benchmark_scripts_with_a_json_summary(tmp_pat
         assert f"| {row['metric']} | {row['MyNoSQL']} |" in written
 
 
+def test_bench_export_import_quick_reports_peak_rss_and_the_commit(tmp_path: Path) -> None:
+    out = run("bench", "export_import", "--quick", "--out", str(tmp_path / "ei.md"), "--json")
+    assert out.returncode == 0, out.stderr[-2000:]
+    written = (tmp_path / "ei.md").read_text()
+    assert "- 2,000 records;" in written and b"| step |" in out.stderr  # --quick: a small run; the report on stderr
+    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=Path(__file__).resolve().parents[2],
+                          capture_output=True, text=True, check=False).stdout.strip()
+    assert re.search(r"^- MyNoSQL from .*\(git [0-9a-f]{7,}", written, flags=re.M), written
+    if head:
+        assert f"(git {head}" in written
+    summary = json.loads(out.stdout)
+    assert summary["ok"] is True and [b["benchmark"] for b in summary["benchmarks"]] == ["export_import"]
+    (table,) = summary["benchmarks"][0]["tables"]
+    rows = {row["step"]: row for row in table}
+    assert set(rows) == {"create (savedoc loop, context)", "export", "import"}
+    for step in ("export", "import"):
+        assert 0 < float(rows[step]["peak RSS (MB)"].replace(",", "")) < 150
+        assert rows[step]["aim"] == "< 150 MB" and rows[step]["met?"] == "yes"
+        assert f"| {step} | {rows[step]['seconds']} |" in written
+
+
 def test_put_from_a_file_and_delete_by_rev_with_json(tmp_path: Path) -> None:
     p = ["--path", str(tmp_path), "--db", "d"]
     rec = tmp_path / "rec.json"
@@ -365,9 +429,9 @@ def progress_command(cmd: str, tmp_path: Path) -> list[str]:
     return [cmd, *p]
 
 
-# what each command counts: the total it knows (None: no total), and its unit
+# what each command counts: the total it knows (at the end), and its unit
 PROGRESS = {"export": (2400, "records"), "verify": (3200, "records"), "compact": (2400, "records"),
-            "import": (-1, "MB"), "replicate": (None, "changes")}
+            "import": (-1, "MB"), "replicate": (2400, "changes")}
 
 
 @pytest.mark.parametrize("cmd", sorted(PROGRESS))
@@ -379,10 +443,7 @@ def test_progress_lines_when_not_on_a_terminal(tmp_path: Path, cmd: str) -> None
     lines = out.stderr.decode().splitlines()
     total, unit = PROGRESS[cmd]
     num = r"[\d,.]+"
-    if total is None:
-        pattern = rf"{cmd}: ({num}) {unit}, {num} {unit}/s"
-    else:
-        pattern = rf"{cmd}: ({num}) of ({num}) {unit}, {num} {unit}/s, ETA {num} s"
+    pattern = rf"{cmd}: ({num}) of ({num}) {unit}, {num} {unit}/s, ETA {num} s"
     steps = [m for m in map(re.compile(pattern).fullmatch, lines) if m]
     assert len(steps) >= 2, lines  # periodic: more than one line along the way
     counts = [float(m.group(1).replace(",", "")) for m in steps]
@@ -390,11 +451,47 @@ def test_progress_lines_when_not_on_a_terminal(tmp_path: Path, cmd: str) -> None
     if cmd == "import":
         size = f"{(tmp_path / 'dump.jsonl').stat().st_size / 1e6:,.1f}"
         assert {m.group(2) for m in steps} == {size} and steps[-1].group(1) == size
-    elif total is not None:
-        assert {m.group(2) for m in steps} == {f"{total:,}"} and steps[-1].group(1) == f"{total:,}"
+    elif cmd == "replicate":
+        # the total: first an upper bound, the source's 3,200 writes (2,400 records, 800 of them written twice;
+        # the feed has a row per record), never below the count; once the feed is read to its end, the count
+        totals = [float(m.group(2).replace(",", "")) for m in steps]
+        assert totals[0] == 3200 and all(t >= c for t, c in zip(totals, counts, strict=True)), lines
+        assert steps[-1].group(1) == steps[-1].group(2) == "2,400"  # every change processed
     else:
-        assert steps[-1].group(1) == "2,400"  # every change processed
+        assert {m.group(2) for m in steps} == {f"{total:,}"} and steps[-1].group(1) == f"{total:,}"
     assert re.fullmatch(rf"{cmd}: {num} {unit} in {num} s", lines[-1]), lines
+
+
+def test_replicate_total_from_the_sources_update_seq() -> None:
+    """The total of replicate's progress: the source's update_seq (CouchDB's "123-g1AAA...": its integer prefix)
+    minus where the pass starts; None when either cannot be read as a number."""
+    import asyncio
+
+    from MyNoSQL.replication.endpoints import RemoteError
+    from MyNoSQL.replication.replicator import changes_to_come, seq_number
+
+    class Source:
+        def __init__(self, update_seq: Any = None, status: int | None = None) -> None:
+            self.update_seq, self.status = update_seq, status
+
+        async def info(self) -> dict[str, Any]:
+            if self.status is not None:
+                raise RemoteError("refused", status=self.status)
+            return {"db_name": "d", "update_seq": self.update_seq}
+
+    def total(update_seq: Any, since: Any) -> int | None:
+        return asyncio.run(changes_to_come(Source(update_seq), since))  # type: ignore[arg-type]
+
+    assert [seq_number(x) for x in (7, "123-g1AAAAB", "42", "now", "", None, True, [3])] == [
+        7, 123, 42, None, None, None, None, None]
+    assert total(3200, 0) == 3200 and total(3200, 1000) == 2200 and total(5, 9) == 0
+    assert total("1500-g1AAAAFTeJzLYWBg", "1000-g1AAAAE") == 500  # CouchDB 2+ sequences
+    assert total("1500-g1AAAAFTeJzLYWBg", 0) == 1500
+    assert total("g1AAAAFTeJzLYWBg", 0) is None and total(None, 0) is None and total(10, "opaque") is None
+    # a source refusing GET /{db} (an HTTP status): no total, the pass goes on; unreachable (no status): raised
+    assert asyncio.run(changes_to_come(Source(status=403), 0)) is None  # type: ignore[arg-type]
+    with pytest.raises(RemoteError):
+        asyncio.run(changes_to_come(Source(status=0), 0))  # type: ignore[arg-type]
 
 
 def test_progress_default_interval_prints_only_the_last_line(tmp_path: Path) -> None:
@@ -415,8 +512,6 @@ def test_progress_bar_on_a_terminal(tmp_path: Path, cmd: str) -> None:
         kb = round((tmp_path / "dump.jsonl").stat().st_size / 1024)
         # tqdm: "import: 100%|#####| 212k/212k [00:00<00:00, 3.75MB/s]"
         assert re.search(rf"\rimport: 100%\|.*\| {kb}k/{kb}k \[\d\d:\d\d<\d\d:\d\d, [\d.]+[kM]?B/s\]", shown), shown
-    elif total is None:
-        assert re.search(rf"\r{cmd}: 2\.40k {unit} \[\d\d:\d\d, [\d.]+k? {unit}/s\]", shown), shown
     else:
         t = f"{total / 1000:.2f}k"
         assert re.search(rf"\r{cmd}: 100%\|.*\| {t}/{t} \[\d\d:\d\d<\d\d:\d\d, [\d.]+k? {unit}/s\]", shown), shown

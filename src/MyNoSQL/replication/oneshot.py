@@ -34,7 +34,8 @@ def replicate_once(source: Database | str, target: Database | str, *, timeout: f
     """Copy every revision ``target`` lacks from ``source`` (a Database, or a database URL such as
     ``http://user:pass@host:5984/db``), checkpointed. Blocks until done; returns counts.
 
-    ``progress(changes processed, None)`` is called after each batch (in the calling thread)."""
+    ``progress(changes processed, total)`` is called after each batch (in the calling thread); ``total`` is an
+    upper bound from the source's ``update_seq`` (None if that is not a number: see ``replicate``)."""
     db = source if isinstance(source, Database) else target if isinstance(target, Database) else None
     opts = db.options if db is not None else Options()
     return asyncio.run(_run(source, target, timeout, batch_size, opts, progress))

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import re
 import time
 import uuid
 from collections.abc import Callable
@@ -57,6 +58,33 @@ class Resume:
     history: list[dict[str, Any]] = dataclasses.field(default_factory=list)
 
 
+def seq_number(seq: Any) -> int | None:
+    """The integer part of a change sequence: an int as such, CouchDB's ``"123-g1AAA..."`` as 123 (its leading
+    number), anything else None."""
+    if isinstance(seq, bool):
+        return None
+    if isinstance(seq, int):
+        return seq
+    if isinstance(seq, str):
+        m = re.match(r"\d+", seq)
+        return int(m.group()) if m else None
+    return None
+
+
+async def changes_to_come(source: Endpoint, since: Any) -> int | None:
+    """An upper bound of the changes feed rows after ``since``: the source's ``update_seq`` minus ``since`` (a
+    sequence counts every write, the feed has one row per record: fewer when a record changed more than once).
+    None when a sequence is not a number (or has no integer prefix)."""
+    try:
+        info = await source.info()
+    except RemoteError as exc:
+        if not exc.status:
+            raise  # unreachable: so is its feed
+        return None  # an HTTP error: the feed may still answer (and fail for itself if not)
+    last, start = seq_number(info.get("update_seq") if isinstance(info, dict) else None), seq_number(since)
+    return None if last is None or start is None else max(0, last - start)
+
+
 SMALL_BATCH = 50  # below this many revisions, a MyNoSQL target gets the documents without a _revs_diff first
 
 
@@ -68,8 +96,10 @@ async def replicate(source: Endpoint, target: Endpoint, *, batch_size: int = 100
 
     ``wait``: if the first read of the changes feed finds nothing, wait up to this many seconds for a change
     (longpoll) before returning. ``resume``: state kept by the caller between passes (see :class:`Resume`).
-    ``progress(changes processed, None)``: called after each batch is written and checkpointed (the number of
-    changes to come is not known).
+    ``progress(changes processed, total)``: called after each batch is written and checkpointed. ``total`` is an
+    upper bound read once from the source (its ``update_seq`` minus the start: sequences count every write, the
+    feed one row per record), never below the changes processed; None when the sequences are not numbers. Once
+    the feed is read to its end, ``total`` is the number of changes processed.
 
     Extensions with a MyNoSQL mirror as target (plain protocol with anything else): a small batch skips
     ``_revs_diff`` (the mirror ignores revisions it has), and the checkpoint rides in the ``_bulk_docs``
@@ -88,6 +118,7 @@ async def replicate(source: Endpoint, target: Endpoint, *, batch_size: int = 100
         session = uuid.uuid4().hex
     result.start_seq = result.last_seq = since
     extended = getattr(target, "mynosql", False)
+    total = await changes_to_come(source, since) if progress is not None else None
 
     async def fetch(after: Any, wait_for: float | None) -> tuple[list[dict[str, Any]], Any, list[dict[str, Any]]]:
         """Steps 3-5 for one batch: the changes after ``after``, what the target lacks, those documents."""
@@ -127,7 +158,10 @@ async def replicate(source: Endpoint, target: Endpoint, *, batch_size: int = 100
             if resume is not None:
                 resume.since, resume.session, resume.history = since, session, ck["history"]
             if progress is not None:
-                progress(result.docs_read, None)
+                done = result.docs_read
+                if len(rows) < batch_size:  # a short batch: the end of the feed, the count is final
+                    total = done
+                progress(done, None if total is None else max(total, done))
         except BaseException:
             if prefetch is not None:
                 prefetch.cancel()
@@ -137,6 +171,8 @@ async def replicate(source: Endpoint, target: Endpoint, *, batch_size: int = 100
         if prefetch is None:
             break
         batch = await prefetch
+    if progress is not None and not batch[0] and result.batches and total != result.docs_read:
+        progress(result.docs_read, result.docs_read)  # the feed ended right after a full batch
     result.seconds = time.monotonic() - t0
     return result
 

@@ -1,9 +1,12 @@
-"""HTTP routes of a mirror (aiohttp). Every answer is JSON; errors are CouchDB-shaped ``{"error", "reason"}``.
+"""HTTP routes of a mirror (aiohttp). Answers are JSON, but for ``/_metrics`` (Prometheus text) and ``/_dashboard``
+(an HTML page); errors are CouchDB-shaped JSON, ``{"error", "reason"}``, on those routes too.
 
-Routes: ``GET /``, ``GET /_up``, ``GET /_mirrors``, ``GET|HEAD|PUT /{db}``, ``GET /{db}/_changes`` (normal and
+Routes: ``GET /``, ``GET /_up``, ``GET /_mirrors``, ``GET /_metrics``, ``GET /_dashboard``,
+``GET /_dashboard/data`` (the page's JSON), ``GET|HEAD|PUT /{db}``, ``GET|POST /{db}/_changes`` (normal and
 longpoll), ``POST /{db}/_revs_diff``, ``POST /{db}/_bulk_get``, ``POST /{db}/_bulk_docs``,
 ``POST /{db}/_ensure_full_commit``, ``GET /{db}/_all_docs``, ``GET|PUT|DELETE /{db}/_local/{id}``,
 ``GET|PUT|DELETE /{db}/{id}`` (``rev``, ``revs``, ``open_revs``, ``latest``, ``conflicts``, ``new_edits``).
+``GET /`` and ``GET /_up`` need no credentials; the others need a user's once the mirror has users.
 """
 
 from __future__ import annotations
