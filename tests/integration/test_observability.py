@@ -392,7 +392,7 @@ def test_up_answers_503_for_a_closed_database(tmp_path: Path) -> None:
     db = h.opendb("db")
 
     async def scenario() -> list[tuple[int, Any]]:
-        runner = web.AppRunner(MirrorApp({"db": db}).build())
+        runner = MirrorApp({"db": db}).runner()
         await runner.setup()
         site = web.TCPSite(runner, "127.0.0.1", 0)
         await site.start()

@@ -434,7 +434,7 @@ def test_a_mirror_beyond_loopback_with_no_users_left_lets_nobody_in(tmp_path: Pa
     port = free_port()
 
     async def main() -> list[int]:
-        runner = web.AppRunner(MirrorApp({"db": db}, users=db.users, open_without_users=False).build())
+        runner = MirrorApp({"db": db}, users=db.users, open_without_users=False).runner()
         await runner.setup()
         await web.TCPSite(runner, "127.0.0.1", port).start()
         try:
@@ -528,15 +528,19 @@ def test_hostile_writes_answer_4xx_write_nothing_and_never_break_a_record(secure
                                                        "mynosql_checkpoint": {"id": "a\u0000b", "doc": {}}})]:
         code, _, body = request(method, db + path, doc, user="alice")
         assert code == 400, (method, path, code, body)
-    for encoding in ("gzip", "deflate"):
-        req = urllib.request.Request(f"{db}/_bulk_docs", data=b"garbage", method="POST", headers={
+    import gzip
+
+    bomb = gzip.compress(b'{"docs": [' + b" " * 1_000_000 + b"]}")  # 1 MB once inflated: over the 200,000 limit
+    for encoding, data, status in (("gzip", b"garbage", 400), ("deflate", b"garbage", 400), ("br", b"{}", 415),
+                                   ("gzip", bomb, 413)):
+        req = urllib.request.Request(f"{db}/_bulk_docs", data=data, method="POST", headers={
             "Content-Type": "application/json", "Content-Encoding": encoding,
             "Authorization": "Basic " + base64.b64encode(f"alice:{PASSWORD}".encode()).decode()})
         try:
             urllib.request.urlopen(req, timeout=15)
-            raise AssertionError("accepted a body that does not decompress")
+            raise AssertionError(f"accepted a {encoding} body it should refuse")
         except urllib.error.HTTPError as exc:
-            assert exc.code == 400, exc.code
+            assert exc.code == status and json.loads(exc.read())["error"], (encoding, exc.code)
     assert count() == before and request("GET", f"{db}/ok2", user="alice")[0] == 404  # nothing written
     # A reserved id in a replicated batch is refused on its own (CouchDB's design documents), not the batch.
     code, _, answer = request("POST", f"{db}/_bulk_docs", {"docs": [{"_id": "_design/x", "_rev": f"1-{a}"},

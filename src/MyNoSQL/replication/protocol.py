@@ -92,6 +92,18 @@ def check_depth(value: Any, limit: int) -> None:
             stack.extend((x, d + 1) for x in v if type(x) is dict or type(x) is list)
 
 
+def encode_checked(value: Any, max_depth: int) -> bytes:
+    """``dumps_exact(value)`` of a value a client sent, refused (InvalidDocument) if it nests deeper than
+    ``max_depth`` levels or cannot be encoded. The walk runs only when the JSON has more brackets than that."""
+    try:
+        data = dumps_exact(value)
+    except TypeError as exc:  # orjson refuses what nests past 255 levels (and what JSON cannot hold)
+        raise InvalidDocument(f"document nests deeper than {max_depth} levels, or cannot be encoded") from exc
+    if data.count(b"{") + data.count(b"[") > max_depth:  # fewer brackets than the limit: cannot nest deeper
+        check_depth(value, max_depth)
+    return data
+
+
 def doc_from_wire(doc: Any, *, validate_id: Any, max_bytes: int, max_revs: int, max_depth: int = 100,
                   max_history: int = 1000) -> WireDoc:
     """Check a CouchDB document sent for replication; raise InvalidDocument with CouchDB's wording."""
@@ -129,11 +141,9 @@ def doc_from_wire(doc: Any, *, validate_id: Any, max_bytes: int, max_revs: int, 
                 raise InvalidDocument("invalid revision id in _revisions")
             path.append(r)
     body = body_from_wire(doc)
-    blob = dumps_exact(body)
+    blob = encode_checked(body, max_depth)
     if len(blob) > max_bytes:
         raise InvalidDocument(f"document is {len(blob)} bytes, over the limit of {max_bytes}")
-    if blob.count(b"{") + blob.count(b"[") > max_depth:  # fewer brackets than the limit: cannot nest deeper
-        check_depth(body, max_depth)
     if b'"$' in blob:
         decode_body(blob)  # the tagged values must decode
     return WireDoc(id, path, deleted, blob)

@@ -278,9 +278,9 @@ class Sync:
             ssl_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
             ssl_ctx.load_cert_chain(cfg["certfile"], cfg["keyfile"])
         app = MirrorApp({self.db.name: self.db}, mirrors=self.known_mirrors, users=users, limits=limits,
-                        open_without_users=is_loopback(host)).build()
-        self._runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=1.0,
-                                     keepalive_timeout=limits.header_timeout)
+                        open_without_users=is_loopback(host))
+        self._runner = app.runner(access_log=None, handle_signals=False, shutdown_timeout=1.0,
+                                  keepalive_timeout=limits.header_timeout)
         await self._runner.setup()
         server = self._runner.server
         assert server is not None

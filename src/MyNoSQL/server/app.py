@@ -16,6 +16,7 @@ import base64
 import contextlib
 import logging
 import threading
+import zlib
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, NamedTuple, TypeVar
@@ -39,7 +40,6 @@ web_response.SERVER_SOFTWARE = "MyNoSQL"  # type: ignore[attr-defined]
 
 MAX_LIMIT = 10_000
 _LOCAL_MAX = 1024 * 1024  # bytes of one _local document (a checkpoint)
-_WRAPPING = 3  # levels a request body adds around documents: {"docs": [doc]}, {"mynosql_checkpoint": {"doc"}}
 SMALL_INLINE = 64  # a request touching fewer records runs on the event loop, not in a worker thread
 
 
@@ -356,19 +356,36 @@ class MirrorApp:
                 raw = await asyncio.wait_for(request.read(), self.limits.body_timeout)
         except asyncio.TimeoutError as exc:
             raise HttpError(408, "timeout", "the request body did not arrive in time") from exc
-        except web.RequestPayloadError as exc:  # a gzip or deflate body that does not decompress
-            raise HttpError(400, "bad_request", "the request body could not be decoded") from exc
+        coding = request.headers.get("Content-Encoding", "").strip().lower()
+        if coding not in ("", "identity"):
+            raw = self._decompress(raw, coding)
         try:
-            body = orjson.loads(raw)
+            return orjson.loads(raw)  # its documents' nesting is checked where they are encoded again
         except orjson.JSONDecodeError as exc:
             raise HttpError(400, "bad_request", "invalid JSON body") from exc
-        # Documents may nest max_depth levels; a request wraps them in a few more ({"docs": [...]}).
-        try:
-            protocol.check_depth(body, self.limits.max_depth + _WRAPPING)
-        except InvalidDocument as exc:
-            raise HttpError(400, "bad_request", f"the request nests deeper than documents may "
-                            f"({self.limits.max_depth} levels)") from exc
-        return body
+
+    def _decompress(self, raw: bytes, coding: str) -> bytes:
+        """A gzip or deflate request body, decompressed here (not by aiohttp: see :meth:`runner`), within the
+        request size limit; a body that does not decompress is a 400."""
+        if coding not in ("gzip", "x-gzip", "deflate"):
+            raise HttpError(415, "unsupported_media_type", "request bodies may be gzip or deflate encoded, or plain")
+        limit = self.limits.max_request_bytes
+        for wbits in ((31,) if coding != "deflate" else (15, -15)):  # deflate: zlib-wrapped, or raw from some
+            d = zlib.decompressobj(wbits)
+            try:
+                out = d.decompress(raw, limit + 1)
+            except zlib.error:
+                continue
+            if len(out) > limit or d.unconsumed_tail:
+                raise HttpError(413, "too_large", "the request body is too large")
+            if d.eof:
+                return out
+        raise HttpError(400, "bad_request", "the request body could not be decoded")
+
+    def runner(self, **kwargs: Any) -> web.AppRunner:
+        """An aiohttp runner for :meth:`build`'s application. Request bodies are decompressed by the routes
+        (aiohttp's own decompression can leave a connection unanswered when a body does not decompress)."""
+        return web.AppRunner(self.build(), auto_decompress=False, **kwargs)
 
     def _batch(self, items: Any, what: str) -> None:
         if len(items) > self.limits.max_batch:
@@ -380,6 +397,15 @@ class MirrorApp:
         return protocol.doc_from_wire(doc, validate_id=validate_id, max_bytes=db.options.max_doc_bytes,
                                       max_revs=db.options.revs_limit, max_depth=lim.max_depth,
                                       max_history=lim.max_revisions)
+
+    def _local_size(self, doc: dict[str, Any]) -> None:
+        """A ``_local`` document (a checkpoint) within the nesting limit and 1 MiB, or a 4xx."""
+        try:
+            size = len(protocol.encode_checked(doc, self.limits.max_depth))
+        except InvalidDocument as exc:
+            raise HttpError(400, "bad_request", str(exc)) from exc
+        if size > _LOCAL_MAX:
+            raise HttpError(413, "too_large", "local documents are limited to 1 MiB")
 
     @staticmethod
     def _local_id(request: web.Request) -> str:
@@ -573,8 +599,7 @@ class MirrorApp:
             raise HttpError(400, "bad_request", "mynosql_checkpoint must be {id: str, doc: {...}}")
         if checkpoint is not None:
             _checked_local_id(checkpoint["id"])
-            if len(orjson.dumps(checkpoint["doc"])) > _LOCAL_MAX:
-                raise HttpError(413, "too_large", "local documents are limited to 1 MiB")
+            self._local_size(checkpoint["doc"])
         written = 0
         client = _client_token(request)
         echo_log = self.echo_logs.get(db.name) if client else None
@@ -649,9 +674,7 @@ class MirrorApp:
         if not isinstance(body, dict):
             raise HttpError(400, "bad_request", "document must be a JSON object")
         id = self._local_id(request)
-        if len(orjson.dumps(body)) > _LOCAL_MAX:
-            raise HttpError(413, "too_large", "local documents are limited to 1 MiB")
-        protocol.check_depth(body, self.limits.max_depth)
+        self._local_size(body)
         rev = await asyncio.to_thread(db.local_put, id, body)
         return _json({"ok": True, "id": "_local/" + id, "rev": rev}, 201)
 
@@ -682,8 +705,7 @@ class MirrorApp:
                 raise InvalidDocument("a deletion needs the document's _id")
             return _Edit(doc_id, rev, None)
         body = protocol.body_from_wire(doc)
-        protocol.check_depth(body, self.limits.max_depth)
-        data = orjson.dumps(body)  # what savedoc stores, give or take the id: checked here, before any write
+        data = protocol.encode_checked(body, self.limits.max_depth)  # what savedoc stores, give or take the id
         if len(data) > db.options.max_doc_bytes:
             raise InvalidDocument(f"document is {len(data)} bytes, over the limit of {db.options.max_doc_bytes}")
         record = protocol.decode_body(data)
