@@ -33,17 +33,19 @@ def body_to_wire(blob: bytes) -> dict[str, Any]:
     return body
 
 
+def unsupported_member(doc: dict[str, Any]) -> str | None:
+    """Why a document's ``_`` members make it one this database does not take (attachments...), or None."""
+    for k in doc:
+        if k[:1] == "_" and k not in _WIRE_META:
+            return "attachments are not supported" if k == "_attachments" else f"bad special document member: {k}"
+    return None
+
+
 def body_from_wire(doc: dict[str, Any]) -> dict[str, Any]:
-    body = {}
-    for k, v in doc.items():
-        if k[:1] == "_":
-            if k not in _WIRE_META:
-                if k == "_attachments":
-                    raise InvalidDocument("attachments are not supported")
-                raise InvalidDocument(f"bad special document member: {k}")
-            continue
-        body["_" + k[2:] if k[:2] == "$_" else k] = v
-    return body
+    problem = unsupported_member(doc)
+    if problem is not None:
+        raise InvalidDocument(problem)
+    return {("_" + k[2:] if k[:2] == "$_" else k): v for k, v in doc.items() if k[:1] != "_"}
 
 
 def revisions(state: DocState, rev: str) -> dict[str, Any]:

@@ -55,9 +55,10 @@ class _Edit(NamedTuple):
 
 
 class _Refused(NamedTuple):
-    """A document of a batch refused on its own (a reserved id)."""
+    """A document of a batch refused on its own (a reserved id, attachments), as CouchDB does."""
 
-    id: str
+    id: Any
+    reason: str
 
 
 class HttpError(Exception):
@@ -615,7 +616,7 @@ class MirrorApp:
             for doc, w in zip(docs, checked, strict=True):
                 try:
                     if isinstance(w, _Refused):
-                        out.append({"id": w.id, "error": "forbidden", "reason": "ids starting with '_' are reserved"})
+                        out.append({"id": w.id, "error": "forbidden", "reason": w.reason})
                     elif isinstance(w, protocol.WireDoc):
                         state = db.merge_replicated(w.id, w.path, w.deleted, w.blob)
                         if state is not None:
@@ -728,9 +729,13 @@ class MirrorApp:
     @staticmethod
     def _checked(check: Callable[[Any], _T], doc: Any, n: int) -> _T | _Refused:
         """``check(doc)``; a document that breaks a rule or limit refuses the whole request (nothing written),
-        one with a reserved id is refused on its own."""
-        if isinstance(doc, dict) and _reserved(doc.get("_id")):
-            return _Refused(doc["_id"])
+        one that CouchDB's rules refuse (a reserved id, attachments) is refused on its own."""
+        if isinstance(doc, dict):  # what CouchDB refuses document by document: a reserved id, attachments
+            if _reserved(doc.get("_id")):
+                return _Refused(doc["_id"], "ids starting with '_' are reserved")
+            problem = protocol.unsupported_member(doc)
+            if problem is not None:
+                return _Refused(doc.get("_id"), problem)
         try:
             return check(doc)
         except InvalidDocument as exc:
