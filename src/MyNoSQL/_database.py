@@ -545,7 +545,7 @@ class Database:
         """Delete the revision ``rev`` of record ``id`` (leaves a tombstone that replicates)."""
         store = self._check()
         id = validate_id(id)
-        if type(rev) is not str or not revtree.REV_RE.match(rev):
+        if not revtree.is_rev(rev):
             raise InvalidDocument(f"deletedoc needs the rev being deleted (N-<32 hex>), not {str(rev)[:80]!r}")
         tombstone = revtree.new_rev(rev, True, _TOMBSTONE_BODY)
 

@@ -404,16 +404,15 @@ def _mirror_status(url: str, name: str) -> dict[str, Any]:
 
 def _get_json(url: str, timeout: float) -> Any:
     """GET ``url`` (basic credentials from it, never shown) and parse the JSON answer; errors become exit 6."""
-    import base64
     import urllib.error
-    import urllib.parse
     import urllib.request
 
-    p = urllib.parse.urlsplit(url)
+    from .replication.endpoints import basic_authorization
+
     headers = {"Accept": "application/json"}
-    if p.username:
-        pair = f"{urllib.parse.unquote(p.username)}:{urllib.parse.unquote(p.password or '')}"
-        headers["Authorization"] = "Basic " + base64.b64encode(pair.encode()).decode()
+    auth = basic_authorization(url)
+    if auth is not None:
+        headers["Authorization"] = auth
     try:
         with urllib.request.urlopen(urllib.request.Request(redact_url(url), headers=headers), timeout=timeout) as r:
             return orjson.loads(r.read())

@@ -255,8 +255,8 @@ def run_seed(seed: int, stats: Stats, *, n_ops: int = 40, verbose: bool = False,
                         node = peers[op[1]]
                         node.stop()
                         node.start()
-                    elif kind == "pause":
-                        time.sleep(op[1])  # time passing is part of the history (interleavings)
+                    elif kind == "pause":  # let background replication interleave: until the links carry
+                        pause(proxies, op[1])  # something, for at most op[1] seconds (all may be partitioned)
             stats.acked += len(acked)
             # -- heal everything and wait until quiet ------------------------------------------------------------
             for p in proxies.values():
@@ -282,6 +282,17 @@ def run_seed(seed: int, stats: Stats, *, n_ops: int = 40, verbose: bool = False,
 
 def winner_rule(leaves: dict[str, bool]) -> str:
     return max(leaves, key=lambda r: revtree.rev_key(r, leaves[r]))
+
+
+def pause(proxies: dict[str, FaultProxy], seconds: float) -> None:
+    """Let the background replication run before the next operation: until the proxied links have carried new
+    bytes, or ``seconds`` at most (every link may be partitioned: then the time passing is the history)."""
+    def carried() -> int:
+        return sum(s.bytes_client_to_server + s.bytes_server_to_client for s in (p.stats() for p in proxies.values()))
+
+    before = carried()
+    with contextlib.suppress(TimeoutError):
+        poll_until(lambda: carried() > before, timeout=seconds, interval=0.01, what="replication traffic")
 
 
 def settle_and_check(mirrors: dict[str, Node], peers: dict[str, Node], acked: list[tuple[str, str, str]],

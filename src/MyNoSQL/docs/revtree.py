@@ -30,6 +30,11 @@ STRICT_REV_RE = re.compile(r"^[1-9][0-9]{0,9}-[0-9a-f]{32}$")
 Tree = dict[str, tuple[str | None, bool]]
 
 
+def is_rev(rev: Any) -> bool:
+    """Whether ``rev`` is a revision id (``N-<hash>``)."""
+    return type(rev) is str and REV_RE.match(rev) is not None
+
+
 def parse_rev(rev: str) -> tuple[int, str]:
     """Split ``"3-abc..."`` into ``(3, "abc...")``; raise ``ValueError`` if it is not a revision id."""
     m = REV_RE.match(rev) if type(rev) is str else None

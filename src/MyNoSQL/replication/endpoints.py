@@ -32,6 +32,15 @@ from . import protocol
 log = logging.getLogger("MyNoSQL")
 
 
+def basic_authorization(url: str) -> str | None:
+    """The ``Authorization`` header for the credentials in ``url`` (CouchDB style), or None if it has none."""
+    p = urllib.parse.urlsplit(url)
+    if not p.username:
+        return None
+    pair = f"{urllib.parse.unquote(p.username)}:{urllib.parse.unquote(p.password or '')}"
+    return "Basic " + base64.b64encode(pair.encode("utf-8")).decode("ascii")
+
+
 class RemoteError(MyNoSQLError):
     """A mirror could not be reached, or answered with an error. ``status`` is the HTTP status (0: network).
 
@@ -162,11 +171,7 @@ class HttpEndpoint:
                  client: str | None = None) -> None:
         """``client``: a token naming this replicating client to a MyNoSQL mirror, which then leaves the client's
         own writes out of its ``_changes`` answers (they would only echo what it already has)."""
-        p = urllib.parse.urlsplit(db_url)
-        self._auth: str | None = None
-        if p.username:
-            pair = f"{urllib.parse.unquote(p.username)}:{urllib.parse.unquote(p.password or '')}"
-            self._auth = "Basic " + base64.b64encode(pair.encode("utf-8")).decode("ascii")
+        self._auth = basic_authorization(db_url)
         self.url = redact(db_url).rstrip("/")
         self.identity = self.url
         self.session = session

@@ -97,7 +97,7 @@ def _check_ids_and_revs(pairs: Iterable[tuple[Any, Any]]) -> None:
                 validate_id(id)
         except InvalidDocument as exc:
             raise HttpError(400, "bad_request", f"{str(id)[:80]!r}: {exc}") from exc
-        if rev is not None and not (isinstance(rev, str) and revtree.REV_RE.match(rev)):
+        if rev is not None and not revtree.is_rev(rev):
             raise HttpError(400, "bad_request", f"invalid rev format: {str(rev)[:80]!r}")
 
 
@@ -162,15 +162,16 @@ _PUBLIC = ("/", "/_up")  # everything else needs a user once users exist (/_metr
 _ORDINARY = (404, 409, 412)
 
 
-def _basic_name(request: web.Request) -> str:
-    """The user name of a request's basic credentials ("" if none or unreadable)."""
+def _basic_credentials(request: web.Request) -> tuple[str, str]:
+    """(name, password) of a request's Basic credentials; ("", "") if none or unreadable."""
     auth = request.headers.get("Authorization", "")
     if auth[:6].lower() != "basic ":
-        return ""
+        return "", ""
     try:
-        return base64.b64decode(auth[6:], validate=True).decode("utf-8").partition(":")[0][:64]
+        name, _, password = base64.b64decode(auth[6:], validate=True).decode("utf-8").partition(":")
     except (ValueError, UnicodeDecodeError):
-        return ""
+        return "", ""
+    return name, password
 
 
 class MirrorApp:
@@ -266,7 +267,7 @@ class MirrorApp:
         db = db if db in self.dbs else None
         user = request.get(_USER)
         if user is None and resp.status == 401:  # a failed login: the name it tried (never the password)
-            user = _basic_name(request) or None
+            user = _basic_credentials(request)[0][:64] or None
         if db is None and route != "/_mirrors" and not (resp.status == 401 and user):
             return
         error = reason = ""
@@ -289,14 +290,9 @@ class MirrorApp:
         if self.throttle.blocked(addr):
             return _err(429, "too_many_requests", "Too many failed logins; try again later.")
         role = None
-        auth = request.headers.get("Authorization", "")
-        if auth[:6].lower() == "basic ":
-            try:
-                name, _, password = base64.b64decode(auth[6:], validate=True).decode("utf-8").partition(":")
-            except (ValueError, UnicodeDecodeError):
-                name = password = ""
-            if name and users:  # a non-loopback mirror whose last user was removed lets nobody in
-                role = await asyncio.to_thread(users.check, name, password)
+        name, password = _basic_credentials(request)
+        if name and users:  # a non-loopback mirror whose last user was removed lets nobody in
+            role = await asyncio.to_thread(users.check, name, password)
         if role is None:
             self.throttle.failed(addr)
             resp = _err(401, "unauthorized", "Name or password is incorrect.")
@@ -699,7 +695,7 @@ class MirrorApp:
         if doc_id is not None:
             validate_id(doc_id)
         rev = doc.get("_rev")
-        if rev is not None and not (isinstance(rev, str) and revtree.REV_RE.match(rev)):
+        if rev is not None and not revtree.is_rev(rev):
             raise InvalidDocument(f"invalid rev format: {str(rev)[:80]!r}")
         if doc.get("_deleted") is True:
             if doc_id is None:
