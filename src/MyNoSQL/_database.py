@@ -27,7 +27,7 @@ from ._errors import (
 )
 from ._options import Options
 from .docs import revtree
-from .docs.codec import copy_plan, decode_value, dumps_body, loads_body
+from .docs.codec import copy_plan, decode_value, encode_body, loads_body
 from .docs.revtree import DocState
 from .storage.fileutil import atomic_write, sweep_temp_files
 from .storage.store import Store, secondary_value
@@ -453,7 +453,7 @@ class Database:
         if rev is not None and type(rev) is not str:
             raise InvalidDocument(f"rev must be a string, not {type(rev).__name__}")
         body = {k: v for k, v in doc.items() if k != "id" and k != "rev"}
-        blob = dumps_body(body)
+        blob, decoded = encode_body(body)
         if len(blob) > self.options.max_doc_bytes:
             raise InvalidDocument(
                 f"record {id!r} is {len(blob)} bytes encoded, over the limit of {self.options.max_doc_bytes}"
@@ -492,6 +492,10 @@ class Database:
             return DocState(id, 0, revtree.stem(tree2, limit), bodies)
 
         prev, state = store.put(id, mutate, fresh=fresh)
+        if decoded is not None and state is not None:
+            win = state.winner
+            if state.bodies[win] is blob:  # the saved revision won: answer with the copy encode_body decoded
+                return {"id": id, "rev": win, **decoded}
         data = (state or prev).doc_json  # type: ignore[union-attr]  # one of them exists
         assert data is not None
         out: dict[str, Any] = orjson.loads(data)  # a new dict, nothing shared with the caller or the store

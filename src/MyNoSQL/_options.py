@@ -54,11 +54,12 @@ class Options:
         the largest encoded record accepted by ``savedoc`` (default 8 MiB).
     revs_limit:
         how many ancestors of each leaf revision are remembered (as CouchDB's ``_revs_limit``).
-    flush_docs, flush_interval:
-        the background compactor packs the write-ahead log into LZMA shard blocks once this many records are
-        pending, or this many seconds after the first pending one. When records come faster than it packs them,
-        ``savedoc`` (and a mirror taking pushed records) waits once ``2 * flush_docs`` records wait for the next
-        flush: at most ~``4 * flush_docs`` records (this batch and the one being packed) are held in RAM.
+    flush_docs, flush_bytes, flush_interval:
+        the background compactor packs the write-ahead log into LZMA shard blocks once this many records, or
+        records of this many encoded bytes, are pending, or this many seconds after the first pending one. When
+        records come faster than it packs them, ``savedoc`` (and a mirror taking pushed records) waits while
+        six times that many records or bytes are not yet packed (the batch being packed and the next): RAM
+        holds at most that, and a burst of writes below it never waits.
     block_docs:
         records per compressed block (16-64 is the measured sweet spot of size against read latency).
     shard_max_bytes:
@@ -95,6 +96,7 @@ class Options:
     max_doc_bytes: int = 8 * 1024 * 1024
     revs_limit: int = 1000
     flush_docs: int = 4096
+    flush_bytes: int = 4 * 1024 * 1024
     flush_interval: float = 1.0
     block_docs: int = 64
     shard_max_bytes: int = 64 * 1024 * 1024
@@ -112,7 +114,7 @@ class Options:
         if self.durability not in ("process", "power"):
             raise ValueError(f"durability must be 'process' or 'power', not {self.durability!r}")
         for name in ("cache_docs", "block_cache_bytes", "max_doc_bytes", "revs_limit", "flush_docs",
-                     "block_docs", "shard_max_bytes"):
+                     "flush_bytes", "block_docs", "shard_max_bytes"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1")
         if not 1 <= self.block_docs <= 255:

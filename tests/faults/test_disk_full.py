@@ -72,20 +72,20 @@ def test_injected_enospc_in_the_log_and_the_shards(tmp_path: Path, monkeypatch: 
     acked = {h.savedoc({"id": f"a{i}", "v": i})["id"] for i in range(100)}
     h.db.flush()
     full = {"on": True}
-    real_fallocate, real_write = os.posix_fallocate, os.write
+    real_fallocate, real_pwrite = os.posix_fallocate, os.pwrite
 
     def fallocate(fd: int, off: int, size: int) -> None:
         if full["on"]:
             raise OSError(errno.ENOSPC, "No space left on device")
         real_fallocate(fd, off, size)
 
-    def write(fd: int, data: bytes) -> int:  # the compactor's shard appends
+    def pwrite(fd: int, data: bytes, offset: int) -> int:  # the compactor's shard appends
         if full["on"] and len(data) > 100:
             raise OSError(errno.ENOSPC, "No space left on device")
-        return real_write(fd, data)
+        return real_pwrite(fd, data, offset)
 
     monkeypatch.setattr(os, "posix_fallocate", fallocate)
-    monkeypatch.setattr(os, "write", write)
+    monkeypatch.setattr(os, "pwrite", pwrite)
     # the open log segment still has reserved room: saves go on until it is used up, then fail cleanly
     err = None
     for i in range(100_000):

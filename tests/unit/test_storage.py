@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import threading
 from pathlib import Path
 
@@ -10,6 +11,7 @@ from support.mirrors import wait_until
 
 import MyNoSQL
 from MyNoSQL.storage.cache import RecordCache
+from MyNoSQL.storage.store import BACKLOG
 
 
 def _threads(n: int, target: object) -> None:
@@ -254,9 +256,28 @@ def test_a_writer_faster_than_the_compactor_is_held_back(location: Path) -> None
         for i in range(30_000):  # the id filter is rebuilt past 16,384 records on disk
             db.savedoc({"id": f"r{i:06d}", "v": i})
             peak = max(peak, len(store._active) + len(store._frozen))
-        assert peak <= 4 * flush_docs
-        assert store.stats.flushes >= (30_000 - 4 * flush_docs) // (2 * flush_docs)  # none takes over 2x flush_docs
+        held = BACKLOG * flush_docs  # savers wait once this many records are not yet packed
+        assert peak <= held
+        assert store.stats.flushes >= (30_000 - held) // held  # no flush takes more than held
         assert db.readdoc("r029999")["v"] == 29_999 and len(db) == 30_000
+
+
+def test_big_records_are_held_back_by_their_bytes(location: Path) -> None:
+    """A few big records are a lot of RAM: a flush starts at flush_bytes pending, and savers wait at BACKLOG times
+    that, whatever the count (nothing else would flush these 300 records before the hour is out)."""
+    flush_bytes = 256 * 1024
+    opts = MyNoSQL.Options(flush_bytes=flush_bytes, flush_interval=3600, background_sync=False)
+    with MyNoSQL.MyNoSQL(location, options=opts) as db:
+        db.opendb("big")
+        store = db.db.store
+        peak = 0
+        for i in range(300):
+            db.savedoc({"id": f"b{i:03d}", "blob": os.urandom(25_000).hex()})  # ~50 KB that hardly compresses
+            pending = [*store._active.values(), *store._frozen.values()]
+            peak = max(peak, sum(len(s.raw or s.to_bytes()) for s in pending))
+        assert peak <= BACKLOG * flush_bytes + 60_000  # savers wait at that, so one record may cross it
+        assert store.stats.flushes >= 10
+        assert len(db) == 300 and len(db.readdoc("b299")["blob"]) == 50_000
 
 
 def test_every_id_hash_is_read_back_across_query_chunks(location: Path) -> None:

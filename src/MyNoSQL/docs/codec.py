@@ -195,19 +195,28 @@ def _refuse(value: Any) -> Any:
 
 
 def dumps_body(body: dict[str, Any]) -> bytes:
-    """Encode a record body (without ``id``/``rev``) to compact JSON bytes.
+    """Encode a record body (without ``id``/``rev``) to compact JSON bytes."""
+    return encode_body(body)[0]
+
+
+def encode_body(body: dict[str, Any]) -> tuple[bytes, dict[str, Any] | None]:
+    """:func:`dumps_body`, and a decoded copy of the bytes when that comes for free (else None).
 
     Fast path: most records hold only plain JSON types. orjson serialises them (refusing anything it would
     have to convert), and if parsing the result gives back an equal value with no ``"$`` string in it, the
-    bytes are exactly what :func:`encode_value` would give. Otherwise the full walk runs.
+    bytes are exactly what :func:`encode_value` would give, and the parsed value is what :func:`loads_body`
+    of them returns: a new dict that shares nothing with ``body`` (``savedoc`` hands it back). Otherwise the
+    full walk runs.
     """
     try:
         data = orjson.dumps(body, option=_FAST, default=_refuse)
-        if b'"$' not in data and orjson.loads(data) == body:
-            return _exact(data)
+        if b'"$' not in data:
+            back = orjson.loads(data)
+            if back == body:
+                return _exact(data), back
     except TypeError:  # orjson.JSONEncodeError is a TypeError
         pass
-    return _exact(orjson.dumps(encode_value(body)))
+    return _exact(orjson.dumps(encode_value(body))), None
 
 
 def dumps_exact(value: Any) -> bytes:

@@ -7,6 +7,8 @@ record (1.2 MB for a million records) and four probes give about one false "mayb
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 
 class Bloom:
     BITS_PER_KEY = 10
@@ -24,10 +26,17 @@ class Bloom:
         return a % m, (a + b) % m, (a + 2 * b) % m, (a + 3 * b) % m
 
     def add(self, h: int) -> None:
-        bits = self.bits
-        for p in self._probes(h):
-            bits[p >> 3] |= 1 << (p & 7)
-        self.count += 1
+        self.add_all((h,))
+
+    def add_all(self, hashes: Sequence[int]) -> None:
+        """Add many hashes (a flush's): the probes of :meth:`_probes`, inlined."""
+        bits, m = self.bits, self.m
+        for h in hashes:
+            a = h & 0xFFFFFFFF
+            b = (h >> 32) & 0xFFFFFFFF | 1
+            for p in (a % m, (a + b) % m, (a + 2 * b) % m, (a + 3 * b) % m):
+                bits[p >> 3] |= 1 << (p & 7)
+        self.count += len(hashes)
 
     def __contains__(self, h: int) -> bool:
         bits = self.bits

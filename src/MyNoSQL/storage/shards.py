@@ -25,6 +25,7 @@ crashed before its index commit (those records are still in the write-ahead log)
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import logging
 import lzma
 import os
@@ -35,7 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .._errors import CorruptionError, StorageError
-from .fileutil import fsync_dir, write_all
+from .fileutil import fsync_dir, write_all, write_all_at
 
 log = logging.getLogger("MyNoSQL")
 
@@ -51,6 +52,35 @@ FILTERS = [{"id": lzma.FILTER_LZMA2, "preset": 6, "dict_size": 1 << 16}]
 # 32-byte nice length and pb=0 (records are text, not 4-byte aligned). On ~360-byte JSON-ish records in blocks of
 # 64 this compresses ~1.3x faster than plain preset 6 for the same size (within 0.2%).
 ENCODE_FILTERS = [{**FILTERS[0], "mf": lzma.MF_BT3, "nice_len": 32, "pb": 0}]
+
+
+_MALLOC_TUNED = False
+
+
+def tune_malloc() -> None:
+    """Let glibc's malloc keep the LZMA encoder's memory between blocks (once per process).
+
+    Each ``lzma.compress`` builds an encoder of ~1 MB in a few allocations of 128 KiB-1 MiB. With glibc's default
+    thresholds they are mapped fresh and returned on every call: ~230 us of page faults per block, spent holding
+    the GIL (the encoder is built before the GIL is released), against ~20 us with the heap keeping them. So,
+    as ``../shared/GUIDE.md`` measured: allocations under 1 MiB come from the heap (M_MMAP_THRESHOLD) and up to
+    2 MiB of free heap top is kept (M_TRIM_THRESHOLD). Both are below what glibc's own dynamic thresholds may reach
+    (32 MiB / 64 MiB). Process-wide: ``MYNOSQL_MALLOPT=0`` leaves malloc alone; other C libraries are not touched.
+    """
+    global _MALLOC_TUNED
+    if _MALLOC_TUNED or os.environ.get("MYNOSQL_MALLOPT") == "0":
+        return
+    _MALLOC_TUNED = True
+    try:
+        if not (os.confstr("CS_GNU_LIBC_VERSION") or "").startswith("glibc"):
+            return
+        mallopt = ctypes.CDLL(None).mallopt
+    except (ValueError, OSError, AttributeError):  # not glibc (no such confstr name, no mallopt)
+        return
+    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    m_trim_threshold, m_mmap_threshold = -1, -3  # <malloc.h>
+    mallopt(m_mmap_threshold, 1 << 20)
+    mallopt(m_trim_threshold, 2 << 20)
 
 
 def shard_name(n: int) -> str:
@@ -114,6 +144,7 @@ class ShardFiles:
     """The shard files of one database: append blocks to the newest, read blocks from any."""
 
     def __init__(self, directory: Path, *, max_bytes: int) -> None:
+        tune_malloc()
         self.directory = directory
         self.max_bytes = max_bytes
         self._fds: dict[int, int] = {}
@@ -175,9 +206,14 @@ class ShardFiles:
         return dict(self._sizes)
 
     def append(self, blocks: Sequence[tuple[int, bytes, int, int, int]]) -> list[BlockInfo]:
-        """Append packed blocks ``(bno, data, count, first_seq, last_seq)`` and fsync. Single writer."""
+        """Append packed blocks ``(bno, data, count, first_seq, last_seq)`` and fsync. Single writer.
+
+        The blocks bound for one shard go out in one ``pwrite``: every system call releases the GIL, and taking
+        it back from a thread running Python (a busy saver) can cost a whole switch interval (5 ms), so a write
+        per block made a 64-block flush wait ~0.6 s under a busy writer.
+        """
         infos: list[BlockInfo] = []
-        touched: set[int] = set()
+        runs: dict[int, tuple[int, list[bytes]]] = {}  # shard -> (offset of its first new block, data)
         before = dict(self._sizes)
         roll = self._roll
         try:
@@ -187,14 +223,13 @@ class ShardFiles:
                                             and self._sizes[n] > len(MAGIC)):
                     n = self._create(n + 1)
                     self._roll = False
-                fd = self._fds[n]
                 offset = self._sizes[n]
-                os.lseek(fd, offset, os.SEEK_SET)
-                write_all(fd, data)
+                runs.setdefault(n, (offset, []))[1].append(data)
                 self._sizes[n] = offset + len(data)
-                touched.add(n)
                 infos.append(BlockInfo(bno, n, offset, len(data), count, first_seq, last_seq))
-            for n in touched:
+            for n, (offset, parts) in runs.items():
+                write_all_at(self._fds[n], b"".join(parts), offset)
+            for n in runs:
                 os.fsync(self._fds[n])
         except OSError as exc:
             # Nothing of this append may stay: a half-written block would sit in the middle of the shard.

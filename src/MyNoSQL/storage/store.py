@@ -4,14 +4,15 @@ Write path (``put``, under the store's write lock): read the current state, let 
 append it to the write-ahead log, put it in the *active* memtable and the record cache. Nothing else: the
 index and the shards are not touched by a save.
 
-Compactor (one thread): when the active memtable holds ``flush_docs`` records or its oldest is
-``flush_interval`` old, it freezes it, rotates the log, packs the frozen states in change order into blocks of
-``block_docs`` records, compresses them (LZMA releases the GIL, so savers keep going), appends them to the newest
-shard and fsyncs it, commits the index in one transaction, and only then deletes the rotated log segments and
-drops the frozen memtable. A crash at any point leaves either the log segments or the committed blocks, never
-neither. Shards whose records are mostly dead are garbage-collected: their live records are re-appended (with a
-new change sequence, like any other write; flushed every ``flush_docs`` moves) and the file is deleted once
-nothing in it is live. Back-pressure: a saver waits while the active memtable holds ``2 * flush_docs`` records.
+Compactor (one thread): when the active memtable holds ``flush_docs`` records or ``flush_bytes`` bytes of
+them, or its oldest is ``flush_interval`` old, it freezes it, rotates the log, packs the frozen states in change
+order into blocks of ``block_docs`` records, compresses them (LZMA releases the GIL, so savers keep going),
+appends them to the newest shard (one write) and fsyncs it, commits the index in one transaction, and only then
+deletes the rotated log segments and drops the frozen memtable. A crash at any point leaves either the log
+segments or the committed blocks, never neither. Shards whose records are mostly dead are garbage-collected:
+their live records are re-appended (with a new change sequence, like any other write; flushed as a save would
+be) and the file is deleted once nothing in it is live. Back-pressure: a saver waits while the two memtables
+together hold ``BACKLOG`` times either amount.
 
 Read path: active memtable, frozen memtable, record cache, then index -> block (decompressed-block cache) ->
 record. Disk reads are cached only if no flush completed meanwhile, so a stale state can never be cached.
@@ -20,6 +21,7 @@ record. Disk reads are cached only if no flush completed meanwhile, so a stale s
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import threading
 import time
@@ -44,6 +46,11 @@ Progress = Callable[[int, int | None], None]  # progress(done, total): total Non
 log = logging.getLogger("MyNoSQL")
 
 Mutation = Callable[[DocState | None], DocState | None]
+
+# Savers wait while the records not yet in shards (both memtables) reach this many times flush_docs (or
+# flush_bytes): RAM stays bounded, and a burst of writes is taken at the saver's pace up to there while the
+# compactor packs what came before.
+BACKLOG = 6
 
 
 class _Moved(Exception):
@@ -75,7 +82,9 @@ class Store:
         self._active: dict[str, DocState] = {}
         self._frozen: dict[str, DocState] = {}
         self._active_delta = 0
+        self._active_bytes = 0  # encoded size of the active memtable's states
         self._frozen_delta = 0
+        self._frozen_bytes = 0
         self._first_pending = 0.0
         self._flush_gen = 0
         self._gc_pending: set[int] = set()
@@ -105,6 +114,7 @@ class Store:
             for payload in self.wal.recover():
                 state = DocState.from_bytes(payload)
                 if state.seq > self.flushed_seq:
+                    state.raw = bytes(payload)
                     prev = self.get_state(state.id)
                     self._install(state, prev)
                     self.seq = max(self.seq, state.seq)
@@ -214,14 +224,19 @@ class Store:
                 log.exception("a change listener failed")
         return prev, new
 
+    def _flush_due(self) -> bool:
+        return len(self._active) >= self.opts.flush_docs or self._active_bytes >= self.opts.flush_bytes
+
     def _wait_for_space(self) -> None:
-        # Back-pressure: savers wait while the next flush has grown to twice its usual size, whatever the compactor
-        # is busy with (a flush, garbage collection, rebuilding the id filter). At most ~4 flushes' worth of
-        # records (the frozen memtable and this one) wait in RAM, so a writer faster than the compactor holds a
-        # bounded backlog (bench/replication.py, RSS phase; test_a_writer_faster_than_the_compactor_is_held_back).
-        limit = 2 * self.opts.flush_docs
+        # Back-pressure: savers wait while the records not yet in shards (the batch being packed and the next)
+        # reach BACKLOG flushes' worth, whatever the compactor is busy with (a flush, garbage collection,
+        # rebuilding the id filter). A writer faster than the compactor holds a bounded backlog, in records and in
+        # bytes (bench/replication.py, RSS phase; test_a_writer_faster_than_the_compactor_is_held_back,
+        # test_big_records_are_held_back_by_their_bytes), and a burst below that never waits (bench/local.py).
+        docs, size = BACKLOG * self.opts.flush_docs, BACKLOG * self.opts.flush_bytes
         deadline = time.monotonic() + 60.0
-        while len(self._active) >= limit and not self._stop.is_set() \
+        while (len(self._active) + len(self._frozen) >= docs or self._active_bytes + self._frozen_bytes >= size) \
+                and not self._stop.is_set() \
                 and self.stats.last_error is None:  # a failing compactor (disk full) must not block savers
             self._wake.set()
             if not self._space.wait(timeout=max(0.0, deadline - time.monotonic())):
@@ -248,12 +263,14 @@ class Store:
         active = self._active
         if not active:
             self._first_pending = time.monotonic()
+        old = active.get(new.id)
+        self._active_bytes += len(new.raw or b"") - (len(old.raw or b"") if old is not None else 0)
         active[new.id] = new
         self._active_delta += delta
         self.live_count += delta
         # The record cache is refreshed when this state leaves the memtables (end of its flush); until then
         # every read finds it in the memtable first.
-        if len(active) >= self.opts.flush_docs:
+        if self._flush_due():
             self._wake.set()
 
     # -- the compactor ----------------------------------------------------------------------------------------
@@ -263,8 +280,9 @@ class Store:
         with self._flush_lock:
             docs, x = self.index.count_rows()
             bloom = Bloom(2 * (int(docs) + int(x)))
-            for h in self.index.iter_hashes():
-                bloom.add(h)
+            hashes = self.index.iter_hashes()
+            while chunk := list(itertools.islice(hashes, 4096)):
+                bloom.add_all(chunk)
             self._bloom = bloom
 
     def _compactor(self) -> None:
@@ -276,8 +294,7 @@ class Store:
                 break
             try:
                 due = self._active and (
-                    len(self._active) >= self.opts.flush_docs
-                    or time.monotonic() - self._first_pending >= self.opts.flush_interval
+                    self._flush_due() or time.monotonic() - self._first_pending >= self.opts.flush_interval
                 )
                 if due:
                     self.flush()
@@ -313,8 +330,8 @@ class Store:
             if not self._active:
                 return
             frozen, delta = self._active, self._active_delta
-            self._frozen, self._frozen_delta = frozen, delta
-            self._active, self._active_delta = {}, 0
+            self._frozen, self._frozen_delta, self._frozen_bytes = frozen, delta, self._active_bytes
+            self._active, self._active_delta, self._active_bytes = {}, 0, 0
             self._space.notify_all()  # the active memtable is empty again: waiting savers go on
             try:
                 closed = self.wal.rotate()
@@ -334,8 +351,9 @@ class Store:
         merged = self._frozen
         merged.update(self._active)
         self._active = merged
+        self._active_bytes = sum(len(s.raw or b"") for s in merged.values())  # an id may have been in both
         self._active_delta += self._frozen_delta
-        self._frozen, self._frozen_delta = {}, 0
+        self._frozen, self._frozen_delta, self._frozen_bytes = {}, 0, 0
         self._space.notify_all()  # savers waiting for this flush must not wait for a timeout
 
     def _flush_frozen(self, closed_segment: int) -> None:
@@ -362,11 +380,12 @@ class Store:
         self.stats.fsyncs += len({i.shard for i in infos})  # one fsync per shard appended to
         sizes = {i.shard: self.shards.sizes()[i.shard] for i in infos}
         sidx_set, sidx_del = self._secondary_rows(states)
+        hashes = [id_hash(s.id) for s in states]
         try:
             in_x = self.index.commit_flush(
                 blocks=infos,
-                placements=[(s.id, id_hash(s.id), loc, s.disk_loc, s.in_x)
-                            for s, loc in zip(states, locs, strict=True)],
+                placements=[(s.id, h, loc, s.disk_loc, s.in_x)
+                            for s, h, loc in zip(states, hashes, locs, strict=True)],
                 shard_sizes=sizes,
                 meta={"flushed_seq": states[-1].seq, "next_bno": bno, "live_count": self._flushed_live + delta},
                 sidx_set=sidx_set,
@@ -381,9 +400,7 @@ class Store:
         self.x_rows += sum(1 for s, x in zip(states, in_x, strict=True) if x and not s.in_x)
         bloom = self._bloom
         if bloom is not None:  # before the memtable lets go of them: a reader must find them one way or the other
-            for s in states:
-                if s.disk_loc < 0:
-                    bloom.add(id_hash(s.id))
+            bloom.add_all([h for s, h in zip(states, hashes, strict=True) if s.disk_loc < 0])
         with contextlib.suppress(OSError):
             self.wal.remove_through(closed_segment)
         with self.lock:
@@ -394,7 +411,7 @@ class Store:
                 newer = active.get(s.id)
                 if newer is not None:
                     newer.disk_loc, newer.in_x = loc, x
-            self._frozen, self._frozen_delta = {}, 0
+            self._frozen, self._frozen_delta, self._frozen_bytes = {}, 0, 0
             self._flush_gen += 1
             self._space.notify_all()
         self.stats.records += len(states)
@@ -469,7 +486,7 @@ class Store:
                     s.in_x = self.index.loc_by_id(s.id) == s.disk_loc if self.x_rows else False
                     self._write(s, s)  # same record, new change seq: a move, not an edit
                     moved += 1
-            if len(self._active) >= self.opts.flush_docs:  # a big shard moves a flush at a time: bounded RAM
+            if self._flush_due():  # a big shard moves a flush at a time: bounded RAM
                 self._flush_locked()
             if progress is not None:
                 progress(moved)
