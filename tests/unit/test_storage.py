@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
+import errno
 import os
 import threading
 from pathlib import Path
 
+import pytest
 from support.mirrors import wait_until
 
 import MyNoSQL
@@ -322,6 +324,68 @@ def test_garbage_collection_moves_a_big_shard_a_flush_at_a_time(location: Path) 
         assert peak <= 4 * flush_docs
         assert [db.readdoc(f"e{i:04d}")["v"] for i in range(2000)] == [1] * 1001 + [0] * 999
         assert db.verify() == []
+
+
+@pytest.mark.skipif(not hasattr(os, "RWF_DSYNC"), reason="the OS has no per-write sync flag")
+def test_a_lone_power_writer_syncs_with_its_write_and_concurrent_ones_share_syncs(
+        location: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = {"dsync": 0, "fdatasync": 0}
+    real_pwritev, real_fdatasync = os.pwritev, os.fdatasync
+
+    def pwritev(fd: int, buffers: list[bytes], offset: int, flags: int = 0) -> int:
+        calls["dsync"] += flags == os.RWF_DSYNC
+        return real_pwritev(fd, buffers, offset, flags)
+
+    def fdatasync(fd: int) -> None:
+        calls["fdatasync"] += 1
+        real_fdatasync(fd)
+
+    monkeypatch.setattr(os, "pwritev", pwritev)
+    monkeypatch.setattr(os, "fdatasync", fdatasync)
+    opts = MyNoSQL.Options(durability="power", flush_interval=3600)
+    with MyNoSQL.MyNoSQL(location, options=opts) as db:
+        db.opendb("p")
+        for i in range(50):
+            db.savedoc({"id": f"one{i}"})
+        assert calls == {"dsync": 50, "fdatasync": 0}  # alone: each frame written durably, no separate sync
+        syncs = db.db.store.stats.wal.count
+        barrier = threading.Barrier(4)
+
+        def work(k: int) -> None:
+            barrier.wait()
+            for i in range(200):
+                db.savedoc({"id": f"t{k}-{i}"})
+
+        threads = [threading.Thread(target=work, args=(k,)) for k in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert db.db.store.stats.wal.count - syncs < 800  # four at once: some syncs covered several saves
+    with MyNoSQL.MyNoSQL(location, options=opts) as db:
+        db.opendb("p")
+        assert len(db) == 850 and db.verify() == []
+
+
+def test_power_mode_without_the_per_write_sync_flag_falls_back_to_fdatasync(
+        location: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    synced = []
+
+    def pwritev(fd: int, buffers: list[bytes], offset: int, flags: int = 0) -> int:
+        raise OSError(errno.EOPNOTSUPP, "Operation not supported")  # a kernel older than 4.7
+
+    real_fdatasync = os.fdatasync
+    monkeypatch.setattr(os, "pwritev", pwritev)
+    monkeypatch.setattr(os, "fdatasync", lambda fd: synced.append(fd) or real_fdatasync(fd))
+    monkeypatch.setattr(os, "RWF_DSYNC", 2, raising=False)
+    opts = MyNoSQL.Options(durability="power", flush_interval=3600)
+    with MyNoSQL.MyNoSQL(location, options=opts) as db:
+        db.opendb("p")
+        saved = [db.savedoc({"id": f"r{i}", "v": i}) for i in range(20)]
+        assert len(synced) == 20  # every save still waited for a sync of its frame
+    with MyNoSQL.MyNoSQL(location, options=opts) as db:
+        db.opendb("p")
+        assert [db.readdoc(f"r{i}") for i in range(20)] == saved
 
 
 def test_write_ahead_log_syncs_are_counted_and_timed(location: Path) -> None:

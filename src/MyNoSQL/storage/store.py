@@ -98,6 +98,9 @@ class Store:
         self._space = threading.Condition(self.lock)
         self._stop = threading.Event()
         self._wake = threading.Event()
+        self._power = options.durability == "power"
+        self._savers = 0  # savers between the start of put and their frame being durable (power mode)
+        self._savers_lock = threading.Lock()
 
         self.index = Index(directory / "index.sqlite")
         try:
@@ -208,15 +211,24 @@ class Store:
         if not self._want_bloom:  # the first write: reads of unknown ids start to matter (a reader never pays)
             self._want_bloom = True
             self._wake.set()
-        with self.lock:
-            self._wait_for_space()
-            prev = None if fresh else self.get_state(id)
-            new = mutate(prev)
-            if new is None:
-                return prev, None
-            pos = self._write(new, prev)
-        if self.opts.durability == "power":
-            self.wal.wait_durable(pos)
+        if self._power:
+            with self._savers_lock:
+                self._savers += 1
+        try:
+            with self.lock:
+                self._wait_for_space()
+                prev = None if fresh else self.get_state(id)
+                new = mutate(prev)
+                if new is None:
+                    return prev, None
+                # Alone, a saver makes its own frame durable as it writes it; with others, they share syncs.
+                pos = self._write(new, prev, alone=self._power and self._savers == 1)
+            if self._power:
+                self.wal.wait_durable(pos)
+        finally:
+            if self._power:
+                with self._savers_lock:
+                    self._savers -= 1
         for listener in self.listeners:
             try:
                 listener(new, prev)
@@ -242,14 +254,14 @@ class Store:
             if not self._space.wait(timeout=max(0.0, deadline - time.monotonic())):
                 break
 
-    def _write(self, new: DocState, prev: DocState | None) -> int:
+    def _write(self, new: DocState, prev: DocState | None, *, alone: bool = False) -> int:
         self.seq += 1
         new.seq = self.seq
         if prev is not None:
             new.disk_loc, new.in_x = prev.disk_loc, prev.in_x
         new.raw = raw = new.to_bytes()
         try:
-            pos = self.wal.append(raw)
+            pos = self.wal.append(raw, alone=alone)
         except StorageError:
             self.seq -= 1
             raise
