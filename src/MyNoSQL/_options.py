@@ -58,9 +58,10 @@ class Options:
         the background compactor packs the write-ahead log into LZMA shard blocks once this many records, or
         records of this many encoded bytes, are pending, or this many seconds after the first pending one. When
         records come faster than it packs them, ``savedoc`` (and a mirror taking pushed records) waits while
-        six times that many records or bytes are not yet packed (the batch being packed and the next): RAM
-        holds at most that, and a burst of writes below it never waits. Past it, a save may wait until the
-        batch being packed is in its shard (about 2 s for 24,576 small records on a 2-core machine).
+        four times that many records or bytes are not yet packed (the batch being packed and the next): RAM
+        holds at most that (~1.3 KB per small record), and a burst of writes below it never waits. Past it, a
+        save may wait until the batch being packed is in its shard (~1.4 s for 16,384 small records on a
+        2-core machine).
     block_docs:
         records per compressed block (16-64 is the measured sweet spot of size against read latency).
     shard_max_bytes:

@@ -50,7 +50,7 @@ Mutation = Callable[[DocState | None], DocState | None]
 # Savers wait while the records not yet in shards (both memtables) reach this many times flush_docs (or
 # flush_bytes): RAM stays bounded, and a burst of writes is taken at the saver's pace up to there while the
 # compactor packs what came before.
-BACKLOG = 6
+BACKLOG = 4
 
 
 class _Moved(Exception):
