@@ -194,13 +194,9 @@ def _refuse(value: Any) -> Any:
     raise TypeError
 
 
-def dumps_body(body: dict[str, Any]) -> bytes:
-    """Encode a record body (without ``id``/``rev``) to compact JSON bytes."""
-    return encode_body(body)[0]
-
-
 def encode_body(body: dict[str, Any]) -> tuple[bytes, dict[str, Any] | None]:
-    """:func:`dumps_body`, and a decoded copy of the bytes when that comes for free (else None).
+    """A record body (without ``id``/``rev``) as compact JSON bytes, and a decoded copy of them when that comes
+    for free (else None).
 
     Fast path: most records hold only plain JSON types. orjson serialises them (refusing anything it would
     have to convert), and if parsing the result gives back an equal value with no ``"$`` string in it, the
@@ -231,7 +227,7 @@ def _exact(data: bytes) -> bytes:
 
 
 def loads_body(data: bytes) -> dict[str, Any]:
-    """Decode bytes made by :func:`dumps_body` into a new dict owned by the caller."""
+    """Decode bytes made by :func:`encode_body` into a new dict owned by the caller."""
     value = orjson.loads(data)
     if b'"$' in data:
         value = decode_value(value)

@@ -25,16 +25,11 @@ class Bloom:
         m = self.m
         return a % m, (a + b) % m, (a + 2 * b) % m, (a + 3 * b) % m
 
-    def add(self, h: int) -> None:
-        self.add_all((h,))
-
     def add_all(self, hashes: Sequence[int]) -> None:
-        """Add many hashes (a flush's): the probes of :meth:`_probes`, inlined."""
-        bits, m = self.bits, self.m
+        """Add the id hashes of a flush (or of a rebuild)."""
+        bits, probes = self.bits, self._probes
         for h in hashes:
-            a = h & 0xFFFFFFFF
-            b = (h >> 32) & 0xFFFFFFFF | 1
-            for p in (a % m, (a + b) % m, (a + 2 * b) % m, (a + 3 * b) % m):
+            for p in probes(h):
                 bits[p >> 3] |= 1 << (p & 7)
         self.count += len(hashes)
 
