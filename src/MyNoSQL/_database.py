@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import logging
 import os
@@ -49,27 +50,29 @@ _DECODED_MAX = 1024
 
 
 class _IdSource:
-    """uuid4 hex strings from a pool of OS randomness (one getrandom call per 256 ids, reset after fork)."""
+    """uuid4 hex strings, made 256 at a time from one getrandom call; the pool is emptied in a forked child."""
+
+    _VERSION = bytes((b & 0x0F) | 0x40 for b in range(256))  # byte 6 of a uuid4: version 4
+    _VARIANT = bytes((b & 0x3F) | 0x80 for b in range(256))  # byte 8: the RFC 4122 variant
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._pool = b""
-        self._pos = 0
+        self._ids: collections.deque[str] = collections.deque()
         if hasattr(os, "register_at_fork"):
-            os.register_at_fork(after_in_child=self._reset)
-
-    def _reset(self) -> None:
-        self._pool, self._pos = b"", 0
+            os.register_at_fork(after_in_child=self._ids.clear)
 
     def __call__(self) -> str:
-        with self._lock:
-            if self._pos >= len(self._pool):
-                self._pool, self._pos = os.urandom(4096), 0
-            b = bytearray(self._pool[self._pos : self._pos + 16])
-            self._pos += 16
-        b[6] = (b[6] & 0x0F) | 0x40  # version 4
-        b[8] = (b[8] & 0x3F) | 0x80  # RFC 4122 variant
-        return b.hex()
+        try:
+            return self._ids.popleft()  # atomic: threads never get the same id, and need no lock
+        except IndexError:
+            return self._refill()
+
+    def _refill(self) -> str:
+        raw = bytearray(os.urandom(4096))
+        raw[6::16] = raw[6::16].translate(self._VERSION)
+        raw[8::16] = raw[8::16].translate(self._VARIANT)
+        text = raw.hex()
+        self._ids.extend([text[i : i + 32] for i in range(32, len(text), 32)])  # two threads may both refill
+        return text[:32]
 
 
 new_id = _IdSource()
@@ -452,7 +455,9 @@ class Database:
         rev = doc.get("rev")
         if rev is not None and type(rev) is not str:
             raise InvalidDocument(f"rev must be a string, not {type(rev).__name__}")
-        body = {k: v for k, v in doc.items() if k != "id" and k != "rev"}
+        body = dict(doc)
+        body.pop("id", None)
+        body.pop("rev", None)
         blob, decoded = encode_body(body)
         if len(blob) > self.options.max_doc_bytes:
             raise InvalidDocument(
@@ -499,7 +504,7 @@ class Database:
         data = (state or prev).doc_json  # type: ignore[union-attr]  # one of them exists
         assert data is not None
         out: dict[str, Any] = orjson.loads(data)  # a new dict, nothing shared with the caller or the store
-        return decode_value(out) if b'"$' in data else out
+        return decode_value(out) if data.find(b'"$') >= 0 else out
 
     def readdoc(self, id: str) -> dict[str, Any]:
         """The winning revision of ``id`` as a new dict; a peer asks a mirror for a record it does not hold."""
@@ -516,7 +521,7 @@ class Database:
             if data is None:
                 raise DocumentNotFound(id, deleted=True)
             out: dict[str, Any] = orjson.loads(data)
-            if b'"$' in data:
+            if data.find(b'"$') >= 0:
                 out = decode_value(out)
             if decoded is not True:  # None: a first read (a scan or a cold read may never come back); False: no memo
                 if decoded is None:

@@ -5,6 +5,9 @@ from __future__ import annotations
 import os
 import re
 import stat
+import subprocess
+import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -44,6 +47,43 @@ def test_generated_id_is_uuid4_hex_and_given_id_kept(db: MyNoSQL.MyNoSQL) -> Non
     assert db.readdoc("sensor/17 ü")["x"] == 2
     ids = {db.savedoc({})["id"] for _ in range(500)}
     assert len(ids) == 500
+
+
+def test_generated_ids_are_unique_across_threads_and_a_fork() -> None:
+    from MyNoSQL._database import new_id
+
+    uuid4 = re.compile(r"^[0-9a-f]{12}4[0-9a-f]{3}[89ab][0-9a-f]{15}$")
+    parts: list[list[str]] = [[] for _ in range(4)]
+
+    def draw(k: int) -> None:
+        parts[k] = [new_id() for _ in range(700)]  # several pools of 256 each, refilled concurrently
+
+    threads = [threading.Thread(target=draw, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    ids = [i for part in parts for i in part]
+    assert len(set(ids)) == 2800 and all(uuid4.match(i) for i in ids)
+    if not hasattr(os, "fork"):
+        return
+    # A forked child must not hand out the ids its parent's pool still holds (run in a fresh, one-thread process).
+    script = """if True:
+        import os
+        from MyNoSQL._database import new_id
+        new_id()
+        read, write = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            os.write(write, new_id().encode())
+            os._exit(0)
+        os.close(write)
+        os.waitpid(pid, 0)
+        print(os.read(read, 64).decode(), new_id())
+    """
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True, timeout=60)
+    child, parent = out.stdout.split()
+    assert uuid4.match(child) and uuid4.match(parent) and child != parent
 
 
 def test_rev_increments_and_unchanged_save_keeps_rev(db: MyNoSQL.MyNoSQL) -> None:

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
+import struct
+
+import orjson
 import pytest
 
 from MyNoSQL.docs import revtree
@@ -19,6 +23,13 @@ def test_rev_ids_are_couchdb_shaped_and_deterministic() -> None:
     for bad in ("", "0-abc", "x-abc", "1-", "1-a b", 5):
         with pytest.raises(ValueError):
             revtree.parse_rev(bad)  # type: ignore[arg-type]
+
+
+def test_rev_id_is_the_md5_of_parent_deleted_flag_and_body() -> None:
+    # Pinned: a revision id never changes for the same parent, flag and body, whichever MD5 computes it.
+    first = revtree.new_rev(None, False, b'{"x":1}')
+    assert first == "1-" + hashlib.md5(b'\x00{"x":1}').hexdigest()
+    assert revtree.new_rev(first, True, b"{}") == "2-" + hashlib.md5(first.encode() + b"\x01{}").hexdigest()
 
 
 def test_winner_rule_matches_couchdb() -> None:
@@ -86,3 +97,17 @@ def test_state_encoding_round_trips_and_detects_damage() -> None:
 
     with pytest.raises(CorruptionError):
         DocState.from_bytes(s.to_bytes()[:-1])
+
+
+@pytest.mark.parametrize("deleted", [False, True])
+def test_a_one_revision_state_is_encoded_as_the_format_says(deleted: bool) -> None:
+    # to_bytes has a short path for the usual one-revision record: its bytes must be the general layout's.
+    body = b'{"v":[1,2.5,"x"]}'
+    rev = revtree.new_rev(None, deleted, body)
+    s = DocState("r/1", 7, {rev: (None, deleted)}, {rev: body})
+    meta = orjson.dumps(["r/1", 7, [[rev, -1, int(deleted)]], [[0, len(body)]]])
+    assert s.to_bytes() == struct.pack("<I", len(meta)) + meta + body
+    back = DocState.from_bytes(s.to_bytes())
+    assert (back.id, back.seq, back.tree, back.bodies) == (s.id, s.seq, s.tree, s.bodies)
+    stub = DocState("r/2", 8, {rev: (None, deleted)}, {})  # a revision without its body (never fetched)
+    assert DocState.from_bytes(stub.to_bytes()).bodies == {}

@@ -206,7 +206,7 @@ def encode_body(body: dict[str, Any]) -> tuple[bytes, dict[str, Any] | None]:
     """
     try:
         data = orjson.dumps(body, option=_FAST, default=_refuse)
-        if b'"$' not in data:
+        if data.find(b'"$') < 0:  # not `in`: on bytes it first tries its operand as an int (a TypeError)
             back = orjson.loads(data)
             if back == body:
                 return _exact(data), back
@@ -223,13 +223,13 @@ def dumps_exact(value: Any) -> bytes:
 def _exact(data: bytes) -> bytes:
     """A copy of exactly the right size: orjson's result keeps its ~4 KiB buffer, and bodies live on in the
     memtable and caches (measured: 120 MiB for 30,000 pending records without this)."""
-    return bytes(memoryview(data)) if len(data) < 2048 else data
+    return memoryview(data).tobytes() if len(data) < 2048 else data
 
 
 def loads_body(data: bytes) -> dict[str, Any]:
     """Decode bytes made by :func:`encode_body` into a new dict owned by the caller."""
     value = orjson.loads(data)
-    if b'"$' in data:
+    if data.find(b'"$') >= 0:
         value = decode_value(value)
     result: dict[str, Any] = value
     return result
