@@ -29,6 +29,7 @@ except ImportError:  # pragma: no cover - an interpreter built without it
     _md5 = hashlib.md5
 
 REV_RE = re.compile(r"^([1-9][0-9]{0,9})-([0-9a-zA-Z]{1,64})$")
+_U32 = struct.Struct("<I").pack
 STRICT_REV_RE = re.compile(r"^[1-9][0-9]{0,9}-[0-9a-f]{32}$")
 
 # node: rev -> (parent rev or None, deleted)
@@ -203,11 +204,11 @@ class DocState:
     def to_bytes(self) -> bytes:
         tree, bodies = self.tree, self.bodies
         if len(tree) == 1 and len(bodies) == 1:  # one revision, the usual case: the general path's bytes, faster
-            ((rev, (parent, deleted)),) = tree.items()
-            ((brev, body),) = bodies.items()
-            if parent is None and brev == rev:
-                meta = orjson.dumps([self.id, self.seq, [[rev, -1, 1 if deleted else 0]], [[0, len(body)]]])
-                return b"".join((struct.pack("<I", len(meta)), meta, body))
+            for rev, (parent, deleted) in tree.items():
+                body = bodies.get(rev)
+                if parent is None and body is not None:
+                    meta = orjson.dumps([self.id, self.seq, [[rev, -1, 1 if deleted else 0]], [[0, len(body)]]])
+                    return _U32(len(meta)) + meta + body
         index = {}
         nodes: list[list[Any]] = []
         for i, (rev, (parent, deleted)) in enumerate(self.tree.items()):

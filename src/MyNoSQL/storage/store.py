@@ -284,7 +284,7 @@ class Store:
         self.live_count += delta
         # The record cache is refreshed when this state leaves the memtables (end of its flush); until then
         # every read finds it in the memtable first.
-        if self._flush_due():
+        if len(active) >= self.opts.flush_docs or self._active_bytes >= self.opts.flush_bytes:  # _flush_due()
             self._wake.set()
 
     # -- the compactor ----------------------------------------------------------------------------------------
