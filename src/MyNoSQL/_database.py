@@ -503,8 +503,7 @@ class Database:
                 return {"id": id, "rev": win, **decoded}
         data = (state or prev).doc_json  # type: ignore[union-attr]  # one of them exists
         assert data is not None
-        out: dict[str, Any] = orjson.loads(data)  # a new dict, nothing shared with the caller or the store
-        return decode_value(out) if data.find(b'"$') >= 0 else out
+        return loads_body(data)  # a new dict, nothing shared with the caller or the store
 
     def readdoc(self, id: str) -> dict[str, Any]:
         """The winning revision of ``id`` as a new dict; a peer asks a mirror for a record it does not hold."""
@@ -520,9 +519,7 @@ class Database:
             data = state.doc_json
             if data is None:
                 raise DocumentNotFound(id, deleted=True)
-            out: dict[str, Any] = orjson.loads(data)
-            if data.find(b'"$') >= 0:
-                out = decode_value(out)
+            out = loads_body(data)
             if decoded is not True:  # None: a first read (a scan or a cold read may never come back); False: no memo
                 if decoded is None:
                     state.decoded = True

@@ -216,7 +216,7 @@ class DocState:
             nodes.append([rev, -1 if parent is None else index[parent], 1 if deleted else 0])
         lens = [[index[r], len(b)] for r, b in self.bodies.items()]
         meta = orjson.dumps([self.id, self.seq, nodes, lens])
-        return b"".join((struct.pack("<I", len(meta)), meta, *self.bodies.values()))
+        return b"".join((_U32(len(meta)), meta, *self.bodies.values()))
 
     @classmethod
     def from_bytes(cls, data: bytes | memoryview) -> DocState:

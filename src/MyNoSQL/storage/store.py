@@ -246,12 +246,12 @@ class Store:
         # bytes (bench/replication.py, RSS phase; test_a_writer_faster_than_the_compactor_is_held_back,
         # test_big_records_are_held_back_by_their_bytes), and a burst below that never waits (bench/local.py).
         docs, size = BACKLOG * self.opts.flush_docs, BACKLOG * self.opts.flush_bytes
-        if len(self._active) + len(self._frozen) < docs and self._active_bytes + self._frozen_bytes < size:
-            return  # the usual case: no clock read
-        deadline = time.monotonic() + 60.0
+        deadline = None  # read the clock only when waiting, not on every save
         while (len(self._active) + len(self._frozen) >= docs or self._active_bytes + self._frozen_bytes >= size) \
                 and not self._stop.is_set() \
                 and self.stats.last_error is None:  # a failing compactor (disk full) must not block savers
+            if deadline is None:
+                deadline = time.monotonic() + 60.0
             self._wake.set()
             if not self._space.wait(timeout=max(0.0, deadline - time.monotonic())):
                 break
@@ -284,7 +284,7 @@ class Store:
         self.live_count += delta
         # The record cache is refreshed when this state leaves the memtables (end of its flush); until then
         # every read finds it in the memtable first.
-        if len(active) >= self.opts.flush_docs or self._active_bytes >= self.opts.flush_bytes:  # _flush_due()
+        if self._flush_due():
             self._wake.set()
 
     # -- the compactor ----------------------------------------------------------------------------------------
