@@ -195,7 +195,6 @@ class Mirror:
 
     def start(self) -> Mirror:
         env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
-        env.pop("MYNOSQL_SYNC", None)
         args = [sys.executable, "-m", "MyNoSQL", "serve", "--path", str(self.path), "--db", DB, "--host", HOST,
                 "--port", str(self.port)]
         self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,

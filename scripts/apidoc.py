@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 import MyNoSQL
-from MyNoSQL import _errors, cli
+from MyNoSQL import cli, errors
 
 OUT = Path(__file__).resolve().parents[1] / "docs" / "api.md"
 
@@ -45,6 +45,13 @@ def render() -> str:
         inspect.getdoc(MyNoSQL.Database) or "",
         "",
         *members(MyNoSQL.Database),
+        "## `MyNoSQL.Node`",
+        "",
+        inspect.getdoc(MyNoSQL.Node) or "",
+        "",
+        "What a `Node` adds to `Database` (what `opendb` returns is a `Node`):",
+        "",
+        *members(MyNoSQL.Node),
         "## `MyNoSQL.Change`",
         "",
         inspect.getdoc(MyNoSQL.Change) or "",
@@ -58,7 +65,7 @@ def render() -> str:
             default = f.default if f.default is not dataclasses.MISSING else f"{f.default_factory.__name__}()"  # type: ignore[union-attr]
             parts.append(f"| `{f.name}` | `{default!r}` |")
         parts.append("")
-    parts += ["## Errors", "", "```", (inspect.getdoc(_errors) or "").strip(), "```", ""]
+    parts += ["## Errors", "", "```", (inspect.getdoc(errors) or "").strip(), "```", ""]
     for name in sorted(n for n in MyNoSQL.__all__ if isinstance(getattr(MyNoSQL, n), type)
                        and issubclass(getattr(MyNoSQL, n), Exception)):
         parts += [f"- `{name}`: {inspect.getdoc(getattr(MyNoSQL, name)) or ''}".replace("\n", " ")]

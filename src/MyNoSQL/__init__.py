@@ -1,24 +1,27 @@
 """MyNoSQL: an embedded, offline-first, replicated document database.
 
-Re-exports only; the code lives in the private modules.
+Re-exports only; the code lives in the modules below (docs/architecture.md shows how they fit together).
 """
 
-from ._api import MyNoSQL
-from ._database import Change, Database
-from ._errors import (
+from .database import Change, Database
+from .errors import (
     ConflictError,
     CorruptionError,
     DatabaseClosed,
     DatabaseLocked,
     DocumentNotFound,
+    DocumentUnavailable,
     IndexNotFound,
     InvalidDocument,
     InvalidValueType,
     MyNoSQLError,
+    RemoteError,
     SecurityError,
     StorageError,
 )
-from ._options import Limits, Options
+from .handle import MyNoSQL
+from .node import Node
+from .options import Limits, Options
 
 __version__ = "0.1.0"
 
@@ -30,13 +33,16 @@ __all__ = [
     "DatabaseClosed",
     "DatabaseLocked",
     "DocumentNotFound",
+    "DocumentUnavailable",
     "IndexNotFound",
-    "Limits",
     "InvalidDocument",
     "InvalidValueType",
+    "Limits",
     "MyNoSQL",
     "MyNoSQLError",
+    "Node",
     "Options",
+    "RemoteError",
     "SecurityError",
     "StorageError",
     "__version__",

@@ -34,19 +34,22 @@ from typing import IO, Any, TypeVar
 import click
 import orjson
 
-from ._api import MyNoSQL
-from ._database import Database, default_location, redact_url, validate_db_name
-from ._errors import (
+from .database import Database, default_location, validate_db_name
+from .errors import (
     ConflictError,
     DatabaseLocked,
     DocumentNotFound,
     InvalidDocument,
     MyNoSQLError,
+    RemoteError,
     SecurityError,
 )
-from ._options import Limits, Options
-from .docs import revtree
-from .docs.codec import decode_value
+from .handle import MyNoSQL
+from .net.urls import basic_authorization, db_url, redact_url
+from .node import Node
+from .options import Limits, Options
+from .records import revtree
+from .records.codec import decode_value
 
 EXIT_FAIL, EXIT_USAGE, EXIT_LOCKED, EXIT_NOT_FOUND, EXIT_CONFLICT, EXIT_REMOTE = 1, 2, 3, 4, 5, 6
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report a command stopped by Ctrl-C
@@ -280,7 +283,7 @@ def serve(path: Path, name: str, host: str, port: int, peers: tuple[str, ...], a
           credentials: Path | None, cert: str | None, key: str | None, ca_file: str | None, no_verify_tls: bool,
           max_doc_bytes: int | None, as_json: bool, **limit_options: Any) -> None:
     """Run a mirror in the foreground until SIGINT or SIGTERM, then shut down cleanly."""
-    from .server.auth import parse_credentials_file
+    from .credentials import parse_credentials_file
 
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -289,32 +292,39 @@ def serve(path: Path, name: str, host: str, port: int, peers: tuple[str, ...], a
     options = Options(limits=limits, tls_ca_file=ca_file, tls_verify=not no_verify_tls)
     if max_doc_bytes is not None:
         options = dataclasses.replace(options, max_doc_bytes=max_doc_bytes)
-    handle = MyNoSQL(path, options=options)
     try:
-        db = handle.opendb(name)
+        validate_db_name(name)
+        # Nothing runs until the configuration is what this command says: never the port a folder remembers.
+        node = Node(path, name, options, start=False)
     except DatabaseLocked as exc:
         raise Fail(str(exc), EXIT_LOCKED) from exc
+    except InvalidDocument as exc:
+        raise Fail(str(exc), EXIT_USAGE) from exc
     try:
         if credentials is not None:
-            db.users.replace_all(parse_credentials_file(credentials))
-        # before the mode: never bind the default port first
-        db.setlisten(host, port, advertise=advertise, certfile=cert, keyfile=key)
-        try:
-            db.setdbmode("Mirror")
-        except (SecurityError, OSError) as exc:
-            raise Fail(str(exc)) from exc
+            node.users.replace_all(parse_credentials_file(credentials))
+        before = node.config
+        node.setlisten(host, port, advertise=advertise, certfile=cert, keyfile=key)
+        node.setdbmode("Mirror")
         for p in peers:
-            db.addpeer(p)
+            node.addpeer(p)
+        try:
+            node.start()
+        except (SecurityError, OSError) as exc:  # not remembered: the next opendb must not fail the same way
+            node.setdbmode(before.mode)
+            node.setlisten(before.host, before.port, advertise=before.advertise, certfile=before.certfile,
+                           keyfile=before.keyfile)
+            raise Fail(str(exc)) from exc
         if as_json:
-            click.echo(orjson.dumps({"event": "serving", "db": name, "url": db.server_url,
-                                     "peers": [redact_url(u) for u in db.config["peers"]]}))
+            click.echo(orjson.dumps({"event": "serving", "db": name, "url": node.server_url,
+                                     "peers": node.peers()}))
         else:
-            click.echo(f"serving {name} on {db.server_url}")
+            click.echo(f"serving {name} on {node.server_url}")
         sys.stdout.flush()
         while not stop.wait(0.5):
             pass
     finally:
-        handle.closedb()
+        node.close()
     click.echo(orjson.dumps({"event": "stopped", "db": name}) if as_json else "stopped")
 
 
@@ -351,28 +361,21 @@ def status(path: Path | None, name: str, as_json: bool, url: str | None) -> None
 
 def _local_status(db: Database) -> dict[str, Any]:
     """What ``status`` shows of a database opened here (its mirrors asked for their seq within 2 s each)."""
-    from .replication.endpoints import replication_id
-    from .replication.sync import db_url
+    from .replication.endpoints import pull_checkpoint_id, push_checkpoint_id
 
-    class _Side:  # an endpoint as replication_id sees it: its identity
-        def __init__(self, identity: str) -> None:
-            self.identity = identity
-
-    here = _Side(f"local:{db.path}")
     mirror_mode = db.getdbmode() == "Mirror"
     mirrors = {}
     pending: int | None
-    for url in db.config["peers"]:
-        there = _Side(redact_url(db_url(url, db.name)).rstrip("/"))
+    for url in db.config.peers:
         remote = _remote_seq(db_url(url, db.name))
         if mirror_mode:  # a mirror pulls from the others (they pull from it): nothing to push, lag of its pull
-            ck = db.local_get(replication_id(there, here))
+            ck = db.local_get(pull_checkpoint_id(db, url))
             since, pending = (ck.get("source_last_seq", 0) if ck else 0), 0
         else:  # a peer pushes its changes and polls the mirror for newer revisions of its records
-            ck = db.local_get(replication_id(here, there))
+            ck = db.local_get(push_checkpoint_id(db, url))
             seq = ck.get("source_last_seq", 0) if ck else 0
             pending = max(0, db.seq - seq) if isinstance(seq, int) else None
-            poll = db.local_get("poll-" + there.identity)
+            poll = db.local_get("poll-" + redact_url(db_url(url, db.name)).rstrip("/"))
             since = poll.get("since", 0) if poll else 0
         mirrors[redact_url(url)] = {
             "pending_pushes": pending,
@@ -381,7 +384,7 @@ def _local_status(db: Database) -> dict[str, Any]:
         }
     total, shards = _disk(db.path)
     return {"name": db.name, "path": str(db.path), "mode": db.getdbmode(), "records": len(db),
-            "conflicts": sum(1 for s in db.store.iter_states(0) if s.conflicts()), "seq": db.seq,
+            "conflicts": sum(1 for _ in db.conflicted()), "seq": db.seq,
             "disk_bytes": total, "shard_bytes": shards, "mirrors": mirrors, "indexes": db.indexes(),
             "users": db.userlist()}
 
@@ -407,8 +410,6 @@ def _get_json(url: str, timeout: float) -> Any:
     import urllib.error
     import urllib.request
 
-    from .replication.endpoints import basic_authorization
-
     headers = {"Accept": "application/json"}
     auth = basic_authorization(url)
     if auth is not None:
@@ -433,7 +434,7 @@ def _remote_seq(url: str, timeout: float = 2.0) -> int | None:
 
 def _plain(doc: dict[str, Any]) -> dict[str, Any]:
     """A record as JSON can print it: bytes, dates... in their tagged form."""
-    from .docs.codec import encode_value
+    from .records.codec import encode_value
 
     out: dict[str, Any] = encode_value(doc)
     return out
@@ -479,8 +480,7 @@ def delete(path: Path | None, name: str, as_json: bool, id: str, rev: str | None
 def conflicts(path: Path | None, name: str, as_json: bool) -> None:
     """List the records that have conflicting revisions."""
     with opened(path, name) as db:
-        found = {s.id: {"winner": s.winner, "conflicts": s.conflicts()}
-                 for s in db.store.iter_states(0) if s.conflicts()}
+        found = {s.id: {"winner": s.winner, "conflicts": s.conflicts()} for s in db.conflicted()}
     _out(found, as_json, "\n".join(f"{id} {v['winner']} vs {' '.join(v['conflicts'])}" for id, v in found.items())
          or "no conflicts")
 
@@ -495,7 +495,7 @@ def export_(path: Path | None, name: str, as_json: bool, target: IO[bytes]) -> N
     """Write every record (all revisions that matter: the tree and every leaf) as JSON Lines, streaming."""
     n = 0
     with opened(path, name) as db:
-        for s in tracked(db.store.iter_states(0), "export", db.store.index_rows()):
+        for s in tracked(db.states_since(0), "export", db.index_rows()):
             target.write(export_line(s))
             n += 1
     if as_json:
@@ -543,8 +543,8 @@ def import_(path: Path | None, name: str, as_json: bool, source: IO[bytes]) -> N
 
 
 def import_line(db: Database, line: bytes) -> None:
-    from ._database import validate_id
-    from .docs.codec import dumps_exact, loads_body
+    from .records.codec import dumps_exact, loads_body
+    from .records.ids import validate_id
 
     obj = orjson.loads(line)
     id = validate_id(obj["id"])
@@ -632,8 +632,6 @@ def replicate(source: str, target: str, as_json: bool, timeout: float) -> None:
         with progress("replicate", unit="changes") as bar:
             result = replicate_once(src, tgt, timeout=timeout, progress=bar)
     except MyNoSQLError as exc:
-        from .replication.endpoints import RemoteError
-
         code = EXIT_REMOTE if isinstance(exc, RemoteError) else EXIT_USAGE if isinstance(exc, InvalidDocument) \
             else EXIT_FAIL
         raise Fail(str(exc), code) from exc

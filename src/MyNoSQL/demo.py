@@ -22,8 +22,8 @@ import time
 import urllib.request
 from pathlib import Path
 
-from ._api import MyNoSQL
-from ._options import Options
+from .handle import MyNoSQL
+from .options import Options
 from .testing.faultproxy import FaultProxy
 
 RATE = 200  # readings per second

@@ -28,13 +28,13 @@ if _offset:  # a skewed clock: everything in Python that asks for the wall time 
     time.time = lambda: _real_time() + _offset  # type: ignore[assignment]
 
 import MyNoSQL  # noqa: E402
-from MyNoSQL.docs import revtree  # noqa: E402
+from MyNoSQL.records import revtree  # noqa: E402
 
 
 def hang_in_compaction(db: MyNoSQL.Database, at: str) -> bool:
     """Run a compaction that blocks for ever right after ``at`` (a store step); True once it blocks there."""
     owner_name, method = at.split(".")
-    owner = getattr(db.store, owner_name)
+    owner = getattr(db._store, owner_name)
     real = getattr(owner, method)
     reached = threading.Event()
 
@@ -88,18 +88,18 @@ def main() -> None:
                 out = {"ok": True, "rev": db.readdoc(cmd["id"])["rev"]}
             elif op == "dump":
                 docs = {}
-                for s in db.store.iter_states(0):
+                for s in db.states_since(0):
                     leaves = {r: s.tree[r][1] for r in revtree.leaves(s.tree)}
                     docs[s.id] = {"winner": s.winner, "leaves": leaves, "revs": list(s.tree), "seq": s.seq}
                 out = {"ok": True, "docs": docs}
             elif op == "status":
                 out = {"ok": True, "status": db.status()}
             elif op == "sync_state":  # for the report of a divergence
-                sync = db.sync
+                sync = db._peer  # white-box: what the peer's replication holds
                 out = {"ok": True, "current": sync and sync.current, "poll_since": sync and sync._poll_since,
                        "token": sync and sync.client_token, "seq": db.seq,
                        "get_state": {s.id: (lambda st: st and st.winner)(db.state(s.id))
-                                     for s in db.store.iter_states(0)}}
+                                     for s in db.states_since(0)}}
             elif op == "hang_in_compaction":
                 out = {"ok": True, "hung": hang_in_compaction(db, cmd["at"])}
             elif op == "verify":

@@ -41,12 +41,12 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "src"))
 
-from MyNoSQL.docs import revtree  # noqa: E402
+from MyNoSQL.records import revtree  # noqa: E402
 from MyNoSQL.replication.oneshot import replicate_once  # noqa: E402
 from MyNoSQL.testing import FaultProxy, poll_until  # noqa: E402
 
 AGENT = Path(__file__).with_name("agent.py")
-ENV = {**{k: v for k, v in os.environ.items() if k != "MYNOSQL_SYNC"}, "PYTHONPATH": str(ROOT / "src")}
+ENV = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
 IDS = [f"r{i}" for i in range(12)]
 N_PEERS, N_MIRRORS = 3, 2
 COMPACTION_STEPS = ["shards.append", "index.commit_flush", "wal.remove_through"]

@@ -92,7 +92,7 @@ def test_sigkill_loses_no_acknowledged_save(tmp_path: Path, durability: str) -> 
                 if got["rev"] != rev:
                     # Saved but killed before it printed: allowed once (the save in flight), and it must
                     # descend from the acknowledged revision.
-                    state = db.db.store.get_state(id)
+                    state = db.db.state(id)
                     assert state is not None and rev in state.tree, (id, got["rev"], rev)
                     newer += 1
                     expected[id] = (got["rev"], got["i"])
@@ -179,7 +179,7 @@ def test_torn_wal_tail_is_cut_and_everything_before_it_kept(tmp_path: Path) -> N
     saved = [db.savedoc({"i": i}) for i in range(100)]
     wal = sorted((tmp_path / "w").glob("wal-*.log"))[-1]
     # simulate a crash: drop the handle without closing, then tear the last frame
-    store = db.db.store
+    store = db.db._store
     store._stop.set()
     store._wake.set()
     store._thread.join()
@@ -212,7 +212,7 @@ def test_damage_inside_the_wal_is_reported_not_silently_dropped(tmp_path: Path) 
     db.opendb("w")
     for i in range(100):
         db.savedoc({"i": i})
-    store = db.db.store
+    store = db.db._store
     store._stop.set()
     store._wake.set()
     store._thread.join()
@@ -250,7 +250,7 @@ COMPACTING = textwrap.dedent(
         if i == 30:
             db.flush()
     owner_name, method = step.split(".")
-    owner = getattr(db.store, owner_name)
+    owner = getattr(db._store, owner_name)
     real = getattr(owner, method)
 
     def step_then_hang(*args, **kwargs):

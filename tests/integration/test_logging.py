@@ -52,7 +52,7 @@ def life_of_records(tmp_path: Path, n: int, mirror: MirrorProcess) -> None:
         saved = [a.savedoc({"id": f"r{i:05d}", "i": i, "v": 1, "text": f"reading {i} " * 4}) for i in range(n)]
         a.db.flush()
         # a flush takes at most what waits (savers are held back at BACKLOG * flush_docs)
-        assert a.db.store.stats.flushes >= max(1, n // (BACKLOG * FLUSH_DOCS))
+        assert a.db.storage_stats.flushes >= max(1, n // (BACKLOG * FLUSH_DOCS))
         assert [a.readdoc(f"r{i:05d}")["i"] for i in range(n)] == list(range(n))
         a.addpeer(mirror.url)
         wait_until(lambda: call("GET", f"{mirror.url}/db")["doc_count"] == n, timeout=60,

@@ -185,7 +185,7 @@ def test_dashboard_data_conflicts_disk_and_compression(mirror: MyNoSQL.MyNoSQL) 
     assert len(mirror.conflicts("r007")) == 1
     mirror.db.flush()  # every record in the shards; nothing writes from now on
     shards = sum(p.stat().st_size for p in folder.glob("shard-*"))
-    raw = mirror.db.store.raw_bytes_on_disk()  # the records' bytes before compression
+    raw = mirror.db.raw_bytes_on_disk()  # the records' bytes before compression
     assert shards > 0 and raw > 300 * 390
 
     def settled() -> bool:  # the conflict scan is redone at most every 2 s after a change
@@ -357,7 +357,7 @@ def test_replication_problems_are_logged_once_per_state_change(tmp_path: Path, m
                        what="the peer reaching the mirror")
             wait_until(lambda: json.loads(get(f"{m.url}/db", user=None)[2])["doc_count"] == 1,
                        what="the offline save on the mirror")
-            again = lines(logging.INFO, "reachable again")
+            again = lines(logging.INFO, "works again")
             assert len(again) == 1 and "failed attempt" in again[0], again
             assert lines(logging.INFO) == again
             assert len(lines(logging.WARNING)) == 1
@@ -373,7 +373,7 @@ def test_up_answers_503_while_the_compactor_fails(mirror: MyNoSQL.MyNoSQL, monke
     def disk_full(*args: Any, **kwargs: Any) -> int:
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(mirror.db.store, "collect_garbage", disk_full)  # the compactor runs it every second
+    monkeypatch.setattr(mirror.db._store, "collect_garbage", disk_full)  # the compactor runs it every second
     wait_until(lambda: get(f"{url}/_up", user=None)[0] == 503, what="/_up answering 503")
     _, ctype, body = get(f"{url}/_up", user=None)
     answer = json.loads(body)
@@ -424,6 +424,7 @@ TIMES = "\u00d7"  # what follows a compression ratio on the page (a multiplicati
 
 @pytest.mark.skipif(CHROMIUM is None, reason="no Chromium installed (Debian: apt-get install chromium): "
                                             "the dashboard browser test is skipped")
+@pytest.mark.browser
 def test_dashboard_in_a_real_browser(mirror: MyNoSQL.MyNoSQL, tmp_path: Path, mirrors: Any) -> None:
     sync_api = pytest.importorskip("playwright.sync_api")
     expect = sync_api.expect

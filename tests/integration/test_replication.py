@@ -78,7 +78,7 @@ def test_offline_saves_arrive_when_the_mirror_starts(mirrors: Any, peers: Any) -
 def test_second_peer_reads_through_the_mirror_and_sees_updates(mirrors: Any, peers: Any) -> None:
     m = mirrors()
     a, b, rec = two_peers_sharing(m, peers, "shared", {"hp": 10})
-    assert "shared" not in b.db.store.cache._lru  # b never held it
+    assert "shared" not in b.db._store.cache._lru  # b never held it
     got = b.readdoc("shared")  # fetched from the mirror, stored, returned
     assert got == rec
     assert b.db.state("shared") is not None
@@ -278,7 +278,8 @@ def test_a_peer_is_not_woken_by_the_echo_of_its_own_pushes(mirrors: Any, peers: 
 def test_a_download_that_fails_is_retried_not_skipped(mirrors: Any, peers: Any,
                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     """Regression (chaos seeds 11 and 15): the poll position moved past rows whose download then failed."""
-    from MyNoSQL.replication.endpoints import HttpEndpoint, RemoteError
+    from MyNoSQL.errors import RemoteError
+    from MyNoSQL.replication.endpoints import HttpEndpoint
 
     m = mirrors()
     a, b, mine = two_peers_sharing(m, peers, "shared", {"v": 1})
@@ -287,7 +288,7 @@ def test_a_download_that_fails_is_retried_not_skipped(mirrors: Any, peers: Any,
     failed: list[bool] = []
 
     async def fail_once_for_a(self: HttpEndpoint, wants: dict[str, list[str]]) -> list[dict[str, Any]]:
-        if self.client == a.db.sync.client_token and not failed:
+        if self.client == a.db._peer.client_token and not failed:
             failed.append(True)
             raise RemoteError("injected: the link dropped between _changes and _bulk_get")
         return await real(self, wants)
@@ -303,18 +304,18 @@ def test_a_download_that_fails_is_retried_not_skipped(mirrors: Any, peers: Any,
 def test_a_poll_loop_that_ends_by_cancellation_is_restarted(mirrors: Any, peers: Any,
                                                              monkeypatch: pytest.MonkeyPatch) -> None:
     """Regression (chaos seed 504): a poll loop that ended by cancellation left the peer pushing but never polling."""
-    from MyNoSQL.replication.sync import Sync
+    from MyNoSQL.replication.peer import PeerSync
 
-    real = Sync._poll_loop
+    real = PeerSync._poll_loop
     calls: list[int] = []
 
-    async def cancelled_once(self: Sync, url: str) -> None:
+    async def cancelled_once(self: PeerSync, url: str) -> None:
         calls.append(1)
         if len(calls) == 1:
             raise asyncio.CancelledError  # as if something cancelled the poll task from inside
         await real(self, url)
 
-    monkeypatch.setattr(Sync, "_poll_loop", cancelled_once)
+    monkeypatch.setattr(PeerSync, "_poll_loop", cancelled_once)
     m = mirrors()
     a, b = peers("a"), peers("b")
     a.addpeer(m.url)

@@ -31,7 +31,6 @@ AUTH = "Basic " + base64.b64encode(b"fuzzer:fuzzer-password").decode()
 
 @pytest.fixture(scope="module")
 def mirror(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[MyNoSQL.MyNoSQL, int, Path]]:
-    os.environ.pop("MYNOSQL_SYNC", None)
     path = tmp_path_factory.mktemp("fuzz")
     # The login throttle is off here: with it, a few bad logins early on would turn every later answer into a 429
     # that never reaches a route (it has its own test in test_mirror_security.py).

@@ -103,7 +103,11 @@ def test_credentials_roles_and_no_hints(secured: Serve, tmp_path: Path) -> None:
     rev = request("GET", f"{db}/x", user="bob")[2]["_rev"]
     assert request("DELETE", f"{db}/x?rev={rev}", user="bob")[0] == 403
     assert request("POST", f"{db}/_revs_diff", {"x": [rev]}, user="bob")[0] == 200
-    assert request("PUT", f"{db}/_local/ck", {"seq": 1}, user="bob")[0] == 201  # checkpoints are not records
+    # checkpoints steer replication: a reader rewriting one could make a pulling mirror skip records
+    assert request("PUT", f"{db}/_local/ck", {"seq": 1}, user="bob")[0] == 403
+    assert request("DELETE", f"{db}/_local/ck", user="bob")[0] == 403
+    assert request("PUT", f"{db}/_local/ck", {"seq": 1}, user="alice")[0] == 201
+    assert request("GET", f"{db}/_local/ck", user="bob")[0] == 200
     # passwords are stored hashed, owner-only
     users = tmp_path / "srv" / "db" / "users.json"
     text = users.read_text()
@@ -409,13 +413,13 @@ def test_connections_over_the_limit_are_refused(tmp_path: Path, creds: Path) -> 
 def test_turning_tls_verification_off_is_explicit_and_warns(caplog: pytest.LogCaptureFixture) -> None:
     import asyncio
 
-    from MyNoSQL.replication import sync
+    from MyNoSQL.replication import endpoints
 
-    sync._warned_unverified = False
+    endpoints._warned_unverified = False
 
     async def make() -> None:
-        await sync.client_session(MyNoSQL.Options(tls_verify=False)).close()
-        await sync.client_session(MyNoSQL.Options()).close()
+        await endpoints.client_session(MyNoSQL.Options(tls_verify=False)).close()
+        await endpoints.client_session(MyNoSQL.Options()).close()
 
     with caplog.at_level("WARNING", logger="MyNoSQL"):
         asyncio.run(make())
@@ -459,7 +463,7 @@ def test_a_mirror_beyond_loopback_with_no_users_left_lets_nobody_in(tmp_path: Pa
 def test_replacing_the_users_never_leaves_a_moment_without_any(tmp_path: Path) -> None:
     import threading
 
-    from MyNoSQL.server.auth import Users
+    from MyNoSQL.credentials import Users
 
     users = Users(tmp_path / "users.json")
     users.set("old", PASSWORD)
@@ -492,7 +496,7 @@ def test_mirrors_learned_through_tls_must_use_tls_too(tmp_path: Path, caplog: py
         via = "https://alice:secret-pw@127.0.0.1:8801"
         db.addpeer(via)
         db.learn_mirrors(["http://127.0.0.2:8802", "https://127.0.0.3:8803"], via=via)
-        peers = db.config["peers"]
+        peers = db.config.peers
         assert "https://alice:secret-pw@127.0.0.3:8803" in peers  # the credentials of the mirror that listed it
         assert not any("127.0.0.2" in p for p in peers)  # never downgraded to clear text
         assert "plain-HTTP" in caplog.text and "secret-pw" not in caplog.text

@@ -21,7 +21,6 @@ from MyNoSQL.testing import poll_until
 
 ROOT = Path(__file__).resolve().parents[2]  # the repository
 ENV = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
-ENV.pop("MYNOSQL_SYNC", None)
 
 
 def call(method: str, url: str, body: Any = None) -> Any:

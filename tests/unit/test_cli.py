@@ -146,6 +146,7 @@ def test_put_get_delete_status_with_exit_codes(tmp_path: Path) -> None:
         assert locked.returncode == 3 and b"open in another process" in locked.stderr
 
 
+@pytest.mark.slow
 def test_export_import_round_trip_of_100000_records_with_conflicts(tmp_path: Path) -> None:
     with MyNoSQL.MyNoSQL(tmp_path) as h:
         db = h.opendb("src")
@@ -154,10 +155,10 @@ def test_export_import_round_trip_of_100000_records_with_conflicts(tmp_path: Pat
         # a conflict, a deletion and a history
         base = h.readdoc("r000001")
         h.savedoc({**base, "i": 111})
-        other = MyNoSQL.docs.revtree.new_rev(base["rev"], False, b'{"i":-1}')
+        other = MyNoSQL.records.revtree.new_rev(base["rev"], False, b'{"i":-1}')
         db.put_replicated("r000001", [other, base["rev"]], False, b'{"i":-1}')  # a concurrent edit
         h.deletedoc("r000002", h.readdoc("r000002")["rev"])
-        expected = {s.id: (s.tree, s.bodies) for s in db.store.iter_states(0)}
+        expected = {s.id: (s.tree, s.bodies) for s in db.states_since(0)}
     dump = tmp_path / "dump.jsonl"
     out = run("export", "--path", str(tmp_path), "--db", "src", str(dump))
     assert out.returncode == 0, out.stderr
@@ -166,7 +167,7 @@ def test_export_import_round_trip_of_100000_records_with_conflicts(tmp_path: Pat
     assert out.returncode == 0 and json.loads(out.stdout) == {"imported": 100_000, "errors": 0}
     with MyNoSQL.MyNoSQL(tmp_path) as h:
         db = h.opendb("dst")
-        got = {s.id: (s.tree, s.bodies) for s in db.store.iter_states(0)}
+        got = {s.id: (s.tree, s.bodies) for s in db.states_since(0)}
         assert got == expected  # same ids, same revision trees (conflicts, tombstones), same bodies
         assert len(h) == 99_999 and len(h.conflicts("r000001")) == 1
     assert run("verify", "--path", str(tmp_path), "--db", "dst").returncode == 0
@@ -253,6 +254,7 @@ def test_status_of_running_and_stopped_mirrors(tmp_path: Path) -> None:
         a.stop()
 
 
+@pytest.mark.slow
 def test_bench_subcommand_runs_the_benchmark_scripts_with_a_json_summary(tmp_path: Path) -> None:
     out = run("bench", "local", "--quick", "--out", str(tmp_path / "local.md"), "--json")
     assert out.returncode == 0, out.stderr[-2000:]
@@ -467,7 +469,7 @@ def test_replicate_total_from_the_sources_update_seq() -> None:
     minus where the pass starts; None when either cannot be read as a number."""
     import asyncio
 
-    from MyNoSQL.replication.endpoints import RemoteError
+    from MyNoSQL.errors import RemoteError
     from MyNoSQL.replication.replicator import changes_to_come, seq_number
 
     class Source:

@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import MyNoSQL
-from MyNoSQL.docs.codec import copy_plan, encode_body, loads_body
+from MyNoSQL.records.codec import copy_plan, encode_body, loads_body
 
 UTC = datetime.timezone.utc
 SPECIAL: dict[str, Any] = {
@@ -98,6 +98,7 @@ extra_values = (
 
 @settings(max_examples=300, deadline=None)
 @given(st.dictionaries(st.text(max_size=8), json_values | extra_values, max_size=6))
+@pytest.mark.slow
 def test_random_bodies_round_trip(body: dict[str, Any]) -> None:
     data = encode_body(body)[0]
     back = loads_body(data)
@@ -122,6 +123,7 @@ def _mutable_parts(v: Any) -> list[Any]:
 
 @settings(max_examples=300, deadline=None)
 @given(st.dictionaries(st.text(max_size=8), json_values | extra_values, max_size=6))
+@pytest.mark.slow
 def test_a_copy_by_the_copy_plan_shares_nothing_mutable(body: dict[str, Any]) -> None:
     doc = loads_body(encode_body(body)[0])
     plan = copy_plan(doc)

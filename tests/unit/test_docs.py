@@ -24,7 +24,7 @@ def test_doc_examples_run(name: str, tmp_path: Path) -> None:
     assert code.strip(), f"no python examples in {name}"
     script = tmp_path / f"{name}.py"
     script.write_text(code)
-    env = {k: v for k, v in os.environ.items() if k != "MYNOSQL_SYNC"}
+    env = dict(os.environ)
     env.update(PYTHONPATH=str(ROOT / "src"), MYNOSQL_HOME=str(tmp_path / "home"))
     out = subprocess.run([sys.executable, str(script)], cwd=tmp_path, env=env, capture_output=True, text=True,
                          timeout=240)

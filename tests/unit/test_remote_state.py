@@ -6,8 +6,8 @@ import logging
 
 import pytest
 
-from MyNoSQL.replication.endpoints import RemoteError
-from MyNoSQL.replication.sync import RemoteState, problem_kind
+from MyNoSQL.errors import RemoteError
+from MyNoSQL.replication.remote import RemoteState, problem_kind
 
 URL = "http://127.0.0.1:5984"
 
@@ -35,16 +35,19 @@ def test_a_problem_is_logged_once_and_again_only_when_its_kind_changes(caplog: p
             state.failed(RemoteError(f"GET http://127.0.0.1:{port}/db: OSError: [Errno 111] {errno_text}",
                                      kind="unreachable"))
         assert len(_lines(caplog, logging.WARNING)) == 1 and state.failures == 9
+        assert state.reachable is False and state.failing is True
         state.failed(RemoteError("GET /db/_changes: HTTP 401 unauthorized", status=401))  # another kind
         state.failed(RemoteError("GET /db/_bulk_get: HTTP 401 Name or password is incorrect.", status=401))
         warnings = _lines(caplog, logging.WARNING)
         assert len(warnings) == 2 and "HTTP 401" in warnings[1]
-        assert state.reachable is False and state.last_kind == "HTTP 401" and state.failures == 11
+        # it answers, with an error: reachable (a wrong database name or password is not a network problem)
+        assert state.reachable is True and state.failing is True
+        assert state.last_kind == "HTTP 401" and state.failures == 11
         assert _lines(caplog, logging.INFO) == []
         state.ok()
         state.ok()
         infos = _lines(caplog, logging.INFO)
-        assert len(infos) == 1 and "reachable again" in infos[0] and "11 failed attempt" in infos[0]
+        assert len(infos) == 1 and "works again" in infos[0] and "11 failed attempt" in infos[0]
         assert state.failures == 0 and state.reachable is True
         state.failed(RemoteError("GET /db: HTTP 401", status=401))  # the same kind as before, but after a success
         assert len(_lines(caplog, logging.WARNING)) == 3

@@ -8,8 +8,8 @@ import struct
 import orjson
 import pytest
 
-from MyNoSQL.docs import revtree
-from MyNoSQL.docs.revtree import DocState
+from MyNoSQL.records import revtree
+from MyNoSQL.records.revtree import DocState
 
 
 def test_rev_ids_are_couchdb_shaped_and_deterministic() -> None:

@@ -2,13 +2,12 @@
 
 Both offer the same async methods, so one replicator moves records between any two of them: local -> mirror,
 mirror -> local, and (for the ``replicate`` command) server -> server. All foreign errors of the HTTP client are
-translated here, at one boundary, into :class:`RemoteError` (``raise ... from exc``).
+translated here, at one boundary, into :class:`~MyNoSQL.errors.RemoteError` (``raise ... from exc``).
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
 import gzip
 import hashlib
 import logging
@@ -21,41 +20,34 @@ from typing import Any, Protocol
 import aiohttp
 import orjson
 
-from .._database import Database, validate_id
-from .._database import redact_url as redact
+from ..database import Database
+from ..errors import InvalidDocument, RemoteError
+from ..net import wire
+from ..net.urls import basic_authorization, db_url, redact_url
+from ..options import Options
+from ..records.ids import validate_id
+from ..records.revtree import DocState
 
-__all__ = ["Endpoint", "HttpEndpoint", "LocalEndpoint", "RemoteError", "redact", "replication_id"]
-from .._errors import InvalidDocument, MyNoSQLError
-from ..docs.revtree import DocState
-from . import protocol
+__all__ = ["Endpoint", "HttpEndpoint", "LocalEndpoint", "client_session", "push_checkpoint_id", "replication_id"]
 
 log = logging.getLogger("MyNoSQL")
+_warned_unverified = False
 
 
-def basic_authorization(url: str) -> str | None:
-    """The ``Authorization`` header for the credentials in ``url`` (CouchDB style), or None if it has none."""
-    p = urllib.parse.urlsplit(url)
-    if not p.username:
-        return None
-    pair = f"{urllib.parse.unquote(p.username)}:{urllib.parse.unquote(p.password or '')}"
-    return "Basic " + base64.b64encode(pair.encode("utf-8")).decode("ascii")
-
-
-class RemoteError(MyNoSQLError):
-    """A mirror could not be reached, or answered with an error. ``status`` is the HTTP status (0: network).
-
-    ``kind`` names the problem without its details (addresses, ports, errno texts), so that a background loop
-    logs a problem once, not again for every retry whose message differs: ``"unreachable"`` (connection refused,
-    reset or timed out), ``"tls"``, ``"HTTP 401"`` (each 4xx on its own), ``"HTTP 5xx"``, ``"protocol"`` (an answer
-    that is not what the protocol says), ``"error"``.
-    """
-
-    def __init__(self, message: str, *, status: int = 0, kind: str | None = None) -> None:
-        super().__init__(message)
-        self.status = status
-        if kind is None:
-            kind = ("HTTP 5xx" if status >= 500 else f"HTTP {status}") if status else "error"
-        self.kind = kind
+def client_session(opts: Options) -> aiohttp.ClientSession:
+    """An HTTP client that verifies TLS certificates (system CAs, or ``opts.tls_ca_file``)."""
+    global _warned_unverified
+    ssl_arg: ssl.SSLContext | bool = True
+    if not opts.tls_verify:
+        if not _warned_unverified:
+            log.warning("TLS certificate verification is OFF (Options.tls_verify=False): anyone on the network "
+                        "path can read and change what is replicated")
+            _warned_unverified = True
+        ssl_arg = False
+    elif opts.tls_ca_file:
+        ssl_arg = ssl.create_default_context(cafile=opts.tls_ca_file)
+    return aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=opts.remote_timeout),
+                                 connector=aiohttp.TCPConnector(limit=16, ssl=ssl_arg))
 
 
 def _network_kind(exc: BaseException) -> str:
@@ -91,7 +83,7 @@ class LocalEndpoint:
 
     def __init__(self, db: Database, *, ids: set[str] | None = None) -> None:
         self.db = db
-        self.identity = f"local:{db.path}"
+        self.identity = local_identity(db)
         # The states the last changes() read: bulk_get serves the same batch from them instead of looking every
         # record up again (a revision's body and ancestry never change, so an older state serves it as well).
         self._recent: dict[str, DocState] = {}
@@ -103,9 +95,9 @@ class LocalEndpoint:
         start = since if isinstance(since, int) else 0
 
         def read() -> tuple[list[dict[str, Any]], int]:
-            states = list(islice(self.db.store.iter_states(start), limit))
+            states = list(islice(self.db.states_since(start), limit))
             self._recent = {s.id: s for s in states}
-            rows = [protocol.changes_row(s) for s in states]
+            rows = [wire.changes_row(s) for s in states]
             return rows, rows[-1]["seq"] if rows else start
 
         if self.db.seq - start <= SMALL:
@@ -127,7 +119,7 @@ class LocalEndpoint:
                     continue
                 for rev in revs:
                     if rev in state.bodies:
-                        out.append(protocol.doc_to_wire(state, rev, revs=True))
+                        out.append(wire.doc_to_wire(state, rev, revs=True))
             return out
 
         if len(wants) <= SMALL:
@@ -145,7 +137,7 @@ class LocalEndpoint:
             opts = self.db.options
             for doc in docs:
                 try:
-                    w = protocol.doc_from_wire(doc, validate_id=validate_id, max_bytes=opts.max_doc_bytes,
+                    w = wire.doc_from_wire(doc, validate_id=validate_id, max_bytes=opts.max_doc_bytes,
                                                max_revs=opts.revs_limit)
                     written += self.db.put_replicated(w.id, w.path, w.deleted, w.blob)
                 except InvalidDocument as exc:
@@ -172,7 +164,7 @@ class HttpEndpoint:
         """``client``: a token naming this replicating client to a MyNoSQL mirror, which then leaves the client's
         own writes out of its ``_changes`` answers (they would only echo what it already has)."""
         self._auth = basic_authorization(db_url)
-        self.url = redact(db_url).rstrip("/")
+        self.url = redact_url(db_url).rstrip("/")
         self.identity = self.url
         self.session = session
         self.timeout = timeout
@@ -335,22 +327,32 @@ class HttpEndpoint:
         if isinstance(rev, str):
             self._local_revs[id] = rev
 
-    async def get_doc(self, id: str, timeout: float) -> dict[str, Any] | None:
-        """The winning revision with its history and conflicts, or None if the server does not have it."""
-        try:
-            result: dict[str, Any] = await self.request(
-                "GET", "/" + urllib.parse.quote(id, safe=""), params={"revs": "true", "conflicts": "true"},
-                timeout=timeout)
-            return result
-        except RemoteError as exc:
-            if exc.status == 404:
-                return None
-            raise
-
 
 class Identified(Protocol):
     identity: str
 
 
+def local_identity(db: Database) -> str:
+    """How a local database is named in replication ids: by its own id, whatever path it was opened by."""
+    return f"local:{db.uuid}"
+
+
 def replication_id(source: Identified, target: Identified, extra: str = "") -> str:
     return hashlib.md5(f"{source.identity}|{target.identity}|{extra}".encode(), usedforsecurity=False).hexdigest()
+
+
+class _Named:
+    def __init__(self, identity: str) -> None:
+        self.identity = identity
+
+
+def push_checkpoint_id(db: Database, mirror: str) -> str:
+    """The replication id of ``db``'s push to the database of its name on ``mirror`` (a server URL)."""
+    there = redact_url(db_url(mirror, db.name)).rstrip("/")
+    return replication_id(_Named(local_identity(db)), _Named(there))
+
+
+def pull_checkpoint_id(db: Database, mirror: str) -> str:
+    """The replication id of a pull from the database of ``db``'s name on ``mirror`` into ``db``."""
+    there = redact_url(db_url(mirror, db.name)).rstrip("/")
+    return replication_id(_Named(there), _Named(local_identity(db)))

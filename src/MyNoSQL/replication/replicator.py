@@ -21,7 +21,8 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-from .endpoints import Endpoint, RemoteError, replication_id
+from ..errors import RemoteError
+from .endpoints import Endpoint, replication_id
 
 
 @dataclasses.dataclass
@@ -37,14 +38,28 @@ class ReplicationResult:
 
 
 def _since(src: dict[str, Any] | None, tgt: dict[str, Any] | None) -> Any:
+    """Where to resume: only a position both checkpoints confirm. Either side may have been written by someone
+    else (a ``_local`` document is writable by a replicating client), so when the two disagree for the same
+    session, the earlier position wins (replicating again what one side claims is done costs a ``_revs_diff``;
+    skipping what it falsely claims would lose records for good); else the newest session both histories share."""
     if not src or not tgt:
         return 0
     if src.get("session_id") == tgt.get("session_id") and src.get("source_last_seq") is not None:
-        return src["source_last_seq"]
+        a, b = src["source_last_seq"], tgt.get("source_last_seq")
+        if a == b:
+            return a
+        na, nb = seq_number(a), seq_number(b)
+        if na is not None and nb is not None:
+            return a if na <= nb else b
     tgt_sessions = {h.get("session_id"): h for h in tgt.get("history", []) if isinstance(h, dict)}
     for h in src.get("history", []):
         if isinstance(h, dict) and h.get("session_id") in tgt_sessions:
-            return h.get("recorded_seq", 0)
+            mine, theirs = h.get("recorded_seq", 0), tgt_sessions[h.get("session_id")].get("recorded_seq", 0)
+            if mine == theirs:
+                return mine
+            na, nb = seq_number(mine), seq_number(theirs)
+            if na is not None and nb is not None:
+                return mine if na <= nb else theirs
     return 0
 
 

@@ -1,153 +1,77 @@
-"""Users of a mirror: salted PBKDF2-SHA256 password hashes, roles, and throttling of failed logins.
+"""Who may do what on a mirror: Basic credentials checked against the database's users, roles, and the
+throttle on failed logins.
 
-Passwords are never stored: ``users.json`` (owner-only, in the database folder) holds for each user a role, a
-random salt, the iteration count and the derived key. A successful check is remembered in RAM as an HMAC under a
-per-process random key, so a busy replicator does not pay the slow hash on every request.
+Rules (docs/security.md): ``GET /`` and ``GET /_up`` are public; everything else needs a user once users exist
+(a loopback mirror without users is open to its own machine). A ``reader`` may read, and POST only the read-only
+replication requests; writing records or ``_local`` documents (checkpoints) needs a ``replicator``. Failed logins
+are counted per address *before* the slow hash runs (so parallel guesses cannot all be checked), and only
+requests that tried a name and password count (an anonymous request is answered 401 but never throttles the
+address: many users can share one NAT address). Password hashes run on a small pool of their own, so a flood of
+guesses never takes the workers that serve reads and writes.
 """
 
 from __future__ import annotations
 
-import hashlib
-import hmac
-import os
-import secrets
-import threading
+import asyncio
+import base64
+import concurrent.futures
 import time
-from collections import OrderedDict
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
-import orjson
+from aiohttp import web
 
-from .._errors import CorruptionError, InvalidDocument
-from ..storage.fileutil import atomic_write
+from ..credentials import Users
+from .context import USER
+from .requests import error_response
 
-ROLES = ("replicator", "reader")
-ITERATIONS = 200_000
-_DUMMY_SALT = secrets.token_bytes(16)
-
-
-def _derive(password: str, salt: bytes, iterations: int) -> bytes:
-    return hashlib.pbkdf2_hmac("sha256", password.encode("utf-8"), salt, iterations)
+# What a "reader" may POST: the read-only requests of replication.
+READER_POSTS = ("_revs_diff", "_bulk_get", "_changes", "_ensure_full_commit")
+PUBLIC = ("/", "/_up")  # everything else needs a user once users exist (/_metrics and /_dashboard too)
+HASH_WORKERS = 2
 
 
-def _entry(password: str, role: str) -> dict[str, Any]:
-    """What is stored of a user: the role and a salted PBKDF2 hash of the password (never the password)."""
-    salt = secrets.token_bytes(16)
-    return {"role": role, "salt": salt.hex(), "iterations": ITERATIONS,
-            "hash": _derive(password, salt, ITERATIONS).hex()}
-
-
-def parse_credentials_file(path: Path) -> list[tuple[str, str, str]]:
-    """``user:password`` lines (optionally ``user:password:role``); ``#`` starts a comment line."""
-    out = []
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        line = line.strip()
-        if not line or line.startswith("#"):
-            continue
-        user, sep, rest = line.partition(":")
-        if not sep or not user or not rest:
-            raise InvalidDocument(f"{path}:{n}: expected user:password (or user:password:role)")
-        password, role = rest, "replicator"
-        head, sep2, tail = rest.rpartition(":")
-        if sep2 and tail in ROLES:
-            password, role = head, tail
-        out.append((user, password, role))
-    return out
-
-
-class Users:
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._lock = threading.Lock()
-        self._key = secrets.token_bytes(32)
-        self._verified: OrderedDict[bytes, str] = OrderedDict()
-        self._users: dict[str, dict[str, Any]] = {}
-        if path.exists():
-            try:
-                data = orjson.loads(path.read_bytes())
-                self._users = dict(data["users"])
-            except (ValueError, KeyError, TypeError) as exc:
-                raise CorruptionError(f"{path} is damaged: {exc}", path=str(path)) from exc
-
-    def __bool__(self) -> bool:
-        return bool(self._users)
-
-    def names(self) -> dict[str, str]:
-        return {name: u["role"] for name, u in self._users.items()}
-
-    def _save(self) -> None:
-        atomic_write(self.path, orjson.dumps({"version": 1, "users": self._users}, option=orjson.OPT_INDENT_2))
-        os.chmod(self.path, 0o600)
-
-    @staticmethod
-    def _validate(name: str, password: str, role: str) -> None:
-        if not isinstance(name, str) or not name or ":" in name or len(name) > 200:
-            raise InvalidDocument("a user name must be 1-200 characters without ':'")
-        if not isinstance(password, str) or len(password) < 8:
-            raise InvalidDocument("a password must be at least 8 characters")
-        if role not in ROLES:
-            raise InvalidDocument(f"role must be one of {', '.join(ROLES)}")
-
-    def set(self, name: str, password: str, role: str = "replicator") -> None:
-        self._validate(name, password, role)
-        entry = _entry(password, role)
-        with self._lock:
-            self._users[name] = entry
-            self._verified.clear()
-            self._save()
-
-    def remove(self, name: str) -> bool:
-        with self._lock:
-            if self._users.pop(name, None) is None:
-                return False
-            self._verified.clear()
-            self._save()
-            return True
-
-    def replace_all(self, entries: list[tuple[str, str, str]]) -> None:
-        """Make ``entries`` (name, password, role) the users, in one swap: a serving mirror never sees an
-        empty or half-filled list meanwhile."""
-        users = {}
-        for name, password, role in entries:
-            self._validate(name, password, role)
-            users[name] = _entry(password, role)
-        with self._lock:
-            self._users = users
-            self._verified.clear()
-            self._save()
-
-    def check(self, name: str, password: str) -> str | None:
-        """The user's role if the password is right, else None. Constant time in what it compares."""
-        token = hmac.new(self._key, f"{name}\x00{password}".encode("utf-8", "surrogatepass"), "sha256").digest()
-        role = self._verified.get(token)
-        if role is not None:
-            return role
-        user = self._users.get(name)
-        if user is None:
-            _derive(password, _DUMMY_SALT, ITERATIONS)  # same work as for a real user: no user enumeration
-            return None
-        good = hmac.compare_digest(_derive(password, bytes.fromhex(user["salt"]), int(user["iterations"])),
-                                   bytes.fromhex(user["hash"]))
-        if not good:
-            return None
-        with self._lock:
-            self._verified[token] = user["role"]
-            while len(self._verified) > 1000:
-                self._verified.popitem(last=False)
-        return str(user["role"])
+def basic_credentials(request: web.Request) -> tuple[str, str]:
+    """(name, password) of a request's Basic credentials; ("", "") if none or unreadable."""
+    auth = request.headers.get("Authorization", "")
+    if auth[:6].lower() != "basic ":
+        return "", ""
+    try:
+        name, _, password = base64.b64decode(auth[6:], validate=True).decode("utf-8").partition(":")
+    except (ValueError, UnicodeDecodeError):
+        return "", ""
+    return name, password
 
 
 class Throttle:
-    """Refuse a client address for a while after repeated failed logins."""
+    """Refuse a client address for a while after repeated failed logins. A login under way counts as a failure
+    until it succeeds, so ``failures`` guesses at once are all an address gets in a window."""
 
     def __init__(self, failures: int = 10, window: float = 60.0) -> None:
         self.failures, self.window = failures, window
         self._seen: dict[str, list[float]] = {}
+        self._checking: dict[str, int] = {}
 
     def blocked(self, addr: str) -> bool:
         times = self._seen.get(addr)  # only addresses that failed are remembered, not every client's
-        return times is not None and len(self._recent(addr, times)) >= self.failures
+        recent = len(self._recent(addr, times)) if times is not None else 0
+        return recent + self._checking.get(addr, 0) >= self.failures
+
+    def begin(self, addr: str) -> bool:
+        """A login from ``addr`` is about to be checked: False (refuse it) if that would pass the limit."""
+        if self.blocked(addr):
+            return False
+        self._checking[addr] = self._checking.get(addr, 0) + 1
+        return True
+
+    def end(self, addr: str, ok: bool) -> None:
+        n = self._checking.get(addr, 1) - 1
+        if n:
+            self._checking[addr] = n
+        else:
+            self._checking.pop(addr, None)
+        if not ok:
+            self.failed(addr)
 
     def failed(self, addr: str) -> None:
         self._recent(addr, self._seen.get(addr, [])).append(time.monotonic())
@@ -161,3 +85,69 @@ class Throttle:
         times = [t for t in times if now - t < self.window]
         self._seen[addr] = times
         return times
+
+
+def _unauthorized() -> web.Response:
+    resp = error_response(401, "unauthorized", "Name or password is incorrect.")
+    resp.headers["WWW-Authenticate"] = 'Basic realm="MyNoSQL"'
+    return resp
+
+
+class Authenticator:
+    """The authentication middleware of a mirror (see the module docstring for the rules)."""
+
+    def __init__(self, users: Users | None, throttle: Throttle, *, open_without_users: bool) -> None:
+        self.users = users
+        self.throttle = throttle
+        self.open_without_users = open_without_users
+        self._pool: concurrent.futures.ThreadPoolExecutor | None = None
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
+
+    async def _role(self, addr: str, name: str, password: str) -> str | bool | None:
+        """The user's role; None: wrong; False: refused without checking (throttled)."""
+        users = self.users
+        if not users:  # a non-loopback mirror whose last user was removed lets nobody in
+            return None
+        role = users.cached(name, password)
+        if role is not None:
+            return role
+        if not self.throttle.begin(addr):
+            return False
+        ok = False
+        try:
+            if self._pool is None:
+                self._pool = concurrent.futures.ThreadPoolExecutor(HASH_WORKERS, thread_name_prefix="MyNoSQL-auth")
+            role = await asyncio.get_running_loop().run_in_executor(self._pool, users.check, name, password)
+            ok = role is not None
+            return role
+        finally:
+            self.throttle.end(addr, ok)
+
+    @web.middleware
+    async def middleware(self, request: web.Request, handler: Callable[[web.Request], Any]) -> web.StreamResponse:
+        users = self.users
+        if (not users and self.open_without_users) or (request.path in PUBLIC and request.method in ("GET", "HEAD")):
+            resp: web.StreamResponse = await handler(request)
+            return resp
+        addr = request.remote or "?"
+        name, password = basic_credentials(request)
+        if not name:
+            return _unauthorized()  # no credentials: a browser's first request, a misconfigured client
+        if self.throttle.blocked(addr) and (users is None or users.cached(name, password) is None):
+            return error_response(429, "too_many_requests", "Too many failed logins; try again later.")
+        role = await self._role(addr, name, password)
+        if role is False:
+            return error_response(429, "too_many_requests", "Too many failed logins; try again later.")
+        if role is None:
+            return _unauthorized()
+        request[USER] = name
+        if role == "reader" and request.method not in ("GET", "HEAD"):
+            parts = request.path.strip("/").split("/")
+            if not (request.method == "POST" and len(parts) == 2 and parts[1] in READER_POSTS):
+                return error_response(403, "forbidden", "You are not allowed to write to this database.")
+        resp = await handler(request)
+        return resp

@@ -12,11 +12,11 @@ import collections
 import dataclasses
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from .._database import Database
+from ..database import Database
 
 HISTORY = 600  # seconds of per-second samples
 
@@ -31,8 +31,9 @@ class _SlowFacts:
 
 
 class Observer:
-    def __init__(self, dbs: dict[str, Database]) -> None:
+    def __init__(self, dbs: dict[str, Database], mirror_status: Callable[[str], dict[str, Any]]) -> None:
         self.dbs = dbs
+        self.mirror_status = mirror_status  # database name -> its replication status, by remote
         self.started = time.time()
         self.requests: collections.Counter[tuple[str, str, int]] = collections.Counter()
         self.docs_in = 0  # revisions received by _bulk_docs / PUT (new_edits=false)
@@ -101,14 +102,14 @@ class Observer:
     def _slow_facts(self, name: str, db: Database) -> dict[str, Any]:
         """Facts about a database; those that need a scan (conflicts, the size before compression) are kept until
         the database changes, then recomputed at most every 2 s (or 10 times as long as the last scan took)."""
-        store = db.store
-        stamp = (db.seq, store.stats.flushes, store.stats.gc_shards)
+        stats = db.storage_stats
+        stamp = (db.seq, stats.flushes, stats.gc_shards)
         with self._slow_lock:  # a /_metrics scrape and a dashboard refresh at once scan once
             cached = self._slow.get(name)
             now = time.monotonic()
             if cached is None or (cached.stamp != stamp and now - cached.at >= max(2.0, 10 * cached.took)):
-                conflicts = sum(1 for s in store.iter_states(0) if s.conflicts())
-                raw = store.raw_bytes_on_disk()
+                conflicts = sum(1 for _ in db.conflicted())
+                raw = db.raw_bytes_on_disk()
                 cached = self._slow[name] = _SlowFacts(stamp, now, time.monotonic() - now, conflicts, raw)
         files = [p for p in Path(db.path).iterdir() if p.is_file()]  # a handful of files: always fresh
         disk = sum(p.stat().st_size for p in files)
@@ -121,8 +122,7 @@ class Observer:
         for name, db in self.dbs.items():
             if db.closed:
                 continue
-            sync = db.sync
-            mirrors = sync.status() if sync else {}
+            mirrors = self.mirror_status(name)
             dbs.append({"name": name, "mode": db.getdbmode(), "records": len(db), "seq": db.seq,
                         **self._slow_facts(name, db), "mirrors": mirrors})
         now = time.time()
@@ -153,7 +153,7 @@ class Observer:
                [({"route": r, "method": m, "status": s}, n) for (r, m, s), n in sorted(self.requests.items())])
         live = [(name, db) for name, db in self.dbs.items() if not db.closed]
         metric("mynosql_healthy", "gauge", "1 if the database is open and its compactor works (as /_up).",
-               [({"db": n}, 0 if db.store.problem() else 1) for n, db in live])
+               [({"db": n}, 0 if db.health() else 1) for n, db in live])
         metric("mynosql_records", "gauge", "Records (not deleted).", [({"db": n}, len(db)) for n, db in live])
         metric("mynosql_update_seq", "gauge", "Latest change sequence.", [({"db": n}, db.seq) for n, db in live])
         facts = [(n, self._slow_facts(n, db)) for n, db in live]
@@ -164,8 +164,8 @@ class Observer:
         lag_rows: list[tuple[dict[str, Any], float]] = []
         up_rows: list[tuple[dict[str, Any], float]] = []
         fail_rows: list[tuple[dict[str, Any], float]] = []
-        for n, db in live:
-            for url, st in (db.sync.status() if db.sync else {}).items():
+        for n, _db in live:
+            for url, st in self.mirror_status(n).items():
                 labels = {"db": n, "remote": url}
                 if st.get("lag") is not None:
                     lag_rows.append((labels, st["lag"]))
@@ -178,7 +178,7 @@ class Observer:
                fail_rows)
         metric("mynosql_replication_docs_received_total", "counter", "Revisions received.", [({}, self.docs_in)])
         metric("mynosql_replication_docs_sent_total", "counter", "Revisions sent.", [({}, self.docs_out)])
-        st = [(n, db.store.stats) for n, db in live]
+        st = [(n, db.storage_stats) for n, db in live]
         metric("mynosql_compaction_total", "counter", "Flushes of the log into shard blocks.",
                [({"db": n}, s.flushes) for n, s in st])
         metric("mynosql_compaction_seconds_total", "counter", "Time spent packing and committing.",

@@ -6,7 +6,7 @@ import contextlib
 import os
 from pathlib import Path
 
-from .._errors import StorageError
+from ..errors import StorageError
 
 TMP_SUFFIX = ".tmp-mynosql"
 

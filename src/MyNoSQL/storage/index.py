@@ -28,7 +28,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from .._errors import CorruptionError, StorageError
+from ..errors import CorruptionError, StorageError
 from .shards import BlockInfo
 
 FORMAT = 1

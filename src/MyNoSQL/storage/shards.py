@@ -35,7 +35,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from .._errors import CorruptionError, StorageError
+from ..errors import CorruptionError, StorageError
 from .fileutil import fsync_dir, write_all, write_all_at
 
 log = logging.getLogger("MyNoSQL")

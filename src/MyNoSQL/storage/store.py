@@ -32,9 +32,9 @@ from typing import Any
 
 import orjson
 
-from .._errors import CorruptionError, MyNoSQLError, StorageError
-from .._options import Options
-from ..docs.revtree import DocState, leaves
+from ..errors import CorruptionError, MyNoSQLError, StorageError
+from ..options import Options
+from ..records.revtree import DocState, leaves
 from .bloom import Bloom
 from .cache import BlockCache, RecordCache
 from .index import Index, id_hash
@@ -46,6 +46,7 @@ Progress = Callable[[int, int | None], None]  # progress(done, total): total Non
 log = logging.getLogger("MyNoSQL")
 
 Mutation = Callable[[DocState | None], DocState | None]
+Listener = Callable[[DocState, DocState | None], None]  # (new state, previous state), after the write
 
 # Savers wait while the records not yet in shards (both memtables) reach this many times flush_docs (or
 # flush_bytes): RAM stays bounded, and a burst of writes is taken at the saver's pace up to there while the
@@ -91,8 +92,8 @@ class Store:
         self._bloom: Bloom | None = None  # built by the compactor thread once the database is written to
         self._want_bloom = False
         self.stats = FlushStats()
-        self.sidx_fields: tuple[str, ...] = ()
-        self.listeners: list[Callable[[DocState, DocState | None], None]] = []
+        self._sidx_fields: tuple[str, ...] = ()
+        self._listeners: list[Listener] = []
         self.cache: RecordCache[str, DocState] = RecordCache(options.cache_docs)
         self.blocks = BlockCache(options.block_cache_bytes)
         self._space = threading.Condition(self.lock)
@@ -229,7 +230,7 @@ class Store:
         finally:
             if self._power:
                 savers.pop()
-        for listener in self.listeners:
+        for listener in self._listeners:
             try:
                 listener(new, prev)
             except Exception:  # the save is done and durable: a failing observer must not undo that
@@ -286,6 +287,52 @@ class Store:
         # every read finds it in the memtable first.
         if self._flush_due():
             self._wake.set()
+
+    def add_listener(self, listener: Listener) -> Callable[[], None]:
+        """Call ``listener(new, previous)`` after every write (in the writing thread). Returns the remover."""
+        self._listeners.append(listener)  # list.append and remove are atomic: no lock against put's loop
+
+        def remove() -> None:
+            with contextlib.suppress(ValueError):
+                self._listeners.remove(listener)
+
+        return remove
+
+    # -- secondary indexes (one field each, values as JSON) ---------------------------------------------------
+
+    def set_secondary_fields(self, fields: tuple[str, ...]) -> None:
+        """The fields whose values the index keeps (flushes write their rows): those of the configuration."""
+        self._sidx_fields = fields
+
+    def add_secondary(self, name: str, fields: tuple[str, ...]) -> None:
+        """Index ``name`` for every record there is, then keep ``fields`` (``name`` among them) current."""
+        with self._flush_lock:  # no flush between the scan and the switch: none can miss a row
+            rows = []
+            for s in self.iter_states(0):
+                v = secondary_value(s, name)
+                if v is not None:
+                    rows.append((s.id, v))
+            self.index.set_secondary(name, rows)
+            self._sidx_fields = fields
+
+    def drop_secondary(self, name: str, fields: tuple[str, ...]) -> None:
+        with self._flush_lock:
+            self._sidx_fields = fields
+            self.index.drop_secondary(name)
+
+    def secondary(self, name: str) -> dict[str, bytes]:
+        """``{id: JSON value}`` of an indexed field, pending records included."""
+        with self.lock:
+            pending = dict(self._frozen)
+            pending.update(self._active)
+        out = dict(self.index.secondary(name))
+        for id, s in pending.items():
+            v = secondary_value(s, name)
+            if v is None:
+                out.pop(id, None)
+            else:
+                out[id] = v
+        return out
 
     # -- the compactor ----------------------------------------------------------------------------------------
 
@@ -437,7 +484,7 @@ class Store:
     def _secondary_rows(self, states: list[DocState]) -> tuple[list[tuple[str, str, bytes]], list[tuple[str, str]]]:
         sets: list[tuple[str, str, bytes]] = []
         dels: list[tuple[str, str]] = []
-        for name in self.sidx_fields:
+        for name in self._sidx_fields:
             for s in states:
                 value = secondary_value(s, name)
                 if value is None:
@@ -661,11 +708,12 @@ class Store:
         return None
 
     def close(self) -> None:
+        """Stop and join the compactor (a flush under way finishes first), pack what is pending, close files."""
         self._stop.set()
         self._wake.set()
         with self.lock:
             self._space.notify_all()
-        self._thread.join(timeout=120)
+        self._thread.join()  # no timeout: a flush running on when the files close could lose its batch
         try:
             self.flush()
         finally:

@@ -38,7 +38,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from .._errors import StorageError
+from ..errors import StorageError
 from .fileutil import fsync_dir, write_all, write_all_at
 
 log = logging.getLogger("MyNoSQL")

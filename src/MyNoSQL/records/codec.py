@@ -41,7 +41,7 @@ from typing import Any
 
 import orjson
 
-from .._errors import InvalidDocument, InvalidValueType
+from ..errors import InvalidDocument, InvalidValueType
 
 MAX_DEPTH = 200
 _FAST = orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_SUBCLASS | orjson.OPT_PASSTHROUGH_DATACLASS

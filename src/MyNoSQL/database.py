@@ -1,46 +1,50 @@
-"""One open database: its directory, lock, remembered configuration and the record operations."""
+"""One open database: its folder and lock, its remembered configuration, the record operations, the changes feed
+and ``watch``, secondary indexes, and the primitives CouchDB's replication needs (``revs_diff``, the merge of
+replicated revisions, ``_local`` checkpoint documents).
+
+It knows nothing of HTTP, replication or serving: those are composed around it (:mod:`MyNoSQL.node`), and reach
+it only through the methods here. Two hooks let them in without this module knowing them:
+:meth:`Database.set_read_through` (a Peer asks a mirror for a record it does not hold) and
+:meth:`Database._config_changed` (a subclass starts or stops what the configuration asks for).
+"""
 
 from __future__ import annotations
 
-import collections
 import contextlib
+import dataclasses
 import logging
 import os
 import re
 import sys
 import threading
-import urllib.parse
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any, NamedTuple
+from typing import IO, Any, NamedTuple
 
 import orjson
 
-from ._errors import (
+from .config import MODES, DatabaseConfig, load_config, save_config
+from .credentials import Users
+from .errors import (
     ConflictError,
     DatabaseClosed,
     DatabaseLocked,
     DocumentNotFound,
     IndexNotFound,
     InvalidDocument,
-    MyNoSQLError,
     StorageError,
 )
-from ._options import Options
-from .docs import revtree
-from .docs.codec import copy_plan, decode_value, encode_body, loads_body
-from .docs.revtree import DocState
-from .storage.fileutil import atomic_write, sweep_temp_files
-from .storage.store import Store, secondary_value
-
-if TYPE_CHECKING:
-    from .replication.sync import Sync
+from .net.urls import normalize_peer_url, redact_url, with_credentials_of
+from .options import Options
+from .records import revtree
+from .records.codec import copy_plan, decode_value, encode_body, loads_body
+from .records.ids import new_id, validate_id
+from .records.revtree import DocState
+from .storage.fileutil import sweep_temp_files
+from .storage.store import FlushStats, Listener, Store
 
 log = logging.getLogger("MyNoSQL")
 
-CONFIG_FORMAT = 1
-MAX_ID_BYTES = 1024
-MODES = {"peer": "Peer", "mirror": "Mirror"}
 DEFAULT_PORT = 8800
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,199}$")
 _TOMBSTONE_BODY = b"{}"
@@ -48,34 +52,9 @@ _TOMBSTONE_BODY = b"{}"
 # in RAM (about 3x the RAM of the JSON; the record cache's count bounds it): later reads copy that memo.
 _DECODED_MAX = 1024
 
+ReadThrough = Callable[[str], "DocState | None"]
 
-class _IdSource:
-    """uuid4 hex strings, made 256 at a time from one getrandom call; the pool is emptied in a forked child."""
-
-    _VERSION = bytes((b & 0x0F) | 0x40 for b in range(256))  # byte 6 of a uuid4: version 4
-    _VARIANT = bytes((b & 0x3F) | 0x80 for b in range(256))  # byte 8: the RFC 4122 variant
-
-    def __init__(self) -> None:
-        self._ids: collections.deque[str] = collections.deque()
-        if hasattr(os, "register_at_fork"):
-            os.register_at_fork(after_in_child=self._ids.clear)
-
-    def __call__(self) -> str:
-        try:
-            return self._ids.popleft()  # atomic: threads never get the same id, and need no lock
-        except IndexError:
-            return self._refill()
-
-    def _refill(self) -> str:
-        raw = bytearray(os.urandom(4096))
-        raw[6::16] = raw[6::16].translate(self._VERSION)
-        raw[8::16] = raw[8::16].translate(self._VARIANT)
-        text = raw.hex()
-        self._ids.extend([text[i : i + 32] for i in range(32, len(text), 32)])  # two threads may both refill
-        return text[:32]
-
-
-new_id = _IdSource()
+__all__ = ["Change", "Database", "default_location", "new_id", "validate_db_name", "validate_id"]
 
 
 class Change(NamedTuple):
@@ -87,26 +66,6 @@ class Change(NamedTuple):
     deleted: bool
 
 
-def validate_id(id: Any) -> str:
-    if type(id) is not str:
-        if isinstance(id, str):
-            return validate_id(str(id))
-        raise InvalidDocument(f"a record id must be a string, not {type(id).__name__}")
-    if not id:
-        raise InvalidDocument("a record id must not be empty")
-    if "\x00" in id:
-        raise InvalidDocument("a record id must not contain NUL")
-    if len(id) > MAX_ID_BYTES // 4 and len(id.encode("utf-8", "surrogatepass")) > MAX_ID_BYTES:
-        raise InvalidDocument(f"a record id must be at most {MAX_ID_BYTES} bytes in UTF-8")
-    if id[0] == "_":
-        raise InvalidDocument(f"record ids starting with '_' are reserved (CouchDB's rule): {id[:40]!r}")
-    try:
-        id.encode("utf-8")
-    except UnicodeEncodeError as exc:
-        raise InvalidDocument("a record id must be valid Unicode (no lone surrogates)") from exc
-    return id
-
-
 def validate_db_name(name: Any) -> str:
     if not isinstance(name, str) or not _NAME_RE.match(name) or name.endswith("."):
         raise InvalidDocument(
@@ -114,28 +73,6 @@ def validate_db_name(name: Any) -> str:
             "starting with a letter or digit"
         )
     return name
-
-
-def normalize_peer_url(url: Any) -> str:
-    if not isinstance(url, str):
-        raise InvalidDocument(f"a mirror URL must be a string, not {type(url).__name__}")
-    parts = urllib.parse.urlsplit(url.strip())
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise InvalidDocument(f"not a mirror URL (expected http://host:port or https://...): {url!r}")
-    try:
-        parts.port  # noqa: B018 - validates the port
-    except ValueError as exc:
-        raise InvalidDocument(f"bad port in mirror URL {url!r}") from exc
-    path = parts.path.rstrip("/")
-    return urllib.parse.urlunsplit((parts.scheme, parts.netloc, path, "", ""))
-
-
-def redact_url(url: str) -> str:
-    """A URL without user and password: what logs, errors, status and /_mirrors show."""
-    p = urllib.parse.urlsplit(url)
-    host = p.hostname or ""
-    netloc = (f"[{host}]" if ":" in host else host) + (f":{p.port}" if p.port else "")
-    return urllib.parse.urlunsplit((p.scheme, netloc, p.path, "", ""))
 
 
 def default_location() -> Path:
@@ -190,6 +127,7 @@ class Database:
         self.options = options
         self.path = Path(location) / name
         self._closed = True
+        self._read_through: ReadThrough | None = None
         try:
             location = Path(location)
             if not location.exists():
@@ -203,25 +141,14 @@ class Database:
         try:
             sweep_temp_files(self.path)
             self._config_lock = threading.Lock()
-            self.config = self._load_config()
-            self.store = Store(self.path, options)
-            self.store.sidx_fields = tuple(self.config["indexes"])
+            self._config = load_config(self.path)
+            self.users = Users(self.path / "users.json")
+            self._store = Store(self.path, options)
+            self._store.set_secondary_fields(self._config.indexes)
         except BaseException:
             self._lock.release()
             raise
-        from .server.auth import Users
-
-        self.users = Users(self.path / "users.json")
         self._closed = False
-        self.sync: Sync | None = None
-        self._sync_lock = threading.Lock()
-        self.sync_error: str | None = None
-        try:
-            self._restart_sync()
-        except (MyNoSQLError, OSError) as exc:
-            # The records are usable all the same; the reason is logged and shown by status().
-            self.sync_error = f"{type(exc).__name__}: {exc}"
-            log.error("database %s: background replication/serving did not start: %s", name, exc)
 
     # -- lifecycle --------------------------------------------------------------------------------------------
 
@@ -233,19 +160,16 @@ class Database:
     def _check(self) -> Store:
         if self._closed:
             raise DatabaseClosed(f"database {self.name!r} is closed")
-        return self.store
+        return self._store
 
     def close(self) -> None:
-        """Flush pending records into shards, stop background work and release the lock. Idempotent."""
+        """Pack pending records into shards, join the compactor and release the lock. Idempotent."""
         if self._closed:
             return
         self._closed = True
+        self._read_through = None
         try:
-            with self._sync_lock:
-                if self.sync is not None:
-                    self.sync.stop(final_push=self.options.final_push)
-                    self.sync = None
-            self.store.close()
+            self._store.close()
         finally:
             self._lock.release()
 
@@ -258,51 +182,54 @@ class Database:
 
     # -- configuration (remembered in config.json) ------------------------------------------------------------
 
-    def _load_config(self) -> dict[str, Any]:
-        path = self.path / "config.json"
-        base: dict[str, Any] = {"format": CONFIG_FORMAT, "mode": "Peer", "peers": [], "indexes": [],
-                                "host": "127.0.0.1", "port": DEFAULT_PORT, "advertise": None, "certfile": None,
-                                "keyfile": None}
-        if path.exists():
-            try:
-                loaded = orjson.loads(path.read_bytes())
-                if not isinstance(loaded, dict):
-                    raise ValueError("not an object")
-            except (ValueError, orjson.JSONDecodeError) as exc:
-                from ._errors import CorruptionError
+    @property
+    def config(self) -> DatabaseConfig:
+        """The remembered configuration (a frozen value: a change makes a new one)."""
+        return self._config
 
-                raise CorruptionError(f"{path} is damaged: {exc}", path=str(path)) from exc
-            base.update(loaded)
-        if "uuid" not in base:
-            base["uuid"] = new_id()
-            self.config = base
-            self._save_config()
-        return base
+    @property
+    def uuid(self) -> str:
+        """The database's own id, made when it was created: stable whatever path it is opened by."""
+        return self._config.uuid
 
-    def _save_config(self) -> None:
-        atomic_write(self.path / "config.json", orjson.dumps(self.config, option=orjson.OPT_INDENT_2))
+    def _update_config(self, **changes: Any) -> DatabaseConfig:
+        """Save a changed configuration, then let :meth:`_config_changed` act on it. If that fails, the old
+        configuration is saved back (the next ``opendb`` must not fail the same way) and the error raised."""
+        with self._config_lock:
+            before = self._config
+            after = dataclasses.replace(before, **changes)
+            if after == before:
+                return before
+            save_config(self.path, after)
+            self._config = after
+        try:
+            self._config_changed(before, after)
+        except BaseException:
+            with self._config_lock:
+                save_config(self.path, before)
+                self._config = before
+            with contextlib.suppress(Exception):
+                self._config_changed(after, before)
+            raise
+        return after
+
+    def _config_changed(self, before: DatabaseConfig, after: DatabaseConfig) -> None:
+        """Called after the configuration changed (mode, mirrors, where to serve). The local database needs
+        nothing; :class:`MyNoSQL.node.Node` starts and stops its background services here."""
 
     def setdbmode(self, mode: Any) -> bool:
-        """``"Peer"`` or ``"Mirror"`` (any case), remembered. Unknown mode: False. Starts or stops serving."""
+        """``"Peer"`` or ``"Mirror"`` (any case), remembered. Unknown mode: False."""
         self._check()
         norm = MODES.get(mode.lower()) if isinstance(mode, str) else None
         if norm is None:
             return False
-        with self._config_lock:
-            before = self.config["mode"]
-            if before != norm:
-                self.config["mode"] = norm
-                self._save_config()
-        if before != norm:
-            try:
-                self._restart_sync()
-            except BaseException:
-                with self._config_lock:  # not remembered: the next opendb must not fail the same way
-                    self.config["mode"] = before
-                    self._save_config()
-                self._restart_sync()
-                raise
+        self._update_config(mode=norm)
         return True
+
+    def getdbmode(self) -> str:
+        """``"Peer"`` or ``"Mirror"``."""
+        self._check()
+        return self._config.mode
 
     def setlisten(self, host: str = "127.0.0.1", port: int = DEFAULT_PORT, *, advertise: str | None = None,
                   certfile: str | None = None, keyfile: str | None = None) -> None:
@@ -310,17 +237,55 @@ class Database:
         nodes should use for it (default ``http(s)://host:port``), and a TLS certificate and key (PEM files;
         then it serves ``https://``). Serving beyond loopback needs users (``adduser``)."""
         self._check()
-        if not isinstance(host, str) or not host or not isinstance(port, int) or not 0 <= port < 65536:
+        if not isinstance(host, str) or not host or type(port) is not int or not 0 <= port < 65536:
             raise InvalidDocument("setlisten needs a host name and a port number (0-65535)")
         if (certfile is None) != (keyfile is None):
             raise InvalidDocument("TLS needs both certfile and keyfile")
+        self._update_config(host=host, port=port, advertise=advertise and normalize_peer_url(advertise),
+                            certfile=certfile and str(Path(certfile).resolve()),
+                            keyfile=keyfile and str(Path(keyfile).resolve()))
+
+    def addpeer(self, url: str) -> bool:
+        """Remember a mirror URL (normalised; duplicates are ignored). Returns True (also when the mirror cannot
+        be reached now: it is remembered, and replication keeps trying in the background)."""
+        self._check()
+        norm = normalize_peer_url(url)
         with self._config_lock:
-            self.config.update(host=host, port=port, advertise=advertise and normalize_peer_url(advertise),
-                               certfile=certfile and str(Path(certfile).resolve()),
-                               keyfile=keyfile and str(Path(keyfile).resolve()))
-            self._save_config()
-        if self.config["mode"] == "Mirror":
-            self._restart_sync()
+            peers = self._config.peers
+        if norm not in peers:
+            self._update_config(peers=(*peers, norm))
+        return True
+
+    def peers(self) -> list[str]:
+        """The mirrors this database knows (without credentials)."""
+        self._check()
+        return [redact_url(u) for u in self._config.peers]
+
+    def learn_mirrors(self, urls: list[str], *, via: str, own: set[str | None] | None = None) -> None:
+        """Remember mirrors that a known mirror (``via``) lists; keeps the credentials of ``via`` for them.
+        ``own``: this node's own addresses (never learned).
+
+        Mirrors learned through an ``https://`` mirror must be ``https://`` too: a plain-HTTP one is skipped
+        (credentials and records would travel in clear text because of what a mirror said)."""
+        https = via.startswith("https:")
+        added = []
+        for url in urls:
+            try:
+                norm = normalize_peer_url(url)
+            except InvalidDocument:
+                continue
+            if https and not norm.startswith("https:"):
+                log.warning("mirror %s lists %s, a plain-HTTP address: not used (it would downgrade TLS)",
+                            redact_url(via), redact_url(norm))
+                continue
+            added.append(with_credentials_of(norm, via))
+        own = (own or set()) | {self._config.advertise}
+        with self._config_lock:
+            peers = self._config.peers
+        known = {redact_url(u) for u in peers}
+        new = [u for u in dict.fromkeys(added) if redact_url(u) not in known and redact_url(u) not in own]
+        if new:
+            self._update_config(peers=(*peers, *new))
 
     def adduser(self, name: str, password: str, role: str = "replicator") -> None:
         """Let ``name`` reach this database when it serves as a mirror. Roles: ``"replicator"`` (read and
@@ -339,81 +304,12 @@ class Database:
         self._check()
         return self.users.names()
 
-    @property
-    def server_url(self) -> str | None:
-        """The URL this database serves on (Mirror mode), or None."""
-        return self.sync.server_url if self.sync else None
-
-    def _restart_sync(self) -> None:
-        self.sync_error = None
-        with self._sync_lock:
-            if self.sync is not None:
-                self.sync.stop(final_push=0)
-                self.sync = None
-            if os.environ.get("MYNOSQL_SYNC", "1") == "0" or not self.options.background_sync:
-                return  # background replication and serving switched off (tests, air-gapped runs)
-            if self.config["mode"] == "Mirror" or self.config["peers"]:
-                from .replication.sync import Sync
-
-                sync = Sync(self)
-                sync.start()
-                self.sync = sync
-
-    def learn_mirrors(self, urls: list[str], *, via: str) -> None:
-        """Remember mirrors that a known mirror (``via``) lists; keeps the credentials of ``via`` for them.
-
-        Mirrors learned through an ``https://`` mirror must be ``https://`` too: a plain-HTTP one is skipped
-        (credentials and records would travel in clear text because of what a mirror said)."""
-        creds = urllib.parse.urlsplit(via)
-        added = []
-        for url in urls:
-            try:
-                norm = normalize_peer_url(url)
-            except InvalidDocument:
-                continue
-            p = urllib.parse.urlsplit(norm)
-            if creds.scheme == "https" and p.scheme != "https":
-                log.warning("mirror %s lists %s, a plain-HTTP address: not used (it would downgrade TLS)",
-                            redact_url(via), redact_url(norm))
-                continue
-            if creds.username and not p.username:
-                norm = urllib.parse.urlunsplit((p.scheme, f"{creds.netloc.rpartition('@')[0]}@{p.netloc}",
-                                                p.path, "", ""))
-            added.append(norm)
-        with self._config_lock:
-            own = {self.config.get("advertise"), self.server_url}
-            known = {redact_url(u) for u in self.config["peers"]}
-            new = [u for u in added if redact_url(u) not in known and redact_url(u) not in own]
-            if new:
-                self.config["peers"] = [*self.config["peers"], *dict.fromkeys(new)]
-                self._save_config()
-
-    def getdbmode(self) -> str:
-        """``"Peer"`` or ``"Mirror"``."""
-        self._check()
-        return str(self.config["mode"])
-
-    def addpeer(self, url: str) -> bool:
-        """Remember a mirror URL (normalised; duplicates are ignored), learn its list of mirrors, and start
-        replicating with it in the background. Returns True (also when the mirror cannot be reached now)."""
-        self._check()
-        norm = normalize_peer_url(url)
-        with self._config_lock:
-            is_new = norm not in self.config["peers"]
-            if is_new:
-                self.config["peers"] = [*self.config["peers"], norm]
-                self._save_config()
-        if self.sync is None:
-            self._restart_sync()  # the running loops pick up new mirrors from the config by themselves
-        return True
-
     def status(self) -> dict[str, Any]:
-        """Mode, records, pending pushes and, per mirror: reachable, last success/error, pending, lag."""
+        """Mode, records, change sequence and the compactor's health. (An open ``MyNoSQL`` handle's database
+        adds its mirrors: reachable, last success and error, pending pushes, lag.)"""
         store = self._check()
-        sync = self.sync
-        return {"name": self.name, "mode": self.config["mode"], "records": len(self), "seq": store.seq,
-                "server": self.server_url, "mirrors": sync.status() if sync else {},
-                "sync_error": self.sync_error, "compactor_error": store.stats.last_error}
+        return {"name": self.name, "mode": self._config.mode, "records": store.live_count, "seq": store.seq,
+                "server": None, "mirrors": {}, "sync_error": None, "compactor_error": store.stats.last_error}
 
     def watch(self, callback: Callable[[Change], None]) -> Callable[[], None]:
         """Call ``callback(change)`` after every change, local or replicated. Returns a function that stops it.
@@ -429,18 +325,7 @@ class Database:
             except Exception:
                 log.exception("watch callback %r failed", callback)
 
-        store.listeners.append(listener)
-
-        def unwatch() -> None:
-            with contextlib.suppress(ValueError):
-                store.listeners.remove(listener)
-
-        return unwatch
-
-    def peers(self) -> list[str]:
-        """The mirrors this database knows (without credentials)."""
-        self._check()
-        return [redact_url(u) for u in self.config["peers"]]
+        return store.add_listener(listener)
 
     # -- records ----------------------------------------------------------------------------------------------
 
@@ -505,15 +390,20 @@ class Database:
         assert data is not None
         return loads_body(data)  # a new dict, nothing shared with the caller or the store
 
-    def readdoc(self, id: str) -> dict[str, Any]:
-        """The winning revision of ``id`` as a new dict; a peer asks a mirror for a record it does not hold."""
+    def readdoc(self, id: str, rev: str | None = None) -> dict[str, Any]:
+        """The winning revision of ``id`` as a new dict; with ``rev``, that revision (any stored leaf: the winner
+        or a conflicting one, as CouchDB's ``GET /db/id?rev=``). A peer asks a mirror for a record it does not
+        hold (:class:`DocumentUnavailable` if no mirror could be asked)."""
         if self._closed:
             raise DatabaseClosed(f"database {self.name!r} is closed")
-        state = self.store.get_state(id if type(id) is str else validate_id(id))
+        state = self._store.get_state(id if type(id) is str else validate_id(id))
         if state is None:
-            state = self._fetch_remote(id)
+            fetch = self._read_through
+            state = fetch(id) if fetch is not None else None
             if state is None:
                 raise DocumentNotFound(id)
+        if rev is not None:
+            return self._read_rev(state, rev)
         decoded = state.decoded
         if type(decoded) is not tuple:  # no memo yet: parse the JSON
             data = state.doc_json
@@ -536,16 +426,21 @@ class Database:
             out[k] = out[k].copy()
         return out
 
-    def _fetch_remote(self, id: str) -> DocState | None:
-        """A peer reading a record it does not hold asks a mirror, for at most ``read_timeout`` seconds."""
-        sync = self.sync
-        if sync is None or self.config["mode"] == "Mirror" or not isinstance(id, str):
-            return None
-        try:
-            sync.run(sync.fetch(validate_id(id)), timeout=self.options.read_timeout)
-        except (TimeoutError, MyNoSQLError, OSError):
-            return None
-        return self.store.get_state(id)
+    @staticmethod
+    def _read_rev(state: DocState, rev: Any) -> dict[str, Any]:
+        body = state.bodies.get(rev) if type(rev) is str else None
+        if body is None:
+            raise DocumentNotFound(state.id, rev=str(rev)[:80],
+                                   known=type(rev) is str and rev in state.tree)
+        if state.tree[rev][1]:
+            raise DocumentNotFound(state.id, deleted=True, rev=rev)
+        return {"id": state.id, "rev": rev, **loads_body(body)}
+
+    def set_read_through(self, fetch: ReadThrough | None) -> None:
+        """What ``readdoc`` calls for a record this database does not hold: ``fetch(id)`` returns its state once
+        stored here, or None if it does not exist anywhere, or raises :class:`DocumentUnavailable`. A Peer's
+        replication sets it (the database itself never reaches a network)."""
+        self._read_through = fetch
 
     def deletedoc(self, id: str, rev: str) -> dict[str, Any]:
         """Delete the revision ``rev`` of record ``id`` (leaves a tombstone that replicates)."""
@@ -573,6 +468,67 @@ class Database:
 
         store.put(id, mutate)
         return {"id": id, "rev": tombstone, "deleted": True}
+
+    def resolve(self, id: str, merged: dict[str, Any], losers: list[str] | None = None) -> dict[str, Any]:
+        """Resolve a conflict in one step: save ``merged`` as the next revision of the winner and delete the
+        losing revisions ``losers`` (default: every conflicting revision, :meth:`conflicts`). Atomic: all of it
+        is written, or (:class:`ConflictError`, when the winner or a loser changed meanwhile) none of it.
+
+        ``merged`` is the record as it should be; its ``rev``, if given, must be the current winner's (the one
+        you read). Returns the saved record with its new ``rev``. The deletions replicate like any other edit, so
+        every replica ends with the merged record and no conflict."""
+        store = self._check()
+        id = validate_id(id)
+        if not isinstance(merged, dict):
+            raise InvalidDocument(f"the merged record must be a dict, not {type(merged).__name__}")
+        based_on = merged.get("rev")
+        if merged.get("id", id) != id:
+            raise InvalidDocument(f"the merged record's id {merged.get('id')!r} is not {id!r}")
+        if losers is not None and (not isinstance(losers, list) or not all(revtree.is_rev(r) for r in losers)):
+            raise InvalidDocument("losers must be a list of revision ids (N-<32 hex>)")
+        body = {k: v for k, v in merged.items() if k not in ("id", "rev")}
+        blob, _ = encode_body(body)
+        if len(blob) > self.options.max_doc_bytes:
+            raise InvalidDocument(f"record {id!r} is {len(blob)} bytes encoded, over the limit of "
+                                  f"{self.options.max_doc_bytes}")
+        limit = self.options.revs_limit
+
+        def mutate(prev: DocState | None) -> DocState | None:
+            if prev is None:
+                raise DocumentNotFound(id)
+            tree = prev.tree
+            win = prev.winner
+            if tree[win][1]:
+                raise DocumentNotFound(id, deleted=True)
+            if based_on is not None and based_on != win:
+                raise ConflictError(f"record {id!r} has revision {win}, not {based_on}: it changed since you "
+                                    "read it", id=id, current_rev=win)
+            live = prev.conflicts()
+            gone = live if losers is None else losers
+            for r in gone:
+                if r not in live:
+                    raise ConflictError(f"{r} is not a conflicting revision of record {id!r} (now: "
+                                        f"{', '.join(live) or 'none'})", id=id, current_rev=win)
+            tree2 = dict(tree)
+            bodies = dict(prev.bodies)
+            for r in gone:
+                tomb = revtree.new_rev(r, True, _TOMBSTONE_BODY)
+                tree2[tomb] = (r, True)
+                del bodies[r]
+                bodies[tomb] = _TOMBSTONE_BODY
+            if bodies[win] != blob:
+                new = revtree.new_rev(win, False, blob)
+                tree2[new] = (win, False)
+                del bodies[win]
+                bodies[new] = blob
+            elif not gone:
+                return None  # nothing to change
+            return DocState(id, 0, revtree.stem(tree2, limit), bodies)
+
+        prev, state = store.put(id, mutate)
+        data = (state or prev).doc_json  # type: ignore[union-attr]  # one of them exists
+        assert data is not None
+        return loads_body(data)
 
     def conflicts(self, id: str) -> list[str]:
         """Revisions of ``id`` that lost the winner rule and are not deleted (CouchDB's ``_conflicts``)."""
@@ -622,78 +578,52 @@ class Database:
         if not isinstance(name, str) or not name or name in ("id", "rev"):
             raise InvalidDocument(f"cannot index field {name!r}")
         with self._config_lock:
-            if name in self.config["indexes"]:
+            if name in self._config.indexes:
                 return False
-            with store._flush_lock:
-                rows = []
-                for s in store.iter_states(0):
-                    v = secondary_value(s, name)
-                    if v is not None:
-                        rows.append((s.id, v))
-                store.index.set_secondary(name, rows)
-                self.config["indexes"] = [*self.config["indexes"], name]
-                self._save_config()
-                store.sidx_fields = tuple(self.config["indexes"])
+            fields = (*self._config.indexes, name)
+            store.add_secondary(name, fields)
+            self._config = dataclasses.replace(self._config, indexes=fields)
+            save_config(self.path, self._config)
         return True
 
     def indexdrop(self, name: str) -> bool:
         """Drop the index on field ``name``. False if there was none."""
         store = self._check()
         with self._config_lock:
-            if name not in self.config["indexes"]:
+            if name not in self._config.indexes:
                 return False
-            with store._flush_lock:
-                self.config["indexes"] = [n for n in self.config["indexes"] if n != name]
-                store.sidx_fields = tuple(self.config["indexes"])
-                self._save_config()
-                store.index.drop_secondary(name)
+            fields = tuple(n for n in self._config.indexes if n != name)
+            self._config = dataclasses.replace(self._config, indexes=fields)
+            save_config(self.path, self._config)
+            store.drop_secondary(name, fields)
         return True
 
     def indexes(self) -> list[str]:
         """The fields indexed by ``indexadd``."""
         self._check()
-        return list(self.config["indexes"])
+        return list(self._config.indexes)
 
     def indexread(self, name: str) -> dict[str, Any]:
         """``{id: value of field name}`` for every record that has the field."""
         store = self._check()
-        if name not in self.config["indexes"]:
+        if name not in self._config.indexes:
             raise IndexNotFound(f"no index on field {name!r}; create it with indexadd({name!r})")
-        with store.lock:
-            pending = dict(store._frozen)
-            pending.update(store._active)
-        out: dict[str, Any] = {i: decode_value(orjson.loads(v)) for i, v in store.index.secondary(name)}
-        for id, s in pending.items():
-            v = secondary_value(s, name)
-            if v is None:
-                out.pop(id, None)
-            else:
-                out[id] = decode_value(orjson.loads(v))
-        return out
-
-    def pull(self, url: str, *, timeout: float = 60.0) -> dict[str, Any]:
-        """Copy every record of the database at ``url`` (CouchDB, PouchDB Server or a mirror; a server URL
-        without a path means the database of this one's name there) that this one lacks, now, whatever the
-        mode. Returns counts (``docs_read``, ``docs_written``, ``errors``...)."""
-        from .replication.oneshot import replicate_once
-        from .replication.sync import db_url
-
-        self._check()
-        return replicate_once(db_url(normalize_peer_url(url), self.name), self, timeout=timeout)
-
-    def push(self, url: str, *, timeout: float = 60.0) -> dict[str, Any]:
-        """Copy every record of this database that the one at ``url`` lacks, now (creating it if needed)."""
-        from .replication.oneshot import replicate_once
-        from .replication.sync import db_url
-
-        self._check()
-        return replicate_once(self, db_url(normalize_peer_url(url), self.name), timeout=timeout)
+        return {i: decode_value(orjson.loads(v)) for i, v in store.secondary(name).items()}
 
     # -- replication primitives (the replicator and the mirror server use these) -----------------------------
 
     def state(self, id: str) -> DocState | None:
         """Everything stored about ``id`` (revision tree and leaf bodies), or None."""
         return self._check().get_state(id)
+
+    def states_since(self, since: int = 0) -> Iterator[DocState]:
+        """The newest state of every record changed after ``since``, in change order (the changes feed)."""
+        return self._check().iter_states(since)
+
+    def on_change(self, listener: Listener) -> Callable[[], None]:
+        """Call ``listener(new_state, previous_state)`` after every write (in the writing thread; keep it short).
+        Returns the function that removes it. For the replicator and the server; applications use ``watch``."""
+        return self._check().add_listener(listener)
 
     def put_replicated(self, id: str, path: list[str], deleted: bool, blob: bytes) -> bool:
         """Merge a revision received by replication (``new_edits=false``). Returns False if it was known.
@@ -743,10 +673,11 @@ class Database:
         return doc
 
     def local_put(self, id: str, doc: dict[str, Any] | None) -> str:
+        """Write (``doc``) or delete (None) a ``_local`` document; returns its new ``_rev``."""
         body = None if doc is None else orjson.dumps({k: v for k, v in doc.items() if k[:1] != "_"})
         return f"0-{self._check().index.put_local(id, body)}"
 
-    # -- maintenance ------------------------------------------------------------------------------------------
+    # -- maintenance and health -------------------------------------------------------------------------------
 
     def flush(self) -> None:
         """Pack pending records into shard files now (the compactor does this by itself)."""
@@ -765,3 +696,24 @@ class Database:
         ``progress(checked, total)`` is called after each block (counts of records).
         """
         return self._check().verify(progress)
+
+    def health(self) -> str | None:
+        """Why this database is not healthy now (closed, its compactor stopped or failing), or None. No I/O."""
+        return "closed" if self._closed else self._store.problem()
+
+    @property
+    def storage_stats(self) -> FlushStats:
+        """Counters of the compactor and the write-ahead log since open (for metrics)."""
+        return self._store.stats
+
+    def raw_bytes_on_disk(self) -> int:
+        """Size of the records on disk before compression (from block headers; nothing is decompressed)."""
+        return self._check().raw_bytes_on_disk()
+
+    def index_rows(self) -> int:
+        """An upper bound of the records the changes feed holds (for progress bars)."""
+        return self._check().index_rows()
+
+    def conflicted(self) -> Iterator[DocState]:
+        """The states of every record that has conflicting revisions (a scan)."""
+        return (s for s in self._check().iter_states(0) if s.conflicts())

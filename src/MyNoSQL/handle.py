@@ -7,9 +7,10 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from ._database import Change, Database, default_location
-from ._errors import DatabaseClosed
-from ._options import Options
+from .database import Change, default_location
+from .errors import DatabaseClosed
+from .node import Node
+from .options import Options
 
 
 class MyNoSQL:
@@ -30,7 +31,7 @@ class MyNoSQL:
     def __init__(self, location: str | os.PathLike[str] | None = None, *, options: Options | None = None) -> None:
         self._location = Path(location).expanduser() if location is not None else None
         self.options = options or Options()
-        self._db: Database | None = None
+        self._db: Node | None = None
 
     # -- the seed API -----------------------------------------------------------------------------------------
 
@@ -44,23 +45,26 @@ class MyNoSQL:
         """The folder where ``opendb`` opens databases (see the class docstring for the order of choice)."""
         return self._location if self._location is not None else default_location()
 
-    def opendb(self, name: str) -> Database:
+    def opendb(self, name: str) -> Node:
         """Open (creating if needed) the database ``name``; closes the one this handle had open, if any.
 
         Raises :class:`DatabaseLocked` if another process (or handle) has it open.
         """
         self.closedb()
-        self._db = Database(self.location, name, self.options)
+        self._db = Node(self.location, name, self.options)
         return self._db
 
     def closedb(self) -> None:
-        """Flush, stop background work and release the database. Does nothing if none is open."""
+        """Push what is not pushed yet (a Peer; at most ``Options.final_push`` seconds, while the database is still
+        open), stop background work, pack pending records into shards and release the database. Records a
+        mirror could not take in time stay in the database and are pushed at the next ``opendb``. Does nothing
+        if none is open."""
         db, self._db = self._db, None
         if db is not None:
             db.close()
 
     @property
-    def db(self) -> Database:
+    def db(self) -> Node:
         """The open database (raises :class:`DatabaseClosed` if none)."""
         db = self._db
         if db is None or db.closed:
@@ -96,12 +100,16 @@ class MyNoSQL:
             raise DatabaseClosed("no database is open: call opendb(name) first")
         return db.savedoc(doc)
 
-    def readdoc(self, id: str) -> dict[str, Any]:
-        """The record's current (winning) revision, as a dict of your own. :class:`DocumentNotFound` if none."""
+    def readdoc(self, id: str, rev: str | None = None) -> dict[str, Any]:
+        """The record's current (winning) revision, as a dict of your own. :class:`DocumentNotFound` if none.
+
+        ``rev``: that revision instead (any stored one: the winner or a conflicting one, see :meth:`conflicts`),
+        as CouchDB's ``?rev=``. A Peer asks its mirror for a record it does not hold; if no mirror can be asked
+        (down, slow), :class:`DocumentUnavailable` (a ``DocumentNotFound``) says why."""
         db = self._db  # not self.db: this is the hot path, and Database.readdoc checks for closed itself
         if db is None:
             raise DatabaseClosed("no database is open: call opendb(name) first")
-        return db.readdoc(id)
+        return db.readdoc(id) if rev is None else db.readdoc(id, rev)
 
     def deletedoc(self, id: str, rev: str) -> dict[str, Any]:
         """Delete revision ``rev`` of ``id``; returns ``{"id", "rev" (the tombstone's), "deleted": True}``."""
@@ -110,6 +118,12 @@ class MyNoSQL:
     def conflicts(self, id: str) -> list[str]:
         """Revisions of ``id`` that lost the winner rule and are not deleted (CouchDB's ``_conflicts``)."""
         return self.db.conflicts(id)
+
+    def resolve(self, id: str, merged: dict[str, Any], losers: list[str] | None = None) -> dict[str, Any]:
+        """Resolve a conflict in one step: save ``merged`` on the winning revision and delete the losing ones
+        (``losers``, default: all of :meth:`conflicts`). Atomic; :class:`ConflictError` if the record changed
+        since you read it. Returns the merged record with its new ``rev``. See docs/tutorial.md."""
+        return self.db.resolve(id, merged, losers)
 
     def changes(self, since: int = 0) -> Iterator[Change]:
         """The local changes feed: the newest revision of each record changed after ``since``, oldest first."""

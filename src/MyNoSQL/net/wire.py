@@ -4,7 +4,7 @@ A record ``{"id": ..., "rev": ..., **body}`` travels as the CouchDB document
 ``{"_id": id, "_rev": rev, **body}`` plus ``"_deleted": true`` for a tombstone and
 ``"_revisions": {"start": N, "ids": [hash, ...]}`` (newest first) when the history is asked for.
 
-The body is the record's stored JSON (see :mod:`MyNoSQL.docs.codec`: values that JSON cannot hold travel as
+The body is the record's stored JSON (see :mod:`MyNoSQL.records.codec`: values that JSON cannot hold travel as
 one-key ``{"$tag": ...}`` objects). CouchDB reserves top-level keys that start with ``_``, so a record's own
 top-level key ``_x`` travels as ``$_x`` and is mapped back on arrival (a document from elsewhere with a
 top-level ``$_x`` key therefore arrives as ``_x``).
@@ -16,10 +16,10 @@ from typing import Any
 
 import orjson
 
-from .._errors import InvalidDocument
-from ..docs import revtree
-from ..docs.codec import dumps_exact, loads_body
-from ..docs.revtree import DocState
+from ..errors import InvalidDocument
+from ..records import revtree
+from ..records.codec import dumps_exact, loads_body
+from ..records.revtree import DocState
 
 # Keys a document may carry on the wire besides its body; others starting with "_" are refused.
 _WIRE_META = frozenset(("_id", "_rev", "_deleted", "_revisions", "_conflicts", "_deleted_conflicts",

@@ -21,7 +21,7 @@ from typing import Any
 
 import orjson
 
-from .._errors import CorruptionError
+from ..errors import CorruptionError
 
 try:  # CPython's own MD5 costs half of OpenSSL's per call on inputs this short (same digest, of course)
     from _md5 import md5 as _md5  # type: ignore[import-not-found]

@@ -5,6 +5,7 @@ Every error the library raises on purpose derives from :class:`MyNoSQLError`::
     MyNoSQLError(Exception)
      ├── ConflictError                 a save or delete names a revision that is not the current one
      ├── DocumentNotFound(KeyError)    no such record (or it was deleted)
+     │    └── DocumentUnavailable      a peer does not hold it and no mirror could be asked (says why)
      ├── IndexNotFound(KeyError)       no secondary index of that name
      ├── InvalidDocument(ValueError)   the record, its id or a value is not acceptable; nothing was written
      │    └── InvalidValueType(TypeError)  a value of a type that cannot be stored, with its key path
@@ -12,6 +13,7 @@ Every error the library raises on purpose derives from :class:`MyNoSQLError`::
      ├── DatabaseLocked                another process (or handle) has this database open
      ├── CorruptionError               a checksum or structure check failed on disk; says where
      ├── StorageError(OSError)         the operating system refused a write (disk full, permissions)
+     ├── RemoteError                   a mirror or server could not be reached, or answered with an error
      └── SecurityError                 a configuration that would expose data (e.g. serving beyond loopback
                                        without credentials); the message says what to do
 
@@ -38,14 +40,36 @@ class ConflictError(MyNoSQLError):
 class DocumentNotFound(MyNoSQLError, KeyError):
     """No record with this id exists (or it was deleted)."""
 
-    def __init__(self, id: str, *, deleted: bool = False) -> None:
+    def __init__(self, id: str, *, deleted: bool = False, rev: str | None = None, known: bool = False) -> None:
         self.id = id
         self.deleted = deleted
-        what = "was deleted" if deleted else "does not exist"
-        super().__init__(f"record {id!r} {what}")
+        self.rev = rev
+        if rev is None:
+            what = "was deleted" if deleted else "does not exist"
+            super().__init__(f"record {id!r} {what}")
+        elif deleted:
+            super().__init__(f"revision {rev} of record {id!r} is a deletion")
+        elif known:
+            super().__init__(f"revision {rev} of record {id!r} is not stored: only the latest revision of each "
+                             "branch (the winner and the conflicting ones) keeps its content")
+        else:
+            super().__init__(f"record {id!r} has no revision {rev}")
 
     def __str__(self) -> str:  # KeyError would print the repr of the args
         return str(self.args[0])
+
+
+class DocumentUnavailable(DocumentNotFound):
+    """A peer does not hold this record and could not ask any mirror for it (down, slow, refusing).
+
+    A :class:`DocumentNotFound` (so ``except KeyError`` code keeps working), but it does not say the record does
+    not exist: ``reason`` says why the mirrors could not be asked. Try again once a mirror answers.
+    """
+
+    def __init__(self, id: str, reason: str) -> None:
+        super().__init__(id)
+        self.reason = reason
+        self.args = (f"record {id!r} is not held here and no mirror could be asked for it: {reason}",)
 
 
 class IndexNotFound(MyNoSQLError, KeyError):
@@ -85,6 +109,23 @@ class CorruptionError(MyNoSQLError):
 
 class StorageError(MyNoSQLError, OSError):
     """The operating system refused a write (disk full, permission denied...). Nothing was acknowledged."""
+
+
+class RemoteError(MyNoSQLError):
+    """A mirror could not be reached, or answered with an error. ``status`` is the HTTP status (0: network).
+
+    ``kind`` names the problem without its details (addresses, ports, errno texts), so that a background loop
+    logs a problem once, not again for every retry whose message differs: ``"unreachable"`` (connection refused,
+    reset or timed out), ``"tls"``, ``"HTTP 401"`` (each 4xx on its own), ``"HTTP 5xx"``, ``"protocol"`` (an answer
+    that is not what the protocol says), ``"error"``.
+    """
+
+    def __init__(self, message: str, *, status: int = 0, kind: str | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        if kind is None:
+            kind = ("HTTP 5xx" if status >= 500 else f"HTTP {status}") if status else "error"
+        self.kind = kind
 
 
 class SecurityError(MyNoSQLError):

@@ -1,0 +1,299 @@
+"""A Peer's replication: one mirror at a time, pushing and polling side by side.
+
+* push: the local changes feed since the push checkpoint goes to the current mirror (a durable outbox: what was
+  saved offline, or before a crash or exit, is pushed when a mirror answers);
+* poll: the mirror's changes feed since the poll checkpoint (longpoll: an idle poll is one small round trip);
+  records this peer holds and for which the mirror has revisions it lacks are downloaded;
+* fetch: a record the application reads and this peer does not hold is asked of a mirror (``readdoc``);
+* the mirror list is learned from ``GET /_mirrors`` and remembered; when the current mirror fails, the next one
+  is tried (failover).
+
+Everything runs as tasks on the node's event loop (:class:`~MyNoSQL.replication.runtime.LoopThread`); blocking
+database work goes to its worker threads. The node calls :meth:`PeerSync.final_push` before it closes the
+database, then :meth:`PeerSync.stop`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+import urllib.parse
+from collections.abc import Callable
+from typing import Any
+
+import aiohttp
+
+from ..database import Database
+from ..errors import RemoteError
+from ..net.urls import db_url, redact_url
+from ..options import Options
+from ..records.ids import validate_id
+from .endpoints import HttpEndpoint, LocalEndpoint, client_session, push_checkpoint_id
+from .remote import Backoff, MirrorLearner, RemoteState
+from .replicator import Resume, replicate
+
+log = logging.getLogger("MyNoSQL")
+
+
+class PeerSync:
+    """Started and stopped by its node, on the node's event loop."""
+
+    def __init__(self, db: Database, opts: Options) -> None:
+        self.db = db
+        self.opts = opts
+        self.remotes: dict[str, RemoteState] = {}
+        self.current: str | None = None  # the mirror this peer talks to now
+        self.learner = MirrorLearner(db, opts, own=set)
+        # names this peer to its mirrors, which then leave its own writes out of its longpoll answers
+        self.client_token = secrets.token_hex(8)
+        self._session: aiohttp.ClientSession | None = None
+        self._changed: asyncio.Event | None = None
+        self._push_lock: asyncio.Lock | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._unlisten: Callable[[], None] | None = None
+        self._resume: dict[str, Resume] = {}  # per mirror: where the push stands (no checkpoint re-reads)
+        self._poll_since: dict[str, Any] = {}
+        self._endpoints: dict[str, HttpEndpoint] = {}
+
+    # -- lifecycle (on the loop) ------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._session = client_session(self.opts)
+        self._changed = asyncio.Event()
+        self._push_lock = asyncio.Lock()
+        changed = self._changed
+
+        def on_change(new: Any, prev: Any) -> None:  # in the saving thread
+            with contextlib.suppress(RuntimeError):  # the loop is closing
+                loop.call_soon_threadsafe(changed.set)
+
+        await asyncio.to_thread(self._read_checkpoints)
+        self._unlisten = self.db.on_change(on_change)
+        self._task = asyncio.create_task(self._loop(), name=f"MyNoSQL-peer-{self.db.name}")
+
+    def _read_checkpoints(self) -> None:
+        """How far each known mirror has been pushed to, as the persisted checkpoints say (status before the
+        first round)."""
+        for url in self.db.config.peers:
+            ck = self.db.local_get(push_checkpoint_id(self.db, url))
+            seq = ck.get("source_last_seq") if ck else 0
+            state = self._state(url)
+            if isinstance(seq, int) and state.pushed_seq is None:
+                state.pushed_seq = seq
+
+    async def final_push(self) -> int:
+        """One last push of what is not pushed yet, to the current mirror or else the first that answers. Returns
+        how many changes are still not pushed (0: all). The caller bounds it in time (``Options.final_push``)."""
+        urls = list(dict.fromkeys([u for u in (self.current, *self.db.config.peers) if u]))
+        for url in urls:
+            try:
+                await self._push(url)
+                return 0
+            except Exception as exc:  # tried in turn; the last error is in status and the log
+                self._state(url).failed(exc)
+        return self.pending()
+
+    def pending(self) -> int:
+        """Local changes not known to be pushed to any mirror (an upper bound)."""
+        pushed = [s.pushed_seq for s in self.remotes.values() if s.pushed_seq is not None]
+        return max(0, self.db.seq - max(pushed, default=0))
+
+    async def stop(self) -> None:
+        if self._unlisten is not None:
+            self._unlisten()
+            self._unlisten = None
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._task
+            self._task = None
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    # -- the loop ---------------------------------------------------------------------------------------------
+
+    def _state(self, url: str) -> RemoteState:
+        return self.remotes.setdefault(redact_url(url), RemoteState(redact_url(url)))
+
+    def _session_(self) -> aiohttp.ClientSession:
+        assert self._session is not None, "PeerSync is not started"
+        return self._session
+
+    async def _new_session(self) -> None:
+        old, self._session = self._session, client_session(self.opts)
+        if old is not None:
+            await old.close()
+
+    async def _loop(self) -> None:
+        """Talk to one mirror at a time, pushing and polling side by side; on failure try the next (failover)."""
+        backoff = Backoff()
+        index = 0
+        while True:
+            peers = list(self.db.config.peers)
+            if not peers:
+                await asyncio.sleep(1.0)
+                continue
+            url = peers[index % len(peers)]
+            state = self._state(url)
+            tasks: list[asyncio.Task[None]] = []
+            try:
+                await self.learner.refresh(url, self._session_())
+                self.current = url
+                await self._push(url)  # the outbox first: what was saved offline or before a crash
+                backoff.reset()
+                tasks = [asyncio.create_task(self._push_loop(url)), asyncio.create_task(self._poll_loop(url))]
+                # FIRST_COMPLETED, not FIRST_EXCEPTION: a loop that ended by cancellation (which FIRST_EXCEPTION
+                # ignores) left the other one running alone, e.g. a peer still pushing but never polling again.
+                done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+                for t in done:
+                    if t.cancelled():
+                        raise RemoteError(f"{redact_url(url)}: a replication loop was cancelled; starting afresh")
+                    t.result()  # raises the failure that ended the loop
+                raise RemoteError(f"{redact_url(url)}: a replication loop ended; starting afresh")
+            except Exception as exc:  # any failure: a background loop must never die (cancellation still ends it)
+                state.failed(exc)
+                self._resume.pop(url, None)
+                await self._new_session()  # pooled connections may be dead or black-holed: start afresh
+                index += 1  # fail over to the next mirror
+                if index % len(peers) == 0:
+                    await asyncio.sleep(backoff.next())
+            finally:
+                for t in tasks:
+                    t.cancel()
+                for t in tasks:
+                    with contextlib.suppress(asyncio.CancelledError, Exception):
+                        await t
+
+    async def _push_loop(self, url: str) -> None:
+        """Push after every local change (a save made during a push wakes the next one at once)."""
+        assert self._changed is not None
+        state = self._state(url)
+        while True:
+            self._changed.clear()
+            if state.pushed_seq != self.db.seq:
+                await self._push(url)
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._changed.wait(), 30.0)
+
+    async def _poll_loop(self, url: str) -> None:
+        while True:
+            await self._poll(url)
+
+    def _endpoint(self, url: str) -> HttpEndpoint:
+        """One HttpEndpoint per mirror and session: it remembers that the mirror exists and speaks MyNoSQL."""
+        ep = self._endpoints.get(url)
+        if ep is None or ep.session is not self._session:
+            ep = HttpEndpoint(self._session_(), db_url(url, self.db.name), timeout=self.opts.remote_timeout,
+                              client=self.client_token)
+            self._endpoints[url] = ep
+        return ep
+
+    async def _push(self, url: str) -> None:
+        assert self._push_lock is not None
+        async with self._push_lock:  # the push loop and the final push never run two passes at once
+            state = self._state(url)
+            remote = self._endpoint(url)
+            await remote.ensure_exists()
+            resume = self._resume.setdefault(url, Resume())
+            res = await replicate(LocalEndpoint(self.db), remote, resume=resume)
+            state.ok()
+            state.docs_pushed += res.docs_written
+            if isinstance(res.last_seq, int):  # the local feed is empty past it: everything up to it is pushed
+                state.pushed_seq = res.last_seq
+
+    async def _poll(self, url: str) -> None:
+        """Wait (longpoll) for the mirror's changes to records this peer holds, then download them."""
+        state = self._state(url)
+        remote = self._endpoint(url)
+        ck_id = "poll-" + remote.identity
+        since = self._poll_since.get(url)
+        if since is None:
+            ck = await asyncio.to_thread(self.db.local_get, ck_id)
+            since = ck.get("since", 0) if ck else 0
+        rows, last_seq = await remote.changes(since, 1000, timeout=self.opts.longpoll)
+        state.ok()
+        # the mirror's latest seq (a MyNoSQL mirror says it; a batch may end before it), else where the feed ended
+        state.remote_seq = remote.update_seq if remote.update_seq is not None else last_seq
+        if rows:
+            pulled = await self._download_held(remote, rows)
+            state.docs_pulled += pulled
+            await asyncio.to_thread(self.db.local_put, ck_id, {"since": last_seq})
+        # Only now: a download that fails (the link drops) must be retried from the same rows, not skipped.
+        self._poll_since[url] = last_seq
+        state.pulled_seq = last_seq
+
+    async def _download_held(self, remote: HttpEndpoint, rows: list[dict[str, Any]]) -> int:
+        """Fetch the revisions the mirror has of records held here and this peer lacks."""
+        query = {r["id"]: [c["rev"] for c in r.get("changes", [])] for r in rows if isinstance(r.get("id"), str)}
+
+        def held_missing() -> dict[str, list[str]]:
+            out = {}
+            for id, revs in query.items():
+                st = self.db.state(id)
+                if st is not None:
+                    missing = [r for r in revs if r not in st.tree]
+                    if missing:
+                        out[id] = missing
+            return out
+
+        want = await asyncio.to_thread(held_missing)
+        if not want:
+            return 0
+        docs = await remote.bulk_get(want)
+        errors, written, _ck = await LocalEndpoint(self.db).bulk_docs(docs)
+        got = {(d.get("_id"), d.get("_rev")) for d in docs if isinstance(d, dict)}
+        lacking = [(id, rev) for id, revs in want.items() for rev in revs if (id, rev) not in got]
+        if errors or lacking:  # the poll position must not move past rows not downloaded: retry them
+            raise RemoteError(f"{remote.url}: {len(lacking)} wanted revision(s) not served, {len(errors)} refused "
+                              f"(first: {(lacking or errors)[0]})", kind="protocol")
+        return written
+
+    # -- read-through -----------------------------------------------------------------------------------------
+
+    async def fetch(self, id: str) -> tuple[bool, str | None]:
+        """Download every leaf of ``id`` from a mirror (a peer reading a record it does not hold). Returns
+        (found, why no mirror could be asked: None when one answered)."""
+        id = validate_id(id)
+        why = "no mirror is known (addpeer)"
+        for url in dict.fromkeys([u for u in (self.current, *self.db.config.peers) if u]):
+            remote = HttpEndpoint(self._session_(), db_url(url, self.db.name), timeout=self.opts.read_timeout)
+            try:
+                docs = await remote.request("GET", "/" + urllib.parse.quote(id, safe=""),
+                                            params={"open_revs": "all", "revs": "true"},
+                                            timeout=self.opts.read_timeout)
+            except RemoteError as exc:
+                if exc.status == 404:
+                    return False, None
+                why = str(exc)
+                continue
+            except asyncio.TimeoutError:
+                why = f"{redact_url(url)} did not answer within {self.opts.read_timeout} s"
+                continue
+            found = [d["ok"] for d in docs if isinstance(d, dict) and "ok" in d] if isinstance(docs, list) else []
+            if found:
+                await LocalEndpoint(self.db).bulk_docs(found)
+            return bool(found), None
+        return False, why
+
+    # -- status -----------------------------------------------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        seq = self.db.seq
+        out = {}
+        for url, st in list(self.remotes.items()):
+            out[url] = {
+                "reachable": st.reachable,
+                "last_success": st.last_success,
+                "last_error": st.last_error,
+                "pending": None if st.pushed_seq is None else max(0, seq - st.pushed_seq),
+                "lag": st.lag,
+                "failures": st.failures,
+                "docs_pushed": st.docs_pushed,
+                "docs_pulled": st.docs_pulled,
+                "current": redact_url(self.current) == url if self.current else False,
+            }
+        return out

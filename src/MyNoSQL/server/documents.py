@@ -1,0 +1,284 @@
+"""The document routes of a mirror: database info, replication (``_revs_diff``, ``_bulk_get``, ``_bulk_docs``),
+``_all_docs``, ``_local`` checkpoints and single documents. Every write runs in a worker thread, never on the
+event loop (a write may wait for the compactor: back-pressure must not stall other requests)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from ..database import Database
+from ..errors import ConflictError, DocumentNotFound
+from ..net import wire
+from ..records import revtree
+from .context import ServerContext, client_token
+from .requests import (
+    Edit,
+    HttpError,
+    Refused,
+    check_ids_and_revs,
+    checked_local_id,
+    doc_id,
+    error_response,
+    flag,
+    json_response,
+    local_id,
+)
+
+
+class DocumentRoutes:
+    def __init__(self, ctx: ServerContext) -> None:
+        self.ctx = ctx
+        self.rules = ctx.rules
+
+    def add_to(self, r: web.UrlDispatcher) -> None:
+        r.add_get("/{db}", self.db_info)
+        r.add_get("/{db}/", self.db_info)
+        r.add_put("/{db}", self.db_create)
+        r.add_put("/{db}/", self.db_create)
+        r.add_post("/{db}/_revs_diff", self.revs_diff)
+        r.add_post("/{db}/_bulk_get", self.bulk_get)
+        r.add_post("/{db}/_bulk_docs", self.bulk_docs)
+        r.add_post("/{db}/_ensure_full_commit", self.full_commit)
+        r.add_get("/{db}/_all_docs", self.all_docs)
+        r.add_get("/{db}/_local/{id:.+}", self.local_get)
+        r.add_put("/{db}/_local/{id:.+}", self.local_put)
+        r.add_delete("/{db}/_local/{id:.+}", self.local_delete)
+        r.add_get("/{db}/{id:.+}", self.doc_get)
+        r.add_put("/{db}/{id:.+}", self.doc_put)
+        r.add_delete("/{db}/{id:.+}", self.doc_delete)
+
+    async def db_info(self, request: web.Request) -> web.Response:
+        db = self.ctx.db(request)
+        return json_response({"db_name": db.name, "doc_count": len(db), "doc_del_count": 0, "update_seq": db.seq,
+                      "instance_start_time": "0", "purge_seq": 0})
+
+    async def db_create(self, request: web.Request) -> web.Response:
+        if request.match_info["db"] in self.ctx.dbs:
+            return error_response(412, "file_exists", "The database could not be created, the file already exists.")
+        raise HttpError(403, "forbidden", "this mirror serves only its configured databases")
+
+    async def full_commit(self, request: web.Request) -> web.Response:
+        self.ctx.db(request)
+        return json_response({"ok": True, "instance_start_time": "0"}, 201)
+
+
+    async def revs_diff(self, request: web.Request) -> web.Response:
+        db = self.ctx.db(request)
+        body = await self.rules.body(request)
+        if not isinstance(body, dict) or not all(
+            isinstance(k, str) and isinstance(v, list) and all(isinstance(r, str) for r in v) for k, v in body.items()
+        ):
+            raise HttpError(400, "bad_request", "expected {id: [rev, ...]}")
+        self.rules.batch(body, "ids")
+        self.rules.batch([r for v in body.values() for r in v], "revisions")
+        check_ids_and_revs((id, rev) for id, revs in body.items() for rev in revs)
+        missing = await asyncio.to_thread(db.revs_diff, body)
+        return json_response({id: {"missing": revs} for id, revs in missing.items()})
+
+    async def bulk_get(self, request: web.Request) -> web.Response:
+        db = self.ctx.db(request)
+        body = await self.rules.body(request)
+        docs = body.get("docs") if isinstance(body, dict) else None
+        if not isinstance(docs, list) or not all(isinstance(d, dict) for d in docs):
+            raise HttpError(400, "bad_request", "expected {docs: [{id, rev}, ...]}")
+        self.rules.batch(docs, "documents")
+        check_ids_and_revs((d.get("id"), d.get("rev")) for d in docs)
+        revs = flag(request, "revs")
+
+        def read() -> list[dict[str, Any]]:
+            results = []
+            for want in docs:
+                id, rev = want["id"], want.get("rev")
+                state = db.state(id)
+                if state is None or (rev is not None and rev not in state.bodies):
+                    results.append({"id": id, "docs": [{"error": {"id": id, "rev": rev or "undefined",
+                                                                  "error": "not_found", "reason": "missing"}}]})
+                    continue
+                results.append({"id": id, "docs": [{"ok": wire.doc_to_wire(state, rev or state.winner,
+                                                                                revs=revs)}]})
+            return results
+
+        results = await asyncio.to_thread(read)
+        self.ctx.observer.docs_out += sum(1 for r in results for d in r["docs"] if "ok" in d)
+        return json_response({"results": results})
+
+    async def bulk_docs(self, request: web.Request) -> web.Response:
+        db = self.ctx.db(request)
+        body = await self.rules.body(request)
+        docs = body.get("docs") if isinstance(body, dict) else None
+        if not isinstance(docs, list):
+            raise HttpError(400, "bad_request", "Missing JSON list of 'docs'")
+        self.rules.batch(docs, "documents")
+        new_edits = body.get("new_edits", True)
+        if not isinstance(new_edits, bool):
+            raise HttpError(400, "bad_request", "new_edits must be true or false")
+
+        checkpoint = body.get("mynosql_checkpoint") if new_edits is False else None  # extension: see replicator
+        if checkpoint is not None and not (isinstance(checkpoint, dict) and isinstance(checkpoint.get("id"), str)
+                                           and isinstance(checkpoint.get("doc"), dict)):
+            raise HttpError(400, "bad_request", "mynosql_checkpoint must be {id: str, doc: {...}}")
+        if checkpoint is not None:
+            checked_local_id(checkpoint["id"])
+            self.rules.local_size(checkpoint["doc"])
+        written = 0
+        client = client_token(request)
+        echo_log = self.ctx.echo_logs.get(db.name) if client else None
+
+        def write() -> list[dict[str, Any]]:
+            nonlocal written
+            # Every document is checked against the limits before any is written: over a limit, the whole
+            # request is refused and nothing is written (a conflict stays a per-document answer, as in CouchDB).
+            check: Callable[[Any], wire.WireDoc | Edit] = \
+                (lambda d: self.rules.wire(db, d)) if new_edits is False else (lambda d: self.rules.record(db, d, None))
+            checked = [self.rules.checked(check, doc, n) for n, doc in enumerate(docs)]
+            out: list[dict[str, Any]] = []
+            for doc, w in zip(docs, checked, strict=True):
+                try:
+                    if isinstance(w, Refused):
+                        out.append({"id": w.id, "error": "forbidden", "reason": w.reason})
+                    elif isinstance(w, wire.WireDoc):
+                        if echo_log is not None and client is not None:
+                            echo_log.expect(w.id, w.path[0], client)  # before the write can wake a longpoll
+                        if db.merge_replicated(w.id, w.path, w.deleted, w.blob) is not None:
+                            written += 1
+                    else:
+                        out.append({"ok": True, **self._write(db, w)})
+                except (ConflictError, DocumentNotFound) as exc:
+                    out.append({"id": doc.get("_id"), "error": "conflict", "reason": str(exc)})
+            return out
+
+        answer = await asyncio.to_thread(write)  # even a small write may wait for the compactor
+        self.ctx.observer.docs_in += written  # counted here, on the event loop: worker threads never race on it
+        if written and self.ctx.notifiers.get(db.name):
+            for _ in range(3):  # let waiting longpolls answer first: the checkpoint below can wait a moment
+                await asyncio.sleep(0)
+        if checkpoint is not None:  # after the documents: a checkpoint never runs ahead of what it covers
+            await asyncio.to_thread(db.local_put, checkpoint["id"], checkpoint["doc"])
+        resp = json_response(answer, 201)
+        resp.headers["X-MyNoSQL-Written"] = str(written)
+        return resp
+
+    async def all_docs(self, request: web.Request) -> web.Response:
+        db = self.ctx.db(request)
+        try:
+            skip = max(0, int(request.query.get("skip", 0)))
+            limit = max(0, int(request.query["limit"])) if "limit" in request.query else None
+        except ValueError as exc:
+            raise HttpError(400, "bad_request", "skip and limit must be integers") from exc
+
+        def read() -> list[dict[str, Any]]:
+            return [{"id": s.id, "key": s.id, "value": {"rev": s.winner}}
+                    for s in db.states_since(0) if not s.deleted]
+
+        rows = sorted(await asyncio.to_thread(read), key=lambda r: r["id"])
+        page = rows[skip:] if limit is None else rows[skip:skip + limit]
+        return json_response({"total_rows": len(rows), "offset": min(skip, len(rows)), "rows": page})
+
+    # -- local documents --------------------------------------------------------------------------------------
+
+    async def local_get(self, request: web.Request) -> web.Response:
+        db = self.ctx.db(request)
+        doc = await asyncio.to_thread(db.local_get, local_id(request))
+        if doc is None:
+            raise HttpError(404, "not_found", "missing")
+        return json_response(doc)
+
+    async def local_put(self, request: web.Request) -> web.Response:
+        db = self.ctx.db(request)
+        body = await self.rules.body(request)
+        if not isinstance(body, dict):
+            raise HttpError(400, "bad_request", "document must be a JSON object")
+        id = local_id(request)
+        self.rules.local_size(body)
+        rev = await asyncio.to_thread(db.local_put, id, body)
+        return json_response({"ok": True, "id": "_local/" + id, "rev": rev}, 201)
+
+    async def local_delete(self, request: web.Request) -> web.Response:
+        db = self.ctx.db(request)
+        id = local_id(request)
+        if await asyncio.to_thread(db.local_get, id) is None:
+            raise HttpError(404, "not_found", "missing")
+        rev = await asyncio.to_thread(db.local_put, id, None)
+        return json_response({"ok": True, "id": "_local/" + id, "rev": rev})
+
+
+    @staticmethod
+    def _write(db: Database, edit: Edit) -> dict[str, Any]:
+        if edit.record is None:  # a deletion
+            if edit.rev is None:
+                raise ConflictError("a deletion needs the current _rev")
+            res = db.deletedoc(edit.id, edit.rev)
+        else:
+            res = db.savedoc(edit.record)
+        return {"id": res["id"], "rev": res["rev"]}
+
+    async def doc_get(self, request: web.Request) -> web.Response:
+        db = self.ctx.db(request)
+        id = doc_id(request)
+        q = request.query
+        state = await asyncio.to_thread(db.state, id)
+        revs = flag(request, "revs")
+        if "open_revs" in q:
+            if state is None:
+                raise HttpError(404, "not_found", "missing")
+            raw = q["open_revs"]
+            if raw == "all":
+                wanted = revtree.leaves(state.tree)
+            else:
+                try:
+                    wanted = orjson.loads(raw)
+                except orjson.JSONDecodeError as exc:
+                    raise HttpError(400, "bad_request", "open_revs must be 'all' or a JSON list") from exc
+                if not isinstance(wanted, list) or not all(isinstance(r, str) for r in wanted):
+                    raise HttpError(400, "bad_request", "open_revs must be 'all' or a JSON list")
+            out: list[dict[str, Any]] = []
+            latest = flag(request, "latest")
+            for rev in wanted:
+                if rev in state.bodies:
+                    out.append({"ok": wire.doc_to_wire(state, rev, revs=revs)})
+                elif latest and rev in state.tree:
+                    for leaf in revtree.leaves(state.tree):
+                        if rev in revtree.ancestry(state.tree, leaf):
+                            out.append({"ok": wire.doc_to_wire(state, leaf, revs=revs)})
+                else:
+                    out.append({"missing": rev})
+            self.ctx.observer.docs_out += sum(1 for d in out if "ok" in d)  # the plain protocol's _bulk_get
+            return json_response(out)
+        if state is None:
+            raise HttpError(404, "not_found", "missing")
+        rev = q.get("rev") or state.winner
+        if rev not in state.bodies:
+            raise HttpError(404, "not_found", "missing")
+        if "rev" not in q and state.tree[rev][1]:
+            raise HttpError(404, "not_found", "deleted")
+        return json_response(wire.doc_to_wire(state, rev, revs=revs, conflicts=flag(request, "conflicts")))
+
+    async def doc_put(self, request: web.Request) -> web.Response:
+        db = self.ctx.db(request)
+        id = doc_id(request)
+        body = await self.rules.body(request)
+        if request.query.get("new_edits") == "false":
+            if isinstance(body, dict) and body.setdefault("_id", id) != id:
+                raise HttpError(400, "bad_request", "document id does not match the URL")
+            w = self.rules.wire(db, body)
+            if await asyncio.to_thread(db.put_replicated, w.id, w.path, w.deleted, w.blob):
+                self.ctx.observer.docs_in += 1
+            return json_response({"ok": True, "id": w.id, "rev": w.path[0]}, 201)
+        if isinstance(body, dict) and "rev" in request.query:
+            body.setdefault("_rev", request.query["rev"])
+        edit = self.rules.record(db, body, id)
+        res = await asyncio.to_thread(self._write, db, edit)
+        return json_response({"ok": True, **res}, 201)
+
+    async def doc_delete(self, request: web.Request) -> web.Response:
+        db = self.ctx.db(request)
+        rev = request.query.get("rev")
+        if not rev:
+            raise HttpError(409, "conflict", "Document update conflict.")
+        res = await asyncio.to_thread(db.deletedoc, doc_id(request), rev)
+        return json_response({"ok": True, "id": res["id"], "rev": res["rev"]})

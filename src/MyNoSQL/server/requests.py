@@ -1,0 +1,201 @@
+"""What a mirror checks of a request before any database sees it: bodies (size, compression, JSON), batches,
+ids and revisions, documents (CouchDB's rules, our limits), and the error answers (CouchDB-shaped JSON)."""
+
+from __future__ import annotations
+
+import asyncio
+import zlib
+from collections.abc import Callable, Iterable
+from typing import Any, NamedTuple, TypeVar
+
+import orjson
+from aiohttp import web
+
+from ..database import Database
+from ..errors import InvalidDocument
+from ..net import wire
+from ..options import Limits
+from ..records import revtree
+from ..records.ids import validate_id
+
+T = TypeVar("T")
+LOCAL_MAX = 1024 * 1024  # bytes of one _local document (a checkpoint)
+
+
+class HttpError(Exception):
+    """An answer other than success: ``status``, CouchDB's ``error`` word and a ``reason``."""
+
+    def __init__(self, status: int, error: str, reason: str) -> None:
+        super().__init__(reason)
+        self.status, self.error, self.reason = status, error, reason
+
+
+def json_response(data: Any, status: int = 200) -> web.Response:
+    return web.Response(body=orjson.dumps(data), status=status, content_type="application/json")
+
+
+def error_response(status: int, error: str, reason: str) -> web.Response:
+    return json_response({"error": error, "reason": reason}, status)
+
+
+class Edit(NamedTuple):
+    """A checked normal write: a record to save, or (record None) the deletion of ``rev``."""
+
+    id: Any
+    rev: str | None
+    record: dict[str, Any] | None
+
+
+class Refused(NamedTuple):
+    """A document of a batch refused on its own (a reserved id, attachments), as CouchDB does."""
+
+    id: Any
+    reason: str
+
+
+def reserved(id: Any) -> bool:
+    """A well-formed id that starts with ``_`` (a CouchDB design document...): never held here, refused on
+    its own in a batch (as CouchDB refuses a document its validation forbids), never a reason to refuse a batch."""
+    return isinstance(id, str) and id[:1] == "_" and "\x00" not in id and len(id) <= 1024 \
+        and len(id.encode("utf-8", "surrogatepass")) <= 1024
+
+
+def check_ids_and_revs(pairs: Iterable[tuple[Any, Any]]) -> None:
+    """A 400 unless every id is a record id (or a reserved one) and every rev (None: any) a revision id."""
+    for id, rev in pairs:
+        try:
+            if not reserved(id):
+                validate_id(id)
+        except InvalidDocument as exc:
+            raise HttpError(400, "bad_request", f"{str(id)[:80]!r}: {exc}") from exc
+        if rev is not None and not revtree.is_rev(rev):
+            raise HttpError(400, "bad_request", f"invalid rev format: {str(rev)[:80]!r}")
+
+
+def checked_local_id(id: str) -> str:
+    """The id of a ``_local`` document (a checkpoint), or a 400."""
+    if not id or "\x00" in id or len(id.encode("utf-8", "surrogatepass")) > 1024:
+        raise HttpError(400, "illegal_docid", "local document ids are 1-1024 bytes without NUL")
+    return id
+
+
+def doc_id(request: web.Request) -> str:
+    """The record id of a document route, or a 400 (the same rules as every write: ``validate_id``)."""
+    try:
+        return validate_id(request.match_info["id"])
+    except InvalidDocument as exc:
+        raise HttpError(400, "illegal_docid", str(exc)) from exc
+
+
+def local_id(request: web.Request) -> str:
+    return checked_local_id(request.match_info["id"])
+
+
+def flag(request: web.Request, name: str) -> bool:
+    return request.query.get(name, "false").lower() == "true"
+
+
+class Rules:
+    """The checks that depend on a mirror's :class:`Limits`."""
+
+    def __init__(self, limits: Limits) -> None:
+        self.limits = limits
+
+    async def body(self, request: web.Request) -> Any:
+        """The request's JSON body: within the time and size limits, decompressed here if it is compressed."""
+        length = request.content_length
+        try:
+            if length is not None and length <= 65536 and request.content.is_eof():
+                raw = await request.read()  # already here: no timer task needed
+            else:
+                raw = await asyncio.wait_for(request.read(), self.limits.body_timeout)
+        except asyncio.TimeoutError as exc:
+            raise HttpError(408, "timeout", "the request body did not arrive in time") from exc
+        coding = request.headers.get("Content-Encoding", "").strip().lower()
+        if coding not in ("", "identity"):
+            raw = self.decompress(raw, coding)
+        try:
+            return orjson.loads(raw)  # its documents' nesting is checked where they are encoded again
+        except orjson.JSONDecodeError as exc:
+            raise HttpError(400, "bad_request", "invalid JSON body") from exc
+
+    def decompress(self, raw: bytes, coding: str) -> bytes:
+        """A gzip or deflate request body, decompressed (not by aiohttp: see :meth:`MirrorApp.runner`), within the
+        request size limit; a body that does not decompress is a 400."""
+        if coding not in ("gzip", "x-gzip", "deflate"):
+            raise HttpError(415, "unsupported_media_type", "request bodies may be gzip or deflate encoded, or plain")
+        limit = self.limits.max_request_bytes
+        for wbits in ((31,) if coding != "deflate" else (15, -15)):  # deflate: zlib-wrapped, or raw from some
+            d = zlib.decompressobj(wbits)
+            try:
+                out = d.decompress(raw, limit + 1)
+            except zlib.error:
+                continue
+            if len(out) > limit or d.unconsumed_tail:
+                raise HttpError(413, "too_large", "the request body is too large")
+            if d.eof:
+                return out
+        raise HttpError(400, "bad_request", "the request body could not be decoded")
+
+    def batch(self, items: Any, what: str) -> None:
+        if len(items) > self.limits.max_batch:
+            raise HttpError(413, "too_large", f"{len(items)} {what} in one request, over the limit of "
+                            f"{self.limits.max_batch}")
+
+    def wire(self, db: Database, doc: Any) -> wire.WireDoc:
+        """A replicated document (``new_edits=false``), checked."""
+        lim = self.limits
+        return wire.doc_from_wire(doc, validate_id=validate_id, max_bytes=db.options.max_doc_bytes,
+                                  max_revs=db.options.revs_limit, max_depth=lim.max_depth,
+                                  max_history=lim.max_revisions)
+
+    def local_size(self, doc: dict[str, Any]) -> None:
+        """A ``_local`` document (a checkpoint) within the nesting limit and 1 MiB, or a 4xx."""
+        try:
+            size = len(wire.encode_checked(doc, self.limits.max_depth))
+        except InvalidDocument as exc:
+            raise HttpError(400, "bad_request", str(exc)) from exc
+        if size > LOCAL_MAX:
+            raise HttpError(413, "too_large", "local documents are limited to 1 MiB")
+
+    def record(self, db: Database, doc: Any, id: str | None) -> Edit:
+        """Check a document of a normal write (PUT, or ``_bulk_docs`` without ``new_edits=false``)."""
+        if not isinstance(doc, dict):
+            raise InvalidDocument("document must be a JSON object")
+        doc_id = id if id is not None else doc.get("_id")
+        if id is not None and doc.get("_id", id) != id:
+            raise InvalidDocument("document id does not match the URL")
+        if doc_id is not None:
+            validate_id(doc_id)
+        rev = doc.get("_rev")
+        if rev is not None and not revtree.is_rev(rev):
+            raise InvalidDocument(f"invalid rev format: {str(rev)[:80]!r}")
+        if doc.get("_deleted") is True:
+            if doc_id is None:
+                raise InvalidDocument("a deletion needs the document's _id")
+            return Edit(doc_id, rev, None)
+        body = wire.body_from_wire(doc)
+        data = wire.encode_checked(body, self.limits.max_depth)  # what savedoc stores, give or take the id
+        if len(data) > db.options.max_doc_bytes:
+            raise InvalidDocument(f"document is {len(data)} bytes, over the limit of {db.options.max_doc_bytes}")
+        record = wire.decode_body(data)
+        if doc_id is not None:
+            record["id"] = doc_id
+        if rev is not None:
+            record["rev"] = rev
+        return Edit(doc_id, None, record)
+
+    @staticmethod
+    def checked(check: Callable[[Any], T], doc: Any, n: int) -> T | Refused:
+        """``check(doc)``; a document that breaks a rule or limit refuses the whole request (nothing written),
+        one that CouchDB's rules refuse (a reserved id, attachments) is refused on its own."""
+        if isinstance(doc, dict):  # what CouchDB refuses document by document: a reserved id, attachments
+            if reserved(doc.get("_id")):
+                return Refused(doc["_id"], "ids starting with '_' are reserved")
+            problem = wire.unsupported_member(doc)
+            if problem is not None:
+                return Refused(doc.get("_id"), problem)
+        try:
+            return check(doc)
+        except InvalidDocument as exc:
+            raise HttpError(400, "bad_request", f"document {n}: {exc}") from exc
