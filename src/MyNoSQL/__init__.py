@@ -22,8 +22,7 @@ from .errors import (
 from .handle import MyNoSQL
 from .node import Node
 from .options import Limits, Options
-
-__version__ = "0.1.0"
+from .version import __version__
 
 __all__ = [
     "Change",

@@ -50,6 +50,7 @@ from .node import Node
 from .options import Limits, Options
 from .records import revtree
 from .records.codec import decode_value
+from .version import __version__
 
 EXIT_FAIL, EXIT_USAGE, EXIT_LOCKED, EXIT_NOT_FOUND, EXIT_CONFLICT, EXIT_REMOTE = 1, 2, 3, 4, 5, 6
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report a command stopped by Ctrl-C
@@ -223,6 +224,7 @@ def db_options(f: Callable[..., Any]) -> Callable[..., Any]:
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, "--version", prog_name="mynosql", message="%(prog)s %(version)s")
 @click.option("-v", "--verbose", count=True, help="More log output (-v: info, -vv: debug).")
 def cli(verbose: int) -> None:
     """MyNoSQL: an embedded, offline-first, replicated document database.
@@ -477,12 +479,26 @@ def delete(path: Path | None, name: str, as_json: bool, id: str, rev: str | None
 
 @cli.command()
 @db_options
-def conflicts(path: Path | None, name: str, as_json: bool) -> None:
-    """List the records that have conflicting revisions."""
+@click.option("--contents", is_flag=True, help="Also print every conflicting revision's content (to merge them).")
+def conflicts(path: Path | None, name: str, as_json: bool, contents: bool) -> None:
+    """List the records that have conflicting revisions (the winner first, then the losers).
+
+    To merge: read the revisions (``--contents``, or ``readdoc(id, rev=...)``), then save the merged record and
+    delete the losers in one step with ``resolve(id, merged)`` (docs/tutorial.md shows it end to end)."""
     with opened(path, name) as db:
-        found = {s.id: {"winner": s.winner, "conflicts": s.conflicts()} for s in db.conflicted()}
-    _out(found, as_json, "\n".join(f"{id} {v['winner']} vs {' '.join(v['conflicts'])}" for id, v in found.items())
-         or "no conflicts")
+        found: dict[str, dict[str, Any]] = {}
+        for s in db.conflicted():
+            entry: dict[str, Any] = {"winner": s.winner, "conflicts": s.conflicts()}
+            if contents:
+                entry["contents"] = {rev: _plain(db.readdoc(s.id, rev)) for rev in [s.winner, *s.conflicts()]}
+            found[s.id] = entry
+    lines = []
+    for id, v in found.items():
+        lines.append(f"{id} {v['winner']} vs {' '.join(v['conflicts'])}")
+        for rev, doc in v.get("contents", {}).items():
+            body = {k: x for k, x in doc.items() if k not in ("id", "rev")}
+            lines.append(f"  {rev}{' (winner)' if rev == v['winner'] else ''}: {orjson.dumps(body).decode()}")
+    _out(found, as_json, "\n".join(lines) or "no conflicts")
 
 
 # -- export / import --------------------------------------------------------------------------------------------
@@ -594,21 +610,28 @@ def compact(path: Path | None, name: str, as_json: bool) -> None:
          f"moved {moved} records; {before:,} -> {after:,} bytes in {dt:.1f} s")
 
 
-def _endpoint_arg(spec: str, stack: list[MyNoSQL], *, create: bool) -> Database | str:
-    """A URL stays a URL; a path DIR/NAME opens the local database NAME in DIR (created only if ``create``)."""
+def _endpoint_arg(spec: str, stack: list[MyNoSQL], *,
+                  create: bool) -> Database | str | Callable[[], Database]:
+    """A URL stays a URL; a path DIR/NAME opens the local database NAME in DIR. With ``create``, a database that
+    does not exist yet is not made here: a function that makes it is returned, for the replication to call once
+    the source has answered (a replication that cannot start creates nothing)."""
     if spec.startswith(("http://", "https://")):
         return spec
     p = Path(spec).expanduser()
     validate_db_name(p.name)
     if not create:
         _require(p.parent, p.name)
-    h = MyNoSQL(p.parent, options=Options(background_sync=False))
-    try:
-        db = h.opendb(p.name)
-    except DatabaseLocked as exc:
-        raise Fail(str(exc), EXIT_LOCKED) from exc
-    stack.append(h)
-    return db
+
+    def open_it() -> Database:
+        h = MyNoSQL(p.parent, options=Options(background_sync=False))
+        try:
+            db = h.opendb(p.name)
+        except DatabaseLocked as exc:
+            raise Fail(str(exc), EXIT_LOCKED) from exc
+        stack.append(h)
+        return db
+
+    return open_it if create and not _is_database(p) else open_it()
 
 
 @cli.command()
@@ -628,6 +651,8 @@ def replicate(source: str, target: str, as_json: bool, timeout: float) -> None:
     handles: list[MyNoSQL] = []
     try:
         src = _endpoint_arg(source, handles, create=False)
+        if callable(src):  # pragma: no cover - create=False never defers
+            src = src()
         tgt = _endpoint_arg(target, handles, create=True)
         with progress("replicate", unit="changes") as bar:
             result = replicate_once(src, tgt, timeout=timeout, progress=bar)
@@ -660,7 +685,8 @@ def bench(which: str, args: tuple[str, ...], as_json: bool) -> None:
     for n in names:
         script = root / f"{n}.py"
         if not script.exists():
-            raise Fail(f"{script} not found: the benchmarks are in a source checkout of MyNoSQL")
+            raise Fail(f"the benchmarks (bench/{n}.py) come with a source checkout of MyNoSQL, not with an "
+                       "installed package: run `mynosql bench` (or scripts/test) from a clone of the repository")
         if not as_json:
             rc = subprocess.call([sys.executable, str(script), *args], env={**os.environ})
         else:
@@ -715,6 +741,10 @@ def _json_error(message: str, code: int) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        # Started with SIGINT ignored (a shell script's background job inherits that): Ctrl-C or `kill -INT`
+        # must still interrupt a command that waits on the network, as the exit code 130 promises.
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     as_json = "--json" in (args[: args.index("--")] if "--" in args else args)
     try:
         cli.main(args=args, prog_name="mynosql", standalone_mode=False)

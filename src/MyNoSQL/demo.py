@@ -36,6 +36,12 @@ SCRIPT = [  # (at second, what the link does)
 ]
 
 
+def say(text: str) -> None:
+    """One line on stdout in one write: print() writes the text and its newline apart, and a log line from the
+    library's background thread could land between them (glued to the demo's line)."""
+    sys.stdout.write(text + "\n")
+
+
 def _count(url: str) -> int:
     try:
         with urllib.request.urlopen(url, timeout=2) as r:
@@ -61,10 +67,10 @@ def main() -> int:
         assert mirror.stdout is not None
         line = mirror.stdout.readline()
         if not line.startswith("serving"):
-            print("the mirror did not start:", line, file=sys.stderr)
+            sys.stderr.write(f"the mirror did not start: {line}\n")
             return 1
         mirror_url = line.split(" on ")[1].strip()
-        print(f"mirror: {mirror_url} (a separate process); the logger reaches it through a proxy at {proxy.url}")
+        say(f"mirror: {mirror_url} (a separate process); the logger reaches it through a proxy at {proxy.url}")
 
         logger = MyNoSQL(root / "logger", options=Options(longpoll=5.0, remote_timeout=3.0))
         db = logger.opendb("iot")
@@ -90,7 +96,7 @@ def main() -> int:
         steps = list(SCRIPT)
         link = "up"
         restored_at = None
-        print(f"the logger writes {RATE} readings/s for {DURATION:.0f} s, whatever the link does")
+        say(f"the logger writes {RATE} readings/s for {DURATION:.0f} s, whatever the link does")
         while time.monotonic() - t0 < DURATION:
             now = time.monotonic() - t0
             while steps and now >= steps[0][0]:
@@ -105,15 +111,15 @@ def main() -> int:
                     proxy.heal()
                     link = "up"
                     restored_at = time.monotonic()
-                print(f"  t={now:5.1f}s  link: {action}")
+                say(f"  t={now:5.1f}s  link: {action}")
             pending = db.status()["mirrors"].get(proxy.url, {}).get("pending")
-            print(f"  t={now:5.1f}s  link {link:10}  written {written:5}  on mirror {_count(mirror_url + '/iot'):5}"
+            say(f"  t={now:5.1f}s  link {link:10}  written {written:5}  on mirror {_count(mirror_url + '/iot'):5}"
                   f"  pending push {pending}")
             time.sleep(1.0)  # the demo's display interval
         stop.set()
         writer.join()
         end_written = time.monotonic()
-        print(f"logging stopped: {written} readings written in {end_written - t0:.1f} s; waiting for the mirror")
+        say(f"logging stopped: {written} readings written in {end_written - t0:.1f} s; waiting for the mirror")
         deadline = time.monotonic() + 30
         on_mirror = _count(mirror_url + "/iot")
         while on_mirror != written and time.monotonic() < deadline:
@@ -121,14 +127,14 @@ def main() -> int:
             on_mirror = _count(mirror_url + "/iot")
         caught_up = time.monotonic()
         ok = on_mirror == written
-        print(f"mirror holds {on_mirror} of {written} readings: {'ALL THERE' if ok else 'MISSING SOME'}; "
+        say(f"mirror holds {on_mirror} of {written} readings: {'ALL THERE' if ok else 'MISSING SOME'}; "
               f"last reading arrived {caught_up - end_written:.2f} s after logging stopped"
               + (f", {caught_up - restored_at:.1f} s after the last restore" if restored_at else ""))
         stats = proxy.stats()
-        print(f"proxy: {stats.accepted} connections, {stats.cut} cut, {stats.dropped} refused while down")
+        say(f"proxy: {stats.accepted} connections, {stats.cut} cut, {stats.dropped} refused while down")
         t = time.monotonic()
         logger.closedb()
-        print(f"logger closed in {time.monotonic() - t:.2f} s; total demo time {time.monotonic() - t0:.1f} s")
+        say(f"logger closed in {time.monotonic() - t:.2f} s; total demo time {time.monotonic() - t0:.1f} s")
         return 0 if ok else 1
     finally:
         proxy.stop()

@@ -217,9 +217,13 @@ def test_ids_and_members_a_mirror_refuses(secured: Serve) -> None:
     for bad in ("_design", "_x", "a%00b", "x" * 1025, "a/../b", "./a"):
         code, _, body = request("PUT", f"{db}/{bad}", {"v": 1}, user="alice")
         assert 400 <= code < 500 and body["error"], (bad, code, body)
-    for doc in ({"_id": "m3", "_rev": "bad"}, {"_id": 5}, {"_id": "m4", "_rev": "0-" + "a" * 32}):
+    for doc in ({"_id": "m3", "_rev": "bad"}, {"_id": 5}, {"_id": "m4", "_rev": "0-" + "a" * 32},
+                {"_id": "dotdot/../x", "_rev": "1-" + "a" * 32}, {"_id": "./x", "_rev": "1-" + "a" * 32}):
         code, _, body = request("POST", f"{db}/_bulk_docs", {"docs": [doc], "new_edits": False}, user="alice")
         assert code == 400, (doc, code, body)
+    # the ids the URL routes refuse, _bulk_docs refuses too (one set of rules)
+    code, _, body = request("POST", f"{db}/_bulk_docs", {"docs": [{"_id": "dotdot/../x"}]}, user="alice")
+    assert code == 400 and "path segments" in body["reason"], body
     for doc, why in (({"_id": "m1", "_rev": "1-" + "a" * 32, "_attachments": {}}, "attachments are not supported"),
                      ({"_id": "m2", "_rev": "1-" + "a" * 32, "_unknown": 1}, "bad special document member: _unknown")):
         for new_edits in (False, True):  # refused one by one, as CouchDB does: a batch around them goes on

@@ -257,6 +257,8 @@ def test_addpeer_validates_and_dedupes(db: MyNoSQL.MyNoSQL) -> None:
         ({"id": "x" * 1025}, "1024 bytes"),
         ({"id": "é" * 600}, "1024 bytes"),
         ({"id": "_design"}, "reserved"),
+        ({"id": "dotdot/../x"}, "path segments"),  # no URL could name it: the same rule on every mirror route
+        ({"id": "./x"}, "path segments"),
         ({"rev": 5}, "rev must be a string"),
         ({"v": object()}, "cannot be stored"),
         ({"v": {1: "a"}}, "keys must be strings"),

@@ -2,7 +2,7 @@
 
 Every import counts, also those inside functions (a lazy import is still a dependency). The layers, lowest first:
 
-    base         errors, options                         (no MyNoSQL import but each other)
+    base         errors, options, version, testing      (no MyNoSQL import but each other)
     records      records/* (codec, revision trees, ids), net/* (URLs, CouchDB wire shapes)      pure, no I/O
     storage      storage/*                               files, no network
     database     database, config, credentials           knows no HTTP
@@ -23,7 +23,7 @@ SRC = Path(__file__).resolve().parents[2] / "src"
 PKG = SRC / "MyNoSQL"
 
 LAYERS = [
-    ("base", ["errors", "options", "testing"]),
+    ("base", ["errors", "options", "version", "testing"]),
     ("records", ["records", "net"]),
     ("storage", ["storage"]),
     ("database", ["database", "config", "credentials"]),

@@ -404,6 +404,11 @@ def test_conflicts_of_two_divergent_databases_listed_and_resolved(tmp_path: Path
     assert out.returncode == 0 and json.loads(out.stdout) == {"c": {"winner": winner, "conflicts": losers}}
     assert run("conflicts", "--path", a, "--db", "d").stdout.decode().strip() == f"c {winner} vs {losers[0]}"
     assert json.loads(run("status", "--path", a, "--db", "d", "--json").stdout)["conflicts"] == 1
+    # the losers' contents, to merge them
+    shown = json.loads(run("conflicts", "--path", a, "--db", "d", "--json", "--contents").stdout)["c"]["contents"]
+    assert {doc["v"] for doc in shown.values()} == {"from a", "from b"} and set(shown) == {winner, *losers}
+    text = run("conflicts", "--path", a, "--db", "d", "--contents").stdout.decode()
+    assert f"{winner} (winner): " in text and f"{losers[0]}: " in text and '"from a"' in text and '"from b"' in text
     # an export carries the conflict into another database
     dump = run("export", "--path", a, "--db", "d").stdout
     assert run("import", "--path", str(tmp_path / "c"), "--db", "d", input=dump).returncode == 0

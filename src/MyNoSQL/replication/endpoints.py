@@ -211,8 +211,11 @@ class HttpEndpoint:
                 return orjson.loads(raw) if raw else None
         except RemoteError:
             raise
-        except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
-            raise RemoteError(f"{method} {self.url}{path}: {type(exc).__name__}: {exc}",
+        except asyncio.TimeoutError as exc:
+            raise RemoteError(f"{method} {self.url}{path}: no answer within {timeout or self.timeout:g} s",
+                              kind="unreachable") from exc
+        except (aiohttp.ClientError, OSError) as exc:
+            raise RemoteError(f"{method} {self.url}{path}: {type(exc).__name__}: {exc or 'no details'}",
                               kind=_network_kind(exc)) from exc
         except orjson.JSONDecodeError as exc:
             raise RemoteError(f"{method} {self.url}{path}: the answer is not JSON", kind="protocol") from exc
