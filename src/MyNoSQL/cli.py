@@ -46,7 +46,6 @@ from .errors import (
 )
 from .handle import MyNoSQL
 from .net.urls import basic_authorization, db_url, redact_url
-from .node import Node
 from .options import Limits, Options
 from .records import revtree
 from .records.codec import decode_value
@@ -252,16 +251,20 @@ def cli(verbose: int) -> None:
 
 @cli.command()
 @click.option("--path", type=click.Path(file_okay=False, path_type=Path), required=True,
-              help="Folder that holds the database folders.")
-@click.option("--db", "name", required=True, help="Database name.")
+              help="Folder that holds the database folders: every one is served (or only those of --db).")
+@click.option("--db", "names", multiple=True,
+              help="Serve only this database (repeatable); created if it does not exist.")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
 @click.option("--port", default=8800, show_default=True, type=click.IntRange(0, 65535),
               help="Port to listen on (0: any free port).")
-@click.option("--peer", "peers", multiple=True, help="Another mirror to keep in step with (repeatable).")
+@click.option("--peer", "peers", multiple=True,
+              help="Another mirror (server URL) to keep every database in step with (repeatable).")
 @click.option("--advertise", default=None, help="The URL other nodes should use for this mirror.")
 @click.option("--credentials", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
-              help="A file of user:password (or user:password:reader) lines: the users, read at start and "
-                   "stored hashed. Required to listen beyond loopback.")
+              help="A file of user:password[:role] lines (role admin, replicator (the default) or reader): the "
+                   "users, read at start and stored hashed in PATH/users.json. Required beyond loopback.")
+@click.option("--idle", type=click.FloatRange(1), default=300.0, show_default=True,
+              help="Seconds without a request after which an open database is closed.")
 @click.option("--cert", type=click.Path(exists=True, dir_okay=False), default=None, help="TLS certificate (PEM).")
 @click.option("--key", type=click.Path(exists=True, dir_okay=False), default=None, help="TLS private key (PEM).")
 @click.option("--ca-file", type=click.Path(exists=True, dir_okay=False), default=None,
@@ -280,54 +283,58 @@ def cli(verbose: int) -> None:
 @click.option("--max-auth-failures", type=click.IntRange(1), default=None,
               help="Failed logins from one address in a minute before it is refused for a while (429).")
 @click.option("--json", "as_json", is_flag=True,
-              help='JSON Lines on stdout: {"event": "serving", "db", "url", "peers"} then {"event": "stopped"}.')
-def serve(path: Path, name: str, host: str, port: int, peers: tuple[str, ...], advertise: str | None,
-          credentials: Path | None, cert: str | None, key: str | None, ca_file: str | None, no_verify_tls: bool,
-          max_doc_bytes: int | None, as_json: bool, **limit_options: Any) -> None:
-    """Run a mirror in the foreground until SIGINT or SIGTERM, then shut down cleanly."""
+              help='JSON Lines on stdout: {"event": "serving", "db", "dbs", "url", "peers"} then '
+                   '{"event": "stopped"}.')
+def serve(path: Path, names: tuple[str, ...], host: str, port: int, peers: tuple[str, ...], advertise: str | None,
+          credentials: Path | None, idle: float, cert: str | None, key: str | None, ca_file: str | None,
+          no_verify_tls: bool, max_doc_bytes: int | None, as_json: bool, **limit_options: Any) -> None:
+    """Run a mirror of the databases in PATH in the foreground until SIGINT or SIGTERM, then shut down cleanly.
+
+    Clients create and delete databases with PUT and DELETE /{db} (server admins); databases open when first
+    used and close when idle."""
     from .credentials import parse_credentials_file
+    from .service import MirrorService, server_users
 
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     limits = dataclasses.replace(Limits(), **{k: v for k, v in limit_options.items() if v is not None})
-    options = Options(limits=limits, tls_ca_file=ca_file, tls_verify=not no_verify_tls)
+    options = Options(limits=limits, tls_ca_file=ca_file, tls_verify=not no_verify_tls, background_sync=False)
     if max_doc_bytes is not None:
         options = dataclasses.replace(options, max_doc_bytes=max_doc_bytes)
+    only = frozenset(names) if names else None
     try:
-        validate_db_name(name)
-        # Nothing runs until the configuration is what this command says: never the port a folder remembers.
-        node = Node(path, name, options, start=False)
+        path.mkdir(parents=True, exist_ok=True, mode=0o700)
+        for name in names:  # the databases named exist from the start (created if need be)
+            Database(path, validate_db_name(name), options).close()
+        users = server_users(path, only)
+        if credentials is not None:
+            users.replace_all(parse_credentials_file(credentials))
+        service = MirrorService(path, options, host=host, port=port, only=only, users=users, peers=peers,
+                                advertise=advertise, certfile=cert, keyfile=key, idle=idle)
     except DatabaseLocked as exc:
         raise Fail(str(exc), EXIT_LOCKED) from exc
     except InvalidDocument as exc:
         raise Fail(str(exc), EXIT_USAGE) from exc
     try:
-        if credentials is not None:
-            node.users.replace_all(parse_credentials_file(credentials))
-        before = node.config
-        node.setlisten(host, port, advertise=advertise, certfile=cert, keyfile=key)
-        node.setdbmode("Mirror")
-        for p in peers:
-            node.addpeer(p)
         try:
-            node.start()
-        except (SecurityError, OSError) as exc:  # not remembered: the next opendb must not fail the same way
-            node.setdbmode(before.mode)
-            node.setlisten(before.host, before.port, advertise=before.advertise, certfile=before.certfile,
-                           keyfile=before.keyfile)
+            url = service.start()
+        except (SecurityError, OSError) as exc:
             raise Fail(str(exc)) from exc
+        shown = " ".join(sorted(only)) if only else f"every database in {path}"
         if as_json:
-            click.echo(orjson.dumps({"event": "serving", "db": name, "url": node.server_url,
-                                     "peers": node.peers()}))
+            click.echo(orjson.dumps({"event": "serving", "db": names[0] if len(names) == 1 else None,
+                                     "dbs": sorted(only) if only else None, "url": url,
+                                     "peers": [redact_url(p) for p in service.peers]}))
         else:
-            click.echo(f"serving {name} on {node.server_url}")
+            click.echo(f"serving {shown} on {url}")
         sys.stdout.flush()
         while not stop.wait(0.5):
             pass
     finally:
-        node.close()
-    click.echo(orjson.dumps({"event": "stopped", "db": name}) if as_json else "stopped")
+        service.close()
+    click.echo(orjson.dumps({"event": "stopped", "db": names[0] if len(names) == 1 else None})
+               if as_json else "stopped")
 
 
 # -- inspecting and editing -------------------------------------------------------------------------------------

@@ -43,6 +43,8 @@ class DatabaseConfig:
     advertise: str | None = None
     certfile: str | None = None
     keyfile: str | None = None
+    revs_limit: int | None = None  # CouchDB's _revs_limit, when one was set for this database
+    security: Mapping[str, Any] | None = None  # CouchDB's _security object (admins, members)
     extra: Mapping[str, Any] = dataclasses.field(default_factory=dict)  # keys of other versions, kept
 
     def to_json(self) -> bytes:
@@ -78,6 +80,11 @@ class DatabaseConfig:
             for name in ("advertise", "certfile", "keyfile"):
                 if values.get(name) is not None and not isinstance(values[name], str):
                     raise ValueError(f"{name} must be a string or null")
+            if values.get("revs_limit") is not None and (type(values["revs_limit"]) is not int
+                                                         or values["revs_limit"] < 1):
+                raise ValueError("revs_limit must be a positive integer or null")
+            if values.get("security") is not None and not isinstance(values["security"], dict):
+                raise ValueError("security must be an object or null")
             if "uuid" not in values:
                 values["uuid"] = ""
             return cls(extra=extra, **values)

@@ -22,7 +22,7 @@ import orjson
 from .errors import CorruptionError, InvalidDocument
 from .storage.fileutil import atomic_write
 
-ROLES = ("replicator", "reader")
+ROLES = ("admin", "replicator", "reader")
 ITERATIONS = 200_000
 _DUMMY_SALT = secrets.token_bytes(16)
 

@@ -256,6 +256,47 @@ class Database:
             self._update_config(peers=(*peers, norm))
         return True
 
+    @property
+    def revs_limit(self) -> int:
+        """How many ancestors of each leaf revision are remembered: CouchDB's ``_revs_limit`` of this database
+        (``set_revs_limit``, remembered), else ``Options.revs_limit``."""
+        return self._config.revs_limit or self.options.revs_limit
+
+    def set_revs_limit(self, limit: int) -> None:
+        """Remember a ``_revs_limit`` for this database (applies to the revisions written from now on)."""
+        self._check()
+        if type(limit) is not int or not 1 <= limit <= 1_000_000:
+            raise InvalidDocument("revs_limit must be an integer from 1 to 1,000,000")
+        self._update_config(revs_limit=limit)
+
+    @property
+    def security(self) -> dict[str, Any]:
+        """CouchDB's ``_security`` object of this database (``admins`` and ``members``, each ``names`` and
+        ``roles``); empty lists by default. The database keeps it; a mirror enforces it."""
+        sec = self._config.security or {}
+        return {part: {"names": list(sec.get(part, {}).get("names", [])),
+                       "roles": list(sec.get(part, {}).get("roles", []))} for part in ("admins", "members")}
+
+    def set_security(self, security: dict[str, Any]) -> None:
+        """Remember a ``_security`` object: ``{"admins": {"names": [...], "roles": [...]}, "members": {...}}``."""
+        self._check()
+        clean: dict[str, Any] = {}
+        if not isinstance(security, dict):
+            raise InvalidDocument("_security must be a JSON object")
+        for part in ("admins", "members"):
+            value = security.get(part, {})
+            if not isinstance(value, dict):
+                raise InvalidDocument(f"_security {part} must be an object with names and roles")
+            entry = {}
+            for key in ("names", "roles"):
+                items = value.get(key, [])
+                if not isinstance(items, list) or not all(isinstance(x, str) and x for x in items) \
+                        or len(items) > 10_000:
+                    raise InvalidDocument(f"_security {part}.{key} must be a list of names")
+                entry[key] = list(dict.fromkeys(items))
+            clean[part] = entry
+        self._update_config(security=clean)
+
     def peers(self) -> list[str]:
         """The mirrors this database knows (without credentials)."""
         self._check()
@@ -348,7 +389,7 @@ class Database:
             raise InvalidDocument(
                 f"record {id!r} is {len(blob)} bytes encoded, over the limit of {self.options.max_doc_bytes}"
             )
-        limit = self.options.revs_limit
+        limit = self.revs_limit
 
         def mutate(prev: DocState | None) -> DocState | None:
             if prev is None:
@@ -464,7 +505,7 @@ class Database:
             bodies = dict(prev.bodies)
             del bodies[rev]
             bodies[tombstone] = _TOMBSTONE_BODY
-            return DocState(id, 0, revtree.stem(tree2, self.options.revs_limit), bodies)
+            return DocState(id, 0, revtree.stem(tree2, self.revs_limit), bodies)
 
         store.put(id, mutate)
         return {"id": id, "rev": tombstone, "deleted": True}
@@ -491,7 +532,7 @@ class Database:
         if len(blob) > self.options.max_doc_bytes:
             raise InvalidDocument(f"record {id!r} is {len(blob)} bytes encoded, over the limit of "
                                   f"{self.options.max_doc_bytes}")
-        limit = self.options.revs_limit
+        limit = self.revs_limit
 
         def mutate(prev: DocState | None) -> DocState | None:
             if prev is None:
@@ -557,6 +598,11 @@ class Database:
     def __len__(self) -> int:
         """How many records are not deleted."""
         return self._check().live_count
+
+    def deleted_count(self) -> int:
+        """How many records are deleted (tombstones: CouchDB's ``doc_del_count``)."""
+        store = self._check()
+        return max(0, store.record_count - store.live_count)
 
     def __contains__(self, id: object) -> bool:
         """Whether a record with this id exists and is not deleted."""
@@ -635,7 +681,7 @@ class Database:
     def merge_replicated(self, id: str, path: list[str], deleted: bool, blob: bytes) -> DocState | None:
         """``put_replicated`` returning the record's new state (its seq and tree), or None if it was known."""
         store = self._check()
-        limit = self.options.revs_limit
+        limit = self.revs_limit
 
         def mutate(prev: DocState | None) -> DocState | None:
             tree, added = revtree.merge_path(prev.tree if prev else {}, path, deleted)

@@ -6,6 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 from pouch import ensure_node_modules, npm_available, pouchdb_server
+from support.mirrors import mirrors  # noqa: F401 - the fixture
 
 
 @pytest.fixture(scope="session")

@@ -109,7 +109,7 @@ def test_credentials_roles_and_no_hints(secured: Serve, tmp_path: Path) -> None:
     assert request("PUT", f"{db}/_local/ck", {"seq": 1}, user="alice")[0] == 201
     assert request("GET", f"{db}/_local/ck", user="bob")[0] == 200
     # passwords are stored hashed, owner-only
-    users = tmp_path / "srv" / "db" / "users.json"
+    users = tmp_path / "srv" / "users.json"  # the mirror's users, beside its databases
     text = users.read_text()
     assert PASSWORD not in text
     assert stat.S_IMODE(os.stat(users).st_mode) == 0o600
@@ -559,8 +559,8 @@ def test_hostile_writes_answer_4xx_write_nothing_and_never_break_a_record(secure
     code, _, answer = request("POST", f"{db}/_bulk_docs", {"docs": [{"_id": "_design/x", "_rev": f"1-{a}"},
                                                                     {"_id": "kept", "_rev": f"1-{a}"}],
                                                            "new_edits": False}, user="alice")
-    assert code == 201 and answer == [{"id": "_design/x", "error": "forbidden",
-                                       "reason": "ids starting with '_' are reserved"}]
+    assert code == 201 and answer == [{"id": "_design/x", "error": "unauthorized",  # design documents: admins
+                                       "reason": "You are not a db or server admin."}]
     assert request("GET", f"{db}/kept", user="alice")[0] == 200
     assert request("PUT", f"{db}/kept2", {"v": 1}, user="alice")[0] == 201
     page = request("GET", f"{db}/_all_docs?skip=1&limit=1", user="alice")[2]  # "w" is deleted: not listed

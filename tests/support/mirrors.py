@@ -47,7 +47,9 @@ def wait_until(cond: Callable[[], object], timeout: float = 20.0, what: str = "c
 
 
 class MirrorProcess:
-    def __init__(self, path: Path, name: str, port: int, peers: list[str], extra: list[str] | None = None) -> None:
+    def __init__(self, path: Path, name: str | None, port: int, peers: list[str],
+                 extra: list[str] | None = None) -> None:
+        """``name`` None: serve every database of the folder (no --db)."""
         self.path, self.name, self.port, self.peers = path, name, port, peers
         self.extra = extra or []  # more `serve` options (credentials, TLS, limits)
         self.url = f"http://127.0.0.1:{port}"
@@ -55,8 +57,9 @@ class MirrorProcess:
         self.log: list[str] = []
 
     def start(self) -> MirrorProcess:
-        args = [sys.executable, "-m", "MyNoSQL", "-v", "serve", "--path", str(self.path), "--db", self.name,
-                "--host", "127.0.0.1", "--port", str(self.port), *self.extra]
+        args = [sys.executable, "-m", "MyNoSQL", "-v", "serve", "--path", str(self.path),
+                *(["--db", self.name] if self.name else []), "--host", "127.0.0.1", "--port", str(self.port),
+                *self.extra]
         for p in self.peers:
             args += ["--peer", p]
         self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=ENV,
@@ -97,9 +100,9 @@ class MirrorProcess:
 def mirrors(tmp_path: Path) -> Iterator[Callable[..., MirrorProcess]]:
     started: list[MirrorProcess] = []
 
-    def make(name: str = "db", *, port: int | None = None, peers: list[str] | None = None, tag: str = "m",
-             start: bool = True) -> MirrorProcess:
-        m = MirrorProcess(tmp_path / tag, name, port or free_port(), peers or [])
+    def make(name: str | None = "db", *, port: int | None = None, peers: list[str] | None = None, tag: str = "m",
+             start: bool = True, extra: list[str] | None = None) -> MirrorProcess:
+        m = MirrorProcess(tmp_path / tag, name, port or free_port(), peers or [], extra)
         started.append(m)
         return m.start() if start else m
 

@@ -28,7 +28,7 @@ LAYERS = [
     ("storage", ["storage"]),
     ("database", ["database", "config", "credentials"]),
     ("services", ["replication", "server"]),
-    ("composition", ["node", "handle", "cli", "demo", "__init__", "__main__"]),
+    ("composition", ["node", "service", "handle", "cli", "demo", "__init__", "__main__"]),
 ]
 RANK = {part: i for i, (_, parts) in enumerate(LAYERS) for part in parts}
 

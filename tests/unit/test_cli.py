@@ -556,7 +556,8 @@ def test_serve_json_lines(tmp_path: Path) -> None:
             assert sel.select(timeout=60), "serve printed nothing within 60 s"
             started = json.loads(proc.stdout.readline())
         url = f"http://127.0.0.1:{port}"
-        assert started == {"event": "serving", "db": "db", "url": url, "peers": ["http://127.0.0.1:9"]}  # no password
+        assert started == {"event": "serving", "db": "db", "dbs": ["db"], "url": url,
+                           "peers": ["http://127.0.0.1:9"]}  # no password
         with urllib.request.urlopen(f"{url}/db", timeout=15) as r:
             assert json.loads(r.read())["db_name"] == "db"
         proc.send_signal(signal.SIGTERM)

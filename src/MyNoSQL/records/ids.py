@@ -9,6 +9,7 @@ from typing import Any
 from ..errors import InvalidDocument
 
 MAX_ID_BYTES = 1024
+DESIGN_PREFIX = "_design/"  # CouchDB's design documents: stored and replicated as records (no JavaScript runs)
 
 
 class _IdSource:
@@ -41,9 +42,10 @@ new_id = _IdSource()
 
 
 def validate_id(id: Any) -> str:
-    """``id`` if it is a record id (a non-empty string of valid Unicode, at most 1024 bytes, no NUL, not
-    starting with ``_``, which CouchDB reserves, no ``.`` or ``..`` path segment, which URLs cannot carry), else
-    :class:`InvalidDocument`. The one set of id rules: ``savedoc``, replication and every mirror route."""
+    """``id`` if it is a record id, else :class:`InvalidDocument`: a non-empty string of valid Unicode, at most
+    1024 bytes, no NUL, not starting with ``_`` (CouchDB reserves it; design documents, ``_design/NAME``, are
+    records), no ``.`` or ``..`` path segment (no URL could carry it). The one set of id rules: ``savedoc``,
+    replication and every mirror route."""
     if type(id) is not str:
         if isinstance(id, str):
             return validate_id(str(id))
@@ -54,8 +56,9 @@ def validate_id(id: Any) -> str:
         raise InvalidDocument("a record id must not contain NUL")
     if len(id) > MAX_ID_BYTES // 4 and len(id.encode("utf-8", "surrogatepass")) > MAX_ID_BYTES:
         raise InvalidDocument(f"a record id must be at most {MAX_ID_BYTES} bytes in UTF-8")
-    if id[0] == "_":
-        raise InvalidDocument(f"record ids starting with '_' are reserved (CouchDB's rule): {id[:40]!r}")
+    if id[0] == "_" and (not id.startswith(DESIGN_PREFIX) or len(id) == len(DESIGN_PREFIX)):
+        raise InvalidDocument(f"record ids starting with '_' are reserved (CouchDB's rule; only design "
+                              f"documents, '_design/NAME', are records): {id[:40]!r}")
     if "." in id and any(part in (".", "..") for part in id.split("/")):
         raise InvalidDocument(f"a record id must not have '.' or '..' path segments (no URL could name it): "
                               f"{id[:40]!r}")

@@ -29,8 +29,10 @@ from ..options import Limits
 from .auth import Authenticator, Throttle, basic_credentials
 from .changes import ChangesRoutes
 from .context import USER, ServerContext
+from .databases import DatabaseRoutes
 from .documents import DocumentRoutes
 from .observe import Observer
+from .registry import Databases
 from .requests import HttpError, error_response, json_response
 
 log = logging.getLogger("MyNoSQL")
@@ -47,13 +49,15 @@ MirrorStatus = Callable[[str], dict[str, Any]]  # database name -> its replicati
 
 
 class MirrorApp:
-    def __init__(self, dbs: dict[str, Database], *, mirrors: Callable[[], list[str]] | None = None,
+    def __init__(self, dbs: dict[str, Database] | Databases, *, mirrors: Callable[[], list[str]] | None = None,
                  users: Users | None = None, limits: Limits | None = None, open_without_users: bool = True,
                  mirror_status: MirrorStatus | None = None) -> None:
-        """``open_without_users``: serve everyone while no user exists (only ever for a loopback address).
+        """``dbs``: the databases served (a fixed mapping, or a :class:`Databases` registry of a folder).
+        ``open_without_users``: serve everyone while no user exists (only ever for a loopback address).
         ``mirrors()``: the mirror URLs ``/_mirrors`` lists. ``mirror_status(db)``: the replication status the
         dashboard and the metrics show for a database."""
-        self.dbs = dbs
+        self.dbs = dbs if isinstance(dbs, Databases) else Databases(fixed=dbs)
+        dbs = self.dbs
         self.mirrors = mirrors or (lambda: [])
         self.limits = limits or Limits()
         self.observer = Observer(dbs, mirror_status or (lambda name: {}))
@@ -66,7 +70,7 @@ class MirrorApp:
 
     def build(self) -> web.Application:
         app = web.Application(client_max_size=self.limits.max_request_bytes,
-                              middlewares=[self._observe, self._errors, self.auth.middleware])
+                              middlewares=[self._observe, self._errors, self.auth.middleware, self._hold])
         app.on_response_prepare.append(self._headers)
         r = app.router
         r.add_get("/", self.root)
@@ -75,7 +79,10 @@ class MirrorApp:
         r.add_get("/_metrics", self.metrics)
         r.add_get("/_dashboard", self.dashboard)
         r.add_get("/_dashboard/data", self.dashboard_data)
-        ChangesRoutes(self.ctx).add_to(r)  # before the document routes: /{db}/{id} would take /{db}/_changes
+        r.add_get("/_all_dbs", self.all_dbs)
+        # before the document routes: /{db}/{id} would take /{db}/_changes, /{db}/_all_docs...
+        ChangesRoutes(self.ctx).add_to(r)
+        DatabaseRoutes(self.ctx).add_to(r)
         DocumentRoutes(self.ctx).add_to(r)
         app.on_startup.append(self._startup)
         app.on_cleanup.append(self._cleanup)
@@ -88,20 +95,37 @@ class MirrorApp:
 
     async def _startup(self, app: web.Application) -> None:
         self._ticker = asyncio.create_task(self._tick())
-        self.ctx.listen(asyncio.get_running_loop())
+        await self.ctx.listen()
 
     async def _cleanup(self, app: web.Application) -> None:
         if self._ticker is not None:
             self._ticker.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._ticker
-        self.ctx.unlisten()
+        await self.ctx.cancel_tasks()
+        await self.ctx.unlisten()
         await asyncio.to_thread(self.auth.close)
 
     async def _tick(self) -> None:
+        n = 0
         while True:
             await asyncio.sleep(1.0)
             self.observer.tick()
+            n += 1
+            if n % 10 == 0:  # every 10 s: databases no request used lately close
+                try:
+                    await self.dbs.close_idle()
+                except Exception as exc:  # the ticker must go on
+                    log.error("closing idle databases failed: %s", exc)
+
+    @web.middleware
+    async def _hold(self, request: web.Request, handler: Callable[[web.Request], Any]) -> web.StreamResponse:
+        """The databases a request uses stay open until its answer is made."""
+        try:
+            resp: web.StreamResponse = await handler(request)
+            return resp
+        finally:
+            self.ctx.release(request)
 
     @staticmethod
     async def _headers(request: web.Request, response: web.StreamResponse) -> None:
@@ -123,7 +147,7 @@ class MirrorApp:
         client): on the routes of its databases and ``/_mirrors``, and any failed login that gave a name. (Not,
         say, the anonymous first request of a browser for the dashboard, which the 401 makes ask for a password.)"""
         db = request.match_info.get("db")
-        db = db if db in self.dbs else None
+        db = db if db in dict(self.dbs.open_items()) else None
         user = request.get(USER)
         if user is None and resp.status == 401:  # a failed login: the name it tried (never the password)
             user = basic_credentials(request)[0][:64] or None
@@ -179,7 +203,7 @@ class MirrorApp:
     async def up(self, request: web.Request) -> web.Response:
         """Health: every database open and its compactor working (no I/O: cheap enough for any prober)."""
         problems = []
-        for name, db in self.dbs.items():
+        for name, db in self.dbs.held():
             problem = db.health()
             if problem:
                 problems.append(f"database {name!r}: {problem}")
@@ -204,3 +228,26 @@ class MirrorApp:
 
     async def dashboard_data(self, request: web.Request) -> web.Response:
         return json_response(await asyncio.to_thread(self.observer.snapshot))
+
+    async def all_dbs(self, request: web.Request) -> web.Response:
+        """``GET /_all_dbs``: the databases served, sorted (CouchDB's ``start_key``/``end_key``/``limit``/``skip``
+        and ``descending`` apply)."""
+        names = await asyncio.to_thread(self.dbs.names)
+        q = request.query
+        try:
+            start = orjson.loads(q.get("start_key", q.get("startkey", "null")))
+            end = orjson.loads(q.get("end_key", q.get("endkey", "null")))
+            limit = int(q["limit"]) if "limit" in q else None
+            skip = max(0, int(q.get("skip", 0)))
+        except (ValueError, orjson.JSONDecodeError) as exc:
+            raise HttpError(400, "bad_request", "start_key and end_key must be JSON strings; limit and skip "
+                            "integers") from exc
+        if q.get("descending", "false") == "true":
+            names.reverse()
+            names = [n for n in names if (not isinstance(start, str) or n <= start)
+                     and (not isinstance(end, str) or n >= end)]
+        else:
+            names = [n for n in names if (not isinstance(start, str) or n >= start)
+                     and (not isinstance(end, str) or n <= end)]
+        names = names[skip:] if limit is None or limit < 0 else names[skip:skip + limit]
+        return json_response(names)

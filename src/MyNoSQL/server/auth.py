@@ -22,7 +22,7 @@ from typing import Any
 from aiohttp import web
 
 from ..credentials import Users
-from .context import USER
+from .context import ROLE, USER
 from .requests import error_response
 
 # What a "reader" may POST: the read-only requests of replication.
@@ -145,6 +145,7 @@ class Authenticator:
         if role is None:
             return _unauthorized()
         request[USER] = name
+        request[ROLE] = role
         if role == "reader" and request.method not in ("GET", "HEAD"):
             parts = request.path.strip("/").split("/")
             if not (request.method == "POST" and len(parts) == 2 and parts[1] in READER_POSTS):

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 from aiohttp import web
@@ -14,10 +14,15 @@ from aiohttp import web
 from ..database import Database
 from ..options import Limits
 from .observe import Observer
-from .requests import HttpError, Rules
+from .registry import Databases
+from .requests import NOT_ADMIN, HttpError, Rules
 
 # The authenticated user of a request (a typed request key where aiohttp has them: no NotAppKeyWarning)
 USER: Any = web.RequestKey("user", str) if hasattr(web, "RequestKey") else "user"
+HELD: Any = web.RequestKey("held", list) if hasattr(web, "RequestKey") else "held"  # databases a request holds
+# The role of the authenticated user ("admin", "replicator", "reader"); absent on an open mirror (no users:
+# loopback only), where everyone may do everything (CouchDB's "admin party").
+ROLE: Any = web.RequestKey("role", str) if hasattr(web, "RequestKey") else "role"
 SMALL_INLINE = 64  # a read touching fewer records runs on the event loop, not in a worker thread
 
 
@@ -76,31 +81,102 @@ def client_token(request: web.Request) -> str | None:
     return token if token and len(token) <= 64 and token.isascii() and token.isalnum() else None
 
 
+def _named(part: dict[str, list[str]], user: str | None, role: str | None) -> bool:
+    """Whether a ``_security`` part (``{"names": [...], "roles": [...]}``) names this user or its role."""
+    return (user is not None and user in part["names"]) or (role is not None and role in part["roles"])
+
+
 class ServerContext:
-    def __init__(self, dbs: dict[str, Database], limits: Limits, observer: Observer) -> None:
+    def __init__(self, dbs: Databases, limits: Limits, observer: Observer) -> None:
         self.dbs = dbs
         self.limits = limits
         self.rules = Rules(limits)
         self.observer = observer
         self.notifiers: dict[str, ChangeNotifier] = {}
-        self.echo_logs: dict[str, EchoLog] = {name: EchoLog() for name in dbs}
-        self._unlisten: list[Callable[[], None]] = []
+        self.echo_logs: dict[str, EchoLog] = {}
+        self._unlisten: dict[str, Callable[[], None]] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        dbs.on_open.append(self._opened)
+        dbs.on_close.append(self._closing)
 
-    def db(self, request: web.Request) -> Database:
-        db = self.dbs.get(request.match_info["db"])
+    async def db(self, request: web.Request) -> Database:
+        """The database of the request's ``{db}``, opened if needed and held until the answer is made; a 404
+        if this mirror does not serve it."""
+        name = request.match_info["db"]
+        db = await self.dbs.get(name)
         if db is None or db.closed:
             raise HttpError(404, "not_found", "Database does not exist.")
+        role = request.get(ROLE)
+        if role is not None and role != "admin":  # a database's _security may name its members
+            sec = db.security
+            members, user = sec["members"], request.get(USER)
+            if (members["names"] or members["roles"]) and not _named(members, user, role) \
+                    and not _named(sec["admins"], user, role):
+                raise HttpError(403, "forbidden", "You are not allowed to access this db.")
+        self.dbs.hold(name)
+        request.setdefault(HELD, []).append(name)
         return db
 
-    def listen(self, loop: asyncio.AbstractEventLoop) -> None:
-        """Start waking longpolls on changes (the server's startup)."""
-        for name, db in self.dbs.items():
-            n = ChangeNotifier(loop)
-            self.notifiers[name] = n
-            self._unlisten.append(db.on_change(n.notify))
+    @staticmethod
+    def is_db_admin(request: web.Request, db: Database | None = None) -> bool:
+        """May this request write design documents and ``_security``? Server admins, the admins that the
+        database's ``_security`` names (by name or role), or anyone on an open mirror (no users)."""
+        role = request.get(ROLE)
+        if role is None or role == "admin":
+            return True
+        return db is not None and _named(db.security["admins"], request.get(USER), role)
 
-    def unlisten(self) -> None:
-        for stop in self._unlisten:
+    def require_db_admin(self, request: web.Request, db: Database) -> None:
+        if not self.is_db_admin(request, db):
+            raise HttpError(401, "unauthorized", NOT_ADMIN)
+
+    @staticmethod
+    def require_admin(request: web.Request) -> None:
+        """A 401 unless the request comes from a server admin (or the mirror is open: no users, loopback)."""
+        role = request.get(ROLE)
+        if role is not None and role != "admin":
+            raise HttpError(401, "unauthorized", "You are not a server admin.")
+
+    def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        """Run ``coro`` in the background (a compaction...); cancelled when the server closes."""
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def cancel_tasks(self) -> None:
+        for t in list(self._tasks):
+            t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    def release(self, request: web.Request) -> None:
+        """The request is answered: the databases it held may close when idle."""
+        for name in request.get(HELD, ()):
+            self.dbs.release(name)
+
+    def echo_log(self, name: str) -> EchoLog:
+        log = self.echo_logs.get(name)
+        if log is None:
+            log = self.echo_logs[name] = EchoLog()
+        return log
+
+    async def _opened(self, name: str, db: Database) -> None:
+        n = ChangeNotifier(asyncio.get_running_loop())
+        self.notifiers[name] = n
+        self._unlisten[name] = db.on_change(n.notify)
+
+    async def _closing(self, name: str, db: Database) -> None:
+        stop = self._unlisten.pop(name, None)
+        if stop is not None:
             stop()
-        self._unlisten.clear()
-        self.notifiers.clear()
+        self.notifiers.pop(name, None)
+        self.echo_logs.pop(name, None)
+
+    async def listen(self) -> None:
+        """Start waking longpolls on changes of the databases open now (the server's startup)."""
+        for name, db in self.dbs.open_items():
+            if name not in self.notifiers:
+                await self._opened(name, db)
+
+    async def unlisten(self) -> None:
+        for name, db in self.dbs.open_items():
+            await self._closing(name, db)

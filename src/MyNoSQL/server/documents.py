@@ -1,6 +1,7 @@
-"""The document routes of a mirror: database info, replication (``_revs_diff``, ``_bulk_get``, ``_bulk_docs``),
-``_all_docs``, ``_local`` checkpoints and single documents. Every write runs in a worker thread, never on the
-event loop (a write may wait for the compactor: back-pressure must not stall other requests)."""
+"""The document routes of a mirror: replication (``_revs_diff``, ``_bulk_get``, ``_bulk_docs``), ``_local``
+checkpoints and single documents (the database's own routes are in :mod:`.databases`). Every write runs in a
+worker thread, never on the event loop (a write may wait for the compactor: back-pressure must not stall other
+requests)."""
 
 from __future__ import annotations
 
@@ -15,15 +16,16 @@ from ..database import Database
 from ..errors import ConflictError, DocumentNotFound
 from ..net import wire
 from ..records import revtree
+from ..records.ids import DESIGN_PREFIX
 from .context import ServerContext, client_token
 from .requests import (
+    NOT_ADMIN,
     Edit,
     HttpError,
     Refused,
     check_ids_and_revs,
     checked_local_id,
     doc_id,
-    error_response,
     flag,
     json_response,
     local_id,
@@ -36,15 +38,9 @@ class DocumentRoutes:
         self.rules = ctx.rules
 
     def add_to(self, r: web.UrlDispatcher) -> None:
-        r.add_get("/{db}", self.db_info)
-        r.add_get("/{db}/", self.db_info)
-        r.add_put("/{db}", self.db_create)
-        r.add_put("/{db}/", self.db_create)
         r.add_post("/{db}/_revs_diff", self.revs_diff)
         r.add_post("/{db}/_bulk_get", self.bulk_get)
         r.add_post("/{db}/_bulk_docs", self.bulk_docs)
-        r.add_post("/{db}/_ensure_full_commit", self.full_commit)
-        r.add_get("/{db}/_all_docs", self.all_docs)
         r.add_get("/{db}/_local/{id:.+}", self.local_get)
         r.add_put("/{db}/_local/{id:.+}", self.local_put)
         r.add_delete("/{db}/_local/{id:.+}", self.local_delete)
@@ -52,23 +48,8 @@ class DocumentRoutes:
         r.add_put("/{db}/{id:.+}", self.doc_put)
         r.add_delete("/{db}/{id:.+}", self.doc_delete)
 
-    async def db_info(self, request: web.Request) -> web.Response:
-        db = self.ctx.db(request)
-        return json_response({"db_name": db.name, "doc_count": len(db), "doc_del_count": 0, "update_seq": db.seq,
-                      "instance_start_time": "0", "purge_seq": 0})
-
-    async def db_create(self, request: web.Request) -> web.Response:
-        if request.match_info["db"] in self.ctx.dbs:
-            return error_response(412, "file_exists", "The database could not be created, the file already exists.")
-        raise HttpError(403, "forbidden", "this mirror serves only its configured databases")
-
-    async def full_commit(self, request: web.Request) -> web.Response:
-        self.ctx.db(request)
-        return json_response({"ok": True, "instance_start_time": "0"}, 201)
-
-
     async def revs_diff(self, request: web.Request) -> web.Response:
-        db = self.ctx.db(request)
+        db = await self.ctx.db(request)
         body = await self.rules.body(request)
         if not isinstance(body, dict) or not all(
             isinstance(k, str) and isinstance(v, list) and all(isinstance(r, str) for r in v) for k, v in body.items()
@@ -81,7 +62,7 @@ class DocumentRoutes:
         return json_response({id: {"missing": revs} for id, revs in missing.items()})
 
     async def bulk_get(self, request: web.Request) -> web.Response:
-        db = self.ctx.db(request)
+        db = await self.ctx.db(request)
         body = await self.rules.body(request)
         docs = body.get("docs") if isinstance(body, dict) else None
         if not isinstance(docs, list) or not all(isinstance(d, dict) for d in docs):
@@ -108,7 +89,7 @@ class DocumentRoutes:
         return json_response({"results": results})
 
     async def bulk_docs(self, request: web.Request) -> web.Response:
-        db = self.ctx.db(request)
+        db = await self.ctx.db(request)
         body = await self.rules.body(request)
         docs = body.get("docs") if isinstance(body, dict) else None
         if not isinstance(docs, list):
@@ -126,8 +107,9 @@ class DocumentRoutes:
             checked_local_id(checkpoint["id"])
             self.rules.local_size(checkpoint["doc"])
         written = 0
+        admin = self.ctx.is_db_admin(request, db)
         client = client_token(request)
-        echo_log = self.ctx.echo_logs.get(db.name) if client else None
+        echo_log = self.ctx.echo_log(db.name) if client else None
 
         def write() -> list[dict[str, Any]]:
             nonlocal written
@@ -135,12 +117,12 @@ class DocumentRoutes:
             # request is refused and nothing is written (a conflict stays a per-document answer, as in CouchDB).
             check: Callable[[Any], wire.WireDoc | Edit] = \
                 (lambda d: self.rules.wire(db, d)) if new_edits is False else (lambda d: self.rules.record(db, d, None))
-            checked = [self.rules.checked(check, doc, n) for n, doc in enumerate(docs)]
+            checked = [self.rules.checked(check, doc, n, admin=admin) for n, doc in enumerate(docs)]
             out: list[dict[str, Any]] = []
             for doc, w in zip(docs, checked, strict=True):
                 try:
                     if isinstance(w, Refused):
-                        out.append({"id": w.id, "error": "forbidden", "reason": w.reason})
+                        out.append({"id": w.id, "error": w.error, "reason": w.reason})
                     elif isinstance(w, wire.WireDoc):
                         if echo_log is not None and client is not None:
                             echo_log.expect(w.id, w.path[0], client)  # before the write can wake a longpoll
@@ -163,33 +145,17 @@ class DocumentRoutes:
         resp.headers["X-MyNoSQL-Written"] = str(written)
         return resp
 
-    async def all_docs(self, request: web.Request) -> web.Response:
-        db = self.ctx.db(request)
-        try:
-            skip = max(0, int(request.query.get("skip", 0)))
-            limit = max(0, int(request.query["limit"])) if "limit" in request.query else None
-        except ValueError as exc:
-            raise HttpError(400, "bad_request", "skip and limit must be integers") from exc
-
-        def read() -> list[dict[str, Any]]:
-            return [{"id": s.id, "key": s.id, "value": {"rev": s.winner}}
-                    for s in db.states_since(0) if not s.deleted]
-
-        rows = sorted(await asyncio.to_thread(read), key=lambda r: r["id"])
-        page = rows[skip:] if limit is None else rows[skip:skip + limit]
-        return json_response({"total_rows": len(rows), "offset": min(skip, len(rows)), "rows": page})
-
     # -- local documents --------------------------------------------------------------------------------------
 
     async def local_get(self, request: web.Request) -> web.Response:
-        db = self.ctx.db(request)
+        db = await self.ctx.db(request)
         doc = await asyncio.to_thread(db.local_get, local_id(request))
         if doc is None:
             raise HttpError(404, "not_found", "missing")
         return json_response(doc)
 
     async def local_put(self, request: web.Request) -> web.Response:
-        db = self.ctx.db(request)
+        db = await self.ctx.db(request)
         body = await self.rules.body(request)
         if not isinstance(body, dict):
             raise HttpError(400, "bad_request", "document must be a JSON object")
@@ -199,7 +165,7 @@ class DocumentRoutes:
         return json_response({"ok": True, "id": "_local/" + id, "rev": rev}, 201)
 
     async def local_delete(self, request: web.Request) -> web.Response:
-        db = self.ctx.db(request)
+        db = await self.ctx.db(request)
         id = local_id(request)
         if await asyncio.to_thread(db.local_get, id) is None:
             raise HttpError(404, "not_found", "missing")
@@ -218,7 +184,7 @@ class DocumentRoutes:
         return {"id": res["id"], "rev": res["rev"]}
 
     async def doc_get(self, request: web.Request) -> web.Response:
-        db = self.ctx.db(request)
+        db = await self.ctx.db(request)
         id = doc_id(request)
         q = request.query
         state = await asyncio.to_thread(db.state, id)
@@ -256,11 +222,29 @@ class DocumentRoutes:
             raise HttpError(404, "not_found", "missing")
         if "rev" not in q and state.tree[rev][1]:
             raise HttpError(404, "not_found", "deleted")
-        return json_response(wire.doc_to_wire(state, rev, revs=revs, conflicts=flag(request, "conflicts")))
+        meta = flag(request, "meta")
+        doc = wire.doc_to_wire(state, rev, revs=revs, conflicts=meta or flag(request, "conflicts"))
+        if meta or flag(request, "deleted_conflicts"):
+            gone = state.deleted_conflicts()
+            if gone:
+                doc["_deleted_conflicts"] = gone
+        if meta or flag(request, "revs_info"):
+            doc["_revs_info"] = [{"rev": r, "status": "deleted" if state.tree[r][1] and r in state.bodies
+                                  else "available" if r in state.bodies else "missing"}
+                                 for r in revtree.ancestry(state.tree, rev)]
+        if flag(request, "local_seq"):
+            doc["_local_seq"] = state.seq
+        return json_response(doc)
+
+    def _design_write(self, request: web.Request, db: Database, id: str) -> None:
+        """A design document is written by database or server admins only (CouchDB's rule)."""
+        if id.startswith(DESIGN_PREFIX) and not self.ctx.is_db_admin(request, db):
+            raise HttpError(401, "unauthorized", NOT_ADMIN)
 
     async def doc_put(self, request: web.Request) -> web.Response:
-        db = self.ctx.db(request)
+        db = await self.ctx.db(request)
         id = doc_id(request)
+        self._design_write(request, db, id)
         body = await self.rules.body(request)
         if request.query.get("new_edits") == "false":
             if isinstance(body, dict) and body.setdefault("_id", id) != id:
@@ -276,9 +260,11 @@ class DocumentRoutes:
         return json_response({"ok": True, **res}, 201)
 
     async def doc_delete(self, request: web.Request) -> web.Response:
-        db = self.ctx.db(request)
+        db = await self.ctx.db(request)
         rev = request.query.get("rev")
         if not rev:
             raise HttpError(409, "conflict", "Document update conflict.")
-        res = await asyncio.to_thread(db.deletedoc, doc_id(request), rev)
+        id = doc_id(request)
+        self._design_write(request, db, id)
+        res = await asyncio.to_thread(db.deletedoc, id, rev)
         return json_response({"ok": True, "id": res["id"], "rev": res["rev"]})

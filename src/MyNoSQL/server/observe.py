@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from ..database import Database
+from .registry import Databases
 
 HISTORY = 600  # seconds of per-second samples
 
@@ -31,7 +32,7 @@ class _SlowFacts:
 
 
 class Observer:
-    def __init__(self, dbs: dict[str, Database], mirror_status: Callable[[str], dict[str, Any]]) -> None:
+    def __init__(self, dbs: Databases, mirror_status: Callable[[str], dict[str, Any]]) -> None:
         self.dbs = dbs
         self.mirror_status = mirror_status  # database name -> its replication status, by remote
         self.started = time.time()
@@ -42,7 +43,7 @@ class Observer:
         self._clients_lock = threading.Lock()  # fed on the event loop, read by snapshot() in a worker thread
         # per second: (time, writes, revisions received, revisions sent)
         self._samples: collections.deque[tuple[int, int, int, int]] = collections.deque(maxlen=HISTORY)
-        self._last_seq = {name: db.seq for name, db in dbs.items()}
+        self._last_seq = {name: db.seq for name, db in dbs.open_items()}
         self._last_in = self._last_out = 0
         self._slow: dict[str, _SlowFacts] = {}
         self._slow_lock = threading.Lock()
@@ -87,9 +88,7 @@ class Observer:
         """Take this second's sample (called every second by the server)."""
         now = int(time.time())
         writes = 0
-        for name, db in self.dbs.items():
-            if db.closed:
-                continue
+        for name, db in self.dbs.open_items():
             seq = db.seq
             writes += max(0, seq - self._last_seq.get(name, seq))
             self._last_seq[name] = seq
@@ -119,14 +118,12 @@ class Observer:
 
     def snapshot(self) -> dict[str, Any]:
         dbs = []
-        for name, db in self.dbs.items():
-            if db.closed:
-                continue
+        for name, db in self.dbs.open_items():
             mirrors = self.mirror_status(name)
             dbs.append({"name": name, "mode": db.getdbmode(), "records": len(db), "seq": db.seq,
                         **self._slow_facts(name, db), "mirrors": mirrors})
         now = time.time()
-        seqs = {name: db.seq for name, db in self.dbs.items() if not db.closed}
+        seqs = {name: db.seq for name, db in self.dbs.open_items()}
         with self._clients_lock:
             clients = [dict(c) for c in self.clients.values()]
         peers = []
@@ -151,7 +148,7 @@ class Observer:
 
         metric("mynosql_http_requests_total", "counter", "HTTP requests by route, method and status.",
                [({"route": r, "method": m, "status": s}, n) for (r, m, s), n in sorted(self.requests.items())])
-        live = [(name, db) for name, db in self.dbs.items() if not db.closed]
+        live = self.dbs.open_items()
         metric("mynosql_healthy", "gauge", "1 if the database is open and its compactor works (as /_up).",
                [({"db": n}, 0 if db.health() else 1) for n, db in live])
         metric("mynosql_records", "gauge", "Records (not deleted).", [({"db": n}, len(db)) for n, db in live])

@@ -16,7 +16,7 @@ from ..errors import InvalidDocument
 from ..net import wire
 from ..options import Limits
 from ..records import revtree
-from ..records.ids import validate_id
+from ..records.ids import DESIGN_PREFIX, validate_id
 
 T = TypeVar("T")
 LOCAL_MAX = 1024 * 1024  # bytes of one _local document (a checkpoint)
@@ -47,17 +47,23 @@ class Edit(NamedTuple):
 
 
 class Refused(NamedTuple):
-    """A document of a batch refused on its own (a reserved id, attachments), as CouchDB does."""
+    """A document of a batch refused on its own (a reserved id, attachments, a design document written by
+    someone not an admin), as CouchDB does."""
 
     id: Any
     reason: str
+    error: str = "forbidden"
+
+
+NOT_ADMIN = "You are not a db or server admin."
 
 
 def reserved(id: Any) -> bool:
-    """A well-formed id that starts with ``_`` (a CouchDB design document...): never held here, refused on
-    its own in a batch (as CouchDB refuses a document its validation forbids), never a reason to refuse a batch."""
-    return isinstance(id, str) and id[:1] == "_" and "\x00" not in id and len(id) <= 1024 \
-        and len(id.encode("utf-8", "surrogatepass")) <= 1024
+    """A well-formed id that starts with ``_`` but is not a design document's (``_design/NAME`` are records): never
+    held here, refused on its own in a batch (as CouchDB refuses a document its validation forbids), never a
+    reason to refuse a batch."""
+    return isinstance(id, str) and id[:1] == "_" and not id.startswith(DESIGN_PREFIX) and "\x00" not in id \
+        and len(id) <= 1024 and len(id.encode("utf-8", "surrogatepass")) <= 1024
 
 
 def check_ids_and_revs(pairs: Iterable[tuple[Any, Any]]) -> None:
@@ -186,12 +192,16 @@ class Rules:
         return Edit(doc_id, None, record)
 
     @staticmethod
-    def checked(check: Callable[[Any], T], doc: Any, n: int) -> T | Refused:
+    def checked(check: Callable[[Any], T], doc: Any, n: int, *, admin: bool = True) -> T | Refused:
         """``check(doc)``; a document that breaks a rule or limit refuses the whole request (nothing written),
-        one that CouchDB's rules refuse (a reserved id, attachments) is refused on its own."""
+        one that CouchDB's rules refuse (a reserved id, attachments, a design document when ``admin`` is False)
+        is refused on its own."""
         if isinstance(doc, dict):  # what CouchDB refuses document by document: a reserved id, attachments
-            if reserved(doc.get("_id")):
-                return Refused(doc["_id"], "ids starting with '_' are reserved")
+            id = doc.get("_id")
+            if reserved(id):
+                return Refused(id, "ids starting with '_' are reserved")
+            if not admin and isinstance(id, str) and id.startswith(DESIGN_PREFIX):
+                return Refused(id, NOT_ADMIN, "unauthorized")
             problem = wire.unsupported_member(doc)
             if problem is not None:
                 return Refused(doc.get("_id"), problem)

@@ -16,6 +16,7 @@ from ..errors import SecurityError
 from ..net.urls import is_loopback
 from ..options import Limits
 from .app import MirrorApp, MirrorStatus
+from .registry import Databases
 
 log = logging.getLogger("MyNoSQL")
 
@@ -23,7 +24,7 @@ log = logging.getLogger("MyNoSQL")
 class MirrorServer:
     """Serves ``dbs`` on ``host:port`` (0: any free port). Runs on its owner's event loop."""
 
-    def __init__(self, dbs: dict[str, Database], *, host: str, port: int, users: Users, limits: Limits,
+    def __init__(self, dbs: dict[str, Database] | Databases, *, host: str, port: int, users: Users, limits: Limits,
                  certfile: str | None = None, keyfile: str | None = None,
                  mirrors: Callable[[], list[str]] | None = None, mirror_status: MirrorStatus | None = None) -> None:
         self.dbs, self.host, self.port, self.users, self.limits = dbs, host, port, users, limits
@@ -37,7 +38,8 @@ class MirrorServer:
         """Bind and serve; returns the URL it serves on. :class:`SecurityError` if it would serve beyond
         loopback without users; ``OSError`` if the address cannot be bound."""
         host, port, users, limits = self.host, self.port, self.users, self.limits
-        names = ", ".join(repr(n) for n in self.dbs)
+        names = (", ".join(repr(n) for n in self.dbs) if isinstance(self.dbs, dict)
+                 else f"of {self.dbs.root}" if self.dbs.only is None else ", ".join(map(repr, sorted(self.dbs.only))))
         if not users and not is_loopback(host):
             raise SecurityError(
                 f"refusing to serve database {names} on {host}:{port} without credentials: anyone who "

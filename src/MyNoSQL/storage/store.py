@@ -111,7 +111,8 @@ class Store:
             self.flushed_seq = int(self.index.meta("flushed_seq") or 0)
             self._next_bno = int(self.index.meta("next_bno") or 1)
             self._flushed_live = int(self.index.meta("live_count") or 0)
-            self.x_rows = self.index.count_rows()[1]
+            rows, self.x_rows = self.index.count_rows()
+            self.record_count = int(rows) + int(self.x_rows)  # every id with a state, deleted ones too
             self.seq = self.flushed_seq
             self.live_count = self._flushed_live
             self.wal = WriteAheadLog(directory, power_safe=options.durability == "power", stats=self.stats.wal)
@@ -283,6 +284,8 @@ class Store:
         active[new.id] = new
         self._active_delta += delta
         self.live_count += delta
+        if prev is None:
+            self.record_count += 1
         # The record cache is refreshed when this state leaves the memtables (end of its flush); until then
         # every read finds it in the memtable first.
         if self._flush_due():
