@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 import MyNoSQL
-from MyNoSQL import cli, errors
+from MyNoSQL import aio, cli, errors
 
 OUT = Path(__file__).resolve().parents[1] / "docs" / "api.md"
 
@@ -16,7 +16,8 @@ OUT = Path(__file__).resolve().parents[1] / "docs" / "api.md"
 def members(cls: type) -> list[str]:
     out = []
     for name, obj in cls.__dict__.items():
-        if name.startswith("_") and name not in ("__iter__", "__len__", "__contains__", "__enter__", "__exit__"):
+        if name.startswith("_") and name not in ("__iter__", "__len__", "__contains__", "__enter__", "__exit__",
+                                                 "__aenter__", "__aexit__"):
             continue
         if isinstance(obj, property):
             doc = inspect.getdoc(obj) or ""
@@ -24,7 +25,8 @@ def members(cls: type) -> list[str]:
         elif inspect.isfunction(obj):
             sig = str(inspect.signature(obj)).replace("'", "")
             doc = inspect.getdoc(obj) or ""
-            out.append(f"#### `{cls.__name__}.{name}{sig}`\n\n{doc}\n")
+            awaited = "await " if inspect.iscoroutinefunction(obj) else ""
+            out.append(f"#### `{awaited}{cls.__name__}.{name}{sig}`\n\n{doc}\n")
     return out
 
 
@@ -52,6 +54,15 @@ def render() -> str:
         "What a `Node` adds to `Database` (what `opendb` returns is a `Node`):",
         "",
         *members(MyNoSQL.Node),
+        "## `MyNoSQL.aio.AsyncMyNoSQL`",
+        "",
+        inspect.getdoc(aio.AsyncMyNoSQL) or "",
+        "",
+        "### How it runs (`MyNoSQL.aio`)",
+        "",
+        (inspect.getdoc(aio) or "").split("\n\n", 1)[1].split("\n\n", 1)[1],
+        "",
+        *members(aio.AsyncMyNoSQL),
         "## `MyNoSQL.Change`",
         "",
         inspect.getdoc(MyNoSQL.Change) or "",
