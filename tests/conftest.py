@@ -39,7 +39,7 @@ def small_db(location: Path) -> Iterator[MyNoSQL.MyNoSQL]:
 # Every test carries the markers of what it needs (pyproject.toml lists them); `scripts/test --fast` runs those with
 # none of them: in-process tests of a few hundred milliseconds at most.
 _BY_FOLDER = {"integration": "process", "faults": "process", "security": "process", "interop": "interop",
-              "chaos": "chaos"}
+              "chaos": "chaos", "browser": "browser"}
 _BY_MODULE = {"test_cli.py": "process", "test_docs.py": "process"}  # they run the command and the doc examples
 _BY_FIXTURE = {"mirrors": "process", "peers": "process", "pouchdb_url": "interop", "pouch_node_modules": "interop"}
 

@@ -263,6 +263,9 @@ def cli(verbose: int) -> None:
 @click.option("--credentials", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
               help="A file of user:password[:role] lines (role admin, replicator (the default) or reader): the "
                    "users, read at start and stored hashed in PATH/users.json. Required beyond loopback.")
+@click.option("--cors-origin", "cors_origins", multiple=True,
+              help="A web origin (https://app.example) whose pages may call this mirror from a browser, with "
+                   "credentials and cookie sessions (repeatable); * lets any origin in, without credentials.")
 @click.option("--idle", type=click.FloatRange(1), default=300.0, show_default=True,
               help="Seconds without a request after which an open database is closed.")
 @click.option("--cert", type=click.Path(exists=True, dir_okay=False), default=None, help="TLS certificate (PEM).")
@@ -286,7 +289,8 @@ def cli(verbose: int) -> None:
               help='JSON Lines on stdout: {"event": "serving", "db", "dbs", "url", "peers"} then '
                    '{"event": "stopped"}.')
 def serve(path: Path, names: tuple[str, ...], host: str, port: int, peers: tuple[str, ...], advertise: str | None,
-          credentials: Path | None, idle: float, cert: str | None, key: str | None, ca_file: str | None,
+          credentials: Path | None, cors_origins: tuple[str, ...], idle: float, cert: str | None,
+          key: str | None, ca_file: str | None,
           no_verify_tls: bool, max_doc_bytes: int | None, as_json: bool, **limit_options: Any) -> None:
     """Run a mirror of the databases in PATH in the foreground until SIGINT or SIGTERM, then shut down cleanly.
 
@@ -299,7 +303,8 @@ def serve(path: Path, names: tuple[str, ...], host: str, port: int, peers: tuple
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     limits = dataclasses.replace(Limits(), **{k: v for k, v in limit_options.items() if v is not None})
-    options = Options(limits=limits, tls_ca_file=ca_file, tls_verify=not no_verify_tls, background_sync=False)
+    options = Options(limits=limits, tls_ca_file=ca_file, tls_verify=not no_verify_tls, background_sync=False,
+                      cors_origins=cors_origins)
     if max_doc_bytes is not None:
         options = dataclasses.replace(options, max_doc_bytes=max_doc_bytes)
     only = frozenset(names) if names else None

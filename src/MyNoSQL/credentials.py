@@ -73,6 +73,16 @@ class Users:
     def __bool__(self) -> bool:
         return bool(self._users)
 
+    def role_of(self, name: str) -> str | None:
+        """The role of user ``name``, or None if there is no such user."""
+        user = self._users.get(name)
+        return None if user is None else str(user["role"])
+
+    def salt(self, name: str) -> str | None:
+        """The salt of user ``name``'s password hash (a new password, a new salt: sessions signed with it end)."""
+        user = self._users.get(name)
+        return None if user is None else str(user["salt"])
+
     def names(self) -> dict[str, str]:
         return {name: u["role"] for name, u in self._users.items()}
 

@@ -86,6 +86,10 @@ class Options:
         inspect a database, like the ``mynosql`` command, use this).
     limits:
         what this database accepts when it serves as a mirror (:class:`Limits`).
+    cors_origins:
+        the web origins (``https://app.example``) whose pages may call this database when it serves as a mirror
+        (CORS, with credentials and cookie sessions); ``("*",)`` lets any origin in without credentials. Empty
+        (the default): no CORS headers, browsers refuse cross-origin calls.
     gc_live_ratio:
         a closed shard whose live records fall below this fraction of its records is rewritten (its live
         records move to the newest shard) and deleted.
@@ -111,6 +115,7 @@ class Options:
     tls_verify: bool = True
     background_sync: bool = True
     learn_mirrors: bool = True
+    cors_origins: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.durability not in ("process", "power"):

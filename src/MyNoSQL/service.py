@@ -59,7 +59,7 @@ class MirrorService:
                              idle=float("inf") if self.peers else idle, max_open=max_open)
         self.server = MirrorServer(self.dbs, host=host, port=port, users=self.users, limits=options.limits,
                                    certfile=certfile, keyfile=keyfile, mirrors=self.known_mirrors,
-                                   mirror_status=self.replication_status)
+                                   mirror_status=self.replication_status, cors_origins=options.cors_origins)
         self._loop: LoopThread | None = None
         self._pulls: dict[str, MirrorPulls] = {}
         self.dbs.on_open.append(self._opened)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,12 +28,13 @@ from ..errors import ConflictError, DocumentNotFound, InvalidDocument, MyNoSQLEr
 from ..options import Limits
 from .auth import Authenticator, Throttle, basic_credentials
 from .changes import ChangesRoutes
-from .context import USER, ServerContext
+from .context import RENEW, USER, ServerContext
 from .databases import DatabaseRoutes
 from .documents import DocumentRoutes
 from .observe import Observer
 from .registry import Databases
 from .requests import HttpError, error_response, json_response
+from .session import Cors
 
 log = logging.getLogger("MyNoSQL")
 
@@ -51,11 +52,14 @@ MirrorStatus = Callable[[str], dict[str, Any]]  # database name -> its replicati
 class MirrorApp:
     def __init__(self, dbs: dict[str, Database] | Databases, *, mirrors: Callable[[], list[str]] | None = None,
                  users: Users | None = None, limits: Limits | None = None, open_without_users: bool = True,
-                 mirror_status: MirrorStatus | None = None) -> None:
+                 mirror_status: MirrorStatus | None = None, cors_origins: Sequence[str] = (),
+                 tls: bool = False) -> None:
         """``dbs``: the databases served (a fixed mapping, or a :class:`Databases` registry of a folder).
         ``open_without_users``: serve everyone while no user exists (only ever for a loopback address).
         ``mirrors()``: the mirror URLs ``/_mirrors`` lists. ``mirror_status(db)``: the replication status the
-        dashboard and the metrics show for a database."""
+        dashboard and the metrics show for a database. ``cors_origins``: the web origins allowed to call this
+        mirror from a browser (``*``: any, without credentials). ``tls``: it serves https (session cookies are
+        then ``Secure``)."""
         self.dbs = dbs if isinstance(dbs, Databases) else Databases(fixed=dbs)
         dbs = self.dbs
         self.mirrors = mirrors or (lambda: [])
@@ -64,13 +68,16 @@ class MirrorApp:
         self.ctx = ServerContext(dbs, self.limits, self.observer)
         self.auth = Authenticator(users, Throttle(self.limits.max_auth_failures, self.limits.auth_failure_window),
                                   open_without_users=open_without_users)
+        self.cors = Cors(cors_origins)
+        self.tls = tls
         self._ticker: asyncio.Task[None] | None = None
 
     # -- plumbing ---------------------------------------------------------------------------------------------
 
     def build(self) -> web.Application:
         app = web.Application(client_max_size=self.limits.max_request_bytes,
-                              middlewares=[self._observe, self._errors, self.auth.middleware, self._hold])
+                              middlewares=[self._preflight, self._observe, self._errors, self.auth.middleware,
+                                           self._hold])
         app.on_response_prepare.append(self._headers)
         r = app.router
         r.add_get("/", self.root)
@@ -80,6 +87,9 @@ class MirrorApp:
         r.add_get("/_dashboard", self.dashboard)
         r.add_get("/_dashboard/data", self.dashboard_data)
         r.add_get("/_all_dbs", self.all_dbs)
+        r.add_get("/_session", self.session_get)
+        r.add_post("/_session", self.session_post)
+        r.add_delete("/_session", self.session_delete)
         # before the document routes: /{db}/{id} would take /{db}/_changes, /{db}/_all_docs...
         ChangesRoutes(self.ctx).add_to(r)
         DatabaseRoutes(self.ctx).add_to(r)
@@ -127,10 +137,22 @@ class MirrorApp:
         finally:
             self.ctx.release(request)
 
-    @staticmethod
-    async def _headers(request: web.Request, response: web.StreamResponse) -> None:
+    async def _headers(self, request: web.Request, response: web.StreamResponse) -> None:
         response.headers["Server"] = "MyNoSQL"  # never the versions of Python or aiohttp
         response.headers["X-MyNoSQL"] = "1"  # our clients may then send gzip request bodies (an extension)
+        if self.cors:
+            response.headers.update(self.cors.headers(request.headers.get("Origin")))
+        renew = request.get(RENEW)
+        if renew is not None and response.status < 400:
+            self.auth.sessions.set_cookie(response, renew, secure=self.tls)
+
+    @web.middleware
+    async def _preflight(self, request: web.Request, handler: Callable[[web.Request], Any]) -> web.StreamResponse:
+        """CORS preflight requests are answered here, before any credentials are asked for."""
+        if self.cors and request.method == "OPTIONS" and "Access-Control-Request-Method" in request.headers:
+            return self.cors.preflight(request)
+        resp: web.StreamResponse = await handler(request)
+        return resp
 
     @web.middleware
     async def _observe(self, request: web.Request, handler: Callable[[web.Request], Any]) -> web.StreamResponse:
@@ -228,6 +250,55 @@ class MirrorApp:
 
     async def dashboard_data(self, request: web.Request) -> web.Response:
         return json_response(await asyncio.to_thread(self.observer.snapshot))
+
+    # -- cookie sessions (browsers) ---------------------------------------------------------------------------
+
+    @staticmethod
+    def _roles(role: str | None) -> list[str]:
+        return ["_admin"] if role in (None, "admin") else [role]
+
+    async def session_get(self, request: web.Request) -> web.Response:
+        """``GET /_session``: who the request is (CouchDB's ``userCtx``)."""
+        handlers = {"authentication_handlers": ["cookie", "default"]}
+        if self.auth.open:
+            return json_response({"ok": True, "userCtx": {"name": None, "roles": ["_admin"]}, "info": handlers})
+        who = await self.auth.identify(request)
+        if isinstance(who, web.Response):
+            return who
+        how = "cookie" if request.headers.get("Authorization") is None else "default"
+        ctx: dict[str, Any] = {"name": who[0], "roles": self._roles(who[1])} if who else {"name": None, "roles": []}
+        info: dict[str, Any] = {"authentication_handlers": ["cookie", "default"]}
+        if who:
+            info["authenticated"] = how
+        return json_response({"ok": True, "userCtx": ctx, "info": info})
+
+    async def session_post(self, request: web.Request) -> web.Response:
+        """``POST /_session`` with ``{"name", "password"}`` (JSON or a form): log in; sets the ``AuthSession``
+        cookie (counted by the login throttle like any login)."""
+        given: Any
+        if request.content_type == "application/x-www-form-urlencoded":
+            given = dict(await request.post())
+        else:
+            given = await self.ctx.rules.body(request)
+            if not isinstance(given, dict):
+                raise HttpError(400, "bad_request", "expected {name, password}")
+        name, password = given.get("name"), given.get("password")
+        if not isinstance(name, str) or not isinstance(password, str) or not name:
+            raise HttpError(400, "bad_request", "name and password must be strings")
+        role = await self.auth.login(request.remote or "?", name, password)
+        if role is False:
+            return error_response(429, "too_many_requests", "Too many failed logins; try again later.")
+        if not isinstance(role, str):
+            return error_response(401, "unauthorized", "Name or password is incorrect.")
+        request[USER] = name
+        resp = json_response({"ok": True, "name": name, "roles": self._roles(role)})
+        self.auth.sessions.set_cookie(resp, name, secure=self.tls)
+        return resp
+
+    async def session_delete(self, request: web.Request) -> web.Response:
+        resp = json_response({"ok": True})
+        self.auth.sessions.clear_cookie(resp, secure=self.tls)
+        return resp
 
     async def all_dbs(self, request: web.Request) -> web.Response:
         """``GET /_all_dbs``: the databases served, sorted (CouchDB's ``start_key``/``end_key``/``limit``/``skip``

@@ -22,8 +22,9 @@ from typing import Any
 from aiohttp import web
 
 from ..credentials import Users
-from .context import ROLE, USER
+from .context import RENEW, ROLE, USER
 from .requests import error_response
+from .session import COOKIE, Sessions
 
 # What a "reader" may POST: the read-only requests of replication.
 READER_POSTS = ("_revs_diff", "_bulk_get", "_changes", "_ensure_full_commit")
@@ -94,23 +95,31 @@ def _unauthorized() -> web.Response:
 
 
 class Authenticator:
-    """The authentication middleware of a mirror (see the module docstring for the rules)."""
+    """The authentication middleware of a mirror (see the module docstring for the rules): Basic credentials,
+    or an ``AuthSession`` cookie made by ``POST /_session`` (:mod:`.session`)."""
 
-    def __init__(self, users: Users | None, throttle: Throttle, *, open_without_users: bool) -> None:
+    def __init__(self, users: Users | None, throttle: Throttle, *, open_without_users: bool,
+                 sessions: Sessions | None = None) -> None:
         self.users = users
         self.throttle = throttle
         self.open_without_users = open_without_users
+        self.sessions = sessions if sessions is not None else Sessions(users)
         self._pool: concurrent.futures.ThreadPoolExecutor | None = None
+
+    @property
+    def open(self) -> bool:
+        """No users, on loopback: everyone may do everything."""
+        return not self.users and self.open_without_users
 
     def close(self) -> None:
         if self._pool is not None:
             self._pool.shutdown(wait=True)
             self._pool = None
 
-    async def _role(self, addr: str, name: str, password: str) -> str | bool | None:
+    async def login(self, addr: str, name: str, password: str) -> str | bool | None:
         """The user's role; None: wrong; False: refused without checking (throttled)."""
         users = self.users
-        if not users:  # a non-loopback mirror whose last user was removed lets nobody in
+        if not users or not name:  # a non-loopback mirror whose last user was removed lets nobody in
             return None
         role = users.cached(name, password)
         if role is not None:
@@ -127,23 +136,45 @@ class Authenticator:
         finally:
             self.throttle.end(addr, ok)
 
-    @web.middleware
-    async def middleware(self, request: web.Request, handler: Callable[[web.Request], Any]) -> web.StreamResponse:
+    async def identify(self, request: web.Request) -> tuple[str, str] | web.Response | None:
+        """Who the request is: (name, role) from its Basic credentials or its session cookie; None if it names
+        nobody; an error answer (401, 429) if its credentials are wrong or its address is throttled."""
         users = self.users
-        if (not users and self.open_without_users) or (request.path in PUBLIC and request.method in ("GET", "HEAD")):
-            resp: web.StreamResponse = await handler(request)
-            return resp
         addr = request.remote or "?"
         name, password = basic_credentials(request)
         if not name:
-            return _unauthorized()  # no credentials: a browser's first request, a misconfigured client
+            cookie = request.cookies.get(COOKIE)
+            checked = self.sessions.check(cookie) if cookie else None
+            if checked is None or users is None:
+                return None
+            who, renew = checked
+            cookie_role = users.role_of(who)
+            if cookie_role is None:
+                return None
+            if renew:
+                request[RENEW] = who
+            return who, cookie_role
         if self.throttle.blocked(addr) and (users is None or users.cached(name, password) is None):
             return error_response(429, "too_many_requests", "Too many failed logins; try again later.")
-        role = await self._role(addr, name, password)
+        role = await self.login(addr, name, password)
         if role is False:
             return error_response(429, "too_many_requests", "Too many failed logins; try again later.")
-        if role is None:
+        if role is None or not isinstance(role, str):
             return _unauthorized()
+        return name, role
+
+    @web.middleware
+    async def middleware(self, request: web.Request, handler: Callable[[web.Request], Any]) -> web.StreamResponse:
+        if self.open or (request.path in PUBLIC and request.method in ("GET", "HEAD")) \
+                or request.path == "/_session":  # its handler says who the request is, or logs it in
+            resp: web.StreamResponse = await handler(request)
+            return resp
+        who = await self.identify(request)
+        if who is None:
+            return _unauthorized()  # no credentials: a browser's first request, a misconfigured client
+        if isinstance(who, web.Response):
+            return who
+        name, role = who
         request[USER] = name
         request[ROLE] = role
         if role == "reader" and request.method not in ("GET", "HEAD"):

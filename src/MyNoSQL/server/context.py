@@ -23,6 +23,7 @@ HELD: Any = web.RequestKey("held", list) if hasattr(web, "RequestKey") else "hel
 # The role of the authenticated user ("admin", "replicator", "reader"); absent on an open mirror (no users:
 # loopback only), where everyone may do everything (CouchDB's "admin party").
 ROLE: Any = web.RequestKey("role", str) if hasattr(web, "RequestKey") else "role"
+RENEW: Any = web.RequestKey("renew", str) if hasattr(web, "RequestKey") else "renew"  # a session cookie to renew
 SMALL_INLINE = 64  # a read touching fewer records runs on the event loop, not in a worker thread
 
 
