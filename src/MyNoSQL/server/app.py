@@ -120,6 +120,7 @@ class MirrorApp:
                 await self._ticker
         self.ctx.unlisten()
         await asyncio.to_thread(self.auth.close)
+        await asyncio.to_thread(self.ctx.rules.close)
 
     async def _tick(self) -> None:
         while True:
