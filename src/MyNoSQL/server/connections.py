@@ -102,14 +102,16 @@ class ConnectionGate:
         self._open += 1
         return None
 
-    def _release(self, conn: _Connection) -> None:
+    def _release(self, conn: _Connection) -> bool:
+        """Count ``conn`` out; False if it was already."""
         conns = self._by_address.get(conn.address)
         if conns is None or conn not in conns:
-            return
+            return False
         del conns[conn]
         if not conns:
             del self._by_address[conn.address]
         self._open -= 1
+        return True
 
 
 class _Connection(asyncio.Protocol):
@@ -145,14 +147,18 @@ class _Connection(asyncio.Protocol):
                 transport, self, ctx, server_side=True, ssl_handshake_timeout=self.gate.limits.tls_handshake_timeout)
         except (Exception, asyncio.CancelledError):  # a timeout, a bad handshake, the server closing
             tls = None
-        if tls is None:  # this connection is over
-            self.gate._release(self)
+        if tls is None:
+            self._no_handshake()
             transport.abort()
-            if not self.gate._closed:
-                self.gate.refused("tls_handshake", self.address)
             return
         self.transport = tls
         self._hand_over(tls)
+
+    def _no_handshake(self) -> None:
+        """The TLS handshake did not complete (in time): counted once, unless the connection was closed to make
+        room for another or the server is closing."""
+        if self.gate._release(self) and not self.gate._closed:
+            self.gate.refused("tls_handshake", self.address)
 
     def _hand_over(self, transport: asyncio.Transport) -> None:
         inner = self.gate.handler()
@@ -172,6 +178,8 @@ class _Connection(asyncio.Protocol):
     # -- events, passed on to aiohttp's protocol --------------------------------------------------------------
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self.inner is None and self._tls is not None:
+            self._no_handshake()
         self.gate._release(self)
         inner, self.inner = self.inner, None
         if inner is not None:
