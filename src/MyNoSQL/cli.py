@@ -279,7 +279,16 @@ def cli(verbose: int) -> None:
 @click.option("--no-verify-tls", is_flag=True, help="Do not verify https:// peers' certificates (insecure; warns).")
 @click.option("--max-request-bytes", type=click.IntRange(1024), default=None, help="Largest request body.")
 @click.option("--max-batch", type=click.IntRange(1), default=None, help="Most documents in one request.")
-@click.option("--max-connections", type=click.IntRange(1), default=None, help="Most open client connections.")
+@click.option("--max-json-values", type=click.IntRange(1), default=None,
+              help="Most JSON values (and keys) in one request body.")
+@click.option("--max-answer-bytes", type=click.IntRange(1024), default=None,
+              help="Largest answer of documents (_bulk_get, open_revs); one document is always answered.")
+@click.option("--max-connections", type=click.IntRange(1), default=None,
+              help="Most open client connections (TLS handshakes included).")
+@click.option("--max-connections-per-address", type=click.IntRange(1), default=None,
+              help="Most open connections from one client address (raise it behind a reverse proxy).")
+@click.option("--tls-handshake-timeout", type=click.FloatRange(0.1), default=None,
+              help="Seconds a TLS client has to complete its handshake.")
 @click.option("--header-timeout", type=click.FloatRange(0.1), default=None,
               help="Seconds a connection may stay without a complete request (idle or slow headers).")
 @click.option("--body-timeout", type=click.FloatRange(0.1), default=None, help="Seconds to send a request body.")
@@ -287,6 +296,11 @@ def cli(verbose: int) -> None:
 @click.option("--max-depth", type=click.IntRange(1, 200), default=None, help="Deepest JSON nesting of a document.")
 @click.option("--max-revisions", type=click.IntRange(1), default=None,
               help="Longest revision history (_revisions) sent with one document.")
+@click.option("--max-leaves", type=click.IntRange(1), default=None,
+              help="Most leaf revisions (conflicting branches) of one record.")
+@click.option("--max-local-docs", type=click.IntRange(1), default=None,
+              help="Most _local documents (replication checkpoints) the mirror holds.")
+@click.option("--max-local-bytes", type=click.IntRange(1024), default=None, help="Largest _local document.")
 @click.option("--max-auth-failures", type=click.IntRange(1), default=None,
               help="Failed logins from one address in a minute before it is refused for a while (429).")
 @click.option("--json", "as_json", is_flag=True,

@@ -32,6 +32,7 @@ from .errors import (
     DocumentNotFound,
     IndexNotFound,
     InvalidDocument,
+    LimitExceeded,
     StorageError,
 )
 from .net.urls import normalize_peer_url, redact_url, with_credentials_of
@@ -682,8 +683,16 @@ class Database:
         """``put_replicated`` returning the record's new state (its seq and tree), or None if it was known."""
         store = self._check()
         limit = self.revs_limit
+        max_leaves = self.options.limits.max_leaves
 
         def mutate(prev: DocState | None) -> DocState | None:
+            # A path grafted on anything but a leaf (its newest revision the tree knows) is one more leaf: bounded,
+            # or a replicator could make a record of so many conflicting leaves that no batch could carry it
+            # (Limits.max_leaves). Checked first: refusing costs no copy of the tree. (Only leaves keep a body.)
+            if prev is not None and len(prev.bodies) >= max_leaves and path and path[0] not in prev.tree \
+                    and next((r for r in path[1:] if r in prev.tree), None) not in prev.bodies:
+                raise LimitExceeded(f"record {id!r} has {len(prev.bodies)} leaf revisions (conflicting branches), "
+                                    "its limit", limit="max_leaves")
             tree, added = revtree.merge_path(prev.tree if prev else {}, path, deleted)
             if not added:
                 return None
@@ -718,10 +727,15 @@ class Database:
         doc["_rev"] = f"0-{row[0]}"
         return doc
 
-    def local_put(self, id: str, doc: dict[str, Any] | None) -> str:
-        """Write (``doc``) or delete (None) a ``_local`` document; returns its new ``_rev``."""
+    def local_count(self) -> int:
+        """How many ``_local`` documents the database holds."""
+        return self._check().index.local_count()
+
+    def local_put(self, id: str, doc: dict[str, Any] | None, *, max_docs: int | None = None) -> str:
+        """Write (``doc``) or delete (None) a ``_local`` document; returns its new ``_rev``. ``max_docs``: a new
+        one is refused (:class:`LimitExceeded`) once the database holds that many."""
         body = None if doc is None else orjson.dumps({k: v for k, v in doc.items() if k[:1] != "_"})
-        return f"0-{self._check().index.put_local(id, body)}"
+        return f"0-{self._check().index.put_local(id, body, max_docs)}"
 
     # -- maintenance and health -------------------------------------------------------------------------------
 

@@ -8,7 +8,9 @@ Every error the library raises on purpose derives from :class:`MyNoSQLError`::
      │    └── DocumentUnavailable      a peer does not hold it and no mirror could be asked (says why)
      ├── IndexNotFound(KeyError)       no secondary index of that name
      ├── InvalidDocument(ValueError)   the record, its id or a value is not acceptable; nothing was written
-     │    └── InvalidValueType(TypeError)  a value of a type that cannot be stored, with its key path
+     │    ├── InvalidValueType(TypeError)  a value of a type that cannot be stored, with its key path
+     │    └── LimitExceeded            a limit of the database refuses it (Limits: conflicting leaves of one
+     │                                 record, _local documents); ``limit`` names it
      ├── DatabaseClosed                the handle has no open database (never opened, or closed)
      ├── DatabaseLocked                another process (or handle) has this database open
      ├── CorruptionError               a checksum or structure check failed on disk; says where
@@ -89,6 +91,15 @@ class InvalidValueType(InvalidDocument, TypeError):
     def __init__(self, message: str, *, path: str) -> None:
         super().__init__(message)
         self.path = path
+
+
+class LimitExceeded(InvalidDocument):
+    """A limit of the database refuses the write (``limit``: the :class:`~MyNoSQL.Limits` field, such as
+    ``max_leaves``). Nothing was written."""
+
+    def __init__(self, message: str, *, limit: str) -> None:
+        super().__init__(message)
+        self.limit = limit
 
 
 class DatabaseClosed(MyNoSQLError):

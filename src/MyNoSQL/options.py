@@ -12,11 +12,22 @@ Durability = Literal["process", "power"]
 class Limits:
     """What a mirror accepts from a client. Over a limit: a 4xx answer with a JSON error, nothing written."""
 
-    max_request_bytes: int = 32 * 1024 * 1024  # one request body
+    max_request_bytes: int = 32 * 1024 * 1024  # one request body (once decompressed)
+    max_json_values: int = 2_000_000  # JSON values and keys in one request body, counted before it is parsed
+    #                                   (its commas, colons and brackets: ~130 MB of parsed objects at most)
     max_batch: int = 10_000  # documents (or ids) in one _bulk_docs, _bulk_get or _revs_diff
+    max_answer_bytes: int = 64 * 1024 * 1024  # documents in one _bulk_get or open_revs answer (one document
+    #                                           is always answered, whatever its size)
     max_depth: int = 100  # JSON nesting of a document
     max_revisions: int = 1000  # entries of a document's _revisions list
-    max_connections: int = 512  # open client connections; more are refused
+    max_leaves: int = 1000  # leaf revisions (conflicting branches, tombstones included) of one record
+    max_local_docs: int = 10_000  # _local documents (replication checkpoints) a mirror holds
+    max_local_bytes: int = 64 * 1024  # one _local document
+    max_connections: int = 512  # open client connections (TLS handshakes included); more are refused
+    max_connections_per_address: int = 64  # of them from one client address (an IPv6 /64); at the total cap,
+    #                                         a newcomer from an address holding fewer closes the oldest of the
+    #                                         address holding the most
+    tls_handshake_timeout: float = 10.0  # seconds for a TLS client to complete its handshake
     header_timeout: float = 15.0  # a connection with no complete request this long after it opened (or after
     #                               its last answer) is closed: idle keep-alive and slow headers alike
     body_timeout: float = 60.0  # seconds for a client to send a request's body
@@ -27,10 +38,13 @@ class Limits:
     def __post_init__(self) -> None:
         if not 1 <= self.max_depth <= 200:
             raise ValueError("max_depth must be between 1 and 200 (the deepest nesting a record may have)")
-        for name in ("max_request_bytes", "max_batch", "max_revisions", "max_connections", "max_auth_failures"):
+        for name in ("max_request_bytes", "max_json_values", "max_batch", "max_answer_bytes", "max_revisions",
+                     "max_leaves", "max_local_docs", "max_local_bytes", "max_connections",
+                     "max_connections_per_address", "max_auth_failures"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1")
-        for name in ("header_timeout", "body_timeout", "max_longpoll", "auth_failure_window"):
+        for name in ("tls_handshake_timeout", "header_timeout", "body_timeout", "max_longpoll",
+                     "auth_failure_window"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive")
 

@@ -1,15 +1,24 @@
 """Hostile requests against every route of a real mirror (HTTP on 127.0.0.1): only 2xx/4xx, no crash, no damage.
 
+Besides random shapes, the shapes of the red-team pass (issue 19): reads that ask for the same documents again and
+again (``_bulk_get``, ``open_revs``), leaf bombs (many conflicting revisions of one record), bodies of millions of
+tiny JSON values (plain and compressed), and floods of connections (idle, half-sent, garbage) from several
+addresses, bounded in count and time. After them the mirror answers a legitimate client within 1 s, every record
+is intact and within the limits, and the database verifies clean.
+
 Bounded and seeded here (``MYNOSQL_FUZZ_EXAMPLES``, default 300); ``scripts/fuzz`` runs longer.
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import gzip
 import http.client
 import json
 import os
+import socket
+import time
 import urllib.parse
 import zlib
 from collections import Counter
@@ -27,6 +36,8 @@ EXAMPLES = int(os.environ.get("MYNOSQL_FUZZ_EXAMPLES", "300"))
 ANSWERS: Counter[int] = Counter()  # status -> how many answers, over the whole fuzz run
 ROUTES_REACHED: set[tuple[str, str]] = set()  # (method, path pattern) answered past the login check
 AUTH = "Basic " + base64.b64encode(b"fuzzer:fuzzer-password").decode()
+MAX_LEAVES = 20
+MAX_CONNECTIONS = 64
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +46,9 @@ def mirror(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[MyNoSQL.M
     # The login throttle is off here: with it, a few bad logins early on would turn every later answer into a 429
     # that never reaches a route (it has its own test in test_mirror_security.py).
     limits = MyNoSQL.Limits(max_longpoll=0.2, max_request_bytes=256 * 1024, max_batch=200, header_timeout=5,
-                            max_auth_failures=10**9)
+                            max_auth_failures=10**9, max_leaves=MAX_LEAVES, max_answer_bytes=64 * 1024,
+                            max_json_values=50_000, max_local_docs=200, max_connections=MAX_CONNECTIONS,
+                            max_connections_per_address=16)
     h = MyNoSQL.MyNoSQL(path, options=MyNoSQL.Options(limits=limits, flush_docs=50))
     db = h.opendb("db")
     db.adduser("fuzzer", "fuzzer-password")
@@ -43,7 +56,7 @@ def mirror(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[MyNoSQL.M
     db.setlisten("127.0.0.1", 0)
     db.setdbmode("Mirror")
     for i in range(20):
-        h.savedoc({"id": f"seed{i}", "i": i})
+        h.savedoc({"id": f"seed{i}", "i": i, "pad": "p" * (i * 1000)})
     url = db.server_url
     assert url is not None
     yield h, int(url.rsplit(":", 1)[1]), path
@@ -88,12 +101,23 @@ bodies = st.one_of(
     st.just(b"[" * 5000 + b"]" * 5000),
     st.just(json.dumps({"docs": [{"_id": f"many{i}"} for i in range(300)]}).encode()),  # over max_batch
     st.just(b'{"x": "' + b"y" * 300_000 + b'"}'),  # over max_request_bytes
+    # the red-team shapes: amplifying reads, leaf bombs, millions of tiny values
+    st.integers(1, 200).map(lambda n: json.dumps({"docs": [{"id": "seed19"}] * n}).encode()),
+    st.lists(st.sampled_from([f"seed{i}" for i in range(20)]), max_size=200).map(
+        lambda ids: json.dumps({"docs": [{"id": i} for i in ids]}).encode()),
+    st.tuples(st.sampled_from(["bomb", "seed3"]), st.integers(1, 150), st.integers(0, 10**6)).map(
+        lambda b: json.dumps({"docs": [{"_id": b[0], "_rev": f"1-{b[2] + i:032x}"} for i in range(b[1])],
+                              "new_edits": False}).encode()),
+    st.sampled_from([b"[" + b"[]," * 60_000 + b"[]]", b"[" + b"0," * 100_000 + b"0]",
+                     b'{"docs": [' + b"{}," * 70_000 + b"{}]}"]),
 )
 queries = st.dictionaries(
     st.sampled_from(["since", "limit", "style", "feed", "timeout", "rev", "revs", "open_revs", "latest",
                      "conflicts", "new_edits", "heartbeat"]),
     st.one_of(st.sampled_from(["0", "-1", "now", "99999999999999999999", "all", "true", "false", "longpoll",
-                               "all_docs", "[\"1-x\"]", "[", "1e9", "abc"]), st.text(max_size=10)),
+                               "all_docs", "[\"1-x\"]", "[", "1e9", "abc",
+                               json.dumps(["1-" + "a" * 32] * 40), json.dumps([f"1-{i:032x}" for i in range(40)])]),
+              st.text(max_size=10)),
     max_size=4,
 )
 paths = st.sampled_from([
@@ -149,6 +173,61 @@ def test_every_route_answers_2xx_or_4xx(mirror: Any, method: str, path: str, id:
         conn.close()
 
 
+def _legit_answer_seconds(port: int) -> float:
+    """How long a legitimate client (127.0.0.1, the fuzzer's credentials) waits for a record."""
+    t0 = time.monotonic()
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    try:
+        conn.request("GET", "/db/seed3", headers={"Authorization": AUTH})
+        resp = conn.getresponse()
+        assert resp.status == 200 and json.loads(resp.read())["i"] == 3
+    finally:
+        conn.close()
+    return time.monotonic() - t0
+
+
+def _open_connections(port: int) -> int:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    try:
+        conn.request("GET", "/_metrics", headers={"Authorization": AUTH})
+        text = conn.getresponse().read().decode()
+    finally:
+        conn.close()
+    return int(next(line for line in text.splitlines() if line.startswith("mynosql_connections ")).split()[1])
+
+
+floods = st.lists(st.tuples(st.integers(2, 9), st.integers(1, 60),
+                            st.sampled_from([b"", b"GET /db HTTP/1.1\r\nHost: x\r\n", b"\x16\x03\x01\x02\x00",
+                                             b"GARBAGE\r\n\r\n", b"POST /db/_bulk_docs HTTP/1.1\r\nHost: x\r\n"
+                                             b"Content-Length: 100000\r\n\r\n{"])),
+                  min_size=1, max_size=6)
+
+
+@seed(20261202)
+@settings(max_examples=max(5, EXAMPLES // 30), deadline=None, suppress_health_check=list(HealthCheck), database=None)
+@given(flood=floods)
+def test_connection_floods_leave_room_for_a_legitimate_client(mirror: Any, flood: list[tuple[int, int, bytes]]
+                                                              ) -> None:
+    _h, port, _p = mirror
+    held: list[socket.socket] = []
+    try:
+        for last, n, data in flood:  # at most 6 x 60 connections, each opened with a 5 s timeout
+            for _ in range(n):
+                try:
+                    c = socket.create_connection(("127.0.0.1", port), timeout=5, source_address=(f"127.0.0.{last}", 0))
+                except OSError:
+                    continue
+                held.append(c)
+                if data:
+                    with contextlib.suppress(OSError):  # closed by the mirror already: over a limit
+                        c.sendall(data)
+        assert _legit_answer_seconds(port) < 1.0
+        assert _open_connections(port) <= MAX_CONNECTIONS
+    finally:
+        for c in held:
+            c.close()
+
+
 def test_after_the_fuzz_the_server_is_alive_and_the_database_clean(mirror: Any) -> None:
     h, port, _path = mirror
     # The fuzz reached the routes: most answers came from past the login check, many different routes answered.
@@ -162,5 +241,9 @@ def test_after_the_fuzz_the_server_is_alive_and_the_database_clean(mirror: Any) 
     assert conn.getresponse().status == 200
     conn.close()
     assert h.readdoc("seed3")["i"] == 3
+    # every record intact (the fuzz writes to seed1 and seed2 itself)
+    assert all(h.readdoc(f"seed{i}")["pad"] == "p" * (i * 1000) for i in (0, *range(3, 20)))
+    assert all(len(s.bodies) <= MAX_LEAVES for s in h.db.states_since(0))  # no leaf bomb got past the limit
+    assert _legit_answer_seconds(port) < 1.0
     h.db.flush()
     assert h.verify() == []

@@ -1,13 +1,18 @@
 """One replication pass, CouchDB's protocol step by step (see docs/replication.md).
 
 1. Find the checkpoint: ``_local/<replication id>`` on both sides; resume from ``source_last_seq`` when both
-   agree (else from a common session in their histories, else from the start).
+   agree (else from a common session in their histories, else from the start). A source this client may only
+   read (a reader's pull: it refuses the checkpoint with 401 or 403) keeps none: the target's checkpoint, marked
+   ``source_readonly``, is then the only one, as with PouchDB's checkpointer.
 2. Read the source's changes feed since the checkpoint, a batch at a time (``style=all_docs``: every leaf).
 3. Ask the target which of those revisions it lacks (``_revs_diff``): only those travel.
 4. Fetch them from the source with their histories (``_bulk_get?revs=true``), write them to the target
    (``_bulk_docs`` with ``new_edits=false``: revisions are kept, never re-made).
 5. Record the checkpoint on both sides after each batch. A pass is idempotent: re-running it after a failure
    at any step moves only what is still missing.
+
+A request the other side refuses as too large (413: over its batch, body, JSON-values or answer-bytes limit) is
+sent again as two halves, and so on: a batch never stalls a replication because of its size.
 """
 
 from __future__ import annotations
@@ -18,11 +23,14 @@ import dataclasses
 import re
 import time
 import uuid
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, TypeVar
 
 from ..errors import RemoteError
 from .endpoints import Endpoint, replication_id
+
+T = TypeVar("T")
+R = TypeVar("R")
 
 
 @dataclasses.dataclass
@@ -71,6 +79,7 @@ class Resume:
     since: Any = None
     session: str = dataclasses.field(default_factory=lambda: uuid.uuid4().hex)
     history: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    source_readonly: bool = False
 
 
 def seq_number(seq: Any) -> int | None:
@@ -100,6 +109,68 @@ async def changes_to_come(source: Endpoint, since: Any) -> int | None:
     return None if last is None or start is None else max(0, last - start)
 
 
+async def halving(call: Callable[[list[T]], Awaitable[R]], items: list[T]) -> list[R]:
+    """``[call(items)]``; when the other side refuses that as too large (413), ``call`` of each half in turn, and
+    so on down to single items (a single item it refuses is an error)."""
+    try:
+        return [await call(items)]
+    except RemoteError as exc:
+        if exc.status != 413 or len(items) < 2:
+            raise
+    half = len(items) // 2
+    return [*await halving(call, items[:half]), *await halving(call, items[half:])]
+
+
+def _pairs(query: dict[str, list[str]]) -> list[tuple[str, str]]:
+    return [(id, rev) for id, revs in query.items() for rev in revs]
+
+
+def _grouped(pairs: Sequence[tuple[str, str]]) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    for id, rev in pairs:
+        out.setdefault(id, []).append(rev)
+    return out
+
+
+async def _revs_diff(target: Endpoint, query: dict[str, list[str]]) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    for part in await halving(lambda pairs: target.revs_diff(_grouped(pairs)), _pairs(query)):
+        for id, revs in part.items():
+            out.setdefault(id, []).extend(revs)
+    return out
+
+
+async def _bulk_get(source: Endpoint, wants: dict[str, list[str]]) -> list[dict[str, Any]]:
+    parts = await halving(lambda pairs: source.bulk_get(_grouped(pairs)), _pairs(wants))
+    return [doc for part in parts for doc in part]
+
+
+async def _bulk_docs(target: Endpoint, docs: list[dict[str, Any]], checkpoint: tuple[str, dict[str, Any]] | None
+                     ) -> tuple[list[dict[str, Any]], int, bool]:
+    """``target.bulk_docs``, halved while it is refused as too large; the checkpoint rides with the last part."""
+    try:
+        return await target.bulk_docs(docs, checkpoint=checkpoint)
+    except RemoteError as exc:
+        if exc.status != 413 or len(docs) < 2:
+            raise
+    half = len(docs) // 2
+    errors, written, _ = await _bulk_docs(target, docs[:half], None)
+    more, written_more, ck_written = await _bulk_docs(target, docs[half:], checkpoint)
+    return errors + more, written + written_more, ck_written
+
+
+async def _source_writable(source: Endpoint, rep_id: str, session: str) -> bool:
+    """Whether the source takes a checkpoint (a fresh one, from the start) or refuses it (401, 403)."""
+    try:
+        await source.put_local(rep_id, {"session_id": session, "source_last_seq": 0, "history": [],
+                                        "replication_id_version": 1})
+    except RemoteError as exc:
+        if exc.status in (401, 403):
+            return False
+        raise
+    return True
+
+
 SMALL_BATCH = 50  # below this many revisions, a MyNoSQL target gets the documents without a _revs_diff first
 
 
@@ -125,12 +196,21 @@ async def replicate(source: Endpoint, target: Endpoint, *, batch_size: int = 100
     rep_id = replication_id(source, target, extra_id)
     if resume is not None and resume.since is not None:
         since, session, history = resume.since, resume.session, resume.history
+        readonly = resume.source_readonly
     else:
         src_ck = await source.get_local(rep_id)
         tgt_ck = await target.get_local(rep_id)
-        since = _since(src_ck, tgt_ck)
-        history = list((src_ck or {}).get("history", []))[:20]
         session = uuid.uuid4().hex
+        # The target's checkpoint alone counts only when it says the source kept none and the source still
+        # refuses one: a checkpoint anyone else wrote on the target is never trusted on its own.
+        readonly = src_ck is None and bool(tgt_ck and tgt_ck.get("source_readonly")) \
+            and not await _source_writable(source, rep_id, session)
+        if readonly:
+            assert tgt_ck is not None
+            since = tgt_ck.get("source_last_seq", 0)
+        else:
+            since = _since(src_ck, tgt_ck)
+        history = list(((tgt_ck if readonly else src_ck) or {}).get("history", []))[:20]
     result.start_seq = result.last_seq = since
     extended = getattr(target, "mynosql", False)
     total = await changes_to_come(source, since) if progress is not None else None
@@ -144,8 +224,8 @@ async def replicate(source: Endpoint, target: Endpoint, *, batch_size: int = 100
         n_revs = sum(map(len, query.values()))
         result.missing_checked += n_revs
         small = extended and n_revs <= SMALL_BATCH
-        missing = query if small or not query else await target.revs_diff(query)
-        docs = await source.bulk_get(missing) if missing else []
+        missing = query if small or not query else await _revs_diff(target, query)
+        docs = await _bulk_get(source, missing) if missing else []
         return rows, last, docs
 
     batch = await fetch(since, wait)
@@ -160,18 +240,28 @@ async def replicate(source: Endpoint, target: Endpoint, *, batch_size: int = 100
             entry = {"session_id": session, "recorded_seq": since}
             ck = {"session_id": session, "source_last_seq": since, "history": [entry, *history][:20],
                   "replication_id_version": 1}
+            if readonly:
+                ck["source_readonly"] = True
             ck_written = False
             if docs:
-                errors, written, ck_written = await target.bulk_docs(docs, checkpoint=(rep_id, ck))
+                errors, written, ck_written = await _bulk_docs(target, docs, (rep_id, ck))
                 result.errors.extend(errors)
                 result.docs_written += written
             result.last_seq = since
             result.batches += 1
             if not ck_written:
                 await target.put_local(rep_id, ck)
-            await source.put_local(rep_id, ck)
+            if not readonly:
+                try:
+                    await source.put_local(rep_id, ck)
+                except RemoteError as exc:
+                    if exc.status not in (401, 403):
+                        raise
+                    readonly = True  # a source we may only read: the target's checkpoint says where we stand
+                    await target.put_local(rep_id, {**ck, "source_readonly": True})
             if resume is not None:
                 resume.since, resume.session, resume.history = since, session, ck["history"]
+                resume.source_readonly = readonly
             if progress is not None:
                 done = result.docs_read
                 if len(rows) < batch_size:  # a short batch: the end of the feed, the count is final

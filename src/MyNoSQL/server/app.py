@@ -15,12 +15,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import orjson
 from aiohttp import web, web_response
+from aiohttp.http_exceptions import HttpProcessingError
 
 from ..credentials import Users
 from ..database import Database
@@ -47,6 +49,27 @@ web_response.SERVER_SOFTWARE = "MyNoSQL"  # type: ignore[attr-defined]
 _ORDINARY = (404, 409, 412)
 
 MirrorStatus = Callable[[str], dict[str, Any]]  # database name -> its replication status, by remote
+
+
+class _HttpServerLog(logging.LoggerAdapter):  # type: ignore[type-arg]
+    """The logger aiohttp's HTTP protocol is given. A request its parser refuses (answered 400 by aiohttp) is
+    counted and summarised (:class:`~.observe.RefusalLog`), never logged with its content: the parser's message
+    quotes the bytes it choked on, and a malformed ``Authorization`` header would put credentials in the log.
+    Anything else is logged as aiohttp logs it."""
+
+    def __init__(self, observer: Observer) -> None:
+        super().__init__(logging.getLogger("aiohttp.server"), {})
+        self.observer = observer
+
+    def log(self, level: int, msg: object, *args: object, **kwargs: Any) -> None:
+        exc = kwargs.get("exc_info")
+        if exc is True:
+            exc = sys.exc_info()[1]
+        if isinstance(exc, HttpProcessingError):
+            address = args[0] if args and isinstance(args[0], str) else "?"  # "... request from %s", remote
+            self.observer.refused("malformed_http", address)
+            return
+        super().log(level, msg, *args, **kwargs)
 
 
 class MirrorApp:
@@ -101,7 +124,7 @@ class MirrorApp:
     def runner(self, **kwargs: Any) -> web.AppRunner:
         """An aiohttp runner for :meth:`build`'s application. Request bodies are decompressed by the routes
         (aiohttp's own decompression can leave a connection unanswered when a body does not decompress)."""
-        return web.AppRunner(self.build(), auto_decompress=False, **kwargs)
+        return web.AppRunner(self.build(), auto_decompress=False, logger=_HttpServerLog(self.observer), **kwargs)
 
     async def _startup(self, app: web.Application) -> None:
         self._ticker = asyncio.create_task(self._tick())
@@ -115,6 +138,7 @@ class MirrorApp:
         await self.ctx.cancel_tasks()
         await self.ctx.unlisten()
         await asyncio.to_thread(self.auth.close)
+        await asyncio.to_thread(self.ctx.rules.close)
 
     async def _tick(self) -> None:
         n = 0

@@ -6,7 +6,10 @@ Rules (docs/security.md): ``GET /`` and ``GET /_up`` are public; everything else
 replication requests; writing records or ``_local`` documents (checkpoints) needs a ``replicator``. Failed logins
 are counted per address *before* the slow hash runs (so parallel guesses cannot all be checked), and only
 requests that tried a name and password count (an anonymous request is answered 401 but never throttles the
-address: many users can share one NAT address). Password hashes run on a small pool of their own, so a flood of
+address: many users can share one NAT address). While an address is refused, only its connections that logged
+in before the refusal began are still served (with the same credentials): a right guess from it is refused like a
+wrong one, so the 429 tells nothing (were remembered credentials let through, a guesser could tell the right
+password from its 200 at no hashing cost). Password hashes run on a small pool of their own, so a flood of
 guesses never takes the workers that serve reads and writes.
 """
 
@@ -16,6 +19,7 @@ import asyncio
 import base64
 import concurrent.futures
 import time
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -105,6 +109,8 @@ class Authenticator:
         self.open_without_users = open_without_users
         self.sessions = sessions if sessions is not None else Sessions(users)
         self._pool: concurrent.futures.ThreadPoolExecutor | None = None
+        # connection (its transport) -> the user it logged in as
+        self._logged_in: weakref.WeakKeyDictionary[Any, str] = weakref.WeakKeyDictionary()
 
     @property
     def open(self) -> bool:
@@ -154,13 +160,20 @@ class Authenticator:
             if renew:
                 request[RENEW] = who
             return who, cookie_role
-        if self.throttle.blocked(addr) and (users is None or users.cached(name, password) is None):
+        # While an address is throttled, only a connection that logged in before goes on: remembered credentials
+        # would otherwise tell a guesser which password is right (200 among 429s) at no cost.
+        transport = request.transport
+        if self.throttle.blocked(addr) and not (
+                users is not None and transport is not None and self._logged_in.get(transport) == name
+                and users.cached(name, password) is not None):
             return error_response(429, "too_many_requests", "Too many failed logins; try again later.")
         role = await self.login(addr, name, password)
         if role is False:
             return error_response(429, "too_many_requests", "Too many failed logins; try again later.")
         if role is None or not isinstance(role, str):
             return _unauthorized()
+        if transport is not None:
+            self._logged_in[transport] = name
         return name, role
 
     @web.middleware

@@ -1,23 +1,29 @@
 """The document routes of a mirror: replication (``_revs_diff``, ``_bulk_get``, ``_bulk_docs``), ``_local``
 checkpoints and single documents (the database's own routes are in :mod:`.databases`). Every write runs in a
 worker thread, never on the event loop (a write may wait for the compactor: back-pressure must not stall other
-requests)."""
+requests).
+
+Answers of documents (``_bulk_get``, ``GET ?open_revs``) name each asked revision once, however often it is
+asked, are bounded in bytes (``Limits.max_answer_bytes``: over it, a 413 before anything is sent; one document is
+always answered) and, when large, are encoded in worker threads and streamed a piece at a time.
+"""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Iterator
+from typing import Any, NoReturn
 
 import orjson
 from aiohttp import web
 
 from ..database import Database
-from ..errors import ConflictError, DocumentNotFound
+from ..errors import ConflictError, DocumentNotFound, LimitExceeded
 from ..net import wire
 from ..records import revtree
 from ..records.ids import DESIGN_PREFIX
-from .context import ServerContext, client_token
+from ..records.revtree import DocState
+from .context import SMALL_INLINE, ServerContext, client_token
 from .requests import (
     NOT_ADMIN,
     Edit,
@@ -30,6 +36,50 @@ from .requests import (
     json_response,
     local_id,
 )
+
+INLINE_STATE = 64 * 1024  # the open_revs answer of a record of fewer bytes is made on the event loop
+STREAM_ABOVE = 1024 * 1024  # an answer of documents larger than this (about) is streamed
+STREAM_PIECE = 256 * 1024  # bytes encoded in a worker thread and written at a time
+
+
+def answer_size(state: DocState, rev: str, revs: bool) -> int:
+    """About the bytes of leaf ``rev`` of ``state`` as a document on the wire."""
+    size = len(state.bodies[rev]) + len(state.id) + 96
+    return size + 35 * len(revtree.ancestry(state.tree, rev)) if revs else size
+
+
+class Answer:
+    """A JSON answer of documents, planned in a worker thread: rendered there whole when small, else streamed."""
+
+    def __init__(self, head: bytes, parts: Iterator[bytes], tail: bytes, size: int, sent: int) -> None:
+        self.head, self.parts, self.tail, self.size, self.sent = head, parts, tail, size, sent
+        self.body: bytes | None = None
+        if size <= STREAM_ABOVE:
+            self.body = head + b",".join(parts) + tail
+
+    async def send(self, request: web.Request) -> web.StreamResponse:
+        if self.body is not None:
+            return web.Response(body=self.body, content_type="application/json")
+        resp = web.StreamResponse(status=200, headers={"Content-Type": "application/json"})
+        if "gzip" in request.headers.get("Accept-Encoding", ""):
+            resp.enable_compression(web.ContentCoding.gzip)
+        await resp.prepare(request)
+        pieces = self._pieces()
+        while chunk := await asyncio.to_thread(next, pieces, b""):  # one thread at a time advances it
+            await resp.write(chunk)  # waits while the client is slow to read: one piece in RAM at a time
+        await resp.write_eof()
+        return resp
+
+    def _pieces(self) -> Iterator[bytes]:
+        out = bytearray(self.head)
+        for n, part in enumerate(self.parts):
+            if n:
+                out += b","
+            out += part
+            if len(out) >= STREAM_PIECE:
+                yield bytes(out)
+                out.clear()
+        yield bytes(out + self.tail)
 
 
 class DocumentRoutes:
@@ -61,7 +111,13 @@ class DocumentRoutes:
         missing = await asyncio.to_thread(db.revs_diff, body)
         return json_response({id: {"missing": revs} for id, revs in missing.items()})
 
-    async def bulk_get(self, request: web.Request) -> web.Response:
+    def _over(self, size: int) -> NoReturn:
+        limit = self.ctx.limits.max_answer_bytes
+        self.ctx.observer.refused("max_answer_bytes")
+        raise HttpError(413, "too_large", f"the answer would be about {size} bytes, over the limit of {limit}: ask "
+                        "for fewer documents at a time")
+
+    async def bulk_get(self, request: web.Request) -> web.StreamResponse:
         db = await self.ctx.db(request)
         body = await self.rules.body(request)
         docs = body.get("docs") if isinstance(body, dict) else None
@@ -70,23 +126,41 @@ class DocumentRoutes:
         self.rules.batch(docs, "documents")
         check_ids_and_revs((d.get("id"), d.get("rev")) for d in docs)
         revs = flag(request, "revs")
+        wanted = list(dict.fromkeys((d["id"], d.get("rev")) for d in docs))  # asked twice: answered once
+        limit = self.ctx.limits.max_answer_bytes
 
-        def read() -> list[dict[str, Any]]:
-            results = []
-            for want in docs:
-                id, rev = want["id"], want.get("rev")
-                state = db.state(id)
+        def plan() -> Answer | int:
+            """The answer, or its size when that is over the limit."""
+            states: dict[str, DocState | None] = {}
+            found: list[tuple[str, str | None, DocState | None]] = []
+            size = 0
+            for id, rev in wanted:
+                state = states[id] = states[id] if id in states else db.state(id)
                 if state is None or (rev is not None and rev not in state.bodies):
-                    results.append({"id": id, "docs": [{"error": {"id": id, "rev": rev or "undefined",
-                                                                  "error": "not_found", "reason": "missing"}}]})
+                    found.append((id, rev, None))
                     continue
-                results.append({"id": id, "docs": [{"ok": wire.doc_to_wire(state, rev or state.winner,
-                                                                                revs=revs)}]})
-            return results
+                leaf = rev or state.winner
+                size += answer_size(state, leaf, revs)
+                if size > limit and len(wanted) > 1:
+                    return size
+                found.append((id, leaf, state))
 
-        results = await asyncio.to_thread(read)
-        self.ctx.observer.docs_out += sum(1 for r in results for d in r["docs"] if "ok" in d)
-        return json_response({"results": results})
+            def parts() -> Iterator[bytes]:
+                for id, rev, state in found:
+                    if state is None:
+                        yield orjson.dumps({"id": id, "docs": [{"error": {
+                            "id": id, "rev": rev or "undefined", "error": "not_found", "reason": "missing"}}]})
+                    else:
+                        assert rev is not None
+                        yield orjson.dumps({"id": id, "docs": [{"ok": wire.doc_to_wire(state, rev, revs=revs)}]})
+
+            return Answer(b'{"results":[', parts(), b"]}", size, sum(1 for f in found if f[2] is not None))
+
+        answer = await asyncio.to_thread(plan)
+        if isinstance(answer, int):
+            self._over(answer)
+        self.ctx.observer.docs_out += answer.sent
+        return await answer.send(request)
 
     async def bulk_docs(self, request: web.Request) -> web.Response:
         db = await self.ctx.db(request)
@@ -106,13 +180,16 @@ class DocumentRoutes:
         if checkpoint is not None:
             checked_local_id(checkpoint["id"])
             self.rules.local_size(checkpoint["doc"])
+            if not await asyncio.to_thread(self._local_room, db, checkpoint["id"]):
+                self._local_full()
         written = 0
         admin = self.ctx.is_db_admin(request, db)
+        refused = 0
         client = client_token(request)
         echo_log = self.ctx.echo_log(db.name) if client else None
 
         def write() -> list[dict[str, Any]]:
-            nonlocal written
+            nonlocal written, refused
             # Every document is checked against the limits before any is written: over a limit, the whole
             # request is refused and nothing is written (a conflict stays a per-document answer, as in CouchDB).
             check: Callable[[Any], wire.WireDoc | Edit] = \
@@ -130,17 +207,22 @@ class DocumentRoutes:
                             written += 1
                     else:
                         out.append({"ok": True, **self._write(db, w)})
+                except LimitExceeded as exc:  # refused on its own, as CouchDB refuses what validation forbids
+                    refused += 1
+                    out.append({"id": doc.get("_id"), "error": "forbidden", "reason": str(exc)})
                 except (ConflictError, DocumentNotFound) as exc:
                     out.append({"id": doc.get("_id"), "error": "conflict", "reason": str(exc)})
             return out
 
         answer = await asyncio.to_thread(write)  # even a small write may wait for the compactor
         self.ctx.observer.docs_in += written  # counted here, on the event loop: worker threads never race on it
+        if refused:
+            self.ctx.observer.refusals["max_leaves"] += refused
         if written and self.ctx.notifiers.get(db.name):
             for _ in range(3):  # let waiting longpolls answer first: the checkpoint below can wait a moment
                 await asyncio.sleep(0)
         if checkpoint is not None:  # after the documents: a checkpoint never runs ahead of what it covers
-            await asyncio.to_thread(db.local_put, checkpoint["id"], checkpoint["doc"])
+            await self._local_put(db, checkpoint["id"], checkpoint["doc"])
         resp = json_response(answer, 201)
         resp.headers["X-MyNoSQL-Written"] = str(written)
         return resp
@@ -161,8 +243,24 @@ class DocumentRoutes:
             raise HttpError(400, "bad_request", "document must be a JSON object")
         id = local_id(request)
         self.rules.local_size(body)
-        rev = await asyncio.to_thread(db.local_put, id, body)
+        rev = await self._local_put(db, id, body)
         return json_response({"ok": True, "id": "_local/" + id, "rev": rev}, 201)
+
+    def _local_room(self, db: Database, id: str) -> bool:
+        """False if ``id`` is a new ``_local`` document and the database holds as many as it may (checked before
+        a batch is written; :meth:`_local_put` checks again, atomically)."""
+        return db.local_get(id) is not None or db.local_count() < self.ctx.limits.max_local_docs
+
+    def _local_full(self) -> NoReturn:
+        self.ctx.observer.refused("max_local_docs")
+        raise HttpError(403, "forbidden", f"this database holds {self.ctx.limits.max_local_docs} local documents, "
+                        "its limit")
+
+    async def _local_put(self, db: Database, id: str, doc: dict[str, Any]) -> str:
+        try:
+            return await asyncio.to_thread(db.local_put, id, doc, max_docs=self.ctx.limits.max_local_docs)
+        except LimitExceeded:
+            self._local_full()
 
     async def local_delete(self, request: web.Request) -> web.Response:
         db = await self.ctx.db(request)
@@ -183,7 +281,31 @@ class DocumentRoutes:
             res = db.savedoc(edit.record)
         return {"id": res["id"], "rev": res["rev"]}
 
-    async def doc_get(self, request: web.Request) -> web.Response:
+    def _open_revs(self, state: DocState, wanted: list[str], revs: bool, latest: bool) -> Answer | int:
+        """The answer of ``GET ?open_revs``: each leaf once, however often it is asked (or its size, over the
+        limit)."""
+        items: dict[str, bool] = {}  # rev -> found (its leaf is sent), in the order asked
+        for rev in dict.fromkeys(wanted):
+            if rev in state.bodies:
+                items.setdefault(rev, True)
+            elif latest and rev in state.tree:
+                for leaf in revtree.leaves(state.tree):
+                    if rev in revtree.ancestry(state.tree, leaf):
+                        items.setdefault(leaf, True)
+            else:
+                items.setdefault(rev, False)
+        sent = [rev for rev, ok in items.items() if ok]
+        size = sum(answer_size(state, rev, revs) for rev in sent)
+        if size > self.ctx.limits.max_answer_bytes and len(sent) > 1:
+            return size
+
+        def parts() -> Iterator[bytes]:
+            for rev, ok in items.items():
+                yield orjson.dumps({"ok": wire.doc_to_wire(state, rev, revs=revs)} if ok else {"missing": rev})
+
+        return Answer(b"[", parts(), b"]", size, len(sent))
+
+    async def doc_get(self, request: web.Request) -> web.StreamResponse:
         db = await self.ctx.db(request)
         id = doc_id(request)
         q = request.query
@@ -202,19 +324,13 @@ class DocumentRoutes:
                     raise HttpError(400, "bad_request", "open_revs must be 'all' or a JSON list") from exc
                 if not isinstance(wanted, list) or not all(isinstance(r, str) for r in wanted):
                     raise HttpError(400, "bad_request", "open_revs must be 'all' or a JSON list")
-            out: list[dict[str, Any]] = []
-            latest = flag(request, "latest")
-            for rev in wanted:
-                if rev in state.bodies:
-                    out.append({"ok": wire.doc_to_wire(state, rev, revs=revs)})
-                elif latest and rev in state.tree:
-                    for leaf in revtree.leaves(state.tree):
-                        if rev in revtree.ancestry(state.tree, leaf):
-                            out.append({"ok": wire.doc_to_wire(state, leaf, revs=revs)})
-                else:
-                    out.append({"missing": rev})
-            self.ctx.observer.docs_out += sum(1 for d in out if "ok" in d)  # the plain protocol's _bulk_get
-            return json_response(out)
+            args = (state, wanted, revs, flag(request, "latest"))
+            small = sum(map(len, state.bodies.values())) <= INLINE_STATE and len(wanted) <= SMALL_INLINE
+            answer = self._open_revs(*args) if small else await asyncio.to_thread(self._open_revs, *args)
+            if isinstance(answer, int):
+                self._over(answer)
+            self.ctx.observer.docs_out += answer.sent  # the plain protocol's _bulk_get
+            return await answer.send(request)
         if state is None:
             raise HttpError(404, "not_found", "missing")
         rev = q.get("rev") or state.winner
@@ -250,8 +366,12 @@ class DocumentRoutes:
             if isinstance(body, dict) and body.setdefault("_id", id) != id:
                 raise HttpError(400, "bad_request", "document id does not match the URL")
             w = self.rules.wire(db, body)
-            if await asyncio.to_thread(db.put_replicated, w.id, w.path, w.deleted, w.blob):
-                self.ctx.observer.docs_in += 1
+            try:
+                if await asyncio.to_thread(db.put_replicated, w.id, w.path, w.deleted, w.blob):
+                    self.ctx.observer.docs_in += 1
+            except LimitExceeded as exc:
+                self.ctx.observer.refused(exc.limit)
+                raise HttpError(403, "forbidden", str(exc)) from exc
             return json_response({"ok": True, "id": w.id, "rev": w.path[0]}, 201)
         if isinstance(body, dict) and "rev" in request.query:
             body.setdefault("_rev", request.query["rev"])

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import logging
 import threading
 import time
 from collections.abc import Callable
@@ -20,6 +21,50 @@ from ..database import Database
 from .registry import Databases
 
 HISTORY = 600  # seconds of per-second samples
+log = logging.getLogger("MyNoSQL")
+
+# How the log names a refusal that has no answer of its own (so no line on the dashboard).
+_REFUSALS = {"max_connections": "refused a connection over the connection limit",
+             "max_connections_per_address": "refused a connection over the per-address connection limit",
+             "tls_handshake": "closed a connection whose TLS handshake did not complete in time",
+             "malformed_http": "answered a malformed HTTP request with 400 (its content is not logged)"}
+
+
+class RefusalLog:
+    """Warnings about refused connections and malformed requests, summarised: the first is logged at once, then
+    at most one line every ``interval`` seconds says how many there were since, of what kind, and from where.
+    A flood of them costs a line a minute, not a line (or a traceback) each."""
+
+    def __init__(self, interval: float = 60.0, clock: Callable[[], float] = time.monotonic) -> None:
+        self.interval = interval
+        self.clock = clock
+        self._last: float | None = None  # when the last line was logged
+        self._kinds: collections.Counter[str] = collections.Counter()
+        self._addresses: collections.Counter[str] = collections.Counter()
+
+    def note(self, kind: str, address: str) -> None:
+        now = self.clock()
+        if self._last is None or (now - self._last >= self.interval and not self._kinds):
+            self._last = now
+            log.warning("mirror: %s, from %s (more of these are summarised every %g s)", _REFUSALS.get(kind, kind),
+                        address, self.interval)
+            return
+        self._kinds[kind] += 1
+        if len(self._addresses) < 10_000 or address in self._addresses:  # an address scan stays bounded
+            self._addresses[address] += 1
+        self.flush_due()
+
+    def flush_due(self) -> None:
+        """Log the summary if one is due (the server calls this every second)."""
+        now = self.clock()
+        if not self._kinds or self._last is None or now - self._last < self.interval:
+            return
+        kinds = "; ".join(f"{n} x {_REFUSALS.get(k, k)}" for k, n in self._kinds.most_common())
+        top = ", ".join(f"{a} ({n})" for a, n in self._addresses.most_common(3))
+        log.warning("mirror: in the last %.0f s: %s; most from %s", now - self._last, kinds, top)
+        self._last = now
+        self._kinds.clear()
+        self._addresses.clear()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,11 +92,22 @@ class Observer:
         self._last_in = self._last_out = 0
         self._slow: dict[str, _SlowFacts] = {}
         self._slow_lock = threading.Lock()
+        self.refusals: collections.Counter[str] = collections.Counter()  # limit name -> requests it refused
+        self.refusal_log = RefusalLog()
+        self.connections: Callable[[], int] | None = None  # open connections, once the server counts them
 
     # -- fed by the app ---------------------------------------------------------------------------------------
 
     def request(self, route: str, method: str, status: int) -> None:
         self.requests[(route, method, status)] += 1
+
+    def refused(self, limit: str, address: str | None = None) -> None:
+        """A limit (a :class:`~MyNoSQL.Limits` field name, or ``tls_handshake``, ``malformed_http``) refused
+        something (on the event loop). With ``address``, a refusal without an answer of its own: logged,
+        summarised."""
+        self.refusals[limit] += 1
+        if address is not None:
+            self.refusal_log.note(limit, address)
 
     def _client(self, addr: str, user: str | None, db: str | None) -> dict[str, Any]:
         """The entry of a client (created if new); call with the lock held."""
@@ -92,6 +148,7 @@ class Observer:
             seq = db.seq
             writes += max(0, seq - self._last_seq.get(name, seq))
             self._last_seq[name] = seq
+        self.refusal_log.flush_due()
         docs_in, docs_out = self.docs_in, self.docs_out
         self._samples.append((now, writes, docs_in - self._last_in, docs_out - self._last_out))
         self._last_in, self._last_out = docs_in, docs_out
@@ -148,6 +205,12 @@ class Observer:
 
         metric("mynosql_http_requests_total", "counter", "HTTP requests by route, method and status.",
                [({"route": r, "method": m, "status": s}, n) for (r, m, s), n in sorted(self.requests.items())])
+        metric("mynosql_limit_refusals_total", "counter",
+               "Requests and connections a limit refused, by limit (docs/security.md).",
+               [({"limit": k}, n) for k, n in sorted(self.refusals.items())])
+        if self.connections is not None:
+            metric("mynosql_connections", "gauge", "Open client connections (TLS handshakes included).",
+                   [({}, self.connections())])
         live = self.dbs.open_items()
         metric("mynosql_healthy", "gauge", "1 if the database is open and its compactor works (as /_up).",
                [({"db": n}, 0 if db.health() else 1) for n, db in live])

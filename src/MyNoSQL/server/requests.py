@@ -4,6 +4,7 @@ ids and revisions, documents (CouchDB's rules, our limits), and the error answer
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import zlib
 from collections.abc import Callable, Iterable
 from typing import Any, NamedTuple, TypeVar
@@ -19,7 +20,9 @@ from ..records import revtree
 from ..records.ids import DESIGN_PREFIX, validate_id
 
 T = TypeVar("T")
-LOCAL_MAX = 1024 * 1024  # bytes of one _local document (a checkpoint)
+INLINE_BODY = 64 * 1024  # a plain body up to this size is parsed on the event loop; larger ones, and compressed
+#                          ones, in the parse pool
+PARSE_WORKERS = 2  # threads that decompress and parse large bodies (their own: reads never wait behind them)
 
 
 class HttpError(Exception):
@@ -106,9 +109,17 @@ class Rules:
 
     def __init__(self, limits: Limits) -> None:
         self.limits = limits
+        self._pool: concurrent.futures.ThreadPoolExecutor | None = None
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
 
     async def body(self, request: web.Request) -> Any:
-        """The request's JSON body: within the time and size limits, decompressed here if it is compressed."""
+        """The request's JSON body: within the time and size limits, decompressed here if it is compressed. A
+        large or compressed body is decompressed and parsed in a pool of its own (:data:`PARSE_WORKERS` threads):
+        never on the event loop, and never more than that many at once."""
         length = request.content_length
         try:
             if length is not None and length <= 65536 and request.content.is_eof():
@@ -118,23 +129,57 @@ class Rules:
         except asyncio.TimeoutError as exc:
             raise HttpError(408, "timeout", "the request body did not arrive in time") from exc
         coding = request.headers.get("Content-Encoding", "").strip().lower()
-        if coding not in ("", "identity"):
+        if coding in ("", "identity"):
+            coding = ""
+        elif coding not in ("gzip", "x-gzip", "deflate"):
+            raise HttpError(415, "unsupported_media_type", "request bodies may be gzip or deflate encoded, or plain")
+        if len(raw) <= INLINE_BODY:
+            small = self._inflate_small(raw, coding, min(INLINE_BODY, self.limits.max_request_bytes)) if coding \
+                else raw
+            if small is not None:
+                return self.parse(small, "")
+        if self._pool is None:
+            self._pool = concurrent.futures.ThreadPoolExecutor(PARSE_WORKERS, thread_name_prefix="MyNoSQL-parse")
+        return await asyncio.get_running_loop().run_in_executor(self._pool, self.parse, raw, coding)
+
+    @staticmethod
+    def _inflate_small(raw: bytes, coding: str, most: int) -> bytes | None:
+        """A compressed body that inflates to ``most`` bytes at most (most of a replicator's are small), or None
+        (larger, or not decompressible: the parse pool says which)."""
+        for wbits in ((31,) if coding != "deflate" else (15, -15)):
+            d = zlib.decompressobj(wbits)
+            try:
+                out = d.decompress(raw, most + 1)
+            except zlib.error:
+                continue
+            return out if d.eof and len(out) <= most else None
+        return None
+
+    def parse(self, raw: bytes, coding: str) -> Any:
+        """Decompress (``coding``: "" for none) and parse a body, within the size and JSON-values limits."""
+        if coding:
             raw = self.decompress(raw, coding)
+        # An upper bound of the values (and keys) parsing would make, from the bytes that start or separate one:
+        # a body of millions of tiny values would take ~30x its size in RAM once parsed.
+        values = 1 + raw.count(b",") + raw.count(b":") + raw.count(b"[") + raw.count(b"{")
+        if values > self.limits.max_json_values:
+            raise HttpError(413, "too_large", f"the request body holds up to {values} JSON values, over the limit "
+                            f"of {self.limits.max_json_values}")
         try:
             return orjson.loads(raw)  # its documents' nesting is checked where they are encoded again
         except orjson.JSONDecodeError as exc:
             raise HttpError(400, "bad_request", "invalid JSON body") from exc
 
     def decompress(self, raw: bytes, coding: str) -> bytes:
-        """A gzip or deflate request body, decompressed (not by aiohttp: see :meth:`MirrorApp.runner`), within the
-        request size limit; a body that does not decompress is a 400."""
+        """A gzip or deflate request body, decompressed (not by aiohttp: see :meth:`MirrorApp.runner`) no further
+        than the request size limit; a body that does not decompress is a 400."""
         if coding not in ("gzip", "x-gzip", "deflate"):
             raise HttpError(415, "unsupported_media_type", "request bodies may be gzip or deflate encoded, or plain")
         limit = self.limits.max_request_bytes
         for wbits in ((31,) if coding != "deflate" else (15, -15)):  # deflate: zlib-wrapped, or raw from some
             d = zlib.decompressobj(wbits)
             try:
-                out = d.decompress(raw, limit + 1)
+                out = d.decompress(raw, limit + 1)  # never more than the limit (and one byte) is inflated
             except zlib.error:
                 continue
             if len(out) > limit or d.unconsumed_tail:
@@ -156,13 +201,15 @@ class Rules:
                                   max_history=lim.max_revisions)
 
     def local_size(self, doc: dict[str, Any]) -> None:
-        """A ``_local`` document (a checkpoint) within the nesting limit and 1 MiB, or a 4xx."""
+        """A ``_local`` document (a checkpoint) within the nesting limit and ``Limits.max_local_bytes``, or a
+        4xx."""
         try:
             size = len(wire.encode_checked(doc, self.limits.max_depth))
         except InvalidDocument as exc:
             raise HttpError(400, "bad_request", str(exc)) from exc
-        if size > LOCAL_MAX:
-            raise HttpError(413, "too_large", "local documents are limited to 1 MiB")
+        if size > self.limits.max_local_bytes:
+            raise HttpError(413, "too_large", f"a local document is {size} bytes, over the limit of "
+                            f"{self.limits.max_local_bytes}")
 
     def record(self, db: Database, doc: Any, id: str | None) -> Edit:
         """Check a document of a normal write (PUT, or ``_bulk_docs`` without ``new_edits=false``)."""

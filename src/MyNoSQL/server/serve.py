@@ -1,12 +1,11 @@
-"""A mirror's HTTP server: binds (TLS optional), refuses connections past the limit, and stops in two steps
-(stop accepting, then close) so its owner can make a last push in between."""
+"""A mirror's HTTP server: binds (TLS optional), admits connections within the limits (:mod:`.connections`), and
+stops in two steps (stop accepting, then close) so its owner can make a last push in between."""
 
 from __future__ import annotations
 
 import logging
 import ssl
 from collections.abc import Callable
-from typing import Any
 
 from aiohttp import web
 
@@ -16,6 +15,7 @@ from ..errors import SecurityError
 from ..net.urls import is_loopback
 from ..options import Limits
 from .app import MirrorApp, MirrorStatus
+from .connections import ConnectionGate, GatedSite
 from .registry import Databases
 
 log = logging.getLogger("MyNoSQL")
@@ -34,7 +34,7 @@ class MirrorServer:
         self.cors_origins = cors_origins
         self.url: str | None = None
         self._runner: web.AppRunner | None = None
-        self._site: web.TCPSite | None = None
+        self._site: GatedSite | None = None
 
     async def start(self) -> str:
         """Bind and serve; returns the URL it serves on. :class:`SecurityError` if it would serve beyond
@@ -62,15 +62,9 @@ class MirrorServer:
         self._runner = runner
         server = runner.server
         assert server is not None
-        accept = server.connection_made
-
-        def guarded(handler: Any, transport: Any) -> None:  # refuse connections past the limit
-            accept(handler, transport)
-            if len(server.connections) > limits.max_connections:
-                transport.close()
-
-        server.connection_made = guarded  # type: ignore[method-assign]
-        site = web.TCPSite(runner, host, port, reuse_address=True, ssl_context=ssl_ctx)
+        gate = ConnectionGate(limits, server, ssl_context=ssl_ctx, refused=app.observer.refused)
+        app.observer.connections = lambda: gate.open
+        site = GatedSite(runner, host, port, gate)
         try:
             await site.start()
         except BaseException:

@@ -28,7 +28,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from ..errors import CorruptionError, StorageError
+from ..errors import CorruptionError, LimitExceeded, StorageError
 from .shards import BlockInfo
 
 FORMAT = 1
@@ -288,8 +288,13 @@ class Index:
         result: tuple[int, bytes] | None = self._one("SELECT rev, body FROM local WHERE id=?", (id,))
         return result
 
-    def put_local(self, id: str, body: bytes | None) -> int:
-        """Store (or delete, with None) a local document; returns its new revision number.
+    def local_count(self) -> int:
+        result: int = self._one("SELECT count(*) FROM local", ())
+        return result
+
+    def put_local(self, id: str, body: bytes | None, max_docs: int | None = None) -> int:
+        """Store (or delete, with None) a local document; returns its new revision number. ``max_docs``: a new
+        one is refused (:class:`LimitExceeded`) once that many are stored.
 
         Local documents are replication checkpoints, written after every batch: they go through their own
         connection with ``synchronous=NORMAL`` (no fsync per write). Losing the last one to a power cut only
@@ -302,6 +307,10 @@ class Index:
             con = self._l
             try:
                 row = con.execute("SELECT rev FROM local WHERE id=?", (id,)).fetchone()
+                if row is None and body is not None and max_docs is not None \
+                        and con.execute("SELECT count(*) FROM local").fetchone()[0] >= max_docs:
+                    raise LimitExceeded(f"this database holds {max_docs} local documents, its limit",
+                                        limit="max_local_docs")
                 rev = (row[0] if row else 0) + 1
                 if body is None:
                     con.execute("DELETE FROM local WHERE id=?", (id,))
