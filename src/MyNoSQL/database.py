@@ -47,7 +47,7 @@ from .storage.store import FlushStats, Listener, Store
 log = logging.getLogger("MyNoSQL")
 
 DEFAULT_PORT = 8800
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,199}$")
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.$()+%-]{0,199}$")
 _TOMBSTONE_BODY = b"{}"
 # readdoc keeps the records it reads more than once, of up to this many JSON bytes, decoded while their state is
 # in RAM (about 3x the RAM of the JSON; the record cache's count bounds it): later reads copy that memo.
@@ -70,7 +70,7 @@ class Change(NamedTuple):
 def validate_db_name(name: Any) -> str:
     if not isinstance(name, str) or not _NAME_RE.match(name) or name.endswith("."):
         raise InvalidDocument(
-            f"database name {name!r} is not valid: use 1-200 letters, digits, '_', '-' or '.', "
+            f"database name {name!r} is not valid: use 1-200 letters, digits and '_-.$()+%', "
             "starting with a letter or digit"
         )
     return name
@@ -510,6 +510,52 @@ class Database:
 
         store.put(id, mutate)
         return {"id": id, "rev": tombstone, "deleted": True}
+
+    def save_deleted(self, id: str, rev: str | None, body: dict[str, Any]) -> dict[str, Any]:
+        """A deletion that keeps a body, as CouchDB's ``PUT`` of ``{"_deleted": true, ...}``: a tombstone child
+        of ``rev`` (or, for a record that does not exist or is deleted, with no ``rev``: a tombstone of its own),
+        holding ``body`` (``readdoc(id, rev=...)`` does not show deletions; the mirror's ``GET ?rev=`` does)."""
+        store = self._check()
+        id = validate_id(id)
+        if rev is not None and not revtree.is_rev(rev):
+            raise InvalidDocument(f"invalid rev format: {str(rev)[:80]!r}")
+        blob, _ = encode_body(body)
+        if len(blob) > self.options.max_doc_bytes:
+            raise InvalidDocument(f"record {id!r} is {len(blob)} bytes encoded, over the limit of "
+                                  f"{self.options.max_doc_bytes}")
+        limit = self.revs_limit
+        out: list[str] = []
+
+        def mutate(prev: DocState | None) -> DocState:
+            if prev is None:
+                if rev is not None:
+                    raise ConflictError(f"record {id!r} does not exist, so {rev!r} is not its current revision", id=id)
+                new = revtree.new_rev(None, True, blob)
+                out.append(new)
+                return DocState(id, 0, {new: (None, True)}, {new: blob})
+            tree = prev.tree
+            win = prev.winner
+            if rev is None:
+                if not tree[win][1]:
+                    raise ConflictError(f"record {id!r} already exists (rev {win}); pass its current rev", id=id,
+                                        current_rev=win)
+                parent = win
+            elif rev in prev.bodies and not tree[rev][1]:
+                parent = rev
+            else:
+                raise ConflictError(f"record {id!r} has revision {win}, not {rev}", id=id, current_rev=win)
+            new = revtree.new_rev(parent, True, blob)
+            out.append(new)
+            tree2 = dict(tree)
+            tree2[new] = (parent, True)
+            bodies = dict(prev.bodies)
+            if not tree[parent][1]:
+                del bodies[parent]
+            bodies[new] = blob
+            return DocState(id, 0, revtree.stem(tree2, limit), bodies)
+
+        store.put(id, mutate)
+        return {"id": id, "rev": out[-1], "deleted": True}
 
     def resolve(self, id: str, merged: dict[str, Any], losers: list[str] | None = None) -> dict[str, Any]:
         """Resolve a conflict in one step: save ``merged`` as the next revision of the winner and delete the

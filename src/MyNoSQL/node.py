@@ -112,7 +112,8 @@ class Node(Database):
             server = self._server = MirrorServer(
                 {self.name: self}, host=cfg.host, port=cfg.port, users=self.users, limits=self.options.limits,
                 certfile=cfg.certfile, keyfile=cfg.keyfile, mirrors=self.known_mirrors,
-                mirror_status=lambda name: pulls.status(), cors_origins=self.options.cors_origins)
+                mirror_status=lambda name: pulls.status(), cors_origins=self.options.cors_origins,
+                server_uuid=self.uuid)
             loop.run(server.start(), timeout=30)
             loop.run(pulls.start(), timeout=30)
         else:

@@ -17,8 +17,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 from pathlib import Path
 from typing import Any
+
+import orjson
 
 from .credentials import Users
 from .database import Database
@@ -29,6 +32,7 @@ from .replication.mirror_pull import MirrorPulls
 from .replication.runtime import LoopThread
 from .server.registry import Databases
 from .server.serve import MirrorServer
+from .storage.fileutil import atomic_write
 
 log = logging.getLogger("MyNoSQL")
 
@@ -45,6 +49,21 @@ def server_users(root: Path, only: frozenset[str] | None) -> Users:
     return Users(path)
 
 
+def server_uuid(root: Path) -> str:
+    """The mirror's own id (CouchDB's ``GET /`` uuid), made once and kept in ``root/server.json``."""
+    path = root / "server.json"
+    try:
+        found = orjson.loads(path.read_bytes()).get("uuid")
+        if isinstance(found, str) and found:
+            return found
+    except (OSError, ValueError, AttributeError):
+        pass
+    made = secrets.token_hex(16)
+    root.mkdir(parents=True, exist_ok=True, mode=0o700)
+    atomic_write(path, orjson.dumps({"uuid": made}))
+    return made
+
+
 class MirrorService:
     def __init__(self, root: Path, options: Options, *, host: str = "127.0.0.1", port: int = 8800,
                  only: frozenset[str] | None = None, users: Users | None = None, peers: tuple[str, ...] = (),
@@ -59,7 +78,8 @@ class MirrorService:
                              idle=float("inf") if self.peers else idle, max_open=max_open)
         self.server = MirrorServer(self.dbs, host=host, port=port, users=self.users, limits=options.limits,
                                    certfile=certfile, keyfile=keyfile, mirrors=self.known_mirrors,
-                                   mirror_status=self.replication_status, cors_origins=options.cors_origins)
+                                   mirror_status=self.replication_status, cors_origins=options.cors_origins,
+                                   server_uuid=server_uuid(self.root))
         self._loop: LoopThread | None = None
         self._pulls: dict[str, MirrorPulls] = {}
         self.dbs.on_open.append(self._opened)

@@ -119,3 +119,49 @@ def test_changes_feed_parameters_and_streams(server: Any) -> None:
                            text=True)
     assert text.startswith('data: {"seq":5,"id":"d4"') and "\nid: 5\n\n" in text
     assert request("GET", f"{db}/_changes?filter=app/f", user="alice")[0] == 501  # a JavaScript filter
+
+
+def test_what_pouchdbs_own_suite_expects_of_couchdb(server: Any) -> None:
+    """The CouchDB behaviours PouchDB's integration tests rely on (scripts/pouchdb-suite found them)."""
+    url = server.url
+    assert request("PUT", f"{url}/a+b", user="root")[0] == 201  # "+" in a name
+    assert request("PUT", f"{url}/some%2Ftest", user="root")[0] == 201  # "/" in a name, sent as %2F
+    assert request("PUT", f"{url}/some%2Ftest/doc", {"v": 1}, user="alice")[0] == 201
+    assert request("GET", f"{url}/some%2Ftest", user="alice")[1]["db_name"] == "some/test"
+    assert "some/test" in request("GET", f"{url}/_all_dbs", user="root")[1]
+    db = f"{url}/a+b"
+    # _revisions names the revision where it and _rev disagree (as CouchDB: a hash repeated along a path)
+    status, body = request("POST", f"{db}/_bulk_docs", {"new_edits": False, "docs": [
+        {"_id": "r", "_rev": "2-aaaa", "_revisions": {"start": 1, "ids": ["aaaa"]}, "v": 1}]}, user="alice")
+    assert status == 201 and request("GET", f"{db}/r", user="alice")[1]["_rev"] == "1-aaaa"
+    # a deletion that keeps a body, even of a new document
+    status, body = request("PUT", f"{db}/tomb", {"_deleted": True, "integer": 4}, user="alice")
+    assert status == 201
+    assert request("GET", f"{db}/tomb?rev={body['rev']}", user="alice")[1] == {
+        "_id": "tomb", "_rev": body["rev"], "_deleted": True, "integer": 4}
+    # _bulk_get with latest=true and a revision that is no leaf: the leaves that descend from it
+    first = request("PUT", f"{db}/l", {"v": 1}, user="alice")[1]["rev"]
+    second = request("PUT", f"{db}/l", {"v": 2, "_rev": first}, user="alice")[1]["rev"]
+    status, body = request("POST", f"{db}/_bulk_get?latest=true&revs=true", {"docs": [{"id": "l", "rev": first}]},
+                           user="alice")
+    assert [d["ok"]["_rev"] for d in body["results"][0]["docs"]] == [second]
+    # an unknown special member fails the request as doc_validation; CouchDB's replicator fields are kept
+    assert request("POST", f"{db}/_bulk_docs", {"docs": [{"_id": "z", "_zing": 1}]}, user="alice") == (
+        400, {"error": "doc_validation", "reason": "Bad special document member: _zing"})
+    fields = {"_replication_id": "abc", "_replication_state": "triggered", "_replication_state_time": 1,
+              "_replication_stats": {"docs_read": 1}}
+    assert request("PUT", f"{db}/rep", {**fields, "source": "x"}, user="alice")[0] == 201
+    kept = request("GET", f"{db}/rep", user="alice")[1]
+    assert {k: kept[k] for k in fields} == fields and kept["source"] == "x"
+    # a _local document inside _bulk_docs is written as one
+    status, body = request("POST", f"{db}/_bulk_docs", {"docs": [{"_id": "_local/ck", "seq": 3}]}, user="alice")
+    assert status == 201 and body[0]["ok"] is True and body[0]["id"] == "_local/ck"
+    assert request("GET", f"{db}/_local/ck", user="alice")[1]["seq"] == 3
+    # the server's uuid is its own, and stays across restarts
+    uuid = request("GET", f"{url}/")[1]["uuid"]
+    server.stop()
+    again = MirrorProcess(server.path, None, free_port(), [], server.extra).start()
+    try:
+        assert request("GET", f"{again.url}/")[1]["uuid"] == uuid and len(uuid) == 32
+    finally:
+        again.stop()

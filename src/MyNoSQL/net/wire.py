@@ -24,20 +24,23 @@ from ..records.revtree import DocState
 # Keys a document may carry on the wire besides its body; others starting with "_" are refused.
 _WIRE_META = frozenset(("_id", "_rev", "_deleted", "_revisions", "_conflicts", "_deleted_conflicts",
                         "_revs_info", "_local_seq"))
+# Special members CouchDB keeps in a document's body (its replicator's state): stored and sent as they are.
+KEPT_SPECIAL = frozenset(("_replication_id", "_replication_state", "_replication_state_time",
+                          "_replication_stats", "_replication_state_reason"))
 
 
 def body_to_wire(blob: bytes) -> dict[str, Any]:
     body: dict[str, Any] = orjson.loads(blob)
     if any(k[:1] == "_" for k in body):
-        body = {("$" + k if k[:1] == "_" else k): v for k, v in body.items()}
+        body = {("$" + k if k[:1] == "_" and k not in KEPT_SPECIAL else k): v for k, v in body.items()}
     return body
 
 
 def unsupported_member(doc: dict[str, Any]) -> str | None:
     """Why a document's ``_`` members make it one this database does not take (attachments...), or None."""
     for k in doc:
-        if k[:1] == "_" and k not in _WIRE_META:
-            return "attachments are not supported" if k == "_attachments" else f"bad special document member: {k}"
+        if k[:1] == "_" and k not in _WIRE_META and k not in KEPT_SPECIAL:
+            return "attachments are not supported" if k == "_attachments" else f"Bad special document member: {k}"
     return None
 
 
@@ -45,7 +48,8 @@ def body_from_wire(doc: dict[str, Any]) -> dict[str, Any]:
     problem = unsupported_member(doc)
     if problem is not None:
         raise InvalidDocument(problem)
-    return {("_" + k[2:] if k[:2] == "$_" else k): v for k, v in doc.items() if k[:1] != "_"}
+    return {("_" + k[2:] if k[:2] == "$_" else k): v for k, v in doc.items()
+            if k[:1] != "_" or k in KEPT_SPECIAL}
 
 
 def revisions(state: DocState, rev: str) -> dict[str, Any]:
@@ -116,7 +120,7 @@ def doc_from_wire(doc: Any, *, validate_id: Any, max_bytes: int, max_revs: int, 
     if not isinstance(rev, str):
         raise InvalidDocument("missing _rev (replicated documents need one)")
     try:
-        gen, h = revtree.parse_rev(rev)
+        gen, _ = revtree.parse_rev(rev)
     except ValueError as exc:
         raise InvalidDocument(f"invalid rev format: {rev[:80]!r}") from exc
     deleted = doc.get("_deleted", False)
@@ -130,8 +134,11 @@ def doc_from_wire(doc: Any, *, validate_id: Any, max_bytes: int, max_revs: int, 
         ids = hist["ids"]
         if len(ids) > max_history:
             raise InvalidDocument(f"_revisions lists {len(ids)} revisions, over the limit of {max_history}")
-        if hist["start"] != gen or not ids or ids[0] != h:
-            raise InvalidDocument("_revisions does not match _rev")
+        if not ids or not isinstance(ids[0], str):
+            raise InvalidDocument("_revisions must list at least the revision itself")
+        # Where _revisions and _rev disagree, _revisions names the revision (CouchDB's rule: PouchDB sends
+        # {"_rev": "2-a", "_revisions": {"start": 1, "ids": ["a"]}} for a hash repeated along a path).
+        gen = hist["start"]
         if len(ids) > max_revs:
             ids = ids[:max_revs]
         if gen - len(ids) < 0:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import secrets
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -76,7 +77,7 @@ class MirrorApp:
     def __init__(self, dbs: dict[str, Database] | Databases, *, mirrors: Callable[[], list[str]] | None = None,
                  users: Users | None = None, limits: Limits | None = None, open_without_users: bool = True,
                  mirror_status: MirrorStatus | None = None, cors_origins: Sequence[str] = (),
-                 tls: bool = False) -> None:
+                 tls: bool = False, server_uuid: str | None = None) -> None:
         """``dbs``: the databases served (a fixed mapping, or a :class:`Databases` registry of a folder).
         ``open_without_users``: serve everyone while no user exists (only ever for a loopback address).
         ``mirrors()``: the mirror URLs ``/_mirrors`` lists. ``mirror_status(db)``: the replication status the
@@ -93,6 +94,7 @@ class MirrorApp:
                                   open_without_users=open_without_users)
         self.cors = Cors(cors_origins)
         self.tls = tls
+        self.server_uuid = server_uuid or secrets.token_hex(16)  # CouchDB's GET / "uuid": the server's identity
         self._ticker: asyncio.Task[None] | None = None
 
     # -- plumbing ---------------------------------------------------------------------------------------------
@@ -243,8 +245,8 @@ class MirrorApp:
     # -- server routes ----------------------------------------------------------------------------------------
 
     async def root(self, request: web.Request) -> web.Response:
-        return json_response({"couchdb": "Welcome", "version": "3.3.0", "vendor": {"name": "MyNoSQL"},
-                              "features": ["mynosql"]})
+        return json_response({"couchdb": "Welcome", "version": "3.3.0", "uuid": self.server_uuid,
+                              "vendor": {"name": "MyNoSQL"}, "features": ["mynosql"]})
 
     async def up(self, request: web.Request) -> web.Response:
         """Health: every database open and its compactor working (no I/O: cheap enough for any prober)."""

@@ -160,22 +160,24 @@ class ServerContext:
             log = self.echo_logs[name] = EchoLog()
         return log
 
+    # Notifiers and echo logs are keyed by Database.name (the folder's name: a "/" of the client's name is "%2F").
+
     async def _opened(self, name: str, db: Database) -> None:
         n = ChangeNotifier(asyncio.get_running_loop())
-        self.notifiers[name] = n
-        self._unlisten[name] = db.on_change(n.notify)
+        self.notifiers[db.name] = n
+        self._unlisten[db.name] = db.on_change(n.notify)
 
     async def _closing(self, name: str, db: Database) -> None:
-        stop = self._unlisten.pop(name, None)
+        stop = self._unlisten.pop(db.name, None)
         if stop is not None:
             stop()
-        self.notifiers.pop(name, None)
-        self.echo_logs.pop(name, None)
+        self.notifiers.pop(db.name, None)
+        self.echo_logs.pop(db.name, None)
 
     async def listen(self) -> None:
         """Start waking longpolls on changes of the databases open now (the server's startup)."""
         for name, db in self.dbs.open_items():
-            if name not in self.notifiers:
+            if db.name not in self.notifiers:
                 await self._opened(name, db)
 
     async def unlisten(self) -> None:

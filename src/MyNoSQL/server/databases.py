@@ -17,6 +17,7 @@ from ..net import wire
 from ..records.ids import DESIGN_PREFIX, new_id
 from ..records.revtree import DocState
 from .context import ServerContext
+from .registry import name_of
 from .requests import NOT_ADMIN, HttpError, flag, json_response
 
 log = logging.getLogger("MyNoSQL")
@@ -28,11 +29,11 @@ NO_JAVASCRIPT = ("MyNoSQL runs no JavaScript: views, shows, lists, update and fi
 def database_info(db: Database) -> dict[str, Any]:
     """CouchDB's ``GET /{db}`` answer (sizes: the bytes of the database folder)."""
     disk = sum(p.stat().st_size for p in db.path.iterdir() if p.is_file())
-    return {"db_name": db.name, "update_seq": db.seq, "sizes": {"file": disk, "external": disk, "active": disk},
-            "purge_seq": 0, "other": {"data_size": disk}, "doc_del_count": db.deleted_count(),
-            "doc_count": len(db), "disk_size": disk, "disk_format_version": 8, "data_size": disk,
-            "compact_running": False, "cluster": {"q": 1, "n": 1, "w": 1, "r": 1},
-            "instance_start_time": "0", "props": {}}
+    return {"db_name": name_of(db.name), "update_seq": db.seq,
+            "sizes": {"file": disk, "external": disk, "active": disk}, "purge_seq": 0,
+            "other": {"data_size": disk}, "doc_del_count": db.deleted_count(), "doc_count": len(db),
+            "disk_size": disk, "disk_format_version": 8, "data_size": disk, "compact_running": False,
+            "cluster": {"q": 1, "n": 1, "w": 1, "r": 1}, "instance_start_time": "0", "props": {}}
 
 
 def _json_param(request: web.Request, *names: str) -> Any:
@@ -108,10 +109,9 @@ class DatabaseRoutes:
                 and not self.ctx.is_db_admin(request):
             raise HttpError(401, "unauthorized", NOT_ADMIN)
         edit = self.rules.record(db, body, None)
-        record = edit.record
-        if record is None:
-            raise HttpError(400, "bad_request", "POST /{db} saves a document; delete one with DELETE /{db}/{id}")
-        saved = await asyncio.to_thread(db.savedoc, record)
+        record = edit.record or {}
+        saved = await asyncio.to_thread(db.save_deleted, edit.id, edit.rev, record) if edit.deleted else \
+            await asyncio.to_thread(db.savedoc, record)
         status = 202 if request.query.get("batch") == "ok" else 201
         resp = json_response({"ok": True, "id": saved["id"], "rev": saved["rev"]}, status)
         resp.headers["Location"] = f"{request.url}/{saved['id']}"

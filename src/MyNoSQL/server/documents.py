@@ -28,6 +28,7 @@ from .requests import (
     NOT_ADMIN,
     Edit,
     HttpError,
+    LocalWrite,
     Refused,
     check_ids_and_revs,
     checked_local_id,
@@ -126,6 +127,7 @@ class DocumentRoutes:
         self.rules.batch(docs, "documents")
         check_ids_and_revs((d.get("id"), d.get("rev")) for d in docs)
         revs = flag(request, "revs")
+        latest = flag(request, "latest")
         wanted = list(dict.fromkeys((d["id"], d.get("rev")) for d in docs))  # asked twice: answered once
         limit = self.ctx.limits.max_answer_bytes
 
@@ -136,14 +138,21 @@ class DocumentRoutes:
             size = 0
             for id, rev in wanted:
                 state = states[id] = states[id] if id in states else db.state(id)
-                if state is None or (rev is not None and rev not in state.bodies):
+                if state is not None and rev is not None and rev not in state.bodies and latest \
+                        and rev in state.tree:  # CouchDB's latest=true: the leaves that descend from it
+                    leaves = [leaf for leaf in revtree.leaves(state.tree)
+                              if rev in revtree.ancestry(state.tree, leaf)]
+                else:
+                    leaves = [rev or state.winner] if state is not None and (rev is None or rev in state.bodies) \
+                        else []
+                if state is None or not leaves:
                     found.append((id, rev, None))
                     continue
-                leaf = rev or state.winner
-                size += answer_size(state, leaf, revs)
-                if size > limit and len(wanted) > 1:
-                    return size
-                found.append((id, leaf, state))
+                for leaf in leaves:
+                    size += answer_size(state, leaf, revs)
+                    if size > limit and len(wanted) > 1:
+                        return size
+                    found.append((id, leaf, state))
 
             def parts() -> Iterator[bytes]:
                 for id, rev, state in found:
@@ -195,11 +204,17 @@ class DocumentRoutes:
             check: Callable[[Any], wire.WireDoc | Edit] = \
                 (lambda d: self.rules.wire(db, d)) if new_edits is False else (lambda d: self.rules.record(db, d, None))
             checked = [self.rules.checked(check, doc, n, admin=admin) for n, doc in enumerate(docs)]
+            for w in checked:
+                if isinstance(w, LocalWrite):
+                    self.rules.local_size(w.doc)
             out: list[dict[str, Any]] = []
             for doc, w in zip(docs, checked, strict=True):
                 try:
                     if isinstance(w, Refused):
                         out.append({"id": w.id, "error": w.error, "reason": w.reason})
+                    elif isinstance(w, LocalWrite):  # a _local document in the batch: CouchDB writes it
+                        rev = db.local_put(w.id, w.doc, max_docs=self.ctx.limits.max_local_docs)
+                        out.append({"ok": True, "id": "_local/" + w.id, "rev": rev})
                     elif isinstance(w, wire.WireDoc):
                         if echo_log is not None and client is not None:
                             echo_log.expect(w.id, w.path[0], client)  # before the write can wake a longpoll
@@ -273,11 +288,10 @@ class DocumentRoutes:
 
     @staticmethod
     def _write(db: Database, edit: Edit) -> dict[str, Any]:
-        if edit.record is None:  # a deletion
-            if edit.rev is None:
-                raise ConflictError("a deletion needs the current _rev")
-            res = db.deletedoc(edit.id, edit.rev)
+        if edit.deleted:  # a deletion, which may keep a body (CouchDB's {"_deleted": true, ...})
+            res = db.save_deleted(edit.id, edit.rev, edit.record or {})
         else:
+            assert edit.record is not None
             res = db.savedoc(edit.record)
         return {"id": res["id"], "rev": res["rev"]}
 

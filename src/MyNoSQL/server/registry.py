@@ -33,8 +33,18 @@ from .requests import HttpError
 
 log = logging.getLogger("MyNoSQL")
 
-# CouchDB's rule for a database name a client creates (our folders rule out "/": no sub-folders).
-COUCH_NAME = re.compile(r"^[a-z][a-z0-9_$()+-]{0,237}$")
+# CouchDB's rule for a database name a client creates. A "/" in a name is "%2F" in its folder's name.
+COUCH_NAME = re.compile(r"^[a-z][a-z0-9_$()+/-]{0,199}$")
+
+
+def folder_of(name: str) -> str:
+    """The folder (and ``Database.name``) of the database a client names ``name``."""
+    return name.replace("/", "%2F")
+
+
+def name_of(folder: str) -> str:
+    """The name clients use for the database in ``folder``."""
+    return folder.replace("%2F", "/")
 
 Hook = Callable[[str, Database], Awaitable[None]]
 
@@ -76,8 +86,8 @@ class Databases:
         found = set()
         with contextlib.suppress(FileNotFoundError):
             for p in self.root.iterdir():
-                if (self.only is None or p.name in self.only) and is_database_folder(p):
-                    found.add(p.name)
+                if (self.only is None or name_of(p.name) in self.only) and is_database_folder(p):
+                    found.add(name_of(p.name))
         return sorted(found)
 
     def open_items(self) -> list[tuple[str, Database]]:
@@ -95,10 +105,10 @@ class Databases:
         if self.only is not None and name not in self.only:
             return False
         try:
-            validate_db_name(name)
+            validate_db_name(folder_of(name))
         except MyNoSQLError:
             return False
-        return is_database_folder(self.root / name)
+        return is_database_folder(self.root / folder_of(name))
 
     # -- using one ----------------------------------------------------------------------------------------------
 
@@ -129,7 +139,7 @@ class Databases:
     async def _open_one(self, name: str) -> Database:
         assert self.root is not None
         try:
-            db = await asyncio.to_thread(Database, self.root, name, self.options)
+            db = await asyncio.to_thread(Database, self.root, folder_of(name), self.options)
         except DatabaseLocked as exc:
             raise HttpError(503, "database_locked", f"database {name!r} is open in another process") from exc
         self._open[name] = _Entry(db, time.monotonic())
@@ -165,7 +175,7 @@ class Databases:
         if self.only is not None and name not in self.only:
             raise HttpError(403, "forbidden", "this mirror serves only the databases it was started with")
         async with self._lock:
-            if is_database_folder(self.root / name):
+            if is_database_folder(self.root / folder_of(name)):
                 raise HttpError(412, "file_exists", "The database could not be created, the file already exists.")
             db = await self._open_one(name)
         return db
@@ -178,7 +188,7 @@ class Databases:
             raise HttpError(404, "not_found", "Database does not exist.")
         async with self._lock:
             await self._close(name)
-            folder = self.root / validate_db_name(name)
+            folder = self.root / validate_db_name(folder_of(name))
             await asyncio.to_thread(shutil.rmtree, folder)
 
     async def _close(self, name: str) -> None:

@@ -42,11 +42,13 @@ def error_response(status: int, error: str, reason: str) -> web.Response:
 
 
 class Edit(NamedTuple):
-    """A checked normal write: a record to save, or (record None) the deletion of ``rev``."""
+    """A checked normal write: a record to save, or (``deleted``) a deletion of ``rev`` keeping ``record`` as
+    its body (CouchDB's ``{"_deleted": true, ...}``)."""
 
     id: Any
     rev: str | None
     record: dict[str, Any] | None
+    deleted: bool = False
 
 
 class Refused(NamedTuple):
@@ -59,6 +61,13 @@ class Refused(NamedTuple):
 
 
 NOT_ADMIN = "You are not a db or server admin."
+
+
+class LocalWrite(NamedTuple):
+    """A ``_local/`` document in a ``_bulk_docs`` batch: written as a local document, as CouchDB does."""
+
+    id: str
+    doc: dict[str, Any]
 
 
 def reserved(id: Any) -> bool:
@@ -223,15 +232,16 @@ class Rules:
         rev = doc.get("_rev")
         if rev is not None and not revtree.is_rev(rev):
             raise InvalidDocument(f"invalid rev format: {str(rev)[:80]!r}")
-        if doc.get("_deleted") is True:
-            if doc_id is None:
-                raise InvalidDocument("a deletion needs the document's _id")
-            return Edit(doc_id, rev, None)
+        deleted = doc.get("_deleted") is True
+        if deleted and doc_id is None:
+            raise InvalidDocument("a deletion needs the document's _id")
         body = wire.body_from_wire(doc)
         data = wire.encode_checked(body, self.limits.max_depth)  # what savedoc stores, give or take the id
         if len(data) > db.options.max_doc_bytes:
             raise InvalidDocument(f"document is {len(data)} bytes, over the limit of {db.options.max_doc_bytes}")
         record = wire.decode_body(data)
+        if deleted:
+            return Edit(doc_id, rev, record, deleted=True)
         if doc_id is not None:
             record["id"] = doc_id
         if rev is not None:
@@ -239,18 +249,22 @@ class Rules:
         return Edit(doc_id, None, record)
 
     @staticmethod
-    def checked(check: Callable[[Any], T], doc: Any, n: int, *, admin: bool = True) -> T | Refused:
+    def checked(check: Callable[[Any], T], doc: Any, n: int, *, admin: bool = True) -> T | Refused | LocalWrite:
         """``check(doc)``; a document that breaks a rule or limit refuses the whole request (nothing written),
         one that CouchDB's rules refuse (a reserved id, attachments, a design document when ``admin`` is False)
         is refused on its own."""
         if isinstance(doc, dict):  # what CouchDB refuses document by document: a reserved id, attachments
             id = doc.get("_id")
+            if isinstance(id, str) and id.startswith("_local/"):
+                return LocalWrite(checked_local_id(id[7:]), doc)
             if reserved(id):
                 return Refused(id, "ids starting with '_' are reserved")
             if not admin and isinstance(id, str) and id.startswith(DESIGN_PREFIX):
                 return Refused(id, NOT_ADMIN, "unauthorized")
             problem = wire.unsupported_member(doc)
             if problem is not None:
+                if problem.startswith("Bad special document member"):  # CouchDB refuses the whole request
+                    raise HttpError(400, "doc_validation", problem)
                 return Refused(doc.get("_id"), problem)
         try:
             return check(doc)

@@ -27,11 +27,12 @@ class MirrorServer:
     def __init__(self, dbs: dict[str, Database] | Databases, *, host: str, port: int, users: Users, limits: Limits,
                  certfile: str | None = None, keyfile: str | None = None,
                  mirrors: Callable[[], list[str]] | None = None, mirror_status: MirrorStatus | None = None,
-                 cors_origins: tuple[str, ...] = ()) -> None:
+                 cors_origins: tuple[str, ...] = (), server_uuid: str | None = None) -> None:
         self.dbs, self.host, self.port, self.users, self.limits = dbs, host, port, users, limits
         self.certfile, self.keyfile = certfile, keyfile
         self.mirrors, self.mirror_status = mirrors, mirror_status
         self.cors_origins = cors_origins
+        self.server_uuid = server_uuid
         self.url: str | None = None
         self._runner: web.AppRunner | None = None
         self._site: GatedSite | None = None
@@ -55,7 +56,7 @@ class MirrorServer:
             ssl_ctx.load_cert_chain(self.certfile, self.keyfile)
         app = MirrorApp(self.dbs, mirrors=self.mirrors, users=users, limits=limits,
                         open_without_users=is_loopback(host), mirror_status=self.mirror_status,
-                        cors_origins=self.cors_origins, tls=ssl_ctx is not None)
+                        cors_origins=self.cors_origins, tls=ssl_ctx is not None, server_uuid=self.server_uuid)
         runner = app.runner(access_log=None, handle_signals=False, shutdown_timeout=1.0,
                             keepalive_timeout=limits.header_timeout)
         await runner.setup()
