@@ -232,7 +232,8 @@ def test_ids_and_members_a_mirror_refuses(secured: Serve) -> None:
     # an unknown special member fails the whole request, as CouchDB's doc_validation does
     bad = {"_id": "m2", "_rev": "1-" + "a" * 32, "_unknown": 1}
     for new_edits in (False, True):
-        code, _, body = request("POST", f"{db}/_bulk_docs", {"docs": [{"_id": "fine"}, bad], "new_edits": new_edits},
+        fine = {"_id": "fine", "_rev": "1-" + "b" * 32}
+        code, _, body = request("POST", f"{db}/_bulk_docs", {"docs": [fine, bad], "new_edits": new_edits},
                                 user="alice")
         assert code == 400 and body == {"error": "doc_validation", "reason": "Bad special document member: _unknown"}
     assert request("PUT", f"{db}/m2", bad, user="alice")[0] == 400
