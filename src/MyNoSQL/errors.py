@@ -8,7 +8,8 @@ Every error the library raises on purpose derives from :class:`MyNoSQLError`::
      │    └── DocumentUnavailable      a peer does not hold it and no mirror could be asked (says why)
      ├── IndexNotFound(KeyError)       no secondary index of that name
      ├── InvalidDocument(ValueError)   the record, its id or a value is not acceptable; nothing was written
-     │    └── InvalidValueType(TypeError)  a value of a type that cannot be stored, with its key path
+     │    ├── InvalidValueType(TypeError)  a value of a type that cannot be stored, with its key path
+     │    └── InvalidQuery              a selector, sort, field list or index definition that is not valid
      ├── DatabaseClosed                the handle has no open database (never opened, or closed)
      ├── DatabaseLocked                another process (or handle) has this database open
      ├── CorruptionError               a checksum or structure check failed on disk; says where
@@ -81,6 +82,14 @@ class IndexNotFound(MyNoSQLError, KeyError):
 
 class InvalidDocument(MyNoSQLError, ValueError):
     """The record or its id is not acceptable. Nothing was written."""
+
+
+class InvalidQuery(InvalidDocument):
+    """A selector, sort, field list or index definition is not valid (the message says what is wrong)."""
+
+
+class NoUsableIndex(MyNoSQLError):
+    """``Options(strict_queries=True)``: no index can answer this query, and it would scan every record."""
 
 
 class InvalidValueType(InvalidDocument, TypeError):

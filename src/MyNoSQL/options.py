@@ -86,6 +86,9 @@ class Options:
         inspect a database, like the ``mynosql`` command, use this).
     limits:
         what this database accepts when it serves as a mirror (:class:`Limits`).
+    strict_queries:
+        True makes ``find`` (and ``explain``, ``observe``) raise :class:`~MyNoSQL.NoUsableIndex` for a query no
+        index can answer, instead of reading every record (see docs/queries.md).
     gc_live_ratio:
         a closed shard whose live records fall below this fraction of its records is rewritten (its live
         records move to the newest shard) and deleted.
@@ -111,6 +114,7 @@ class Options:
     tls_verify: bool = True
     background_sync: bool = True
     learn_mirrors: bool = True
+    strict_queries: bool = False
 
     def __post_init__(self) -> None:
         if self.durability not in ("process", "power"):
