@@ -141,6 +141,46 @@ class MyNoSQL:
         """``{id: value of field name}`` for every record that has the field."""
         return self.db.indexread(name)
 
+    def find(self, selector: dict[str, Any], fields: list[str] | None = None, sort: list[Any] | None = None,
+             limit: int | None = None, skip: int = 0, use_index: Any = None) -> list[dict[str, Any]]:
+        """The records that match a Mango selector (CouchDB's query language), as dicts of your own.
+
+        ``{"sensor": "s-7", "ts": {"$gte": t0}}``: every operator of CouchDB's ``_find`` (``$eq $ne $gt $gte $lt
+        $lte $in $nin $exists $type $size $mod $regex $all $elemMatch $allMatch $keyMapMatch $and $or $nor $not``),
+        dotted paths into nested fields, ``id`` for the record id. ``fields``: only these fields of each record;
+        ``sort``: ``["ts"]`` or ``[{"ts": "desc"}]`` (one direction for all fields); ``limit``/``skip``;
+        ``use_index``: an index name (or ``[ddoc, name]``). An index from :meth:`createindex` answers when it can
+        (:meth:`explain` says which); otherwise every record is read, or with ``Options(strict_queries=True)``
+        :class:`NoUsableIndex` is raised. See docs/queries.md."""
+        return self.db.find(selector, fields, sort, limit, skip, use_index)
+
+    def explain(self, selector: dict[str, Any], fields: list[str] | None = None, sort: list[Any] | None = None,
+                limit: int | None = None, skip: int = 0, use_index: Any = None) -> dict[str, Any]:
+        """How :meth:`find` would answer: the index it would use (CouchDB's ``_explain`` shape) and, under
+        ``"mynosql"``, the strategy (``"index"``, ``"union"`` for an ``$or``, ``"id"``, ``"scan"``), how many
+        records it expects to examine, and whether it sorts in memory."""
+        return self.db.explain(selector, fields, sort, limit, skip, use_index)
+
+    def createindex(self, fields: list[Any], name: str | None = None,
+                    partial_filter_selector: dict[str, Any] | None = None, *, wait: bool = True,
+                    progress: Callable[[int, int | None], None] | None = None) -> dict[str, Any]:
+        """Index ``fields`` (``["sensor", "ts"]``, or ``[{"ts": "desc"}]``) for :meth:`find`: persisted, kept
+        current on save, delete and replication. ``partial_filter_selector``: only records that match it are
+        indexed (then only ``use_index`` picks it, as in CouchDB). An existing database is indexed in a background
+        thread: ``wait=False`` returns at once (``progress(done, total)`` reports; :meth:`indexes` shows it).
+        Returns ``{"result": "created" | "exists", "id", "name"}``."""
+        return self.db.createindex(fields, name, partial_filter_selector, wait=wait, progress=progress)
+
+    def dropindex(self, name: str) -> bool:
+        """Drop the index ``name`` made by :meth:`createindex`. False if there was none."""
+        return self.db.dropindex(name)
+
+    def indexes(self) -> list[str]:
+        """The names of every index: first those of :meth:`indexadd` (as before), then those of
+        :meth:`createindex`; each name also carries ``kind``, ``fields``, ``partial_filter_selector`` and
+        ``building`` (see :class:`MyNoSQL.query.IndexInfo`)."""
+        return list(self.db.indexes())
+
     def setlisten(self, host: str = "127.0.0.1", port: int = 8800, *, advertise: str | None = None) -> None:
         """Where this database serves in Mirror mode (remembered). Call it before ``setdbmode("Mirror")``."""
         self.db.setlisten(host, port, advertise=advertise)
