@@ -43,6 +43,7 @@ from .records.mango import (
     compile_selector,
     conjuncts,
     field_name,
+    match_doc,
     parse_field,
     parse_fields,
     parse_sort,
@@ -50,7 +51,7 @@ from .records.mango import (
     sort_key,
 )
 from .records.revtree import DocState
-from .storage.qindex import IndexDef, match_doc
+from .storage.qindex import IndexDef
 from .storage.store import Store
 
 log = logging.getLogger("MyNoSQL")

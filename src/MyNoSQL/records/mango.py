@@ -19,9 +19,12 @@ import re
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
+import orjson
+
 from ..errors import InvalidQuery
 from .codec import encode_value
 from .collate import encode_key, encode_string
+from .revtree import DocState
 
 Doc = dict[str, Any]
 Path = tuple[str, ...]
@@ -86,6 +89,18 @@ def get_field(doc: Any, path: Path) -> Any:
         else:
             return MISSING
     return v
+
+
+def match_doc(state: DocState) -> dict[str, Any] | None:
+    """The CouchDB form of a state's winning revision in stored JSON (``_id``, ``_rev``, the body), or None if
+    it is deleted: what selectors are matched against."""
+    win = state.winner
+    if state.tree[win][1]:
+        return None
+    doc: dict[str, Any] = orjson.loads(state.bodies[win])
+    doc["_id"] = state.id
+    doc["_rev"] = win
+    return doc
 
 
 # -- the normalised selector ----------------------------------------------------------------------------------

@@ -6,7 +6,9 @@ Routes: ``GET /``, ``GET /_up``, ``GET /_mirrors``, ``GET /_metrics``, ``GET /_d
 ``GET /_dashboard/data`` (the page's JSON), ``GET|HEAD|PUT /{db}``, ``GET|POST /{db}/_changes`` (normal and
 longpoll), ``POST /{db}/_revs_diff``, ``POST /{db}/_bulk_get``, ``POST /{db}/_bulk_docs``,
 ``POST /{db}/_ensure_full_commit``, ``GET /{db}/_all_docs``, ``GET|PUT|DELETE /{db}/_local/{id}``,
-``GET|PUT|DELETE /{db}/{id}`` (``rev``, ``revs``, ``open_revs``, ``latest``, ``conflicts``, ``new_edits``).
+``GET|PUT|DELETE /{db}/{id}`` (``rev``, ``revs``, ``open_revs``, ``latest``, ``conflicts``, ``new_edits``),
+``POST /{db}/_find``, ``POST /{db}/_explain``, ``GET|POST /{db}/_index``, ``DELETE /{db}/_index/{ddoc}/json/{name}``
+(:mod:`.queries`).
 ``GET /`` and ``GET /_up`` need no credentials; the others need a user's once the mirror has users.
 """
 
@@ -31,6 +33,7 @@ from .changes import ChangesRoutes
 from .context import USER, ServerContext
 from .documents import DocumentRoutes
 from .observe import Observer
+from .queries import QueryRoutes
 from .requests import HttpError, error_response, json_response
 
 log = logging.getLogger("MyNoSQL")
@@ -76,6 +79,7 @@ class MirrorApp:
         r.add_get("/_dashboard", self.dashboard)
         r.add_get("/_dashboard/data", self.dashboard_data)
         ChangesRoutes(self.ctx).add_to(r)  # before the document routes: /{db}/{id} would take /{db}/_changes
+        QueryRoutes(self.ctx).add_to(r)  # likewise /{db}/_index
         DocumentRoutes(self.ctx).add_to(r)
         app.on_startup.append(self._startup)
         app.on_cleanup.append(self._cleanup)

@@ -10,6 +10,7 @@ from aiohttp import web
 
 from ..net import wire
 from .context import SMALL_INLINE, USER, ServerContext, client_token
+from .queries import changes_filter
 from .requests import HttpError, json_response
 
 MAX_LIMIT = 10_000
@@ -43,6 +44,8 @@ class ChangesRoutes:
         except ValueError as exc:
             raise HttpError(400, "bad_request", "limit and timeout must be integers") from exc
         all_docs = q.get("style") == "all_docs"
+        keep = await changes_filter(self.ctx, request, db)  # filter=_selector
+        include_docs, revs = q.get("include_docs") == "true", q.get("revs") == "true"  # revs: an extension
         feed = q.get("feed", "normal")
         notifier = self.ctx.notifiers.get(db.name)
         event = notifier.event if notifier else None
@@ -58,8 +61,12 @@ class ChangesRoutes:
                 row = wire.changes_row(s)
                 if echo_log is not None and client is not None and echo_log.echoes(row, client):
                     continue
+                if keep is not None and not keep(s):
+                    continue
                 if not all_docs:
                     row["changes"] = row["changes"][:1]
+                if include_docs:
+                    row["doc"] = wire.doc_to_wire(s, s.winner, revs=revs)
                 out.append(row)
                 if len(out) >= limit:
                     break

@@ -15,10 +15,8 @@ import dataclasses
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import orjson
-
 from ..records.collate import encode_key
-from ..records.mango import MISSING, Node, Path, get_field
+from ..records.mango import MISSING, Node, Path, get_field, match_doc
 from ..records.revtree import DocState
 
 Row = tuple[int, str, bytes, int]  # ino, id, key, loc
@@ -49,18 +47,6 @@ class IndexDef:
         if self.partial is not None and not self.partial.test(doc):
             return None
         return b"".join(parts)
-
-
-def match_doc(state: DocState) -> dict[str, Any] | None:
-    """The CouchDB form of a state's winning revision in stored JSON (``_id``, ``_rev``, the body), or None if
-    it is deleted."""
-    win = state.winner
-    if state.tree[win][1]:
-        return None
-    doc: dict[str, Any] = orjson.loads(state.bodies[win])
-    doc["_id"] = state.id
-    doc["_rev"] = win
-    return doc
 
 
 def rows_for(defs: Sequence[IndexDef], states: Sequence[DocState],
