@@ -35,6 +35,7 @@ from .errors import (
     InvalidQuery,
     StorageError,
 )
+from .live import LiveQuery, QueryChange
 from .net.urls import normalize_peer_url, redact_url, with_credentials_of
 from .options import Options
 from .query import IndexInfo, QueryEngine, field_name, index_spec, make_def, parse_index_fields
@@ -696,6 +697,13 @@ class Database:
         self._check()
         return self._queries.explain(selector, fields=fields, sort=sort, limit=limit, skip=skip,
                                      use_index=use_index)
+
+    def observe(self, selector: dict[str, Any], callback: Callable[[QueryChange], None] | None = None, *,
+                sort: list[Any] | None = None, limit: int | None = None, skip: int = 0,
+                fields: list[str] | None = None) -> LiveQuery:
+        """A live query; see :meth:`MyNoSQL.observe`."""
+        self._check()
+        return LiveQuery(self._queries, selector, callback, sort=sort, limit=limit, skip=skip, fields=fields)
 
     @property
     def queries(self) -> QueryEngine:

@@ -9,6 +9,7 @@ from typing import Any
 
 from .database import Change, default_location
 from .errors import DatabaseClosed
+from .live import LiveQuery, QueryChange
 from .node import Node
 from .options import Options
 
@@ -180,6 +181,17 @@ class MyNoSQL:
         :meth:`createindex`; each name also carries ``kind``, ``fields``, ``partial_filter_selector`` and
         ``building`` (see :class:`MyNoSQL.query.IndexInfo`)."""
         return list(self.db.indexes())
+
+    def observe(self, selector: dict[str, Any], callback: Callable[[QueryChange], None] | None = None, *,
+                sort: list[Any] | None = None, limit: int | None = None, skip: int = 0,
+                fields: list[str] | None = None) -> LiveQuery:
+        """A live query: ``callback(change)`` first with the whole result (``change.initial``), then after every
+        write, local or replicated, that changes it, with the records ``added`` to it, ``changed`` in it and
+        ``removed`` from it (a :class:`~MyNoSQL.live.QueryChange`). It runs in the writing thread, right after
+        the write: keep it short. ``sort``/``limit``: the first ``limit`` records in that order are the result.
+        Without a callback, iterate over the returned :class:`~MyNoSQL.live.LiveQuery` (or call its ``get``).
+        ``.results`` is the current result; ``.stop()`` (or ``with``) ends it."""
+        return self.db.observe(selector, callback, sort=sort, limit=limit, skip=skip, fields=fields)
 
     def setlisten(self, host: str = "127.0.0.1", port: int = 8800, *, advertise: str | None = None) -> None:
         """Where this database serves in Mirror mode (remembered). Call it before ``setdbmode("Mirror")``."""

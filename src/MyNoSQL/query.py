@@ -79,7 +79,7 @@ def _py_field(name: str) -> str:
     return "_id" if name == "id" else "_rev" if name == "rev" else name
 
 
-def _py_spec(items: Any) -> Any:
+def py_spec(items: Any) -> Any:
     """Sort or field lists of the Python API: ``id``/``rev`` as ``_id``/``_rev``."""
     if not isinstance(items, list):
         return items
@@ -496,17 +496,23 @@ class QueryEngine:
         """The matching records (Python records, or CouchDB documents in stored JSON when not ``python``) and the
         plan that found them."""
         if python:
-            selector, sort, fields = python_names(selector), _py_spec(sort), _py_spec(fields)
+            selector, sort, fields = python_names(selector), py_spec(sort), py_spec(fields)
         node = compile_selector(selector, python=python)
         paths, desc = parse_sort(sort)
         fpaths = parse_fields(fields)
+        picked, plan = self.select(node, paths, desc, limit=limit, skip=skip, use_index=use_index)
+        return [self.output(doc, s.bodies[s.winner].find(b'"$') >= 0, fpaths, python) for doc, s in picked], plan
+
+    def select(self, node: Node, paths: list[Path], desc: bool, *, limit: Any = None, skip: Any = 0,
+               use_index: Any = None) -> tuple[list[tuple[dict[str, Any], DocState]], Plan]:
+        """The matches of a compiled selector, sorted, skipped and limited: (stored JSON form, state) pairs."""
         if limit is not None and (type(limit) is not int or limit < 0):
             raise InvalidQuery("limit is a non-negative integer")
         if type(skip) is not int or skip < 0:
             raise InvalidQuery("skip is a non-negative integer")
         plan = self.plan(node, paths, use_index)
         if plan.kind == "scan" and self.options.strict_queries:
-            raise NoUsableIndex(f"no index can answer {orjson.dumps(selector).decode()[:200]} (strict_queries): "
+            raise NoUsableIndex(f"no index can answer {orjson.dumps(node.json()).decode()[:200]} (strict_queries): "
                                 "create one with createindex over the fields it requires")
         matches = self._matches(plan, node.test, desc, paths)
         stop = None if limit is None else skip + limit
@@ -516,13 +522,13 @@ class QueryEngine:
                 chosen = (heapq.nlargest if desc else heapq.nsmallest)(stop, keyed, key=lambda x: x[0])
             else:
                 chosen = sorted(keyed, key=lambda x: x[0], reverse=desc)
-            picked = [(doc, s) for _k, doc, s in chosen[skip:]]
-        else:
-            picked = list(itertools.islice(matches, skip, stop))
-        return [self._output(doc, s, fpaths, python) for doc, s in picked], plan
+            return [(doc, s) for _k, doc, s in chosen[skip:]], plan
+        return list(itertools.islice(matches, skip, stop)), plan
 
     @staticmethod
-    def _output(doc: dict[str, Any], s: DocState, fpaths: list[Path] | None, python: bool) -> dict[str, Any]:
+    def output(doc: dict[str, Any], tagged: bool, fpaths: list[Path] | None, python: bool) -> dict[str, Any]:
+        """A match as it is handed out: a Python record (``id``, ``rev``, decoded values; ``tagged``: the body
+        holds tagged values), or a CouchDB document; only ``fpaths`` if given."""
         if fpaths is not None:
             doc = project(doc, fpaths)
         if not python:
@@ -531,8 +537,7 @@ class QueryEngine:
             return doc
         id_ = doc.pop("_id", MISSING)
         rev = doc.pop("_rev", MISSING)
-        body = s.bodies[s.winner]
-        if body.find(b'"$') >= 0:
+        if tagged:
             doc = decode_value(doc)
         out: dict[str, Any] = {}
         if id_ is not MISSING:
@@ -545,7 +550,7 @@ class QueryEngine:
     def explain(self, selector: Any, *, fields: Any = None, sort: Any = None, limit: Any = None, skip: Any = 0,
                 use_index: Any = None, python: bool = True) -> dict[str, Any]:
         if python:
-            selector, sort, fields = python_names(selector), _py_spec(sort), _py_spec(fields)
+            selector, sort, fields = python_names(selector), py_spec(sort), py_spec(fields)
         node = compile_selector(selector, python=python)
         paths, _desc = parse_sort(sort)
         plan = self.plan(node, paths, use_index)

@@ -328,3 +328,72 @@ def test_the_planner_answers_as_a_full_scan(world: Any, data: list[dict[str, Any
         finally:
             q.ready = saved
         assert ordered_by_index == by_scan
+
+
+# -- live queries ---------------------------------------------------------------------------------------------
+
+
+def test_a_live_query_reports_what_enters_changes_and_leaves(db: Any) -> None:
+    _readings(db, 20)
+    events: list[Any] = []
+    live = db.observe({"sensor": "s-3", "value": {"$gt": 2}}, events.append)
+    first = events.pop()
+    assert first.initial and [r["id"] for r in first.added] == ["r0003"]  # r0013's value is 0
+    r = db.savedoc({"id": "new", "sensor": "s-3", "value": 9})
+    assert events.pop() == MyNoSQL.live.QueryChange([{**r, "sensor": "s-3", "value": 9}], [], [])
+    db.savedoc({"id": "other", "sensor": "s-4", "value": 9})  # not in the result: no call
+    assert events == []
+    r2 = db.savedoc({**db.readdoc("new"), "value": 10})
+    assert [c["rev"] for c in events.pop().changed] == [r2["rev"]]
+    db.deletedoc("new", r2["rev"])
+    assert [c["id"] for c in events.pop().removed] == ["new"]
+    db.savedoc({**db.readdoc("r0003"), "value": 0})  # no longer matches
+    assert [c["id"] for c in events.pop().removed] == ["r0003"]
+    assert live.results == []
+    live.stop()
+    db.savedoc({"id": "late", "sensor": "s-3", "value": 9})
+    assert events == []
+
+
+def test_a_live_top_n_follows_its_order(db: Any) -> None:
+    _readings(db, 30)
+    db.createindex(["sensor", "ts"])
+    events: list[Any] = []
+    live = db.observe({"sensor": "s-1", "ts": {"$gte": 0}}, events.append, sort=[{"ts": "desc"}], limit=2)
+    assert [r["ts"] for r in events.pop().added] == [21, 11]
+    db.savedoc({"id": "old", "sensor": "s-1", "ts": 5})  # sorts after the last of the two: no change
+    assert events == []
+    db.savedoc({"id": "newest", "sensor": "s-1", "ts": 99})
+    change = events.pop()
+    assert [r["id"] for r in change.added] == ["newest"] and [r["ts"] for r in change.removed] == [11]
+    assert [r["ts"] for r in live.results] == [99, 21]
+    db.deletedoc("newest", db.readdoc("newest")["rev"])  # leaves: the next one comes back
+    change = events.pop()
+    assert [r["ts"] for r in change.added] == [11] and [r["id"] for r in change.removed] == ["newest"]
+    live.stop()
+
+
+def test_a_live_query_can_be_iterated(db: Any) -> None:
+    live = db.observe({"kind": "alarm"})
+    assert live.get(timeout=1).initial
+
+    def write() -> None:
+        db.savedoc({"id": "a1", "kind": "alarm"})
+        live.stop()
+
+    threading.Thread(target=write).start()
+    got = [c for c in live]
+    assert [[r["id"] for r in c.added] for c in got] == [["a1"]]
+
+
+def test_replicated_revisions_reach_live_queries_and_indexes(db: Any) -> None:
+    db.createindex(["site"])
+    events: list[Any] = []
+    db.observe({"site": "north"}, events.append)
+    events.clear()
+    rev = "1-" + "ab" * 16
+    assert db.db.put_replicated("from-afar", [rev], False, b'{"site":"north","n":1}')
+    assert [(r["id"], r["rev"], r["n"]) for r in events.pop().added] == [("from-afar", rev, 1)]
+    db.db.flush()
+    assert db.explain({"site": "north"})["mynosql"]["examined"] == 1
+    assert [r["id"] for r in db.find({"site": "north"})] == ["from-afar"]
