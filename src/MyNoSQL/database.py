@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import logging
 import os
 import re
@@ -38,10 +39,11 @@ from .errors import (
 from .live import LiveQuery, QueryChange
 from .net.urls import normalize_peer_url, redact_url, with_credentials_of
 from .options import Options
-from .query import IndexInfo, QueryEngine, field_name, index_spec, make_def, parse_index_fields
+from .query import IndexInfo, QueryEngine, field_name, index_spec, make_def, parse_index_fields, python_names
 from .records import revtree
 from .records.codec import copy_plan, decode_value, encode_body, loads_body
 from .records.ids import new_id, validate_id
+from .records.mango import compile_selector
 from .records.revtree import DocState
 from .storage.fileutil import sweep_temp_files
 from .storage.store import FlushStats, Listener, Store
@@ -89,6 +91,12 @@ def default_location() -> Path:
     if sys.platform == "darwin":  # pragma: no cover
         return home / "Library" / "Application Support" / "MyNoSQL"
     return Path(os.environ.get("XDG_DATA_HOME") or home / ".local" / "share") / "mynosql"
+
+
+def _subscription(selector: dict[str, Any]) -> tuple[str, Any]:
+    """A subscription's id and its selector, normalised, in stored JSON form (what a mirror matches)."""
+    sel = compile_selector(python_names(selector), python=True).json()
+    return hashlib.sha1(orjson.dumps(sel, option=orjson.OPT_SORT_KEYS), usedforsecurity=False).hexdigest()[:16], sel
 
 
 class _FileLock:
@@ -645,8 +653,6 @@ class Database:
         names, desc = parse_index_fields(fields, python=python)
         partial = partial_filter_selector
         if partial is not None:
-            from .query import python_names
-            from .records.mango import compile_selector
             if python:
                 partial = python_names(partial)
             compile_selector(partial)  # checked now: a bad one is refused, not stored
@@ -704,6 +710,37 @@ class Database:
         """A live query; see :meth:`MyNoSQL.observe`."""
         self._check()
         return LiveQuery(self._queries, selector, callback, sort=sort, limit=limit, skip=skip, fields=fields)
+
+    # -- selective sync (a Peer keeps what matches; replication/peer.py does the work) ----------------------
+
+    def subscribe(self, selector: dict[str, Any]) -> str:
+        """Keep every record that matches ``selector`` (a Peer pulls them, and keeps them current); see
+        :meth:`MyNoSQL.subscribe`. Remembered in the configuration. Returns the subscription's id."""
+        self._check()
+        sid, sel = _subscription(selector)
+        with self._config_lock:
+            subs = self._config.subscriptions
+        if not any(s.get("id") == sid for s in subs):
+            self._update_config(subscriptions=(*subs, {"id": sid, "selector": sel}))
+        return sid
+
+    def unsubscribe(self, selector_or_id: dict[str, Any] | str) -> bool:
+        """Stop keeping the records of a subscription (its id, or the same selector). The records already here
+        stay (and stay current, as every record a Peer holds). False if there was no such subscription."""
+        self._check()
+        sid = selector_or_id if isinstance(selector_or_id, str) else _subscription(selector_or_id)[0]
+        with self._config_lock:
+            subs = self._config.subscriptions
+        keep = tuple(s for s in subs if s.get("id") != sid)
+        if len(keep) == len(subs):
+            return False
+        self._update_config(subscriptions=keep)
+        return True
+
+    def subscriptions(self) -> dict[str, dict[str, Any]]:
+        """``{id: selector}`` of the subscriptions (selectors normalised, values in their stored JSON form)."""
+        self._check()
+        return {str(s["id"]): s["selector"] for s in self._config.subscriptions}
 
     @property
     def queries(self) -> QueryEngine:

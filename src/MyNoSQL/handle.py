@@ -193,6 +193,16 @@ class MyNoSQL:
         ``.results`` is the current result; ``.stop()`` (or ``with``) ends it."""
         return self.db.observe(selector, callback, sort=sort, limit=limit, skip=skip, fields=fields)
 
+    def subscribe(self, selector: dict[str, Any]) -> str:
+        """Selective sync: this Peer keeps every record that matches ``selector`` (in addition to those it read or
+        wrote): the mirror sends only those (its ``_changes`` filtered by the selector), and they are kept
+        current as they change. Remembered; returns the subscription's id (the same for the same selector)."""
+        return self.db.subscribe(selector)
+
+    def unsubscribe(self, selector_or_id: dict[str, Any] | str) -> bool:
+        """End a subscription (its id or its selector). Records already here stay. False if there was none."""
+        return self.db.unsubscribe(selector_or_id)
+
     def setlisten(self, host: str = "127.0.0.1", port: int = 8800, *, advertise: str | None = None) -> None:
         """Where this database serves in Mirror mode (remembered). Call it before ``setdbmode("Mirror")``."""
         self.db.setlisten(host, port, advertise=advertise)
