@@ -79,8 +79,7 @@ class LiveQuery:
         return rows
 
     def _out(self, doc: dict[str, Any], s: DocState) -> dict[str, Any]:
-        return self._engine.output(doc, s.bodies[s.winner].find(b'"$') >= 0, self._fpaths,  # type: ignore[no-any-return]
-                                   self._python)
+        return self._engine.output(doc, s, self._fpaths, self._python)  # type: ignore[no-any-return]
 
     def _ordered(self, rows: dict[str, tuple[bytes, str, dict[str, Any]]]) -> list[tuple[bytes, str, dict[str, Any]]]:
         return sorted(rows.values(), key=lambda r: r[0], reverse=self._desc)

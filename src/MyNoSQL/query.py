@@ -25,6 +25,7 @@ import heapq
 import itertools
 import logging
 import threading
+import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -32,7 +33,7 @@ from typing import Any
 import orjson
 
 from .errors import IndexNotFound, InvalidQuery, NoUsableIndex
-from .records.codec import decode_value
+from .records.codec import decode_value, loads_body
 from .records.collate import ARRAY, HIGH, OBJECT, encode_key
 from .records.mango import (
     MISSING,
@@ -270,6 +271,9 @@ class QueryEngine:
         self.progress: dict[int, tuple[int, int | None]] = {}
         self._builders: dict[int, tuple[threading.Thread, threading.Event]] = {}
         self._lock = threading.Lock()
+        # The parsed form of records not packed yet: every query reads them all (they are in no index), so they
+        # are parsed once, not once per query (a live query with a limit re-runs its query on each write).
+        self._parsed: weakref.WeakKeyDictionary[DocState, dict[str, Any] | None] = weakref.WeakKeyDictionary()
 
     # -- definitions --------------------------------------------------------------------------------------
 
@@ -477,7 +481,7 @@ class QueryEngine:
             if sort and plan.ordered and pending:
                 mem = []
                 for s in pending.values():
-                    doc = match_doc(s)
+                    doc = self._pending_doc(s)
                     if doc is not None and test(doc):
                         mem.append((doc, s))
                 mem.sort(key=lambda x: sort_key(x[0], sort, x[1].id), reverse=desc)
@@ -487,9 +491,16 @@ class QueryEngine:
         for s in pending.values():
             if s.id in seen:
                 continue
-            doc = match_doc(s)
+            doc = self._pending_doc(s)
             if doc is not None and test(doc):
                 yield doc, s
+
+    def _pending_doc(self, s: DocState) -> dict[str, Any] | None:
+        try:
+            return self._parsed[s]
+        except KeyError:
+            doc = self._parsed[s] = match_doc(s)
+            return doc
 
     def query(self, selector: Any, *, fields: Any = None, sort: Any = None, limit: Any = None, skip: Any = 0,
               use_index: Any = None, python: bool = True) -> tuple[list[dict[str, Any]], Plan]:
@@ -501,7 +512,7 @@ class QueryEngine:
         paths, desc = parse_sort(sort)
         fpaths = parse_fields(fields)
         picked, plan = self.select(node, paths, desc, limit=limit, skip=skip, use_index=use_index)
-        return [self.output(doc, s.bodies[s.winner].find(b'"$') >= 0, fpaths, python) for doc, s in picked], plan
+        return [self.output(doc, s, fpaths, python) for doc, s in picked], plan
 
     def select(self, node: Node, paths: list[Path], desc: bool, *, limit: Any = None, skip: Any = 0,
                use_index: Any = None) -> tuple[list[tuple[dict[str, Any], DocState]], Plan]:
@@ -526,25 +537,28 @@ class QueryEngine:
         return list(itertools.islice(matches, skip, stop)), plan
 
     @staticmethod
-    def output(doc: dict[str, Any], tagged: bool, fpaths: list[Path] | None, python: bool) -> dict[str, Any]:
-        """A match as it is handed out: a Python record (``id``, ``rev``, decoded values; ``tagged``: the body
-        holds tagged values), or a CouchDB document; only ``fpaths`` if given."""
+    def output(doc: dict[str, Any], s: DocState, fpaths: list[Path] | None, python: bool) -> dict[str, Any]:
+        """A match (``doc``, read-only: it may be cached) as it is handed out: a Python record of the caller's own
+        (``id``, ``rev``, decoded values), or a CouchDB document; only ``fpaths`` if given."""
+        if python and fpaths is None:
+            out: dict[str, Any] = {"id": s.id, "rev": s.winner}
+            out.update(loads_body(s.bodies[s.winner]))
+            return out
         if fpaths is not None:
             doc = project(doc, fpaths)
         if not python:
             if any(k[:1] == "_" and k not in ("_id", "_rev") for k in doc):
                 doc = {("$" + k if k[:1] == "_" and k not in ("_id", "_rev") else k): v for k, v in doc.items()}
             return doc
+        doc = orjson.loads(orjson.dumps(doc))  # a copy of the caller's own
         id_ = doc.pop("_id", MISSING)
         rev = doc.pop("_rev", MISSING)
-        if tagged:
-            doc = decode_value(doc)
-        out: dict[str, Any] = {}
+        out = {}
         if id_ is not MISSING:
             out["id"] = id_
         if rev is not MISSING:
             out["rev"] = rev
-        out.update(doc)
+        out.update(decode_value(doc))
         return out
 
     def explain(self, selector: Any, *, fields: Any = None, sort: Any = None, limit: Any = None, skip: Any = 0,
