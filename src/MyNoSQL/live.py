@@ -19,7 +19,7 @@ import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from .query import py_spec, python_names
+from .query import Hit, py_spec, python_names
 from .records.collate import encode_key
 from .records.mango import Path, compile_selector, match_doc, parse_fields, parse_sort, sort_key
 from .records.revtree import DocState
@@ -78,7 +78,7 @@ class LiveQuery:
             rows[s.id] = (key, s.winner, self._out(doc, s))
         return rows
 
-    def _out(self, doc: dict[str, Any], s: DocState) -> dict[str, Any]:
+    def _out(self, doc: dict[str, Any], s: Any) -> dict[str, Any]:
         return self._engine.output(doc, s, self._fpaths, self._python)  # type: ignore[no-any-return]
 
     def _ordered(self, rows: dict[str, tuple[bytes, str, dict[str, Any]]]) -> list[tuple[bytes, str, dict[str, Any]]]:
@@ -132,7 +132,7 @@ class LiveQuery:
         key = sort_key(doc, self._paths, id) if self._paths else b""
         if had is not None and had[1] == state.winner:
             return None
-        out = self._out(doc, state)
+        out = self._out(doc, Hit.of(state, True))
         self._rows[id] = (key, state.winner, out)
         return QueryChange([out], [], []) if had is None else QueryChange([], [out], [])
 

@@ -24,6 +24,7 @@ import hashlib
 import heapq
 import itertools
 import logging
+import struct
 import threading
 import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -56,6 +57,8 @@ from .storage.qindex import IndexDef
 from .storage.store import Store
 
 log = logging.getLogger("MyNoSQL")
+_U32 = struct.Struct("<I")
+_NOT_READ: Any = object()
 
 Progress = Callable[[int, int | None], None]
 _ID: Path = ("_id",)
@@ -195,6 +198,10 @@ class Plan:
     parts: list[Plan] = field(default_factory=list)
     score: tuple[int, ...] = ()
     warning: str | None = None
+    n_eq: int = 0  # index fields fixed by equality
+    range_op: str | None = None  # "range" or "in": how the next field is narrowed
+    exact: bool = False  # the index rows are exactly the matches: no record needs testing
+    loose: int = -1  # the range (the array values of an $in) whose records are tested even when exact
 
     def describe(self) -> Any:
         if self.kind == "index":
@@ -214,6 +221,8 @@ def _index_plan(d: IndexDef, cons: dict[Path, _FieldInfo], sort: list[Path]) -> 
     n_eq = 0
     ranges: list[tuple[bytes, bytes]] = []
     ranged = 0
+    range_op = None
+    loose = -1
     for p in d.paths:
         info = cons[p]
         if info.eq:
@@ -224,14 +233,18 @@ def _index_plan(d: IndexDef, cons: dict[Path, _FieldInfo], sort: list[Path]) -> 
             values = min(info.ins, key=len)  # several $in on one field: the shortest narrows enough
             points = sorted({k for k in map(encode_key, values) if k[:1] != ARRAY})  # arrays: in the range below
             ranges = [(prefix + k, prefix + k + HIGH) for k in points]
-            ranges.append((prefix + ARRAY, prefix + OBJECT))  # $in looks into array values
+            arrays = (prefix + ARRAY, prefix + OBJECT)
+            ranges.append(arrays)  # $in looks into array values
             ranges.sort()
+            loose = ranges.index(arrays)
             ranged = 1
+            range_op = "in"
         elif info.lo is not None or info.hi is not None:
             lo = prefix if info.lo is None else prefix + info.lo[0] + (b"" if info.lo[1] else HIGH)
             hi = prefix + HIGH if info.hi is None else prefix + info.hi[0] + (HIGH if info.hi[1] else b"")
             ranges = [(lo, hi)] if lo < hi else []
             ranged = 1
+            range_op = "range"
         break
     else:
         ranges = [(prefix, prefix + HIGH)]
@@ -243,7 +256,29 @@ def _index_plan(d: IndexDef, cons: dict[Path, _FieldInfo], sort: list[Path]) -> 
     rest = [p for p in sort if p not in fixed]
     ordered = not sort or rest == list(d.paths[n_eq:])
     score = (n_eq, ranged, 1 if (sort and ordered) else 0, -len(d.paths))
-    return Plan("index", index=d, ranges=ranges, ordered=ordered, score=score)
+    return Plan("index", index=d, ranges=ranges, ordered=ordered, score=score, n_eq=n_eq, range_op=range_op,
+                loose=loose)
+
+
+def _exact(plan: Plan, conj: list[Node], cons: dict[Path, _FieldInfo]) -> bool:
+    """Whether an index plan's key ranges say all the selector says (equality on the fixed fields, one range on
+    the next): then the records it reads need no test (keys compare exactly as the values collate)."""
+    d = plan.index
+    if d is None or d.partial is not None:
+        return False
+    fixed = d.paths[: plan.n_eq]
+    ranged = d.paths[plan.n_eq] if plan.range_op is not None else None
+    for c in conj:
+        if not isinstance(c, Field):
+            return False
+        if c.op == "$eq" and c.path in fixed:
+            if encode_key(c.arg) != encode_key(cons[c.path].eq[0]):
+                return False
+        elif plan.range_op == "range" and c.op in ("$gt", "$gte", "$lt", "$lte") and c.path == ranged:
+            continue
+        elif not (plan.range_op == "in" and c.op == "$in" and c.path == ranged and len(cons[c.path].ins) == 1):
+            return False
+    return True
 
 
 def _id_plan(cons: dict[Path, _FieldInfo]) -> Plan | None:
@@ -257,6 +292,28 @@ def _id_plan(cons: dict[Path, _FieldInfo]) -> Plan | None:
     else:
         return None
     return Plan("id", ids=list(dict.fromkeys(i for i in ids if isinstance(i, str))), score=(99,))
+
+
+class Hit:
+    """A matching record: its id, winning revision and body (``body[start:]``: the body is read in place from
+    its block); ``owned``: the matched form was parsed for this query alone (a result may take it over)."""
+
+    __slots__ = ("body", "id", "owned", "start", "winner")
+
+    def __init__(self, id: str, winner: str, body: bytes, owned: bool, start: int = 0) -> None:
+        self.id, self.winner, self.body, self.owned, self.start = id, winner, body, owned, start
+
+    @property
+    def tagged(self) -> bool:
+        return self.body.find(b'"$', self.start) >= 0
+
+    def json(self) -> bytes:
+        return self.body[self.start :] if self.start else self.body
+
+    @classmethod
+    def of(cls, s: DocState, owned: bool) -> Hit:
+        win = s.winner
+        return cls(s.id, win, s.bodies[win], owned)
 
 
 class QueryEngine:
@@ -378,6 +435,7 @@ class QueryEngine:
             warning = f"the index {named.name!r} (use_index) cannot answer this query" if named.ino in self.ready \
                 else f"the index {named.name!r} (use_index) is still being built"
         if best is not None and (best.score[0] > 0 or best.score[1] > 0):
+            best.exact = _exact(best, conj, cons)
             return best
         others = [c for c in conj if not isinstance(c, Or)]
         for c in conj:
@@ -431,49 +489,78 @@ class QueryEngine:
             page = min(page * 4, 4096)
 
     def _run_index(self, plan: Plan, test: Callable[[Any], bool], desc: bool, pending: dict[str, DocState],
-                   seen: set[str]) -> Iterator[tuple[dict[str, Any], DocState]]:
+                   seen: set[str]) -> Iterator[tuple[dict[str, Any], Hit]]:
         d = plan.index
         assert d is not None
         store = self.store
-        ranges = reversed(plan.ranges) if desc else plan.ranges
-        for lo, hi in ranges:
+        read_block = store.read_block
+        memo: dict[int, list[bytes] | None] = {}
+        loads = orjson.loads
+        unpack = _U32.unpack_from
+        order = range(len(plan.ranges) - 1, -1, -1) if desc else range(len(plan.ranges))
+        for i in order:
+            lo, hi = plan.ranges[i]
+            exact = plan.exact and i != plan.loose
             for id, loc in self._disk_rows(d, lo, hi, desc):
                 if id in pending or id in seen:
                     continue
                 seen.add(id)
-                s = store.state_at(loc, id)
-                if s is None:
+                bno = loc >> 8
+                records = memo.get(bno, _NOT_READ)
+                if records is _NOT_READ:
+                    records = memo[bno] = read_block(bno)
+                slot = loc & 0xFF
+                if records is not None and slot < len(records):
+                    data = records[slot]
+                    (mlen,) = unpack(data, 0)
+                    meta = loads(data[4 : 4 + mlen])
+                    nodes = meta[2]
+                    if meta[0] == id and len(nodes) == 1:  # one revision, the usual case: no DocState to build
+                        if nodes[0][2]:
+                            continue  # deleted
+                        rev = nodes[0][0]
+                        doc = loads(data[4 + mlen :])
+                        doc["_id"] = id
+                        doc["_rev"] = rev
+                        if exact or test(doc):
+                            yield doc, Hit(id, rev, data, True, 4 + mlen)
+                        continue
+                found = store.winner_at(loc, id, {})  # more revisions, or the block moved: the slow way
+                if found is None:
                     continue
-                doc = match_doc(s)
-                if doc is not None and test(doc):
-                    yield doc, s
+                rev, body = found
+                doc = loads(body)
+                doc["_id"] = id
+                doc["_rev"] = rev
+                if test(doc):
+                    yield doc, Hit(id, rev, body, True)
 
     def _matches(self, plan: Plan, test: Callable[[Any], bool], desc: bool,
-                 sort: list[Path]) -> Iterator[tuple[dict[str, Any], DocState]]:
+                 sort: list[Path]) -> Iterator[tuple[dict[str, Any], Hit]]:
         """Every match of the plan: in sort order when ``plan.ordered`` (pending records merged in)."""
         store = self.store
         if plan.kind == "scan":
             for s in store.iter_states(0):
                 doc = match_doc(s)
                 if doc is not None and test(doc):
-                    yield doc, s
+                    yield doc, Hit.of(s, True)
             return
         if plan.kind == "id":
             for id in plan.ids:
                 got = store.get_state(id)
                 doc = None if got is None else match_doc(got)
                 if doc is not None and got is not None and test(doc):
-                    yield doc, got
+                    yield doc, Hit.of(got, True)
             return
         pending = store.pending()  # before the index is read: a record flushed meanwhile is in one or the other
         seen: set[str] = set()
         if plan.kind == "union":
             for part in plan.parts:
                 if part.kind == "id":
-                    for doc, s in self._matches(part, test, desc, sort):
-                        if s.id not in seen:
-                            seen.add(s.id)
-                            yield doc, s
+                    for doc, h in self._matches(part, test, desc, sort):
+                        if h.id not in seen:
+                            seen.add(h.id)
+                            yield doc, h
                 else:
                     yield from self._run_index(part, test, desc, pending, seen)
         else:
@@ -483,7 +570,7 @@ class QueryEngine:
                 for s in pending.values():
                     doc = self._pending_doc(s)
                     if doc is not None and test(doc):
-                        mem.append((doc, s))
+                        mem.append((doc, Hit.of(s, False)))
                 mem.sort(key=lambda x: sort_key(x[0], sort, x[1].id), reverse=desc)
                 yield from heapq.merge(disk, mem, key=lambda x: sort_key(x[0], sort, x[1].id), reverse=desc)
                 return
@@ -493,7 +580,7 @@ class QueryEngine:
                 continue
             doc = self._pending_doc(s)
             if doc is not None and test(doc):
-                yield doc, s
+                yield doc, Hit.of(s, False)
 
     def _pending_doc(self, s: DocState) -> dict[str, Any] | None:
         try:
@@ -515,7 +602,7 @@ class QueryEngine:
         return [self.output(doc, s, fpaths, python) for doc, s in picked], plan
 
     def select(self, node: Node, paths: list[Path], desc: bool, *, limit: Any = None, skip: Any = 0,
-               use_index: Any = None) -> tuple[list[tuple[dict[str, Any], DocState]], Plan]:
+               use_index: Any = None) -> tuple[list[tuple[dict[str, Any], Hit]], Plan]:
         """The matches of a compiled selector, sorted, skipped and limited: (stored JSON form, state) pairs."""
         if limit is not None and (type(limit) is not int or limit < 0):
             raise InvalidQuery("limit is a non-negative integer")
@@ -537,12 +624,16 @@ class QueryEngine:
         return list(itertools.islice(matches, skip, stop)), plan
 
     @staticmethod
-    def output(doc: dict[str, Any], s: DocState, fpaths: list[Path] | None, python: bool) -> dict[str, Any]:
-        """A match (``doc``, read-only: it may be cached) as it is handed out: a Python record of the caller's own
-        (``id``, ``rev``, decoded values), or a CouchDB document; only ``fpaths`` if given."""
+    def output(doc: dict[str, Any], s: Hit, fpaths: list[Path] | None, python: bool) -> dict[str, Any]:
+        """A match (``doc``: read-only unless ``s.owned``) as it is handed out: a Python record of the caller's
+        own (``id``, ``rev``, decoded values), or a CouchDB document; only ``fpaths`` if given."""
         if python and fpaths is None:
             out: dict[str, Any] = {"id": s.id, "rev": s.winner}
-            out.update(loads_body(s.bodies[s.winner]))
+            if s.owned:  # parsed for this query alone: it becomes the result
+                del doc["_id"], doc["_rev"]
+                out.update(decode_value(doc) if s.tagged else doc)
+            else:
+                out.update(loads_body(s.json()))
             return out
         if fpaths is not None:
             doc = project(doc, fpaths)

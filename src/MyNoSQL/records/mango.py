@@ -240,11 +240,21 @@ _CMP: dict[str, Callable[[Any, Any], bool]] = {"$gt": operator.gt, "$gte": opera
 
 def _in_pred(args: list[Any]) -> Test:
     keys = frozenset(encode_key(a) for a in args)
+    strs = frozenset(a for a in args if type(a) is str)  # a string equals only a string: no key needed
+    nums = frozenset(a for a in args if type(a) is int or type(a) is float)
+
+    def one(v: Any) -> bool:
+        t = type(v)
+        if t is str:
+            return v in strs
+        if t is int or t is float:
+            return v in nums
+        return encode_key(v) in keys
 
     def test(v: Any) -> bool:
         if type(v) is list:
-            return any(encode_key(x) in keys for x in v)
-        return encode_key(v) in keys
+            return any(one(x) for x in v)
+        return one(v)
 
     return test
 

@@ -34,7 +34,7 @@ import orjson
 
 from ..errors import CorruptionError, MyNoSQLError, StorageError
 from ..options import Options
-from ..records.revtree import DocState, leaves
+from ..records.revtree import DocState, leaves, peek_winner
 from .bloom import Bloom
 from .cache import BlockCache, RecordCache
 from .index import Index, id_hash
@@ -345,14 +345,38 @@ class Store:
             pending.update(self._active)
         return pending
 
-    def state_at(self, loc: int, id: str) -> DocState | None:
-        """The state of ``id`` that a query index row places at ``loc`` (read through the block cache), or its
-        current state if that block has moved meanwhile."""
+    def read_block(self, bno: int) -> list[bytes] | None:
+        """The encoded records of block ``bno`` (through the block cache), or None if it is gone (moved)."""
         try:
-            s = self._read_loc(loc)
+            return self._read_block(bno)
         except _Moved:
-            return self.get_state(id)
-        return s if s.id == id else self.get_state(id)
+            return None
+
+    def winner_at(self, loc: int, id: str, memo: dict[int, list[bytes]]) -> tuple[str, bytes] | None:
+        """(rev, body) of the winning revision of ``id`` where a query index row places it (``loc``), or of its
+        current state if that block has moved meanwhile; None if it is deleted. ``memo``: the blocks this query
+        has read (a query reads many records of the same blocks)."""
+        bno = loc >> 8
+        records = memo.get(bno)
+        if records is None:
+            try:
+                records = memo[bno] = self._read_block(bno)
+            except _Moved:
+                records = None
+        data = records[loc & 0xFF] if records is not None and (loc & 0xFF) < len(records) else None
+        if data is not None:
+            fast = peek_winner(data)
+            if fast is not None and fast[0] == id:
+                return None if fast[2] else (fast[1], fast[3])
+            s: DocState | None = DocState.from_bytes(data)
+            if s is None or s.id != id:
+                s = self.get_state(id)
+        else:
+            s = self.get_state(id)
+        if s is None or s.deleted:
+            return None
+        win = s.winner
+        return win, s.bodies[win]
 
     def maintain_query_indexes(self, defs: tuple[IndexDef, ...]) -> None:
         """The query indexes every flush from now on writes rows for."""
