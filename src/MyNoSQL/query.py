@@ -331,6 +331,8 @@ class QueryEngine:
         # The parsed form of records not packed yet: every query reads them all (they are in no index), so they
         # are parsed once, not once per query (a live query with a limit re-runs its query on each write).
         self._parsed: weakref.WeakKeyDictionary[DocState, dict[str, Any] | None] = weakref.WeakKeyDictionary()
+        self._compiled: dict[str, tuple[Node, list[Path], bool, list[Path] | None, Plan]] = {}
+        self._version = 0  # changes when an index is added, built or dropped: plans made before are not reused
 
     # -- definitions --------------------------------------------------------------------------------------
 
@@ -342,6 +344,7 @@ class QueryEngine:
         for d in defs:
             if self.store.index.meta(f"qready:{d.ino}"):
                 self.ready.add(d.ino)
+                self._version += 1
             else:
                 self._build(d)
 
@@ -349,6 +352,7 @@ class QueryEngine:
         with self._lock:
             self.defs[d.name] = d
             self.store.maintain_query_indexes(tuple(self.defs.values()))
+            self._version += 1
         self._build(d, progress)
         if wait:
             self.wait(d.name)
@@ -365,6 +369,7 @@ class QueryEngine:
             try:
                 if self.store.build_query_index(d, step, stop.is_set):
                     self.ready.add(d.ino)
+                    self._version += 1
                     log.info("%s: query index %r is built", self.dbname, d.name)
             except Exception:
                 log.exception("%s: building query index %r failed (queries do without it)", self.dbname, d.name)
@@ -392,6 +397,7 @@ class QueryEngine:
             entry[1].set()
             entry[0].join()
         self.ready.discard(d.ino)
+        self._version += 1
         self.store.index.drop_qkeys(d.ino)
         return d
 
@@ -593,22 +599,32 @@ class QueryEngine:
               use_index: Any = None, python: bool = True) -> tuple[list[dict[str, Any]], Plan]:
         """The matching records (Python records, or CouchDB documents in stored JSON when not ``python``) and the
         plan that found them."""
-        if python:
-            selector, sort, fields = python_names(selector), py_spec(sort), py_spec(fields)
-        node = compile_selector(selector, python=python)
-        paths, desc = parse_sort(sort)
-        fpaths = parse_fields(fields)
-        picked, plan = self.select(node, paths, desc, limit=limit, skip=skip, use_index=use_index)
+        # The same query again (a dashboard's, a live query's) reuses its compiled selector and plan; the key is
+        # the repr of the arguments (exact for the values a selector holds; a miss costs only the compiling).
+        key = repr((selector, fields, sort, use_index, python, self._version))
+        cached = self._compiled.get(key)
+        if cached is None:
+            if python:
+                selector, sort, fields = python_names(selector), py_spec(sort), py_spec(fields)
+            node = compile_selector(selector, python=python)
+            paths, desc = parse_sort(sort)
+            cached = (node, paths, desc, parse_fields(fields), self.plan(node, paths, use_index))
+            if len(self._compiled) >= 256:
+                self._compiled.pop(next(iter(self._compiled)))
+            self._compiled[key] = cached
+        node, paths, desc, fpaths, plan = cached
+        picked, plan = self.select(node, paths, desc, limit=limit, skip=skip, plan=plan)
         return [self.output(doc, s, fpaths, python) for doc, s in picked], plan
 
     def select(self, node: Node, paths: list[Path], desc: bool, *, limit: Any = None, skip: Any = 0,
-               use_index: Any = None) -> tuple[list[tuple[dict[str, Any], Hit]], Plan]:
+               use_index: Any = None, plan: Plan | None = None) -> tuple[list[tuple[dict[str, Any], Hit]], Plan]:
         """The matches of a compiled selector, sorted, skipped and limited: (stored JSON form, state) pairs."""
         if limit is not None and (type(limit) is not int or limit < 0):
             raise InvalidQuery("limit is a non-negative integer")
         if type(skip) is not int or skip < 0:
             raise InvalidQuery("skip is a non-negative integer")
-        plan = self.plan(node, paths, use_index)
+        if plan is None:
+            plan = self.plan(node, paths, use_index)
         if plan.kind == "scan" and self.options.strict_queries:
             raise NoUsableIndex(f"no index can answer {orjson.dumps(node.json()).decode()[:200]} (strict_queries): "
                                 "create one with createindex over the fields it requires")
