@@ -19,7 +19,6 @@ import json
 import random
 import shutil
 import sqlite3
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -43,7 +42,8 @@ def make_docs(n: int) -> list[dict[str, Any]]:
     """bench/local.py's records (about 200 bytes of JSON), with a sensor (1,000 of them: 100 records each for
     100,000), a site (50) and a player (5,000)."""
     rng = random.Random(42)
-    return [{"sensor": f"s-{i % 1000}", "ts": BASE_TS + i, "values": [round(rng.gauss(20.0, 2.0), 3) for _ in range(10)],
+    return [{"sensor": f"s-{i % 1000}", "ts": BASE_TS + i,
+             "values": [round(rng.gauss(20.0, 2.0), 3) for _ in range(10)],
              "site": f"site-{i % 50}", "player": f"p-{i % 5000}"} for i in range(n)]
 
 
@@ -58,14 +58,15 @@ def queries(n: int) -> list[dict[str, Any]]:
          "sql": ("WHERE json_extract(body, '$.sensor') = ? OR json_extract(body, '$.player') = ?", ["s-7", "p-42"]),
          "sort": None, "limit": None},
         {"name": "$in of 20 values", "selector": {"sensor": {"$in": [f"s-{k}" for k in range(100, 120)]}},
-         "sql": (f"WHERE json_extract(body, '$.sensor') IN ({','.join('?' * 20)})", [f"s-{k}" for k in range(100, 120)]),
+         "sql": (f"WHERE json_extract(body, '$.sensor') IN ({','.join('?' * 20)})",
+                 [f"s-{k}" for k in range(100, 120)]),
          "sort": None, "limit": None},
     ]
 
 
 def pct(xs: list[float], p: float) -> float:
     xs = sorted(xs)
-    return xs[min(len(xs) - 1, int(round(p / 100 * (len(xs) - 1))))]
+    return xs[min(len(xs) - 1, round(p / 100 * (len(xs) - 1)))]
 
 
 def timed(fn: Callable[[], Any]) -> tuple[float, Any]:
@@ -182,7 +183,6 @@ def main() -> None:
         docs = make_docs(n)
         qs = queries(n)
         # ours
-        t, _ = timed(lambda: None)
         h = MyNoSQL.MyNoSQL(tmp / "ours", options=MyNoSQL.Options(background_sync=False))
         db = h.opendb("bench")
         load, _ = timed(lambda: [db.savedoc({"id": f"d{i:06}", **d}) for i, d in enumerate(docs)])
@@ -192,8 +192,9 @@ def main() -> None:
         tiny = tinydb_engine(docs)
         say(f"# Query benchmark ({n:,} records)")
         say()
+        git = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT)
         say(f"`PYTHONPATH=src .venv/bin/python bench/query.py --n {n}` on {time.strftime('%Y-%m-%d')}, "
-            f"git {subprocess.run(['git', 'rev-parse', '--short', 'HEAD'], capture_output=True, text=True, cwd=ROOT).stdout.strip()}; "
+            f"git {git.stdout.strip()}; "
             f"{args.reps} repetitions per query (TinyDB {args.tiny_reps}), interleaved. Load {load:.1f} s; three "
             f"one-field indexes built in {build:.1f} s.")
         say()
