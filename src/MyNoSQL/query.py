@@ -20,6 +20,7 @@ Records not packed yet (in the memtables) are not in the indexes: they are read 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import heapq
 import itertools
@@ -610,7 +611,8 @@ class QueryEngine:
             paths, desc = parse_sort(sort)
             cached = (node, paths, desc, parse_fields(fields), self.plan(node, paths, use_index))
             if len(self._compiled) >= 256:
-                self._compiled.pop(next(iter(self._compiled)))
+                with contextlib.suppress(StopIteration, KeyError, RuntimeError):  # another thread evicted it
+                    self._compiled.pop(next(iter(self._compiled)))
             self._compiled[key] = cached
         node, paths, desc, fpaths, plan = cached
         picked, plan = self.select(node, paths, desc, limit=limit, skip=skip, plan=plan)

@@ -399,3 +399,16 @@ def test_replicated_revisions_reach_live_queries_and_indexes(db: Any) -> None:
     db.db.flush()
     assert db.explain({"site": "north"})["mynosql"]["examined"] == 1
     assert [r["id"] for r in db.find({"site": "north"})] == ["from-afar"]
+
+
+def test_a_partial_index_is_used_when_named(db: Any) -> None:
+    _readings(db, 60)
+    db.createindex(["ts"], name="north-ts", partial_filter_selector={"site": "north"})
+    query = {"site": "north", "ts": {"$lt": 10}}
+    assert db.explain(query)["mynosql"]["strategy"] == "scan"  # as CouchDB: only use_index picks it
+    assert db.explain(query, use_index="north-ts")["index"]["name"] == "north-ts"
+    assert [r["id"] for r in db.find(query, use_index="north-ts", sort=["ts"])] == ["r0000", "r0003", "r0006",
+                                                                                    "r0009"]
+    assert db.indexes()[0].partial_filter_selector == {"site": "north"}
+    with pytest.raises(MyNoSQL.InvalidQuery):
+        db.createindex(["ts"], partial_filter_selector={"site": {"$bogus": 1}})
