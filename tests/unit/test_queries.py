@@ -4,6 +4,7 @@ and strict_queries."""
 from __future__ import annotations
 
 import datetime
+import functools
 import threading
 from pathlib import Path
 from typing import Any
@@ -115,6 +116,7 @@ def test_operators(selector: dict[str, Any], expected: bool) -> None:
 @pytest.mark.parametrize("selector", [
     [], {"n": {"$bogus": 1}}, {"n": {"$in": 5}}, {"n": {"$size": -1}}, {"n": {"$mod": [0, 1]}},
     {"n": {"$regex": "("}}, {"$or": {"n": 1}}, {"n": {"$type": "date"}}, {"n": {"$exists": 1}},
+    functools.reduce(lambda inner, _: {"$not": inner}, range(5000), {"n": 1}),
 ])
 def test_invalid_selectors_are_refused(selector: Any) -> None:
     with pytest.raises(MyNoSQL.InvalidQuery):

@@ -399,7 +399,10 @@ class Compiler:
 
 def compile_selector(selector: Any, *, python: bool = False) -> Node:
     """The normalised, checked form of ``selector`` (:class:`InvalidQuery` if it is not valid)."""
-    return Compiler(python=python).selector(selector)
+    try:
+        return Compiler(python=python).selector(selector)
+    except RecursionError as exc:
+        raise InvalidQuery("the selector nests too deep") from exc
 
 
 def conjuncts(node: Node) -> list[Node]:
