@@ -109,20 +109,7 @@ class LiveQuery:
         id = state.id
         had = self._rows.get(id)
         if self._limit is not None or self._skip:
-            if had is None:
-                if not matches:
-                    return None
-                assert doc is not None
-                if self._limit is not None and len(self._rows) >= self._limit:
-                    if not self._paths:
-                        return None  # no order: a full result keeps the records it has
-                    key = sort_key(doc, self._paths, id)
-                    last = max(k for k, _r, _d in self._rows.values()) if not self._desc \
-                        else min(k for k, _r, _d in self._rows.values())
-                    if (key > last) if not self._desc else (key < last):
-                        return None
-            new_rows = self._query()
-            return self._diff(new_rows)
+            return self._judge_top(state, doc if matches else None, had)
         if not matches:
             if had is None:
                 return None
@@ -135,6 +122,39 @@ class LiveQuery:
         out = self._out(doc, Hit.of(state, True))
         self._rows[id] = (key, state.winner, out)
         return QueryChange([out], [], []) if had is None else QueryChange([], [out], [])
+
+    def _judge_top(self, state: DocState, doc: dict[str, Any] | None,
+                   had: tuple[bytes, str, dict[str, Any]] | None) -> QueryChange | None:
+        """A write against a result of the first ``limit`` records (after ``skip``). A record that enters sorts
+        into it and pushes its last out, with no query; a record that leaves it, or moves towards its end,
+        runs the query again (the next record must come in)."""
+        id = state.id
+        rows = self._rows
+        if had is None and doc is None:
+            return None
+        limit, paths, desc = self._limit, self._paths, self._desc
+        if self._skip or not paths or limit is None:
+            if had is None and limit is not None and len(rows) >= limit and not self._skip and not paths:
+                return None  # no order: a full result keeps the records it has
+            return self._diff(self._query())
+        key = sort_key(doc, paths, id) if doc is not None else b""
+        full = len(rows) >= limit
+        if full:
+            last_id, (last_key, _r, _d) = (max if not desc else min)(rows.items(), key=lambda kv: kv[1][0])
+        if doc is None or (had is not None and full and (key > last_key if not desc else key < last_key)):
+            return self._diff(self._query())  # it left, or fell behind the last: which record comes next?
+        if had is None and full and (key > last_key if not desc else key < last_key):
+            return None  # behind the last one: not in the result
+        if had is not None and had[1] == state.winner:
+            return None
+        out = self._out(doc, Hit.of(state, True))
+        rows[id] = (key, state.winner, out)
+        if had is not None:
+            return QueryChange([], [out], [])
+        if full:
+            gone = rows.pop(last_id)
+            return QueryChange([out], [], [gone[2]])
+        return QueryChange([out], [], [])
 
     def _diff(self, new_rows: dict[str, tuple[bytes, str, dict[str, Any]]]) -> QueryChange | None:
         old = self._rows

@@ -414,3 +414,25 @@ def test_a_partial_index_is_used_when_named(db: Any) -> None:
     assert db.indexes()[0].partial_filter_selector == {"site": "north"}
     with pytest.raises(MyNoSQL.InvalidQuery):
         db.createindex(["ts"], partial_filter_selector={"site": {"$bogus": 1}})
+
+
+@pytest.mark.parametrize("desc", [False, True])
+def test_a_live_top_n_always_equals_the_query(db: Any, desc: bool) -> None:
+    import random
+
+    rng = random.Random(5)
+    db.createindex(["k"])
+    sort = [{"k": "desc" if desc else "asc"}]
+    selector = {"k": {"$gte": 0}, "on": True}
+    live = db.observe(selector, lambda change: None, sort=sort, limit=5)
+    for step in range(400):
+        id = f"x{rng.randrange(30)}"
+        if rng.random() < 0.2 and id in db:
+            db.deletedoc(id, db.readdoc(id)["rev"])
+        else:
+            current = db.readdoc(id) if id in db else {"id": id}
+            db.savedoc({**current, "k": rng.randrange(-5, 40), "on": rng.random() < 0.8})
+        if step % 97 == 0:
+            db.db.flush()
+        assert [r["id"] for r in live.results] == [r["id"] for r in db.find(selector, sort=sort, limit=5)], step
+    live.stop()
