@@ -145,7 +145,7 @@ def pouch_run(docs: list[dict[str, Any]], qs: list[dict[str, Any]], repeat: int)
          "sort": q["sort"], "limit": q["limit"], "repeat": 1} for q in qs]}
     for q in qs:  # then timed: each query `repeat` times (the first round above built the indexes)
         request["queries"].append({"selector": q["selector"], "sort": q["sort"], "limit": q["limit"],
-                                   "repeat": repeat})
+                                   "repeat": repeat, "budget_ms": 5000})
     proc = subprocess.run([node, "--max-old-space-size=4096", str(FIND_JS)], cwd=FIND_JS.parent,
                           input=json.dumps(request), capture_output=True, text=True, timeout=1800)
     if proc.returncode != 0:
