@@ -680,7 +680,10 @@ class QueryEngine:
         if plan.kind == "scan" and self.options.strict_queries:
             raise NoUsableIndex("no index can answer this query (strict_queries)")
         pending = len(self.store.pending())
-        examined = self._estimate(plan) + (pending if plan.kind in ("index", "union") else 0)
+        examined = self._estimate(plan)
+        if plan.kind == "index" and plan.ordered and plan.exact and type(limit) is int:
+            examined = min(examined, (skip if type(skip) is int else 0) + limit)  # it stops at the limit
+        examined += pending if plan.kind in ("index", "union") else 0
         out: dict[str, Any] = {
             "dbname": self.dbname,
             "index": plan.describe() if plan.kind != "union" else {"ddoc": None, "name": "$or", "type": "union",

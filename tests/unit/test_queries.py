@@ -149,8 +149,8 @@ def test_find_with_an_index_answers_as_a_scan(db: Any) -> None:
     db.createindex(["sensor", "ts"], name="by-sensor")
     explained = db.explain(query, sort=[{"ts": "desc"}], limit=5)
     assert explained["index"]["name"] == "by-sensor"
-    assert explained["mynosql"] == {"strategy": "index", "examined": 20, "ordered": True, "in_memory_sort": False,
-                                    "ranges": 1}
+    assert explained["mynosql"] == {"strategy": "index", "examined": 5, "ordered": True, "in_memory_sort": False,
+                                    "ranges": 1}  # 20 records in the range: the read stops at the limit
     assert db.find(query, sort=[{"ts": "desc"}], limit=5) == scanned
     assert [r["ts"] for r in scanned] == [297, 287, 277, 267, 257]
     assert db.find(query, fields=["id", "ts"], sort=["ts"], limit=2, skip=1) == [{"id": "r0117", "ts": 117},
