@@ -325,6 +325,35 @@ class AsyncMyNoSQL:
         """``{id: value of field name}`` for every record that has the field."""
         return await self._call(self._node().indexread, name)
 
+    async def find(self, selector: dict[str, Any], fields: list[str] | None = None, sort: list[Any] | None = None,
+                   limit: int | None = None, skip: int = 0, use_index: Any = None) -> list[dict[str, Any]]:
+        """The records that match a Mango selector, as :meth:`MyNoSQL.find` (in a worker: a scan of a large
+        database does not hold the event loop)."""
+        return await self._call(self._node().find, selector, fields, sort, limit, skip, use_index)
+
+    async def explain(self, selector: dict[str, Any], fields: list[str] | None = None, sort: list[Any] | None = None,
+                      limit: int | None = None, skip: int = 0, use_index: Any = None) -> dict[str, Any]:
+        """How :meth:`find` would answer, as :meth:`MyNoSQL.explain`."""
+        return await self._call(self._node().explain, selector, fields, sort, limit, skip, use_index)
+
+    async def createindex(self, fields: list[Any], name: str | None = None,
+                          partial_filter_selector: dict[str, Any] | None = None, *,
+                          wait: bool = True) -> dict[str, Any]:
+        """Index ``fields`` for :meth:`find`, as :meth:`MyNoSQL.createindex` (``wait``: until it is built)."""
+        return await self._call(self._node().createindex, fields, name, partial_filter_selector, wait=wait)
+
+    async def dropindex(self, name: str) -> bool:
+        """Drop the index ``name`` made by :meth:`createindex`. False if there was none."""
+        return await self._call(self._node().dropindex, name)
+
+    async def subscribe(self, selector: dict[str, Any]) -> str:
+        """Selective sync, as :meth:`MyNoSQL.subscribe`: this Peer keeps every record that matches."""
+        return await self._call(self._node().subscribe, selector)
+
+    async def unsubscribe(self, selector_or_id: dict[str, Any] | str) -> bool:
+        """End a subscription (by its selector or id). False if there was none."""
+        return await self._call(self._node().unsubscribe, selector_or_id)
+
     async def status(self) -> dict[str, Any]:
         """Mode, record count, and per mirror: reachable, last success and error, pending pushes, lag."""
         return await self._call(self._node().status)

@@ -31,13 +31,18 @@ class DatabaseConfig:
     uuid: the database's own id, made once: replication ids and checkpoints are built from it, so they do not
           depend on the path the database was opened by.
     mode: ``"Peer"`` or ``"Mirror"``. peers: the mirrors it knows (URLs, credentials included).
-    indexes: fields indexed by ``indexadd``. host, port, advertise, certfile, keyfile: where it serves as a mirror.
+    indexes: fields indexed by ``indexadd``. query_indexes: the indexes of ``createindex``, each
+    ``{"ino", "name", "ddoc", "fields": [[field, "asc"|"desc"], ...], "partial_filter_selector"}``. subscriptions:
+    the selectors of ``subscribe`` (a Peer keeps every record that matches one).
+    host, port, advertise, certfile, keyfile: where it serves as a mirror.
     """
 
     uuid: str
     mode: Mode = "Peer"
     peers: tuple[str, ...] = ()
     indexes: tuple[str, ...] = ()
+    query_indexes: tuple[Mapping[str, Any], ...] = ()
+    subscriptions: tuple[Mapping[str, Any], ...] = ()
     host: str = "127.0.0.1"
     port: int = DEFAULT_PORT
     advertise: str | None = None
@@ -68,6 +73,11 @@ class DatabaseConfig:
                 if name in values:
                     if not isinstance(values[name], list) or not all(isinstance(x, str) for x in values[name]):
                         raise ValueError(f"{name} must be a list of strings")
+                    values[name] = tuple(values[name])
+            for name in ("query_indexes", "subscriptions"):
+                if name in values:
+                    if not isinstance(values[name], list) or not all(isinstance(x, dict) for x in values[name]):
+                        raise ValueError(f"{name} must be a list of objects")
                     values[name] = tuple(values[name])
             if values.get("mode", "Peer") not in ("Peer", "Mirror"):
                 raise ValueError(f"unknown mode {values.get('mode')!r}")

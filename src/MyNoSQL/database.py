@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import logging
 import os
 import re
@@ -32,14 +33,18 @@ from .errors import (
     DocumentNotFound,
     IndexNotFound,
     InvalidDocument,
+    InvalidQuery,
     LimitExceeded,
     StorageError,
 )
+from .live import LiveQuery, QueryChange
 from .net.urls import normalize_peer_url, redact_url, with_credentials_of
 from .options import Options
+from .query import IndexInfo, QueryEngine, field_name, index_spec, make_def, parse_index_fields, python_names
 from .records import revtree
 from .records.codec import copy_plan, decode_value, encode_body, loads_body
 from .records.ids import new_id, validate_id
+from .records.mango import compile_selector
 from .records.revtree import DocState
 from .storage.fileutil import sweep_temp_files
 from .storage.store import FlushStats, Listener, Store
@@ -87,6 +92,12 @@ def default_location() -> Path:
     if sys.platform == "darwin":  # pragma: no cover
         return home / "Library" / "Application Support" / "MyNoSQL"
     return Path(os.environ.get("XDG_DATA_HOME") or home / ".local" / "share") / "mynosql"
+
+
+def _subscription(selector: dict[str, Any]) -> tuple[str, Any]:
+    """A subscription's id and its selector, normalised, in stored JSON form (what a mirror matches)."""
+    sel = compile_selector(python_names(selector), python=True).json()
+    return hashlib.sha1(orjson.dumps(sel, option=orjson.OPT_SORT_KEYS), usedforsecurity=False).hexdigest()[:16], sel
 
 
 class _FileLock:
@@ -146,6 +157,13 @@ class Database:
             self.users = Users(self.path / "users.json")
             self._store = Store(self.path, options)
             self._store.set_secondary_fields(self._config.indexes)
+            self._queries = QueryEngine(self._store, options, name)
+            try:
+                self._queries.load(self._config.query_indexes)
+            except BaseException:
+                self._queries.close()
+                self._store.close()
+                raise
         except BaseException:
             self._lock.release()
             raise
@@ -170,6 +188,7 @@ class Database:
         self._closed = True
         self._read_through = None
         try:
+            self._queries.close()
             self._store.close()
         finally:
             self._lock.release()
@@ -677,6 +696,8 @@ class Database:
             store.add_secondary(name, fields)
             self._config = dataclasses.replace(self._config, indexes=fields)
             save_config(self.path, self._config)
+        if not any(q["name"] == name for q in self._config.query_indexes):
+            self.createindex([field_name((name,))], name=name)  # so that find uses it too
         return True
 
     def indexdrop(self, name: str) -> bool:
@@ -689,12 +710,136 @@ class Database:
             self._config = dataclasses.replace(self._config, indexes=fields)
             save_config(self.path, self._config)
             store.drop_secondary(name, fields)
+        if any(q["name"] == name and [f for f, _d in q["fields"]] == [field_name((name,))]
+               for q in self._config.query_indexes):
+            self.dropindex(name)
         return True
 
-    def indexes(self) -> list[str]:
-        """The fields indexed by ``indexadd``."""
+    def indexes(self) -> list[IndexInfo]:
+        """Every index, by name: first the fields of ``indexadd`` (as before: ``db.indexes() == ["site"]``),
+        then those of ``createindex``. Each is an :class:`~MyNoSQL.query.IndexInfo`, a ``str`` (its name) that
+        also tells its ``kind``, ``fields``, ``partial_filter_selector`` and ``building`` progress."""
         self._check()
-        return list(self._config.indexes)
+        out = [IndexInfo.make(f, "field", [f]) for f in self._config.indexes]
+        names = set(self._config.indexes)
+        for item in self._queries.describe()[1:]:
+            if item["name"] in names:
+                continue
+            out.append(IndexInfo.make(item["name"], "json", [next(iter(f)) for f in item["def"]["fields"]],
+                                      item["ddoc"], item["def"].get("partial_filter_selector"),
+                                      (item["building"]["done"], item["building"]["total"])
+                                      if "building" in item else None))
+        return out
+
+    # -- queries (query.py) -------------------------------------------------------------------------------
+
+    def createindex(self, fields: list[Any], name: str | None = None,
+                    partial_filter_selector: dict[str, Any] | None = None, *, ddoc: str | None = None,
+                    wait: bool = True, progress: Callable[[int, int | None], None] | None = None,
+                    python: bool = True) -> dict[str, Any]:
+        """Create a query index (persisted; kept current on save, delete and replication); see
+        :meth:`MyNoSQL.createindex`. ``wait`` False returns at once while the index is built in the background
+        (``progress(done, total)`` is called from the building thread; :meth:`indexes` shows it too).
+        ``python`` False: the fields name the id ``_id`` (CouchDB's documents), as the mirror's routes do.
+        Returns CouchDB's answer: ``{"result": "created" | "exists", "id": ddoc, "name": name}``."""
+        self._check()
+        names, desc = parse_index_fields(fields, python=python)
+        partial = partial_filter_selector
+        if partial is not None:
+            if python:
+                partial = python_names(partial)
+            compile_selector(partial)  # checked now: a bad one is refused, not stored
+        with self._config_lock:
+            current = self._config.query_indexes
+            ino = max((int(q["ino"]) for q in current), default=0) + 1
+            spec = index_spec(names, desc, name, ddoc, partial, ino)
+            for q in current:
+                if q["name"] == spec["name"] or (name is None and q["fields"] == spec["fields"]
+                                                   and q.get("partial_filter_selector") == partial):
+                    if q["fields"] == spec["fields"] and q.get("partial_filter_selector") == partial:
+                        if wait:
+                            self._queries.wait(q["name"])
+                        return {"result": "exists", "id": q["ddoc"], "name": q["name"]}
+                    raise InvalidQuery(f"an index named {spec['name']!r} exists with another definition; "
+                                       "drop it first (dropindex)")
+            d = make_def(spec)
+            self._config = dataclasses.replace(self._config, query_indexes=(*current, spec))
+            save_config(self.path, self._config)
+        self._queries.add(d, wait=wait, progress=progress)
+        return {"result": "created", "id": d.ddoc, "name": d.name}
+
+    def dropindex(self, name: str, ddoc: str | None = None) -> bool:
+        """Drop the query index ``name`` (of design document ``ddoc``, if given). False if there was none."""
+        self._check()
+        with self._config_lock:
+            current = self._config.query_indexes
+            keep = tuple(q for q in current if not (q["name"] == name and (ddoc is None or q["ddoc"] in
+                                                                           (ddoc, f"_design/{ddoc}"))))
+            if len(keep) == len(current):
+                return False
+            self._config = dataclasses.replace(self._config, query_indexes=keep)
+            save_config(self.path, self._config)
+        self._queries.remove(name)
+        return True
+
+    def find(self, selector: dict[str, Any], fields: list[str] | None = None, sort: list[Any] | None = None,
+             limit: int | None = None, skip: int = 0, use_index: Any = None) -> list[dict[str, Any]]:
+        """The records that match a Mango selector; see :meth:`MyNoSQL.find`."""
+        self._check()
+        return self._queries.query(selector, fields=fields, sort=sort, limit=limit, skip=skip,
+                                   use_index=use_index)[0]
+
+    def explain(self, selector: dict[str, Any], fields: list[str] | None = None, sort: list[Any] | None = None,
+                limit: int | None = None, skip: int = 0, use_index: Any = None) -> dict[str, Any]:
+        """How :meth:`find` would answer: the index (CouchDB's ``_explain`` shape) and, under ``"mynosql"``,
+        the strategy and how many records it expects to examine."""
+        self._check()
+        return self._queries.explain(selector, fields=fields, sort=sort, limit=limit, skip=skip,
+                                     use_index=use_index)
+
+    def observe(self, selector: dict[str, Any], callback: Callable[[QueryChange], None] | None = None, *,
+                sort: list[Any] | None = None, limit: int | None = None, skip: int = 0,
+                fields: list[str] | None = None) -> LiveQuery:
+        """A live query; see :meth:`MyNoSQL.observe`."""
+        self._check()
+        return LiveQuery(self._queries, selector, callback, sort=sort, limit=limit, skip=skip, fields=fields)
+
+    # -- selective sync (a Peer keeps what matches; replication/peer.py does the work) ----------------------
+
+    def subscribe(self, selector: dict[str, Any]) -> str:
+        """Keep every record that matches ``selector`` (a Peer pulls them, and keeps them current); see
+        :meth:`MyNoSQL.subscribe`. Remembered in the configuration. Returns the subscription's id."""
+        self._check()
+        sid, sel = _subscription(selector)
+        with self._config_lock:
+            subs = self._config.subscriptions
+        if not any(s.get("id") == sid for s in subs):
+            self._update_config(subscriptions=(*subs, {"id": sid, "selector": sel}))
+        return sid
+
+    def unsubscribe(self, selector_or_id: dict[str, Any] | str) -> bool:
+        """Stop keeping the records of a subscription (its id, or the same selector). The records already here
+        stay (and stay current, as every record a Peer holds). False if there was no such subscription."""
+        self._check()
+        sid = selector_or_id if isinstance(selector_or_id, str) else _subscription(selector_or_id)[0]
+        with self._config_lock:
+            subs = self._config.subscriptions
+        keep = tuple(s for s in subs if s.get("id") != sid)
+        if len(keep) == len(subs):
+            return False
+        self._update_config(subscriptions=keep)
+        return True
+
+    def subscriptions(self) -> dict[str, dict[str, Any]]:
+        """``{id: selector}`` of the subscriptions (selectors normalised, values in their stored JSON form)."""
+        self._check()
+        return {str(s["id"]): s["selector"] for s in self._config.subscriptions}
+
+    @property
+    def queries(self) -> QueryEngine:
+        """The query engine (for the mirror's routes and live queries)."""
+        self._check()
+        return self._queries
 
     def indexread(self, name: str) -> dict[str, Any]:
         """``{id: value of field name}`` for every record that has the field."""

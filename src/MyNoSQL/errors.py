@@ -9,8 +9,9 @@ Every error the library raises on purpose derives from :class:`MyNoSQLError`::
      ├── IndexNotFound(KeyError)       no secondary index of that name
      ├── InvalidDocument(ValueError)   the record, its id or a value is not acceptable; nothing was written
      │    ├── InvalidValueType(TypeError)  a value of a type that cannot be stored, with its key path
-     │    └── LimitExceeded            a limit of the database refuses it (Limits: conflicting leaves of one
+     │    ├── LimitExceeded            a limit of the database refuses it (Limits: conflicting leaves of one
      │                                 record, _local documents); ``limit`` names it
+     │    └── InvalidQuery              a selector, sort, field list or index definition that is not valid
      ├── DatabaseClosed                the handle has no open database (never opened, or closed)
      ├── DatabaseLocked                another process (or handle) has this database open
      ├── CorruptionError               a checksum or structure check failed on disk; says where
@@ -83,6 +84,14 @@ class IndexNotFound(MyNoSQLError, KeyError):
 
 class InvalidDocument(MyNoSQLError, ValueError):
     """The record or its id is not acceptable. Nothing was written."""
+
+
+class InvalidQuery(InvalidDocument):
+    """A selector, sort, field list or index definition is not valid (the message says what is wrong)."""
+
+
+class NoUsableIndex(MyNoSQLError):
+    """``Options(strict_queries=True)``: no index can answer this query, and it would scan every record."""
 
 
 class InvalidValueType(InvalidDocument, TypeError):

@@ -9,6 +9,7 @@ from typing import Any
 
 from .database import Change, default_location
 from .errors import DatabaseClosed
+from .live import LiveQuery, QueryChange
 from .node import Node
 from .options import Options
 
@@ -140,6 +141,67 @@ class MyNoSQL:
     def indexread(self, name: str) -> dict[str, Any]:
         """``{id: value of field name}`` for every record that has the field."""
         return self.db.indexread(name)
+
+    def find(self, selector: dict[str, Any], fields: list[str] | None = None, sort: list[Any] | None = None,
+             limit: int | None = None, skip: int = 0, use_index: Any = None) -> list[dict[str, Any]]:
+        """The records that match a Mango selector (CouchDB's query language), as dicts of your own.
+
+        ``{"sensor": "s-7", "ts": {"$gte": t0}}``: every operator of CouchDB's ``_find`` (``$eq $ne $gt $gte $lt
+        $lte $in $nin $exists $type $size $mod $regex $all $elemMatch $allMatch $keyMapMatch $and $or $nor $not``),
+        dotted paths into nested fields, ``id`` for the record id. ``fields``: only these fields of each record;
+        ``sort``: ``["ts"]`` or ``[{"ts": "desc"}]`` (one direction for all fields); ``limit``/``skip``;
+        ``use_index``: an index name (or ``[ddoc, name]``). An index from :meth:`createindex` answers when it can
+        (:meth:`explain` says which); otherwise every record is read, or with ``Options(strict_queries=True)``
+        :class:`NoUsableIndex` is raised. See docs/queries.md."""
+        return self.db.find(selector, fields, sort, limit, skip, use_index)
+
+    def explain(self, selector: dict[str, Any], fields: list[str] | None = None, sort: list[Any] | None = None,
+                limit: int | None = None, skip: int = 0, use_index: Any = None) -> dict[str, Any]:
+        """How :meth:`find` would answer: the index it would use (CouchDB's ``_explain`` shape) and, under
+        ``"mynosql"``, the strategy (``"index"``, ``"union"`` for an ``$or``, ``"id"``, ``"scan"``), how many
+        records it expects to examine, and whether it sorts in memory."""
+        return self.db.explain(selector, fields, sort, limit, skip, use_index)
+
+    def createindex(self, fields: list[Any], name: str | None = None,
+                    partial_filter_selector: dict[str, Any] | None = None, *, wait: bool = True,
+                    progress: Callable[[int, int | None], None] | None = None) -> dict[str, Any]:
+        """Index ``fields`` (``["sensor", "ts"]``, or ``[{"ts": "desc"}]``) for :meth:`find`: persisted, kept
+        current on save, delete and replication. ``partial_filter_selector``: only records that match it are
+        indexed (then only ``use_index`` picks it, as in CouchDB). An existing database is indexed in a background
+        thread: ``wait=False`` returns at once (``progress(done, total)`` reports; :meth:`indexes` shows it).
+        Returns ``{"result": "created" | "exists", "id", "name"}``."""
+        return self.db.createindex(fields, name, partial_filter_selector, wait=wait, progress=progress)
+
+    def dropindex(self, name: str) -> bool:
+        """Drop the index ``name`` made by :meth:`createindex`. False if there was none."""
+        return self.db.dropindex(name)
+
+    def indexes(self) -> list[str]:
+        """The names of every index: first those of :meth:`indexadd` (as before), then those of
+        :meth:`createindex`; each name also carries ``kind``, ``fields``, ``partial_filter_selector`` and
+        ``building`` (see :class:`MyNoSQL.query.IndexInfo`)."""
+        return list(self.db.indexes())
+
+    def observe(self, selector: dict[str, Any], callback: Callable[[QueryChange], None] | None = None, *,
+                sort: list[Any] | None = None, limit: int | None = None, skip: int = 0,
+                fields: list[str] | None = None) -> LiveQuery:
+        """A live query: ``callback(change)`` first with the whole result (``change.initial``), then after every
+        write, local or replicated, that changes it, with the records ``added`` to it, ``changed`` in it and
+        ``removed`` from it (a :class:`~MyNoSQL.live.QueryChange`). It runs in the writing thread, right after
+        the write: keep it short. ``sort``/``limit``: the first ``limit`` records in that order are the result.
+        Without a callback, iterate over the returned :class:`~MyNoSQL.live.LiveQuery` (or call its ``get``).
+        ``.results`` is the current result; ``.stop()`` (or ``with``) ends it."""
+        return self.db.observe(selector, callback, sort=sort, limit=limit, skip=skip, fields=fields)
+
+    def subscribe(self, selector: dict[str, Any]) -> str:
+        """Selective sync: this Peer keeps every record that matches ``selector`` (in addition to those it read or
+        wrote): the mirror sends only those (its ``_changes`` filtered by the selector), and they are kept
+        current as they change. Remembered; returns the subscription's id (the same for the same selector)."""
+        return self.db.subscribe(selector)
+
+    def unsubscribe(self, selector_or_id: dict[str, Any] | str) -> bool:
+        """End a subscription (its id or its selector). Records already here stay. False if there was none."""
+        return self.db.unsubscribe(selector_or_id)
 
     def setlisten(self, host: str = "127.0.0.1", port: int = 8800, *, advertise: str | None = None) -> None:
         """Where this database serves in Mirror mode (remembered). Call it before ``setdbmode("Mirror")``."""

@@ -79,6 +79,9 @@ class Node(Database):
 
     def _config_changed(self, before: DatabaseConfig, after: DatabaseConfig) -> None:
         self._reconcile()
+        peer = self._peer
+        if peer is not None and before.subscriptions != after.subscriptions:
+            peer.subscriptions_changed()  # catch up on the new selectors now, not after the next change
 
     def _reconcile(self) -> None:
         """Make the running services what the configuration asks for. Mirrors added while running are picked up

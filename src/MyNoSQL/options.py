@@ -104,6 +104,9 @@ class Options:
         the web origins (``https://app.example``) whose pages may call this database when it serves as a mirror
         (CORS, with credentials and cookie sessions); ``("*",)`` lets any origin in without credentials. Empty
         (the default): no CORS headers, browsers refuse cross-origin calls.
+    strict_queries:
+        True makes ``find`` (and ``explain``, ``observe``) raise :class:`~MyNoSQL.NoUsableIndex` for a query no
+        index can answer, instead of reading every record (see docs/queries.md).
     gc_live_ratio:
         a closed shard whose live records fall below this fraction of its records is rewritten (its live
         records move to the newest shard) and deleted.
@@ -130,6 +133,7 @@ class Options:
     background_sync: bool = True
     learn_mirrors: bool = True
     cors_origins: tuple[str, ...] = ()
+    strict_queries: bool = False
 
     def __post_init__(self) -> None:
         if self.durability not in ("process", "power"):

@@ -182,6 +182,18 @@ async def test_every_call_works_and_round_trips(tmp_path: Path) -> None:
     assert await db.verify() == []
     assert await db.compact() >= 0
 
+    for i in range(5):
+        await db.savedoc({"id": f"m-{i}", "kind": "meter", "v": i})
+    created = await db.createindex(["kind", "v"], "by-kind")
+    assert created["result"] == "created" and created["name"] == "by-kind"
+    query = {"kind": "meter", "v": {"$gte": 3}}
+    assert [d["id"] for d in await db.find(query, sort=[{"kind": "desc"}, {"v": "desc"}])] == ["m-4", "m-3"]
+    assert (await db.explain(query))["index"]["name"] == "by-kind"
+    assert await db.dropindex("by-kind") is True and await db.dropindex("by-kind") is False
+    assert [d["v"] for d in await db.find(query, fields=["v"])] == [3, 4]  # still answered: a scan
+    sub = await db.subscribe({"kind": "meter"})
+    assert await db.unsubscribe(sub) is True and await db.unsubscribe(sub) is False
+
     await db.closedb()
     await db.closedb()  # idempotent
     assert not aio_threads()
@@ -241,11 +253,20 @@ async def test_a_cancelled_closedb_still_closes_and_the_next_one_waits_for_it(tm
     db = AsyncMyNoSQL(tmp_path, options=LOCAL)
     await db.opendb("t")
     await db.savedoc({"id": "r"})
+    release = threading.Event()
+    real_closedb = db._handle.closedb
+
+    def held_closedb() -> None:  # white-box: the close stays under way until the test has cancelled its waiter
+        release.wait(30)
+        real_closedb()
+
+    db._handle.closedb = held_closedb  # type: ignore[method-assign]
     closing = asyncio.create_task(db.closedb())
     await until(lambda: db._closer is not None, what="the close handed to its thread")
     closing.cancel()
     with pytest.raises(asyncio.CancelledError):
         await closing
+    release.set()
     with pytest.raises(MyNoSQL.DatabaseClosed):
         await db.readdoc("r")
     await db.closedb()  # waits for the close under way

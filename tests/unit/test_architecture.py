@@ -5,7 +5,7 @@ Every import counts, also those inside functions (a lazy import is still a depen
     base         errors, options, version, testing      (no MyNoSQL import but each other)
     records      records/* (codec, revision trees, ids), net/* (URLs, CouchDB wire shapes)      pure, no I/O
     storage      storage/*                               files, no network
-    database     database, config, credentials           knows no HTTP
+    database     database, config, credentials, query, live    knows no HTTP
     services     replication/*, server/*                 replication and the server never import each other
     composition  node, handle, aio, cli, demo, __init__, __main__
 """
@@ -26,7 +26,7 @@ LAYERS = [
     ("base", ["errors", "options", "version", "testing"]),
     ("records", ["records", "net"]),
     ("storage", ["storage"]),
-    ("database", ["database", "config", "credentials"]),
+    ("database", ["database", "config", "credentials", "query", "live"]),
     ("services", ["replication", "server"]),
     ("composition", ["node", "service", "handle", "aio", "cli", "demo", "__init__", "__main__"]),
 ]

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-DOCS_WITH_EXAMPLES = ["tutorial.md", "operations.md"]
+DOCS_WITH_EXAMPLES = ["tutorial.md", "operations.md", "queries.md"]
 
 
 def python_blocks(md: Path) -> str:

@@ -139,6 +139,20 @@ def revs_diff(tree: Tree | None, revs: Iterable[str]) -> list[str]:
     return [r for r in dict.fromkeys(revs) if r not in tree]
 
 
+def peek_winner(data: bytes) -> tuple[str, str, bool, bytes] | None:
+    """(id, rev, deleted, body) of an encoded record of one revision (the usual case) without building its
+    :class:`DocState`; None for a record with more (then decode it)."""
+    try:
+        (mlen,) = struct.unpack_from("<I", data, 0)
+        id, _seq, nodes, _lens = orjson.loads(data[4 : 4 + mlen])
+        if len(nodes) != 1:
+            return None
+        rev, _parent, deleted = nodes[0]
+        return id, rev, bool(deleted), data[4 + mlen :]
+    except (ValueError, TypeError, IndexError, struct.error) as exc:
+        raise CorruptionError(f"undecodable record: {exc}") from exc
+
+
 class DocState:
     """Everything stored about one record: its id, last change seq, revision tree and leaf bodies."""
 

@@ -4,6 +4,9 @@
   saved offline, or before a crash or exit, is pushed when a mirror answers);
 * poll: the mirror's changes feed since the poll checkpoint (longpoll: an idle poll is one small round trip);
   records this peer holds and for which the mirror has revisions it lacks are downloaded;
+* subscriptions (``subscribe``): when the poll brought changes, or the selectors changed, the mirror's changes
+  feed filtered by the selectors (``filter=_selector``, documents included) since the subscription checkpoint:
+  only matching records travel, and they are held (and so polled) from then on;
 * fetch: a record the application reads and this peer does not hold is asked of a mirror (``readdoc``);
 * the mirror list is learned from ``GET /_mirrors`` and remembered; when the current mirror fails, the next one
   is tried (failover).
@@ -17,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import secrets
 import urllib.parse
@@ -24,6 +28,7 @@ from collections.abc import Callable
 from typing import Any
 
 import aiohttp
+import orjson
 
 from ..database import Database
 from ..errors import RemoteError
@@ -56,6 +61,8 @@ class PeerSync:
         self._resume: dict[str, Resume] = {}  # per mirror: where the push stands (no checkpoint re-reads)
         self._poll_since: dict[str, Any] = {}
         self._endpoints: dict[str, HttpEndpoint] = {}
+        self._subs_event: asyncio.Event | None = None  # set: catch up on the subscriptions
+        self._event_loop: asyncio.AbstractEventLoop | None = None
 
     # -- lifecycle (on the loop) ------------------------------------------------------------------------------
 
@@ -64,6 +71,9 @@ class PeerSync:
         self._session = client_session(self.opts)
         self._changed = asyncio.Event()
         self._push_lock = asyncio.Lock()
+        self._subs_event = asyncio.Event()
+        self._subs_event.set()
+        self._event_loop = loop
         changed = self._changed
 
         def on_change(new: Any, prev: Any) -> None:  # in the saving thread
@@ -145,7 +155,8 @@ class PeerSync:
                 self.current = url
                 await self._push(url)  # the outbox first: what was saved offline or before a crash
                 backoff.reset()
-                tasks = [asyncio.create_task(self._push_loop(url)), asyncio.create_task(self._poll_loop(url))]
+                tasks = [asyncio.create_task(self._push_loop(url)), asyncio.create_task(self._poll_loop(url)),
+                         asyncio.create_task(self._subscription_loop(url))]
                 # FIRST_COMPLETED, not FIRST_EXCEPTION: a loop that ended by cancellation (which FIRST_EXCEPTION
                 # ignores) left the other one running alone, e.g. a peer still pushing but never polling again.
                 done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
@@ -213,12 +224,16 @@ class PeerSync:
         since = self._poll_since.get(url)
         if since is None:
             ck = await asyncio.to_thread(self.db.local_get, ck_id)
-            since = ck.get("since", 0) if ck else 0
+            # A peer that never held a record needs no change from before now: what it reads or subscribes to
+            # later comes as it is then (a fresh device does not read the whole feed of a big mirror).
+            since = ck.get("since", 0) if ck else ("now" if self.db.seq == 0 else 0)
         rows, last_seq = await remote.changes(since, 1000, timeout=self.opts.longpoll)
         state.ok()
         # the mirror's latest seq (a MyNoSQL mirror says it; a batch may end before it), else where the feed ended
         state.remote_seq = remote.update_seq if remote.update_seq is not None else last_seq
         if rows:
+            if self.db.config.subscriptions and self._subs_event is not None:
+                self._subs_event.set()  # a change may be one a subscription wants
             pulled = await self._download_held(remote, rows)
             state.docs_pulled += pulled
             await asyncio.to_thread(self.db.local_put, ck_id, {"since": last_seq})
@@ -250,6 +265,57 @@ class PeerSync:
         if errors or lacking:  # the poll position must not move past rows not downloaded: retry them
             raise RemoteError(f"{remote.url}: {len(lacking)} wanted revision(s) not served, {len(errors)} refused "
                               f"(first: {(lacking or errors)[0]})", kind="protocol")
+        return written
+
+    # -- subscriptions --------------------------------------------------------------------------------------
+
+    def subscriptions_changed(self) -> None:
+        """The selectors changed (any thread): catch up on them now."""
+        loop, event = self._event_loop, self._subs_event
+        if loop is not None and event is not None:
+            with contextlib.suppress(RuntimeError):  # the loop is closing
+                loop.call_soon_threadsafe(event.set)
+
+    async def _subscription_loop(self, url: str) -> None:
+        assert self._subs_event is not None
+        while True:
+            await self._subs_event.wait()
+            self._subs_event.clear()
+            await self._sync_subscriptions(url)
+
+    async def _sync_subscriptions(self, url: str) -> int:
+        """Download what the subscriptions' selectors match and this peer lacks, since their checkpoint with this
+        mirror (a new set of selectors starts from the beginning). Returns the records written."""
+        subs = self.db.config.subscriptions
+        if not subs:
+            return 0
+        remote = self._endpoint(url)
+        selectors = sorted((s["selector"] for s in subs), key=lambda s: orjson.dumps(s, option=orjson.OPT_SORT_KEYS))
+        selector = selectors[0] if len(selectors) == 1 else {"$or": selectors}
+        key = hashlib.sha1(orjson.dumps(selector, option=orjson.OPT_SORT_KEYS), usedforsecurity=False).hexdigest()
+        ck_id = f"sub-{remote.identity}-{key[:16]}"
+        ck = await asyncio.to_thread(self.db.local_get, ck_id)
+        since: Any = ck.get("since", 0) if ck else 0
+        written = 0
+        while True:
+            params = {"filter": "_selector", "include_docs": "true", "revs": "true", "style": "all_docs",
+                      "since": str(since), "limit": "1000"}
+            result = await remote.request("POST", "/_changes", params=params, body={"selector": selector})
+            rows = [r for r in result.get("results", []) if isinstance(r, dict)]
+            docs = [r["doc"] for r in rows if isinstance(r.get("doc"), dict)]
+            if docs:
+                errors, n, _ck = await LocalEndpoint(self.db).bulk_docs(docs)
+                if errors:
+                    raise RemoteError(f"{remote.url}: {len(errors)} subscribed record(s) refused (first: "
+                                      f"{errors[0]})", kind="protocol")
+                written += n
+                await self._download_held(remote, rows)  # other leaves (conflicts) of what is held now
+            since = result.get("last_seq", since)
+            await asyncio.to_thread(self.db.local_put, ck_id, {"since": since})
+            if len(rows) < 1000:
+                break
+        state = self._state(url)
+        state.docs_pulled += written
         return written
 
     # -- read-through -----------------------------------------------------------------------------------------

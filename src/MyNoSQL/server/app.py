@@ -6,7 +6,9 @@ Routes: ``GET /``, ``GET /_up``, ``GET /_mirrors``, ``GET /_metrics``, ``GET /_d
 ``GET /_dashboard/data`` (the page's JSON), ``GET|HEAD|PUT /{db}``, ``GET|POST /{db}/_changes`` (normal and
 longpoll), ``POST /{db}/_revs_diff``, ``POST /{db}/_bulk_get``, ``POST /{db}/_bulk_docs``,
 ``POST /{db}/_ensure_full_commit``, ``GET /{db}/_all_docs``, ``GET|PUT|DELETE /{db}/_local/{id}``,
-``GET|PUT|DELETE /{db}/{id}`` (``rev``, ``revs``, ``open_revs``, ``latest``, ``conflicts``, ``new_edits``).
+``GET|PUT|DELETE /{db}/{id}`` (``rev``, ``revs``, ``open_revs``, ``latest``, ``conflicts``, ``new_edits``),
+``POST /{db}/_find``, ``POST /{db}/_explain``, ``GET|POST /{db}/_index``, ``DELETE /{db}/_index/{ddoc}/json/{name}``
+(:mod:`.queries`).
 ``GET /`` and ``GET /_up`` need no credentials; the others need a user's once the mirror has users.
 """
 
@@ -35,6 +37,7 @@ from .context import RENEW, USER, ServerContext
 from .databases import DatabaseRoutes
 from .documents import DocumentRoutes
 from .observe import Observer
+from .queries import QueryRoutes
 from .registry import Databases
 from .requests import HttpError, error_response, json_response
 from .session import Cors
@@ -117,6 +120,7 @@ class MirrorApp:
         r.add_delete("/_session", self.session_delete)
         # before the document routes: /{db}/{id} would take /{db}/_changes, /{db}/_all_docs...
         ChangesRoutes(self.ctx).add_to(r)
+        QueryRoutes(self.ctx).add_to(r)  # likewise /{db}/_index
         DatabaseRoutes(self.ctx).add_to(r)
         DocumentRoutes(self.ctx).add_to(r)
         app.on_startup.append(self._startup)

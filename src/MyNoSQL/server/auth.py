@@ -31,7 +31,7 @@ from .requests import error_response
 from .session import COOKIE, Sessions
 
 # What a "reader" may POST: the read-only requests of replication.
-READER_POSTS = ("_revs_diff", "_bulk_get", "_changes", "_ensure_full_commit")
+READER_POSTS = ("_revs_diff", "_bulk_get", "_changes", "_ensure_full_commit", "_find", "_explain")
 PUBLIC = ("/", "/_up")  # everything else needs a user once users exist (/_metrics and /_dashboard too)
 HASH_WORKERS = 2
 

@@ -5,7 +5,9 @@ while it waits), ``continuous`` (one JSON row a line) and ``eventsource`` (serve
 ``heartbeat`` and ended by ``timeout`` (at most ``Limits.max_longpoll``). Parameters: ``since`` (a seq, or
 ``now``), ``limit``, ``descending``, ``style=all_docs`` (every leaf, else the winner), ``include_docs`` (with
 ``conflicts``), ``filter=_doc_ids`` with ``doc_ids`` (JSON in the query, or ``{"doc_ids": [...]}`` in a POST
-body), ``filter=_design``. Filters that would run JavaScript (``filter=ddoc/name``, ``_view``) answer 501.
+body), ``filter=_design``, ``filter=_selector`` (a Mango selector in a POST body, tested on the winning revision;
+``revs=true`` adds each doc's ``_revisions``, an extension). Filters that would run JavaScript
+(``filter=ddoc/name``, ``_view``) answer 501.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from ..records.ids import DESIGN_PREFIX
 from ..records.revtree import DocState
 from .context import SMALL_INLINE, USER, ServerContext, client_token
 from .databases import NO_JAVASCRIPT
+from .queries import selector_filter
 from .requests import HttpError, json_response
 
 MAX_LIMIT = 10_000
@@ -64,6 +67,8 @@ class ChangesRoutes:
             return lambda s: s.id in wanted
         if name == "_design":
             return lambda s: s.id.startswith(DESIGN_PREFIX)
+        if name == "_selector":
+            return selector_filter(body)
         if name == "_view" or "/" in name:
             raise HttpError(501, "not_implemented", NO_JAVASCRIPT)
         raise HttpError(400, "bad_request", f"unknown filter {name[:80]!r}")
@@ -92,6 +97,7 @@ class ChangesRoutes:
             raise HttpError(400, "bad_request", "limit, timeout and heartbeat must be integers") from exc
         all_docs = q.get("style") == "all_docs"
         include_docs = q.get("include_docs") == "true"
+        revs = q.get("revs") == "true"  # with include_docs, each doc's _revisions: an extension
         conflicts = q.get("conflicts") == "true"
         descending = q.get("descending") == "true"
         feed = q.get("feed", "normal")
@@ -106,7 +112,7 @@ class ChangesRoutes:
             if not all_docs:
                 row["changes"] = row["changes"][:1]
             if include_docs:
-                row["doc"] = wire.doc_to_wire(s, s.winner, conflicts=conflicts)
+                row["doc"] = wire.doc_to_wire(s, s.winner, revs=revs, conflicts=conflicts)
             return row
 
         def read(after: int) -> tuple[list[dict[str, Any]], int]:

@@ -13,6 +13,8 @@ Tables::
     shards(n INTEGER PRIMARY KEY, size)                 committed length of each shard file
     sidx(name TEXT, id TEXT, value BLOB)                secondary indexes: JSON of the field's value
     local(id TEXT PRIMARY KEY, rev, body)               CouchDB ``_local`` documents (replication checkpoints)
+    qkeys(ino, id, key BLOB, loc)                       query indexes (``createindex``), see qindex.py; read
+                                                        through qkeys_by_key(ino, key, id, loc), a covering index
 
 Keying ``docs`` by a hash keeps the row at ~20 bytes whatever the id's length: the id itself is inside the
 record, and every read checks it.
@@ -24,7 +26,7 @@ import contextlib
 import hashlib
 import sqlite3
 import threading
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +47,9 @@ CREATE TABLE IF NOT EXISTS shards(n INTEGER PRIMARY KEY, size INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS sidx(name TEXT NOT NULL, id TEXT NOT NULL, value BLOB, PRIMARY KEY(name, id))
     WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS local(id TEXT PRIMARY KEY, rev INTEGER NOT NULL, body BLOB NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS qkeys(ino INTEGER NOT NULL, id TEXT NOT NULL, key BLOB NOT NULL, loc INTEGER NOT NULL,
+    PRIMARY KEY(ino, id)) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS qkeys_by_key ON qkeys(ino, key, id, loc);
 """
 
 
@@ -186,18 +191,21 @@ class Index:
         meta: dict[str, Any],
         sidx_set: list[tuple[str, str, bytes]],
         sidx_del: list[tuple[str, str]],
+        extra: Callable[[sqlite3.Connection], None] | None = None,
     ) -> list[bool]:
-        """One transaction: new blocks, record placements, live counts, shard lengths, meta, secondary indexes.
+        """One transaction: new blocks, record placements, live counts, shard lengths, meta, secondary indexes,
+        and what ``extra(connection)`` writes (the query indexes' rows).
 
         A placement is ``(id, h, loc, prev_loc, prev_in_x)``: the record's new location and where its previous
         state was (``prev_loc`` -1: never on disk). Returns, per placement, whether it lives in ``docs_x``.
         """
         with self._wlock:
-            return self._commit_flush(blocks, placements, shard_sizes, meta, sidx_set, sidx_del)
+            return self._commit_flush(blocks, placements, shard_sizes, meta, sidx_set, sidx_del, extra)
 
     def _commit_flush(self, blocks: list[BlockInfo], placements: list[tuple[str, int, int, int, bool]],
                       shard_sizes: dict[int, int], meta: dict[str, Any], sidx_set: list[tuple[str, str, bytes]],
-                      sidx_del: list[tuple[str, str]]) -> list[bool]:
+                      sidx_del: list[tuple[str, str]],
+                      extra: Callable[[sqlite3.Connection], None] | None = None) -> list[bool]:
         w = self._w
         in_x: list[bool] = []
         dead: dict[int, int] = {}
@@ -242,6 +250,8 @@ class Index:
             _rows(w, "INSERT OR REPLACE INTO meta(k, v)", list(meta.items()))
             _rows(w, "INSERT OR REPLACE INTO sidx(name, id, value)", sidx_set)
             _rows(w, "DELETE FROM sidx WHERE (name, id) IN (", sidx_del, ")")
+            if extra is not None:
+                extra(w)
             w.execute("COMMIT")
         except sqlite3.Error as exc:
             with contextlib.suppress(sqlite3.Error):
@@ -281,6 +291,52 @@ class Index:
     def drop_secondary(self, name: str) -> None:
         with self._wlock:
             self._w.execute("DELETE FROM sidx WHERE name=?", (name,))
+
+    # -- query indexes (qindex.py) ----------------------------------------------------------------------------
+
+    def write_qkeys(self, sets: Sequence[tuple[int, str, bytes, int]], dels: Sequence[tuple[int, str]],
+                    w: sqlite3.Connection | None = None, meta: dict[str, Any] | None = None) -> None:
+        """Write query-index rows (and delete others): inside a flush's transaction when ``w`` is given, else in
+        a transaction of their own (an index being built), with ``meta`` in the same transaction."""
+        if w is not None:
+            _rows(w, "INSERT OR REPLACE INTO qkeys(ino, id, key, loc)", sets)
+            _rows(w, "DELETE FROM qkeys WHERE (ino, id) IN (", dels, ")")
+            return
+        with self._wlock:
+            w = self._w
+            try:
+                w.execute("BEGIN IMMEDIATE")
+                _rows(w, "INSERT OR REPLACE INTO qkeys(ino, id, key, loc)", sets)
+                _rows(w, "DELETE FROM qkeys WHERE (ino, id) IN (", dels, ")")
+                _rows(w, "INSERT OR REPLACE INTO meta(k, v)", list((meta or {}).items()))
+                w.execute("COMMIT")
+            except sqlite3.Error as exc:
+                with contextlib.suppress(sqlite3.Error):
+                    w.execute("ROLLBACK")
+                raise StorageError(None, f"cannot write a query index: {exc}") from exc
+
+    def drop_qkeys(self, ino: int) -> None:
+        with self._wlock:
+            try:
+                self._w.execute("DELETE FROM qkeys WHERE ino=?", (ino,))
+                self._w.execute("DELETE FROM meta WHERE k=?", (f"qready:{ino}",))
+            except sqlite3.Error as exc:
+                raise StorageError(None, f"cannot drop a query index: {exc}") from exc
+
+    def qkeys_range(self, ino: int, lo: bytes, hi: bytes, *, desc: bool = False,
+                    after: tuple[bytes, str] | None = None, limit: int = 512) -> list[tuple[bytes, str, int]]:
+        """(key, id, loc) of the rows with ``lo <= key < hi`` in (key, id) order (``desc``: reversed), after the
+        row ``after``, at most ``limit``."""
+        if after is None:
+            sql = (f"SELECT key, id, loc FROM qkeys WHERE ino=? AND key>=? AND key<? "
+                   f"ORDER BY key {'DESC' if desc else ''}, id {'DESC' if desc else ''} LIMIT ?")
+            return self._all(sql, (ino, lo, hi, limit))
+        sql = (f"SELECT key, id, loc FROM qkeys WHERE ino=? AND key>=? AND key<? AND (key, id) {'<' if desc else '>'} "
+               f"(?, ?) ORDER BY key {'DESC' if desc else ''}, id {'DESC' if desc else ''} LIMIT ?")
+        return self._all(sql, (ino, lo, hi, after[0], after[1], limit))
+
+    def qkeys_count(self, ino: int, lo: bytes, hi: bytes) -> int:
+        return int(self._one("SELECT count(*) FROM qkeys WHERE ino=? AND key>=? AND key<?", (ino, lo, hi)))
 
     # -- _local documents (not replicated, not in the changes feed) -------------------------------------------
 

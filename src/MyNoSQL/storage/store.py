@@ -34,10 +34,11 @@ import orjson
 
 from ..errors import CorruptionError, MyNoSQLError, StorageError
 from ..options import Options
-from ..records.revtree import DocState, leaves
+from ..records.revtree import DocState, leaves, peek_winner
 from .bloom import Bloom
 from .cache import BlockCache, RecordCache
 from .index import Index, id_hash
+from .qindex import IndexDef, rows_for
 from .shards import ShardFiles, pack_block, shard_name
 from .wal import SyncStats, WriteAheadLog
 
@@ -93,6 +94,7 @@ class Store:
         self._want_bloom = False
         self.stats = FlushStats()
         self._sidx_fields: tuple[str, ...] = ()
+        self.qdefs: tuple[IndexDef, ...] = ()  # the query indexes each flush keeps current (qindex.py)
         self._listeners: list[Listener] = []
         self.cache: RecordCache[str, DocState] = RecordCache(options.cache_docs)
         self.blocks = BlockCache(options.block_cache_bytes)
@@ -337,6 +339,88 @@ class Store:
                 out[id] = v
         return out
 
+    # -- query indexes (qindex.py) ----------------------------------------------------------------------------
+
+    def pending(self) -> dict[str, DocState]:
+        """The states not packed yet (a copy): what the query indexes do not hold."""
+        with self.lock:
+            pending = dict(self._frozen)
+            pending.update(self._active)
+        return pending
+
+    def read_block(self, bno: int) -> list[bytes] | None:
+        """The encoded records of block ``bno`` (through the block cache), or None if it is gone (moved)."""
+        try:
+            return self._read_block(bno)
+        except _Moved:
+            return None
+
+    def winner_at(self, loc: int, id: str, memo: dict[int, list[bytes]]) -> tuple[str, bytes] | None:
+        """(rev, body) of the winning revision of ``id`` where a query index row places it (``loc``), or of its
+        current state if that block has moved meanwhile; None if it is deleted. ``memo``: the blocks this query
+        has read (a query reads many records of the same blocks)."""
+        bno = loc >> 8
+        records = memo.get(bno)
+        if records is None:
+            try:
+                records = memo[bno] = self._read_block(bno)
+            except _Moved:
+                records = None
+        data = records[loc & 0xFF] if records is not None and (loc & 0xFF) < len(records) else None
+        if data is not None:
+            fast = peek_winner(data)
+            if fast is not None and fast[0] == id:
+                return None if fast[2] else (fast[1], fast[3])
+            s: DocState | None = DocState.from_bytes(data)
+            if s is None or s.id != id:
+                s = self.get_state(id)
+        else:
+            s = self.get_state(id)
+        if s is None or s.deleted:
+            return None
+        win = s.winner
+        return win, s.bodies[win]
+
+    def maintain_query_indexes(self, defs: tuple[IndexDef, ...]) -> None:
+        """The query indexes every flush from now on writes rows for."""
+        with self._flush_lock:
+            self.qdefs = defs
+
+    def build_query_index(self, d: IndexDef, progress: Progress | None = None,
+                          cancelled: Callable[[], bool] = lambda: False) -> bool:
+        """Write the rows of ``d`` (already maintained by flushes) for every record on disk, a page of blocks at
+        a time under the flush lock (no flush can commit between reading where a record is and writing its row),
+        then mark it ready. False if ``cancelled()`` said so first."""
+        total = self.index_rows()
+        done = 0
+        after_bno = -1
+        while True:
+            page = self.index.blocks_after(0, after_bno)
+            if not page:
+                break
+            if cancelled():
+                return False
+            with self._flush_lock:
+                states: list[DocState] = []
+                locs: list[int] = []
+                for bno, *_rest in page:
+                    after_bno = bno
+                    try:
+                        records = [DocState.from_bytes(r) for r in self._read_block(bno)]
+                    except _Moved:
+                        continue
+                    for slot, st in self._live_filter(bno, records):
+                        states.append(st)
+                        locs.append(bno << 8 | slot)
+                sets, _dels = rows_for((d,), states, locs)
+                self.index.write_qkeys(sets, ())
+            done += len(states)
+            if progress is not None:
+                progress(done, total)
+        with self._flush_lock:
+            self.index.write_qkeys((), (), meta={f"qready:{d.ino}": 1})
+        return True
+
     # -- the compactor ----------------------------------------------------------------------------------------
 
     def _build_bloom(self) -> None:
@@ -445,6 +529,10 @@ class Store:
         sizes = {i.shard: self.shards.sizes()[i.shard] for i in infos}
         sidx_set, sidx_del = self._secondary_rows(states)
         hashes = [id_hash(s.id) for s in states]
+        extra = None
+        if self.qdefs:
+            qsets, qdels = rows_for(self.qdefs, states, locs)
+            extra = lambda w: self.index.write_qkeys(qsets, qdels, w)  # noqa: E731
         try:
             in_x = self.index.commit_flush(
                 blocks=infos,
@@ -454,6 +542,7 @@ class Store:
                 meta={"flushed_seq": states[-1].seq, "next_bno": bno, "live_count": self._flushed_live + delta},
                 sidx_set=sidx_set,
                 sidx_del=sidx_del,
+                extra=extra,
             )
         except BaseException:
             self.shards.rollback(before)
