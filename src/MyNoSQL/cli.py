@@ -274,6 +274,8 @@ def cli(verbose: int) -> None:
               help="CA bundle (PEM) to verify https:// peers with, instead of the system's.")
 @click.option("--no-verify-tls", is_flag=True, help="Do not verify https:// peers' certificates (insecure; warns).")
 @click.option("--max-request-bytes", type=click.IntRange(1024), default=None, help="Largest request body.")
+@click.option("--max-attachment-bytes", type=click.IntRange(1), default=None,
+              help="Largest attachment accepted (default 1 GiB; streamed to disk, never held in RAM).")
 @click.option("--max-batch", type=click.IntRange(1), default=None, help="Most documents in one request.")
 @click.option("--max-connections", type=click.IntRange(1), default=None, help="Most open client connections.")
 @click.option("--header-timeout", type=click.FloatRange(0.1), default=None,

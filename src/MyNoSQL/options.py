@@ -12,7 +12,8 @@ Durability = Literal["process", "power"]
 class Limits:
     """What a mirror accepts from a client. Over a limit: a 4xx answer with a JSON error, nothing written."""
 
-    max_request_bytes: int = 32 * 1024 * 1024  # one request body
+    max_request_bytes: int = 32 * 1024 * 1024  # one request body (JSON: attachments inline in base64 included)
+    max_attachment_bytes: int = 1024 * 1024 * 1024  # one attachment (its bytes stream to disk: not held in RAM)
     max_batch: int = 10_000  # documents (or ids) in one _bulk_docs, _bulk_get or _revs_diff
     max_depth: int = 100  # JSON nesting of a document
     max_revisions: int = 1000  # entries of a document's _revisions list
@@ -27,7 +28,8 @@ class Limits:
     def __post_init__(self) -> None:
         if not 1 <= self.max_depth <= 200:
             raise ValueError("max_depth must be between 1 and 200 (the deepest nesting a record may have)")
-        for name in ("max_request_bytes", "max_batch", "max_revisions", "max_connections", "max_auth_failures"):
+        for name in ("max_request_bytes", "max_attachment_bytes", "max_batch", "max_revisions", "max_connections",
+                     "max_auth_failures"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1")
         for name in ("header_timeout", "body_timeout", "max_longpoll", "auth_failure_window"):

@@ -17,6 +17,7 @@ from ..net import wire
 from ..records.ids import DESIGN_PREFIX, new_id
 from ..records.revtree import DocState
 from .context import ServerContext
+from .documents import no_follows
 from .requests import NOT_ADMIN, HttpError, flag, json_response
 
 log = logging.getLogger("MyNoSQL")
@@ -111,7 +112,7 @@ class DatabaseRoutes:
         record = edit.record
         if record is None:
             raise HttpError(400, "bad_request", "POST /{db} saves a document; delete one with DELETE /{db}/{id}")
-        saved = await asyncio.to_thread(db.savedoc, record)
+        saved = await asyncio.to_thread(db.save_with_attachments, record, no_follows(edit.atts))
         status = 202 if request.query.get("batch") == "ok" else 201
         resp = json_response({"ok": True, "id": saved["id"], "rev": saved["rev"]}, status)
         resp.headers["Location"] = f"{request.url}/{saved['id']}"

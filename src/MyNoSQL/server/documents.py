@@ -1,7 +1,7 @@
 """The document routes of a mirror: replication (``_revs_diff``, ``_bulk_get``, ``_bulk_docs``), ``_local``
-checkpoints and single documents (the database's own routes are in :mod:`.databases`). Every write runs in a
-worker thread, never on the event loop (a write may wait for the compactor: back-pressure must not stall other
-requests)."""
+checkpoints and single documents with their attachments (the database's own routes are in :mod:`.databases`,
+the attachment routes in :mod:`.attachments`). Every write runs in a worker thread, never on the event loop (a
+write may wait for the compactor: back-pressure must not stall other requests)."""
 
 from __future__ import annotations
 
@@ -15,8 +15,10 @@ from aiohttp import web
 from ..database import Database
 from ..errors import ConflictError, DocumentNotFound
 from ..net import wire
+from ..records import attachments as att
 from ..records import revtree
 from ..records.ids import DESIGN_PREFIX
+from .attachments import AttachmentRoutes, InlineBudget, doc_path
 from .context import ServerContext, client_token
 from .requests import (
     NOT_ADMIN,
@@ -25,17 +27,41 @@ from .requests import (
     Refused,
     check_ids_and_revs,
     checked_local_id,
-    doc_id,
     flag,
     json_response,
     local_id,
 )
 
 
+def atts_since(request: web.Request) -> list[str] | None:
+    """The ``atts_since`` query parameter: a JSON list of revisions, or None."""
+    raw = request.query.get("atts_since")
+    if raw is None:
+        return None
+    try:
+        value = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise HttpError(400, "bad_request", "atts_since must be a JSON list of revisions") from exc
+    if not isinstance(value, list) or len(value) > 1000 or not all(isinstance(r, str) for r in value):
+        raise HttpError(400, "bad_request", "atts_since must be a JSON list of revisions")
+    return value
+
+
+def no_follows(atts: dict[str, att.AttIn] | None) -> dict[str, att.AttNew] | None:
+    """A JSON document's attachments: bytes inline or stubs (``follows`` needs a multipart body)."""
+    if atts is not None:
+        for name, a in atts.items():
+            if isinstance(a, att.Follows):
+                raise HttpError(400, "bad_request", f"attachment {name[:80]!r}: follows: true needs a multipart "
+                                "body")
+    return atts  # type: ignore[return-value]  # no Follows left
+
+
 class DocumentRoutes:
     def __init__(self, ctx: ServerContext) -> None:
         self.ctx = ctx
         self.rules = ctx.rules
+        self.atts = AttachmentRoutes(ctx)
 
     def add_to(self, r: web.UrlDispatcher) -> None:
         r.add_post("/{db}/_revs_diff", self.revs_diff)
@@ -70,6 +96,11 @@ class DocumentRoutes:
         self.rules.batch(docs, "documents")
         check_ids_and_revs((d.get("id"), d.get("rev")) for d in docs)
         revs = flag(request, "revs")
+        budget = InlineBudget(db, self.ctx.limits.max_request_bytes) if flag(request, "attachments") else None
+        for d in docs:
+            since = d.get("atts_since")
+            if since is not None and (not isinstance(since, list) or not all(isinstance(r, str) for r in since)):
+                raise HttpError(400, "bad_request", "atts_since must be a list of revisions")
 
         def read() -> list[dict[str, Any]]:
             results = []
@@ -80,8 +111,13 @@ class DocumentRoutes:
                     results.append({"id": id, "docs": [{"error": {"id": id, "rev": rev or "undefined",
                                                                   "error": "not_found", "reason": "missing"}}]})
                     continue
-                results.append({"id": id, "docs": [{"ok": wire.doc_to_wire(state, rev or state.winner,
-                                                                                revs=revs)}]})
+                leaf = rev or state.winner
+                if budget is not None and state.atts is not None and leaf in state.atts:
+                    since = att.since_generation(revtree.ancestry(state.tree, leaf), want.get("atts_since"))
+                    doc = wire.doc_to_wire(state, leaf, revs=revs, data=budget.leaf(state, leaf), since=since)
+                else:
+                    doc = wire.doc_to_wire(state, leaf, revs=revs)
+                results.append({"id": id, "docs": [{"ok": doc}]})
             return results
 
         results = await asyncio.to_thread(read)
@@ -118,6 +154,9 @@ class DocumentRoutes:
             check: Callable[[Any], wire.WireDoc | Edit] = \
                 (lambda d: self.rules.wire(db, d)) if new_edits is False else (lambda d: self.rules.record(db, d, None))
             checked = [self.rules.checked(check, doc, n, admin=admin) for n, doc in enumerate(docs)]
+            for w in checked:
+                if isinstance(w, (wire.WireDoc, Edit)):
+                    no_follows(w.atts)
             out: list[dict[str, Any]] = []
             for doc, w in zip(docs, checked, strict=True):
                 try:
@@ -126,10 +165,12 @@ class DocumentRoutes:
                     elif isinstance(w, wire.WireDoc):
                         if echo_log is not None and client is not None:
                             echo_log.expect(w.id, w.path[0], client)  # before the write can wake a longpoll
-                        if db.merge_replicated(w.id, w.path, w.deleted, w.blob) is not None:
+                        if db.merge_replicated(w.id, w.path, w.deleted, w.blob, no_follows(w.atts)) is not None:
                             written += 1
                     else:
                         out.append({"ok": True, **self._write(db, w)})
+                except att.MissingStub as exc:
+                    out.append({"id": doc.get("_id"), "error": "missing_stub", "reason": str(exc)})
                 except (ConflictError, DocumentNotFound) as exc:
                     out.append({"id": doc.get("_id"), "error": "conflict", "reason": str(exc)})
             return out
@@ -179,16 +220,27 @@ class DocumentRoutes:
             if edit.rev is None:
                 raise ConflictError("a deletion needs the current _rev")
             res = db.deletedoc(edit.id, edit.rev)
-        else:
-            res = db.savedoc(edit.record)
+        else:  # CouchDB's rule: the new revision has the attachments the document lists (none: none)
+            res = db.save_with_attachments(edit.record, no_follows(edit.atts))
         return {"id": res["id"], "rev": res["rev"]}
 
-    async def doc_get(self, request: web.Request) -> web.Response:
+    async def doc_get(self, request: web.Request) -> web.StreamResponse:
         db = await self.ctx.db(request)
-        id = doc_id(request)
+        id, name = doc_path(request)
+        if name is not None:
+            return await self.atts.get(request, db, id, name)
         q = request.query
         state = await asyncio.to_thread(db.state, id)
         revs = flag(request, "revs")
+        since_revs = atts_since(request)
+        budget = InlineBudget(db, self.ctx.limits.max_request_bytes) \
+            if flag(request, "attachments") or since_revs is not None else None
+
+        def to_wire(state: Any, rev: str, **kw: Any) -> dict[str, Any]:
+            if budget is None or state.atts is None or rev not in state.atts:
+                return wire.doc_to_wire(state, rev, **kw)
+            since = att.since_generation(revtree.ancestry(state.tree, rev), since_revs)
+            return wire.doc_to_wire(state, rev, data=budget.leaf(state, rev), since=since, **kw)
         if "open_revs" in q:
             if state is None:
                 raise HttpError(404, "not_found", "missing")
@@ -202,17 +254,22 @@ class DocumentRoutes:
                     raise HttpError(400, "bad_request", "open_revs must be 'all' or a JSON list") from exc
                 if not isinstance(wanted, list) or not all(isinstance(r, str) for r in wanted):
                     raise HttpError(400, "bad_request", "open_revs must be 'all' or a JSON list")
-            out: list[dict[str, Any]] = []
             latest = flag(request, "latest")
-            for rev in wanted:
-                if rev in state.bodies:
-                    out.append({"ok": wire.doc_to_wire(state, rev, revs=revs)})
-                elif latest and rev in state.tree:
-                    for leaf in revtree.leaves(state.tree):
-                        if rev in revtree.ancestry(state.tree, leaf):
-                            out.append({"ok": wire.doc_to_wire(state, leaf, revs=revs)})
-                else:
-                    out.append({"missing": rev})
+
+            def read() -> list[dict[str, Any]]:
+                out: list[dict[str, Any]] = []
+                for rev in wanted:
+                    if rev in state.bodies:
+                        out.append({"ok": to_wire(state, rev, revs=revs)})
+                    elif latest and rev in state.tree:
+                        for leaf in revtree.leaves(state.tree):
+                            if rev in revtree.ancestry(state.tree, leaf):
+                                out.append({"ok": to_wire(state, leaf, revs=revs)})
+                    else:
+                        out.append({"missing": rev})
+                return out
+
+            out = await asyncio.to_thread(read) if budget is not None and state.atts else read()
             self.ctx.observer.docs_out += sum(1 for d in out if "ok" in d)  # the plain protocol's _bulk_get
             return json_response(out)
         if state is None:
@@ -223,7 +280,11 @@ class DocumentRoutes:
         if "rev" not in q and state.tree[rev][1]:
             raise HttpError(404, "not_found", "deleted")
         meta = flag(request, "meta")
-        doc = wire.doc_to_wire(state, rev, revs=revs, conflicts=meta or flag(request, "conflicts"))
+        conflicts = meta or flag(request, "conflicts")
+        if budget is not None and state.atts is not None and rev in state.atts:
+            doc = await asyncio.to_thread(to_wire, state, rev, revs=revs, conflicts=conflicts)
+        else:
+            doc = wire.doc_to_wire(state, rev, revs=revs, conflicts=conflicts)
         if meta or flag(request, "deleted_conflicts"):
             gone = state.deleted_conflicts()
             if gone:
@@ -243,14 +304,16 @@ class DocumentRoutes:
 
     async def doc_put(self, request: web.Request) -> web.Response:
         db = await self.ctx.db(request)
-        id = doc_id(request)
+        id, name = doc_path(request)
         self._design_write(request, db, id)
+        if name is not None:
+            return await self.atts.put(request, db, id, name)
         body = await self.rules.body(request)
         if request.query.get("new_edits") == "false":
             if isinstance(body, dict) and body.setdefault("_id", id) != id:
                 raise HttpError(400, "bad_request", "document id does not match the URL")
             w = self.rules.wire(db, body)
-            if await asyncio.to_thread(db.put_replicated, w.id, w.path, w.deleted, w.blob):
+            if await asyncio.to_thread(db.put_replicated, w.id, w.path, w.deleted, w.blob, no_follows(w.atts)):
                 self.ctx.observer.docs_in += 1
             return json_response({"ok": True, "id": w.id, "rev": w.path[0]}, 201)
         if isinstance(body, dict) and "rev" in request.query:
@@ -261,10 +324,12 @@ class DocumentRoutes:
 
     async def doc_delete(self, request: web.Request) -> web.Response:
         db = await self.ctx.db(request)
+        id, name = doc_path(request)
+        self._design_write(request, db, id)
+        if name is not None:
+            return await self.atts.delete(request, db, id, name)
         rev = request.query.get("rev")
         if not rev:
             raise HttpError(409, "conflict", "Document update conflict.")
-        id = doc_id(request)
-        self._design_write(request, db, id)
         res = await asyncio.to_thread(db.deletedoc, id, rev)
         return json_response({"ok": True, "id": res["id"], "rev": res["rev"]})

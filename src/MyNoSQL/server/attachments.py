@@ -1,0 +1,267 @@
+"""Attachments on a mirror: ``GET|HEAD|PUT|DELETE /{db}/{doc}/{name}`` (raw bytes, ``?rev=``, ``Range``), the
+way a document URL splits into document id and attachment name (CouchDB's rule), and the streaming of bytes
+both ways: an upload goes to disk a chunk at a time as it arrives (never whole in RAM), a download is read from
+disk a chunk at a time. Disk work runs in worker threads, never on the event loop."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import re
+import urllib.parse
+from collections.abc import Iterator
+from typing import Any
+
+from aiohttp import web
+
+from ..database import Database
+from ..errors import InvalidDocument
+from ..records import attachments as att
+from ..records.ids import validate_id
+from ..records.revtree import DocState
+from ..storage.blobs import AttachmentTooLarge, BlobReader, BlobWriter
+from .context import ServerContext
+from .requests import HttpError, json_response
+
+HOP_BYTES = 1024 * 1024  # bytes handed to (or taken from) a worker thread at a time
+_RANGE = re.compile(r"^bytes=(\d{0,19})-(\d{0,19})$")
+_DESIGN_OR_LOCAL = ("_design", "_local")
+
+
+def _segment(raw: str) -> str:
+    try:
+        return urllib.parse.unquote_to_bytes(raw).decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise HttpError(400, "bad_request", "the URL path is not valid UTF-8") from exc
+
+
+def doc_path(request: web.Request) -> tuple[str, str | None]:
+    """The document id and attachment name (None: the document itself) of ``/{db}/{doc}[/{name}]``, CouchDB's
+    rule: the document is the first path segment (``%2F`` in it is a ``/`` of the id), or two for ``_design/x``
+    and ``_local/x``; what follows, slashes included, is the attachment name. 400 for an id or name the rules
+    refuse."""
+    segs = request.rel_url.raw_path.split("/")[2:]
+    first = _segment(segs[0]) if segs else ""
+    if first in _DESIGN_OR_LOCAL and len(segs) >= 2:
+        id, rest = f"{first}/{_segment(segs[1])}", segs[2:]
+    else:
+        id, rest = first, segs[1:]
+    try:
+        id = validate_id(id)
+    except InvalidDocument as exc:
+        raise HttpError(400, "illegal_docid", str(exc)) from exc
+    if not rest:
+        return id, None
+    try:
+        return id, att.validate_name("/".join(_segment(s) for s in rest))
+    except InvalidDocument as exc:
+        raise HttpError(400, "bad_request", str(exc)) from exc
+
+
+def etag(digest: str) -> str:
+    return '"' + (digest[4:] if digest.startswith("md5-") else digest) + '"'
+
+
+def parse_range(header: str | None, length: int) -> tuple[int, int] | None:
+    """The one byte range ``[start, end)`` a ``Range: bytes=a-b`` header asks for; None for the whole (no header,
+    or one this server does not do: several ranges, other units). 416 for a range outside the bytes."""
+    if not header:
+        return None
+    m = _RANGE.match(header.strip())
+    if m is None:
+        return None
+    a, b = m.groups()
+    if not a and not b:
+        return None
+    if not a:
+        n = int(b)
+        if n == 0:
+            raise HttpError(416, "range_not_satisfiable", "Requested range not satisfiable")
+        return max(0, length - n), length
+    start = int(a)
+    end = min(int(b) + 1, length) if b else length
+    if start >= length or start >= end:
+        raise HttpError(416, "range_not_satisfiable", "Requested range not satisfiable")
+    return start, end
+
+
+def _take(it: Iterator[bytes]) -> bytes:
+    """Up to HOP_BYTES of the iterator's chunks, joined (in a worker thread)."""
+    parts: list[bytes] = []
+    size = 0
+    for chunk in it:
+        parts.append(chunk)
+        size += len(chunk)
+        if size >= HOP_BYTES:
+            break
+    return b"".join(parts)
+
+
+async def send_blob(request: web.Request, resp: web.StreamResponse, reader: BlobReader, start: int,
+                    end: int) -> None:
+    """Write bytes ``[start, end)`` of ``reader`` to a prepared response, a hop of up to 1 MiB at a time."""
+    it = reader.chunks(start, end)
+    while True:
+        data = await asyncio.to_thread(_take, it)
+        if not data:
+            break
+        await resp.write(data)
+
+
+async def receive_into(stream: Any, writer: BlobWriter, timeout: float, *, limit: int | None = None) -> int:
+    """Copy a request body (an aiohttp ``StreamReader``, or a multipart part with ``read_chunk``) into a blob as it
+    arrives: at most ~1 MiB in RAM, each read within ``timeout`` seconds (a stalled upload fails: 408). Returns
+    the bytes copied. Over the writer's limit: 413."""
+    buf = bytearray()
+    total = 0
+    read = stream.readany if hasattr(stream, "readany") else stream.read_chunk
+    try:
+        while True:
+            try:
+                chunk = await asyncio.wait_for(read(), timeout)
+            except asyncio.TimeoutError as exc:
+                raise HttpError(408, "timeout", "the request body did not arrive in time") from exc
+            if not chunk:
+                break
+            total += len(chunk)
+            if limit is not None and total > limit:
+                raise HttpError(413, "too_large", f"the attachment is over the limit of {limit} bytes")
+            buf += chunk
+            if len(buf) >= HOP_BYTES:
+                data = bytes(buf)
+                buf.clear()
+                await asyncio.to_thread(writer.write, data)
+        if buf:
+            await asyncio.to_thread(writer.write, bytes(buf))
+    except AttachmentTooLarge as exc:
+        raise HttpError(413, "too_large", str(exc)) from exc
+    return total
+
+
+class InlineBudget:
+    """Reads attachments' bytes to send them inline (base64 in JSON), at most ``limit`` bytes in one answer (a
+    client wanting more gets a 413 naming the ways that stream them). In a worker thread."""
+
+    def __init__(self, db: Database, limit: int) -> None:
+        self.db, self.left = db, limit
+
+    def leaf(self, state: DocState, rev: str) -> Any:
+        """What ``wire.doc_to_wire`` calls for the bytes of an attachment of leaf ``rev`` of ``state``."""
+
+        def data(name: str, meta: dict[str, Any]) -> bytes:
+            self.left -= meta["length"]
+            if self.left < 0:
+                raise HttpError(413, "too_large", "these attachments are too large to send inline in JSON; ask with "
+                                "Accept: multipart/related (multipart/mixed for open_revs), or GET /{db}/{doc}/{name}")
+            try:
+                with self.db.open_blob(state, rev, name) as f:
+                    return f.read()
+            except FileNotFoundError as exc:
+                raise HttpError(404, "not_found", "Document is missing attachment") from exc
+
+        return data
+
+
+class AttachmentRoutes:
+    def __init__(self, ctx: ServerContext) -> None:
+        self.ctx = ctx
+
+    def _rev(self, request: web.Request) -> str | None:
+        rev = request.query.get("rev")
+        if rev is None:
+            match = request.headers.get("If-Match")
+            rev = match.strip().strip('"') if match else None
+        return rev or None
+
+    async def get(self, request: web.Request, db: Database, id: str, name: str) -> web.StreamResponse:
+        """``GET|HEAD /{db}/{doc}/{name}``: the bytes (``?rev=``: of that leaf), ``Range`` honoured (one range)."""
+        state = await asyncio.to_thread(db.state, id)
+        if state is None:
+            raise HttpError(404, "not_found", "missing")
+        rev = request.query.get("rev") or state.winner
+        if rev not in state.bodies or state.tree[rev][1]:
+            raise HttpError(404, "not_found", "deleted" if rev in state.bodies else "missing")
+        meta = state.leaf_atts(rev).get(name)
+        if meta is None:
+            raise HttpError(404, "not_found", "Document is missing attachment")
+        tag = etag(meta["digest"])
+        headers = {"Content-Type": meta["content_type"], "ETag": tag, "Accept-Ranges": "bytes",
+                   "Cache-Control": "must-revalidate"}
+        if request.headers.get("If-None-Match") == tag:
+            return web.Response(status=304, headers={"ETag": tag})
+        try:
+            reader = await asyncio.to_thread(db.open_blob, state, rev, name)
+        except FileNotFoundError as exc:  # compacted away since we read the record: it changed
+            raise HttpError(404, "not_found", "Document is missing attachment") from exc
+        try:
+            length = reader.length
+            span = parse_range(request.headers.get("Range"), length) if request.method == "GET" else None
+            status = 200
+            start, end = 0, length
+            if span is not None:
+                start, end = span
+                status = 206
+                headers["Content-Range"] = f"bytes {start}-{end - 1}/{length}"
+            elif meta["digest"].startswith("md5-"):
+                headers["Content-MD5"] = meta["digest"][4:]
+            resp = web.StreamResponse(status=status, headers=headers)
+            resp.content_length = end - start
+            await resp.prepare(request)
+            if request.method != "HEAD":
+                await send_blob(request, resp, reader, start, end)
+            await resp.write_eof()
+            return resp
+        except HttpError as exc:
+            if exc.status == 416:
+                return web.Response(status=416, headers={"Content-Range": f"bytes */{reader.length}"},
+                                    body=b'{"error":"range_not_satisfiable","reason":"Requested range not '
+                                         b'satisfiable"}', content_type="application/json")
+            raise
+        finally:
+            reader.close()
+
+    async def put(self, request: web.Request, db: Database, id: str, name: str) -> web.Response:
+        """``PUT /{db}/{doc}/{name}?rev=``: the request body is the bytes (streamed to disk), ``Content-Type`` their
+        type; a ``Content-MD5`` header must match them. Creates the document if it does not exist (no rev)."""
+        limits = self.ctx.limits
+        limit = limits.max_attachment_bytes
+        rev = self._rev(request)
+        try:
+            ctype = att.validate_content_type(request.headers.get("Content-Type"))
+        except InvalidDocument as exc:
+            raise HttpError(400, "bad_request", str(exc)) from exc
+        coding = request.headers.get("Content-Encoding", "").strip().lower()
+        if coding not in ("", "identity"):
+            raise HttpError(415, "unsupported_media_type", "attachment bodies are sent as they are (no "
+                            "Content-Encoding)")
+        length = request.content_length
+        if length is not None and length > limit:
+            raise HttpError(413, "too_large", f"the attachment is over the limit of {limit} bytes")
+        md5 = request.headers.get("Content-MD5")
+        digest = None
+        if md5 is not None:
+            try:
+                digest = att.md5_digest(base64.b64decode(md5, validate=True))
+            except (binascii.Error, ValueError) as exc:
+                raise HttpError(400, "bad_request", "Content-MD5 is not base64") from exc
+        writer = await asyncio.to_thread(db.attachment_writer, ctype, limit)
+        try:
+            got = await receive_into(request.content, writer, limits.body_timeout, limit=limit)
+            if length is not None and got != length:
+                raise HttpError(400, "bad_request", "the body is shorter than its Content-Length")
+            stored = await asyncio.to_thread(db.finish_attachment, writer, id, ctype, digest=digest)
+        except BaseException:
+            await asyncio.to_thread(writer.abort)
+            raise
+        new_rev = await asyncio.to_thread(db.attach, id, name, stored, rev)
+        resp = json_response({"ok": True, "id": id, "rev": new_rev}, 201)
+        resp.headers["ETag"] = f'"{new_rev}"'
+        return resp
+
+    async def delete(self, request: web.Request, db: Database, id: str, name: str) -> web.Response:
+        rev = self._rev(request)
+        if rev is None:
+            raise HttpError(409, "conflict", "Document update conflict.")
+        new_rev = await asyncio.to_thread(db.deleteattachment, id, name, rev)
+        return json_response({"ok": True, "id": id, "rev": new_rev})
