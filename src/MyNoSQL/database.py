@@ -849,11 +849,15 @@ class Database:
         return self._check().blobs.writer(compress=att.worth_compressing(content_type), max_bytes=max_bytes)
 
     def finish_attachment(self, writer: BlobWriter, id: str, content_type: str, *, digest: str | None = None,
-                          revpos: int | None = None, encoded_md5: bytes | None = None) -> att.Stored:
+                          revpos: int | None = None, encoded_md5: bytes | None = None,
+                          length: int | None = None) -> att.Stored:
         """The written blob, pinned for record ``id`` (hand it to :meth:`save_with_attachments` or
         :meth:`merge_replicated`, which release it). ``digest``: what the sender said it is; an MD5 digest must
-        match the bytes (or ``encoded_md5``, the MD5 of the bytes as they travelled gzip'ed), else
-        :class:`InvalidDocument` and nothing is kept."""
+        match the bytes (or ``encoded_md5``, the MD5 of the bytes as they travelled gzip'ed), and ``length`` their
+        length, else :class:`InvalidDocument` and nothing is kept."""
+        if length is not None and writer.length != length:
+            writer.abort()
+            raise InvalidDocument(f"the attachment is {writer.length} bytes, not the {length} its length says")
         info = writer.finish(id)
         actual = att.md5_digest(info.md5)
         if digest is not None and digest.startswith("md5-") and digest != actual \
@@ -1124,8 +1128,11 @@ class Database:
 
         return self._put_releasing(id, mutate_atts, keys)[1]
 
-    def revs_diff(self, query: dict[str, list[str]]) -> dict[str, list[str]]:
-        """For each id, the revisions of the list that this database does not have."""
+    def revs_diff(self, query: dict[str, list[str]],
+                  ancestors: dict[str, list[str]] | None = None) -> dict[str, list[str]]:
+        """For each id, the revisions of the list that this database does not have. ``ancestors``, if given, is
+        filled with CouchDB's ``possible_ancestors``: per id, the leaves here of a lower generation than a missing
+        revision (a sender sends their attachments as stubs: ``atts_since``)."""
         store = self._check()
         out: dict[str, list[str]] = {}
         for id, revs in query.items():
@@ -1133,6 +1140,11 @@ class Database:
             missing = revtree.revs_diff(state.tree if state else None, revs)
             if missing:
                 out[id] = missing
+                if ancestors is not None and state is not None:
+                    top = max(revtree.rev_gen(r) for r in missing)
+                    found = [r for r in state.bodies if revtree.rev_gen(r) < top and not state.tree[r][1]]
+                    if found:
+                        ancestors[id] = found
         return out
 
     def local_get(self, id: str) -> dict[str, Any] | None:

@@ -8,11 +8,15 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import hashlib
 import re
 import urllib.parse
+import zlib
 from collections.abc import Iterator
 from typing import Any
 
+import aiohttp
+import orjson
 from aiohttp import web
 
 from ..database import Database
@@ -109,13 +113,19 @@ async def send_blob(request: web.Request, resp: web.StreamResponse, reader: Blob
         await resp.write(data)
 
 
-async def receive_into(stream: Any, writer: BlobWriter, timeout: float, *, limit: int | None = None) -> int:
+async def receive_into(stream: Any, writer: BlobWriter, timeout: float, *, limit: int | None = None,
+                       gunzip: Any = None) -> int:
     """Copy a request body (an aiohttp ``StreamReader``, or a multipart part with ``read_chunk``) into a blob as it
     arrives: at most ~1 MiB in RAM, each read within ``timeout`` seconds (a stalled upload fails: 408). Returns
-    the bytes copied. Over the writer's limit: 413."""
+    the bytes received. Over ``limit`` (or the writer's): 413. ``gunzip``: a :class:`Gunzip` the bytes go
+    through first (they travel gzip'ed)."""
     buf = bytearray()
     total = 0
-    read = stream.readany if hasattr(stream, "readany") else stream.read_chunk
+    if hasattr(stream, "readany"):
+        read = stream.readany
+    else:
+        def read() -> Any:
+            return stream.read_chunk(256 * 1024)
     try:
         while True:
             try:
@@ -127,6 +137,14 @@ async def receive_into(stream: Any, writer: BlobWriter, timeout: float, *, limit
             total += len(chunk)
             if limit is not None and total > limit:
                 raise HttpError(413, "too_large", f"the attachment is over the limit of {limit} bytes")
+            if gunzip is not None:
+                for part in gunzip.feed(chunk):
+                    buf += part
+                    if len(buf) >= HOP_BYTES:
+                        data = bytes(buf)
+                        buf.clear()
+                        await asyncio.to_thread(writer.write, data)
+                continue
             buf += chunk
             if len(buf) >= HOP_BYTES:
                 data = bytes(buf)
@@ -137,6 +155,90 @@ async def receive_into(stream: Any, writer: BlobWriter, timeout: float, *, limit
     except AttachmentTooLarge as exc:
         raise HttpError(413, "too_large", str(exc)) from exc
     return total
+
+
+class Gunzip:
+    """Decompresses a gzip'ed attachment as it arrives (a chunk at a time: no bomb), and hashes what travelled."""
+
+    def __init__(self) -> None:
+        self._d = zlib.decompressobj(31)
+        self.md5 = hashlib.md5(usedforsecurity=False)
+
+    def feed(self, data: bytes) -> Iterator[bytes]:
+        self.md5.update(data)
+        try:
+            out = self._d.decompress(data, HOP_BYTES)
+            while out:
+                yield out
+                out = self._d.decompress(self._d.unconsumed_tail, HOP_BYTES) if self._d.unconsumed_tail else b""
+        except zlib.error as exc:
+            raise HttpError(400, "bad_request", "a gzip'ed attachment does not decompress") from exc
+
+
+async def receive_multipart(request: web.Request, db: Database, id: str, limits: Any) -> tuple[Any, dict[str, Any]]:
+    """A ``multipart/related`` document (CouchDB's replicator sends them): its JSON, then one part per attachment
+    marked ``follows``, in the order the JSON lists them, each streamed to disk. Returns the document and its
+    attachments (``follows`` ones ``Stored``: the caller's write releases them, or it calls
+    :func:`release_all`). Malformed bodies, lying lengths, too many or too few parts: 4xx, nothing kept."""
+    timeout = limits.body_timeout
+    stored: dict[str, att.Stored] = {}
+    try:
+        try:
+            reader = aiohttp.MultipartReader(request.headers, request.content)
+            part = await asyncio.wait_for(reader.next(), timeout)
+            if not isinstance(part, aiohttp.BodyPartReader):
+                raise HttpError(400, "bad_request", "a multipart/related document starts with its JSON")
+            raw = bytearray()
+            while chunk := await asyncio.wait_for(part.read_chunk(256 * 1024), timeout):
+                raw += chunk
+                if len(raw) > limits.max_request_bytes:
+                    raise HttpError(413, "too_large", "the document's JSON is too large")
+            try:
+                doc = orjson.loads(bytes(raw))
+            except orjson.JSONDecodeError as exc:
+                raise HttpError(400, "bad_request", "the first part is not a JSON document") from exc
+            if not isinstance(doc, dict):
+                raise HttpError(400, "bad_request", "document must be a JSON object")
+            given = doc.get("_attachments")
+            try:
+                parsed = {} if given is None else att.parse_attachments(given, max_bytes=limits.max_attachment_bytes)
+            except InvalidDocument as exc:
+                raise HttpError(400, "bad_request", str(exc)) from exc
+            for name, a in parsed.items():
+                if not isinstance(a, att.Follows):
+                    continue
+                part = await asyncio.wait_for(reader.next(), timeout)
+                if not isinstance(part, aiohttp.BodyPartReader):
+                    raise HttpError(400, "bad_request", f"no part for attachment {name[:80]!r} (fewer parts than "
+                                    "attachments that follow)")
+                writer = await asyncio.to_thread(db.attachment_writer, a.content_type, limits.max_attachment_bytes)
+                try:
+                    gunzip = Gunzip() if a.encoding == "gzip" else None
+                    await receive_into(part, writer, timeout, limit=limits.max_attachment_bytes, gunzip=gunzip)
+                    stored[name] = await asyncio.to_thread(
+                        db.finish_attachment, writer, id, a.content_type, digest=a.digest, revpos=a.revpos,
+                        length=a.length, encoded_md5=gunzip.md5.digest() if gunzip is not None else None)
+                except BaseException:
+                    await asyncio.to_thread(writer.abort)
+                    raise
+            if await asyncio.wait_for(reader.next(), timeout) is not None:
+                raise HttpError(400, "bad_request", "more parts than attachments that follow")
+        except asyncio.TimeoutError as exc:
+            raise HttpError(408, "timeout", "the request body did not arrive in time") from exc
+        except InvalidDocument as exc:
+            raise HttpError(400, "bad_request", str(exc)) from exc
+        except (ValueError, AssertionError, LookupError, aiohttp.ClientError, RuntimeError) as exc:
+            raise HttpError(400, "bad_request", f"malformed multipart body: {str(exc)[:200]}") from exc
+    except BaseException:
+        release_all(db, stored)
+        raise
+    return doc, stored
+
+
+def release_all(db: Database, stored: dict[str, Any]) -> None:
+    for s in stored.values():
+        if isinstance(s, att.Stored):
+            db.release_attachment(s)
 
 
 class InlineBudget:

@@ -18,7 +18,7 @@ from ..net import wire
 from ..records import attachments as att
 from ..records import revtree
 from ..records.ids import DESIGN_PREFIX
-from .attachments import AttachmentRoutes, InlineBudget, doc_path
+from .attachments import AttachmentRoutes, InlineBudget, doc_path, receive_multipart, release_all
 from .context import ServerContext, client_token
 from .requests import (
     NOT_ADMIN,
@@ -84,8 +84,14 @@ class DocumentRoutes:
         self.rules.batch(body, "ids")
         self.rules.batch([r for v in body.values() for r in v], "revisions")
         check_ids_and_revs((id, rev) for id, revs in body.items() for rev in revs)
-        missing = await asyncio.to_thread(db.revs_diff, body)
-        return json_response({id: {"missing": revs} for id, revs in missing.items()})
+        ancestors: dict[str, list[str]] = {}
+        missing = await asyncio.to_thread(db.revs_diff, body, ancestors)
+        out: dict[str, Any] = {}
+        for id, revs in missing.items():
+            out[id] = {"missing": revs}
+            if id in ancestors:
+                out[id]["possible_ancestors"] = ancestors[id]
+        return json_response(out)
 
     async def bulk_get(self, request: web.Request) -> web.Response:
         db = await self.ctx.db(request)
@@ -308,19 +314,37 @@ class DocumentRoutes:
         self._design_write(request, db, id)
         if name is not None:
             return await self.atts.put(request, db, id, name)
-        body = await self.rules.body(request)
-        if request.query.get("new_edits") == "false":
-            if isinstance(body, dict) and body.setdefault("_id", id) != id:
-                raise HttpError(400, "bad_request", "document id does not match the URL")
-            w = self.rules.wire(db, body)
-            if await asyncio.to_thread(db.put_replicated, w.id, w.path, w.deleted, w.blob, no_follows(w.atts)):
-                self.ctx.observer.docs_in += 1
-            return json_response({"ok": True, "id": w.id, "rev": w.path[0]}, 201)
-        if isinstance(body, dict) and "rev" in request.query:
-            body.setdefault("_rev", request.query["rev"])
-        edit = self.rules.record(db, body, id)
-        res = await asyncio.to_thread(self._write, db, edit)
-        return json_response({"ok": True, **res}, 201)
+        stored: dict[str, att.Stored] = {}
+        if request.content_type == "multipart/related":  # the document, then its attachments' bytes
+            body, stored = await receive_multipart(request, db, id, self.ctx.limits)
+        else:
+            body = await self.rules.body(request)
+
+        def with_bytes(atts: dict[str, att.AttIn] | None) -> dict[str, att.AttNew] | None:
+            if atts is None or not stored:
+                return no_follows(atts)
+            return {n: stored[n] if isinstance(a, att.Follows) else a for n, a in atts.items()}
+
+        try:
+            if request.query.get("new_edits") == "false":
+                if isinstance(body, dict) and body.setdefault("_id", id) != id:
+                    raise HttpError(400, "bad_request", "document id does not match the URL")
+                w = self.rules.wire(db, body)
+                atts = with_bytes(w.atts)
+                stored = {}  # the write below releases them
+                if await asyncio.to_thread(db.put_replicated, w.id, w.path, w.deleted, w.blob, atts):
+                    self.ctx.observer.docs_in += 1
+                return json_response({"ok": True, "id": w.id, "rev": w.path[0]}, 201)
+            if isinstance(body, dict) and "rev" in request.query:
+                body.setdefault("_rev", request.query["rev"])
+            edit = self.rules.record(db, body, id)
+            if edit.record is not None:
+                edit = edit._replace(atts=with_bytes(edit.atts))
+                stored = {}
+            res = await asyncio.to_thread(self._write, db, edit)
+            return json_response({"ok": True, **res}, 201)
+        finally:
+            release_all(db, stored)
 
     async def doc_delete(self, request: web.Request) -> web.Response:
         db = await self.ctx.db(request)

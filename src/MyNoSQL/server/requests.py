@@ -45,7 +45,7 @@ class Edit(NamedTuple):
     id: Any
     rev: str | None
     record: dict[str, Any] | None
-    atts: dict[str, att.AttIn] | None = None  # the document's _attachments (None: it has none)
+    atts: dict[str, Any] | None = None  # the document's _attachments, checked (att.AttIn; None: it has none)
 
 
 class Refused(NamedTuple):
