@@ -5,6 +5,10 @@ bytes (``PUT|GET|HEAD|DELETE /{db}/{doc}/{name}``, ``Range``), inline base64, st
 from __future__ import annotations
 
 import base64
+import email.message
+import email.parser
+import email.policy
+import gzip
 import hashlib
 import http.client
 import json
@@ -171,3 +175,64 @@ def test_ids_with_slashes_design_documents_and_names(mirror: Client) -> None:
         code, body = mirror.json("PUT", bad, raw=b"x")
         assert code == 400, (bad, code, body)
     assert mirror.json("GET", "/db/_all_docs")[1]["total_rows"] == 2
+
+
+def related(boundary: str, doc: dict[str, Any], parts: list[tuple[str, str, bytes]]) -> bytes:
+    out = [f"--{boundary}\r\nContent-Type: application/json\r\n\r\n".encode() + json.dumps(doc).encode()]
+    for name, ctype, data in parts:
+        out.append(f'\r\n--{boundary}\r\nContent-Disposition: attachment; filename="{name}"\r\nContent-Type: '
+                   f"{ctype}\r\nContent-Length: {len(data)}\r\n\r\n".encode() + data)
+    out.append(f"\r\n--{boundary}--".encode())
+    return b"".join(out)
+
+
+def parse_multipart(content_type: str, body: bytes) -> email.message.Message:
+    return email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(
+        f"Content-Type: {content_type}\r\n\r\n".encode() + body)
+
+
+def test_the_multipart_forms_couchdbs_replicator_uses(mirror: Client) -> None:
+    one, two = os.urandom(300_000), b"gzip'ed on the wire " * 500
+    packed = gzip.compress(two)
+    r1, r2 = "1-" + "c" * 32, "2-" + "d" * 32
+    doc = {"_id": "mp", "_rev": r1, "v": 1, "_attachments": {
+        "one.bin": {"content_type": "application/octet-stream", "revpos": 1, "digest": md5(one),
+                    "length": len(one), "follows": True},
+        "two.txt": {"content_type": "text/plain", "revpos": 1, "digest": md5(packed), "length": len(two),
+                    "encoding": "gzip", "encoded_length": len(packed), "follows": True}}}
+    body = related("xyz", doc, [("one.bin", "application/octet-stream", one), ("two.txt", "text/plain", packed)])
+    code, got = mirror.json("PUT", "/db/mp?new_edits=false", raw=body,
+                            headers={"Content-Type": 'multipart/related; boundary="xyz"'})
+    assert code == 201, got
+    assert mirror.req("GET", "/db/mp/one.bin")[2] == one and mirror.req("GET", "/db/mp/two.txt")[2] == two
+    nxt = {"_id": "mp", "_rev": r2, "v": 2, "_revisions": {"start": 2, "ids": ["d" * 32, "c" * 32]},
+           "_attachments": {"one.bin": {"stub": True, "digest": md5(one), "revpos": 1, "length": len(one),
+                                        "content_type": "application/octet-stream"},
+                            "three": {"content_type": "text/plain", "revpos": 2, "digest": md5(b"3"),
+                                      "length": 1, "follows": True}}}
+    code, got = mirror.json("PUT", "/db/mp?new_edits=false", raw=related("b2", nxt, [("three", "text/plain", b"3")]),
+                            headers={"Content-Type": 'multipart/related; boundary="b2"'})
+    assert code == 201, got
+    # what CouchDB's replicator asks for: open_revs, atts_since, multipart/mixed
+    q = (f"open_revs={urllib.parse.quote(json.dumps([r2, '9-' + 'e' * 32]))}&revs=true&latest=true"
+         f"&attachments=true&atts_since={urllib.parse.quote(json.dumps([r1]))}")
+    code, hdrs, raw = mirror.req("GET", f"/db/mp?{q}", headers={"Accept": "multipart/mixed"})
+    assert code == 200 and hdrs["Content-Type"].startswith("multipart/mixed")
+    outer = parse_multipart(hdrs["Content-Type"], raw)
+    found, missing = outer.get_payload()
+    assert found.get_content_type() == "multipart/related"
+    head, three = found.get_payload()
+    sent = json.loads(head.get_payload(decode=True))
+    assert sent["_rev"] == r2 and sent["_attachments"]["one.bin"]["stub"] is True  # the target has it (atts_since)
+    assert sent["_attachments"]["three"]["follows"] is True and three.get_payload(decode=True) == b"3"
+    assert json.loads(missing.get_payload(decode=True)) == {"missing": "9-" + "e" * 32}
+    code, hdrs, raw = mirror.req("GET", "/db/mp?attachments=true", headers={"Accept": "multipart/related"})
+    parts = parse_multipart(hdrs["Content-Type"], raw).get_payload()
+    sent = json.loads(parts[0].get_payload(decode=True))
+    by_name = {p.get_filename(): p.get_payload(decode=True) for p in parts[1:]}
+    assert list(sent["_attachments"]) == ["one.bin", "three"] and by_name == {"one.bin": one, "three": b"3"}
+    # a normal edit as multipart too (CouchDB takes them): the document and a new attachment
+    code, got = mirror.json("PUT", "/db/mp2", raw=related("n1", {"v": 1, "_attachments": {"a.txt": {
+        "content_type": "text/plain", "length": 2, "follows": True}}}, [("a.txt", "text/plain", b"hi")]),
+        headers={"Content-Type": 'multipart/related; boundary="n1"'})
+    assert code == 201 and mirror.req("GET", "/db/mp2/a.txt")[2] == b"hi"

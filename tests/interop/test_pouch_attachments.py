@@ -1,20 +1,26 @@
 """Attachments with a real PouchDB (npm, http adapter): an app puts, reads and removes them on a mirror, replicates
 the mirror's database into a local PouchDB and back; PouchDB's replicator copies them between a mirror and
-express-pouchdb, both ways. Every attachment's bytes are checked where they land (MD5 of the bytes)."""
+express-pouchdb, both ways; MyNoSQL's replicator pushes them to express-pouchdb and pulls them back. Every
+attachment's bytes are checked where they land."""
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
+import os
 import shutil
 import subprocess
 import urllib.parse
 import urllib.request
+from pathlib import Path
 from typing import Any
 
 import pytest
 from pouch import INTEROP_DIR, pouch_replicate
 from support.mirrors import call
+
+import MyNoSQL
 
 pytestmark = pytest.mark.slow
 
@@ -90,3 +96,23 @@ def test_pouchdb_replicator_copies_attachments_between_a_mirror_and_express_pouc
         return {n: (a["digest"], a["length"], a["content_type"]) for n, a in call("GET", url)["_attachments"].items()}
 
     assert shape(f"{back}/note") == shape(f"{source}/note")
+
+
+def test_our_replicator_carries_attachments_to_and_from_express_pouchdb(pouchdb_url: str, tmp_path: Path) -> None:
+    big, small = os.urandom(2 * 1024 * 1024), b"tiny"
+    with MyNoSQL.MyNoSQL(tmp_path / "a", options=MyNoSQL.Options(background_sync=False)) as local:
+        local.opendb("ours")
+        rev = local.putattachment("a", "big.bin", big)  # a multipart/related PUT
+        local.putattachment("a", "dir/small.txt", small, "text/plain", rev)  # inline in _bulk_docs
+        local.putattachment("_design/x", "index.html", b"<p>", "text/html")
+        res = local.push(pouchdb_url)
+        assert res["docs_written"] == 2 and not res["errors"], res
+    assert fetch(f"{pouchdb_url}/ours/a/big.bin")[0] == big
+    assert fetch(f"{pouchdb_url}/ours/a/dir/small.txt") == (small, "text/plain")
+    with MyNoSQL.MyNoSQL(tmp_path / "b", options=MyNoSQL.Options(background_sync=False)) as other:
+        other.opendb("ours")
+        res = other.pull(pouchdb_url)
+        assert res["docs_written"] == 2 and not res["errors"], res
+        assert other.getattachment("a", "big.bin") == big and other.getattachment("_design/x", "index.html") == b"<p>"
+        assert other.attachments("a")["dir/small.txt"]["digest"] == "md5-" + base64.b64encode(
+            hashlib.md5(small).digest()).decode()

@@ -46,6 +46,10 @@ _INCOMPRESSIBLE = frozenset((
 _COMPRESSIBLE_IMAGES = frozenset(("image/svg+xml", "image/bmp", "image/x-ms-bmp", "image/tiff", "image/x-icon"))
 
 
+class AttachmentTooLarge(InvalidDocument):
+    """An attachment is over the size limit (nothing was stored)."""
+
+
 def worth_compressing(content_type: str) -> bool:
     """Whether bytes of this content type may compress (JPEG, PNG, zip, video... are stored as they are)."""
     base = content_type.split(";", 1)[0].strip().lower()
@@ -213,7 +217,7 @@ def parse_attachments(value: Any, *, max_bytes: int | None = None) -> dict[str, 
         revpos = _int(att.get("revpos"), "revpos")
         length = _int(att.get("length"), "length")
         if max_bytes is not None and length is not None and length > max_bytes:
-            raise InvalidDocument(f"attachment {name[:80]!r} is {length} bytes, over the limit of {max_bytes}")
+            raise AttachmentTooLarge(f"attachment {name[:80]!r} is {length} bytes, over the limit of {max_bytes}")
         ctype = att.get("content_type")
         if att.get("stub") is True:
             out[name] = Stub(digest, revpos, None if ctype is None else validate_content_type(ctype), length)
@@ -228,11 +232,13 @@ def parse_attachments(value: Any, *, max_bytes: int | None = None) -> dict[str, 
             if type(data) is not str:
                 raise InvalidDocument(f"attachment {name[:80]!r}: data must be a base64 string")
             if max_bytes is not None and len(data) > (max_bytes + 2) // 3 * 4 + 4:
-                raise InvalidDocument(f"attachment {name[:80]!r} is over the limit of {max_bytes} bytes")
+                raise AttachmentTooLarge(f"attachment {name[:80]!r} is over the limit of {max_bytes} bytes")
             try:
                 raw = base64.b64decode(data, validate=True)
             except (binascii.Error, ValueError) as exc:
                 raise InvalidDocument(f"attachment {name[:80]!r}: data is not valid base64") from exc
+            if max_bytes is not None and len(raw) > max_bytes:
+                raise AttachmentTooLarge(f"attachment {name[:80]!r} is over the limit of {max_bytes} bytes")
             if digest is not None and digest.startswith("md5-") and digest != digest_of(raw):
                 raise InvalidDocument(f"attachment {name[:80]!r}: its digest does not match its data")
             out[name] = Inline(validate_content_type(ctype), raw, digest, revpos)

@@ -27,8 +27,7 @@ from ..credentials import Users
 from ..database import Database
 from ..errors import AttachmentNotFound, ConflictError, DocumentNotFound, InvalidDocument, MyNoSQLError
 from ..options import Limits
-from ..records.attachments import MissingStub
-from ..storage.blobs import AttachmentTooLarge
+from ..records.attachments import AttachmentTooLarge, MissingStub
 from .auth import Authenticator, Throttle, basic_credentials
 from .changes import ChangesRoutes
 from .context import RENEW, USER, ServerContext

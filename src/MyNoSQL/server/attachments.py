@@ -10,6 +10,7 @@ import base64
 import binascii
 import hashlib
 import re
+import secrets
 import urllib.parse
 import zlib
 from collections.abc import Iterator
@@ -21,10 +22,11 @@ from aiohttp import web
 
 from ..database import Database
 from ..errors import InvalidDocument
+from ..net import wire
 from ..records import attachments as att
 from ..records.ids import validate_id
-from ..records.revtree import DocState
-from ..storage.blobs import AttachmentTooLarge, BlobReader, BlobWriter
+from ..records.revtree import DocState, ancestry
+from ..storage.blobs import BlobReader, BlobWriter
 from .context import ServerContext
 from .requests import HttpError, json_response
 
@@ -152,7 +154,7 @@ async def receive_into(stream: Any, writer: BlobWriter, timeout: float, *, limit
                 await asyncio.to_thread(writer.write, data)
         if buf:
             await asyncio.to_thread(writer.write, bytes(buf))
-    except AttachmentTooLarge as exc:
+    except att.AttachmentTooLarge as exc:
         raise HttpError(413, "too_large", str(exc)) from exc
     return total
 
@@ -233,6 +235,74 @@ async def receive_multipart(request: web.Request, db: Database, id: str, limits:
         release_all(db, stored)
         raise
     return doc, stored
+
+
+def _quoted(name: str) -> str:
+    return name.replace("\\", "\\\\").replace('"', '\\"')
+
+
+class MultipartAnswer:
+    """Documents with their attachments' bytes as CouchDB's replicator asks for them: a ``multipart/related``
+    body (the JSON, then one part per attachment marked ``follows``), or ``multipart/mixed`` for ``open_revs``
+    (one part per revision: a nested ``multipart/related`` when it has bytes to send, else its JSON; a missing
+    revision as ``{"missing": rev}`` with ``error="true"``). Streamed: one blob chunk in RAM at a time."""
+
+    def __init__(self, request: web.Request, db: Database) -> None:
+        self.request, self.db = request, db
+
+    async def related(self, resp: web.StreamResponse, state: DocState, rev: str, doc: dict[str, Any],
+                      boundary: str) -> None:
+        await resp.write(f"--{boundary}\r\nContent-Type: application/json\r\n\r\n".encode() + orjson.dumps(doc))
+        for name, a in doc.get("_attachments", {}).items():
+            if not a.get("follows"):
+                continue
+            await resp.write((f'\r\n--{boundary}\r\nContent-Disposition: attachment; filename="{_quoted(name)}"'
+                              f"\r\nContent-Type: {a['content_type']}\r\nContent-Length: {a['length']}\r\n\r\n")
+                             .encode())
+            reader = await asyncio.to_thread(self.db.open_blob, state, rev, name)
+            try:
+                await send_blob(self.request, resp, reader, 0, reader.length)
+            finally:
+                reader.close()
+        await resp.write(f"\r\n--{boundary}--".encode())
+
+    async def one(self, state: DocState, rev: str, *, revs: bool, since: list[str] | None,
+                  conflicts: bool = False) -> web.StreamResponse:
+        """``GET /{db}/{doc}?attachments=true`` with ``Accept: multipart/related``."""
+        doc = wire.doc_to_wire(state, rev, revs=revs, conflicts=conflicts, follows=True,
+                               since=att.since_generation(ancestry(state.tree, rev), since))
+        boundary = secrets.token_hex(16)
+        resp = web.StreamResponse(headers={"Content-Type": f'multipart/related; boundary="{boundary}"'})
+        await resp.prepare(self.request)
+        await self.related(resp, state, rev, doc, boundary)
+        await resp.write_eof()
+        return resp
+
+    async def open_revs(self, state: DocState, entries: list[tuple[str, bool]], *, revs: bool,
+                        since: list[str] | None) -> web.StreamResponse:
+        """``open_revs`` with ``Accept: multipart/mixed``: ``entries`` are (rev, found)."""
+        outer = secrets.token_hex(16)
+        resp = web.StreamResponse(headers={"Content-Type": f'multipart/mixed; boundary="{outer}"'})
+        await resp.prepare(self.request)
+        sep = b""  # the CRLF before a delimiter belongs to it: none before the first
+        for rev, found in entries:
+            await resp.write(sep + f"--{outer}\r\n".encode())
+            sep = b"\r\n"
+            if not found:
+                await resp.write(b'Content-Type: application/json; error="true"\r\n\r\n'
+                                 + orjson.dumps({"missing": rev}))
+                continue
+            doc = wire.doc_to_wire(state, rev, revs=revs, follows=True,
+                                   since=att.since_generation(ancestry(state.tree, rev), since))
+            if any(a.get("follows") for a in doc.get("_attachments", {}).values()):
+                inner = secrets.token_hex(16)
+                await resp.write(f'Content-Type: multipart/related; boundary="{inner}"\r\n\r\n'.encode())
+                await self.related(resp, state, rev, doc, inner)
+            else:
+                await resp.write(b"Content-Type: application/json\r\n\r\n" + orjson.dumps(doc))
+        await resp.write(sep + f"--{outer}--".encode())
+        await resp.write_eof()
+        return resp
 
 
 def release_all(db: Database, stored: dict[str, Any]) -> None:

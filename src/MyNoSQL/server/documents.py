@@ -18,7 +18,14 @@ from ..net import wire
 from ..records import attachments as att
 from ..records import revtree
 from ..records.ids import DESIGN_PREFIX
-from .attachments import AttachmentRoutes, InlineBudget, doc_path, receive_multipart, release_all
+from .attachments import (
+    AttachmentRoutes,
+    InlineBudget,
+    MultipartAnswer,
+    doc_path,
+    receive_multipart,
+    release_all,
+)
 from .context import ServerContext, client_token
 from .requests import (
     NOT_ADMIN,
@@ -261,6 +268,18 @@ class DocumentRoutes:
                 if not isinstance(wanted, list) or not all(isinstance(r, str) for r in wanted):
                     raise HttpError(400, "bad_request", "open_revs must be 'all' or a JSON list")
             latest = flag(request, "latest")
+            if "multipart/mixed" in request.headers.get("Accept", ""):  # CouchDB's replicator
+                entries: list[tuple[str, bool]] = []
+                for rev in wanted:
+                    if rev in state.bodies:
+                        entries.append((rev, True))
+                    elif latest and rev in state.tree:
+                        entries.extend((leaf, True) for leaf in revtree.leaves(state.tree)
+                                       if rev in revtree.ancestry(state.tree, leaf))
+                    else:
+                        entries.append((rev, False))
+                self.ctx.observer.docs_out += sum(1 for _, found in entries if found)
+                return await MultipartAnswer(request, db).open_revs(state, entries, revs=revs, since=since_revs)
 
             def read() -> list[dict[str, Any]]:
                 out: list[dict[str, Any]] = []
@@ -287,6 +306,9 @@ class DocumentRoutes:
             raise HttpError(404, "not_found", "deleted")
         meta = flag(request, "meta")
         conflicts = meta or flag(request, "conflicts")
+        if budget is not None and state.atts is not None and rev in state.atts \
+                and "multipart/related" in request.headers.get("Accept", ""):
+            return await MultipartAnswer(request, db).one(state, rev, revs=revs, since=since_revs, conflicts=conflicts)
         if budget is not None and state.atts is not None and rev in state.atts:
             doc = await asyncio.to_thread(to_wire, state, rev, revs=revs, conflicts=conflicts)
         else:

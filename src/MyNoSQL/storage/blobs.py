@@ -41,7 +41,8 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from ..errors import CorruptionError, InvalidDocument, StorageError
+from ..errors import CorruptionError, StorageError
+from ..records.attachments import AttachmentTooLarge
 from .fileutil import fsync_dir, write_all, write_all_at
 
 log = logging.getLogger("MyNoSQL")
@@ -55,10 +56,6 @@ HEADER_SIZE = _HEAD.size + _HCRC.size  # 32
 _CHUNK = struct.Struct("<BBHIII")  # 16 bytes
 RAW, ZLIB = 0, 1
 _KEY_CHARS = frozenset("0123456789abcdef")
-
-
-class AttachmentTooLarge(InvalidDocument):
-    """An attachment is over the size limit (nothing was stored)."""
 
 
 class BlobInfo(NamedTuple):
