@@ -317,3 +317,19 @@ def test_a_50_mb_attachment_streams_in_bounded_memory(db: MyNoSQL.MyNoSQL) -> No
     assert h.digest() == src.h.digest()
     assert db.attachments("big")["video.bin"]["length"] == size
     assert peak[0] - base < 20 * MB, (peak[0] - base) / MB
+
+
+def test_the_pending_journal_stays_short_under_constant_writes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("MyNoSQL.storage.blobs.JOURNAL_REWRITE", 500)
+    store = BlobStore(tmp_path / "attachments")
+    held = store.put(b"still being written", "slow-writer")  # its record is not written yet
+    for i in range(20):
+        info = store.put(b"blob %d" % i, f"r{i}")
+        store.release(info.key, i + 1)
+        store.flushed(i + 1)
+    journal = (store.dir / "pending").read_bytes()
+    assert len(journal) <= 500 and held.key.encode() in journal and journal.count(b"\n") <= 5
+    store.release(held.key, 30)
+    store.flushed(30)
+    assert (store.dir / "pending").stat().st_size == 0
+    store.close()

@@ -43,7 +43,7 @@ from typing import Any, NamedTuple
 
 from ..errors import CorruptionError, StorageError
 from ..records.attachments import AttachmentTooLarge
-from .fileutil import fsync_dir, write_all, write_all_at
+from .fileutil import atomic_write, fsync_dir, sweep_temp_files, write_all, write_all_at
 
 log = logging.getLogger("MyNoSQL")
 
@@ -69,12 +69,16 @@ def is_key(key: Any) -> bool:
     return type(key) is str and len(key) == 64 and _KEY_CHARS.issuperset(key)
 
 
+JOURNAL_REWRITE = 256 * 1024  # a pending journal past this size is rewritten with only what is still pending
+
+
 class _Pending:
-    __slots__ = ("open", "seq")
+    __slots__ = ("ids", "open", "seq")
 
     def __init__(self) -> None:
         self.open = 0  # writers that have not said how their record write ended
         self.seq = 0  # the highest change sequence of a record written that refers to the blob
+        self.ids: set[str] = set()  # the records it was written for
 
 
 class BlobStore:
@@ -125,7 +129,8 @@ class BlobStore:
         md5 = hashlib.md5(data, usedforsecurity=False).digest()
         if self._reuse(key, for_id):
             return BlobInfo(key, md5, len(data), False)
-        w = self.writer(compress=compress)
+        self._ensure_dirs()
+        w = BlobWriter(self, compress=compress, max_bytes=None, known=(key, md5))
         try:
             view = memoryview(data)
             for i in range(0, len(data), CHUNK):
@@ -157,7 +162,6 @@ class BlobStore:
                 final.parent.mkdir(mode=0o700, exist_ok=True)
                 os.replace(tmp, final)
                 fsync_dir(final.parent)
-                fsync_dir(tmp.parent)
             except OSError as exc:
                 self._unpin(key)
                 entry = self._pending.get(key)
@@ -185,17 +189,21 @@ class BlobStore:
                 self._pins[key] -= 1
                 raise StorageError(exc.errno, f"cannot write {self.dir / 'pending'}: {exc.strerror}") from exc
             entry.open += 1
+            entry.ids.add(for_id)
 
     def _unpin(self, key: str) -> None:
         self._pins[key] -= 1
         if self._pins[key] <= 0:
             del self._pins[key]
 
+    @staticmethod
+    def _line(key: str, for_id: str) -> bytes:
+        return key.encode() + b" " + for_id.encode("utf-8", "surrogatepass").hex().encode() + b"\n"
+
     def _journal_line(self, key: str, for_id: str) -> None:
         if self._journal is None:
             self._journal = os.open(self.dir / "pending", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-        write_all(self._journal, key.encode() + b" " + for_id.encode("utf-8", "surrogatepass").hex().encode()
-                  + b"\n")
+        write_all(self._journal, self._line(key, for_id))
         os.fsync(self._journal)
 
     def pin(self, key: str) -> None:
@@ -230,11 +238,19 @@ class BlobStore:
                 return
             for key in [k for k, e in self._pending.items() if e.open <= 0 and e.seq <= seq]:
                 del self._pending[key]
-            if not self._pending and self._journal is not None:
+            if self._journal is None:
+                return
+            if not self._pending:
                 os.close(self._journal)
                 self._journal = None
                 with contextlib.suppress(OSError):
                     os.truncate(self.dir / "pending", 0)
+            elif os.fstat(self._journal).st_size > JOURNAL_REWRITE:  # writes never stop: keep it short
+                with contextlib.suppress(OSError):
+                    atomic_write(self.dir / "pending",
+                                 b"".join(self._line(k, i) for k, e in self._pending.items() for i in e.ids))
+                    os.close(self._journal)
+                    self._journal = None
 
     # -- reading ----------------------------------------------------------------------------------------------
 
@@ -273,6 +289,7 @@ class BlobStore:
             for p in tmp.iterdir():
                 with contextlib.suppress(OSError):
                     p.unlink()
+        sweep_temp_files(self.dir)  # a rewrite of `pending` that a crash interrupted
         journal = self.dir / "pending"
         try:
             text = journal.read_bytes()
@@ -343,9 +360,12 @@ class BlobStore:
 class BlobWriter:
     """Writes one blob in chunks: ``write`` any number of times, then ``finish`` (or ``abort``)."""
 
-    def __init__(self, store: BlobStore, *, compress: bool, max_bytes: int | None) -> None:
+    def __init__(self, store: BlobStore, *, compress: bool, max_bytes: int | None,
+                 known: tuple[str, bytes] | None = None) -> None:
+        """``known``: the SHA-256 (hex) and MD5 of the bytes to come, computed already (they are not again)."""
         self.store = store
         self.max_bytes = max_bytes
+        self._known = known
         self.tmp = store.dir / "tmp" / f"{secrets.token_hex(12)}.part"
         try:
             self._fd: int | None = os.open(self.tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -366,8 +386,9 @@ class BlobWriter:
         self.length += n
         if self.max_bytes is not None and self.length > self.max_bytes:
             raise AttachmentTooLarge(f"the attachment is over the limit of {self.max_bytes} bytes")
-        self._md5.update(data)
-        self._sha.update(data)
+        if self._known is None:
+            self._md5.update(data)
+            self._sha.update(data)
         buf = self._buf
         if not buf and n == CHUNK:
             self._emit(bytes(data))
@@ -411,7 +432,8 @@ class BlobWriter:
             raise
         os.close(self._fd)
         self._fd = None
-        return self.store._install(self.tmp, self._sha.hexdigest(), self._md5.digest(), self.length, for_id)
+        key, md5 = self._known or (self._sha.hexdigest(), self._md5.digest())
+        return self.store._install(self.tmp, key, md5, self.length, for_id)
 
     def abort(self) -> None:
         if self._fd is not None:
