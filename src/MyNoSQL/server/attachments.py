@@ -11,10 +11,11 @@ import binascii
 import hashlib
 import re
 import secrets
+import sys
 import urllib.parse
 import zlib
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Awaitable, Iterator
+from typing import Any, TypeVar
 
 import aiohttp
 import orjson
@@ -30,6 +31,7 @@ from ..storage.blobs import BlobReader, BlobWriter
 from .context import ServerContext
 from .requests import HttpError, json_response
 
+T = TypeVar("T")
 HOP_BYTES = 1024 * 1024  # bytes handed to (or taken from) a worker thread at a time
 _RANGE = re.compile(r"^bytes=(\d{0,19})-(\d{0,19})$")
 _DESIGN_OR_LOCAL = ("_design", "_local")
@@ -115,6 +117,16 @@ async def send_blob(request: web.Request, resp: web.StreamResponse, reader: Blob
         await resp.write(data)
 
 
+if sys.version_info >= (3, 11):
+    async def _within(aw: Awaitable[T], seconds: float) -> T:
+        """``await aw`` within ``seconds`` (``asyncio.TimeoutError`` after): no task per call, unlike wait_for."""
+        async with asyncio.timeout(seconds):
+            return await aw
+else:  # pragma: no cover - Python 3.10
+    async def _within(aw: Awaitable[T], seconds: float) -> T:
+        return await asyncio.wait_for(aw, seconds)
+
+
 async def receive_into(stream: Any, writer: BlobWriter, timeout: float, *, limit: int | None = None,
                        gunzip: Any = None) -> int:
     """Copy a request body (an aiohttp ``StreamReader``, or a multipart part with ``read_chunk``) into a blob as it
@@ -131,7 +143,7 @@ async def receive_into(stream: Any, writer: BlobWriter, timeout: float, *, limit
     try:
         while True:
             try:
-                chunk = await asyncio.wait_for(read(), timeout)
+                chunk = await _within(read(), timeout)
             except asyncio.TimeoutError as exc:
                 raise HttpError(408, "timeout", "the request body did not arrive in time") from exc
             if not chunk:
@@ -143,17 +155,15 @@ async def receive_into(stream: Any, writer: BlobWriter, timeout: float, *, limit
                 for part in gunzip.feed(chunk):
                     buf += part
                     if len(buf) >= HOP_BYTES:
-                        data = bytes(buf)
-                        buf.clear()
+                        data, buf = buf, bytearray()  # handed over whole: no copy
                         await asyncio.to_thread(writer.write, data)
                 continue
             buf += chunk
             if len(buf) >= HOP_BYTES:
-                data = bytes(buf)
-                buf.clear()
+                data, buf = buf, bytearray()
                 await asyncio.to_thread(writer.write, data)
         if buf:
-            await asyncio.to_thread(writer.write, bytes(buf))
+            await asyncio.to_thread(writer.write, buf)
     except att.AttachmentTooLarge as exc:
         raise HttpError(413, "too_large", str(exc)) from exc
     return total

@@ -357,6 +357,15 @@ class BlobStore:
                 self._journal = None
 
 
+def _writev_all(fd: int, parts: list[bytes | memoryview]) -> None:
+    """Write every byte of ``parts`` (one writev, then the rest if the kernel took less)."""
+    total = sum(len(p) for p in parts)
+    done = os.writev(fd, parts)
+    if done < total:
+        rest = b"".join(bytes(p) for p in parts)[done:]
+        write_all(fd, rest)
+
+
 class BlobWriter:
     """Writes one blob in chunks: ``write`` any number of times, then ``finish`` (or ``abort``)."""
 
@@ -389,16 +398,23 @@ class BlobWriter:
         if self._known is None:
             self._md5.update(data)
             self._sha.update(data)
+        view = memoryview(data).cast("B")
         buf = self._buf
-        if not buf and n == CHUNK:
-            self._emit(bytes(data))
-            return
-        buf += data
-        while len(buf) >= CHUNK:
-            self._emit(bytes(buf[:CHUNK]))
-            del buf[:CHUNK]
+        if buf:  # fill the chunk begun by the last write first
+            need = CHUNK - len(buf)
+            buf += view[:need]
+            view = view[need:]
+            if len(buf) < CHUNK:
+                return
+            self._emit(bytes(buf))
+            buf.clear()
+        while len(view) >= CHUNK:  # whole chunks straight from the caller's bytes: no copy
+            self._emit(view[:CHUNK])
+            view = view[CHUNK:]
+        if len(view):
+            buf += view
 
-    def _emit(self, raw: bytes) -> None:
+    def _emit(self, raw: bytes | memoryview) -> None:
         codec, stored = RAW, raw
         if self._compress is not False:
             packed = zlib.compress(raw, 1)
@@ -408,7 +424,7 @@ class BlobWriter:
                 codec, stored = ZLIB, packed
         assert self._fd is not None
         try:
-            write_all(self._fd, _CHUNK.pack(codec, 0, 0, len(stored), len(raw), zlib.crc32(stored)) + stored)
+            _writev_all(self._fd, [_CHUNK.pack(codec, 0, 0, len(stored), len(raw), zlib.crc32(stored)), stored])
         except OSError as exc:
             raise StorageError(exc.errno, f"cannot write an attachment: {exc.strerror}") from exc
         self._chunks += 1
