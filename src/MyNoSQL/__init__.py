@@ -5,6 +5,7 @@ Re-exports only; the code lives in the modules below (docs/architecture.md shows
 
 from .database import Change, Database
 from .errors import (
+    AttachmentNotFound,
     ConflictError,
     CorruptionError,
     DatabaseClosed,
@@ -27,6 +28,7 @@ from .options import Limits, Options
 from .version import __version__
 
 __all__ = [
+    "AttachmentNotFound",
     "Change",
     "ConflictError",
     "CorruptionError",

@@ -41,7 +41,7 @@ import os
 import threading
 from collections.abc import AsyncGenerator, Callable
 from pathlib import Path
-from typing import Any, ParamSpec, TypeVar
+from typing import Any, BinaryIO, ParamSpec, TypeVar
 
 from .database import Change
 from .errors import DatabaseClosed
@@ -257,6 +257,23 @@ class AsyncMyNoSQL:
     async def conflicts(self, id: str) -> list[str]:
         """Revisions of ``id`` that lost the winner rule and are not deleted (CouchDB's ``_conflicts``)."""
         return await self._call(self._node().conflicts, id)
+
+    async def putattachment(self, id: str, name: str, data: bytes | BinaryIO,
+                            content_type: str = "application/octet-stream", rev: str | None = None) -> str:
+        """:meth:`MyNoSQL.MyNoSQL.putattachment` in a worker thread (a file object is read there, in chunks)."""
+        return await self._call(self._node().putattachment, id, name, data, content_type, rev)
+
+    async def getattachment(self, id: str, name: str, rev: str | None = None) -> bytes:
+        """:meth:`MyNoSQL.MyNoSQL.getattachment` in a worker thread (a Peer may fetch the bytes from a mirror)."""
+        return await self._call(self._node().getattachment, id, name, rev)
+
+    async def attachments(self, id: str) -> dict[str, dict[str, Any]]:
+        """:meth:`MyNoSQL.MyNoSQL.attachments` in a worker thread."""
+        return await self._call(self._node().attachments, id)
+
+    async def deleteattachment(self, id: str, name: str, rev: str) -> str:
+        """:meth:`MyNoSQL.MyNoSQL.deleteattachment` in a worker thread."""
+        return await self._call(self._node().deleteattachment, id, name, rev)
 
     async def resolve(self, id: str, merged: dict[str, Any], losers: list[str] | None = None) -> dict[str, Any]:
         """Save ``merged`` on the winning revision and delete the losing ones, atomically (as

@@ -278,6 +278,8 @@ def cli(verbose: int) -> None:
               help="CA bundle (PEM) to verify https:// peers with, instead of the system's.")
 @click.option("--no-verify-tls", is_flag=True, help="Do not verify https:// peers' certificates (insecure; warns).")
 @click.option("--max-request-bytes", type=click.IntRange(1024), default=None, help="Largest request body.")
+@click.option("--max-attachment-bytes", type=click.IntRange(1), default=None,
+              help="Largest attachment accepted (default 1 GiB; streamed to disk, never held in RAM).")
 @click.option("--max-batch", type=click.IntRange(1), default=None, help="Most documents in one request.")
 @click.option("--max-json-values", type=click.IntRange(1), default=None,
               help="Most JSON values (and keys) in one request body.")
@@ -542,7 +544,7 @@ def export_(path: Path | None, name: str, as_json: bool, target: IO[bytes]) -> N
     n = 0
     with opened(path, name) as db:
         for s in tracked(db.states_since(0), "export", db.index_rows()):
-            target.write(export_line(s))
+            target.write(export_line(s, db))
             n += 1
     if as_json:
         _out({"exported": n}, True, err=_is_stdout(target))  # not in the middle of the export
@@ -555,14 +557,31 @@ def _is_stdout(f: IO[bytes]) -> bool:
         return False
 
 
-def export_line(s: revtree.DocState) -> bytes:
+def export_line(s: revtree.DocState, db: Database | None = None) -> bytes:
     index = {}
     nodes = []
     for i, (rev, (parent, deleted)) in enumerate(s.tree.items()):
         index[rev] = i
         nodes.append([rev, -1 if parent is None else index[parent], 1 if deleted else 0])
     leaves = {rev: orjson.Fragment(body) for rev, body in s.bodies.items()}
-    return orjson.dumps({"id": s.id, "revs": nodes, "leaves": leaves}) + b"\n"
+    line: dict[str, Any] = {"id": s.id, "revs": nodes, "leaves": leaves}
+    if s.atts and db is not None:  # a record without attachments: the line it always was
+        line["attachments"] = {rev: {name: _exported_attachment(db, s, rev, name, meta) for name, meta in a.items()}
+                               for rev, a in s.atts.items()}
+    return orjson.dumps(line) + b"\n"
+
+
+def _exported_attachment(db: Database, s: revtree.DocState, rev: str, name: str, meta: dict[str, Any]) -> Any:
+    """An attachment in an export line: its metadata and its bytes (base64); a stub whose bytes this database
+    does not hold (a Peer's) stays a stub."""
+    import base64
+
+    out = {"content_type": meta["content_type"], "revpos": meta["revpos"], "digest": meta["digest"],
+           "length": meta["length"]}
+    if db.local_blob(s, meta) is None:
+        return {**out, "stub": True}
+    with db.open_blob(s, rev, name) as f:
+        return {**out, "data": base64.b64encode(f.read()).decode("ascii")}
 
 
 @cli.command("import")
@@ -589,6 +608,7 @@ def import_(path: Path | None, name: str, as_json: bool, source: IO[bytes]) -> N
 
 
 def import_line(db: Database, line: bytes) -> None:
+    from .records.attachments import Follows, parse_attachments
     from .records.codec import dumps_exact, loads_body
     from .records.ids import validate_id
 
@@ -596,6 +616,9 @@ def import_line(db: Database, line: bytes) -> None:
     id = validate_id(obj["id"])
     revs = [n[0] for n in obj["revs"]]
     tree: revtree.Tree = {n[0]: (None if n[1] < 0 else revs[n[1]], bool(n[2])) for n in obj["revs"]}
+    atts = obj.get("attachments") or {}
+    if not isinstance(atts, dict):
+        raise InvalidDocument(f"record {id!r}: attachments must be an object of attachments by revision")
     for leaf, body in obj["leaves"].items():
         if leaf not in tree or not isinstance(body, dict):
             raise InvalidDocument(f"record {id!r}: leaf {leaf!r} is not in its revision tree")
@@ -603,7 +626,11 @@ def import_line(db: Database, line: bytes) -> None:
             revtree.parse_rev(r)
         blob = dumps_exact(body)
         loads_body(blob)  # the tagged values must decode
-        db.put_replicated(id, revtree.ancestry(tree, leaf), tree[leaf][1], blob)
+        given = parse_attachments(atts[leaf]) if leaf in atts else None
+        if given is not None and any(isinstance(a, Follows) for a in given.values()):
+            raise InvalidDocument(f"record {id!r}: an exported attachment has its bytes (data) or is a stub")
+        db.put_replicated(id, revtree.ancestry(tree, leaf), tree[leaf][1], blob, given,  # type: ignore[arg-type]
+                          lazy=True)
 
 
 # -- maintenance ------------------------------------------------------------------------------------------------

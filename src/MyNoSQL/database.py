@@ -20,17 +20,19 @@ import sys
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import IO, Any, NamedTuple
+from typing import IO, Any, BinaryIO, NamedTuple
 
 import orjson
 
 from .config import MODES, DatabaseConfig, load_config, save_config
 from .credentials import Users
 from .errors import (
+    AttachmentNotFound,
     ConflictError,
     DatabaseClosed,
     DatabaseLocked,
     DocumentNotFound,
+    DocumentUnavailable,
     IndexNotFound,
     InvalidDocument,
     InvalidQuery,
@@ -41,11 +43,13 @@ from .live import LiveQuery, QueryChange
 from .net.urls import normalize_peer_url, redact_url, with_credentials_of
 from .options import Options
 from .query import IndexInfo, QueryEngine, field_name, index_spec, make_def, parse_index_fields, python_names
+from .records import attachments as att
 from .records import revtree
 from .records.codec import copy_plan, decode_value, encode_body, loads_body
 from .records.ids import new_id, validate_id
 from .records.mango import compile_selector
 from .records.revtree import DocState
+from .storage.blobs import CHUNK, BlobReader, BlobWriter
 from .storage.fileutil import sweep_temp_files
 from .storage.store import FlushStats, Listener, Store
 
@@ -59,8 +63,54 @@ _TOMBSTONE_BODY = b"{}"
 _DECODED_MAX = 1024
 
 ReadThrough = Callable[[str], "DocState | None"]
+# (id, leaf rev, attachment name, its metadata) -> the blob that now holds its bytes; raises DocumentUnavailable
+AttachmentFetch = Callable[[str, str, str, dict[str, Any]], str]
 
 __all__ = ["Change", "Database", "default_location", "new_id", "validate_db_name", "validate_id"]
+
+
+def _without(atts: dict[str, att.Atts] | None, revs: Any) -> dict[str, att.Atts] | None:
+    """A record's attachments by leaf, without those of ``revs`` (leaves that stop being leaves)."""
+    if atts is None or not any(r in atts for r in revs):
+        return atts
+    return {r: a for r, a in atts.items() if r not in revs} or None
+
+
+def _resolve(id: str, given: dict[str, att.AttNew], leaves: dict[str, att.Atts] | None, revpos: int, *,
+             lazy: bool, by_name: att.Atts | None) -> att.Atts:
+    """The metadata of a new revision's attachments. Bytes are ``Stored`` by now; a stub takes the metadata of
+    the attachment it names: in ``by_name`` (the revision edited: a normal write), else among the record's
+    ``leaves`` by digest (replication)."""
+    out: att.Atts = {}
+    for name in sorted(given):
+        a = given[name]
+        if isinstance(a, att.Stored):
+            out[name] = {"content_type": a.content_type, "digest": a.digest, "length": a.length,
+                         "revpos": a.revpos or revpos, "blob": a.key}
+            continue
+        assert isinstance(a, att.Stub)
+        if by_name is not None:
+            m = by_name.get(name)
+            if m is None or (a.digest is not None and a.digest != m["digest"]):
+                raise att.MissingStub(f"Invalid attachment stub in {id} for {name}")
+            out[name] = m
+            continue
+        m = att.find_blob(leaves, a.digest, name) if a.digest is not None else None
+        if m is None and a.digest is not None and leaves:  # the same stub, bytes not here (a Peer's record)
+            m = next((x for la in leaves.values() for n, x in la.items() if n == name and x["digest"] == a.digest),
+                     None)
+        if m is not None:
+            meta = dict(m)
+            meta["revpos"] = a.revpos or m["revpos"]
+            if a.content_type is not None:
+                meta["content_type"] = a.content_type
+            out[name] = meta
+        elif lazy and a.digest is not None and a.length is not None:
+            out[name] = {"content_type": a.content_type or "application/octet-stream", "digest": a.digest,
+                         "length": a.length, "revpos": a.revpos or revpos}
+        else:
+            raise att.MissingStub(f"Invalid attachment stub in {id} for {name}: its bytes are not here")
+    return out
 
 
 class Change(NamedTuple):
@@ -140,6 +190,7 @@ class Database:
         self.path = Path(location) / name
         self._closed = True
         self._read_through: ReadThrough | None = None
+        self._att_fetch: AttachmentFetch | None = None
         try:
             location = Path(location)
             if not location.exists():
@@ -187,6 +238,7 @@ class Database:
             return
         self._closed = True
         self._read_through = None
+        self._att_fetch = None
         try:
             self._queries.close()
             self._store.close()
@@ -434,6 +486,8 @@ class Database:
                 raise ConflictError(
                     f"record {id!r} has revision {win}, not {rev}: it was changed since you read it",
                     id=id, current_rev=win)
+            if prev.atts is not None:  # the revision edited keeps its attachments (and other leaves theirs)
+                return self._child(prev, parent, blob, prev.leaf_atts(parent), limit)
             new = revtree.new_rev(parent, False, blob)
             tree2 = dict(tree)
             tree2[new] = (parent, False)
@@ -525,7 +579,7 @@ class Database:
             bodies = dict(prev.bodies)
             del bodies[rev]
             bodies[tombstone] = _TOMBSTONE_BODY
-            return DocState(id, 0, revtree.stem(tree2, self.revs_limit), bodies)
+            return DocState(id, 0, revtree.stem(tree2, self.revs_limit), bodies, _without(prev.atts, (rev,)))
 
         store.put(id, mutate)
         return {"id": id, "rev": tombstone, "deleted": True}
@@ -571,7 +625,10 @@ class Database:
             if not tree[parent][1]:
                 del bodies[parent]
             bodies[new] = blob
-            return DocState(id, 0, revtree.stem(tree2, limit), bodies)
+            tree2 = revtree.stem(tree2, limit)
+            kept = _without(prev.atts, (parent,))  # the deletion has none; other leaves keep theirs
+            return DocState(id, 0, tree2, {r: b for r, b in bodies.items() if r in tree2},
+                            {r: a for r, a in kept.items() if r in tree2} or None if kept else None)
 
         store.put(id, mutate)
         return {"id": id, "rev": out[-1], "deleted": True}
@@ -618,24 +675,367 @@ class Database:
                                         f"{', '.join(live) or 'none'})", id=id, current_rev=win)
             tree2 = dict(tree)
             bodies = dict(prev.bodies)
+            atts = _without(prev.atts, gone)
             for r in gone:
                 tomb = revtree.new_rev(r, True, _TOMBSTONE_BODY)
                 tree2[tomb] = (r, True)
                 del bodies[r]
                 bodies[tomb] = _TOMBSTONE_BODY
             if bodies[win] != blob:
-                new = revtree.new_rev(win, False, blob)
+                kept = prev.leaf_atts(win)
+                new = revtree.new_rev(win, False, blob + att.rev_key(kept))
                 tree2[new] = (win, False)
                 del bodies[win]
                 bodies[new] = blob
+                if kept:  # the winner's attachments stay with the merged revision
+                    atts = {r: a for r, a in (atts or {}).items() if r != win}
+                    atts[new] = kept
             elif not gone:
                 return None  # nothing to change
-            return DocState(id, 0, revtree.stem(tree2, limit), bodies)
+            return DocState(id, 0, revtree.stem(tree2, limit), bodies, atts)
 
         prev, state = store.put(id, mutate)
         data = (state or prev).doc_json  # type: ignore[union-attr]  # one of them exists
         assert data is not None
         return loads_body(data)
+
+    def _child(self, prev: DocState, parent: str, blob: bytes, atts: att.Atts, limit: int) -> DocState:
+        """The state after saving ``blob`` with ``atts`` as the child of leaf ``parent`` of ``prev``."""
+        return self._child_rev(prev, parent, blob, atts, limit)[0]
+
+    def _child_rev(self, prev: DocState, parent: str, blob: bytes, atts: att.Atts,
+                   limit: int) -> tuple[DocState, str]:
+        """The state after saving ``blob`` with ``atts`` as the child of leaf ``parent`` of ``prev``, and the new
+        revision."""
+        new = revtree.new_rev(parent, False, blob + att.rev_key(atts))
+        tree2 = dict(prev.tree)
+        tree2[new] = (parent, False)
+        bodies = dict(prev.bodies)
+        bodies.pop(parent, None)
+        bodies[new] = blob
+        all_atts = {r: a for r, a in (prev.atts or {}).items() if r != parent}
+        if atts:
+            all_atts[new] = atts
+        return DocState(prev.id, 0, revtree.stem(tree2, limit), bodies, all_atts or None), new
+
+    # -- attachments ------------------------------------------------------------------------------------------
+
+    def putattachment(self, id: str, name: str, data: bytes | BinaryIO, content_type: str = "application/octet-stream",
+                      rev: str | None = None) -> str:
+        """Add (or replace) the attachment ``name`` of record ``id``; returns the record's new ``rev``.
+
+        ``data``: bytes, or a binary file object read in chunks (a 1 GiB file never sits whole in RAM). ``rev``:
+        the record's current revision (:class:`ConflictError` if it changed); None creates the record (with an
+        empty body) if it does not exist. The bytes are stored once whatever the number of records holding them
+        (by their SHA-256), compressed when that helps (not JPEG, PNG, zip...)."""
+        store = self._check()
+        id = validate_id(id)
+        name = att.validate_name(name)
+        ctype = att.validate_content_type(content_type)
+        if rev is not None and not revtree.is_rev(rev):
+            raise InvalidDocument(f"rev must be a revision id (N-<32 hex>), not {str(rev)[:80]!r}")
+        stored = self._store_data(store, id, data, ctype)
+        return self._edit_attachments(id, rev, {name: stored}, (), keys=[stored.key])
+
+    def attach(self, id: str, name: str, stored: att.Stored, rev: str | None) -> str:
+        """``putattachment`` of bytes streamed into a blob already (:meth:`finish_attachment`; released here)."""
+        self._check()
+        try:
+            id = validate_id(id)
+            name = att.validate_name(name)
+            if rev is not None and not revtree.is_rev(rev):
+                raise InvalidDocument(f"rev must be a revision id (N-<32 hex>), not {str(rev)[:80]!r}")
+        except BaseException:
+            self.release_attachment(stored)
+            raise
+        return self._edit_attachments(id, rev, {name: stored}, (), keys=[stored.key])
+
+    def deleteattachment(self, id: str, name: str, rev: str) -> str:
+        """Remove the attachment ``name`` from record ``id`` at its current revision ``rev``; returns the new
+        ``rev``. :class:`AttachmentNotFound` if it has none of that name."""
+        self._check()
+        id = validate_id(id)
+        if not revtree.is_rev(rev):
+            raise InvalidDocument(f"deleteattachment needs the record's rev (N-<32 hex>), not {str(rev)[:80]!r}")
+        return self._edit_attachments(id, rev, {}, (name,), keys=[])
+
+    def _edit_attachments(self, id: str, rev: str | None, add: dict[str, att.Stored], remove: tuple[str, ...], *,
+                          keys: list[str]) -> str:
+        limit = self.revs_limit
+        new_rev: list[str] = []
+
+        def mutate(prev: DocState | None) -> DocState:
+            if prev is None or (rev is None and prev.deleted):
+                if rev is not None:
+                    raise ConflictError(f"record {id!r} does not exist, so {rev!r} is not its current revision",
+                                        id=id)
+                if remove:
+                    raise AttachmentNotFound(id, remove[0])
+                base = prev if prev is not None else DocState(id, 0, {}, {})
+                parent = prev.winner if prev is not None else None
+                body = _TOMBSTONE_BODY
+                atts: att.Atts = {}
+            else:
+                win = prev.winner
+                if rev is None:
+                    raise ConflictError(f"record {id!r} already exists (rev {win}); pass its current rev to "
+                                        "change its attachments", id=id, current_rev=win)
+                if rev not in prev.bodies or prev.tree[rev][1]:
+                    raise ConflictError(f"record {id!r} has revision {win}, not {rev}: it was changed since you "
+                                        "read it", id=id, current_rev=win)
+                base, parent, body = prev, rev, prev.bodies[rev]
+                atts = dict(prev.leaf_atts(rev))
+            gen = revtree.rev_gen(parent) + 1 if parent else 1
+            for name in remove:
+                if atts.pop(name, None) is None:
+                    raise AttachmentNotFound(id, name, rev=rev)
+            for name, s in add.items():
+                atts[name] = {"content_type": s.content_type, "digest": s.digest, "length": s.length,
+                              "revpos": gen, "blob": s.key}
+            atts = dict(sorted(atts.items()))
+            if parent is None:
+                new = revtree.new_rev(None, False, body + att.rev_key(atts))
+                state = DocState(id, 0, {new: (None, False)}, {new: body}, {new: atts} if atts else None)
+            else:
+                state, new = self._child_rev(base, parent, body, atts, limit)
+            new_rev.append(new)
+            return state
+
+        self._put_releasing(id, mutate, keys)
+        return new_rev[-1]
+
+    def save_with_attachments(self, record: dict[str, Any], atts: dict[str, att.AttNew] | None) -> dict[str, Any]:
+        """Save ``record`` (``savedoc``'s rules) with exactly the attachments ``atts``: as a CouchDB client's
+        ``PUT`` does (None or ``{}``: the new revision has none). A stub keeps the attachment of that name of the
+        revision edited (:class:`~MyNoSQL.records.attachments.MissingStub` if it has none); bytes (``Inline``, or
+        ``Stored``: this call releases them) are stored. Returns ``{"id", "rev"}``."""
+        self._check()
+        id = record.get("id")
+        fresh = id is None
+        id = new_id() if fresh else validate_id(id)
+        rev = record.get("rev")
+        if rev is not None and not revtree.is_rev(rev):
+            raise InvalidDocument(f"invalid rev format: {str(rev)[:80]!r}")
+        blob, _ = encode_body({k: v for k, v in record.items() if k not in ("id", "rev")})
+        if len(blob) > self.options.max_doc_bytes:
+            raise InvalidDocument(f"record {id!r} is {len(blob)} bytes encoded, over the limit of "
+                                  f"{self.options.max_doc_bytes}")
+        given, keys = self._store_inline(id, atts or {})
+        limit = self.revs_limit
+        result: list[str] = []
+
+        def mutate(prev: DocState | None) -> DocState | None:
+            if prev is None or (rev is None and prev.deleted):
+                if prev is None and rev is not None:
+                    raise ConflictError(f"record {id!r} does not exist, so {rev!r} is not its current revision",
+                                        id=id)
+                parent = prev.winner if prev is not None else None
+                new_atts = _resolve(id, given, None, revtree.rev_gen(parent) + 1 if parent else 1, lazy=False,
+                                    by_name={})
+                if prev is None:
+                    new = revtree.new_rev(None, False, blob + att.rev_key(new_atts))
+                    result.append(new)
+                    return DocState(id, 0, {new: (None, False)}, {new: blob}, {new: new_atts} if new_atts else None)
+                assert parent is not None
+            else:
+                win = prev.winner
+                if rev is None:
+                    raise ConflictError(f"record {id!r} already exists (rev {win}); pass its current rev to update "
+                                        "it", id=id, current_rev=win)
+                if rev not in prev.bodies or prev.tree[rev][1]:
+                    raise ConflictError(f"record {id!r} has revision {win}, not {rev}: it was changed since you "
+                                        "read it", id=id, current_rev=win)
+                parent = rev
+                old = prev.leaf_atts(rev)
+                new_atts = _resolve(id, given, None, revtree.rev_gen(rev) + 1, lazy=False, by_name=old)
+                if prev.bodies[rev] == blob and new_atts == old:
+                    result.append(rev)
+                    return None  # same content: no new revision
+            state, new = self._child_rev(prev, parent, blob, new_atts, limit)
+            result.append(new)
+            return state
+
+        self._put_releasing(id, mutate, keys, fresh=fresh)
+        return {"id": id, "rev": result[-1]}
+
+    def _put_releasing(self, id: str, mutate: Any, keys: list[str], *,
+                       fresh: bool = False) -> tuple[DocState | None, DocState | None]:
+        """``store.put``, then release the blobs ``keys`` (pinned for this write) with the outcome."""
+        store = self._store
+        seq: int | None = None
+        try:
+            prev, new = store.put(id, mutate, fresh=fresh)
+            seq = new.seq if new is not None else None
+            return prev, new
+        finally:
+            for key in keys:
+                store.blobs.release(key, seq)
+
+    def _store_inline(self, id: str, given: dict[str, att.AttNew]) -> tuple[dict[str, att.AttNew], list[str]]:
+        """Store the bytes of ``Inline`` attachments (before the record is written); returns the attachments with
+        those as ``Stored``, and the blobs to release once the record is written (the ``Stored`` given too)."""
+        out: dict[str, att.AttNew] = {}
+        keys: list[str] = [a.key for a in given.values() if isinstance(a, att.Stored)]
+        try:
+            for name, a in given.items():
+                if isinstance(a, att.Inline):
+                    info = self._check().blobs.put(a.data, id, compress=att.worth_compressing(a.content_type))
+                    keys.append(info.key)
+                    out[name] = att.Stored(a.content_type, info.key, att.md5_digest(info.md5), info.length, a.revpos)
+                else:
+                    out[name] = a
+        except BaseException:
+            for key in keys:
+                self._store.blobs.release(key, None)
+            raise
+        return out, keys
+
+    def _store_data(self, store: Store, id: str, data: Any, ctype: str) -> att.Stored:
+        compress = att.worth_compressing(ctype)
+        if isinstance(data, (bytes, bytearray, memoryview)):
+            info = store.blobs.put(bytes(data), id, compress=compress)
+        elif callable(getattr(data, "read", None)):
+            w = store.blobs.writer(compress=compress)
+            try:
+                while True:
+                    chunk = data.read(CHUNK)
+                    if not chunk:
+                        break
+                    if not isinstance(chunk, (bytes, bytearray, memoryview)):
+                        raise InvalidDocument("an attachment's file must be opened in binary mode ('rb')")
+                    w.write(chunk)
+                info = w.finish(id)
+            except BaseException:
+                w.abort()
+                raise
+        else:
+            raise InvalidDocument(f"attachment data must be bytes or a binary file object, not {type(data).__name__}")
+        return att.Stored(ctype, info.key, att.md5_digest(info.md5), info.length, None)
+
+    def attachment_writer(self, content_type: str, max_bytes: int | None = None) -> BlobWriter:
+        """A blob to write an attachment's bytes into as they arrive (a mirror's upload): ``write`` them, then
+        :meth:`finish_attachment` (or ``abort``). Over ``max_bytes``, ``write`` raises ``AttachmentTooLarge``."""
+        return self._check().blobs.writer(compress=att.worth_compressing(content_type), max_bytes=max_bytes)
+
+    def finish_attachment(self, writer: BlobWriter, id: str, content_type: str, *, digest: str | None = None,
+                          revpos: int | None = None, encoded_md5: bytes | None = None,
+                          length: int | None = None) -> att.Stored:
+        """The written blob, pinned for record ``id`` (hand it to :meth:`save_with_attachments` or
+        :meth:`merge_replicated`, which release it). ``digest``: what the sender said it is; an MD5 digest must
+        match the bytes (or ``encoded_md5``, the MD5 of the bytes as they travelled gzip'ed), and ``length`` their
+        length, else :class:`InvalidDocument` and nothing is kept."""
+        if length is not None and writer.length != length:
+            writer.abort()
+            raise InvalidDocument(f"the attachment is {writer.length} bytes, not the {length} its length says")
+        info = writer.finish(id)
+        actual = att.md5_digest(info.md5)
+        if digest is not None and digest.startswith("md5-") and digest != actual \
+                and (encoded_md5 is None or digest != att.md5_digest(encoded_md5)):
+            self._store.blobs.release(info.key, None)
+            raise InvalidDocument("the attachment's digest does not match its data")
+        return att.Stored(content_type, info.key, digest or actual, info.length, revpos)
+
+    def release_attachment(self, stored: att.Stored) -> None:
+        """Drop a ``Stored`` attachment that no record write took (a request that failed on the way)."""
+        self._store.blobs.release(stored.key, None)
+
+    def store_fetched(self, writer: BlobWriter, id: str, digest: str) -> str:
+        """Keep the bytes of ``digest`` a Peer fetched from a mirror (written into ``writer``): they must match
+        the digest (else :class:`InvalidDocument`, nothing kept). Returns the blob."""
+        info = writer.finish(id)
+        store = self._store
+        if digest.startswith("md5-") and att.md5_digest(info.md5) != digest:
+            store.blobs.release(info.key, None)
+            raise InvalidDocument("the attachment bytes a mirror sent do not match their digest")
+        try:
+            store.index.set_fetched(digest, info.key)
+        finally:
+            store.blobs.release(info.key, 0)
+        return info.key
+
+    def set_attachment_fetch(self, fetch: AttachmentFetch | None) -> None:
+        """What ``getattachment`` calls for bytes this database does not hold (a Peer asks its mirror):
+        ``fetch(id, rev, name, metadata)`` stores them (:meth:`store_fetched`) and returns their blob, or raises
+        :class:`DocumentUnavailable`."""
+        self._att_fetch = fetch
+
+    def _held(self, id: str) -> DocState:
+        state = self._check().get_state(id)
+        if state is None:
+            fetch = self._read_through
+            state = fetch(id) if fetch is not None else None
+            if state is None:
+                raise DocumentNotFound(id)
+        return state
+
+    @staticmethod
+    def _leaf(state: DocState, rev: str | None) -> str:
+        if rev is None:
+            leaf = state.winner
+            if state.tree[leaf][1]:
+                raise DocumentNotFound(state.id, deleted=True)
+            return leaf
+        if type(rev) is not str or rev not in state.bodies:
+            raise DocumentNotFound(state.id, rev=str(rev)[:80], known=type(rev) is str and rev in state.tree)
+        if state.tree[rev][1]:
+            raise DocumentNotFound(state.id, deleted=True, rev=rev)
+        return rev
+
+    def attachments(self, id: str, rev: str | None = None) -> dict[str, dict[str, Any]]:
+        """``{name: {"content_type", "length", "digest", "revpos"}}`` of the record's winning revision (or of
+        leaf ``rev``); ``{}`` if it has none."""
+        state = self._held(validate_id(id))
+        return {n: att.public(m) for n, m in state.leaf_atts(self._leaf(state, rev)).items()}
+
+    def attachment_meta(self, state: DocState, rev: str, name: str) -> dict[str, Any]:
+        meta = state.leaf_atts(rev).get(name)
+        if meta is None:
+            raise AttachmentNotFound(state.id, name, rev=rev)
+        return meta
+
+    def local_blob(self, state: DocState, meta: dict[str, Any]) -> str | None:
+        """The blob holding an attachment's bytes here, or None (a Peer that has its stub only)."""
+        store = self._check()
+        key = meta.get("blob")
+        if key is None:
+            found = att.find_blob(state.atts, meta["digest"])
+            key = found["blob"] if found is not None else store.index.fetched_blob(meta["digest"])
+        return key if key is not None and store.blobs.has(key) else None
+
+    def open_blob(self, state: DocState, rev: str, name: str) -> BlobReader:
+        """A reader of the bytes of attachment ``name`` of leaf ``rev`` (fetched first by a Peer that has only
+        its stub)."""
+        meta = self.attachment_meta(state, rev, name)
+        key = self.local_blob(state, meta)
+        if key is None:
+            fetch = self._att_fetch
+            if fetch is None:
+                raise DocumentUnavailable(state.id, f"the bytes of attachment {name!r} are not stored here, and no "
+                                          "mirror is known to ask for them")
+            key = fetch(state.id, rev, name, meta)
+        reader = self._store.blobs.open(key)
+        reader.content_type, reader.digest, reader.revpos = meta["content_type"], meta["digest"], meta["revpos"]
+        return reader
+
+    def openattachment(self, id: str, name: str, rev: str | None = None) -> BlobReader:
+        """The bytes of attachment ``name`` as a binary file object (``read``, ``seek``, ``with``); it holds one
+        chunk (256 KiB) in RAM at a time. Also ``.length``, ``.content_type``, ``.digest``. A Peer that holds only
+        the attachment's stub fetches its bytes from a mirror first (:class:`DocumentUnavailable` if it cannot,
+        within ``Options.read_timeout`` of silence)."""
+        id = validate_id(id)
+        for _attempt in range(3):
+            state = self._held(id)
+            leaf = self._leaf(state, rev)
+            try:
+                return self.open_blob(state, leaf, name)
+            except FileNotFoundError:
+                continue  # compaction deleted the bytes of a revision that changed since: read it again
+        raise AttachmentNotFound(id, name, rev=rev)
+
+    def getattachment(self, id: str, name: str, rev: str | None = None) -> bytes:
+        """The bytes of attachment ``name`` of record ``id`` (its winning revision, or leaf ``rev``)."""
+        with self.openattachment(id, name, rev) as f:
+            return f.read()
 
     def conflicts(self, id: str) -> list[str]:
         """Revisions of ``id`` that lost the winner rule and are not deleted (CouchDB's ``_conflicts``)."""
@@ -863,20 +1263,28 @@ class Database:
         Returns the function that removes it. For the replicator and the server; applications use ``watch``."""
         return self._check().add_listener(listener)
 
-    def put_replicated(self, id: str, path: list[str], deleted: bool, blob: bytes) -> bool:
+    def put_replicated(self, id: str, path: list[str], deleted: bool, blob: bytes,
+                       atts: dict[str, att.AttNew] | None = None, *, lazy: bool = False) -> bool:
         """Merge a revision received by replication (``new_edits=false``). Returns False if it was known.
 
-        ``path`` is the revision and its ancestors, newest first, as in ``_revisions``; ``blob`` its encoded body.
+        ``path`` is the revision and its ancestors, newest first, as in ``_revisions``; ``blob`` its encoded body;
+        ``atts`` its attachments (see :meth:`merge_replicated`).
         """
-        return self.merge_replicated(id, path, deleted, blob) is not None
+        return self.merge_replicated(id, path, deleted, blob, atts, lazy=lazy) is not None
 
-    def merge_replicated(self, id: str, path: list[str], deleted: bool, blob: bytes) -> DocState | None:
-        """``put_replicated`` returning the record's new state (its seq and tree), or None if it was known."""
+    def merge_replicated(self, id: str, path: list[str], deleted: bool, blob: bytes,
+                         atts: dict[str, att.AttNew] | None = None, *, lazy: bool = False) -> DocState | None:
+        """``put_replicated`` returning the record's new state (its seq and tree), or None if it was known.
+
+        ``atts``: the revision's attachments: bytes (:class:`~MyNoSQL.records.attachments.Inline`, or ``Stored``
+        already: this call releases them), or stubs, which name bytes that a leaf of the record here has (the same
+        digest). ``lazy`` (a Peer): a stub whose bytes are not here is kept as a stub (its bytes are fetched when
+        read); else it is a :class:`~MyNoSQL.records.attachments.MissingStub` error, and nothing is written."""
         store = self._check()
         limit = self.revs_limit
         max_leaves = self.options.limits.max_leaves
 
-        def mutate(prev: DocState | None) -> DocState | None:
+        def check_leaves(prev: DocState | None) -> None:
             # A path grafted on anything but a leaf (its newest revision the tree knows) is one more leaf: bounded,
             # or a replicator could make a record of so many conflicting leaves that no batch could carry it
             # (Limits.max_leaves). Checked first: refusing costs no copy of the tree. (Only leaves keep a body.)
@@ -884,21 +1292,55 @@ class Database:
                     and next((r for r in path[1:] if r in prev.tree), None) not in prev.bodies:
                 raise LimitExceeded(f"record {id!r} has {len(prev.bodies)} leaf revisions (conflicting branches), "
                                     "its limit", limit="max_leaves")
+
+        if not atts:
+            if atts is not None:
+                atts = None
+
+            def mutate(prev: DocState | None) -> DocState | None:
+                check_leaves(prev)
+                tree, added = revtree.merge_path(prev.tree if prev else {}, path, deleted)
+                if not added:
+                    return None
+                bodies = dict(prev.bodies) if prev else {}
+                for ancestor in path[1:]:
+                    bodies.pop(ancestor, None)  # a leaf this path extends is a leaf no more
+                bodies[path[0]] = blob
+                tree = revtree.stem(tree, limit)
+                return DocState(id, 0, tree, {r: b for r, b in bodies.items() if r in tree},
+                                _without(prev.atts, path[1:]) if prev is not None else None)
+
+            _prev, new = store.put(id, mutate)
+            return new
+
+        given, keys = self._store_inline(id, atts)
+        gen = revtree.rev_gen(path[0])
+
+        def mutate_atts(prev: DocState | None) -> DocState | None:
+            check_leaves(prev)
             tree, added = revtree.merge_path(prev.tree if prev else {}, path, deleted)
             if not added:
                 return None
+            new_atts = _resolve(id, given, prev.atts if prev is not None else None, gen, lazy=lazy, by_name=None)
             bodies = dict(prev.bodies) if prev else {}
+            all_atts = dict(prev.atts or {}) if prev else {}
             for ancestor in path[1:]:
-                bodies.pop(ancestor, None)  # a leaf this path extends is a leaf no more
+                bodies.pop(ancestor, None)
+                all_atts.pop(ancestor, None)
             bodies[path[0]] = blob
+            if new_atts:
+                all_atts[path[0]] = new_atts
             tree = revtree.stem(tree, limit)
-            return DocState(id, 0, tree, {r: b for r, b in bodies.items() if r in tree})
+            return DocState(id, 0, tree, {r: b for r, b in bodies.items() if r in tree},
+                            {r: a for r, a in all_atts.items() if r in tree} or None)
 
-        _prev, new = store.put(id, mutate)
-        return new
+        return self._put_releasing(id, mutate_atts, keys)[1]
 
-    def revs_diff(self, query: dict[str, list[str]]) -> dict[str, list[str]]:
-        """For each id, the revisions of the list that this database does not have."""
+    def revs_diff(self, query: dict[str, list[str]],
+                  ancestors: dict[str, list[str]] | None = None) -> dict[str, list[str]]:
+        """For each id, the revisions of the list that this database does not have. ``ancestors``, if given, is
+        filled with CouchDB's ``possible_ancestors``: per id, the leaves here of a lower generation than a missing
+        revision (a sender sends their attachments as stubs: ``atts_since``)."""
         store = self._check()
         out: dict[str, list[str]] = {}
         for id, revs in query.items():
@@ -906,6 +1348,11 @@ class Database:
             missing = revtree.revs_diff(state.tree if state else None, revs)
             if missing:
                 out[id] = missing
+                if ancestors is not None and state is not None:
+                    top = max(revtree.rev_gen(r) for r in missing)
+                    found = [r for r in state.bodies if revtree.rev_gen(r) < top and not state.tree[r][1]]
+                    if found:
+                        ancestors[id] = found
         return out
 
     def local_get(self, id: str) -> dict[str, Any] | None:

@@ -5,7 +5,9 @@ Every error the library raises on purpose derives from :class:`MyNoSQLError`::
     MyNoSQLError(Exception)
      ├── ConflictError                 a save or delete names a revision that is not the current one
      ├── DocumentNotFound(KeyError)    no such record (or it was deleted)
-     │    └── DocumentUnavailable      a peer does not hold it and no mirror could be asked (says why)
+     │    ├── DocumentUnavailable      a peer does not hold it (or an attachment's bytes) and no mirror could be
+     │    │                            asked (says why)
+     │    └── AttachmentNotFound       the record has no attachment of that name
      ├── IndexNotFound(KeyError)       no secondary index of that name
      ├── InvalidDocument(ValueError)   the record, its id or a value is not acceptable; nothing was written
      │    ├── InvalidValueType(TypeError)  a value of a type that cannot be stored, with its key path
@@ -73,6 +75,17 @@ class DocumentUnavailable(DocumentNotFound):
         super().__init__(id)
         self.reason = reason
         self.args = (f"record {id!r} is not held here and no mirror could be asked for it: {reason}",)
+
+
+class AttachmentNotFound(DocumentNotFound):
+    """The record exists but its revision has no attachment of this name (``name``)."""
+
+    def __init__(self, id: str, name: str, *, rev: str | None = None) -> None:
+        super().__init__(id)
+        self.name = name
+        self.rev = rev
+        where = f"revision {rev} of record {id!r}" if rev else f"record {id!r}"
+        self.args = (f"{where} has no attachment {name!r}",)
 
 
 class IndexNotFound(MyNoSQLError, KeyError):

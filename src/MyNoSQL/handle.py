@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from .database import Change, default_location
 from .errors import DatabaseClosed
@@ -119,6 +119,36 @@ class MyNoSQL:
     def conflicts(self, id: str) -> list[str]:
         """Revisions of ``id`` that lost the winner rule and are not deleted (CouchDB's ``_conflicts``)."""
         return self.db.conflicts(id)
+
+    def putattachment(self, id: str, name: str, data: bytes | BinaryIO, content_type: str = "application/octet-stream",
+                      rev: str | None = None) -> str:
+        """Add or replace the attachment ``name`` (``photos/a.jpg``...) of record ``id``; returns its new ``rev``.
+
+        ``data``: bytes, or a binary file object (``open(path, "rb")``), read in chunks: a big file never sits whole
+        in RAM. ``rev``: the record's current revision (:class:`ConflictError` if it changed); without it, a record
+        that does not exist is created (empty body). The same bytes in many records are stored once. Attachments
+        replicate with the record (to mirrors, CouchDB, PouchDB); ``savedoc`` keeps them, ``deletedoc`` drops them;
+        ``readdoc`` does not show them (see :meth:`attachments`)."""
+        return self.db.putattachment(id, name, data, content_type, rev)
+
+    def getattachment(self, id: str, name: str, rev: str | None = None) -> bytes:
+        """The bytes of attachment ``name`` of record ``id`` (:class:`AttachmentNotFound` if it has none). A Peer
+        that holds only its stub asks its mirror for the bytes (:class:`DocumentUnavailable` if none answers)."""
+        return self.db.getattachment(id, name, rev)
+
+    def openattachment(self, id: str, name: str, rev: str | None = None) -> BinaryIO:
+        """The bytes of attachment ``name`` as a binary file object (``read``, ``seek``; use ``with``), read a chunk
+        at a time; ``.length``, ``.content_type`` and ``.digest`` describe them."""
+        return self.db.openattachment(id, name, rev)  # type: ignore[return-value]  # a RawIOBase: a binary file
+
+    def attachments(self, id: str) -> dict[str, dict[str, Any]]:
+        """``{name: {"content_type", "length", "digest", "revpos"}}`` of the record's attachments (``{}``: none).
+        ``digest`` is CouchDB's (``"md5-<base64>"``); ``revpos`` the generation of the revision that added them."""
+        return self.db.attachments(id)
+
+    def deleteattachment(self, id: str, name: str, rev: str) -> str:
+        """Remove the attachment ``name`` of record ``id`` (current revision ``rev``); returns the new ``rev``."""
+        return self.db.deleteattachment(id, name, rev)
 
     def resolve(self, id: str, merged: dict[str, Any], losers: list[str] | None = None) -> dict[str, Any]:
         """Resolve a conflict in one step: save ``merged`` on the winning revision and delete the losing ones

@@ -125,6 +125,7 @@ class Node(Database):
             peer = self._peer = PeerSync(self, self.options)
             loop.run(peer.start(), timeout=30)
             self.set_read_through(self._fetch)
+            self.set_attachment_fetch(self._fetch_attachment)
 
     def _stop_services(self, final_push: float) -> None:
         """Stop what runs, in the order of the module docstring (steps 1-4)."""
@@ -132,6 +133,7 @@ class Node(Database):
         self._loop = self._peer = self._server = self._pulls = None
         self._running = None
         self.set_read_through(None)
+        self.set_attachment_fetch(None)
         if loop is None:
             return
         try:
@@ -190,6 +192,20 @@ class Node(Database):
         if why is not None:
             raise DocumentUnavailable(id, why)
         return self.state(id) if found else None
+
+    def _fetch_attachment(self, id: str, rev: str, name: str, meta: dict[str, Any]) -> str:
+        """The read-through of a Peer for attachment bytes: download them from a mirror (see
+        :meth:`PeerSync.fetch_attachment`: each step within ``Options.read_timeout``)."""
+        loop, peer = self._loop, self._peer
+        if loop is None or peer is None:
+            raise DocumentUnavailable(id, f"the bytes of attachment {name!r} are not stored here and this database "
+                                      "does not replicate now")
+        try:
+            return loop.run(peer.fetch_attachment(id, rev, name, meta), timeout=None)
+        except DocumentUnavailable:
+            raise
+        except (MyNoSQLError, RuntimeError, OSError) as exc:
+            raise DocumentUnavailable(id, f"the bytes of attachment {name!r}: {exc}") from exc
 
     @property
     def server_url(self) -> str | None:

@@ -12,9 +12,11 @@ Durability = Literal["process", "power"]
 class Limits:
     """What a mirror accepts from a client. Over a limit: a 4xx answer with a JSON error, nothing written."""
 
-    max_request_bytes: int = 32 * 1024 * 1024  # one request body (once decompressed)
+    max_request_bytes: int = 32 * 1024 * 1024  # one request body, once decompressed (JSON: attachments inline
+    #                                               in base64 included)
     max_json_values: int = 2_000_000  # JSON values and keys in one request body, counted before it is parsed
     #                                   (its commas, colons and brackets: ~130 MB of parsed objects at most)
+    max_attachment_bytes: int = 1024 * 1024 * 1024  # one attachment (its bytes stream to disk: not held in RAM)
     max_batch: int = 10_000  # documents (or ids) in one _bulk_docs, _bulk_get or _revs_diff
     max_answer_bytes: int = 64 * 1024 * 1024  # documents in one _bulk_get or open_revs answer (one document
     #                                           is always answered, whatever its size)
@@ -38,8 +40,8 @@ class Limits:
     def __post_init__(self) -> None:
         if not 1 <= self.max_depth <= 200:
             raise ValueError("max_depth must be between 1 and 200 (the deepest nesting a record may have)")
-        for name in ("max_request_bytes", "max_json_values", "max_batch", "max_answer_bytes", "max_revisions",
-                     "max_leaves", "max_local_docs", "max_local_bytes", "max_connections",
+        for name in ("max_request_bytes", "max_json_values", "max_attachment_bytes", "max_batch", "max_answer_bytes",
+                     "max_revisions", "max_leaves", "max_local_docs", "max_local_bytes", "max_connections",
                      "max_connections_per_address", "max_auth_failures"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1")

@@ -224,11 +224,6 @@ def test_ids_and_members_a_mirror_refuses(secured: Serve) -> None:
     # the ids the URL routes refuse, _bulk_docs refuses too (one set of rules)
     code, _, body = request("POST", f"{db}/_bulk_docs", {"docs": [{"_id": "dotdot/../x"}]}, user="alice")
     assert code == 400 and "path segments" in body["reason"], body
-    for doc, why in (({"_id": "m1", "_rev": "1-" + "a" * 32, "_attachments": {}}, "attachments are not supported"),):
-        for new_edits in (False, True):  # refused one by one, as CouchDB does: a batch around them goes on
-            code, _, body = request("POST", f"{db}/_bulk_docs", {"docs": [doc], "new_edits": new_edits}, user="alice")
-            assert code == 201 and body == [{"id": doc["_id"], "error": "forbidden", "reason": why}], (doc, body)
-        assert request("PUT", f"{db}/{doc['_id']}", doc, user="alice")[0] == 400
     # an unknown special member fails the whole request, as CouchDB's doc_validation does
     bad = {"_id": "m2", "_rev": "1-" + "a" * 32, "_unknown": 1}
     for new_edits in (False, True):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import fcntl
 import json
 import os
@@ -171,6 +172,32 @@ def test_export_import_round_trip_of_100000_records_with_conflicts(tmp_path: Pat
         assert got == expected  # same ids, same revision trees (conflicts, tombstones), same bodies
         assert len(h) == 99_999 and len(h.conflicts("r000001")) == 1
     assert run("verify", "--path", str(tmp_path), "--db", "dst").returncode == 0
+
+
+def test_export_import_round_trip_of_attachments(tmp_path: Path) -> None:
+    photo, note = os.urandom(300_000), b"a note"
+    with MyNoSQL.MyNoSQL(tmp_path) as h:
+        h.opendb("src")
+        h.savedoc({"id": "plain", "v": 1})
+        rev = h.putattachment("a", "photos/p.jpg", photo, "image/jpeg")
+        h.putattachment("a", "note.txt", note, "text/plain", rev)
+        h.putattachment("b", "same.jpg", photo, "image/jpeg")
+    dump = tmp_path / "dump.jsonl"
+    assert run("export", "--path", str(tmp_path), "--db", "src", str(dump)).returncode == 0
+    lines = {json.loads(line)["id"]: json.loads(line) for line in dump.open("rb")}
+    assert "attachments" not in lines["plain"]  # a record without attachments: the line it always was
+    out = run("import", "--path", str(tmp_path), "--db", "dst", str(dump), "--json")
+    assert out.returncode == 0 and json.loads(out.stdout) == {"imported": 3, "errors": 0}, out.stderr
+    with MyNoSQL.MyNoSQL(tmp_path) as h:
+        h.opendb("dst")
+        assert h.getattachment("a", "photos/p.jpg") == photo and h.getattachment("a", "note.txt") == note
+        assert h.attachments("b")["same.jpg"]["revpos"] == 1 and h.getattachment("b", "same.jpg") == photo
+        assert len(list((tmp_path / "dst" / "attachments").glob("??/*"))) == 2
+    bad = lines["a"]
+    leaf = next(iter(bad["attachments"]))
+    bad["attachments"][leaf]["note.txt"]["data"] = base64.b64encode(b"tampered").decode()
+    out = run("import", "--path", str(tmp_path), "--db", "dst2", "-", input=json.dumps(bad).encode() + b"\n")
+    assert out.returncode == 1 and b"digest" in out.stderr
 
 
 def test_verify_catches_a_flipped_byte(tmp_path: Path) -> None:

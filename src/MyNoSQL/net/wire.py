@@ -8,25 +8,34 @@ The body is the record's stored JSON (see :mod:`MyNoSQL.records.codec`: values t
 one-key ``{"$tag": ...}`` objects). CouchDB reserves top-level keys that start with ``_``, so a record's own
 top-level key ``_x`` travels as ``$_x`` and is mapped back on arrival (a document from elsewhere with a
 top-level ``$_x`` key therefore arrives as ``_x``).
+
+A revision's attachments travel as CouchDB's ``_attachments``: stubs (``{"content_type", "revpos", "digest",
+"length", "stub": true}``), or with their bytes (``"data": "<base64>"``, or ``"follows": true`` in a multipart
+body) when the receiver does not have them (see :mod:`MyNoSQL.records.attachments`).
 """
 
 from __future__ import annotations
 
+import base64
+from collections.abc import Callable
 from typing import Any
 
 import orjson
 
 from ..errors import InvalidDocument
+from ..records import attachments as att
 from ..records import revtree
 from ..records.codec import dumps_exact, loads_body
 from ..records.revtree import DocState
 
 # Keys a document may carry on the wire besides its body; others starting with "_" are refused.
 _WIRE_META = frozenset(("_id", "_rev", "_deleted", "_revisions", "_conflicts", "_deleted_conflicts",
-                        "_revs_info", "_local_seq"))
+                        "_revs_info", "_local_seq", "_attachments"))
 # Special members CouchDB keeps in a document's body (its replicator's state): stored and sent as they are.
 KEPT_SPECIAL = frozenset(("_replication_id", "_replication_state", "_replication_state_time",
                           "_replication_stats", "_replication_state_reason"))
+# What doc_to_wire asks for the bytes of an attachment it sends with them: (name, metadata) -> bytes
+AttData = Callable[[str, dict[str, Any]], bytes]
 
 
 def body_to_wire(blob: bytes) -> dict[str, Any]:
@@ -37,10 +46,10 @@ def body_to_wire(blob: bytes) -> dict[str, Any]:
 
 
 def unsupported_member(doc: dict[str, Any]) -> str | None:
-    """Why a document's ``_`` members make it one this database does not take (attachments...), or None."""
+    """Why a document's ``_`` members make it one this database does not take, or None."""
     for k in doc:
         if k[:1] == "_" and k not in _WIRE_META and k not in KEPT_SPECIAL:
-            return "attachments are not supported" if k == "_attachments" else f"Bad special document member: {k}"
+            return f"Bad special document member: {k}"
     return None
 
 
@@ -57,13 +66,19 @@ def revisions(state: DocState, rev: str) -> dict[str, Any]:
     return {"start": revtree.rev_gen(rev), "ids": [r.partition("-")[2] for r in chain]}
 
 
-def doc_to_wire(state: DocState, rev: str, *, revs: bool = False, conflicts: bool = False) -> dict[str, Any]:
-    """The CouchDB document for leaf ``rev`` of ``state``."""
+def doc_to_wire(state: DocState, rev: str, *, revs: bool = False, conflicts: bool = False,
+                data: AttData | None = None, since: int = 0, follows: bool = False) -> dict[str, Any]:
+    """The CouchDB document for leaf ``rev`` of ``state``. Its attachments are stubs, unless ``data`` is given:
+    then those added after generation ``since`` (CouchDB's ``atts_since``) carry their bytes (``data(name,
+    meta)``), or ``"follows": true`` with ``follows`` (their bytes come in the parts of a multipart body)."""
     doc: dict[str, Any] = {"_id": state.id, "_rev": rev}
     deleted = state.tree[rev][1]
     if deleted:
         doc["_deleted"] = True
     doc.update(body_to_wire(state.bodies[rev]))
+    atts = state.atts
+    if atts is not None and rev in atts:
+        doc["_attachments"] = attachments_to_wire(atts[rev], data, since, follows)
     if revs:
         doc["_revisions"] = revisions(state, rev)
     if conflicts:
@@ -73,16 +88,39 @@ def doc_to_wire(state: DocState, rev: str, *, revs: bool = False, conflicts: boo
     return doc
 
 
+def attachments_to_wire(atts: att.Atts, data: AttData | None, since: int, follows: bool) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for name, meta in atts.items():
+        if (data is None and not follows) or meta["revpos"] <= since:
+            out[name] = att.stub(meta)
+        elif follows:
+            out[name] = {"content_type": meta["content_type"], "revpos": meta["revpos"], "digest": meta["digest"],
+                         "length": meta["length"], "follows": True}
+        else:
+            assert data is not None
+            out[name] = {"content_type": meta["content_type"], "revpos": meta["revpos"], "digest": meta["digest"],
+                         "data": base64.b64encode(data(name, meta)).decode("ascii")}
+    return out
+
+
+def needs_bytes(doc: dict[str, Any]) -> bool:
+    """Whether a document read from elsewhere has attachments that are stubs (their bytes to be asked for)."""
+    atts = doc.get("_attachments")
+    return isinstance(atts, dict) and any(isinstance(a, dict) and a.get("stub") is True for a in atts.values())
+
+
 class WireDoc:
     """A document received with ``new_edits=false``, checked and ready to merge."""
 
-    __slots__ = ("blob", "deleted", "id", "path")
+    __slots__ = ("atts", "blob", "deleted", "id", "path")
 
-    def __init__(self, id: str, path: list[str], deleted: bool, blob: bytes) -> None:
+    def __init__(self, id: str, path: list[str], deleted: bool, blob: bytes,
+                 atts: dict[str, att.AttIn] | None = None) -> None:
         self.id = id
         self.path = path  # leaf first, then ancestors, newest to oldest
         self.deleted = deleted
         self.blob = blob
+        self.atts = atts  # its _attachments, checked (None: it has none)
 
 
 def check_depth(value: Any, limit: int) -> None:
@@ -111,7 +149,7 @@ def encode_checked(value: Any, max_depth: int) -> bytes:
 
 
 def doc_from_wire(doc: Any, *, validate_id: Any, max_bytes: int, max_revs: int, max_depth: int = 100,
-                  max_history: int = 1000) -> WireDoc:
+                  max_history: int = 1000, max_attachment_bytes: int | None = None) -> WireDoc:
     """Check a CouchDB document sent for replication; raise InvalidDocument with CouchDB's wording."""
     if not isinstance(doc, dict):
         raise InvalidDocument("document must be a JSON object")
@@ -155,7 +193,9 @@ def doc_from_wire(doc: Any, *, validate_id: Any, max_bytes: int, max_revs: int, 
         raise InvalidDocument(f"document is {len(blob)} bytes, over the limit of {max_bytes}")
     if blob.find(b'"$') >= 0:
         decode_body(blob)  # the tagged values must decode
-    return WireDoc(id, path, deleted, blob)
+    atts = doc.get("_attachments")
+    return WireDoc(id, path, deleted, blob,
+                   None if atts is None else att.parse_attachments(atts, max_bytes=max_attachment_bytes))
 
 
 def decode_body(data: bytes) -> dict[str, Any]:

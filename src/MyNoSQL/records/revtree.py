@@ -34,6 +34,7 @@ STRICT_REV_RE = re.compile(r"^[1-9][0-9]{0,9}-[0-9a-f]{32}$")
 
 # node: rev -> (parent rev or None, deleted)
 Tree = dict[str, tuple[str | None, bool]]
+_NO_ATTS: dict[str, dict[str, Any]] = {}
 
 
 def is_rev(rev: Any) -> bool:
@@ -157,14 +158,19 @@ class DocState:
     """Everything stored about one record: its id, last change seq, revision tree and leaf bodies."""
 
     __slots__ = (
-        "__weakref__", "_json", "_win", "bodies", "decoded", "disk_loc", "hit", "id", "in_x", "raw", "seq", "tree"
+        "__weakref__", "_json", "_win", "atts", "bodies", "decoded", "disk_loc", "hit", "id", "in_x", "raw", "seq",
+        "tree"
     )
 
-    def __init__(self, id: str, seq: int, tree: Tree, bodies: dict[str, bytes]) -> None:
+    def __init__(self, id: str, seq: int, tree: Tree, bodies: dict[str, bytes],
+                 atts: dict[str, dict[str, dict[str, Any]]] | None = None) -> None:
         self.id = id
         self.seq = seq
         self.tree = tree
         self.bodies = bodies  # leaf rev -> encoded body (JSON bytes); deleted leaves keep theirs too
+        # leaf rev -> {attachment name: metadata} (see records/attachments.py), for the leaves that have any;
+        # None when none has (most records): never an empty dict. Never mutated once the state is built.
+        self.atts = atts
         # Where the newest on-disk state of this id is (bno << 8 | slot), -1 if none; and whether its index row
         # is in the collision table. Storage bookkeeping, not part of the encoding.
         self.disk_loc = -1
@@ -211,32 +217,51 @@ class DocState:
         tree = self.tree
         return [r for r in sorted_leaves(tree)[1:] if tree[r][1]]
 
+    def leaf_atts(self, rev: str) -> dict[str, dict[str, Any]]:
+        """The attachments of leaf ``rev`` (an empty dict when it has none: do not change it)."""
+        atts = self.atts
+        return atts.get(rev, _NO_ATTS) if atts is not None else _NO_ATTS
+
     # -- encoding ---------------------------------------------------------------------------------------------
-    # record := meta_len u32 | meta JSON [id, seq, [[rev, parent_index, deleted], ...], [[node, body_len], ...]]
+    # record := meta_len u32 | meta JSON [id, seq, [[rev, parent_index, deleted], ...], [[node, body_len], ...]
+    #                                     (, [[node, {name: attachment}], ...] when a leaf has attachments)]
     #           | body bytes, in the order of the meta list
 
     def to_bytes(self) -> bytes:
         tree, bodies = self.tree, self.bodies
+        if self.atts is not None:
+            return self._to_bytes_general()
         if len(tree) == 1 and len(bodies) == 1:  # one revision, the usual case: the general path's bytes, faster
             for rev, (parent, deleted) in tree.items():
                 body = bodies.get(rev)
                 if parent is None and body is not None:
                     meta = orjson.dumps([self.id, self.seq, [[rev, -1, 1 if deleted else 0]], [[0, len(body)]]])
                     return _U32(len(meta)) + meta + body
+        return self._to_bytes_general()
+
+    def _to_bytes_general(self) -> bytes:
         index = {}
         nodes: list[list[Any]] = []
         for i, (rev, (parent, deleted)) in enumerate(self.tree.items()):
             index[rev] = i
             nodes.append([rev, -1 if parent is None else index[parent], 1 if deleted else 0])
         lens = [[index[r], len(b)] for r, b in self.bodies.items()]
-        meta = orjson.dumps([self.id, self.seq, nodes, lens])
+        head: list[Any] = [self.id, self.seq, nodes, lens]
+        if self.atts:
+            head.append([[index[r], a] for r, a in self.atts.items()])
+        meta = orjson.dumps(head)
         return b"".join((_U32(len(meta)), meta, *self.bodies.values()))
 
     @classmethod
     def from_bytes(cls, data: bytes | memoryview) -> DocState:
         try:
             (mlen,) = struct.unpack_from("<I", data, 0)
-            id, seq, nodes, lens = orjson.loads(data[4 : 4 + mlen])
+            head = orjson.loads(data[4 : 4 + mlen])
+            atts = None
+            if len(head) == 4:
+                id, seq, nodes, lens = head
+            else:
+                id, seq, nodes, lens, by_node = head
             revs = [n[0] for n in nodes]
             tree: Tree = {n[0]: (None if n[1] < 0 else revs[n[1]], bool(n[2])) for n in nodes}
             bodies: dict[str, bytes] = {}
@@ -246,6 +271,10 @@ class DocState:
                 pos += blen
             if pos != len(data) or not tree:
                 raise ValueError("record length mismatch")
+            if len(head) != 4:
+                atts = {revs[idx]: a for idx, a in by_node} or None
+                if atts is not None and not all(type(a) is dict and r in bodies for r, a in atts.items()):
+                    raise ValueError("attachments of a revision that has no body")
         except (ValueError, TypeError, IndexError, KeyError, struct.error) as exc:
             raise CorruptionError(f"undecodable record: {exc}") from exc
-        return cls(id, seq, tree, bodies)
+        return cls(id, seq, tree, bodies, atts)

@@ -8,12 +8,14 @@ translated here, at one boundary, into :class:`~MyNoSQL.errors.RemoteError` (``r
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gzip
 import hashlib
 import logging
+import secrets
 import ssl
 import urllib.parse
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from itertools import islice
 from typing import Any, Protocol
 
@@ -21,12 +23,14 @@ import aiohttp
 import orjson
 
 from ..database import Database
-from ..errors import InvalidDocument, RemoteError
+from ..errors import DocumentNotFound, InvalidDocument, RemoteError
 from ..net import wire
 from ..net.urls import basic_authorization, db_url, redact_url
 from ..options import Options
-from ..records.ids import validate_id
+from ..records import attachments as att
+from ..records.ids import DESIGN_PREFIX, validate_id
 from ..records.revtree import DocState
+from ..storage.blobs import BlobReader
 
 __all__ = ["Endpoint", "HttpEndpoint", "LocalEndpoint", "client_session", "push_checkpoint_id", "replication_id"]
 
@@ -57,17 +61,50 @@ def _network_kind(exc: BaseException) -> str:
     return "unreachable"
 
 
+HOP = 1024 * 1024  # attachment bytes handed to a worker thread (or read from the network) at a time
+
+# What a target asks for an attachment's bytes while it writes a document: name -> the bytes, a chunk at a time
+Fetch = Callable[[str], AsyncIterator[bytes]]
+
+
+def doc_path(id: str) -> str:
+    """The URL path of a document (``/id``, quoted; ``/_design/name`` keeps its slash, as CouchDB wants it)."""
+    if id.startswith(DESIGN_PREFIX):
+        return "/_design/" + urllib.parse.quote(id[len(DESIGN_PREFIX):], safe="")
+    return "/" + urllib.parse.quote(id, safe="")
+
+
+def attachment_path(id: str, name: str) -> str:
+    return doc_path(id) + "/" + "/".join(urllib.parse.quote(part, safe="") for part in name.split("/"))
+
+
+async def rechunk(chunks: AsyncIterator[bytes], size: int = HOP) -> AsyncIterator[bytes]:
+    """The same bytes in pieces of about ``size`` (fewer thread hops for a writer)."""
+    buf = bytearray()
+    async for chunk in chunks:
+        buf += chunk
+        if len(buf) >= size:
+            yield bytes(buf)
+            buf.clear()
+    if buf:
+        yield bytes(buf)
+
+
 class Endpoint(Protocol):
     """What the replicator needs of either side."""
 
     identity: str  # a stable name for replication ids (a URL without credentials, or a path)
+    inline_bytes: int  # a document's attachments up to this many bytes go inline (base64) in _bulk_docs
 
     async def info(self) -> dict[str, Any]: ...
     async def changes(
         self, since: Any, limit: int, timeout: float | None = None
     ) -> tuple[list[dict[str, Any]], Any]: ...
-    async def revs_diff(self, query: dict[str, list[str]]) -> dict[str, list[str]]: ...
+    async def revs_diff(self, query: dict[str, list[str]],
+                        ancestors: dict[str, list[str]] | None = None) -> dict[str, list[str]]: ...
     async def bulk_get(self, wants: dict[str, list[str]]) -> list[dict[str, Any]]: ...
+    def attachment_chunks(self, id: str, rev: str | None, name: str) -> AsyncIterator[bytes]: ...
+    async def put_with_attachments(self, doc: dict[str, Any], fetch: Fetch) -> int: ...
     async def bulk_docs(
         self, docs: Sequence[dict[str, Any]], checkpoint: tuple[str, dict[str, Any]] | None = None
     ) -> tuple[list[dict[str, Any]], int, bool]: ...
@@ -79,10 +116,16 @@ SMALL = 64  # below this many changes or documents, local work runs inline on th
 
 
 class LocalEndpoint:
-    """A database of this process. Blocking work runs in worker threads, off the event loop."""
+    """A database of this process. Blocking work runs in worker threads, off the event loop.
 
-    def __init__(self, db: Database, *, ids: set[str] | None = None) -> None:
+    ``lazy`` (a Peer downloading records): attachments that arrive as stubs whose bytes are not here are kept as
+    stubs (their bytes are fetched when read); else a stub must name bytes held here."""
+
+    inline_bytes = 0  # a local target takes every attachment's bytes as a stream
+
+    def __init__(self, db: Database, *, ids: set[str] | None = None, lazy: bool = False) -> None:
         self.db = db
+        self.lazy = lazy
         self.identity = local_identity(db)
         # The states the last changes() read: bulk_get serves the same batch from them instead of looking every
         # record up again (a revision's body and ancestry never change, so an older state serves it as well).
@@ -104,8 +147,59 @@ class LocalEndpoint:
             return read()  # a few changes, from the memtable: a thread hop would cost more than the work
         return await asyncio.to_thread(read)
 
-    async def revs_diff(self, query: dict[str, list[str]]) -> dict[str, list[str]]:
-        return await asyncio.to_thread(self.db.revs_diff, query)
+    async def revs_diff(self, query: dict[str, list[str]],
+                        ancestors: dict[str, list[str]] | None = None) -> dict[str, list[str]]:
+        return await asyncio.to_thread(self.db.revs_diff, query, ancestors)
+
+    async def attachment_chunks(self, id: str, rev: str | None, name: str) -> AsyncIterator[bytes]:
+        """The bytes of an attachment (a Peer that holds only its stub fetches them from a mirror first)."""
+
+        def open_() -> BlobReader:
+            state = self.db.state(id)
+            if state is None:
+                raise DocumentNotFound(id)
+            return self.db.open_blob(state, rev or state.winner, name)
+
+        reader = await asyncio.to_thread(open_)
+        try:
+            while True:
+                data = await asyncio.to_thread(reader.read, HOP)
+                if not data:
+                    break
+                yield data
+        finally:
+            reader.close()
+
+    async def put_with_attachments(self, doc: dict[str, Any], fetch: Fetch) -> int:
+        """Write a replicated revision whose attachments marked ``follows`` come from ``fetch(name)``, each
+        streamed to disk as it arrives. Returns 1 if the revision was new here."""
+        opts = self.db.options
+        w = wire.doc_from_wire(doc, validate_id=validate_id, max_bytes=opts.max_doc_bytes, max_revs=opts.revs_limit)
+        db = self.db
+        given: dict[str, att.AttNew] = {}
+        stored: list[att.Stored] = []
+        try:
+            for name, a in (w.atts or {}).items():
+                if not isinstance(a, att.Follows):
+                    given[name] = a
+                    continue
+                writer = await asyncio.to_thread(db.attachment_writer, a.content_type)
+                try:
+                    async for chunk in rechunk(fetch(name)):
+                        await asyncio.to_thread(writer.write, chunk)
+                    s = await asyncio.to_thread(db.finish_attachment, writer, w.id, a.content_type, digest=a.digest,
+                                                revpos=a.revpos, length=a.length)
+                except BaseException:
+                    await asyncio.to_thread(writer.abort)
+                    raise
+                stored.append(s)
+                given[name] = s
+        except BaseException:
+            for s in stored:
+                db.release_attachment(s)
+            raise
+        new = await asyncio.to_thread(db.merge_replicated, w.id, w.path, w.deleted, w.blob, given, lazy=self.lazy)
+        return 0 if new is None else 1
 
     async def bulk_get(self, wants: dict[str, list[str]]) -> list[dict[str, Any]]:
         def read() -> list[dict[str, Any]]:
@@ -139,7 +233,13 @@ class LocalEndpoint:
                 try:
                     w = wire.doc_from_wire(doc, validate_id=validate_id, max_bytes=opts.max_doc_bytes,
                                                max_revs=opts.revs_limit)
-                    written += self.db.put_replicated(w.id, w.path, w.deleted, w.blob)
+                    atts = w.atts
+                    if atts is not None and any(isinstance(a, att.Follows) for a in atts.values()):
+                        raise InvalidDocument("follows: true needs a multipart body")
+                    written += self.db.put_replicated(w.id, w.path, w.deleted, w.blob, atts,  # type: ignore[arg-type]
+                                                      lazy=self.lazy)
+                except att.MissingStub as exc:
+                    errors.append({"id": doc.get("_id"), "error": "missing_stub", "reason": str(exc)})
                 except InvalidDocument as exc:
                     errors.append({"id": doc.get("_id") if isinstance(doc, dict) else None,
                                    "error": "forbidden", "reason": str(exc)})
@@ -158,6 +258,8 @@ class LocalEndpoint:
 
 class HttpEndpoint:
     """A database on a CouchDB-compatible server (a MyNoSQL mirror, CouchDB, PouchDB Server)."""
+
+    inline_bytes = 64 * 1024  # attachments of a document up to this size go base64 in _bulk_docs, else multipart
 
     def __init__(self, session: aiohttp.ClientSession, db_url: str, *, timeout: float = 30.0,
                  client: str | None = None) -> None:
@@ -178,15 +280,33 @@ class HttpEndpoint:
         # (X-MyNoSQL-Update-Seq, an extension): how far behind its feed a pull is (replication lag).
         self.update_seq: int | None = None
 
-    async def request(self, method: str, path: str, *, params: dict[str, str] | None = None, body: Any = None,
-                      ok: tuple[int, ...] = (200, 201, 202), timeout: float | None = None) -> Any:
-        url = self.url + path
-        data = None if body is None else orjson.dumps(body)
-        headers = {"Accept": "application/json"}
+    def _headers(self, accept: str = "application/json") -> dict[str, str]:
+        headers = {"Accept": accept}
         if self.client is not None:
             headers["X-MyNoSQL-Client"] = self.client
         if self._auth is not None:
             headers["Authorization"] = self._auth
+        return headers
+
+    @contextlib.contextmanager
+    def _translated(self, method: str, path: str, timeout: float | None = None) -> Iterator[None]:
+        """Foreign errors of the HTTP client as RemoteError (the one boundary)."""
+        try:
+            yield
+        except RemoteError:
+            raise
+        except asyncio.TimeoutError as exc:
+            raise RemoteError(f"{method} {self.url}{path}: no answer within {timeout or self.timeout:g} s",
+                              kind="unreachable") from exc
+        except (aiohttp.ClientError, OSError) as exc:
+            raise RemoteError(f"{method} {self.url}{path}: {type(exc).__name__}: {exc or 'no details'}",
+                              kind=_network_kind(exc)) from exc
+
+    async def request(self, method: str, path: str, *, params: dict[str, str] | None = None, body: Any = None,
+                      ok: tuple[int, ...] = (200, 201, 202), timeout: float | None = None) -> Any:
+        url = self.url + path
+        data = None if body is None else orjson.dumps(body)
+        headers = self._headers()
         if data is not None:
             headers["Content-Type"] = "application/json"
             if self._gzip and len(data) > 1024:  # a MyNoSQL mirror takes gzip bodies: ~4x fewer bytes
@@ -251,9 +371,77 @@ class HttpEndpoint:
             return await self.changes(0, limit, timeout)
         return list(result.get("results", [])), result.get("last_seq", since)
 
-    async def revs_diff(self, query: dict[str, list[str]]) -> dict[str, list[str]]:
+    async def revs_diff(self, query: dict[str, list[str]],
+                        ancestors: dict[str, list[str]] | None = None) -> dict[str, list[str]]:
         result = await self.request("POST", "/_revs_diff", body=query)
-        return {id: v["missing"] for id, v in (result or {}).items() if v.get("missing")}
+        out = {}
+        for id, v in (result or {}).items():
+            if not isinstance(v, dict):
+                continue
+            if v.get("missing"):
+                out[id] = v["missing"]
+            found = v.get("possible_ancestors")
+            if ancestors is not None and isinstance(found, list):
+                ancestors[id] = [r for r in found if isinstance(r, str)]
+        return out
+
+    async def attachment_chunks(self, id: str, rev: str | None, name: str) -> AsyncIterator[bytes]:
+        """``GET /{db}/{doc}/{name}?rev=`` (no rev: the winner's), streamed: no whole attachment in RAM. Each read
+        waits at most the endpoint's timeout (a big attachment may take longer in all)."""
+        path = attachment_path(id, name)
+        timeout = aiohttp.ClientTimeout(total=None, connect=self.timeout, sock_read=self.timeout)
+        with self._translated("GET", path):
+            async with self.session.get(self.url + path, params={"rev": rev} if rev else None,
+                                        headers=self._headers("*/*"),
+                                        timeout=timeout) as resp:
+                if resp.status != 200:
+                    reason = (await resp.content.read(200)).decode("utf-8", "replace")
+                    raise RemoteError(f"GET {self.url}{path}: HTTP {resp.status} {reason}", status=resp.status)
+                async for chunk in resp.content.iter_chunked(HOP):
+                    yield chunk
+
+    async def put_with_attachments(self, doc: dict[str, Any], fetch: Fetch) -> int:
+        """``PUT /{db}/{doc}?new_edits=false`` as ``multipart/related`` (CouchDB's replicator does the same): the
+        document, then the bytes of each attachment marked ``follows`` (``fetch(name)``), streamed."""
+        boundary = secrets.token_hex(16)
+        follows = [(n, a) for n, a in doc.get("_attachments", {}).items() if a.get("follows")]
+        first = (f"--{boundary}\r\nContent-Type: application/json\r\n\r\n").encode() + orjson.dumps(doc)
+        heads = []
+        for name, a in follows:
+            shown = name.replace("\\", "\\\\").replace('"', '\\"')
+            heads.append((f'\r\n--{boundary}\r\nContent-Disposition: attachment; filename="{shown}"\r\n'
+                          f"Content-Type: {a['content_type']}\r\nContent-Length: {a['length']}\r\n\r\n").encode())
+        tail = f"\r\n--{boundary}--".encode()
+        length = len(first) + sum(len(h) + a["length"] for h, (_n, a) in zip(heads, follows, strict=True)) + len(tail)
+
+        async def body() -> AsyncIterator[bytes]:
+            yield first
+            for h, (name, a) in zip(heads, follows, strict=True):
+                yield h
+                sent = 0
+                async for chunk in fetch(name):
+                    sent += len(chunk)
+                    yield chunk
+                if sent != a["length"]:
+                    raise RemoteError(f"attachment {name!r} of {doc['_id']!r}: the source sent {sent} bytes, not "
+                                      f"{a['length']}", kind="protocol")
+            yield tail
+
+        path = doc_path(doc["_id"])
+        headers = self._headers()
+        headers["Content-Type"] = f'multipart/related; boundary="{boundary}"'
+        headers["Content-Length"] = str(length)
+        timeout = aiohttp.ClientTimeout(total=None, connect=self.timeout, sock_read=max(self.timeout, 60.0))
+        with self._translated("PUT", path):
+            async with self.session.put(self.url + path, params={"new_edits": "false"}, data=body(),
+                                        headers=headers, timeout=timeout) as resp:
+                raw = await resp.read()
+                if not self._gzip and resp.headers.get("X-MyNoSQL") == "1":
+                    self._gzip = True
+                if resp.status not in (200, 201, 202):
+                    raise RemoteError(f"PUT {self.url}{path}: HTTP {resp.status} "
+                                      f"{raw[:200].decode('utf-8', 'replace')}", status=resp.status)
+        return 1
 
     async def bulk_get(self, wants: dict[str, list[str]]) -> list[dict[str, Any]]:
         if self._has_bulk_get is not False:
@@ -274,7 +462,7 @@ class HttpEndpoint:
         out = []
         for id, revs in wants.items():  # the plain protocol: one GET per document
             params = {"revs": "true", "latest": "true", "open_revs": orjson.dumps(revs).decode()}
-            result = await self.request("GET", "/" + urllib.parse.quote(id, safe=""), params=params)
+            result = await self.request("GET", doc_path(id), params=params)
             out.extend(d["ok"] for d in result if "ok" in d)
         return out
 

@@ -7,7 +7,9 @@
 * subscriptions (``subscribe``): when the poll brought changes, or the selectors changed, the mirror's changes
   feed filtered by the selectors (``filter=_selector``, documents included) since the subscription checkpoint:
   only matching records travel, and they are held (and so polled) from then on;
-* fetch: a record the application reads and this peer does not hold is asked of a mirror (``readdoc``);
+* fetch: a record the application reads and this peer does not hold is asked of a mirror (``readdoc``); records
+  come with their attachments as stubs, and the bytes of an attachment are asked of a mirror when the
+  application reads them (``getattachment``);
 * the mirror list is learned from ``GET /_mirrors`` and remembered; when the current mirror fails, the next one
   is tried (failover).
 
@@ -23,7 +25,6 @@ import contextlib
 import hashlib
 import logging
 import secrets
-import urllib.parse
 from collections.abc import Callable
 from typing import Any
 
@@ -31,11 +32,11 @@ import aiohttp
 import orjson
 
 from ..database import Database
-from ..errors import RemoteError
+from ..errors import DocumentUnavailable, InvalidDocument, RemoteError
 from ..net.urls import db_url, redact_url
 from ..options import Options
 from ..records.ids import validate_id
-from .endpoints import HttpEndpoint, LocalEndpoint, client_session, push_checkpoint_id
+from .endpoints import HttpEndpoint, LocalEndpoint, client_session, doc_path, push_checkpoint_id, rechunk
 from .remote import Backoff, MirrorLearner, RemoteState
 from .replicator import Resume, replicate
 
@@ -259,7 +260,7 @@ class PeerSync:
         if not want:
             return 0
         docs = await remote.bulk_get(want)
-        errors, written, _ck = await LocalEndpoint(self.db).bulk_docs(docs)
+        errors, written, _ck = await LocalEndpoint(self.db, lazy=True).bulk_docs(docs)
         got = {(d.get("_id"), d.get("_rev")) for d in docs if isinstance(d, dict)}
         lacking = [(id, rev) for id, revs in want.items() for rev in revs if (id, rev) not in got]
         if errors or lacking:  # the poll position must not move past rows not downloaded: retry them
@@ -328,8 +329,7 @@ class PeerSync:
         for url in dict.fromkeys([u for u in (self.current, *self.db.config.peers) if u]):
             remote = HttpEndpoint(self._session_(), db_url(url, self.db.name), timeout=self.opts.read_timeout)
             try:
-                docs = await remote.request("GET", "/" + urllib.parse.quote(id, safe=""),
-                                            params={"open_revs": "all", "revs": "true"},
+                docs = await remote.request("GET", doc_path(id), params={"open_revs": "all", "revs": "true"},
                                             timeout=self.opts.read_timeout)
             except RemoteError as exc:
                 if exc.status == 404:
@@ -341,9 +341,34 @@ class PeerSync:
                 continue
             found = [d["ok"] for d in docs if isinstance(d, dict) and "ok" in d] if isinstance(docs, list) else []
             if found:
-                await LocalEndpoint(self.db).bulk_docs(found)
+                await LocalEndpoint(self.db, lazy=True).bulk_docs(found)
             return bool(found), None
         return False, why
+
+    async def fetch_attachment(self, id: str, rev: str, name: str, meta: dict[str, Any]) -> str:
+        """Download the bytes of an attachment this peer holds only the stub of, from a mirror (the current one
+        first), streamed to disk; they must match the stub's digest. Returns the blob. Each step (connecting,
+        each read) waits at most ``Options.read_timeout``; :class:`DocumentUnavailable` if no mirror served them."""
+        why = "no mirror is known (addpeer)"
+        for url in dict.fromkeys([u for u in (self.current, *self.db.config.peers) if u]):
+            remote = HttpEndpoint(self._session_(), db_url(url, self.db.name), timeout=self.opts.read_timeout)
+            for which in (rev, None):  # that revision; else the winner's, if it has the same bytes
+                writer = await asyncio.to_thread(self.db.attachment_writer, meta["content_type"])
+                try:
+                    async for chunk in rechunk(remote.attachment_chunks(id, which, name)):
+                        await asyncio.to_thread(writer.write, chunk)
+                    return await asyncio.to_thread(self.db.store_fetched, writer, id, meta["digest"])
+                except RemoteError as exc:
+                    await asyncio.to_thread(writer.abort)
+                    why = str(exc)
+                    if exc.status != 404:
+                        break  # this mirror cannot: the next one
+                except InvalidDocument as exc:  # not the bytes of that digest
+                    why = f"{redact_url(url)}: {exc}"
+                except BaseException:
+                    await asyncio.to_thread(writer.abort)
+                    raise
+        raise DocumentUnavailable(id, f"the bytes of attachment {name!r}: {why}")
 
     # -- status -----------------------------------------------------------------------------------------------
 

@@ -7,7 +7,10 @@
 2. Read the source's changes feed since the checkpoint, a batch at a time (``style=all_docs``: every leaf).
 3. Ask the target which of those revisions it lacks (``_revs_diff``): only those travel.
 4. Fetch them from the source with their histories (``_bulk_get?revs=true``), write them to the target
-   (``_bulk_docs`` with ``new_edits=false``: revisions are kept, never re-made).
+   (``_bulk_docs`` with ``new_edits=false``: revisions are kept, never re-made). Attachments the target has (in
+   a leaf that ``_revs_diff`` names as a ``possible_ancestor``: CouchDB's ``atts_since``) travel as stubs; the
+   bytes of the others are read from the source (``GET /{db}/{doc}/{name}``) and go inline (base64) for a
+   small document, else in a ``multipart/related`` ``PUT`` of the document, streamed from source to target.
 5. Record the checkpoint on both sides after each batch. A pass is idempotent: re-running it after a failure
    at any step moves only what is still missing.
 
@@ -18,6 +21,7 @@ sent again as two halves, and so on: a batch never stalls a replication because 
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import dataclasses
 import re
@@ -27,10 +31,12 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
 from ..errors import RemoteError
+from ..records import attachments as att
 from .endpoints import Endpoint, replication_id
 
 T = TypeVar("T")
 R = TypeVar("R")
+HEAVY_AT_ONCE = 4  # documents with attachment bytes written to the target at the same time
 
 
 @dataclasses.dataclass
@@ -132,9 +138,11 @@ def _grouped(pairs: Sequence[tuple[str, str]]) -> dict[str, list[str]]:
     return out
 
 
-async def _revs_diff(target: Endpoint, query: dict[str, list[str]]) -> dict[str, list[str]]:
+async def _revs_diff(target: Endpoint, query: dict[str, list[str]],
+                     ancestors: dict[str, list[str]] | None = None) -> dict[str, list[str]]:
+    """``target.revs_diff``, halved while it is refused as too large (``ancestors`` filled as it says)."""
     out: dict[str, list[str]] = {}
-    for part in await halving(lambda pairs: target.revs_diff(_grouped(pairs)), _pairs(query)):
+    for part in await halving(lambda pairs: target.revs_diff(_grouped(pairs), ancestors), _pairs(query)):
         for id, revs in part.items():
             out.setdefault(id, []).extend(revs)
     return out
@@ -172,6 +180,87 @@ async def _source_writable(source: Endpoint, rep_id: str, session: str) -> bool:
 
 
 SMALL_BATCH = 50  # below this many revisions, a MyNoSQL target gets the documents without a _revs_diff first
+
+
+def _revision_ids(doc: dict[str, Any]) -> list[str]:
+    """The revision of a document read with ``revs=true`` and its ancestors, newest first."""
+    hist = doc.get("_revisions")
+    if isinstance(hist, dict) and type(hist.get("start")) is int and isinstance(hist.get("ids"), list):
+        return [f"{hist['start'] - i}-{h}" for i, h in enumerate(hist["ids"]) if isinstance(h, str)]
+    rev = doc.get("_rev")
+    return [rev] if isinstance(rev, str) else []
+
+
+def _revpos(a: dict[str, Any]) -> int:
+    r = a.get("revpos")
+    return r if type(r) is int else 1 << 30
+
+
+def bytes_to_send(doc: dict[str, Any], ancestors: list[str] | None) -> list[str]:
+    """The attachments of ``doc`` (stubs as read from a source) whose bytes the target lacks: those added after
+    the newest of its revisions the target has (``ancestors``: CouchDB's ``atts_since``)."""
+    atts = doc.get("_attachments")
+    if not isinstance(atts, dict) or not atts:
+        return []
+    since = att.since_generation(_revision_ids(doc), ancestors)
+    return [n for n, a in atts.items() if isinstance(a, dict) and a.get("stub") is True and _revpos(a) > since]
+
+
+def _old_attachments(doc: dict[str, Any]) -> bool:
+    """Whether ``doc`` has attachments added before its own revision (the target may have them)."""
+    atts = doc.get("_attachments")
+    rev = doc.get("_rev")
+    if not isinstance(atts, dict) or not atts or not isinstance(rev, str):
+        return False
+    gen = int(rev.partition("-")[0]) if rev.partition("-")[0].isdigit() else 0
+    return any(isinstance(a, dict) and _revpos(a) < gen for a in atts.values())
+
+
+async def _send_attachments(source: Endpoint, target: Endpoint, docs: list[tuple[dict[str, Any], list[str]]],
+                            result: ReplicationResult) -> list[dict[str, Any]]:
+    """Write the documents that need attachment bytes: small ones get them inline and are returned (for the
+    batch's ``_bulk_docs``), the others go one by one, streamed (a few at a time). A target that lacks a stub's
+    bytes after all (its leaf changed meanwhile: ``missing_stub``) gets every byte."""
+    inline: list[dict[str, Any]] = []
+    gate = asyncio.Semaphore(HEAVY_AT_ONCE)
+
+    async def one(read: dict[str, Any], names: list[str], retry: bool = True) -> None:
+        """``read``: the document as the source gave it (stubs); ``names``: the attachments whose bytes go."""
+        stubs: dict[str, Any] = read["_attachments"]
+        atts = dict(stubs)
+        doc = {**read, "_attachments": atts}
+        id, rev = doc["_id"], doc["_rev"]
+        size = sum(a.get("length") or 0 for n, a in atts.items() if n in names)
+        unknown = any(type(atts[n].get("length")) is not int for n in names)
+        if size <= target.inline_bytes or unknown:
+            for n in names:
+                data = b"".join([c async for c in source.attachment_chunks(id, rev, n)])
+                a = atts[n]
+                atts[n] = {"content_type": a.get("content_type", "application/octet-stream"),
+                           "revpos": a.get("revpos"), "digest": a.get("digest") or att.digest_of(data),
+                           "data": base64.b64encode(data).decode("ascii")}
+            inline.append(doc)
+            return
+        for n in names:
+            a = atts[n]
+            atts[n] = {"content_type": a.get("content_type", "application/octet-stream"), "revpos": a.get("revpos"),
+                       "digest": a.get("digest"), "length": a["length"], "follows": True}
+        try:
+            async with gate:
+                written = await target.put_with_attachments(doc, lambda name: source.attachment_chunks(id, rev, name))
+            result.docs_written += written  # not `+= await`: that reads the count before the wait
+        except (RemoteError, att.MissingStub) as exc:
+            status = exc.status if isinstance(exc, RemoteError) else 412
+            if status == 412 and retry:  # missing_stub: the target lacks bytes it had: send them all
+                await one(read, [n for n, a in stubs.items() if isinstance(a, dict) and a.get("stub") is True],
+                          retry=False)
+            elif isinstance(exc, RemoteError) and 400 <= status < 500 and status not in (401, 403, 407, 408, 429):
+                result.errors.append({"id": id, "error": f"HTTP {status}", "reason": str(exc)[:300]})
+            else:
+                raise
+
+    await asyncio.gather(*(one(d, names) for d, names in docs))
+    return inline
 
 
 async def replicate(source: Endpoint, target: Endpoint, *, batch_size: int = 1000, extra_id: str = "",
@@ -215,22 +304,31 @@ async def replicate(source: Endpoint, target: Endpoint, *, batch_size: int = 100
     extended = getattr(target, "mynosql", False)
     total = await changes_to_come(source, since) if progress is not None else None
 
-    async def fetch(after: Any, wait_for: float | None) -> tuple[list[dict[str, Any]], Any, list[dict[str, Any]]]:
-        """Steps 3-5 for one batch: the changes after ``after``, what the target lacks, those documents."""
+    Batch = tuple[list[dict[str, Any]], Any, list[dict[str, Any]], dict[str, list[str]]]
+
+    async def fetch(after: Any, wait_for: float | None) -> Batch:
+        """Steps 3-5 for one batch: the changes after ``after``, what the target lacks, those documents, and the
+        revisions the target has of them (whose attachments need not travel)."""
         rows, last = await source.changes(after, batch_size, timeout=wait_for)
+        ancestors: dict[str, list[str]] = {}
         if not rows:
-            return rows, last, []
+            return rows, last, [], ancestors
         query = {r["id"]: [c["rev"] for c in r.get("changes", [])] for r in rows if "id" in r}
         n_revs = sum(map(len, query.values()))
         result.missing_checked += n_revs
         small = extended and n_revs <= SMALL_BATCH
-        missing = query if small or not query else await _revs_diff(target, query)
+        missing = query if small or not query else await _revs_diff(target, query, ancestors)
         docs = await _bulk_get(source, missing) if missing else []
-        return rows, last, docs
+        if small:  # no _revs_diff asked: ask it now for documents with attachments the target may have
+            older = {d["_id"]: [d["_rev"]] for d in docs if _old_attachments(d)}
+            if older:
+                lacking = await _revs_diff(target, older, ancestors)
+                docs = [d for d in docs if d["_id"] not in older or d["_rev"] in lacking.get(d["_id"], ())]
+        return rows, last, docs, ancestors
 
     batch = await fetch(since, wait)
     while batch[0] and (max_batches is None or result.batches < max_batches):
-        rows, last_seq, docs = batch
+        rows, last_seq, docs, ancestors = batch
         result.docs_read += len(rows)
         # pipelining: the next batch is read while this one is written (checkpoints stay in order)
         more = len(rows) >= batch_size and (max_batches is None or result.batches + 1 < max_batches)
@@ -243,10 +341,27 @@ async def replicate(source: Endpoint, target: Endpoint, *, batch_size: int = 100
             if readonly:
                 ck["source_readonly"] = True
             ck_written = False
+            heavy = [(d, names) for d in docs if (names := bytes_to_send(d, ancestors.get(d.get("_id", ""))))]
+            if heavy:
+                sent = {id(d) for d, _ in heavy}
+                docs = [d for d in docs if id(d) not in sent]
+                docs += await _send_attachments(source, target, heavy, result)
             if docs:
-                errors, written, ck_written = await _bulk_docs(target, docs, (rep_id, ck))
-                result.errors.extend(errors)
+                # a document whose stubs the target turns out to lack is sent again with its bytes: the
+                # checkpoint must not ride ahead of it
+                stubs = any("_attachments" in d for d in docs)
+                errors, written, ck_written = await _bulk_docs(target, docs, None if stubs else (rep_id, ck))
                 result.docs_written += written
+                retry = {e.get("id") for e in errors if e.get("error") == "missing_stub"}
+                result.errors.extend(e for e in errors if e.get("id") not in retry)
+                again = [(d, [n for n, a in d["_attachments"].items() if isinstance(a, dict) and a.get("stub")])
+                         for d in docs if d.get("_id") in retry]
+                if again:
+                    extra = await _send_attachments(source, target, again, result)
+                    if extra:
+                        errs, written, _ = await _bulk_docs(target, extra, None)
+                        result.errors.extend(errs)
+                        result.docs_written += written
             result.last_seq = since
             result.batches += 1
             if not ck_written:

@@ -6,7 +6,8 @@ Routes: ``GET /``, ``GET /_up``, ``GET /_mirrors``, ``GET /_metrics``, ``GET /_d
 ``GET /_dashboard/data`` (the page's JSON), ``GET|HEAD|PUT /{db}``, ``GET|POST /{db}/_changes`` (normal and
 longpoll), ``POST /{db}/_revs_diff``, ``POST /{db}/_bulk_get``, ``POST /{db}/_bulk_docs``,
 ``POST /{db}/_ensure_full_commit``, ``GET /{db}/_all_docs``, ``GET|PUT|DELETE /{db}/_local/{id}``,
-``GET|PUT|DELETE /{db}/{id}`` (``rev``, ``revs``, ``open_revs``, ``latest``, ``conflicts``, ``new_edits``),
+``GET|PUT|DELETE /{db}/{id}`` (``rev``, ``revs``, ``open_revs``, ``latest``, ``conflicts``, ``new_edits``,
+``attachments``, ``atts_since``), ``GET|HEAD|PUT|DELETE /{db}/{id}/{attachment}`` (``rev``, ``Range``),
 ``POST /{db}/_find``, ``POST /{db}/_explain``, ``GET|POST /{db}/_index``, ``DELETE /{db}/_index/{ddoc}/json/{name}``
 (:mod:`.queries`).
 ``GET /`` and ``GET /_up`` need no credentials; the others need a user's once the mirror has users.
@@ -29,8 +30,9 @@ from aiohttp.http_exceptions import HttpProcessingError
 
 from ..credentials import Users
 from ..database import Database
-from ..errors import ConflictError, DocumentNotFound, InvalidDocument, MyNoSQLError
+from ..errors import AttachmentNotFound, ConflictError, DocumentNotFound, InvalidDocument, MyNoSQLError
 from ..options import Limits
+from ..records.attachments import AttachmentTooLarge, MissingStub
 from .auth import Authenticator, Throttle, basic_credentials
 from .changes import ChangesRoutes
 from .context import RENEW, USER, ServerContext
@@ -227,10 +229,16 @@ class MirrorApp:
             return resp
         except HttpError as exc:
             return error_response(exc.status, exc.error, exc.reason)
+        except AttachmentNotFound:
+            return error_response(404, "not_found", "Document is missing attachment")
         except DocumentNotFound as exc:
             return error_response(404, "not_found", "deleted" if exc.deleted else "missing")
         except ConflictError:
             return error_response(409, "conflict", "Document update conflict.")
+        except MissingStub as exc:
+            return error_response(412, "missing_stub", str(exc))
+        except AttachmentTooLarge as exc:
+            return error_response(413, "too_large", str(exc))
         except InvalidDocument as exc:
             return error_response(400, "bad_request", str(exc))
         except web.HTTPException as exc:

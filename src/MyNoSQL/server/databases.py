@@ -17,6 +17,7 @@ from ..net import wire
 from ..records.ids import DESIGN_PREFIX, new_id
 from ..records.revtree import DocState
 from .context import ServerContext
+from .documents import no_follows
 from .registry import name_of
 from .requests import NOT_ADMIN, HttpError, flag, json_response
 
@@ -106,12 +107,12 @@ class DatabaseRoutes:
             raise HttpError(400, "bad_request", "Document must be a JSON object")
         body.setdefault("_id", new_id())
         if isinstance(body["_id"], str) and body["_id"].startswith(DESIGN_PREFIX) \
-                and not self.ctx.is_db_admin(request):
+                and not self.ctx.is_db_admin(request, db):
             raise HttpError(401, "unauthorized", NOT_ADMIN)
         edit = self.rules.record(db, body, None)
         record = edit.record or {}
         saved = await asyncio.to_thread(db.save_deleted, edit.id, edit.rev, record) if edit.deleted else \
-            await asyncio.to_thread(db.savedoc, record)
+            await asyncio.to_thread(db.save_with_attachments, record, no_follows(edit.atts))
         status = 202 if request.query.get("batch") == "ok" else 201
         resp = json_response({"ok": True, "id": saved["id"], "rev": saved["rev"]}, status)
         resp.headers["Location"] = f"{request.url}/{saved['id']}"

@@ -1,11 +1,12 @@
 """The document routes of a mirror: replication (``_revs_diff``, ``_bulk_get``, ``_bulk_docs``), ``_local``
-checkpoints and single documents (the database's own routes are in :mod:`.databases`). Every write runs in a
-worker thread, never on the event loop (a write may wait for the compactor: back-pressure must not stall other
-requests).
+checkpoints and single documents with their attachments (the database's own routes are in :mod:`.databases`,
+the attachment routes in :mod:`.attachments`). Every write runs in a worker thread, never on the event loop (a
+write may wait for the compactor: back-pressure must not stall other requests).
 
 Answers of documents (``_bulk_get``, ``GET ?open_revs``) name each asked revision once, however often it is
 asked, are bounded in bytes (``Limits.max_answer_bytes``: over it, a 413 before anything is sent; one document is
-always answered) and, when large, are encoded in worker threads and streamed a piece at a time.
+always answered; attachments sent inline count, and are read before the answer starts) and, when large, are
+encoded in worker threads and streamed a piece at a time.
 """
 
 from __future__ import annotations
@@ -20,9 +21,18 @@ from aiohttp import web
 from ..database import Database
 from ..errors import ConflictError, DocumentNotFound, LimitExceeded
 from ..net import wire
+from ..records import attachments as att
 from ..records import revtree
 from ..records.ids import DESIGN_PREFIX
 from ..records.revtree import DocState
+from .attachments import (
+    AttachmentRoutes,
+    InlineBudget,
+    MultipartAnswer,
+    doc_path,
+    receive_multipart,
+    release_all,
+)
 from .context import SMALL_INLINE, ServerContext, client_token
 from .requests import (
     NOT_ADMIN,
@@ -32,7 +42,6 @@ from .requests import (
     Refused,
     check_ids_and_revs,
     checked_local_id,
-    doc_id,
     flag,
     json_response,
     local_id,
@@ -83,10 +92,35 @@ class Answer:
         yield bytes(out + self.tail)
 
 
+def atts_since(request: web.Request) -> list[str] | None:
+    """The ``atts_since`` query parameter: a JSON list of revisions, or None."""
+    raw = request.query.get("atts_since")
+    if raw is None:
+        return None
+    try:
+        value = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise HttpError(400, "bad_request", "atts_since must be a JSON list of revisions") from exc
+    if not isinstance(value, list) or len(value) > 1000 or not all(isinstance(r, str) for r in value):
+        raise HttpError(400, "bad_request", "atts_since must be a JSON list of revisions")
+    return value
+
+
+def no_follows(atts: dict[str, att.AttIn] | None) -> dict[str, att.AttNew] | None:
+    """A JSON document's attachments: bytes inline or stubs (``follows`` needs a multipart body)."""
+    if atts is not None:
+        for name, a in atts.items():
+            if isinstance(a, att.Follows):
+                raise HttpError(400, "bad_request", f"attachment {name[:80]!r}: follows: true needs a multipart "
+                                "body")
+    return atts  # type: ignore[return-value]  # no Follows left
+
+
 class DocumentRoutes:
     def __init__(self, ctx: ServerContext) -> None:
         self.ctx = ctx
         self.rules = ctx.rules
+        self.atts = AttachmentRoutes(ctx)
 
     def add_to(self, r: web.UrlDispatcher) -> None:
         r.add_post("/{db}/_revs_diff", self.revs_diff)
@@ -109,8 +143,14 @@ class DocumentRoutes:
         self.rules.batch(body, "ids")
         self.rules.batch([r for v in body.values() for r in v], "revisions")
         check_ids_and_revs((id, rev) for id, revs in body.items() for rev in revs)
-        missing = await asyncio.to_thread(db.revs_diff, body)
-        return json_response({id: {"missing": revs} for id, revs in missing.items()})
+        ancestors: dict[str, list[str]] = {}
+        missing = await asyncio.to_thread(db.revs_diff, body, ancestors)
+        out: dict[str, Any] = {}
+        for id, revs in missing.items():
+            out[id] = {"missing": revs}
+            if id in ancestors:
+                out[id]["possible_ancestors"] = ancestors[id]
+        return json_response(out)
 
     def _over(self, size: int) -> NoReturn:
         limit = self.ctx.limits.max_answer_bytes
@@ -128,15 +168,21 @@ class DocumentRoutes:
         check_ids_and_revs((d.get("id"), d.get("rev")) for d in docs)
         revs = flag(request, "revs")
         latest = flag(request, "latest")
-        wanted = list(dict.fromkeys((d["id"], d.get("rev")) for d in docs))  # asked twice: answered once
+        budget = InlineBudget(db, self.ctx.limits.max_request_bytes) if flag(request, "attachments") else None
+        for d in docs:
+            since = d.get("atts_since")
+            if since is not None and (not isinstance(since, list) or not all(isinstance(r, str) for r in since)):
+                raise HttpError(400, "bad_request", "atts_since must be a list of revisions")
+        # asked twice: answered once (the same revision with other atts_since is another answer)
+        wanted = list(dict.fromkeys((d["id"], d.get("rev"), tuple(d.get("atts_since") or ())) for d in docs))
         limit = self.ctx.limits.max_answer_bytes
 
         def plan() -> Answer | int:
             """The answer, or its size when that is over the limit."""
             states: dict[str, DocState | None] = {}
-            found: list[tuple[str, str | None, DocState | None]] = []
+            found: list[tuple[str, str | None, DocState | None, bytes | None]] = []
             size = 0
-            for id, rev in wanted:
+            for id, rev, since_revs in wanted:
                 state = states[id] = states[id] if id in states else db.state(id)
                 if state is not None and rev is not None and rev not in state.bodies and latest \
                         and rev in state.tree:  # CouchDB's latest=true: the leaves that descend from it
@@ -146,17 +192,26 @@ class DocumentRoutes:
                     leaves = [rev or state.winner] if state is not None and (rev is None or rev in state.bodies) \
                         else []
                 if state is None or not leaves:
-                    found.append((id, rev, None))
+                    found.append((id, rev, None, None))
                     continue
                 for leaf in leaves:
-                    size += answer_size(state, leaf, revs)
+                    ready = None  # with attachments inline: rendered now (their bytes read, counted)
+                    if budget is not None and state.atts is not None and leaf in state.atts:
+                        since = att.since_generation(revtree.ancestry(state.tree, leaf), list(since_revs) or None)
+                        ready = orjson.dumps({"id": id, "docs": [{"ok": wire.doc_to_wire(
+                            state, leaf, revs=revs, data=budget.leaf(state, leaf), since=since)}]})
+                        size += len(ready)
+                    else:
+                        size += answer_size(state, leaf, revs)
                     if size > limit and len(wanted) > 1:
                         return size
-                    found.append((id, leaf, state))
+                    found.append((id, leaf, state, ready))
 
             def parts() -> Iterator[bytes]:
-                for id, rev, state in found:
-                    if state is None:
+                for id, rev, state, ready in found:
+                    if ready is not None:
+                        yield ready
+                    elif state is None:
                         yield orjson.dumps({"id": id, "docs": [{"error": {
                             "id": id, "rev": rev or "undefined", "error": "not_found", "reason": "missing"}}]})
                     else:
@@ -207,6 +262,8 @@ class DocumentRoutes:
             for w in checked:
                 if isinstance(w, LocalWrite):
                     self.rules.local_size(w.doc)
+                elif isinstance(w, (wire.WireDoc, Edit)):
+                    no_follows(w.atts)
             out: list[dict[str, Any]] = []
             for doc, w in zip(docs, checked, strict=True):
                 try:
@@ -218,13 +275,15 @@ class DocumentRoutes:
                     elif isinstance(w, wire.WireDoc):
                         if echo_log is not None and client is not None:
                             echo_log.expect(w.id, w.path[0], client)  # before the write can wake a longpoll
-                        if db.merge_replicated(w.id, w.path, w.deleted, w.blob) is not None:
+                        if db.merge_replicated(w.id, w.path, w.deleted, w.blob, no_follows(w.atts)) is not None:
                             written += 1
                     else:
                         out.append({"ok": True, **self._write(db, w)})
                 except LimitExceeded as exc:  # refused on its own, as CouchDB refuses what validation forbids
                     refused += 1
                     out.append({"id": doc.get("_id"), "error": "forbidden", "reason": str(exc)})
+                except att.MissingStub as exc:
+                    out.append({"id": doc.get("_id"), "error": "missing_stub", "reason": str(exc)})
                 except (ConflictError, DocumentNotFound) as exc:
                     out.append({"id": doc.get("_id"), "error": "conflict", "reason": str(exc)})
             return out
@@ -288,43 +347,53 @@ class DocumentRoutes:
 
     @staticmethod
     def _write(db: Database, edit: Edit) -> dict[str, Any]:
-        if edit.deleted:  # a deletion, which may keep a body (CouchDB's {"_deleted": true, ...})
+        if edit.deleted:  # a deletion, which may keep a body (CouchDB's {"_deleted": true, ...}), never attachments
             res = db.save_deleted(edit.id, edit.rev, edit.record or {})
-        else:
+        else:  # CouchDB's rule: the new revision has the attachments the document lists (none: none)
             assert edit.record is not None
-            res = db.savedoc(edit.record)
+            res = db.save_with_attachments(edit.record, no_follows(edit.atts))
         return {"id": res["id"], "rev": res["rev"]}
 
-    def _open_revs(self, state: DocState, wanted: list[str], revs: bool, latest: bool) -> Answer | int:
-        """The answer of ``GET ?open_revs``: each leaf once, however often it is asked (or its size, over the
-        limit)."""
-        items: dict[str, bool] = {}  # rev -> found (its leaf is sent), in the order asked
-        for rev in dict.fromkeys(wanted):
-            if rev in state.bodies:
-                items.setdefault(rev, True)
-            elif latest and rev in state.tree:
-                for leaf in revtree.leaves(state.tree):
-                    if rev in revtree.ancestry(state.tree, leaf):
-                        items.setdefault(leaf, True)
-            else:
-                items.setdefault(rev, False)
+    def _open_revs(self, state: DocState, items: dict[str, bool], revs: bool,
+                   to_wire: Callable[..., dict[str, Any]]) -> Answer | int:
+        """The answer of ``GET ?open_revs`` (or its size, over the limit); attachments sent inline are read and
+        counted here."""
         sent = [rev for rev, ok in items.items() if ok]
-        size = sum(answer_size(state, rev, revs) for rev in sent)
-        if size > self.ctx.limits.max_answer_bytes and len(sent) > 1:
-            return size
+        ready: dict[str, bytes] = {}
+        size = 0
+        for rev in sent:
+            if state.atts is not None and rev in state.atts:
+                ready[rev] = orjson.dumps({"ok": to_wire(state, rev, revs=revs)})
+                size += len(ready[rev])
+            else:
+                size += answer_size(state, rev, revs)
+            if size > self.ctx.limits.max_answer_bytes and len(sent) > 1:
+                return size
 
         def parts() -> Iterator[bytes]:
             for rev, ok in items.items():
-                yield orjson.dumps({"ok": wire.doc_to_wire(state, rev, revs=revs)} if ok else {"missing": rev})
+                yield ready.get(rev) or orjson.dumps({"ok": wire.doc_to_wire(state, rev, revs=revs)} if ok
+                                                     else {"missing": rev})
 
         return Answer(b"[", parts(), b"]", size, len(sent))
 
     async def doc_get(self, request: web.Request) -> web.StreamResponse:
         db = await self.ctx.db(request)
-        id = doc_id(request)
+        id, name = doc_path(request)
+        if name is not None:
+            return await self.atts.get(request, db, id, name)
         q = request.query
         state = await asyncio.to_thread(db.state, id)
         revs = flag(request, "revs")
+        since_revs = atts_since(request)
+        budget = InlineBudget(db, self.ctx.limits.max_request_bytes) \
+            if flag(request, "attachments") or since_revs is not None else None
+
+        def to_wire(state: Any, rev: str, **kw: Any) -> dict[str, Any]:
+            if budget is None or state.atts is None or rev not in state.atts:
+                return wire.doc_to_wire(state, rev, **kw)
+            since = att.since_generation(revtree.ancestry(state.tree, rev), since_revs)
+            return wire.doc_to_wire(state, rev, data=budget.leaf(state, rev), since=since, **kw)
         if "open_revs" in q:
             if state is None:
                 raise HttpError(404, "not_found", "missing")
@@ -338,8 +407,24 @@ class DocumentRoutes:
                     raise HttpError(400, "bad_request", "open_revs must be 'all' or a JSON list") from exc
                 if not isinstance(wanted, list) or not all(isinstance(r, str) for r in wanted):
                     raise HttpError(400, "bad_request", "open_revs must be 'all' or a JSON list")
-            args = (state, wanted, revs, flag(request, "latest"))
-            small = sum(map(len, state.bodies.values())) <= INLINE_STATE and len(wanted) <= SMALL_INLINE
+            latest = flag(request, "latest")
+            items: dict[str, bool] = {}  # rev -> found (its leaf is sent), each once, in the order asked
+            for rev in dict.fromkeys(wanted):
+                if rev in state.bodies:
+                    items.setdefault(rev, True)
+                elif latest and rev in state.tree:
+                    for leaf in revtree.leaves(state.tree):
+                        if rev in revtree.ancestry(state.tree, leaf):
+                            items.setdefault(leaf, True)
+                else:
+                    items.setdefault(rev, False)
+            if "multipart/mixed" in request.headers.get("Accept", ""):  # CouchDB's replicator
+                self.ctx.observer.docs_out += sum(items.values())
+                return await MultipartAnswer(request, db).open_revs(state, list(items.items()), revs=revs,
+                                                                    since=since_revs)
+            args = (state, items, revs, to_wire)
+            small = sum(map(len, state.bodies.values())) <= INLINE_STATE and len(wanted) <= SMALL_INLINE \
+                and (budget is None or not state.atts)
             answer = self._open_revs(*args) if small else await asyncio.to_thread(self._open_revs, *args)
             if isinstance(answer, int):
                 self._over(answer)
@@ -353,7 +438,14 @@ class DocumentRoutes:
         if "rev" not in q and state.tree[rev][1]:
             raise HttpError(404, "not_found", "deleted")
         meta = flag(request, "meta")
-        doc = wire.doc_to_wire(state, rev, revs=revs, conflicts=meta or flag(request, "conflicts"))
+        conflicts = meta or flag(request, "conflicts")
+        if budget is not None and state.atts is not None and rev in state.atts \
+                and "multipart/related" in request.headers.get("Accept", ""):
+            return await MultipartAnswer(request, db).one(state, rev, revs=revs, since=since_revs, conflicts=conflicts)
+        if budget is not None and state.atts is not None and rev in state.atts:
+            doc = await asyncio.to_thread(to_wire, state, rev, revs=revs, conflicts=conflicts)
+        else:
+            doc = wire.doc_to_wire(state, rev, revs=revs, conflicts=conflicts)
         if meta or flag(request, "deleted_conflicts"):
             gone = state.deleted_conflicts()
             if gone:
@@ -373,32 +465,54 @@ class DocumentRoutes:
 
     async def doc_put(self, request: web.Request) -> web.Response:
         db = await self.ctx.db(request)
-        id = doc_id(request)
+        id, name = doc_path(request)
         self._design_write(request, db, id)
-        body = await self.rules.body(request)
-        if request.query.get("new_edits") == "false":
-            if isinstance(body, dict) and body.setdefault("_id", id) != id:
-                raise HttpError(400, "bad_request", "document id does not match the URL")
-            w = self.rules.wire(db, body)
-            try:
-                if await asyncio.to_thread(db.put_replicated, w.id, w.path, w.deleted, w.blob):
-                    self.ctx.observer.docs_in += 1
-            except LimitExceeded as exc:
-                self.ctx.observer.refused(exc.limit)
-                raise HttpError(403, "forbidden", str(exc)) from exc
-            return json_response({"ok": True, "id": w.id, "rev": w.path[0]}, 201)
-        if isinstance(body, dict) and "rev" in request.query:
-            body.setdefault("_rev", request.query["rev"])
-        edit = self.rules.record(db, body, id)
-        res = await asyncio.to_thread(self._write, db, edit)
-        return json_response({"ok": True, **res}, 201)
+        if name is not None:
+            return await self.atts.put(request, db, id, name)
+        stored: dict[str, att.Stored] = {}
+        if request.content_type == "multipart/related":  # the document, then its attachments' bytes
+            body, stored = await receive_multipart(request, db, id, self.ctx.limits)
+        else:
+            body = await self.rules.body(request)
+
+        def with_bytes(atts: dict[str, att.AttIn] | None) -> dict[str, att.AttNew] | None:
+            if atts is None or not stored:
+                return no_follows(atts)
+            return {n: stored[n] if isinstance(a, att.Follows) else a for n, a in atts.items()}
+
+        try:
+            if request.query.get("new_edits") == "false":
+                if isinstance(body, dict) and body.setdefault("_id", id) != id:
+                    raise HttpError(400, "bad_request", "document id does not match the URL")
+                w = self.rules.wire(db, body)
+                atts = with_bytes(w.atts)
+                stored = {}  # the write below releases them
+                try:
+                    if await asyncio.to_thread(db.put_replicated, w.id, w.path, w.deleted, w.blob, atts):
+                        self.ctx.observer.docs_in += 1
+                except LimitExceeded as exc:
+                    self.ctx.observer.refused(exc.limit)
+                    raise HttpError(403, "forbidden", str(exc)) from exc
+                return json_response({"ok": True, "id": w.id, "rev": w.path[0]}, 201)
+            if isinstance(body, dict) and "rev" in request.query:
+                body.setdefault("_rev", request.query["rev"])
+            edit = self.rules.record(db, body, id)
+            if not edit.deleted:
+                edit = edit._replace(atts=with_bytes(edit.atts))
+                stored = {}
+            res = await asyncio.to_thread(self._write, db, edit)
+            return json_response({"ok": True, **res}, 201)
+        finally:
+            release_all(db, stored)
 
     async def doc_delete(self, request: web.Request) -> web.Response:
         db = await self.ctx.db(request)
+        id, name = doc_path(request)
+        self._design_write(request, db, id)
+        if name is not None:
+            return await self.atts.delete(request, db, id, name)
         rev = request.query.get("rev")
         if not rev:
             raise HttpError(409, "conflict", "Document update conflict.")
-        id = doc_id(request)
-        self._design_write(request, db, id)
         res = await asyncio.to_thread(db.deletedoc, id, rev)
         return json_response({"ok": True, "id": res["id"], "rev": res["rev"]})

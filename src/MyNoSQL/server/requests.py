@@ -16,6 +16,7 @@ from ..database import Database
 from ..errors import InvalidDocument
 from ..net import wire
 from ..options import Limits
+from ..records import attachments as att
 from ..records import revtree
 from ..records.ids import DESIGN_PREFIX, validate_id
 
@@ -42,18 +43,19 @@ def error_response(status: int, error: str, reason: str) -> web.Response:
 
 
 class Edit(NamedTuple):
-    """A checked normal write: a record to save, or (``deleted``) a deletion of ``rev`` keeping ``record`` as
-    its body (CouchDB's ``{"_deleted": true, ...}``)."""
+    """A checked normal write: a record to save with its attachments, or (``deleted``) a deletion of ``rev``
+    keeping ``record`` as its body (CouchDB's ``{"_deleted": true, ...}``; a deletion has no attachments)."""
 
     id: Any
     rev: str | None
     record: dict[str, Any] | None
+    atts: dict[str, Any] | None = None  # the document's _attachments, checked (att.AttIn; None: it has none)
     deleted: bool = False
 
 
 class Refused(NamedTuple):
-    """A document of a batch refused on its own (a reserved id, attachments, a design document written by
-    someone not an admin), as CouchDB does."""
+    """A document of a batch refused on its own (a reserved id, an unknown ``_`` member, a design document written
+    by someone not an admin), as CouchDB does."""
 
     id: Any
     reason: str
@@ -207,7 +209,7 @@ class Rules:
         lim = self.limits
         return wire.doc_from_wire(doc, validate_id=validate_id, max_bytes=db.options.max_doc_bytes,
                                   max_revs=db.options.revs_limit, max_depth=lim.max_depth,
-                                  max_history=lim.max_revisions)
+                                  max_history=lim.max_revisions, max_attachment_bytes=lim.max_attachment_bytes)
 
     def local_size(self, doc: dict[str, Any]) -> None:
         """A ``_local`` document (a checkpoint) within the nesting limit and ``Limits.max_local_bytes``, or a
@@ -241,19 +243,21 @@ class Rules:
             raise InvalidDocument(f"document is {len(data)} bytes, over the limit of {db.options.max_doc_bytes}")
         record = wire.decode_body(data)
         if deleted:
-            return Edit(doc_id, rev, record, deleted=True)
+            return Edit(doc_id, rev, record, deleted=True)  # its _attachments, if any, are dropped
         if doc_id is not None:
             record["id"] = doc_id
         if rev is not None:
             record["rev"] = rev
-        return Edit(doc_id, None, record)
+        atts = doc.get("_attachments")
+        return Edit(doc_id, None, record,
+                    None if atts is None else att.parse_attachments(atts, max_bytes=self.limits.max_attachment_bytes))
 
     @staticmethod
     def checked(check: Callable[[Any], T], doc: Any, n: int, *, admin: bool = True) -> T | Refused | LocalWrite:
         """``check(doc)``; a document that breaks a rule or limit refuses the whole request (nothing written),
-        one that CouchDB's rules refuse (a reserved id, attachments, a design document when ``admin`` is False)
-        is refused on its own."""
-        if isinstance(doc, dict):  # what CouchDB refuses document by document: a reserved id, attachments
+        one that CouchDB's rules refuse (a reserved id, an unknown ``_`` member, a design document when ``admin``
+        is False) is refused on its own."""
+        if isinstance(doc, dict):  # what CouchDB refuses document by document: a reserved id, a bad member
             id = doc.get("_id")
             if isinstance(id, str) and id.startswith("_local/"):
                 return LocalWrite(checked_local_id(id[7:]), doc)

@@ -15,6 +15,8 @@ Tables::
     local(id TEXT PRIMARY KEY, rev, body)               CouchDB ``_local`` documents (replication checkpoints)
     qkeys(ino, id, key BLOB, loc)                       query indexes (``createindex``), see qindex.py; read
                                                         through qkeys_by_key(ino, key, id, loc), a covering index
+    att_fetched(digest TEXT PRIMARY KEY, blob TEXT)     attachment bytes a Peer fetched from a mirror: the blob
+                                                        holding the bytes of that digest (records keep stubs)
 
 Keying ``docs`` by a hash keeps the row at ~20 bytes whatever the id's length: the id itself is inside the
 record, and every read checks it.
@@ -50,6 +52,7 @@ CREATE TABLE IF NOT EXISTS local(id TEXT PRIMARY KEY, rev INTEGER NOT NULL, body
 CREATE TABLE IF NOT EXISTS qkeys(ino INTEGER NOT NULL, id TEXT NOT NULL, key BLOB NOT NULL, loc INTEGER NOT NULL,
     PRIMARY KEY(ino, id)) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS qkeys_by_key ON qkeys(ino, key, id, loc);
+CREATE TABLE IF NOT EXISTS att_fetched(digest TEXT PRIMARY KEY, blob TEXT NOT NULL) WITHOUT ROWID;
 """
 
 
@@ -375,6 +378,30 @@ class Index:
             except sqlite3.Error as exc:
                 raise StorageError(None, f"cannot write local document: {exc}") from exc
         return rev
+
+    # -- attachment bytes fetched by a Peer (see storage/blobs.py) ----------------------------------------------
+
+    def fetched_blob(self, digest: str) -> str | None:
+        result: str | None = self._one("SELECT blob FROM att_fetched WHERE digest=?", (digest,))
+        return result
+
+    def fetched_all(self) -> dict[str, str]:
+        return dict(self._all("SELECT digest, blob FROM att_fetched"))
+
+    def set_fetched(self, digest: str, blob: str | None) -> None:
+        """Remember (or forget, with None) which blob holds the bytes of ``digest``. Like local documents: no
+        fsync per write (a row lost to a power cut only makes the Peer fetch those bytes again)."""
+        with self._llock:
+            if self._l is None:
+                self._l = self._connect()
+                self._l.execute("PRAGMA synchronous=NORMAL")
+            try:
+                if blob is None:
+                    self._l.execute("DELETE FROM att_fetched WHERE digest=?", (digest,))
+                else:
+                    self._l.execute("INSERT OR REPLACE INTO att_fetched(digest, blob) VALUES(?,?)", (digest, blob))
+            except sqlite3.Error as exc:
+                raise StorageError(None, f"cannot write the attachment index: {exc}") from exc
 
     def iter_hashes(self, chunk: int = 65_536) -> Iterator[int]:
         """Every id hash in the index (its own connection: it may be long).

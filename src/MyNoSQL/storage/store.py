@@ -35,6 +35,7 @@ import orjson
 from ..errors import CorruptionError, MyNoSQLError, StorageError
 from ..options import Options
 from ..records.revtree import DocState, leaves, peek_winner
+from .blobs import BlobStore
 from .bloom import Bloom
 from .cache import BlockCache, RecordCache
 from .index import Index, id_hash
@@ -107,6 +108,7 @@ class Store:
         self._savers: list[None] = []
 
         self.index = Index(directory / "index.sqlite")
+        self.blobs = BlobStore(directory / "attachments")  # attachment bytes (nothing on disk before the first)
         try:
             self.shards = ShardFiles(directory, max_bytes=options.shard_max_bytes)
             self.shards.open(self.index.shard_sizes())
@@ -128,6 +130,7 @@ class Store:
                     self.seq = max(self.seq, state.seq)
             if not self._active and old_segments:
                 self.wal.remove_through(old_segments[-1])  # everything in them is in committed blocks
+            self.blobs.recover(self._blob_referenced)  # what a crash left between a blob and its record
         except BaseException:
             self.shards.close()
             self.index.close()
@@ -556,6 +559,7 @@ class Store:
             bloom.add_all([h for s, h in zip(states, hashes, strict=True) if s.disk_loc < 0])
         with contextlib.suppress(OSError):
             self.wal.remove_through(closed_segment)
+        self.blobs.flushed(self.flushed_seq)
         with self.lock:
             active = self._active
             for s, loc, x in zip(states, locs, in_x, strict=True):
@@ -666,7 +670,51 @@ class Store:
         moved = self.collect_garbage(everything=True, progress=progress)
         self.flush()
         self.collect_garbage()
+        self.collect_blobs()
         return moved
+
+    # -- attachment bytes -------------------------------------------------------------------------------------
+
+    def _blob_referenced(self, key: str, id: str) -> bool:
+        """Whether the record ``id`` refers to the blob ``key`` (recovery after a crash)."""
+        state = self.get_state(id)
+        if state is None or not state.atts:
+            return False
+        for atts in state.atts.values():
+            for meta in atts.values():
+                if meta.get("blob") == key or ("blob" not in meta and self.index.fetched_blob(meta["digest"]) == key):
+                    return True
+        return False
+
+    def live_blobs(self) -> set[str]:
+        """Every blob that a leaf revision refers to (a scan of every record). Rows of blobs fetched for digests
+        that no leaf refers to any more are dropped on the way."""
+        fetched = self.index.fetched_all()
+        keys: set[str] = set()
+        stubs: set[str] = set()
+        for s in self.iter_states(0):
+            if s.atts:
+                for atts in s.atts.values():
+                    for meta in atts.values():
+                        key = meta.get("blob")
+                        if key is not None:
+                            keys.add(key)
+                        else:
+                            stubs.add(meta["digest"])
+        for digest, key in fetched.items():
+            if digest in stubs:
+                keys.add(key)
+            else:
+                self.index.set_fetched(digest, None)
+        return keys
+
+    def collect_blobs(self) -> tuple[int, int]:
+        """Delete the attachment blobs no leaf revision refers to any more. Returns (blobs, bytes) deleted."""
+        dropped, freed = self.blobs.collect(self.live_blobs)
+        if dropped:
+            log.info("%s: deleted %d attachment blob(s), %d bytes, no revision refers to any more",
+                     self.directory.name, dropped, freed)
+        return dropped, freed
 
     # -- changes feed -----------------------------------------------------------------------------------------
 
@@ -763,6 +811,7 @@ class Store:
                         continue
                     problems.extend(f"{shard_name(shard)}@{off}: record {st.id!r} has a revision leaf without a "
                                     "body" for st in states if any(r not in st.bodies for r in leaves(st.tree)))
+                    problems.extend(self._missing_blobs(states))
                     live = self._indexed_here(bno, states, x_rows > 0)
                     found += live
                     if live != row[7]:
@@ -777,6 +826,17 @@ class Store:
             problems.append(f"index.sqlite: {rows + x_rows - found} of its {rows + x_rows} record locations point "
                             "at no record of that id")
         return problems
+
+    def _missing_blobs(self, states: list[DocState]) -> list[str]:
+        out = []
+        for st in states:
+            for rev, atts in (st.atts or {}).items():
+                for name, meta in atts.items():
+                    key = meta.get("blob")
+                    if key is not None and not self.blobs.has(key):
+                        out.append(f"record {st.id!r} revision {rev}: the bytes of attachment {name!r} are missing "
+                                   f"(attachments/{key[:2]}/{key})")
+        return out
 
     def _indexed_here(self, bno: int, states: list[DocState], collisions: bool) -> int:
         """How many of block ``bno``'s records the index places there (the newest state of their id)."""
@@ -808,7 +868,9 @@ class Store:
         self._thread.join()  # no timeout: a flush running on when the files close could lose its batch
         try:
             self.flush()
+            self.blobs.flushed(self.flushed_seq)
         finally:
+            self.blobs.close()
             self.wal.close()
             self.shards.close()
             self.index.close()
