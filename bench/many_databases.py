@@ -159,20 +159,22 @@ def main() -> int:
         cold.pop("PYTHONPYCACHEPREFIX")
         extra = ["--max-open", str(args.max_open)] if args.max_open else []
         stop(start_mirror(work / "data", warm, extra, None)[0])  # untimed: caches the bytecode
-        times: dict[str, list[tuple[float, float]]] = {"data": [], "empty": [], "data-cold": []}
+        times: dict[str, list[tuple[float, float, float]]] = {"data": [], "empty": [], "data-cold": []}
+        load_before = os.getloadavg()[0]
         for _ in range(args.starts):  # interleaved, so that the machine's load falls on each alike
             for kind, folder, env, first_db in (("data", work / "data", warm, "user00000"),
                                                 ("empty", work / "empty", warm, None),
                                                 ("data-cold", work / "data", cold, "user00000")):
-                p, _, serving, first = start_mirror(folder, env, extra, first_db)
+                p, _, serving, first, cpu = start_mirror(folder, env, extra, first_db)
                 stop(p)
-                times[kind].append((serving, first))
+                times[kind].append((serving, first, cpu))
+        load_after = os.getloadavg()[0]
 
         def median(kind: str, i: int) -> float:
             return statistics.median(t[i] for t in times[kind])
 
         started, first_answer, empty_start = median("data", 0), median("data", 1), median("empty", 0)
-        proc, url, _, _ = start_mirror(work / "data", warm, extra, "user00000")
+        proc, url, _, _, _ = start_mirror(work / "data", warm, extra, "user00000")
         sampler = Sampler(proc.pid)
         asyncio.run(asyncio.sleep(0.5))
         idle_rss = sampler.samples[-1] if sampler.samples else 0
@@ -187,6 +189,10 @@ def main() -> int:
             ("start: launch -> first answer from a database", f"{first_answer:.2f} s", ""),
             ("start of the same mirror on an empty folder (control)", f"{empty_start:.2f} s",
              f"ratio {started / empty_start:.2f}"),
+            ("CPU time to serving: with DIR / empty folder", f"{median('data', 2):.2f} s / {median('empty', 2):.2f} s",
+             ""),
+            ("load average (1 min) before / after the starts", f"{load_before:.1f} / {load_after:.1f}",
+             f"{os.cpu_count()} CPUs"),
             ("start with MyNoSQL's modules compiled each time: serving / first answer",
              f"{median('data-cold', 0):.2f} s / {median('data-cold', 1):.2f} s", ""),
             ("every start (serving s): with DIR / empty / no bytecode", " / ".join(
@@ -211,9 +217,11 @@ def main() -> int:
 
 
 def start_mirror(folder: Path, env: dict[str, str], extra: list[str],
-                 first_db: str | None) -> tuple[subprocess.Popen[str], str, float, float]:
+                 first_db: str | None) -> tuple[subprocess.Popen[str], str, float, float, float]:
     """A mirror of ``folder``: (process, URL, seconds to its "serving" line, seconds to the answer of a first
-    request: ``GET /{first_db}``, which opens that database, or ``GET /``), both from the launch."""
+    request: ``GET /{first_db}``, which opens that database, or ``GET /``), both from the launch, and the CPU
+    seconds (user + system) the process had used when it said "serving": what load on the machine does not
+    change)."""
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     t0 = time.perf_counter()
@@ -222,9 +230,10 @@ def start_mirror(folder: Path, env: dict[str, str], extra: list[str],
     assert proc.stdout is not None
     line = proc.stdout.readline()
     serving = time.perf_counter() - t0
+    cpu = psutil.Process(proc.pid).cpu_times()
     assert line.startswith("serving"), line
     asyncio.run(_first(url, first_db or ""))
-    return proc, url, serving, time.perf_counter() - t0
+    return proc, url, serving, time.perf_counter() - t0, cpu.user + cpu.system
 
 
 def stop(proc: subprocess.Popen[str]) -> None:

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support.mirrors import MirrorProcess, free_port
+from support.mirrors import MirrorProcess, free_port, wait_until
 
 HERE = Path(__file__).resolve().parent
 BUNDLE = HERE.parent / "interop" / "node_modules" / "pouchdb" / "dist" / "pouchdb.min.js"
@@ -235,6 +235,18 @@ def test_a_web_app_syncs_attachments_both_ways(tmp_path: Path, app_origin: str) 
             check_seen(step("read", "py-doc"), {name: (pattern(5000, 9), "image/png")})
             assert py.pull(db_url)["errors"] == []
             assert py.getattachment("py-doc", name) == pattern(5000, 9)
+
+            # a live sync: what Python pushes reaches the page, what the page puts reaches the mirror, as it happens
+            step("startLive")
+            live = pattern(64 * 1024, 11)
+            py.putattachment("live-py", "live.bin", live, "application/octet-stream")
+            assert py.push(db_url)["errors"] == []
+            seen = step("waitFor", "live-py", "live.bin", md5_digest(live), 30000)
+            check_seen(seen, {"live.bin": (live, "application/octet-stream")})
+            step("putDoc", "live-browser", 70 * 1024, 12, "live from the browser")
+            wait_until(lambda: fetch_raw(f"{m.url}/app/live-browser/photo.bin")[1] == pattern(70 * 1024, 12),
+                       timeout=30, what="the page's attachment on the mirror")
+            assert step("stopLive") == []
     finally:
         py.closedb()
         m.stop()
