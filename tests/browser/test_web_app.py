@@ -231,6 +231,7 @@ def test_a_web_app_syncs_attachments_both_ways(tmp_path: Path, app_origin: str) 
             step("remotePut", "py-doc", name, 5000, 9)
             quoted = urllib.parse.quote(name, safe="/")
             assert fetch_raw(f"{m.url}/app/py-doc/{quoted}") == (200, pattern(5000, 9), "image/png")
+            assert step("remoteErrors", "py-doc") == {"missing": 404, "stale": 409, "nodoc": 404}
             got = step("remoteDoc", "py-doc")
             assert sorted(got) == ["leaf0", "winner"] and got["leaf0"] == got["winner"]
             assert list(got["winner"]) == [name] and got["winner"][name]["digest"] == md5_digest(pattern(5000, 9))
