@@ -255,3 +255,31 @@ def test_a_web_app_syncs_attachments_both_ways(tmp_path: Path, app_origin: str) 
     finally:
         py.closedb()
         m.stop()
+
+
+@pytest.mark.slow
+def test_a_web_app_pushes_a_batch_of_photos_larger_than_a_request_may_be(tmp_path: Path, app_origin: str) -> None:
+    """PouchDB sends a batch with its attachments inline (base64 JSON): 16 photos of 2 MiB make one ~45 MB
+    _bulk_docs body, over the mirror's request limit (32 MiB); the mirror reads it a document at a time, and
+    every photo arrives whole."""
+    creds = tmp_path / "users.txt"
+    creds.write_text(f"root:{PASSWORD}:admin\nweb:{PASSWORD}\n")
+    m = MirrorProcess(tmp_path / "srv", "app", free_port(), [],
+                      ["--credentials", str(creds), "--cors-origin", app_origin]).start()
+    try:
+        with browser_page(f"{app_origin}/attachments.html") as page:
+            page.wait_for_function("window.ready === true")
+
+            def step(call: str, *args: Any) -> Any:
+                return page.evaluate(f"(args) => app.{call}(...args)", list(args))
+
+            assert step("login", m.url, "app", "web", PASSWORD)["status"] == 200
+            sums = step("putPhotos", "photo-", 16, 2 * 1024 * 1024)
+            assert step("sync") == {"pushed": 16, "pulled": 0, "errors": 0}
+        for id, sha in sums.items():
+            status, data, ctype = fetch_raw(f"{m.url}/app/{id}/photo.jpg")
+            assert (status, len(data), ctype) == (200, 2 * 1024 * 1024, "image/jpeg")
+            assert hashlib.sha256(data).hexdigest() == sha
+            assert call("GET", f"{m.url}/app/{id}")["_attachments"]["photo.jpg"]["digest"] == md5_digest(data)
+    finally:
+        m.stop()
