@@ -280,6 +280,9 @@ class DocumentRoutes:
         client = client_token(request)
         echo_log = self.ctx.echo_log(db.name) if client else None
 
+        mine = stored[:]  # the write's thread owns them now: a cancelled request does not wait for it to end
+        stored.clear()
+
         def write() -> list[dict[str, Any]]:
             nonlocal written, refused
             # Every document is checked against the limits before any is written: over a limit, the whole
@@ -292,13 +295,13 @@ class DocumentRoutes:
                 if isinstance(w, LocalWrite):
                     self.rules.local_size(w.doc)
                 if isinstance(w, (wire.WireDoc, Edit)) and w.atts is not None:
-                    atts.append(with_stored(w.atts, stored[n] if n < len(stored) else {}))
+                    atts.append(with_stored(w.atts, mine[n] if n < len(mine) else {}))
                 else:
                     atts.append(None)
             out: list[dict[str, Any]] = []
             for n, (doc, w) in enumerate(zip(docs, checked, strict=True)):
-                if n < len(stored) and (isinstance(w, wire.WireDoc) or (isinstance(w, Edit) and not w.deleted)):
-                    stored[n] = {}  # the write below releases them (the whole request when it fails)
+                if n < len(mine) and (isinstance(w, wire.WireDoc) or (isinstance(w, Edit) and not w.deleted)):
+                    mine[n] = {}  # the write below releases them
                 try:
                     if isinstance(w, Refused):
                         out.append({"id": w.id, "error": w.error, "reason": w.reason})
@@ -322,7 +325,14 @@ class DocumentRoutes:
                     out.append({"id": doc.get("_id"), "error": "conflict", "reason": str(exc)})
             return out
 
-        answer = await asyncio.to_thread(write)  # even a small write may wait for the compactor
+        def write_releasing() -> list[dict[str, Any]]:
+            try:
+                return write()
+            finally:  # what no write took (a refused request, a document refused on its own)
+                for kept in mine:
+                    release_all(db, kept)
+
+        answer = await asyncio.to_thread(write_releasing)  # even a small write may wait for the compactor
         self.ctx.observer.docs_in += written  # counted here, on the event loop: worker threads never race on it
         if refused:
             self.ctx.observer.refusals["max_leaves"] += refused
