@@ -118,6 +118,12 @@ def test_purge_requests_are_checked(server: Any) -> None:
     assert request("POST", f"{url}/_purge", {"_local/x": [a["rev"]]}, user="root") == (
         201, {"purge_seq": None, "purged": {"_local/x": []}})
     assert request("GET", f"{url}/a", user="root")[1]["_rev"] == a["rev"]
+    for name in ("Upper", "_users", "_x", "a" * 300, "a%00b", "..", "-x", "a%2Fb%2F..%2F..%2Fetc"):
+        for route in ("_purge", "_purged_infos", "_purged_infos_limit"):
+            method = "POST" if route == "_purge" else "GET"
+            status, answer = request(method, f"{server.url}/{name}/{route}", {"a": [a["rev"]]}, user="root")
+            assert status in (400, 404), (name, route, status, answer)
+            assert answer["error"] in ("illegal_database_name", "not_found"), (name, route, answer)
     # _purged_infos_limit
     assert request("GET", f"{url}/_purged_infos_limit", user="root") == (200, 1000)
     for bad_limit in (0, -1, "5", 1.5, None, [5]):
