@@ -231,15 +231,17 @@ def test_purged_infos_keep_the_newest_within_the_limit(location: Path) -> None:
         assert [p["id"] for p in db.db.purged_infos()] == ["d1", "d2"]
 
 
-def test_random_saves_and_purges_agree_with_a_model(location: Path) -> None:
+@pytest.mark.parametrize("seed, steps", [(15, 150), pytest.param(16, 2000, marks=pytest.mark.slow),
+                                         pytest.param(17, 2000, marks=pytest.mark.slow)])
+def test_random_saves_and_purges_agree_with_a_model(location: Path, seed: int, steps: int) -> None:
     """Saves, deletions, partial and whole purges interleaved with small flushes, garbage collection and reopens."""
-    rng = random.Random(15)
+    rng = random.Random(seed)
     opts = MyNoSQL.Options(flush_docs=6, block_docs=3, flush_interval=0.05, background_sync=False)
     model: dict[str, dict[str, object]] = {}
     db = MyNoSQL.MyNoSQL(location, options=opts)
     db.opendb("m")
     try:
-        for step in range(300):
+        for step in range(steps):
             id = f"k{rng.randrange(25)}"
             cur = model.get(id)
             op = rng.random()
