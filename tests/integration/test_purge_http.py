@@ -168,7 +168,10 @@ def test_a_purge_does_not_replicate_and_a_replica_brings_the_document_back(serve
         db.opendb("db")
         x = db.savedoc({"id": "x", "v": 1})
         db.savedoc({"id": "y", "v": 1})
+        w = db.savedoc({"id": "w", "v": 1})
+        assert db.purge("w", [w["rev"]]) == [w["rev"]]  # purged before it was ever pushed: it never is
         db.push(remote)
+        assert request("GET", f"{server.url}/db/w", user="root")[0] == 404
         assert db.purge("x", [x["rev"]]) == [x["rev"]]
         db.savedoc({"id": "z", "v": 1})
         db.push(remote)
