@@ -17,11 +17,12 @@ together hold ``BACKLOG`` times either amount.
 Read path: active memtable, frozen memtable, record cache, then index -> block (decompressed-block cache) ->
 record. Disk reads are cached only if no flush completed meanwhile, so a stale state can never be cached.
 
-Purge (``purge``): a record whose every leaf is purged gets a *purge marker* (``DocState.purge_marker``) written
-like any state (log, memtable: durable as a save); reads and the changes feed treat it as no record at all, and
-the flush that packs it writes no block for it but deletes the record's index row (its old block's record is
-dead from then on: garbage collection and ``compact`` drop it with the shard). So a crash, a reopen, a flush,
-garbage collection or a rebuild of anything from the index cannot bring it back.
+Purge (``Database.purge``): a record whose every leaf is purged gets a *purge marker*
+(``DocState.purge_marker``) written like any state (log, memtable: durable as a save); reads and the changes
+feed treat it as no record at all, and the flush that packs it writes no block for it but deletes the record's
+index row (its old block's record is dead from then on: garbage collection and ``compact`` drop it with the
+shard). So a crash, a reopen, a flush, garbage collection or a rebuild of anything from the index cannot bring
+it back.
 """
 
 from __future__ import annotations
