@@ -349,11 +349,13 @@ class Database:
         return self._config.purged_infos_limit or DEFAULT_PURGED_INFOS_LIMIT
 
     def set_purged_infos_limit(self, limit: int) -> None:
-        """Remember a ``_purged_infos_limit`` for this database (older purges are forgotten at the next purge)."""
-        self._check()
+        """Remember a ``_purged_infos_limit`` for this database; older purges are forgotten now (the purge
+        sequence stays)."""
+        store = self._check()
         if type(limit) is not int or not 1 <= limit <= 1_000_000_000:
             raise InvalidDocument("purged_infos_limit must be a positive integer")
         self._update_config(purged_infos_limit=limit)
+        store.index.add_purges([], limit)
 
     @property
     def security(self) -> dict[str, Any]:

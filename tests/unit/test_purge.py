@@ -229,6 +229,8 @@ def test_purged_infos_keep_the_newest_within_the_limit(location: Path) -> None:
         db.opendb("p")
         assert db.db.purged_infos_limit == 2 and db.db.purge_seq == 3
         assert [p["id"] for p in db.db.purged_infos()] == ["d1", "d2"]
+        db.db.set_purged_infos_limit(1)  # forgets at once; the sequence stays
+        assert [p["id"] for p in db.db.purged_infos()] == ["d2"] and db.db.purge_seq == 3
 
 
 @pytest.mark.parametrize("seed, steps", [(15, 150), pytest.param(16, 2000, marks=pytest.mark.slow),
