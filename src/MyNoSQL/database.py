@@ -1077,7 +1077,7 @@ class Database:
             purged.clear()
             if prev is None:
                 return None
-            leaves = set(prev.bodies)  # only leaves keep a body
+            leaves = set(revtree.leaves(prev.tree))
             purged.extend(r for r in dict.fromkeys(revs) if r in leaves)
             if not purged:
                 return None
