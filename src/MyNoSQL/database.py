@@ -1067,10 +1067,32 @@ class Database:
         log). A replica that still has the record sends it back at the next replication that reads from it
         (as with CouchDB): purge it there too.
         """
+        return self.purge_many({id: revs})[id]
+
+    def purge_many(self, requests: dict[str, list[str]]) -> dict[str, list[str]]:
+        """:meth:`purge` of each ``{id: [rev, ...]}``; returns ``{id: [the revisions purged]}`` (CouchDB's
+        ``_purge``). Every id and list is checked before anything is purged; the purges are logged together."""
         store = self._check()
-        id = validate_id(id)
-        if not isinstance(revs, list) or not all(type(r) is str for r in revs) or len(revs) > 10_000:
-            raise InvalidDocument("purge needs a list of revision ids")
+        if not isinstance(requests, dict):
+            raise InvalidDocument("purge needs {id: [rev, ...]}")
+        for id, revs in requests.items():
+            validate_id(id)
+            if not isinstance(revs, list) or not all(type(r) is str for r in revs) or len(revs) > 10_000:
+                raise InvalidDocument("purge needs a list of revision ids")
+        out: dict[str, list[str]] = {}
+        log: list[tuple[str, str]] = []
+        try:
+            for id, revs in requests.items():
+                out[id] = self._purge(store, id, revs)
+                if out[id]:
+                    log.append((id, orjson.dumps(out[id]).decode()))
+        finally:
+            if log:
+                store.index.add_purges(log, self.purged_infos_limit)
+        return out
+
+    @staticmethod
+    def _purge(store: Store, id: str, revs: list[str]) -> list[str]:
         purged: list[str] = []
 
         def mutate(prev: DocState | None) -> DocState | None:
@@ -1088,8 +1110,6 @@ class Database:
             return DocState(id, 0, tree, {r: b for r, b in prev.bodies.items() if r in tree}, atts)
 
         store.put(id, mutate)
-        if purged:
-            store.index.add_purges([(id, orjson.dumps(purged).decode())], self.purged_infos_limit)
         return list(purged)
 
     @property

@@ -73,6 +73,19 @@ def test_only_leaves_are_purged_and_unknown_ids_are_ignored(db: MyNoSQL.MyNoSQL)
         db.purge("_bad", [second["rev"]])
 
 
+def test_purge_many_checks_everything_first_and_logs_each_record(db: MyNoSQL.MyNoSQL) -> None:
+    revs = {f"d{i}": db.savedoc({"id": f"d{i}"})["rev"] for i in range(3)}
+    with pytest.raises(MyNoSQL.InvalidDocument):
+        db.db.purge_many({"d0": [revs["d0"]], "../bad": [revs["d1"]]})
+    with pytest.raises(MyNoSQL.InvalidDocument):
+        db.db.purge_many({"d0": [revs["d0"]], "d1": revs["d1"]})  # type: ignore[dict-item]  # not a list
+    assert len(db) == 3 and db.db.purge_seq == 0  # nothing purged
+    out = db.db.purge_many({"d0": [revs["d0"]], "d1": [revs["d1"], "1-" + "0" * 32], "none": [revs["d2"]]})
+    assert out == {"d0": [revs["d0"]], "d1": [revs["d1"]], "none": []}
+    assert [r["id"] for r in db] == ["d2"] and db.db.purge_seq == 2
+    assert [p["id"] for p in db.db.purged_infos()] == ["d0", "d1"]
+
+
 def test_purging_a_deleted_record_removes_its_tombstone(db: MyNoSQL.MyNoSQL) -> None:
     a = db.savedoc({"id": "a"})
     tomb = db.deletedoc("a", a["rev"])

@@ -282,7 +282,8 @@ class DatabaseRoutes:
         check_ids_and_revs((id, rev) for id, revs in body.items() for rev in revs)
 
         def run() -> dict[str, list[str]]:
-            return {id: [] if reserved(id) else db.purge(id, revs) for id, revs in body.items()}
+            done = db.purge_many({id: revs for id, revs in body.items() if not reserved(id)})
+            return {id: done.get(id, []) for id in body}  # a reserved id (_local/...) is never a record here
 
         return json_response({"purge_seq": None, "purged": await asyncio.to_thread(run)}, 201)
 
