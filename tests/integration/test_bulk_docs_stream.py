@@ -107,5 +107,9 @@ def test_a_refused_streamed_batch_writes_nothing_and_keeps_no_bytes(mirrors: Cal
     raw = json.dumps(body).encode()
     status, answer = post(f"{url}/_bulk_docs", raw[:-3], chunked=True)  # it ends too soon
     assert status == 400 and answer["error"] == "bad_request", answer
+    # documents without attachments hold RAM once parsed: together they stay within the limit (4 MiB here)
+    small = [{"_id": f"s{i}", "_rev": f"1-{i:032x}", "text": "x" * 900} for i in range(10_000)]
+    status, answer = post(f"{url}/_bulk_docs", json.dumps({"docs": small, "new_edits": False}).encode())
+    assert status == 413 and answer["error"] == "too_large", answer
     assert json.loads(get(url))["doc_count"] == 1
     assert blobs(m.path / "app") == before

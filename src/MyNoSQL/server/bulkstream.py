@@ -210,6 +210,7 @@ async def receive_bulk_docs(request: web.Request, db: Database, rules: Rules,
     splitter = DocsSplitter(limits.max_request_bytes)
     docs: list[Any] = []
     total = 0
+    held = [0, 0]  # JSON bytes and values the parsed documents hold in RAM (their stored attachments aside)
 
     def prepare(pieces: list[bytes]) -> None:  # in a worker thread: one hop for what one chunk completed
         for raw in pieces:
@@ -217,6 +218,15 @@ async def receive_bulk_docs(request: web.Request, db: Database, rules: Rules,
             kept = stash_inline(db, doc, limits.max_attachment_bytes)
             docs.append(doc)
             stored.append(kept)  # from here the caller releases them
+            # what a body read whole may hold, the batch's documents may hold together: the same RAM bound
+            held[0] += len(raw) - sum((s.length + 2) // 3 * 4 for s in kept.values())
+            held[1] += 1 + raw.count(b",") + raw.count(b":") + raw.count(b"[") + raw.count(b"{")
+            if held[0] > limits.max_request_bytes:
+                raise HttpError(413, "too_large", "the request body is too large (its documents without their "
+                                "attachments)")
+            if held[1] > limits.max_json_values:
+                raise HttpError(413, "too_large", f"the request body holds over {limits.max_json_values} JSON "
+                                "values, the limit")
 
     try:
         while True:
