@@ -35,7 +35,7 @@ from typing import Any
 import orjson
 
 from .errors import IndexNotFound, InvalidQuery, NoUsableIndex
-from .records.codec import decode_value, loads_body
+from .records.codec import copy_plan, decode_value, loads_body
 from .records.collate import ARRAY, HIGH, OBJECT, encode_key
 from .records.mango import (
     MISSING,
@@ -317,6 +317,11 @@ class Hit:
         return cls(s.id, win, s.bodies[win], owned)
 
 
+# A match already in its final form (a Python record of the caller's own): :meth:`QueryEngine.output` returns it.
+_FINAL = Hit("", "", b"", True)
+_DOC_MAX = 1024  # records of at most this many bytes of JSON keep their dict form in the query's record memo
+
+
 class QueryEngine:
     """Query indexes and queries of one store (the database persists the definitions)."""
 
@@ -334,6 +339,12 @@ class QueryEngine:
         self._parsed: weakref.WeakKeyDictionary[DocState, dict[str, Any] | None] = weakref.WeakKeyDictionary()
         self._compiled: dict[str, tuple[Node, list[Path], bool, list[Path] | None, Plan]] = {}
         self._version = 0  # changes when an index is added, built or dropped: plans made before are not reused
+        # The records index plans return, as Python records, by where they are on disk (``loc``: a block is never
+        # rewritten and its number never reused, so an entry never goes stale): a record a query returns again is
+        # copied from here rather than read from its block and parsed. (record, copy plan), or None once seen
+        # (a record is kept only from its second time, as readdoc does); at most ``cache_docs`` entries.
+        self._docs: dict[int, tuple[dict[str, Any], tuple[str, ...]] | None] = {}
+        self._docs_max = max(0, int(getattr(options, "cache_docs", 10_000)))
 
     # -- definitions --------------------------------------------------------------------------------------
 
@@ -457,6 +468,8 @@ class QueryEngine:
                         bp = max(bps, key=lambda p: p.score) if bps else None
                     if bp is None:
                         break
+                    if bp.kind == "index":  # a branch's rows that need no test match the whole selector too
+                        bp.exact = _exact(bp, [x for x in conj if x is not c] + conjuncts(branch), bcons)
                     parts.append(bp)
                 else:
                     return Plan("union", parts=parts, warning=warning)
@@ -483,7 +496,14 @@ class QueryEngine:
 
     # -- running ------------------------------------------------------------------------------------------
 
-    def _disk_rows(self, d: IndexDef, lo: bytes, hi: bytes, desc: bool) -> Iterator[tuple[str, int]]:
+    def _disk_rows(self, d: IndexDef, lo: bytes, hi: bytes, desc: bool, paged: bool) -> Iterable[tuple[str, int]]:
+        """(id, loc) of the index rows in ``[lo, hi)``: all at once, or (``paged``: a query that may stop early)
+        a page at a time."""
+        if not paged:
+            return self.store.index.qkeys_locs(d.ino, lo, hi, desc=desc)
+        return self._pages(d, lo, hi, desc)
+
+    def _pages(self, d: IndexDef, lo: bytes, hi: bytes, desc: bool) -> Iterator[tuple[str, int]]:
         after: tuple[bytes, str] | None = None
         page = 64  # small first: a query with a limit reads little
         while True:
@@ -496,22 +516,38 @@ class QueryEngine:
             page = min(page * 4, 4096)
 
     def _run_index(self, plan: Plan, test: Callable[[Any], bool], desc: bool, pending: dict[str, DocState],
-                   seen: set[str]) -> Iterator[tuple[dict[str, Any], Hit]]:
+                   seen: set[str], final: bool = False,
+                   paged: bool = True) -> Iterator[tuple[dict[str, Any], Hit]]:
+        """The matches of an index plan. ``final``: the caller wants Python records of its own (no fields, no
+        sort of its own): a range that needs no test yields them as such (``_FINAL``), from the record memo
+        when it has them."""
         d = plan.index
         assert d is not None
         store = self.store
         read_block = store.read_block
         memo: dict[int, list[bytes] | None] = {}
+        docs = self._docs
         loads = orjson.loads
         unpack = _U32.unpack_from
         order = range(len(plan.ranges) - 1, -1, -1) if desc else range(len(plan.ranges))
         for i in order:
             lo, hi = plan.ranges[i]
             exact = plan.exact and i != plan.loose
-            for id, loc in self._disk_rows(d, lo, hi, desc):
+            fast = final and exact
+            for id, loc in self._disk_rows(d, lo, hi, desc, paged):
                 if id in pending or id in seen:
                     continue
                 seen.add(id)
+                known = _NOT_READ
+                if fast:
+                    known = docs.get(loc, _NOT_READ)
+                    if known is not None and known is not _NOT_READ:  # returned before: copy its dict form
+                        rec, cplan = known
+                        out = rec.copy()
+                        for k in cplan:
+                            out[k] = out[k].copy()
+                        yield out, _FINAL
+                        continue
                 bno = loc >> 8
                 records = memo.get(bno, _NOT_READ)
                 if records is _NOT_READ:
@@ -526,6 +562,9 @@ class QueryEngine:
                         if nodes[0][2]:
                             continue  # deleted
                         rev = nodes[0][0]
+                        if fast:
+                            yield self._remember(loc, known is None, id, rev, data[4 + mlen :]), _FINAL
+                            continue
                         doc = loads(data[4 + mlen :])
                         doc["_id"] = id
                         doc["_rev"] = rev
@@ -542,9 +581,31 @@ class QueryEngine:
                 if test(doc):
                     yield doc, Hit(id, rev, body, True)
 
-    def _matches(self, plan: Plan, test: Callable[[Any], bool], desc: bool,
-                 sort: list[Path]) -> Iterator[tuple[dict[str, Any], Hit]]:
-        """Every match of the plan: in sort order when ``plan.ordered`` (pending records merged in)."""
+    def _remember(self, loc: int, again: bool, id: str, rev: str, body: bytes) -> dict[str, Any]:
+        """The Python record (``id``, ``rev``, decoded body) at ``loc``, for the caller; kept in the record memo
+        in its dict form when it is returned ``again`` (and small and shallow enough to copy cheaply)."""
+        out: dict[str, Any] = {"id": id, "rev": rev}
+        out.update(loads_body(body))
+        docs = self._docs
+        if self._docs_max <= 0:
+            return out
+        cplan = copy_plan(out) if again and len(body) <= _DOC_MAX else None
+        if loc not in docs and len(docs) >= self._docs_max:
+            with contextlib.suppress(StopIteration, KeyError, RuntimeError):  # another thread evicted it
+                docs.pop(next(iter(docs)))
+        if cplan is None:
+            docs[loc] = None
+            return out
+        docs[loc] = (out, cplan)
+        copy = out.copy()
+        for k in cplan:
+            copy[k] = copy[k].copy()
+        return copy
+
+    def _matches(self, plan: Plan, test: Callable[[Any], bool], desc: bool, sort: list[Path], final: bool = False,
+                 paged: bool = True) -> Iterator[tuple[dict[str, Any], Hit]]:
+        """Every match of the plan: in sort order when ``plan.ordered`` (pending records merged in). ``final``
+        and ``paged``: see :meth:`_run_index` and :meth:`_disk_rows`."""
         store = self.store
         if plan.kind == "scan":
             for s in store.iter_states(0):
@@ -569,10 +630,10 @@ class QueryEngine:
                             seen.add(h.id)
                             yield doc, h
                 else:
-                    yield from self._run_index(part, test, desc, pending, seen)
+                    yield from self._run_index(part, test, desc, pending, seen, final, paged)
         else:
-            disk = self._run_index(plan, test, desc, pending, seen)
             if sort and plan.ordered and pending:
+                disk = self._run_index(plan, test, desc, pending, seen, False, paged)
                 mem = []
                 for s in pending.values():
                     doc = self._pending_doc(s)
@@ -581,7 +642,7 @@ class QueryEngine:
                 mem.sort(key=lambda x: sort_key(x[0], sort, x[1].id), reverse=desc)
                 yield from heapq.merge(disk, mem, key=lambda x: sort_key(x[0], sort, x[1].id), reverse=desc)
                 return
-            yield from disk
+            yield from self._run_index(plan, test, desc, pending, seen, final, paged)
         for s in pending.values():
             if s.id in seen:
                 continue
@@ -615,12 +676,16 @@ class QueryEngine:
                     self._compiled.pop(next(iter(self._compiled)))
             self._compiled[key] = cached
         node, paths, desc, fpaths, plan = cached
-        picked, plan = self.select(node, paths, desc, limit=limit, skip=skip, plan=plan)
+        picked, plan = self.select(node, paths, desc, limit=limit, skip=skip, plan=plan,
+                                   final=python and fpaths is None)
         return [self.output(doc, s, fpaths, python) for doc, s in picked], plan
 
     def select(self, node: Node, paths: list[Path], desc: bool, *, limit: Any = None, skip: Any = 0,
-               use_index: Any = None, plan: Plan | None = None) -> tuple[list[tuple[dict[str, Any], Hit]], Plan]:
-        """The matches of a compiled selector, sorted, skipped and limited: (stored JSON form, state) pairs."""
+               use_index: Any = None, plan: Plan | None = None,
+               final: bool = False) -> tuple[list[tuple[dict[str, Any], Hit]], Plan]:
+        """The matches of a compiled selector, sorted, skipped and limited: (stored JSON form, state) pairs.
+        ``final``: the caller will hand out every match as a Python record with all its fields
+        (:meth:`output`): matches may come in that form already."""
         if limit is not None and (type(limit) is not int or limit < 0):
             raise InvalidQuery("limit is a non-negative integer")
         if type(skip) is not int or skip < 0:
@@ -630,9 +695,10 @@ class QueryEngine:
         if plan.kind == "scan" and self.options.strict_queries:
             raise NoUsableIndex(f"no index can answer {orjson.dumps(node.json()).decode()[:200]} (strict_queries): "
                                 "create one with createindex over the fields it requires")
-        matches = self._matches(plan, node.test, desc, paths)
         stop = None if limit is None else skip + limit
-        if paths and not plan.ordered:
+        sorted_here = bool(paths) and not plan.ordered
+        matches = self._matches(plan, node.test, desc, paths, final and not sorted_here, stop is not None)
+        if sorted_here:
             keyed = ((sort_key(doc, paths, s.id), doc, s) for doc, s in matches)
             if stop is not None:
                 chosen = (heapq.nlargest if desc else heapq.nsmallest)(stop, keyed, key=lambda x: x[0])
@@ -645,6 +711,8 @@ class QueryEngine:
     def output(doc: dict[str, Any], s: Hit, fpaths: list[Path] | None, python: bool) -> dict[str, Any]:
         """A match (``doc``: read-only unless ``s.owned``) as it is handed out: a Python record of the caller's
         own (``id``, ``rev``, decoded values), or a CouchDB document; only ``fpaths`` if given."""
+        if s is _FINAL:
+            return doc
         if python and fpaths is None:
             out: dict[str, Any] = {"id": s.id, "rev": s.winner}
             if s.owned:  # parsed for this query alone: it becomes the result

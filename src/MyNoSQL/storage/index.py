@@ -338,6 +338,12 @@ class Index:
                f"(?, ?) ORDER BY key {'DESC' if desc else ''}, id {'DESC' if desc else ''} LIMIT ?")
         return self._all(sql, (ino, lo, hi, after[0], after[1], limit))
 
+    def qkeys_locs(self, ino: int, lo: bytes, hi: bytes, *, desc: bool = False) -> list[tuple[str, int]]:
+        """(id, loc) of every row with ``lo <= key < hi``, in (key, id) order (``desc``: reversed)."""
+        order = "DESC" if desc else ""
+        return self._all(f"SELECT id, loc FROM qkeys WHERE ino=? AND key>=? AND key<? ORDER BY key {order}, "
+                         f"id {order}", (ino, lo, hi))
+
     def qkeys_count(self, ino: int, lo: bytes, hi: bytes) -> int:
         return int(self._one("SELECT count(*) FROM qkeys WHERE ino=? AND key>=? AND key<?", (ino, lo, hi)))
 
