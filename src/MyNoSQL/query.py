@@ -496,16 +496,16 @@ class QueryEngine:
 
     # -- running ------------------------------------------------------------------------------------------
 
-    def _disk_rows(self, d: IndexDef, lo: bytes, hi: bytes, desc: bool, paged: bool) -> Iterable[tuple[str, int]]:
-        """(id, loc) of the index rows in ``[lo, hi)``: all at once, or (``paged``: a query that may stop early)
-        a page at a time."""
-        if not paged:
+    def _disk_rows(self, d: IndexDef, lo: bytes, hi: bytes, desc: bool,
+                   page: int | None) -> Iterable[tuple[str, int]]:
+        """(id, loc) of the index rows in ``[lo, hi)``: all at once, or (a query that may stop early) a page at
+        a time, ``page`` rows first (what the query needs when every row is a match: a limit reads little)."""
+        if page is None:
             return self.store.index.qkeys_locs(d.ino, lo, hi, desc=desc)
-        return self._pages(d, lo, hi, desc)
+        return self._pages(d, lo, hi, desc, page)
 
-    def _pages(self, d: IndexDef, lo: bytes, hi: bytes, desc: bool) -> Iterator[tuple[str, int]]:
+    def _pages(self, d: IndexDef, lo: bytes, hi: bytes, desc: bool, page: int) -> Iterator[tuple[str, int]]:
         after: tuple[bytes, str] | None = None
-        page = 64  # small first: a query with a limit reads little
         while True:
             rows = self.store.index.qkeys_range(d.ino, lo, hi, desc=desc, after=after, limit=page)
             for _key, id, loc in rows:
@@ -516,11 +516,12 @@ class QueryEngine:
             page = min(page * 4, 4096)
 
     def _run_index(self, plan: Plan, test: Callable[[Any], bool], desc: bool, pending: dict[str, DocState],
-                   seen: set[str], final: bool = False,
-                   paged: bool = True) -> Iterator[tuple[dict[str, Any], Hit]]:
+                   seen: set[str], final: bool = False, page: int | None = 64,
+                   dedupe: bool = True) -> Iterator[tuple[dict[str, Any], Hit]]:
         """The matches of an index plan. ``final``: the caller wants Python records of its own (no fields, no
         sort of its own): a range that needs no test yields them as such (``_FINAL``), from the record memo
-        when it has them."""
+        when it has them. ``page``: see :meth:`_disk_rows`. ``dedupe``: skip the ids in ``seen`` and add those
+        yielded (a union's parts; one index has one row per record)."""
         d = plan.index
         assert d is not None
         store = self.store
@@ -534,10 +535,13 @@ class QueryEngine:
             lo, hi = plan.ranges[i]
             exact = plan.exact and i != plan.loose
             fast = final and exact
-            for id, loc in self._disk_rows(d, lo, hi, desc, paged):
-                if id in pending or id in seen:
+            for id, loc in self._disk_rows(d, lo, hi, desc, page):
+                if id in pending:
                     continue
-                seen.add(id)
+                if dedupe:
+                    if id in seen:
+                        continue
+                    seen.add(id)
                 known = _NOT_READ
                 if fast:
                     known = docs.get(loc, _NOT_READ)
@@ -603,9 +607,9 @@ class QueryEngine:
         return copy
 
     def _matches(self, plan: Plan, test: Callable[[Any], bool], desc: bool, sort: list[Path], final: bool = False,
-                 paged: bool = True) -> Iterator[tuple[dict[str, Any], Hit]]:
-        """Every match of the plan: in sort order when ``plan.ordered`` (pending records merged in). ``final``
-        and ``paged``: see :meth:`_run_index` and :meth:`_disk_rows`."""
+                 stop: int | None = None) -> Iterator[tuple[dict[str, Any], Hit]]:
+        """Every match of the plan: in sort order when ``plan.ordered`` (pending records merged in). ``final``:
+        see :meth:`_run_index`; ``stop``: how many matches the caller may stop at (None: it takes them all)."""
         store = self.store
         if plan.kind == "scan":
             for s in store.iter_states(0):
@@ -622,6 +626,7 @@ class QueryEngine:
             return
         pending = store.pending()  # before the index is read: a record flushed meanwhile is in one or the other
         seen: set[str] = set()
+        page = None if stop is None else min(max(stop + len(pending), 16), 4096)
         if plan.kind == "union":
             for part in plan.parts:
                 if part.kind == "id":
@@ -630,10 +635,10 @@ class QueryEngine:
                             seen.add(h.id)
                             yield doc, h
                 else:
-                    yield from self._run_index(part, test, desc, pending, seen, final, paged)
+                    yield from self._run_index(part, test, desc, pending, seen, final, page)
         else:
             if sort and plan.ordered and pending:
-                disk = self._run_index(plan, test, desc, pending, seen, False, paged)
+                disk = self._run_index(plan, test, desc, pending, seen, False, page, False)
                 mem = []
                 for s in pending.values():
                     doc = self._pending_doc(s)
@@ -642,7 +647,7 @@ class QueryEngine:
                 mem.sort(key=lambda x: sort_key(x[0], sort, x[1].id), reverse=desc)
                 yield from heapq.merge(disk, mem, key=lambda x: sort_key(x[0], sort, x[1].id), reverse=desc)
                 return
-            yield from self._run_index(plan, test, desc, pending, seen, final, paged)
+            yield from self._run_index(plan, test, desc, pending, seen, final, page, False)
         for s in pending.values():
             if s.id in seen:
                 continue
@@ -678,7 +683,8 @@ class QueryEngine:
         node, paths, desc, fpaths, plan = cached
         picked, plan = self.select(node, paths, desc, limit=limit, skip=skip, plan=plan,
                                    final=python and fpaths is None)
-        return [self.output(doc, s, fpaths, python) for doc, s in picked], plan
+        output = self.output
+        return [doc if s is _FINAL else output(doc, s, fpaths, python) for doc, s in picked], plan
 
     def select(self, node: Node, paths: list[Path], desc: bool, *, limit: Any = None, skip: Any = 0,
                use_index: Any = None, plan: Plan | None = None,
@@ -697,7 +703,8 @@ class QueryEngine:
                                 "create one with createindex over the fields it requires")
         stop = None if limit is None else skip + limit
         sorted_here = bool(paths) and not plan.ordered
-        matches = self._matches(plan, node.test, desc, paths, final and not sorted_here, stop is not None)
+        matches = self._matches(plan, node.test, desc, paths, final and not sorted_here,
+                                None if sorted_here else stop)
         if sorted_here:
             keyed = ((sort_key(doc, paths, s.id), doc, s) for doc, s in matches)
             if stop is not None:
