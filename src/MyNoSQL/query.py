@@ -496,20 +496,18 @@ class QueryEngine:
 
     # -- running ------------------------------------------------------------------------------------------
 
-    def _disk_rows(self, d: IndexDef, lo: bytes, hi: bytes, desc: bool,
-                   page: int | None) -> Iterable[tuple[str, int]]:
-        """(id, loc) of the index rows in ``[lo, hi)``: all at once, or (a query that may stop early) a page at
-        a time, ``page`` rows first (what the query needs when every row is a match: a limit reads little)."""
+    def _disk_pages(self, d: IndexDef, lo: bytes, hi: bytes, desc: bool,
+                    page: int | None) -> Iterator[list[tuple[str, int]]]:
+        """(id, loc) of the index rows in ``[lo, hi)``, in lists: all at once, or (a query that may stop early) a
+        page at a time, ``page`` rows first (what the query needs when every row is a match: a limit reads
+        little)."""
         if page is None:
-            return self.store.index.qkeys_locs(d.ino, lo, hi, desc=desc)
-        return self._pages(d, lo, hi, desc, page)
-
-    def _pages(self, d: IndexDef, lo: bytes, hi: bytes, desc: bool, page: int) -> Iterator[tuple[str, int]]:
+            yield self.store.index.qkeys_locs(d.ino, lo, hi, desc=desc)
+            return
         after: tuple[bytes, str] | None = None
         while True:
             rows = self.store.index.qkeys_range(d.ino, lo, hi, desc=desc, after=after, limit=page)
-            for _key, id, loc in rows:
-                yield id, loc
+            yield [(id, loc) for _key, id, loc in rows]
             if len(rows) < page:
                 return
             after = (rows[-1][0], rows[-1][1])
@@ -517,73 +515,81 @@ class QueryEngine:
 
     def _run_index(self, plan: Plan, test: Callable[[Any], bool], desc: bool, pending: dict[str, DocState],
                    seen: set[str], final: bool = False, page: int | None = 64,
-                   dedupe: bool = True) -> Iterator[tuple[dict[str, Any], Hit]]:
-        """The matches of an index plan. ``final``: the caller wants Python records of its own (no fields, no
-        sort of its own): a range that needs no test yields them as such (``_FINAL``), from the record memo
-        when it has them. ``page``: see :meth:`_disk_rows`. ``dedupe``: skip the ids in ``seen`` and add those
-        yielded (a union's parts; one index has one row per record)."""
+                   dedupe: bool = True) -> Iterator[list[tuple[dict[str, Any], Hit]]]:
+        """The matches of an index plan, in lists (a page of index rows each). ``final``: the caller wants
+        Python records of its own (no fields, no sort of its own): a range that needs no test yields them as
+        such (``_FINAL``), copied from the record memo when it has them. ``page``: see :meth:`_disk_pages`.
+        ``dedupe``: skip the ids in ``seen`` and add those yielded (a union's parts; one index has one row per
+        record)."""
         d = plan.index
         assert d is not None
-        store = self.store
-        read_block = store.read_block
         memo: dict[int, list[bytes] | None] = {}
-        docs = self._docs
-        loads = orjson.loads
-        unpack = _U32.unpack_from
+        get = self._docs.get
+        read = self._read_row
         order = range(len(plan.ranges) - 1, -1, -1) if desc else range(len(plan.ranges))
         for i in order:
             lo, hi = plan.ranges[i]
             exact = plan.exact and i != plan.loose
             fast = final and exact
-            for id, loc in self._disk_rows(d, lo, hi, desc, page):
-                if id in pending:
-                    continue
-                if dedupe:
-                    if id in seen:
+            for rows in self._disk_pages(d, lo, hi, desc, page):
+                batch: list[tuple[dict[str, Any], Hit]] = []
+                add = batch.append
+                for id, loc in rows:
+                    if id in pending:
                         continue
-                    seen.add(id)
-                known = _NOT_READ
-                if fast:
-                    known = docs.get(loc, _NOT_READ)
-                    if known is not None and known is not _NOT_READ:  # returned before: copy its dict form
-                        rec, cplan = known
-                        out = rec.copy()
-                        for k in cplan:
-                            out[k] = out[k].copy()
-                        yield out, _FINAL
-                        continue
-                bno = loc >> 8
-                records = memo.get(bno, _NOT_READ)
-                if records is _NOT_READ:
-                    records = memo[bno] = read_block(bno)
-                slot = loc & 0xFF
-                if records is not None and slot < len(records):
-                    data = records[slot]
-                    (mlen,) = unpack(data, 0)
-                    meta = loads(data[4 : 4 + mlen])
-                    nodes = meta[2]
-                    if meta[0] == id and len(nodes) == 1:  # one revision, the usual case: no DocState to build
-                        if nodes[0][2]:
-                            continue  # deleted
-                        rev = nodes[0][0]
-                        if fast:
-                            yield self._remember(loc, known is None, id, rev, data[4 + mlen :]), _FINAL
+                    if dedupe:
+                        if id in seen:
                             continue
-                        doc = loads(data[4 + mlen :])
-                        doc["_id"] = id
-                        doc["_rev"] = rev
-                        if exact or test(doc):
-                            yield doc, Hit(id, rev, data, True, 4 + mlen)
-                        continue
-                found = store.winner_at(loc, id, {})  # more revisions, or the block moved: the slow way
-                if found is None:
-                    continue
-                rev, body = found
-                doc = loads(body)
+                        seen.add(id)
+                    known = _NOT_READ
+                    if fast:
+                        known = get(loc, _NOT_READ)
+                        if known is not None and known is not _NOT_READ:  # returned before: copy its dict form
+                            rec, cplan = known
+                            out = rec.copy()
+                            for k in cplan:
+                                out[k] = out[k].copy()
+                            add((out, _FINAL))
+                            continue
+                    got = read(id, loc, exact, fast, known is None, test, memo)
+                    if got is not None:
+                        add(got)
+                if batch:
+                    yield batch
+
+    def _read_row(self, id: str, loc: int, exact: bool, fast: bool, again: bool, test: Callable[[Any], bool],
+                  memo: dict[int, list[bytes] | None]) -> tuple[dict[str, Any], Hit] | None:
+        """The match an index row points to (``exact``: no need to test it; ``fast``: as a final Python record,
+        remembered ``again``), or None. ``memo``: the blocks this query has read."""
+        bno = loc >> 8
+        records = memo.get(bno, _NOT_READ)
+        if records is _NOT_READ:
+            records = memo[bno] = self.store.read_block(bno)
+        slot = loc & 0xFF
+        loads = orjson.loads
+        if records is not None and slot < len(records):
+            data = records[slot]
+            (mlen,) = _U32.unpack_from(data, 0)
+            meta = loads(data[4 : 4 + mlen])
+            nodes = meta[2]
+            if meta[0] == id and len(nodes) == 1:  # one revision, the usual case: no DocState to build
+                if nodes[0][2]:
+                    return None  # deleted
+                rev = nodes[0][0]
+                if fast:
+                    return self._remember(loc, again, id, rev, data[4 + mlen :]), _FINAL
+                doc = loads(data[4 + mlen :])
                 doc["_id"] = id
                 doc["_rev"] = rev
-                if test(doc):
-                    yield doc, Hit(id, rev, body, True)
+                return (doc, Hit(id, rev, data, True, 4 + mlen)) if exact or test(doc) else None
+        found = self.store.winner_at(loc, id, {})  # more revisions, or the block moved: the slow way
+        if found is None:
+            return None
+        rev, body = found
+        doc = loads(body)
+        doc["_id"] = id
+        doc["_rev"] = rev
+        return (doc, Hit(id, rev, body, True)) if test(doc) else None
 
     def _remember(self, loc: int, again: bool, id: str, rev: str, body: bytes) -> dict[str, Any]:
         """The Python record (``id``, ``rev``, decoded body) at ``loc``, for the caller; kept in the record memo
@@ -607,22 +613,31 @@ class QueryEngine:
         return copy
 
     def _matches(self, plan: Plan, test: Callable[[Any], bool], desc: bool, sort: list[Path], final: bool = False,
-                 stop: int | None = None) -> Iterator[tuple[dict[str, Any], Hit]]:
-        """Every match of the plan: in sort order when ``plan.ordered`` (pending records merged in). ``final``:
-        see :meth:`_run_index`; ``stop``: how many matches the caller may stop at (None: it takes them all)."""
+                 stop: int | None = None) -> Iterator[list[tuple[dict[str, Any], Hit]]]:
+        """Every match of the plan, in lists: in sort order when ``plan.ordered`` (pending records merged in).
+        ``final``: see :meth:`_run_index`; ``stop``: how many matches the caller may stop at (None: it takes
+        them all)."""
         store = self.store
         if plan.kind == "scan":
+            batch = []
             for s in store.iter_states(0):
                 doc = match_doc(s)
                 if doc is not None and test(doc):
-                    yield doc, Hit.of(s, True)
+                    batch.append((doc, Hit.of(s, True)))
+                    if len(batch) >= 64:
+                        yield batch
+                        batch = []
+            if batch:
+                yield batch
             return
         if plan.kind == "id":
+            batch = []
             for id in plan.ids:
                 got = store.get_state(id)
                 doc = None if got is None else match_doc(got)
                 if doc is not None and got is not None and test(doc):
-                    yield doc, Hit.of(got, True)
+                    batch.append((doc, Hit.of(got, True)))
+            yield batch
             return
         pending = store.pending()  # before the index is read: a record flushed meanwhile is in one or the other
         seen: set[str] = set()
@@ -630,30 +645,37 @@ class QueryEngine:
         if plan.kind == "union":
             for part in plan.parts:
                 if part.kind == "id":
-                    for doc, h in self._matches(part, test, desc, sort):
+                    batch = []
+                    for doc, h in itertools.chain.from_iterable(self._matches(part, test, desc, sort)):
                         if h.id not in seen:
                             seen.add(h.id)
-                            yield doc, h
+                            batch.append((doc, h))
+                    yield batch
                 else:
                     yield from self._run_index(part, test, desc, pending, seen, final, page)
         else:
             if sort and plan.ordered and pending:
-                disk = self._run_index(plan, test, desc, pending, seen, False, page, False)
+                disk = itertools.chain.from_iterable(self._run_index(plan, test, desc, pending, seen, False, page,
+                                                                     False))
                 mem = []
                 for s in pending.values():
                     doc = self._pending_doc(s)
                     if doc is not None and test(doc):
                         mem.append((doc, Hit.of(s, False)))
                 mem.sort(key=lambda x: sort_key(x[0], sort, x[1].id), reverse=desc)
-                yield from heapq.merge(disk, mem, key=lambda x: sort_key(x[0], sort, x[1].id), reverse=desc)
+                merged = heapq.merge(disk, mem, key=lambda x: sort_key(x[0], sort, x[1].id), reverse=desc)
+                while chunk := list(itertools.islice(merged, page or 4096)):
+                    yield chunk
                 return
             yield from self._run_index(plan, test, desc, pending, seen, final, page, False)
+        batch = []
         for s in pending.values():
             if s.id in seen:
                 continue
             doc = self._pending_doc(s)
             if doc is not None and test(doc):
-                yield doc, Hit.of(s, False)
+                batch.append((doc, Hit.of(s, False)))
+        yield batch
 
     def _pending_doc(self, s: DocState) -> dict[str, Any] | None:
         try:
@@ -703,8 +725,8 @@ class QueryEngine:
                                 "create one with createindex over the fields it requires")
         stop = None if limit is None else skip + limit
         sorted_here = bool(paths) and not plan.ordered
-        matches = self._matches(plan, node.test, desc, paths, final and not sorted_here,
-                                None if sorted_here else stop)
+        matches = itertools.chain.from_iterable(self._matches(plan, node.test, desc, paths, final and not sorted_here,
+                                                              None if sorted_here else stop))
         if sorted_here:
             keyed = ((sort_key(doc, paths, s.id), doc, s) for doc, s in matches)
             if stop is not None:
