@@ -497,20 +497,21 @@ class QueryEngine:
     # -- running ------------------------------------------------------------------------------------------
 
     def _disk_pages(self, d: IndexDef, lo: bytes, hi: bytes, desc: bool,
-                    page: int | None) -> Iterator[list[tuple[str, int]]]:
-        """(id, loc) of the index rows in ``[lo, hi)``, in lists: all at once, or (a query that may stop early) a
-        page at a time, ``page`` rows first (what the query needs when every row is a match: a limit reads
-        little)."""
+                    page: int | None) -> Iterator[list[tuple[str, int, Any]]]:
+        """(id, loc, key) of the index rows in ``[lo, hi)``, in lists: all at once (without their keys), or (a
+        query that may stop early) a page at a time, ``page`` rows first (what the query needs when every row is
+        a match: a limit reads little)."""
+        index = self.store.index
         if page is None:
-            yield self.store.index.qkeys_locs(d.ino, lo, hi, desc=desc)
+            yield index.qkeys_range(d.ino, lo, hi, desc=desc)
             return
         after: tuple[bytes, str] | None = None
         while True:
-            rows = self.store.index.qkeys_range(d.ino, lo, hi, desc=desc, after=after, limit=page)
-            yield [(id, loc) for _key, id, loc in rows]
+            rows = index.qkeys_range(d.ino, lo, hi, desc=desc, after=after, limit=page)
+            yield rows
             if len(rows) < page:
                 return
-            after = (rows[-1][0], rows[-1][1])
+            after = (rows[-1][2], rows[-1][0])
             page = min(page * 4, 4096)
 
     def _run_index(self, plan: Plan, test: Callable[[Any], bool], desc: bool, pending: dict[str, DocState],
@@ -534,7 +535,7 @@ class QueryEngine:
             for rows in self._disk_pages(d, lo, hi, desc, page):
                 batch: list[tuple[dict[str, Any], Hit]] = []
                 add = batch.append
-                for id, loc in rows:
+                for id, loc, _key in rows:
                     if id in pending:
                         continue
                     if dedupe:
