@@ -28,6 +28,7 @@ import logging
 import struct
 import threading
 import weakref
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -343,7 +344,7 @@ class QueryEngine:
         # rewritten and its number never reused, so an entry never goes stale): a record a query returns again is
         # copied from here rather than read from its block and parsed. (record, copy plan), or None once seen
         # (a record is kept only from its second time, as readdoc does); at most ``cache_docs`` entries.
-        self._docs: dict[int, tuple[dict[str, Any], tuple[str, ...]] | None] = {}
+        self._docs: OrderedDict[int, tuple[dict[str, Any], tuple[str, ...]] | None] = OrderedDict()
         self._docs_max = max(0, int(getattr(options, "cache_docs", 10_000)))
 
     # -- definitions --------------------------------------------------------------------------------------
@@ -602,8 +603,8 @@ class QueryEngine:
             return out
         cplan = copy_plan(out) if again and len(body) <= _DOC_MAX else None
         if loc not in docs and len(docs) >= self._docs_max:
-            with contextlib.suppress(StopIteration, KeyError, RuntimeError):  # another thread evicted it
-                docs.pop(next(iter(docs)))
+            with contextlib.suppress(KeyError):  # the oldest goes (O(1); a dict's next(iter()) skips every hole)
+                docs.popitem(last=False)
         if cplan is None:
             docs[loc] = None
             return out
