@@ -14,7 +14,10 @@ The planner, for the top-level conditions of a selector (an implicit or explicit
 * a top-level ``$or`` whose every branch has such a plan: the union of the branches' plans;
 * otherwise every record is read (``Options(strict_queries=True)``: :class:`NoUsableIndex` instead).
 
-Every record an index yields is tested against the whole selector, so a plan only ever narrows what is read.
+Every record an index yields is tested against the whole selector, so a plan only ever narrows what is read;
+but when its key ranges say all the selector says (``Plan.exact``: equality on the fixed fields, one range or one
+``$in`` on the next; for a union, each branch with the rest of the selector), the test is skipped, and a record
+returned before is copied from the record memo (by its place on disk) rather than read and parsed again.
 Records not packed yet (in the memtables) are not in the indexes: they are read from memory and merged in.
 """
 
