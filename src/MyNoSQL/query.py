@@ -321,6 +321,10 @@ class Hit:
         return cls(s.id, win, s.bodies[win], owned)
 
 
+def _never(_doc: Any) -> bool:
+    return False
+
+
 # A match already in its final form (a Python record of the caller's own): :meth:`QueryEngine.output` returns it.
 _FINAL = Hit("", "", b"", True)
 _DOC_MAX = 1024  # records of at most this many bytes of JSON keep their dict form in the query's record memo
@@ -596,6 +600,50 @@ class QueryEngine:
         doc["_rev"] = rev
         return (doc, Hit(id, rev, body, True)) if test(doc) else None
 
+    def _direct(self, plan: Plan, desc: bool, limit: Any, skip: Any) -> list[dict[str, Any]] | None:
+        """The answer of an exact index plan with no record pending, in the index's order, straight (what
+        :meth:`select` does, without its layers: most queries of an application are of this kind); None when it
+        does not apply (records pending, odd arguments, a row that did not give its record) and :meth:`select`
+        must answer."""
+        if type(skip) is not int or skip < 0 or (limit is not None and (type(limit) is not int or limit < 0)):
+            return None
+        store = self.store
+        if store.has_pending():
+            return None
+        d = plan.index
+        assert d is not None
+        stop = None if limit is None else skip + limit
+        qkeys = store.index.qkeys_range
+        get = self._docs.get
+        memo: dict[int, list[bytes] | None] = {}
+        out: list[dict[str, Any]] = []
+        add = out.append
+        for i in (range(len(plan.ranges) - 1, -1, -1) if desc else range(len(plan.ranges))):
+            if stop is not None and len(out) >= stop:
+                break
+            lo, hi = plan.ranges[i]
+            if i == plan.loose:  # the array values an $in looks into, whose records are tested: none, usually
+                if qkeys(d.ino, lo, hi, limit=1):
+                    return None
+                continue
+            rows = qkeys(d.ino, lo, hi, desc=desc, limit=stop)
+            for id, loc, _key in rows:
+                known = get(loc, _NOT_READ)
+                if known is not None and known is not _NOT_READ:  # returned before: copy its dict form
+                    rec, cplan = known
+                    doc = rec.copy()
+                    for k in cplan:
+                        doc[k] = doc[k].copy()
+                    add(doc)
+                    continue
+                got = self._read_row(id, loc, True, True, known is None, _never, memo)
+                if got is None or got[1] is not _FINAL:
+                    return None  # deleted meanwhile, or more revisions: select's way
+                add(got[0])
+            if stop is not None and len(rows) >= stop and len(out) < stop:
+                return None  # a full page gave fewer records: select pages on
+        return out[skip:stop] if skip or (stop is not None and len(out) > stop) else out
+
     def _remember(self, loc: int, again: bool, id: str, rev: str, body: bytes) -> dict[str, Any]:
         """The Python record (``id``, ``rev``, decoded body) at ``loc``, for the caller; kept in the record memo
         in its dict form when it is returned ``again`` (and small and shallow enough to copy cheaply)."""
@@ -708,6 +756,10 @@ class QueryEngine:
                     self._compiled.pop(next(iter(self._compiled)))
             self._compiled[key] = cached
         node, paths, desc, fpaths, plan = cached
+        if python and fpaths is None and plan.kind == "index" and plan.exact and (not paths or plan.ordered):
+            done = self._direct(plan, desc, limit, skip)
+            if done is not None:
+                return done, plan
         picked, plan = self.select(node, paths, desc, limit=limit, skip=skip, plan=plan,
                                    final=python and fpaths is None)
         output = self.output
