@@ -168,6 +168,8 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="fewer repetitions, no pouchdb-find, no peer")
     ap.add_argument("--no-pouch", action="store_true")
     ap.add_argument("--no-peer", action="store_true")
+    ap.add_argument("--cache-docs", type=int, default=None,
+                    help="Options.cache_docs (1: find's record memo keeps nothing: every record is read and parsed)")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "query.md"))
     args = ap.parse_args()
     if args.quick:
@@ -184,7 +186,8 @@ def main() -> None:
         docs = make_docs(n)
         qs = queries(n)
         # ours
-        h = MyNoSQL.MyNoSQL(tmp / "ours", options=MyNoSQL.Options(background_sync=False))
+        extra = {} if args.cache_docs is None else {"cache_docs": args.cache_docs}
+        h = MyNoSQL.MyNoSQL(tmp / "ours", options=MyNoSQL.Options(background_sync=False, **extra))
         db = h.opendb("bench")
         load, _ = timed(lambda: [db.savedoc({"id": f"d{i:06}", **d}) for i, d in enumerate(docs)])
         db.flush()
@@ -194,7 +197,8 @@ def main() -> None:
         say(f"# Query benchmark ({n:,} records)")
         say()
         git = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT)
-        say(f"`PYTHONPATH=src .venv/bin/python bench/query.py --n {n}` on {time.strftime('%Y-%m-%d')}, "
+        flags = "" if args.cache_docs is None else f" --cache-docs {args.cache_docs}"
+        say(f"`PYTHONPATH=src .venv/bin/python bench/query.py --n {n}{flags}` on {time.strftime('%Y-%m-%d')}, "
             f"git {git.stdout.strip()}; "
             f"{args.reps} repetitions per query (TinyDB {args.tiny_reps}), interleaved (MyNoSQL and SQLite take turns "
             f"going first). Load {load:.1f} s; three "
