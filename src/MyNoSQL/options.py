@@ -65,6 +65,8 @@ class Options:
         how many recently used records stay decoded in RAM (the LRU); records still referenced elsewhere stay
         reachable through a weak-value map at no extra cost. A small record (up to 1 KiB of JSON) read more
         than once also keeps its dict form, about 3x its JSON in RAM, so later reads copy it instead of parsing.
+        ``find`` keeps its own memo of that kind, of at most as many records: those an index returned more than
+        once (the oldest go first).
     block_cache_bytes:
         how many bytes of decompressed shard blocks stay in RAM.
     max_doc_bytes:

@@ -14,7 +14,10 @@ The planner, for the top-level conditions of a selector (an implicit or explicit
 * a top-level ``$or`` whose every branch has such a plan: the union of the branches' plans;
 * otherwise every record is read (``Options(strict_queries=True)``: :class:`NoUsableIndex` instead).
 
-Every record an index yields is tested against the whole selector, so a plan only ever narrows what is read.
+Every record an index yields is tested against the whole selector, so a plan only ever narrows what is read;
+but when its key ranges say all the selector says (``Plan.exact``: equality on the fixed fields, one range or one
+``$in`` on the next; for a union, each branch with the rest of the selector), the test is skipped, and a record
+returned before is copied from the record memo (by its place on disk) rather than read and parsed again.
 Records not packed yet (in the memtables) are not in the indexes: they are read from memory and merged in.
 """
 
@@ -28,6 +31,7 @@ import logging
 import struct
 import threading
 import weakref
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -35,7 +39,7 @@ from typing import Any
 import orjson
 
 from .errors import IndexNotFound, InvalidQuery, NoUsableIndex
-from .records.codec import decode_value, loads_body
+from .records.codec import copy_plan, decode_value, loads_body
 from .records.collate import ARRAY, HIGH, OBJECT, encode_key
 from .records.mango import (
     MISSING,
@@ -317,6 +321,15 @@ class Hit:
         return cls(s.id, win, s.bodies[win], owned)
 
 
+def _never(_doc: Any) -> bool:
+    return False
+
+
+# A match already in its final form (a Python record of the caller's own): :meth:`QueryEngine.output` returns it.
+_FINAL = Hit("", "", b"", True)
+_DOC_MAX = 1024  # records of at most this many bytes of JSON keep their dict form in the query's record memo
+
+
 class QueryEngine:
     """Query indexes and queries of one store (the database persists the definitions)."""
 
@@ -334,6 +347,12 @@ class QueryEngine:
         self._parsed: weakref.WeakKeyDictionary[DocState, dict[str, Any] | None] = weakref.WeakKeyDictionary()
         self._compiled: dict[str, tuple[Node, list[Path], bool, list[Path] | None, Plan]] = {}
         self._version = 0  # changes when an index is added, built or dropped: plans made before are not reused
+        # The records index plans return, as Python records, by where they are on disk (``loc``: a block is never
+        # rewritten and its number never reused, so an entry never goes stale): a record a query returns again is
+        # copied from here rather than read from its block and parsed. (record, copy plan), or None once seen
+        # (a record is kept only from its second time, as readdoc does); at most ``cache_docs`` entries.
+        self._docs: OrderedDict[int, tuple[dict[str, Any], tuple[str, ...]] | None] = OrderedDict()
+        self._docs_max = max(0, int(getattr(options, "cache_docs", 10_000)))
 
     # -- definitions --------------------------------------------------------------------------------------
 
@@ -457,6 +476,8 @@ class QueryEngine:
                         bp = max(bps, key=lambda p: p.score) if bps else None
                     if bp is None:
                         break
+                    if bp.kind == "index":  # a branch's rows that need no test match the whole selector too
+                        bp.exact = _exact(bp, [x for x in conj if x is not c] + conjuncts(branch), bcons)
                     parts.append(bp)
                 else:
                     return Plan("union", parts=parts, warning=warning)
@@ -483,111 +504,231 @@ class QueryEngine:
 
     # -- running ------------------------------------------------------------------------------------------
 
-    def _disk_rows(self, d: IndexDef, lo: bytes, hi: bytes, desc: bool) -> Iterator[tuple[str, int]]:
+    def _disk_pages(self, d: IndexDef, lo: bytes, hi: bytes, desc: bool,
+                    page: int | None) -> Iterator[list[tuple[str, int, Any]]]:
+        """(id, loc, key) of the index rows in ``[lo, hi)``, in lists: all at once (without their keys), or (a
+        query that may stop early) a page at a time, ``page`` rows first (what the query needs when every row is
+        a match: a limit reads little)."""
+        index = self.store.index
+        if page is None:
+            yield index.qkeys_range(d.ino, lo, hi, desc=desc)
+            return
         after: tuple[bytes, str] | None = None
-        page = 64  # small first: a query with a limit reads little
         while True:
-            rows = self.store.index.qkeys_range(d.ino, lo, hi, desc=desc, after=after, limit=page)
-            for _key, id, loc in rows:
-                yield id, loc
+            rows = index.qkeys_range(d.ino, lo, hi, desc=desc, after=after, limit=page)
+            yield rows
             if len(rows) < page:
                 return
-            after = (rows[-1][0], rows[-1][1])
+            after = (rows[-1][2], rows[-1][0])
             page = min(page * 4, 4096)
 
     def _run_index(self, plan: Plan, test: Callable[[Any], bool], desc: bool, pending: dict[str, DocState],
-                   seen: set[str]) -> Iterator[tuple[dict[str, Any], Hit]]:
+                   seen: set[str], final: bool = False, page: int | None = 64,
+                   dedupe: bool = True) -> Iterator[list[tuple[dict[str, Any], Hit]]]:
+        """The matches of an index plan, in lists (a page of index rows each). ``final``: the caller wants
+        Python records of its own (no fields, no sort of its own): a range that needs no test yields them as
+        such (``_FINAL``), copied from the record memo when it has them. ``page``: see :meth:`_disk_pages`.
+        ``dedupe``: skip the ids in ``seen`` and add those yielded (a union's parts; one index has one row per
+        record)."""
         d = plan.index
         assert d is not None
-        store = self.store
-        read_block = store.read_block
         memo: dict[int, list[bytes] | None] = {}
-        loads = orjson.loads
-        unpack = _U32.unpack_from
+        get = self._docs.get
+        read = self._read_row
         order = range(len(plan.ranges) - 1, -1, -1) if desc else range(len(plan.ranges))
         for i in order:
             lo, hi = plan.ranges[i]
             exact = plan.exact and i != plan.loose
-            for id, loc in self._disk_rows(d, lo, hi, desc):
-                if id in pending or id in seen:
-                    continue
-                seen.add(id)
-                bno = loc >> 8
-                records = memo.get(bno, _NOT_READ)
-                if records is _NOT_READ:
-                    records = memo[bno] = read_block(bno)
-                slot = loc & 0xFF
-                if records is not None and slot < len(records):
-                    data = records[slot]
-                    (mlen,) = unpack(data, 0)
-                    meta = loads(data[4 : 4 + mlen])
-                    nodes = meta[2]
-                    if meta[0] == id and len(nodes) == 1:  # one revision, the usual case: no DocState to build
-                        if nodes[0][2]:
-                            continue  # deleted
-                        rev = nodes[0][0]
-                        doc = loads(data[4 + mlen :])
-                        doc["_id"] = id
-                        doc["_rev"] = rev
-                        if exact or test(doc):
-                            yield doc, Hit(id, rev, data, True, 4 + mlen)
+            fast = final and exact
+            for rows in self._disk_pages(d, lo, hi, desc, page):
+                batch: list[tuple[dict[str, Any], Hit]] = []
+                add = batch.append
+                for id, loc, _key in rows:
+                    if id in pending:
                         continue
-                found = store.winner_at(loc, id, {})  # more revisions, or the block moved: the slow way
-                if found is None:
-                    continue
-                rev, body = found
-                doc = loads(body)
+                    if dedupe:
+                        if id in seen:
+                            continue
+                        seen.add(id)
+                    known = _NOT_READ
+                    if fast:
+                        known = get(loc, _NOT_READ)
+                        if known is not None and known is not _NOT_READ:  # returned before: copy its dict form
+                            rec, cplan = known
+                            out = rec.copy()
+                            for k in cplan:
+                                out[k] = out[k].copy()
+                            add((out, _FINAL))
+                            continue
+                    got = read(id, loc, exact, fast, known is None, test, memo)
+                    if got is not None:
+                        add(got)
+                if batch:
+                    yield batch
+
+    def _read_row(self, id: str, loc: int, exact: bool, fast: bool, again: bool, test: Callable[[Any], bool],
+                  memo: dict[int, list[bytes] | None]) -> tuple[dict[str, Any], Hit] | None:
+        """The match an index row points to (``exact``: no need to test it; ``fast``: as a final Python record,
+        remembered ``again``), or None. ``memo``: the blocks this query has read."""
+        bno = loc >> 8
+        records = memo.get(bno, _NOT_READ)
+        if records is _NOT_READ:
+            records = memo[bno] = self.store.read_block(bno)
+        slot = loc & 0xFF
+        loads = orjson.loads
+        if records is not None and slot < len(records):
+            data = records[slot]
+            (mlen,) = _U32.unpack_from(data, 0)
+            meta = loads(data[4 : 4 + mlen])
+            nodes = meta[2]
+            if meta[0] == id and len(nodes) == 1:  # one revision, the usual case: no DocState to build
+                if nodes[0][2]:
+                    return None  # deleted
+                rev = nodes[0][0]
+                if fast:
+                    return self._remember(loc, again, id, rev, data[4 + mlen :]), _FINAL
+                doc = loads(data[4 + mlen :])
                 doc["_id"] = id
                 doc["_rev"] = rev
-                if test(doc):
-                    yield doc, Hit(id, rev, body, True)
+                return (doc, Hit(id, rev, data, True, 4 + mlen)) if exact or test(doc) else None
+        found = self.store.winner_at(loc, id, {})  # more revisions, or the block moved: the slow way
+        if found is None:
+            return None
+        rev, body = found
+        doc = loads(body)
+        doc["_id"] = id
+        doc["_rev"] = rev
+        return (doc, Hit(id, rev, body, True)) if test(doc) else None
 
-    def _matches(self, plan: Plan, test: Callable[[Any], bool], desc: bool,
-                 sort: list[Path]) -> Iterator[tuple[dict[str, Any], Hit]]:
-        """Every match of the plan: in sort order when ``plan.ordered`` (pending records merged in)."""
+    def _direct(self, plan: Plan, desc: bool, limit: Any, skip: Any) -> list[dict[str, Any]] | None:
+        """The answer of an exact index plan with no record pending, in the index's order, straight (what
+        :meth:`select` does, without its layers: most queries of an application are of this kind); None when it
+        does not apply (records pending, odd arguments, a row that did not give its record) and :meth:`select`
+        must answer."""
+        if type(skip) is not int or skip < 0 or (limit is not None and (type(limit) is not int or limit < 0)):
+            return None
+        store = self.store
+        if store.has_pending():
+            return None
+        d = plan.index
+        assert d is not None
+        stop = None if limit is None else skip + limit
+        qkeys = store.index.qkeys_range
+        get = self._docs.get
+        memo: dict[int, list[bytes] | None] = {}
+        out: list[dict[str, Any]] = []
+        add = out.append
+        for i in (range(len(plan.ranges) - 1, -1, -1) if desc else range(len(plan.ranges))):
+            if stop is not None and len(out) >= stop:
+                break
+            lo, hi = plan.ranges[i]
+            if i == plan.loose:  # the array values an $in looks into, whose records are tested: none, usually
+                if qkeys(d.ino, lo, hi, limit=1):
+                    return None
+                continue
+            rows = qkeys(d.ino, lo, hi, desc=desc, limit=stop)
+            for id, loc, _key in rows:
+                known = get(loc, _NOT_READ)
+                if known is not None and known is not _NOT_READ:  # returned before: copy its dict form
+                    rec, cplan = known
+                    doc = rec.copy()
+                    for k in cplan:
+                        doc[k] = doc[k].copy()
+                    add(doc)
+                    continue
+                got = self._read_row(id, loc, True, True, known is None, _never, memo)
+                if got is None or got[1] is not _FINAL:
+                    return None  # deleted meanwhile, or more revisions: select's way
+                add(got[0])
+            if stop is not None and len(rows) >= stop and len(out) < stop:
+                return None  # a full page gave fewer records: select pages on
+        return out[skip:stop] if skip or (stop is not None and len(out) > stop) else out
+
+    def _remember(self, loc: int, again: bool, id: str, rev: str, body: bytes) -> dict[str, Any]:
+        """The Python record (``id``, ``rev``, decoded body) at ``loc``, for the caller; kept in the record memo
+        in its dict form when it is returned ``again`` (and small and shallow enough to copy cheaply)."""
+        out: dict[str, Any] = {"id": id, "rev": rev}
+        out.update(loads_body(body))
+        docs = self._docs
+        if self._docs_max <= 0:
+            return out
+        cplan = copy_plan(out) if again and len(body) <= _DOC_MAX else None
+        if loc not in docs and len(docs) >= self._docs_max:
+            with contextlib.suppress(KeyError):  # the oldest goes (O(1); a dict's next(iter()) skips every hole)
+                docs.popitem(last=False)
+        if cplan is None:
+            docs[loc] = None
+            return out
+        docs[loc] = (out, cplan)
+        copy = out.copy()
+        for k in cplan:
+            copy[k] = copy[k].copy()
+        return copy
+
+    def _matches(self, plan: Plan, test: Callable[[Any], bool], desc: bool, sort: list[Path], final: bool = False,
+                 stop: int | None = None) -> Iterator[list[tuple[dict[str, Any], Hit]]]:
+        """Every match of the plan, in lists: in sort order when ``plan.ordered`` (pending records merged in).
+        ``final``: see :meth:`_run_index`; ``stop``: how many matches the caller may stop at (None: it takes
+        them all)."""
         store = self.store
         if plan.kind == "scan":
+            batch = []
             for s in store.iter_states(0):
                 doc = match_doc(s)
                 if doc is not None and test(doc):
-                    yield doc, Hit.of(s, True)
+                    batch.append((doc, Hit.of(s, True)))
+                    if len(batch) >= 64:
+                        yield batch
+                        batch = []
+            if batch:
+                yield batch
             return
         if plan.kind == "id":
+            batch = []
             for id in plan.ids:
                 got = store.get_state(id)
                 doc = None if got is None else match_doc(got)
                 if doc is not None and got is not None and test(doc):
-                    yield doc, Hit.of(got, True)
+                    batch.append((doc, Hit.of(got, True)))
+            yield batch
             return
         pending = store.pending()  # before the index is read: a record flushed meanwhile is in one or the other
         seen: set[str] = set()
+        page = None if stop is None else min(max(stop + len(pending), 16), 4096)
         if plan.kind == "union":
             for part in plan.parts:
                 if part.kind == "id":
-                    for doc, h in self._matches(part, test, desc, sort):
+                    batch = []
+                    for doc, h in itertools.chain.from_iterable(self._matches(part, test, desc, sort)):
                         if h.id not in seen:
                             seen.add(h.id)
-                            yield doc, h
+                            batch.append((doc, h))
+                    yield batch
                 else:
-                    yield from self._run_index(part, test, desc, pending, seen)
+                    yield from self._run_index(part, test, desc, pending, seen, final, page)
         else:
-            disk = self._run_index(plan, test, desc, pending, seen)
             if sort and plan.ordered and pending:
+                disk = itertools.chain.from_iterable(self._run_index(plan, test, desc, pending, seen, False, page,
+                                                                     False))
                 mem = []
                 for s in pending.values():
                     doc = self._pending_doc(s)
                     if doc is not None and test(doc):
                         mem.append((doc, Hit.of(s, False)))
                 mem.sort(key=lambda x: sort_key(x[0], sort, x[1].id), reverse=desc)
-                yield from heapq.merge(disk, mem, key=lambda x: sort_key(x[0], sort, x[1].id), reverse=desc)
+                merged = heapq.merge(disk, mem, key=lambda x: sort_key(x[0], sort, x[1].id), reverse=desc)
+                while chunk := list(itertools.islice(merged, page or 4096)):
+                    yield chunk
                 return
-            yield from disk
+            yield from self._run_index(plan, test, desc, pending, seen, final, page, False)
+        batch = []
         for s in pending.values():
             if s.id in seen:
                 continue
             doc = self._pending_doc(s)
             if doc is not None and test(doc):
-                yield doc, Hit.of(s, False)
+                batch.append((doc, Hit.of(s, False)))
+        yield batch
 
     def _pending_doc(self, s: DocState) -> dict[str, Any] | None:
         try:
@@ -615,12 +756,21 @@ class QueryEngine:
                     self._compiled.pop(next(iter(self._compiled)))
             self._compiled[key] = cached
         node, paths, desc, fpaths, plan = cached
-        picked, plan = self.select(node, paths, desc, limit=limit, skip=skip, plan=plan)
-        return [self.output(doc, s, fpaths, python) for doc, s in picked], plan
+        if python and fpaths is None and plan.kind == "index" and plan.exact and (not paths or plan.ordered):
+            done = self._direct(plan, desc, limit, skip)
+            if done is not None:
+                return done, plan
+        picked, plan = self.select(node, paths, desc, limit=limit, skip=skip, plan=plan,
+                                   final=python and fpaths is None)
+        output = self.output
+        return [doc if s is _FINAL else output(doc, s, fpaths, python) for doc, s in picked], plan
 
     def select(self, node: Node, paths: list[Path], desc: bool, *, limit: Any = None, skip: Any = 0,
-               use_index: Any = None, plan: Plan | None = None) -> tuple[list[tuple[dict[str, Any], Hit]], Plan]:
-        """The matches of a compiled selector, sorted, skipped and limited: (stored JSON form, state) pairs."""
+               use_index: Any = None, plan: Plan | None = None,
+               final: bool = False) -> tuple[list[tuple[dict[str, Any], Hit]], Plan]:
+        """The matches of a compiled selector, sorted, skipped and limited: (stored JSON form, state) pairs.
+        ``final``: the caller will hand out every match as a Python record with all its fields
+        (:meth:`output`): matches may come in that form already."""
         if limit is not None and (type(limit) is not int or limit < 0):
             raise InvalidQuery("limit is a non-negative integer")
         if type(skip) is not int or skip < 0:
@@ -630,9 +780,11 @@ class QueryEngine:
         if plan.kind == "scan" and self.options.strict_queries:
             raise NoUsableIndex(f"no index can answer {orjson.dumps(node.json()).decode()[:200]} (strict_queries): "
                                 "create one with createindex over the fields it requires")
-        matches = self._matches(plan, node.test, desc, paths)
         stop = None if limit is None else skip + limit
-        if paths and not plan.ordered:
+        sorted_here = bool(paths) and not plan.ordered
+        matches = itertools.chain.from_iterable(self._matches(plan, node.test, desc, paths, final and not sorted_here,
+                                                              None if sorted_here else stop))
+        if sorted_here:
             keyed = ((sort_key(doc, paths, s.id), doc, s) for doc, s in matches)
             if stop is not None:
                 chosen = (heapq.nlargest if desc else heapq.nsmallest)(stop, keyed, key=lambda x: x[0])
@@ -645,6 +797,8 @@ class QueryEngine:
     def output(doc: dict[str, Any], s: Hit, fpaths: list[Path] | None, python: bool) -> dict[str, Any]:
         """A match (``doc``: read-only unless ``s.owned``) as it is handed out: a Python record of the caller's
         own (``id``, ``rev``, decoded values), or a CouchDB document; only ``fpaths`` if given."""
+        if s is _FINAL:
+            return doc
         if python and fpaths is None:
             out: dict[str, Any] = {"id": s.id, "rev": s.winner}
             if s.owned:  # parsed for this query alone: it becomes the result

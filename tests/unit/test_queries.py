@@ -232,6 +232,49 @@ def test_or_and_in_use_indexes(db: Any) -> None:
     assert [r["id"] for r in db.find({"id": {"$in": ["r0001", "nope"]}})] == ["r0001"]
 
 
+def test_an_and_of_two_ors_tests_the_other_or(db: Any) -> None:
+    _readings(db, 200)
+    db.db.flush()
+    db.createindex(["sensor"], name="sensor")
+    db.createindex(["site"], name="site")
+    q = {"$and": [{"$or": [{"sensor": "s-1"}, {"sensor": "s-2"}]}, {"$or": [{"site": "east"}, {"value": 3}]}]}
+    want = sorted(r["id"] for r in db if r["sensor"] in ("s-1", "s-2") and (r["site"] == "east" or r["value"] == 3))
+    for _ in range(3):  # the second and third time from the record memo
+        assert db.explain(q)["mynosql"]["strategy"] == "union"
+        assert sorted(r["id"] for r in db.find(q)) == want
+
+
+def test_found_records_are_the_callers_own(tmp_path: Path) -> None:
+    day = datetime.datetime(2026, 1, 1, 12, 0)
+    opts = MyNoSQL.Options(background_sync=False, cache_docs=50)  # fewer than the records: the memo evicts
+    with MyNoSQL.MyNoSQL(tmp_path, options=opts) as h:
+        h.opendb("own")
+        for i in range(120):
+            h.savedoc({"id": f"r{i:03}", "sensor": f"s-{i % 3}", "vals": [i, i + 1], "at": day,
+                       "tags": {"k": i}, "big": "x" * (2000 if i % 7 == 0 else 1)})
+        h.db.flush()
+        h.createindex(["sensor"])
+        h.createindex(["at"])
+        queries: list[dict[str, Any]] = [{"sensor": "s-1"}, {"sensor": {"$in": ["s-0", "s-2"]}},
+                                         {"$or": [{"sensor": "s-0"}, {"at": {"$gt": day}}]}]
+        for q in queries:
+            first = h.find(q)
+            assert first == [h.readdoc(r["id"]) for r in first] and first
+            for _ in range(3):  # again and again: copies of the memo, never the memo itself
+                got = h.find(q)
+                assert got == first
+                for r in got:
+                    r["vals"].append("mutated")
+                    r["tags"]["k"] = "mutated"
+                    r["sensor"] = "mutated"
+                    del r["at"]
+        r = h.readdoc("r001")
+        h.savedoc({**r, "vals": ["new"]})
+        h.db.flush()  # the record moves to another block: the query reads its new place
+        assert [x["vals"] for x in h.find({"sensor": "s-1"}) if x["id"] == "r001"] == [["new"]]
+        assert h.find({"sensor": "s-1"})[0]["at"] == day
+
+
 def test_strict_queries_refuse_a_scan(tmp_path: Path) -> None:
     with MyNoSQL.MyNoSQL(tmp_path, options=MyNoSQL.Options(strict_queries=True, background_sync=False)) as h:
         h.opendb("s")
@@ -306,21 +349,26 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Any:
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=docs, selector=selectors, sort=sorts, limit=st.one_of(st.none(), st.integers(0, 5)),
-       flush=st.booleans())
+       flush=st.sampled_from(["none", "half", "all"]))
 def test_the_planner_answers_as_a_full_scan(world: Any, data: list[dict[str, Any]], selector: dict[str, Any],
-                                            sort: Any, limit: int | None, flush: bool) -> None:
+                                            sort: Any, limit: int | None, flush: str) -> None:
     db = world.db
     for r in list(db):
         db.deletedoc(r["id"], r["rev"])
     half = len(data) // 2
     for i, d in enumerate(data):
         db.savedoc({"id": f"d{i:03}", **d})
-        if flush and i == half:
+        if flush == "half" and i == half:
             db.flush()  # some records in the index, the others pending
+    if flush == "all":
+        db.flush()  # every record in the indexes: nothing pending (find's direct way)
     node = compile_selector(selector)
     expected = {f"d{i:03}" for i, d in enumerate(data) if node.test({"_id": f"d{i:03}", **d})}
     got = db.find(selector)
     assert {r["id"] for r in got} == expected
+    again = db.find(selector)  # a second time: from the record memo where it can
+    assert sorted(again, key=lambda r: r["id"]) == sorted(got, key=lambda r: r["id"])
+    assert all(r == db.readdoc(r["id"]) for r in again)
     if sort is not None:
         q = db.queries
         ordered_by_index = [r["id"] for r in db.find(selector, sort=sort, limit=limit)]

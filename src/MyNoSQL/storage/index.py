@@ -339,15 +339,19 @@ class Index:
                 raise StorageError(None, f"cannot drop a query index: {exc}") from exc
 
     def qkeys_range(self, ino: int, lo: bytes, hi: bytes, *, desc: bool = False,
-                    after: tuple[bytes, str] | None = None, limit: int = 512) -> list[tuple[bytes, str, int]]:
-        """(key, id, loc) of the rows with ``lo <= key < hi`` in (key, id) order (``desc``: reversed), after the
-        row ``after``, at most ``limit``."""
+                    after: tuple[bytes, str] | None = None, limit: int | None = None) -> list[tuple[str, int, Any]]:
+        """(id, loc, key) of the rows with ``lo <= key < hi`` in (key, id) order (``desc``: reversed), after the
+        row ``after`` (key, id), at most ``limit`` (None: all of them, and the key is left out: None)."""
+        order = "DESC" if desc else ""
+        if limit is None:
+            return self._all(f"SELECT id, loc, NULL FROM qkeys WHERE ino=? AND key>=? AND key<? ORDER BY key {order}, "
+                             f"id {order}", (ino, lo, hi))
         if after is None:
-            sql = (f"SELECT key, id, loc FROM qkeys WHERE ino=? AND key>=? AND key<? "
-                   f"ORDER BY key {'DESC' if desc else ''}, id {'DESC' if desc else ''} LIMIT ?")
+            sql = (f"SELECT id, loc, key FROM qkeys WHERE ino=? AND key>=? AND key<? "
+                   f"ORDER BY key {order}, id {order} LIMIT ?")
             return self._all(sql, (ino, lo, hi, limit))
-        sql = (f"SELECT key, id, loc FROM qkeys WHERE ino=? AND key>=? AND key<? AND (key, id) {'<' if desc else '>'} "
-               f"(?, ?) ORDER BY key {'DESC' if desc else ''}, id {'DESC' if desc else ''} LIMIT ?")
+        sql = (f"SELECT id, loc, key FROM qkeys WHERE ino=? AND key>=? AND key<? AND (key, id) {'<' if desc else '>'} "
+               f"(?, ?) ORDER BY key {order}, id {order} LIMIT ?")
         return self._all(sql, (ino, lo, hi, after[0], after[1], limit))
 
     def qkeys_count(self, ino: int, lo: bytes, hi: bytes) -> int:

@@ -376,6 +376,11 @@ class Store:
             pending.update(self._active)
         return pending
 
+    def has_pending(self) -> bool:
+        """Whether any state is not packed yet (and so in no query index)."""
+        with self.lock:
+            return bool(self._active) or bool(self._frozen)
+
     def read_block(self, bno: int) -> list[bytes] | None:
         """The encoded records of block ``bno`` (through the block cache), or None if it is gone (moved)."""
         try:
