@@ -9,6 +9,7 @@ import zlib
 from pathlib import Path
 
 import pytest
+from support.mirrors import wait_until
 
 import MyNoSQL
 from MyNoSQL.errors import CorruptionError
@@ -101,3 +102,29 @@ def test_a_flush_leaves_the_index_log_empty_once_it_grew_past_the_limit(
         db.db._store.flush()
         assert (location / "trim" / "index.sqlite-wal").stat().st_size == 0
         assert len(db) == 500 and db.db.verify() == []
+
+
+def test_an_idle_compactor_repacks_a_shard_of_fast_blocks_with_lzma(
+    location: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from MyNoSQL.storage import store as store_module
+
+    monkeypatch.setattr(store_module, "REPACK_IDLE", 0.0)
+    opts = MyNoSQL.Options(flush_docs=256, block_docs=16, flush_interval=0.05, background_sync=False)
+    with MyNoSQL.MyNoSQL(location, options=opts) as db:
+        db.opendb("repack")
+        store = db.db._store
+        with store._flush_lock:  # nothing is packed (nor re-packed) until the fast blocks are all written
+            monkeypatch.setattr(store, "_flush_due", lambda: True)
+            ids = [db.savedoc({"n": i, "pad": "y" * (i % 40)})["id"] for i in range(700)]
+            store._flush_locked()
+            monkeypatch.setattr(store, "_flush_due", lambda: False)
+            first = store.shards.current
+            assert store.stats.fast_blocks == store.stats.blocks == -(-700 // 32)
+        wait_until(lambda: not (location / "repack" / f"shard-{first:06d}.msd").exists(), timeout=30)
+        assert store._count_fast() == {}
+        assert db.db.verify() == []
+        assert [db.readdoc(i)["n"] for i in ids] == list(range(700))
+    with MyNoSQL.MyNoSQL(location, options=opts) as db:
+        db.opendb("repack")
+        assert [db.readdoc(i)["n"] for i in ids] == list(range(700)) and db.db.verify() == []
