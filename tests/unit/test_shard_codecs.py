@@ -1,5 +1,5 @@
-"""Shard block codecs: LZMA2 (normal), DEFLATE (fast, while the compactor is behind), and blocks written before
-codecs were tagged."""
+"""Shard block codecs: DEFLATE (the default), LZMA2 (``codec="lzma"``, DEFLATE while the compactor is behind), and
+blocks written before codecs were tagged."""
 
 from __future__ import annotations
 
@@ -71,13 +71,14 @@ def test_a_deflate_block_that_does_not_end_where_it_should_is_damage() -> None:
 def test_a_compactor_behind_the_savers_packs_fast_blocks_and_everything_reads_back(
     location: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    opts = MyNoSQL.Options(flush_docs=256, block_docs=16, flush_interval=3600, background_sync=False)
+    opts = MyNoSQL.Options(flush_docs=256, block_docs=16, flush_interval=3600, background_sync=False, codec="lzma")
     with MyNoSQL.MyNoSQL(location, options=opts) as db:
         db.opendb("fast")
         store = db.db._store
-        monkeypatch.setattr(store, "_flush_due", lambda: True)  # as if a flush's worth waited already
-        ids = [db.savedoc({"n": i, "pad": "x" * (i % 50)})["id"] for i in range(600)]
-        store.flush()
+        with store._flush_lock:  # one flush of them all, by this thread
+            monkeypatch.setattr(store, "_flush_due", lambda: True)  # as if a flush's worth waited already
+            ids = [db.savedoc({"n": i, "pad": "x" * (i % 50)})["id"] for i in range(600)]
+            store._flush_locked()
         assert store.stats.fast_blocks == store.stats.blocks > 0
         assert store.stats.blocks == -(-600 // 32)  # DEFLATE blocks hold twice block_docs
         monkeypatch.undo()
@@ -110,7 +111,7 @@ def test_an_idle_compactor_repacks_a_shard_of_fast_blocks_with_lzma(
     from MyNoSQL.storage import store as store_module
 
     monkeypatch.setattr(store_module, "REPACK_IDLE", 0.0)
-    opts = MyNoSQL.Options(flush_docs=256, block_docs=16, flush_interval=0.05, background_sync=False)
+    opts = MyNoSQL.Options(flush_docs=256, block_docs=16, flush_interval=0.05, background_sync=False, codec="lzma")
     with MyNoSQL.MyNoSQL(location, options=opts) as db:
         db.opendb("repack")
         store = db.db._store
@@ -128,3 +129,21 @@ def test_an_idle_compactor_repacks_a_shard_of_fast_blocks_with_lzma(
     with MyNoSQL.MyNoSQL(location, options=opts) as db:
         db.opendb("repack")
         assert [db.readdoc(i)["n"] for i in ids] == list(range(700)) and db.db.verify() == []
+
+
+def test_the_default_codec_is_deflate_and_a_database_of_both_codecs_reads_back(location: Path) -> None:
+    lz = MyNoSQL.Options(flush_interval=3600, codec="lzma")
+    with MyNoSQL.MyNoSQL(location, options=lz) as db:
+        db.opendb("mixed")
+        ids = [db.savedoc({"n": i})["id"] for i in range(300)]
+    assert MyNoSQL.Options().codec == "deflate"
+    with MyNoSQL.MyNoSQL(location, options=MyNoSQL.Options(flush_interval=3600)) as db:
+        db.opendb("mixed")
+        ids += [db.savedoc({"n": 300 + i})["id"] for i in range(300)]
+        store = db.db._store
+        store.flush()
+        assert store.stats.fast_blocks == store.stats.blocks == -(-300 // 128)
+        assert store._count_fast() == {store.shards.current: 300}
+        assert [db.readdoc(i)["n"] for i in ids] == list(range(600)) and db.db.verify() == []
+    with pytest.raises(ValueError, match="codec"):
+        MyNoSQL.Options(codec="zstd")  # type: ignore[arg-type]

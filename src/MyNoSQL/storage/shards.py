@@ -17,9 +17,10 @@ A shard file starts with the 8-byte magic ``MNSQSHD1`` and then holds blocks, on
     payload: compressed (raw LZMA2, lzma.FORMAT_RAW; or raw DEFLATE, zlib wbits -15) form of
       count x u32 record lengths, then the records themselves
 
-LZMA2 is the normal codec (the smallest blocks); DEFLATE is the fast one, ~5x cheaper to compress and ~5x
-cheaper to decompress for ~12% more bytes, used by the compactor while it is behind the savers (store.py).
-Blocks written before codecs existed have flags 0: they read as they always did.
+DEFLATE is the default codec (``Options.codec``): on small JSON records ~5x cheaper to compress and ~7x cheaper
+to decompress than LZMA2 for ~4% more bytes. LZMA2 makes the smallest blocks; with ``codec="lzma"`` the
+compactor still packs DEFLATE blocks while it is behind the savers (store.py). Blocks written before codecs
+existed have flags 0 (LZMA2): they read as they always did.
 
 Blocks are written in change-sequence order, so a shard file is also a slice of the changes feed. The index
 (SQLite) records which byte length of each shard is committed; anything past it is the tail of a flush that
@@ -107,7 +108,9 @@ class BlockInfo:
 
 
 def deflate(raw: bytes) -> bytes:
-    c = zlib.compressobj(DEFLATE_LEVEL, zlib.DEFLATED, -15, 9)
+    # Z_FILTERED (fewer short matches, more literals for the Huffman coder): ~4.5% smaller than the default
+    # strategy on bench/local.py's records (78.8 against 82.6 bytes a record in blocks of 128), for ~5% more time.
+    c = zlib.compressobj(DEFLATE_LEVEL, zlib.DEFLATED, -15, 9, zlib.Z_FILTERED)
     return c.compress(raw) + c.flush()
 
 

@@ -6,15 +6,16 @@ index and the shards are not touched by a save.
 
 Compactor (one thread): when the active memtable holds ``flush_docs`` records or ``flush_bytes`` bytes of
 them, or its oldest is ``flush_interval`` old, it freezes it, rotates the log, packs the frozen states in change
-order into blocks of ``block_docs`` records, compresses them (LZMA releases the GIL, so savers keep going; while
-a whole flush's worth of newer records waits already, a block is compressed with DEFLATE instead, ~5x cheaper,
-so that a saver that goes on is not held to LZMA's pace),
+order into blocks, compresses them with the options' codec (DEFLATE by default; zlib and LZMA release the GIL, so
+savers keep going; with ``codec="lzma"``, while a whole flush's worth of newer records waits already, a block is
+compressed with DEFLATE instead, so that a saver that goes on is not held to LZMA's pace),
 appends them to the newest shard (one write) and fsyncs it, commits the index in one transaction, and only then
 deletes the rotated log segments and drops the frozen memtable. A crash at any point leaves either the log
 segments or the committed blocks, never neither. Shards whose records are mostly dead are garbage-collected:
 their live records are re-appended (with a new change sequence, like any other write; flushed as a save would
-be) and the file is deleted once nothing in it is live; once no save has come for ``REPACK_IDLE`` seconds, a
-shard that is mostly fast blocks is moved the same way, so that its records end up in LZMA blocks. Back-pressure: a saver waits while the two memtables
+be) and the file is deleted once nothing in it is live; with ``codec="lzma"``, once no save has come for
+``REPACK_IDLE`` seconds, a shard that is mostly DEFLATE blocks is moved the same way, so that its records end up
+in LZMA blocks. Back-pressure: a saver waits while the two memtables
 together hold ``BACKLOG`` times either amount.
 
 Read path: active memtable, frozen memtable, record cache, then index -> block (decompressed-block cache) ->
@@ -114,6 +115,7 @@ class Store:
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._power = options.durability == "power"
+        self._lzma = options.codec == "lzma"
         # One entry per saver between the start of put and its frame being durable (power mode): list.append and
         # list.pop are atomic, so counting needs no lock.
         self._savers: list[None] = []
@@ -509,7 +511,7 @@ class Store:
                 self.collect_garbage()
                 if self._active or self._puts != idle_puts:
                     idle_puts, idle_since = self._puts, time.monotonic()
-                elif self._puts and time.monotonic() - idle_since >= REPACK_IDLE and self._repack():
+                elif self._lzma and self._puts and time.monotonic() - idle_since >= REPACK_IDLE and self._repack():
                     self.collect_garbage()
                     self._wake.set()  # more to do: go on at once while still idle
                 if (self._bloom is None and self._want_bloom) or (self._bloom is not None and self._bloom.full):
@@ -582,10 +584,12 @@ class Store:
         codecs: list[int] = []
         pos = 0
         while pos < len(states):
-            # Behind the savers (a whole flush's worth waits already): the fast codec, so that a saver that goes
-            # on runs at its own pace rather than LZMA's. Checked per block: the backlog moves while we pack.
-            # DEFLATE blocks hold twice as many records: ~2% smaller, and still cheap to decompress for one read.
-            codec = CODEC_DEFLATE if self._flush_due() and not self._stop.is_set() else CODEC_LZMA
+            # DEFLATE, unless the codec is LZMA2 and the compactor is not behind the savers: with a whole flush's
+            # worth waiting already, DEFLATE, so that a saver that goes on runs at its own pace rather than
+            # LZMA's (checked per block: the backlog moves while we pack). DEFLATE blocks hold twice as many
+            # records: ~4% smaller, and still cheap to decompress for one read.
+            codec = CODEC_LZMA if self._lzma and not (self._flush_due() and not self._stop.is_set()) \
+                else CODEC_DEFLATE
             step = n if codec == CODEC_LZMA else min(255, 2 * n)
             chunk = states[pos : pos + step]
             pos += step
