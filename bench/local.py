@@ -142,9 +142,11 @@ def child_read(args: dict[str, Any]) -> dict[str, Any]:
         t1 = time.perf_counter()
         rss_after_open = proc.memory_info().rss
         readdoc = db.readdoc
+        c1 = time.process_time()
         for id in ids:
             append(readdoc(id)["ts"])
         t2 = time.perf_counter()
+        c2 = time.process_time()
         rss_after_read = proc.memory_info().rss
         handle.closedb()
     else:
@@ -155,18 +157,21 @@ def child_read(args: dict[str, Any]) -> dict[str, Any]:
         rss_after_open = proc.memory_info().rss
         execute = conn.execute
         loads = orjson.loads
+        c1 = time.process_time()
         for id in ids:
             rev, body = execute(SQLITE_SELECT, (id,)).fetchone()
             out: Doc = {"id": id, "rev": rev}
             out.update(loads(body))
             append(out["ts"])
         t2 = time.perf_counter()
+        c2 = time.process_time()
         rss_after_read = proc.memory_info().rss
         conn.close()
     return {
         "n": len(ids),
         "open_s": t1 - t0,
         "read_s": t2 - t1,
+        "read_cpu": c2 - c1,  # CPU seconds of this process (all threads) over the reads: a check on a busy machine
         "ts_fsum": math.fsum(acc),
         "rss_before_open": rss_before_open,
         "rss_after_open": rss_after_open,
@@ -203,12 +208,14 @@ def child_create(args: dict[str, Any]) -> dict[str, Any]:
     with Path(args["ids_file"]).open("wb") as out:
         out.write(b"[")
         t0 = time.perf_counter()
+        c0 = time.process_time()
         savedoc = handle.savedoc
         for i in range(0, n, 1000):
             chunk = [savedoc(d)["id"] for d in docs[i : i + 1000]]
             out.write((b"," if i else b"") + orjson.dumps(chunk)[1:-1])
             sample(i)
         t1 = time.perf_counter()
+        c1 = time.process_time()
         out.write(b"]")
     behind = dir_bytes(folder)
     packed = handle.db.storage_stats.records  # records the compactor had packed when the saver finished
@@ -216,7 +223,7 @@ def child_create(args: dict[str, Any]) -> dict[str, Any]:
     t2 = time.perf_counter()
     return {"n": n, "save_s": t1 - t0, "close_s": t2 - t1, "maxrss": _maxrss_bytes(),
             "rss_quarters": quarters, "bytes_behind": behind, "bytes_closed": dir_bytes(folder),
-            "packed_at_end": packed}
+            "packed_at_end": packed, "save_cpu": c1 - c0, "close_cpu": time.process_time() - c1}
 
 
 def child_sqlite_create(args: dict[str, Any]) -> dict[str, Any]:
@@ -230,15 +237,18 @@ def child_sqlite_create(args: dict[str, Any]) -> dict[str, Any]:
     path = Path(args["path"])
     conn = sqlite_create(path, "NORMAL")
     t0 = time.perf_counter()
+    c0 = time.process_time()
     for i in range(0, n, 1000):
         sqlite_save(conn, ids[i : i + 1000], revs[i : i + 1000], docs[i : i + 1000])
         sample(i)
     t1 = time.perf_counter()
+    c1 = time.process_time()
     behind = sqlite_bytes(path)
     conn.close()
     t2 = time.perf_counter()
     return {"n": n, "save_s": t1 - t0, "close_s": t2 - t1, "maxrss": _maxrss_bytes(),
-            "rss_quarters": quarters, "bytes_behind": behind, "bytes_closed": sqlite_bytes(path)}
+            "rss_quarters": quarters, "bytes_behind": behind, "bytes_closed": sqlite_bytes(path),
+            "save_cpu": c1 - c0, "close_cpu": time.process_time() - c1}
 
 
 def child_main(argv: Sequence[str]) -> int:
@@ -532,7 +542,9 @@ def sustained_rows(
         + ", ".join(f"{x / MB:.1f}" for x in q) + " MB; SQLite "
         + ", ".join(f"{x / MB:.1f}" for x in theirs["rss_quarters"]) + f" MB. Bytes: MyNoSQL "
         f"{ours['bytes_behind']:,} behind, {ours['bytes_closed']:,} closed; SQLite {theirs['bytes_behind']:,} before "
-        f"close, {theirs['bytes_closed']:,} after.")
+        f"close, {theirs['bytes_closed']:,} after. CPU seconds (every thread of the process: the compactor's too), "
+        f"saves + close: MyNoSQL {ours['save_cpu']:.2f} + {ours['close_cpu']:.2f}, SQLite {theirs['save_cpu']:.2f} + "
+        f"{theirs['close_cpu']:.2f}.")
     return loc, ids_file, ours
 
 
@@ -563,7 +575,12 @@ def random_cold_rows(rep: Report, reps: int, tmp: Path, launcher: Launcher, our_
     rep.notes.append(f"Random cold reads ({k:,} of {n:,}, fresh process): MyNoSQL "
                      + ", ".join(f"{k / c['read_s']:,.0f}" for c in cold) + " ops/s (open "
                      + ", ".join(f"{c['open_s'] * 1e3:.1f}" for c in cold) + " ms); SQLite "
-                     + ", ".join(f"{k / c['read_s']:,.0f}" for c in sq_cold) + " ops/s.")
+                     + ", ".join(f"{k / c['read_s']:,.0f}" for c in sq_cold)
+                     + " ops/s. CPU time of the reads (a check when the machine is busy): MyNoSQL "
+                     + ", ".join(f"{c['read_cpu'] / k * 1e6:.1f}" for c in cold)
+                     + " us/read; SQLite " + ", ".join(f"{c['read_cpu'] / k * 1e6:.1f}" for c in sq_cold)
+                     + f" us/read (ratio of the medians "
+                     f"{median([c['read_cpu'] for c in sq_cold]) / median([c['read_cpu'] for c in cold]):.2f}x).")
 
 
 def run_only(args: argparse.Namespace, tmp: Path, launcher: Launcher) -> Report:
