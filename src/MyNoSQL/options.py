@@ -14,7 +14,8 @@ class Limits:
     """What a mirror accepts from a client. Over a limit: a 4xx answer with a JSON error, nothing written."""
 
     max_request_bytes: int = 32 * 1024 * 1024  # one request body, once decompressed (JSON: attachments inline
-    #                                               in base64 included)
+    #                                               in base64 included); a plain _bulk_docs body over 8 MiB is
+    #                                               read a document at a time: then each document
     max_json_values: int = 2_000_000  # JSON values and keys in one request body, counted before it is parsed
     #                                   (its commas, colons and brackets: ~130 MB of parsed objects at most)
     max_attachment_bytes: int = 1024 * 1024 * 1024  # one attachment (its bytes stream to disk: not held in RAM)

@@ -165,3 +165,32 @@ def test_what_pouchdbs_own_suite_expects_of_couchdb(server: Any) -> None:
         assert request("GET", f"{again.url}/")[1]["uuid"] == uuid and len(uuid) == 32
     finally:
         again.stop()
+
+
+def test_a_mirror_of_many_databases_opens_none_until_one_is_used(tmp_path: Path) -> None:
+    """Starting reads nothing per database (10,000 of them start as fast as none: bench/many_databases.py): no
+    database is opened (none takes its lock file) until a request uses it, and then only that one."""
+    import shutil
+
+    import MyNoSQL
+
+    root = tmp_path / "srv"
+    with MyNoSQL.MyNoSQL(tmp_path / "template") as h:
+        h.opendb("db")
+        h.savedoc({"id": "profile", "n": 1})
+    for i in range(200):
+        shutil.copytree(tmp_path / "template" / "db", root / f"user{i:03d}")
+        (root / f"user{i:03d}" / "LOCK").unlink(missing_ok=True)
+    m = MirrorProcess(root, None, free_port(), []).start()
+    try:
+        def open_now() -> list[str]:
+            return [d["name"] for d in request("GET", f"{m.url}/_dashboard/data")[1]["databases"]]
+
+        assert open_now() == [] and not list(root.glob("*/LOCK"))
+        status, names = request("GET", f"{m.url}/_all_dbs")
+        assert status == 200 and len(names) == 200 and names[42] == "user042"
+        assert open_now() == [] and not list(root.glob("*/LOCK"))  # listing opens nothing either
+        assert request("GET", f"{m.url}/user042/profile")[1]["n"] == 1
+        assert open_now() == ["user042"] and [p.parent.name for p in root.glob("*/LOCK")] == ["user042"]
+    finally:
+        m.stop()

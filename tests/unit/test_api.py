@@ -373,3 +373,25 @@ def test_updates_many_times_with_stemming(location: Path) -> None:
     with MyNoSQL.MyNoSQL(location, options=opts) as h:
         h.opendb("s")
         assert h.readdoc("ledger") == r
+
+
+def test_one_shot_replication_works_where_an_event_loop_runs(tmp_path: Path) -> None:
+    """The sync calls' one-shot replication (``pull``/``push``) also works called from a thread whose event loop
+    runs (a Jupyter notebook, Playwright's sync API): it runs on a loop of its own in a helper thread."""
+    import asyncio
+
+    from MyNoSQL.replication.oneshot import replicate_once
+
+    opts = MyNoSQL.Options(background_sync=False)
+    with MyNoSQL.MyNoSQL(tmp_path, options=opts) as a, MyNoSQL.MyNoSQL(tmp_path, options=opts) as b:
+        a.opendb("a")
+        b.opendb("b")
+        a.savedoc({"id": "x", "n": 1})
+        rev = a.putattachment("x", "f.bin", b"\x00\xff" * 1000, "application/octet-stream", a.readdoc("x")["rev"])
+
+        async def inside_a_loop() -> dict[str, object]:
+            return replicate_once(a.db, b.db)
+
+        result = asyncio.run(inside_a_loop())
+        assert result["errors"] == [] and result["docs_written"] == 1
+        assert b.readdoc("x")["rev"] == rev and b.getattachment("x", "f.bin") == b"\x00\xff" * 1000

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import dataclasses
 from collections.abc import Callable
 from typing import Any
@@ -43,7 +44,19 @@ def replicate_once(source: Database | str, target: Target, *, timeout: float = 6
     source has answered, so a replication that cannot start creates nothing.
 
     ``progress(changes processed, total)`` is called after each batch (in the calling thread); ``total`` is an
-    upper bound from the source's ``update_seq`` (None if that is not a number: see ``replicate``)."""
+    upper bound from the source's ``update_seq`` (None if that is not a number: see ``replicate``).
+
+    Called from a thread where an event loop runs (a Jupyter notebook, a sync call from async code), the pass
+    runs on a loop of its own in a helper thread (``progress`` is then called there) while this thread waits."""
     db = source if isinstance(source, Database) else target if isinstance(target, Database) else None
     opts = options or (db.options if db is not None else Options())
-    return asyncio.run(_run(source, target, timeout, batch_size, opts, progress))
+
+    def run() -> dict[str, Any]:
+        return asyncio.run(_run(source, target, timeout, batch_size, opts, progress))
+
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:  # the usual case: no loop in this thread
+        return run()
+    with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="MyNoSQL-oneshot") as pool:
+        return pool.submit(run).result()

@@ -33,6 +33,7 @@ from .attachments import (
     receive_multipart,
     release_all,
 )
+from .bulkstream import receive_bulk_docs, streamed
 from .context import SMALL_INLINE, ServerContext, client_token
 from .requests import (
     NOT_ADMIN,
@@ -114,6 +115,19 @@ def no_follows(atts: dict[str, att.AttIn] | None) -> dict[str, att.AttNew] | Non
                 raise HttpError(400, "bad_request", f"attachment {name[:80]!r}: follows: true needs a multipart "
                                 "body")
     return atts  # type: ignore[return-value]  # no Follows left
+
+
+def with_stored(atts: dict[str, att.AttIn], kept: dict[str, att.Stored]) -> dict[str, att.AttNew]:
+    """A document's attachments, those whose bytes were stored already (a streamed ``_bulk_docs``) as such."""
+    out: dict[str, att.AttNew] = {}
+    for name, a in atts.items():
+        if isinstance(a, att.Follows):
+            if name not in kept:
+                no_follows({name: a})  # a JSON body's "follows": refused
+            out[name] = kept[name]
+        else:
+            out[name] = a
+    return out
 
 
 class DocumentRoutes:
@@ -228,7 +242,21 @@ class DocumentRoutes:
 
     async def bulk_docs(self, request: web.Request) -> web.Response:
         db = await self.ctx.db(request)
-        body = await self.rules.body(request)
+        # a large body (PouchDB's batches carry attachments inline) is read a document at a time, the bytes of
+        # their inline attachments stored on the way: stored[n] are document n's (released unless written)
+        stored: list[dict[str, att.Stored]] = []
+        try:
+            if streamed(request):
+                body = await receive_bulk_docs(request, db, self.rules, stored)
+            else:
+                body = await self.rules.body(request)
+            return await self._bulk_docs(request, db, body, stored)
+        finally:
+            for kept in stored:
+                release_all(db, kept)
+
+    async def _bulk_docs(self, request: web.Request, db: Database, body: Any,
+                         stored: list[dict[str, att.Stored]]) -> web.Response:
         docs = body.get("docs") if isinstance(body, dict) else None
         if not isinstance(docs, list):
             raise HttpError(400, "bad_request", "Missing JSON list of 'docs'")
@@ -252,6 +280,9 @@ class DocumentRoutes:
         client = client_token(request)
         echo_log = self.ctx.echo_log(db.name) if client else None
 
+        mine = stored[:]  # the write's thread owns them now: a cancelled request does not wait for it to end
+        stored.clear()
+
         def write() -> list[dict[str, Any]]:
             nonlocal written, refused
             # Every document is checked against the limits before any is written: over a limit, the whole
@@ -259,13 +290,18 @@ class DocumentRoutes:
             check: Callable[[Any], wire.WireDoc | Edit] = \
                 (lambda d: self.rules.wire(db, d)) if new_edits is False else (lambda d: self.rules.record(db, d, None))
             checked = [self.rules.checked(check, doc, n, admin=admin) for n, doc in enumerate(docs)]
-            for w in checked:
+            atts: list[dict[str, att.AttNew] | None] = []
+            for n, w in enumerate(checked):
                 if isinstance(w, LocalWrite):
                     self.rules.local_size(w.doc)
-                elif isinstance(w, (wire.WireDoc, Edit)):
-                    no_follows(w.atts)
+                if isinstance(w, (wire.WireDoc, Edit)) and w.atts is not None:
+                    atts.append(with_stored(w.atts, mine[n] if n < len(mine) else {}))
+                else:
+                    atts.append(None)
             out: list[dict[str, Any]] = []
-            for doc, w in zip(docs, checked, strict=True):
+            for n, (doc, w) in enumerate(zip(docs, checked, strict=True)):
+                if n < len(mine) and (isinstance(w, wire.WireDoc) or (isinstance(w, Edit) and not w.deleted)):
+                    mine[n] = {}  # the write below releases them
                 try:
                     if isinstance(w, Refused):
                         out.append({"id": w.id, "error": w.error, "reason": w.reason})
@@ -275,10 +311,11 @@ class DocumentRoutes:
                     elif isinstance(w, wire.WireDoc):
                         if echo_log is not None and client is not None:
                             echo_log.expect(w.id, w.path[0], client)  # before the write can wake a longpoll
-                        if db.merge_replicated(w.id, w.path, w.deleted, w.blob, no_follows(w.atts)) is not None:
+                        if db.merge_replicated(w.id, w.path, w.deleted, w.blob, atts[n]) is not None:
                             written += 1
                     else:
-                        out.append({"ok": True, **self._write(db, w)})
+                        edit = w if w.deleted or atts[n] is None else w._replace(atts=atts[n])
+                        out.append({"ok": True, **self._write(db, edit)})
                 except LimitExceeded as exc:  # refused on its own, as CouchDB refuses what validation forbids
                     refused += 1
                     out.append({"id": doc.get("_id"), "error": "forbidden", "reason": str(exc)})
@@ -288,7 +325,14 @@ class DocumentRoutes:
                     out.append({"id": doc.get("_id"), "error": "conflict", "reason": str(exc)})
             return out
 
-        answer = await asyncio.to_thread(write)  # even a small write may wait for the compactor
+        def write_releasing() -> list[dict[str, Any]]:
+            try:
+                return write()
+            finally:  # what no write took (a refused request, a document refused on its own)
+                for kept in mine:
+                    release_all(db, kept)
+
+        answer = await asyncio.to_thread(write_releasing)  # even a small write may wait for the compactor
         self.ctx.observer.docs_in += written  # counted here, on the event loop: worker threads never race on it
         if refused:
             self.ctx.observer.refusals["max_leaves"] += refused
