@@ -84,12 +84,12 @@ class Options:
         records per LZMA2 block (16-64 is the measured sweet spot of size against read latency); a DEFLATE
         block holds twice as many (at most 255).
     codec:
-        how the compactor compresses new shard blocks. ``"deflate"`` (default): raw DEFLATE; on small JSON
-        records (bench/local.py's) ~5x cheaper to compress and ~7x cheaper to decompress than LZMA2 for ~4% more
-        bytes, so a saver that goes on is never held to the compressor's pace and a cold read decompresses
-        little. ``"lzma"``: raw LZMA2, the smallest files; while the compactor is behind the savers it packs
-        DEFLATE blocks, and re-packs them with LZMA2 once no save has come for a few seconds. Blocks of either
-        codec are read whatever this says (docs/format.md).
+        how the compactor compresses new shard blocks. ``"lzma"`` (default): raw LZMA2, the smallest files;
+        while the compactor is behind the savers it packs DEFLATE blocks (so a saver that goes on is not held to
+        LZMA's pace), and re-packs them with LZMA2 once no save has come for a few seconds. ``"deflate"``: raw
+        DEFLATE only; on small JSON records (bench/local.py's) ~5x cheaper to compress and ~7x cheaper to
+        decompress than LZMA2 for ~4% more bytes (faster cold reads). Blocks of either codec are read whatever
+        this says (docs/format.md).
     shard_max_bytes:
         a shard file is closed for appends past this size and a new one begun.
     remote_timeout:
@@ -134,7 +134,7 @@ class Options:
     flush_bytes: int = 4 * 1024 * 1024
     flush_interval: float = 1.0
     block_docs: int = 64
-    codec: Codec = "deflate"
+    codec: Codec = "lzma"
     shard_max_bytes: int = 64 * 1024 * 1024
     gc_live_ratio: float = 0.5
     remote_timeout: float = 10.0

@@ -1,4 +1,4 @@
-"""Shard block codecs: DEFLATE (the default), LZMA2 (``codec="lzma"``, DEFLATE while the compactor is behind), and
+"""Shard block codecs: LZMA2 (the default; DEFLATE while the compactor is behind), DEFLATE (``codec="deflate"``), and
 blocks written before codecs were tagged."""
 
 from __future__ import annotations
@@ -131,19 +131,25 @@ def test_an_idle_compactor_repacks_a_shard_of_fast_blocks_with_lzma(
         assert [db.readdoc(i)["n"] for i in ids] == list(range(700)) and db.db.verify() == []
 
 
-def test_the_default_codec_is_deflate_and_a_database_of_both_codecs_reads_back(location: Path) -> None:
-    lz = MyNoSQL.Options(flush_interval=3600, codec="lzma")
-    with MyNoSQL.MyNoSQL(location, options=lz) as db:
+def test_the_default_codec_is_lzma_and_a_database_of_both_codecs_reads_back(location: Path) -> None:
+    assert MyNoSQL.Options().codec == "lzma"  # the product's promise: records at rest are LZMA-compressed
+    with MyNoSQL.MyNoSQL(location, options=MyNoSQL.Options(flush_interval=3600)) as db:
         db.opendb("mixed")
         ids = [db.savedoc({"n": i})["id"] for i in range(300)]
-    assert MyNoSQL.Options().codec == "deflate"
-    with MyNoSQL.MyNoSQL(location, options=MyNoSQL.Options(flush_interval=3600)) as db:
+        store = db.db._store
+        store.flush()
+        assert store.stats.blocks >= 1 and store.stats.fast_blocks == 0  # nothing behind: LZMA2 blocks only
+    fast = MyNoSQL.Options(flush_interval=3600, codec="deflate")
+    with MyNoSQL.MyNoSQL(location, options=fast) as db:
         db.opendb("mixed")
         ids += [db.savedoc({"n": 300 + i})["id"] for i in range(300)]
         store = db.db._store
         store.flush()
         assert store.stats.fast_blocks == store.stats.blocks == -(-300 // 128)
         assert store._count_fast() == {store.shards.current: 300}
+        assert [db.readdoc(i)["n"] for i in ids] == list(range(600)) and db.db.verify() == []
+    with MyNoSQL.MyNoSQL(location) as db:  # the default reads DEFLATE blocks too
+        db.opendb("mixed")
         assert [db.readdoc(i)["n"] for i in ids] == list(range(600)) and db.db.verify() == []
     with pytest.raises(ValueError, match="codec"):
         MyNoSQL.Options(codec="zstd")  # type: ignore[arg-type]

@@ -17,10 +17,10 @@ A shard file starts with the 8-byte magic ``MNSQSHD1`` and then holds blocks, on
     payload: compressed (raw LZMA2, lzma.FORMAT_RAW; or raw DEFLATE, zlib wbits -15) form of
       count x u32 record lengths, then the records themselves
 
-DEFLATE is the default codec (``Options.codec``): on small JSON records ~5x cheaper to compress and ~7x cheaper
-to decompress than LZMA2 for ~4% more bytes. LZMA2 makes the smallest blocks; with ``codec="lzma"`` the
-compactor still packs DEFLATE blocks while it is behind the savers (store.py). Blocks written before codecs
-existed have flags 0 (LZMA2): they read as they always did.
+LZMA2 is the default codec (``Options.codec``) and makes the smallest blocks; the compactor packs DEFLATE blocks
+while it is behind the savers and re-packs them with LZMA2 when idle (store.py). ``codec="deflate"`` packs only
+DEFLATE: on small JSON records ~5x cheaper to compress and ~7x cheaper to decompress for ~4% more bytes.
+Blocks written before codecs existed have flags 0 (LZMA2): they read as they always did.
 
 Blocks are written in change-sequence order, so a shard file is also a slice of the changes feed. The index
 (SQLite) records which byte length of each shard is committed; anything past it is the tail of a flush that

@@ -6,7 +6,7 @@ index and the shards are not touched by a save.
 
 Compactor (one thread): when the active memtable holds ``flush_docs`` records or ``flush_bytes`` bytes of
 them, or its oldest is ``flush_interval`` old, it freezes it, rotates the log, packs the frozen states in change
-order into blocks, compresses them with the options' codec (DEFLATE by default; zlib and LZMA release the GIL, so
+order into blocks, compresses them with the options' codec (LZMA2 by default; zlib and LZMA release the GIL, so
 savers keep going; with ``codec="lzma"``, while a whole flush's worth of newer records waits already, a block is
 compressed with DEFLATE instead, so that a saver that goes on is not held to LZMA's pace),
 appends them to the newest shard (one write) and fsyncs it, commits the index in one transaction, and only then
