@@ -5,6 +5,7 @@ Run from the repository root::
 
     PYTHONPATH=src python bench/local.py            # full run (--n 20000 --tinydb-n 2000 --rss-n 200000)
     PYTHONPATH=src python bench/local.py --quick    # smoke run with small counts
+    PYTHONPATH=src python bench/local.py --only sustained,random-cold   # only these rows (printed)
 
 Everything happens in one invocation: the records are generated once (seeded), every engine stores the same
 dicts, and each ratio compares numbers taken minutes apart on the same machine. Fresh-process phases
@@ -141,9 +142,11 @@ def child_read(args: dict[str, Any]) -> dict[str, Any]:
         t1 = time.perf_counter()
         rss_after_open = proc.memory_info().rss
         readdoc = db.readdoc
+        c1 = time.process_time()
         for id in ids:
             append(readdoc(id)["ts"])
         t2 = time.perf_counter()
+        c2 = time.process_time()
         rss_after_read = proc.memory_info().rss
         handle.closedb()
     else:
@@ -154,18 +157,21 @@ def child_read(args: dict[str, Any]) -> dict[str, Any]:
         rss_after_open = proc.memory_info().rss
         execute = conn.execute
         loads = orjson.loads
+        c1 = time.process_time()
         for id in ids:
             rev, body = execute(SQLITE_SELECT, (id,)).fetchone()
             out: Doc = {"id": id, "rev": rev}
             out.update(loads(body))
             append(out["ts"])
         t2 = time.perf_counter()
+        c2 = time.process_time()
         rss_after_read = proc.memory_info().rss
         conn.close()
     return {
         "n": len(ids),
         "open_s": t1 - t0,
         "read_s": t2 - t1,
+        "read_cpu": c2 - c1,  # CPU seconds of this process (all threads) over the reads: a check on a busy machine
         "ts_fsum": math.fsum(acc),
         "rss_before_open": rss_before_open,
         "rss_after_open": rss_after_open,
@@ -176,25 +182,80 @@ def child_read(args: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _rss_sampler(n: int) -> tuple[list[int], Any]:
+    """Peak RSS of each quarter of ``n`` operations, sampled every 1,000: (quarters, sample(i))."""
+    proc = psutil.Process()
+    quarters = [0, 0, 0, 0]
+
+    def sample(i: int) -> None:
+        q = min(3, i * 4 // n)
+        quarters[q] = max(quarters[q], proc.memory_info().rss)
+
+    return quarters, sample
+
+
 def child_create(args: dict[str, Any]) -> dict[str, Any]:
-    """Create a MyNoSQL database of ``n`` benchmark records in this fresh process; write its ids to a file."""
-    docs = make_docs(args["n"])
+    """Create a MyNoSQL database of ``n`` benchmark records in this fresh process, one ``savedoc`` each, in one go
+    (the sustained row); write its ids to a file. RSS is sampled every 1,000 saves; the bytes on disk are taken
+    right after the last save (the compactor still behind) and after ``closedb``."""
+    n = args["n"]
+    docs = make_docs(n)
+    quarters, sample = _rss_sampler(n)
     handle = MyNoSQL.MyNoSQL(args["location"])
     handle.opendb(args["name"])
-    t0 = time.perf_counter()
-    savedoc = handle.savedoc
-    ids = [savedoc(d)["id"] for d in docs]
-    t1 = time.perf_counter()
+    folder = Path(args["location"]) / args["name"]
+    # The ids go to their file a thousand at a time: a list of 200,000 ids would itself grow RSS by ~18 MB.
+    with Path(args["ids_file"]).open("wb") as out:
+        out.write(b"[")
+        t0 = time.perf_counter()
+        c0 = time.process_time()
+        savedoc = handle.savedoc
+        for i in range(0, n, 1000):
+            chunk = [savedoc(d)["id"] for d in docs[i : i + 1000]]
+            out.write((b"," if i else b"") + orjson.dumps(chunk)[1:-1])
+            sample(i)
+        t1 = time.perf_counter()
+        c1 = time.process_time()
+        out.write(b"]")
+    behind = dir_bytes(folder)
+    packed = handle.db.storage_stats.records  # records the compactor had packed when the saver finished
     handle.closedb()
     t2 = time.perf_counter()
-    Path(args["ids_file"]).write_bytes(orjson.dumps(ids))
-    return {"n": len(ids), "save_s": t1 - t0, "close_s": t2 - t1, "maxrss": _maxrss_bytes()}
+    return {"n": n, "save_s": t1 - t0, "close_s": t2 - t1, "maxrss": _maxrss_bytes(),
+            "rss_quarters": quarters, "bytes_behind": behind, "bytes_closed": dir_bytes(folder),
+            "packed_at_end": packed, "save_cpu": c1 - c0, "close_cpu": time.process_time() - c1}
+
+
+def child_sqlite_create(args: dict[str, Any]) -> dict[str, Any]:
+    """The sustained row's anchor in a fresh process: ``n`` inserts into SQLite WAL synchronous=NORMAL, one
+    transaction each, then close (a checkpoint); the same RSS samples and byte counts as ``child_create``."""
+    n = args["n"]
+    docs = make_docs(n)
+    ids = [uuid.uuid4().hex for _ in range(n)]
+    revs = ["1-" + uuid.uuid4().hex for _ in range(n)]
+    quarters, sample = _rss_sampler(n)
+    path = Path(args["path"])
+    conn = sqlite_create(path, "NORMAL")
+    t0 = time.perf_counter()
+    c0 = time.process_time()
+    for i in range(0, n, 1000):
+        sqlite_save(conn, ids[i : i + 1000], revs[i : i + 1000], docs[i : i + 1000])
+        sample(i)
+    t1 = time.perf_counter()
+    c1 = time.process_time()
+    behind = sqlite_bytes(path)
+    conn.close()
+    t2 = time.perf_counter()
+    return {"n": n, "save_s": t1 - t0, "close_s": t2 - t1, "maxrss": _maxrss_bytes(),
+            "rss_quarters": quarters, "bytes_behind": behind, "bytes_closed": sqlite_bytes(path),
+            "save_cpu": c1 - c0, "close_cpu": time.process_time() - c1}
 
 
 def child_main(argv: Sequence[str]) -> int:
     kind, raw = argv
     args = orjson.loads(raw)
-    out = child_read(args) if kind == "read" else child_create(args)
+    children = {"read": child_read, "create": child_create, "sqlite-create": child_sqlite_create}
+    out = children[kind](args)
     sys.stdout.write(orjson.dumps(out).decode() + "\n")
     return 0
 
@@ -441,6 +502,112 @@ def phase(report: Report, name: str) -> Iterator[None]:
     print(f"[{time.strftime('%H:%M:%S')}]   {name}: {dt:.1f} s", file=sys.stderr, flush=True)
 
 
+# -- the sustained and random-cold rows (also run alone: --only sustained,random-cold) ---------------
+
+
+def sustained_rows(
+    rep: Report, args: argparse.Namespace, tmp: Path, launcher: Launcher
+) -> tuple[Path, Path, dict[str, Any]]:
+    """``--sustained-n`` savedocs in one go in a fresh process against SQLite NORMAL (1 txn/insert) in another.
+    Returns (location, ids file, the creating child's numbers): the database the peak-RSS phase reads."""
+    sn = args.sustained_n
+    loc = tmp / "mynosql-sustained"
+    ids_file = tmp / "ids-mynosql-sustained.json"
+    sq_path = tmp / "sqlite-sustained.db"
+    with phase(rep, f"sustained: {sn} savedocs in one go, fresh processes (MyNoSQL, SQLite NORMAL)"):
+        ours = launcher.run("create", {"location": str(loc), "name": DB_NAME, "n": sn, "ids_file": str(ids_file)})
+        theirs = launcher.run("sqlite-create", {"path": str(sq_path), "n": sn})
+        for path in (sq_path, Path(f"{sq_path}-wal"), Path(f"{sq_path}-shm")):
+            path.unlink(missing_ok=True)
+    rep.add_ratio(f"savedoc x{sn:,} in one go (sustained; fresh process)", sn / ours["save_s"],
+                  "SQLite WAL NORMAL, 1 txn/insert, same process shape", sn / theirs["save_s"], "ops/s", ">= 1.5")
+    rep.add_ratio(f"savedoc x{sn:,} in one go, incl. closedb (everything packed)",
+                  sn / (ours["save_s"] + ours["close_s"]), "SQLite NORMAL, incl. close (checkpoint)",
+                  sn / (theirs["save_s"] + theirs["close_s"]), "ops/s", ">= 1.0")
+    q = ours["rss_quarters"]
+    growth = (q[3] - q[0]) / MB
+    rep.rows.append(Row(f"RSS growth while saving {sn:,}: peak of the last quarter - peak of the first",
+                        fmt(growth, "MB"), "SQLite, same (context only)",
+                        fmt((theirs["rss_quarters"][3] - theirs["rss_quarters"][0]) / MB, "MB"), None,
+                        "<= 20 MB", growth <= 20))
+    rep.add_ratio(f"bytes on disk per record right after the last save ({sn:,}; compactor behind)",
+                  ours["bytes_behind"] / sn, "SQLite file (+ -wal/-shm) before close", theirs["bytes_behind"] / sn,
+                  "B", "<= 0.45")
+    rep.add_ratio(f"bytes on disk per record after closedb ({sn:,})", ours["bytes_closed"] / sn,
+                  "SQLite file after close", theirs["bytes_closed"] / sn, "B", "<= 0.4")
+    rep.notes.append(
+        f"Sustained ({sn:,} records, fresh processes): MyNoSQL saves {ours['save_s']:.2f} s + closedb "
+        f"{ours['close_s']:.2f} s (the compactor had packed {ours['packed_at_end']:,} records when the last save "
+        f"returned); SQLite {theirs['save_s']:.2f} s + close {theirs['close_s']:.2f} s. RSS peak by quarter: MyNoSQL "
+        + ", ".join(f"{x / MB:.1f}" for x in q) + " MB; SQLite "
+        + ", ".join(f"{x / MB:.1f}" for x in theirs["rss_quarters"]) + f" MB. Bytes: MyNoSQL "
+        f"{ours['bytes_behind']:,} behind, {ours['bytes_closed']:,} closed; SQLite {theirs['bytes_behind']:,} before "
+        f"close, {theirs['bytes_closed']:,} after. CPU seconds (every thread of the process: the compactor's too), "
+        f"saves + close: MyNoSQL {ours['save_cpu']:.2f} + {ours['close_cpu']:.2f}, SQLite {theirs['save_cpu']:.2f} + "
+        f"{theirs['close_cpu']:.2f}.")
+    return loc, ids_file, ours
+
+
+def random_cold_rows(rep: Report, reps: int, tmp: Path, launcher: Launcher, our_loc: Path, our_ids: Sequence[str],
+                     sq_path: Path, anchor_ids: Sequence[str], docs: Sequence[Doc], k: int) -> None:
+    """``k`` random readdocs of the ``len(docs)`` records, from a fresh process, against SQLite's point SELECTs."""
+    n = len(docs)
+    k = min(k, n)
+    pick = random.Random(11).sample(range(n), k)
+    expected = math.fsum(docs[i]["ts"] for i in pick)
+    ours_file = tmp / "ids-mynosql-random-cold.json"
+    ours_file.write_bytes(orjson.dumps([our_ids[i] for i in pick]))
+    sq_file = tmp / "ids-sqlite-random-cold.json"
+    sq_file.write_bytes(orjson.dumps([anchor_ids[i] for i in pick]))
+    cold: list[dict[str, Any]] = []
+    sq_cold: list[dict[str, Any]] = []
+    with phase(rep, f"random cold reads in fresh processes x{reps} ({k} of {n})"):
+        for _ in range(reps):
+            cold.append(launcher.run("read", {"engine": "mynosql", "location": str(our_loc), "name": DB_NAME,
+                                              "ids_file": str(ours_file)}))
+            sq_cold.append(launcher.run("read", {"engine": "sqlite", "path": str(sq_path), "ids_file": str(sq_file)}))
+        for res in (*cold, *sq_cold):
+            if res["ts_fsum"] != expected or res["n"] != k:
+                raise RuntimeError(f"a random-cold child read other records than were saved: {res}")
+    rep.add_ratio(f"readdoc, random cold ({k:,} random of {n:,}, fresh process; reads only)",
+                  k / median([c["read_s"] for c in cold]), "SQLite point SELECT + decode, fresh process, same ids",
+                  k / median([c["read_s"] for c in sq_cold]), "ops/s", ">= 0.35")
+    rep.notes.append(f"Random cold reads ({k:,} of {n:,}, fresh process): MyNoSQL "
+                     + ", ".join(f"{k / c['read_s']:,.0f}" for c in cold) + " ops/s (open "
+                     + ", ".join(f"{c['open_s'] * 1e3:.1f}" for c in cold) + " ms); SQLite "
+                     + ", ".join(f"{k / c['read_s']:,.0f}" for c in sq_cold)
+                     + " ops/s. CPU time of the reads (a check when the machine is busy): MyNoSQL "
+                     + ", ".join(f"{c['read_cpu'] / k * 1e6:.1f}" for c in cold)
+                     + " us/read; SQLite " + ", ".join(f"{c['read_cpu'] / k * 1e6:.1f}" for c in sq_cold)
+                     + f" us/read (ratio of the medians "
+                     f"{median([c['read_cpu'] for c in sq_cold]) / median([c['read_cpu'] for c in cold]):.2f}x).")
+
+
+def run_only(args: argparse.Namespace, tmp: Path, launcher: Launcher) -> Report:
+    """Only the rows named by ``--only`` (to iterate on them quickly)."""
+    rep = Report()
+    if "random-cold" in args.only:
+        n = args.n
+        docs = make_docs(n)
+        our_loc = tmp / "mynosql-cold"
+        with phase(rep, f"random cold: create {n} records (MyNoSQL, SQLite)"):
+            handle = mynosql_open(our_loc)
+            try:
+                _dt, our_ids = mynosql_save(handle, docs)
+            finally:
+                handle.closedb()
+            anchor_ids = [uuid.uuid4().hex for _ in range(n)]
+            sq_path = tmp / "sqlite-cold.db"
+            conn = sqlite_create(sq_path, "NORMAL")
+            sqlite_save(conn, anchor_ids, ["1-" + uuid.uuid4().hex for _ in range(n)], docs)
+            conn.close()
+        random_cold_rows(rep, args.repeats, tmp, launcher, our_loc, our_ids, sq_path, anchor_ids, docs,
+                         args.cold_k)
+    if "sustained" in args.only:
+        sustained_rows(rep, args, tmp, launcher)
+    return rep
+
+
 # -- the run ---------------------------------------------------------------------------------------
 
 
@@ -594,6 +761,7 @@ def run(args: argparse.Namespace, tmp: Path, launcher: Launcher) -> Report:
     sq_cold_read = median([c["read_s"] for c in sq_cold])
     rep.add_ratio("readdoc, cold (fresh process, random order; reads only)", n / cold_read,
                   "SQLite SELECT + decode, fresh process, same order", n / sq_cold_read, "ops/s", ">= 0.25")
+    random_cold_rows(rep, reps, tmp, launcher, our_loc, our_ids, sq_path, anchor_ids, docs, args.cold_k)
     rep.add_ratio("open time of the cold process (lower is better)",
                   median([c["open_s"] for c in cold]) * 1e3, "SQLite connect + schema load",
                   median([c["open_s"] for c in sq_cold]) * 1e3, "ms", None)
@@ -663,12 +831,9 @@ def run(args: argparse.Namespace, tmp: Path, launcher: Launcher) -> Report:
                   n / median(dc_get), "ops/s", None)
 
     # 8. peak RSS reading rss_n records in a fresh process -----------------------------------------
-    rn = args.rss_n
-    rss_loc = tmp / "mynosql-rss"
-    rss_ids_file = tmp / "ids-mynosql-rss.json"
-    with phase(rep, f"peak RSS: create {rn} records in a fresh process"):
-        created = launcher.run("create", {"location": str(rss_loc), "name": DB_NAME, "n": rn,
-                                          "ids_file": str(rss_ids_file)})
+    rn = args.sustained_n
+    rss_loc, rss_ids_file, created = sustained_rows(rep, args, tmp, launcher)
+    with phase(rep, f"peak RSS: prepare the reads of {rn} records"):
         rss_order = read_order(rn)
         rss_ids: list[str] = orjson.loads(rss_ids_file.read_bytes())
         rss_ids_file.write_bytes(orjson.dumps([rss_ids[i] for i in rss_order]))
@@ -789,8 +954,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--n", type=int, default=None, help="records (default 20000; --quick 2000)")
     ap.add_argument("--tinydb-n", type=int, default=None,
                     help="TinyDB insert cap (default 2000; --quick 200)")
-    ap.add_argument("--rss-n", type=int, default=None, help="records of the peak-RSS phase (default 200000; "
-                                                               "--quick 20000)")
+    ap.add_argument("--sustained-n", "--rss-n", dest="sustained_n", type=int, default=None,
+                    help="records of the sustained row, read back by the peak-RSS row (default 200000; --quick 20000)")
+    ap.add_argument("--cold-k", type=int, default=None,
+                    help="random reads of the random-cold row, of --n records (default 5000; --quick 500)")
+    ap.add_argument("--only", default=None,
+                    help="run only these rows, comma-separated: sustained, random-cold (prints them; written to "
+                         "--out only when given)")
     ap.add_argument("--out", type=Path, default=None, help="Markdown output (default bench/results/local.md; "
                                                              "--quick: bench/results/local-quick.md)")
     ap.add_argument("--quick", action="store_true", help="small counts and one repetition (smoke run)")
@@ -798,11 +968,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     q = args.quick
     args.n = args.n if args.n is not None else (2000 if q else 20000)
     args.tinydb_n = args.tinydb_n if args.tinydb_n is not None else (200 if q else 2000)
-    args.rss_n = args.rss_n if args.rss_n is not None else (20000 if q else 200000)
+    args.sustained_n = args.sustained_n if args.sustained_n is not None else (20000 if q else 200000)
+    args.cold_k = args.cold_k if args.cold_k is not None else (500 if q else 5000)
+    only = set(filter(None, (args.only or "").split(",")))
+    if only - {"sustained", "random-cold"}:
+        ap.error(f"--only: unknown rows {sorted(only - {'sustained', 'random-cold'})}")
+    args.only = only
     args.repeats = 1 if q else 3
     default_out = "bench/results/local-quick.md" if q else "bench/results/local.md"
-    out: Path = args.out or Path(__file__).resolve().parent.parent / default_out
-    if args.n < THREADS or args.tinydb_n < 1 or args.rss_n < 1:
+    out: Path | None = args.out or (None if args.only else Path(__file__).resolve().parent.parent / default_out)
+    if args.n < THREADS or args.tinydb_n < 1 or args.sustained_n < 1 or args.cold_k < 1:
         ap.error("counts must be positive (--n at least 4)")
 
     command = shlex.join([sys.executable, *sys.argv])
@@ -813,7 +988,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     launcher = Launcher()  # started while this process is still small
     tmp = Path(tempfile.mkdtemp(prefix="mynosql-bench-"))
     try:
-        rep = run(args, tmp, launcher)
+        rep = run_only(args, tmp, launcher) if args.only else run(args, tmp, launcher)
     finally:
         launcher.close()
         shutil.rmtree(tmp, ignore_errors=True)
@@ -837,10 +1012,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         "",
     ]
     report = "\n".join(text)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(report)
     print(report)
-    print(f"(written to {out})")
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(report)
+        print(f"(written to {out})")
     return 0
 
 

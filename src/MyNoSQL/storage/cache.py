@@ -14,6 +14,7 @@ from __future__ import annotations
 import threading
 import weakref
 from collections import OrderedDict
+from collections.abc import Callable
 from typing import Generic, Protocol, TypeVar
 
 K = TypeVar("K")
@@ -31,6 +32,9 @@ class RecordCache(Generic[K, V]):
         self.capacity = capacity
         self._lru: OrderedDict[K, V] = OrderedDict()
         self._weak: weakref.WeakValueDictionary[K, V] = weakref.WeakValueDictionary()
+        # The map's own dict of weak references (CPython's WeakValueDictionary.data): a miss there costs no KeyError
+        # raised and caught, as WeakValueDictionary.get and .pop do (~0.4 and ~1 us of every cold read).
+        self._wdata: dict[K, Callable[[], V | None]] = self._weak.data  # type: ignore[attr-defined]
         self._lock = threading.Lock()
 
     def get(self, key: K) -> V | None:
@@ -38,7 +42,8 @@ class RecordCache(Generic[K, V]):
         if value is not None:
             value.hit = True
             return value
-        value = self._weak.get(key)
+        ref = self._wdata.get(key)
+        value = ref() if ref is not None else None
         if value is not None:
             self.put(key, value)
         return value
@@ -47,7 +52,7 @@ class RecordCache(Generic[K, V]):
         with self._lock:
             lru = self._lru
             lru.pop(key, None)
-            self._weak.pop(key, None)  # the LRU holds it now; an older weak entry must not shadow it later
+            self._wdata.pop(key, None)  # the LRU holds it now; an older weak entry must not shadow it later
             chances = len(lru)  # bounded even while readers keep setting flags
             while len(lru) >= self.capacity:  # make room first: the newcomer is not a candidate
                 old_key, old = lru.popitem(last=False)
