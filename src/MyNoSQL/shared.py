@@ -1,0 +1,1001 @@
+"""Several processes on one database: the first to open it owns it and serves the others over a Unix socket.
+
+``MyNoSQL().opendb(name)`` (:func:`open_node`) takes the OS lock on the database's ``LOCK`` file. The process that
+gets it is the **owner**: it opens the store as a single process always did (write-ahead log, compactor,
+replication, serving as a mirror) and also serves the database on the Unix socket ``SOCKET`` in its folder
+(:class:`OwnerServer`). Any other process that opens the database is a **client** (:class:`ClientNode`, a
+:class:`~MyNoSQL.node.Node` to its application): it keeps no store, and sends each call to the owner.
+
+The protocol: frames of a little-endian header (JSON length, raw length), orjson JSON, then raw bytes (a record's
+encoded body, never base64). Nothing is pickled: records travel in the codec's tagged JSON
+(:mod:`MyNoSQL.records.codec`), errors as the name of a class of :mod:`MyNoSQL.errors` and its arguments.
+A client opens one socket per thread that calls at once, plus one on which the owner **pushes** every change
+(``seq, id, rev, deleted``), sent from the writing thread before the write is acknowledged to whoever made it.
+
+Reads: a client keeps the records it read (``Options.cache_docs``) and drops one when a push names it. Before it
+answers a ``readdoc`` it takes in what was pushed to it (one ``poll`` system call when nothing was): any save
+acknowledged before the read began was pushed before its acknowledgement, so no process reads a record older
+than a save that returned anywhere.
+
+Takeover: when the owner exits or is killed, the OS releases its lock and closes its sockets. Each client sees
+the end of its sockets; the first to take the lock opens the store itself (recovering the write-ahead log: every
+acknowledged save is in it), starts the owner's services (replication, the compactor) and serves the others,
+which reconnect (bounded backoff, at most ``TAKEOVER_WAIT`` seconds). A call cut short by the owner's death is
+sent again: a save carries the revision it wants (revisions are a hash of the parent and the body), so a save
+that the dead owner had written already counts as done, not as a conflict.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import logging
+import os
+import random
+import select
+import socket
+import struct
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import orjson
+
+from . import errors
+from .config import DatabaseConfig, load_config
+from .database import Change, Database, FileLock, prepare_folder, validate_db_name
+from .errors import ConflictError, DatabaseClosed, DatabaseLocked, DocumentNotFound, InvalidDocument, MyNoSQLError
+from .node import Node
+from .options import Options
+from .records import revtree
+from .records.codec import decode_value, encode_body, encode_value, loads_body
+from .records.ids import new_id, validate_id
+from .records.revtree import DocState
+
+if TYPE_CHECKING:
+    from .storage.store import Store
+
+log = logging.getLogger("MyNoSQL")
+T = TypeVar("T")
+
+SOCKET = "SOCKET"  # the owner's Unix socket, in the database folder (owner-only permissions, as the folder)
+OPEN_WAIT = 1.0  # seconds opendb tries to reach the process that has the database open (or to take the lock)
+TAKEOVER_WAIT = 30.0  # seconds a client tries to reach a new owner (or become it) once its owner is gone
+HELLO_WAIT = 60.0  # seconds an owner may take to answer a new connection (it may be recovering its log)
+CALL_WAIT = 600.0  # the longest one call may take (a compact, a pull) before its owner counts as hung
+PUSH_WAIT = 2.0  # an owner drops a client that has not read its pushes for this long (it reconnects)
+PAGE = 1000  # changes or records per trip of an iteration
+MAX_FRAME = 1 << 30
+_HEAD = struct.Struct("<II")
+_TOMBSTONE_BODY = b"{}"
+
+__all__ = ["ClientNode", "OwnerServer", "open_node"]
+
+
+# -- frames ------------------------------------------------------------------------------------------------------
+
+def _send(sock: socket.socket, msg: Any, raw: bytes = b"") -> None:
+    data = orjson.dumps(msg)
+    sock.sendall(b"".join((_HEAD.pack(len(data), len(raw)), data, raw)))
+
+
+def _recv(sock: socket.socket) -> tuple[Any, bytes]:
+    buf = sock.recv(65536)
+    while len(buf) < 8:
+        more = sock.recv(65536)
+        if not more:
+            raise EOFError
+        buf += more
+    jl, rl = _HEAD.unpack_from(buf)
+    n = 8 + jl + rl
+    if jl > MAX_FRAME or rl > MAX_FRAME:
+        raise EOFError
+    if len(buf) < n:
+        parts = [buf]
+        got = len(buf)
+        while got < n:
+            more = sock.recv(min(n - got, 1 << 20))
+            if not more:
+                raise EOFError
+            parts.append(more)
+            got += len(more)
+        buf = b"".join(parts)
+    return orjson.loads(buf[8:8 + jl]), buf[8 + jl:n]
+
+
+def _address(folder: Path) -> tuple[str, int | None]:
+    """The socket's address, and a directory descriptor to close after use: a path past the ~107 bytes a Unix
+    socket address holds is reached through ``/proc/self/fd`` (Linux)."""
+    path = str(folder / SOCKET)
+    if len(os.fsencode(path)) < 100:
+        return path, None
+    fd = os.open(folder, os.O_RDONLY)
+    return f"/proc/self/fd/{fd}/{SOCKET}", fd
+
+
+def listen(folder: Path) -> socket.socket | None:
+    """The owner's listening socket (its lock held: a socket file left there is a dead owner's). None, with a
+    warning, where Unix sockets do not work: the database then opens for this process alone."""
+    if not hasattr(socket, "AF_UNIX"):  # pragma: no cover - Windows
+        return None
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    fd = None
+    try:
+        addr, fd = _address(folder)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(addr)
+        sock.bind(addr)
+        sock.listen(64)
+    except OSError as exc:
+        sock.close()
+        log.warning("database %s: no Unix socket here (%s): other processes cannot open it while this one has it",
+                    folder, exc)
+        return None
+    finally:
+        if fd is not None:
+            os.close(fd)
+    sock.settimeout(1.0)
+    return sock
+
+
+def _dial(folder: Path, kind: str) -> tuple[socket.socket, dict[str, Any]]:
+    """A connection to the owner, introduced (``kind``: "call" or "push"); raises OSError or EOFError."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    fd = None
+    try:
+        addr, fd = _address(folder)
+        sock.connect(addr)
+        sock.settimeout(HELLO_WAIT)
+        _send(sock, ["hello", kind, os.getpid()])
+        hello, _ = _recv(sock)
+        if not isinstance(hello, dict) or "pid" not in hello:
+            raise EOFError
+    except BaseException:
+        sock.close()
+        raise
+    finally:
+        if fd is not None:
+            os.close(fd)
+    sock.settimeout(CALL_WAIT)
+    return sock, hello
+
+
+def _error_reply(exc: Exception) -> list[Any]:
+    attrs = {k: v for k in ("id", "current_rev", "deleted", "rev", "path", "limit")
+             if isinstance(v := getattr(exc, k, None), (str, bool, int))}
+    args = [a for a in exc.args if isinstance(a, (str, int, float, bool))]
+    return [1, type(exc).__name__, args or [str(exc)], attrs]
+
+
+def _rebuild(reply: list[Any]) -> Exception:
+    name, args, attrs = reply[1], reply[2], reply[3]
+    cls = getattr(errors, name, None)
+    if not (isinstance(cls, type) and issubclass(cls, MyNoSQLError)):
+        cls = {"TypeError": TypeError, "ValueError": ValueError, "KeyError": KeyError}.get(name)
+        if cls is None:
+            return MyNoSQLError(f"{name}: {' '.join(map(str, args))}")
+    exc: Exception = cls.__new__(cls)
+    exc.args = tuple(args)
+    for k, v in attrs.items():
+        setattr(exc, k, v)
+    return exc
+
+
+# -- what the owner does for a call (also what a client that took over does for a call it had to repeat) ---------
+
+def _landed(state: DocState | None, parent: str | None, deleted: bool, blob: bytes) -> str | None:
+    """The revision a repeated write would make, if the first attempt made it already."""
+    if state is None:
+        return None
+    tree = state.tree
+    if parent is not None:
+        rev = revtree.new_rev(parent, deleted, blob)
+        return rev if rev in tree else None
+    for p in (None, *(r for r, (_, d) in tree.items() if d)):
+        rev = revtree.new_rev(p, deleted, blob)
+        if rev in tree and tree[rev][0] == p:
+            return rev
+    return None
+
+
+def _save(node: Database, id: str, rev: str | None, blob: bytes, fresh: bool, retry: bool) -> tuple[Any, bytes]:
+    """``[winning rev, True]`` if the saved body won (the caller has it), else ``[rev, False]`` and its JSON."""
+    try:
+        prev, state = node.put_encoded(id, rev, blob, fresh and not retry)
+    except ConflictError:
+        done = _landed(node.state(id), rev, False, blob) if retry else None
+        if done is None:
+            raise
+        return [done, True], b""
+    st = state or prev
+    assert st is not None
+    win = st.winner
+    if st.bodies.get(win) == blob:
+        return [win, True], b""
+    data = st.doc_json
+    assert data is not None
+    return [win, False], data
+
+
+def _delete(node: Database, id: str, rev: str, retry: bool) -> dict[str, Any]:
+    try:
+        return node.deletedoc(id, rev)
+    except (ConflictError, DocumentNotFound):
+        done = _landed(node.state(validate_id(id)), rev, True, _TOMBSTONE_BODY) if retry else None
+        if done is None:
+            raise
+        return {"id": id, "rev": done, "deleted": True}
+
+
+def _changes_page(node: Database, since: int) -> list[list[Any]]:
+    return [[c.seq, c.id, c.rev, c.deleted] for c in itertools.islice(node.changes(since), PAGE)]
+
+
+def _docs_page(node: Database, since: int) -> tuple[int, bytes]:
+    """The records changed after ``since`` (at most PAGE states read): the last seq read, and a JSON list."""
+    last, out = since, []
+    for s in itertools.islice(node.states_since(since), PAGE):
+        last = s.seq
+        data = s.doc_json
+        if data is not None:
+            out.append(data)
+    return last, b"[" + b",".join(out) + b"]"
+
+
+_CALLS: dict[str, Callable[..., Any]] = {
+    "conflicts": Node.conflicts, "len": Node.__len__, "contains": Node.__contains__, "seq": lambda n: n.seq,
+    "deleted_count": Node.deleted_count, "status": Node.status, "verify": lambda n: n.verify(),
+    "compact": lambda n: n.compact(), "flush": Node.flush, "setdbmode": Node.setdbmode, "getdbmode": Node.getdbmode,
+    "addpeer": Node.addpeer, "peers": Node.peers,
+    "setlisten": lambda n, host, port, advertise: n.setlisten(host, port, advertise=advertise),
+    "indexadd": Node.indexadd, "indexdrop": Node.indexdrop, "indexread": Node.indexread,
+    "createindex": lambda n, fields, name, pfs, wait: n.createindex(fields, name, pfs, wait=wait),
+    "dropindex": Node.dropindex, "indexes": lambda n: [str(i) for i in n.indexes()],
+    "find": Node.find, "explain": Node.explain, "subscribe": Node.subscribe, "unsubscribe": Node.unsubscribe,
+    "resolve": Node.resolve, "pull": lambda n, url, timeout: n.pull(url, timeout=timeout),
+    "push": lambda n, url, timeout: n.push(url, timeout=timeout),
+}
+
+
+class _Push:
+    __slots__ = ("lock", "sock")
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.lock = threading.Lock()
+
+
+class OwnerServer:
+    """Serves the owner's open database to the other processes of this machine, on its Unix socket.
+
+    Threads: one accepts (``MyNoSQL-share-<db>``), one per calling connection (``MyNoSQL-share-<db>-call``) runs
+    the calls on the node; :meth:`stop` (run first by ``Node.close``) ends and joins them all."""
+
+    def __init__(self, node: Node, listener: socket.socket) -> None:
+        self._node = node
+        self._listener = listener
+        self._lock = threading.Lock()
+        self._conns: set[socket.socket] = set()
+        self._threads: list[threading.Thread] = []
+        self._pushes: list[_Push] = []  # replaced, never changed in place: the writing threads read it unlocked
+        self._unlisten: Callable[[], None] | None = None
+        self._stopping = False
+        self._accepter = threading.Thread(target=self._accept, name=f"MyNoSQL-share-{node.name}", daemon=True)
+
+    def start(self) -> None:
+        self._accepter.start()
+
+    def stop(self) -> None:
+        """Stop accepting, end every connection (calls under way finish first), join the threads, remove the
+        socket file (the lock is still held: no new owner can have made one)."""
+        with self._lock:
+            self._stopping = True
+            conns = list(self._conns)
+            self._conns.clear()
+            self._pushes = []
+            unlisten, self._unlisten = self._unlisten, None
+        if unlisten is not None:
+            unlisten()
+        with contextlib.suppress(OSError):
+            self._listener.shutdown(socket.SHUT_RDWR)
+        self._listener.close()
+        for c in conns:
+            with contextlib.suppress(OSError):
+                c.shutdown(socket.SHUT_RDWR)
+        self._accepter.join()
+        for t in self._threads:
+            t.join()
+        for c in conns:
+            c.close()
+        fd = None
+        try:
+            addr, fd = _address(self._node.path)
+            os.unlink(addr)
+        except OSError:
+            pass
+        finally:
+            if fd is not None:
+                os.close(fd)
+
+    def _accept(self) -> None:
+        while not self._stopping:
+            try:
+                conn, _ = self._listener.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            with self._lock:
+                if self._stopping:
+                    conn.close()
+                    return
+                self._conns.add(conn)
+                t = threading.Thread(target=self._serve, args=(conn,), name=f"MyNoSQL-share-{self._node.name}-call",
+                                     daemon=True)
+                self._threads = [x for x in self._threads if x.is_alive()]
+                self._threads.append(t)
+            t.start()
+
+    def _changed(self, new: DocState, prev: DocState | None) -> None:
+        """A store listener (in the writing thread, before the write is acknowledged): push it to every client."""
+        pushes = self._pushes
+        if not pushes:
+            return
+        win = new.winner
+        data = orjson.dumps([new.seq, new.id, win, new.tree[win][1]])
+        frame = _HEAD.pack(len(data), 0) + data
+        for p in pushes:
+            with p.lock:
+                try:
+                    p.sock.sendall(frame)
+                except OSError:  # gone, or not reading: it reconnects (and forgets what it cached)
+                    self._drop(p)
+
+    def _drop(self, push: _Push) -> None:
+        with self._lock:
+            self._pushes = [p for p in self._pushes if p is not push]
+            self._conns.discard(push.sock)
+            unlisten = None
+            if not self._pushes:
+                unlisten, self._unlisten = self._unlisten, None
+        if unlisten is not None:
+            unlisten()
+        with contextlib.suppress(OSError):
+            push.sock.shutdown(socket.SHUT_RDWR)
+        push.sock.close()
+
+    def _serve(self, conn: socket.socket) -> None:
+        keep = False
+        try:
+            conn.settimeout(HELLO_WAIT)
+            hello, _ = _recv(conn)
+            if not (isinstance(hello, list) and len(hello) == 3 and hello[0] == "hello"):
+                return
+            answer = {"pid": os.getpid()}
+            if hello[1] == "push":
+                conn.settimeout(PUSH_WAIT)
+                with self._lock:
+                    if self._stopping:
+                        return
+                    self._pushes = [*self._pushes, _Push(conn)]
+                    if self._unlisten is None:
+                        self._unlisten = self._node.on_change(self._changed)
+                _send(conn, answer)  # registered first: every write after this answer is pushed
+                keep = True
+                return
+            _send(conn, answer)
+            conn.settimeout(None)
+            while True:
+                msg, raw = _recv(conn)
+                try:
+                    result, out = self._handle(msg, raw)
+                    reply: list[Any] = [0, result]
+                except (MyNoSQLError, TypeError, ValueError, KeyError) as exc:
+                    reply, out = _error_reply(exc), b""
+                except Exception as exc:  # a bug: the caller gets an error, the owner keeps serving
+                    log.exception("database %s: a call from another process failed", self._node.name)
+                    reply, out = _error_reply(MyNoSQLError(f"{type(exc).__name__}: {exc}")), b""
+                _send(conn, reply, out)
+        except (OSError, EOFError, orjson.JSONDecodeError):
+            pass  # the client went away (or this server stops)
+        finally:
+            if not keep:
+                with self._lock:
+                    self._conns.discard(conn)
+                conn.close()
+
+    def _handle(self, msg: Any, raw: bytes) -> tuple[Any, bytes]:
+        node = self._node
+        op, args = msg
+        if op == "read":
+            id, rev = args
+            if rev is None:
+                state = node.state(validate_id(id))
+                data = state.doc_json if state is not None else None
+                if data is not None:
+                    return None, data
+                return None, encode_body(node.readdoc(id))[0]  # not found, deleted, or a Peer's read-through
+            return None, encode_body(node.readdoc(id, rev))[0]
+        if op == "save":
+            id, rev, fresh, retry = args
+            return _save(node, validate_id(id), rev, raw, fresh, retry)
+        if op == "delete":
+            return _delete(node, args[0], args[1], args[2]), b""
+        if op == "changes":
+            return _changes_page(node, args[0]), b""
+        if op == "docs":
+            return _docs_page(node, args[0])
+        if op == "call":
+            fn = _CALLS.get(args[0])
+            if fn is None:
+                raise InvalidDocument(f"unknown call {str(args[0])[:40]!r}")
+            return encode_value(fn(node, *decode_value(args[1]))), b""
+        raise InvalidDocument(f"unknown operation {str(op)[:40]!r}")
+
+
+# -- the client ----------------------------------------------------------------------------------------------------
+
+class _Promoted(Exception):
+    """This client took over the database while a call was under way: it runs locally now."""
+
+
+class ClientNode(Node):
+    """The database as another process of this machine owns it: each call goes to that process (its
+    :class:`OwnerServer`). Reads are cached here until a push from the owner says the record changed. When the
+    owner goes away this process may take over (see the module docstring): from then on it is the owner, and
+    every call runs here as in a :class:`Node`.
+
+    Not available until it takes over: attachments, live queries (``observe``), and the replication primitives;
+    they raise :class:`~MyNoSQL.MyNoSQLError` saying so."""
+
+    def __init__(self, location: Path, name: str, options: Options) -> None:  # not Node's: no store here (yet)
+        self.name = name
+        self.options = options
+        self.path = Path(location) / name
+        self._c_location = Path(location)
+        self._closed = False  # Node's (Database.__init__ sets it True while it opens, when this one takes over)
+        self._c_closed = False
+        self._promoted = False
+        self._c_lock = threading.RLock()  # takeover and close, one at a time
+        self._c_push_lock = threading.Lock()  # the push socket, the cache's invalidations
+        self._c_idle: list[socket.socket] = []
+        self._c_epoch = 0  # connections made to an owner
+        self._c_gen = 0  # changes when cached records may have missed an invalidation
+        self._c_push: socket.socket | None = None
+        self._c_poll = select.poll()  # used under the push lock only
+        self._c_wait = select.poll()  # used by the client's thread only
+        self._c_buf = bytearray()
+        self._c_cache: dict[str, bytes] = {}
+        self._c_inval = 0  # pushes taken in
+        self._c_reading = 0  # reads under way
+        self._c_recent: dict[str, int] = {}  # id -> _c_inval at its push, while reads are under way
+        self._c_watchers: dict[int, Callable[[Change], None]] = {}
+        self._c_stops: dict[int, Callable[[], None]] = {}
+        self._c_keys = itertools.count()
+        self._c_events: deque[Change] = deque()
+        self._c_seq = 0
+        self._c_owner = 0
+        self._c_error: str | None = None
+        self._c_connect()
+        self._c_thread = threading.Thread(target=self._c_follow, name=f"MyNoSQL-client-{name}", daemon=True)
+        self._c_thread.start()
+
+    # -- connections ----------------------------------------------------------------------------------------
+
+    def _c_connect(self) -> None:
+        sock, hello = _dial(self.path, "push")
+        poll, wait = select.poll(), select.poll()
+        poll.register(sock, select.POLLIN)
+        wait.register(sock, select.POLLIN)
+        with self._c_push_lock:
+            self._c_push, self._c_poll, self._c_wait, self._c_buf = sock, poll, wait, bytearray()
+            self._c_owner = int(hello["pid"])
+
+    def _c_close_sockets(self) -> None:
+        idle, self._c_idle = self._c_idle, []
+        for s in idle:
+            s.close()
+        with self._c_push_lock:
+            self._c_lost()
+
+    def _c_lost(self) -> None:
+        """The push socket ended (under the push lock): nothing cached can be trusted until a new owner pushes."""
+        self._c_gen += 1
+        self._c_cache.clear()
+        if self._c_push is not None:
+            self._c_push.close()
+        self._c_push = None
+        self._c_poll, self._c_wait = select.poll(), select.poll()
+
+    def _c_pump(self) -> None:
+        """Take in what the owner pushed: drop those records from the cache, queue them for ``watch``."""
+        with self._c_push_lock:
+            sock = self._c_push
+            if sock is None:
+                return
+            buf = self._c_buf
+            while self._c_poll.poll(0):
+                try:
+                    data = sock.recv(262144)
+                except OSError:
+                    data = b""
+                if not data:
+                    self._c_lost()
+                    return
+                buf += data
+            pos, end = 0, len(buf)
+            cache, watching = self._c_cache, bool(self._c_watchers)
+            while end - pos >= 8:
+                jl, rl = _HEAD.unpack_from(buf, pos)
+                if end - pos < 8 + jl + rl:
+                    break
+                seq, id, rev, deleted = orjson.loads(buf[pos + 8:pos + 8 + jl])
+                pos += 8 + jl + rl
+                self._c_inval += 1
+                cache.pop(id, None)
+                if self._c_reading:
+                    self._c_recent[id] = self._c_inval
+                if watching:
+                    self._c_events.append(Change(seq, id, rev, deleted))
+                if seq > self._c_seq:
+                    self._c_seq = seq
+            del buf[:pos]
+
+    def _c_call(self, op: str, args: list[Any], raw: bytes = b"") -> tuple[Any, bytes]:
+        """One call to the owner; repeated (at most 4 times) on a new owner if the owner went away meanwhile."""
+        for _ in range(4):
+            if self._promoted:
+                raise _Promoted
+            if self._c_closed:
+                raise DatabaseClosed(f"database {self.name!r} is closed")
+            epoch = self._c_epoch
+            try:
+                conn = self._c_idle.pop()
+            except IndexError:
+                try:
+                    conn, _ = _dial(self.path, "call")
+                except (OSError, EOFError, ValueError):
+                    self._c_recover(epoch)
+                    continue
+            try:
+                _send(conn, [op, args], raw)
+                reply, out = _recv(conn)
+            except (OSError, EOFError, ValueError):
+                conn.close()
+                self._c_recover(epoch)
+                if op in ("save", "delete"):
+                    args = [*args[:-1], True]  # a repeat: the first attempt may have been written
+                continue
+            if epoch == self._c_epoch and not self._c_closed:
+                self._c_idle.append(conn)
+            else:
+                conn.close()
+            if reply[0] == 0:
+                return reply[1], out
+            raise _rebuild(reply)
+        raise DatabaseClosed(f"database {self.name!r}: {self._c_error or 'its owner process keeps going away'}")
+
+    def _c_recover(self, epoch: int) -> None:
+        """The owner is gone (or dropped us): connect to the new one, or become it. Raises if neither works
+        within TAKEOVER_WAIT seconds."""
+        with self._c_lock:
+            if self._c_epoch != epoch or self._promoted or self._c_closed:
+                return  # another thread did it
+            self._c_close_sockets()
+            if self._c_error is not None:
+                raise DatabaseClosed(f"database {self.name!r}: {self._c_error}")
+            deadline = time.monotonic() + TAKEOVER_WAIT
+            delay = 0.002
+            while True:
+                lock = FileLock(self.path / "LOCK")
+                if lock.try_acquire():
+                    self._c_promote(lock)
+                    return
+                try:
+                    self._c_connect()
+                    self._c_epoch += 1
+                    return
+                except (OSError, EOFError, ValueError) as exc:
+                    why = exc
+                if time.monotonic() > deadline:
+                    self._c_error = f"its owner process went away and no other took over within {TAKEOVER_WAIT} s " \
+                                    f"({why})"
+                    raise DatabaseClosed(f"database {self.name!r}: {self._c_error}")
+                time.sleep(delay * (0.5 + random.random()))
+                delay = min(delay * 2, 0.1)
+
+    def _c_promote(self, lock: FileLock) -> None:
+        """Become the owner (under ``_c_lock``, the lock held): open the store, start its services, serve."""
+        listener = listen(self.path)
+        try:
+            Node.__init__(self, self._c_location, self.name, self.options, lock=lock)
+        except BaseException as exc:
+            if listener is not None:
+                listener.close()
+            self._c_error = f"taking it over failed: {exc}"
+            raise
+        if listener is not None:
+            server = OwnerServer(self, listener)
+            self.share(server.stop)
+            server.start()
+        self._promoted = True
+        for key, cb in self._c_watchers.items():
+            self._c_stops[key] = Database.watch(self, cb)
+        log.info("database %s: process %d took it over from process %d", self.name, os.getpid(), self._c_owner)
+
+    def _c_follow(self) -> None:
+        """The client's thread: takes in pushes, runs ``watch`` callbacks, takes over when the owner is gone."""
+        epoch = self._c_epoch
+        while not self._c_closed and not self._promoted:
+            try:
+                ready = self._c_wait.poll(250)
+            except (OSError, ValueError):  # pragma: no cover - replaced meanwhile
+                ready = []
+            if ready:
+                self._c_pump()
+            if self._c_epoch != epoch:  # reconnected: what the new owner wrote before it knew us
+                epoch = self._c_epoch
+                self._c_catch_up()
+            self._c_deliver()
+            if self._c_push is None and not self._c_closed and not self._promoted:
+                try:
+                    self._c_recover(self._c_epoch)
+                except MyNoSQLError as exc:
+                    log.error("database %s: %s", self.name, exc)
+                    return
+
+    def _c_catch_up(self) -> None:
+        if not self._c_watchers:
+            return
+        try:
+            for c in itertools.islice(self.changes(self._c_seq), 100_000):
+                if c.seq > self._c_seq:
+                    self._c_events.append(c)
+                    self._c_seq = c.seq
+        except MyNoSQLError as exc:
+            log.warning("database %s: watch could not catch up after a takeover: %s", self.name, exc)
+
+    def _c_deliver(self) -> None:
+        events = self._c_events
+        while events:
+            change = events.popleft()
+            for cb in list(self._c_watchers.values()):
+                try:
+                    cb(change)
+                except Exception:
+                    log.exception("watch callback %r failed", cb)
+
+    def _either(self, local: Callable[..., T], op: str, *args: Any) -> T:
+        if not self._promoted:
+            try:
+                result, _ = self._c_call("call", [op, encode_value(list(args))])
+                out: T = decode_value(result)
+                return out
+            except _Promoted:
+                pass
+        return local(self, *args)
+
+    # -- lifecycle ------------------------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Close this process's connections (or, once it took over, the database as :meth:`Node.close`)."""
+        with self._c_lock:
+            if self._promoted:
+                Node.close(self)
+            elif not self._c_closed:
+                self._c_closed = True
+                self._c_close_sockets()
+        if self._c_thread is not threading.current_thread():
+            self._c_thread.join()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed if self._promoted else self._c_closed
+
+    def _check(self) -> Store:
+        if self._promoted:
+            return Node._check(self)
+        if self._c_closed:
+            raise DatabaseClosed(f"database {self.name!r} is closed")
+        raise MyNoSQLError(f"this call is not available in a process that shares database {self.name!r} with the "
+                           f"process that has it open (pid {self._c_owner}); make it there")
+
+    def start(self) -> None:
+        if self._promoted:
+            Node.start(self)
+
+    @property
+    def config(self) -> DatabaseConfig:
+        if "_config" in self.__dict__:  # took over (or taking over)
+            return self._config
+        return load_config(self.path)
+
+    @property
+    def uuid(self) -> str:
+        return self.config.uuid
+
+    @property
+    def revs_limit(self) -> int:
+        return self.config.revs_limit or self.options.revs_limit
+
+    @property
+    def owner_pid(self) -> int:
+        """The process that owns the database (this one once it took over)."""
+        return os.getpid() if self._promoted else self._c_owner
+
+    # -- records --------------------------------------------------------------------------------------------
+
+    def savedoc(self, doc: dict[str, Any]) -> dict[str, Any]:
+        if self._promoted:
+            return Node.savedoc(self, doc)
+        if not isinstance(doc, dict):
+            raise InvalidDocument(f"a record must be a dict, not {type(doc).__name__}")
+        id = doc.get("id")
+        fresh = id is None
+        id = new_id() if fresh else validate_id(id)
+        rev = doc.get("rev")
+        if rev is not None and type(rev) is not str:
+            raise InvalidDocument(f"rev must be a string, not {type(rev).__name__}")
+        body = dict(doc)
+        body.pop("id", None)
+        body.pop("rev", None)
+        blob, decoded = encode_body(body)
+        if len(blob) > self.options.max_doc_bytes:
+            raise InvalidDocument(
+                f"record {id!r} is {len(blob)} bytes encoded, over the limit of {self.options.max_doc_bytes}")
+        try:
+            (win, own), data = self._c_call("save", [id, rev, fresh, False], blob)
+        except _Promoted:  # taken over during the call: the dead owner may have written it
+            (win, own), data = _save(self, id, rev, blob, fresh, True)
+        if own:
+            return {"id": id, "rev": win, **(decoded if decoded is not None else loads_body(blob))}
+        return loads_body(data)
+
+    def readdoc(self, id: str, rev: str | None = None) -> dict[str, Any]:
+        if self._promoted:
+            return Node.readdoc(self, id) if rev is None else Node.readdoc(self, id, rev)
+        sock = self._c_push
+        try:
+            if sock is not None and select.select((sock,), (), (), 0)[0]:
+                self._c_pump()
+        except (OSError, ValueError):  # closed meanwhile: reconnected, or going to
+            pass
+        if type(id) is not str:
+            id = validate_id(id)
+        if rev is None:
+            data = self._c_cache.get(id)
+            if data is not None:
+                return loads_body(data)
+        with self._c_push_lock:
+            self._c_reading += 1
+            start, gen = self._c_inval, self._c_gen
+        try:
+            try:
+                _, data = self._c_call("read", [id, rev])
+            except _Promoted:
+                return Node.readdoc(self, id) if rev is None else Node.readdoc(self, id, rev)
+            if rev is None:
+                self._c_pump()
+                with self._c_push_lock:
+                    cache = self._c_cache
+                    if gen == self._c_gen and self._c_recent.get(id, -1) <= start and self._c_push is not None:
+                        if len(cache) >= self.options.cache_docs:
+                            del cache[next(iter(cache))]
+                        cache[id] = data
+            return loads_body(data)
+        finally:
+            with self._c_push_lock:
+                self._c_reading -= 1
+                if not self._c_reading:
+                    self._c_recent.clear()
+
+    def deletedoc(self, id: str, rev: str) -> dict[str, Any]:
+        if self._promoted:
+            return Node.deletedoc(self, id, rev)
+        id = validate_id(id)
+        if not revtree.is_rev(rev):
+            raise InvalidDocument(f"deletedoc needs the rev being deleted (N-<32 hex>), not {str(rev)[:80]!r}")
+        try:
+            out, _ = self._c_call("delete", [id, rev, False])
+            result: dict[str, Any] = out
+            return result
+        except _Promoted:
+            return _delete(self, id, rev, True)
+
+    def watch(self, callback: Callable[[Change], None]) -> Callable[[], None]:
+        with self._c_lock:
+            if self._promoted:
+                return Node.watch(self, callback)
+            if self._c_closed:
+                raise DatabaseClosed(f"database {self.name!r} is closed")
+            key = next(self._c_keys)
+            self._c_watchers[key] = callback
+
+        def stop() -> None:
+            self._c_watchers.pop(key, None)
+            local = self._c_stops.pop(key, None)
+            if local is not None:
+                local()
+
+        return stop
+
+    def changes(self, since: int = 0) -> Iterator[Change]:
+        while True:
+            if self._promoted:
+                rows = _changes_page(self, since)
+            else:
+                try:
+                    rows, _ = self._c_call("changes", [since])
+                except _Promoted:
+                    continue
+            for r in rows:
+                yield Change(*r)
+            if len(rows) < PAGE:
+                return
+            since = rows[-1][0]
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        since = 0
+        while True:
+            if self._promoted:
+                last, data = _docs_page(self, since)
+            else:
+                try:
+                    last, data = self._c_call("docs", [since])
+                except _Promoted:
+                    continue
+            yield from decode_value(orjson.loads(data))
+            if last == since:
+                return
+            since = last
+
+    def __len__(self) -> int:
+        return self._either(Node.__len__, "len")
+
+    def __contains__(self, id: object) -> bool:
+        return self._either(Node.__contains__, "contains", id)
+
+    @property
+    def seq(self) -> int:
+        if self._promoted:
+            return self._check().seq
+        out: int = self._either(lambda n: n.seq, "seq")
+        return out
+
+    def conflicts(self, id: str) -> list[str]:
+        return self._either(Node.conflicts, "conflicts", id)
+
+    def deleted_count(self) -> int:
+        return self._either(Node.deleted_count, "deleted_count")
+
+    def status(self) -> dict[str, Any]:
+        out: dict[str, Any] = self._either(Node.status, "status")
+        out["owner_pid"] = self.owner_pid
+        return out
+
+    def verify(self, progress: Callable[[int, int | None], None] | None = None) -> list[str]:
+        out: list[str] = self._either(lambda n: Node.verify(n), "verify")
+        return out
+
+    def compact(self, progress: Callable[[int, int | None], None] | None = None) -> int:
+        out: int = self._either(lambda n: Node.compact(n), "compact")
+        return out
+
+    def flush(self) -> None:
+        self._either(Node.flush, "flush")
+
+    def setdbmode(self, mode: Any) -> bool:
+        return self._either(Node.setdbmode, "setdbmode", mode)
+
+    def getdbmode(self) -> str:
+        return self._either(Node.getdbmode, "getdbmode")
+
+    def addpeer(self, url: str) -> bool:
+        return self._either(Node.addpeer, "addpeer", url)
+
+    def peers(self) -> list[str]:
+        return self._either(Node.peers, "peers")
+
+    def setlisten(self, host: str = "127.0.0.1", port: int = 8800, *, advertise: str | None = None,
+                  certfile: str | None = None, keyfile: str | None = None) -> None:
+        if certfile is not None or keyfile is not None:
+            raise MyNoSQLError("setlisten with TLS files: call it in the process that has the database open")
+        self._either(lambda n, h, p, a: Node.setlisten(n, h, p, advertise=a), "setlisten", host, port, advertise)
+
+    def indexadd(self, name: str) -> bool:
+        return self._either(Node.indexadd, "indexadd", name)
+
+    def indexdrop(self, name: str) -> bool:
+        return self._either(Node.indexdrop, "indexdrop", name)
+
+    def indexread(self, name: str) -> dict[str, Any]:
+        return self._either(Node.indexread, "indexread", name)
+
+    def createindex(self, fields: list[Any], name: str | None = None,
+                    partial_filter_selector: dict[str, Any] | None = None, *, ddoc: str | None = None,
+                    wait: bool = True, progress: Callable[[int, int | None], None] | None = None,
+                    python: bool = True) -> dict[str, Any]:
+        if ddoc is not None or not python:
+            raise MyNoSQLError("createindex with ddoc (or python=False): call it in the process that has the "
+                               "database open")
+        return self._either(lambda n, f, nm, p, w: Node.createindex(n, f, nm, p, wait=w), "createindex", fields, name,
+                            partial_filter_selector, wait)
+
+    def dropindex(self, name: str, ddoc: str | None = None) -> bool:
+        return self._either(Node.dropindex, "dropindex", name)
+
+    def indexes(self) -> list[Any]:
+        if self._promoted:
+            return Node.indexes(self)
+        return self._either(Node.indexes, "indexes")
+
+    def find(self, selector: dict[str, Any], fields: list[str] | None = None, sort: list[Any] | None = None,
+             limit: int | None = None, skip: int = 0, use_index: Any = None) -> list[dict[str, Any]]:
+        return self._either(Node.find, "find", selector, fields, sort, limit, skip, use_index)
+
+    def explain(self, selector: dict[str, Any], fields: list[str] | None = None, sort: list[Any] | None = None,
+                limit: int | None = None, skip: int = 0, use_index: Any = None) -> dict[str, Any]:
+        return self._either(Node.explain, "explain", selector, fields, sort, limit, skip, use_index)
+
+    def subscribe(self, selector: dict[str, Any]) -> str:
+        return self._either(Node.subscribe, "subscribe", selector)
+
+    def unsubscribe(self, selector_or_id: dict[str, Any] | str) -> bool:
+        return self._either(Node.unsubscribe, "unsubscribe", selector_or_id)
+
+    def resolve(self, id: str, merged: dict[str, Any], losers: list[str] | None = None) -> dict[str, Any]:
+        return self._either(Node.resolve, "resolve", id, merged, losers)
+
+    def pull(self, url: str, *, timeout: float = 60.0) -> dict[str, Any]:
+        return self._either(lambda n, u, t: Node.pull(n, u, timeout=t), "pull", url, timeout)
+
+    def push(self, url: str, *, timeout: float = 60.0) -> dict[str, Any]:
+        return self._either(lambda n, u, t: Node.push(n, u, timeout=t), "push", url, timeout)
+
+    def __repr__(self) -> str:
+        role = "owner" if self._promoted else f"client of process {self._c_owner}"
+        return f"<MyNoSQL database {self.name!r} ({role}) at {self.path}>"
+
+
+def _own(location: Path, name: str, options: Options, lock: FileLock) -> Node:
+    listener = listen(Path(location) / name)
+    try:
+        node = Node(location, name, options, lock=lock)
+    except BaseException:
+        if listener is not None:
+            listener.close()
+        raise
+    if listener is not None:
+        server = OwnerServer(node, listener)
+        node.share(server.stop)
+        server.start()
+    return node
+
+
+def open_node(location: Path, name: str, options: Options) -> Node:
+    """Open the database ``name``: as its owner if no other process has it open, else as a client of the one
+    that has. ``Options(exclusive=True)``: as its only user, or :class:`DatabaseLocked` at once."""
+    validate_db_name(name)
+    if options.exclusive:
+        return Node(location, name, options)
+    path = Path(location) / name
+    prepare_folder(path)
+    deadline = time.monotonic() + OPEN_WAIT
+    delay = 0.002
+    while True:
+        lock = FileLock(path / "LOCK")
+        if lock.try_acquire():
+            return _own(location, name, options, lock)
+        try:
+            return ClientNode(location, name, options)
+        except (OSError, EOFError, ValueError) as exc:
+            why = exc
+        if time.monotonic() > deadline:
+            raise DatabaseLocked(
+                f"database {path} is open in another process that does not share it (opened with "
+                f"Options(exclusive=True), or Unix sockets do not work there: {why}); close it there first")
+        time.sleep(delay * (0.5 + random.random()))
+        delay = min(delay * 2, 0.1)
