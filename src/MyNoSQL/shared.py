@@ -30,6 +30,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import logging
+import mmap
 import os
 import random
 import select
@@ -51,7 +52,7 @@ from .errors import ConflictError, DatabaseClosed, DatabaseLocked, DocumentNotFo
 from .node import Node
 from .options import Options
 from .records import revtree
-from .records.codec import decode_value, encode_body, encode_value, loads_body
+from .records.codec import copy_plan, decode_value, encode_body, encode_value, loads_body
 from .records.ids import new_id, validate_id
 from .records.revtree import DocState
 
@@ -62,6 +63,7 @@ log = logging.getLogger("MyNoSQL")
 T = TypeVar("T")
 
 SOCKET = "SOCKET"  # the owner's Unix socket, in the database folder (owner-only permissions, as the folder)
+CHANGED = "CHANGED"  # 8 bytes: the seq of the latest change the owner pushed (clients map it: see _c_stale)
 OPEN_WAIT = 1.0  # seconds opendb tries to reach the process that has the database open (or to take the lock)
 TAKEOVER_WAIT = 30.0  # seconds a client tries to reach a new owner (or become it) once its owner is gone
 HELLO_WAIT = 60.0  # seconds an owner may take to answer a new connection (it may be recovering its log)
@@ -70,6 +72,8 @@ PUSH_WAIT = 2.0  # an owner drops a client that has not read its pushes for this
 PAGE = 1000  # changes or records per trip of an iteration
 MAX_FRAME = 1 << 30
 _HEAD = struct.Struct("<II")
+_SEQ = struct.Struct("<q")
+_DECODED_MAX = 1024  # a client keeps a cached record of up to this many JSON bytes decoded (as Database.readdoc)
 _TOMBSTONE_BODY = b"{}"
 
 __all__ = ["ClientNode", "OwnerServer", "open_node"]
@@ -139,6 +143,18 @@ def listen(folder: Path) -> socket.socket | None:
             os.close(fd)
     sock.settimeout(1.0)
     return sock
+
+
+def _map_changed(folder: Path, *, write: bool) -> mmap.mmap:
+    """The ``CHANGED`` file, mapped: the owner writes the seq of each change there before it pushes the change, so
+    a client knows without a system call whether anything was pushed since it last looked."""
+    fd = os.open(folder / CHANGED, (os.O_RDWR | os.O_CREAT) if write else os.O_RDONLY, 0o600)
+    try:
+        if write and os.fstat(fd).st_size < _SEQ.size:
+            os.ftruncate(fd, _SEQ.size)
+        return mmap.mmap(fd, _SEQ.size, access=mmap.ACCESS_WRITE if write else mmap.ACCESS_READ)
+    finally:
+        os.close(fd)
 
 
 def _dial(folder: Path, kind: str) -> tuple[socket.socket, dict[str, Any]]:
@@ -284,6 +300,9 @@ class OwnerServer:
         self._unlisten: Callable[[], None] | None = None
         self._stopping = False
         self._accepter = threading.Thread(target=self._accept, name=f"MyNoSQL-share-{node.name}", daemon=True)
+        self._changed_map = _map_changed(node.path, write=True)
+        # A value no client saw: one that cached records under a dead owner takes in what it pushed (its end).
+        _SEQ.pack_into(self._changed_map, 0, -2 - random.getrandbits(60))
 
     def start(self) -> None:
         self._accepter.start()
@@ -310,6 +329,7 @@ class OwnerServer:
             t.join()
         for c in conns:
             c.close()
+        self._changed_map.close()
         fd = None
         try:
             addr, fd = _address(self._node.path)
@@ -347,6 +367,7 @@ class OwnerServer:
         win = new.winner
         data = orjson.dumps([new.seq, new.id, win, new.tree[win][1]])
         frame = _HEAD.pack(len(data), 0) + data
+        _SEQ.pack_into(self._changed_map, 0, new.seq)  # first: a client that sees it changed then reads the push
         for p in pushes:
             with p.lock:
                 try:
@@ -468,7 +489,9 @@ class ClientNode(Node):
         self._c_poll = select.poll()  # used under the push lock only
         self._c_wait = select.poll()  # used by the client's thread only
         self._c_buf = bytearray()
-        self._c_cache: dict[str, bytes] = {}
+        self._c_cache: dict[str, Any] = {}  # id -> JSON bytes, or (decoded record, its copy plan)
+        self._c_map: mmap.mmap | None = None
+        self._c_mapped = -1  # the CHANGED value when the pushes were last taken in
         self._c_inval = 0  # pushes taken in
         self._c_reading = 0  # reads under way
         self._c_recent: dict[str, int] = {}  # id -> _c_inval at its push, while reads are under way
@@ -487,11 +510,17 @@ class ClientNode(Node):
 
     def _c_connect(self) -> None:
         sock, hello = _dial(self.path, "push")
+        try:
+            changed = _map_changed(self.path, write=False)
+        except (OSError, ValueError):
+            sock.close()
+            raise
         poll, wait = select.poll(), select.poll()
         poll.register(sock, select.POLLIN)
         wait.register(sock, select.POLLIN)
         with self._c_push_lock:
             self._c_push, self._c_poll, self._c_wait, self._c_buf = sock, poll, wait, bytearray()
+            self._c_map, self._c_mapped = changed, -1
             self._c_owner = int(hello["pid"])
 
     def _c_close_sockets(self) -> None:
@@ -509,6 +538,9 @@ class ClientNode(Node):
             self._c_push.close()
         self._c_push = None
         self._c_poll, self._c_wait = select.poll(), select.poll()
+        if self._c_map is not None:
+            self._c_map.close()
+            self._c_map = None
 
     def _c_pump(self) -> None:
         """Take in what the owner pushed: drop those records from the cache, queue them for ``watch``."""
@@ -516,6 +548,8 @@ class ClientNode(Node):
             sock = self._c_push
             if sock is None:
                 return
+            if self._c_map is not None:
+                self._c_mapped = _SEQ.unpack_from(self._c_map)[0]  # before reading: a later change pumps again
             buf = self._c_buf
             while self._c_poll.poll(0):
                 try:
@@ -757,18 +791,23 @@ class ClientNode(Node):
     def readdoc(self, id: str, rev: str | None = None) -> dict[str, Any]:
         if self._promoted:
             return Node.readdoc(self, id) if rev is None else Node.readdoc(self, id, rev)
-        sock = self._c_push
         try:
-            if sock is not None and select.select((sock,), (), (), 0)[0]:
+            if _SEQ.unpack_from(self._c_map)[0] != self._c_mapped:  # type: ignore[arg-type]
                 self._c_pump()
-        except (OSError, ValueError):  # closed meanwhile: reconnected, or going to
+        except (TypeError, ValueError):  # no map: reconnecting (the cache is empty)
             pass
         if type(id) is not str:
             id = validate_id(id)
         if rev is None:
-            data = self._c_cache.get(id)
-            if data is not None:
-                return loads_body(data)
+            hit = self._c_cache.get(id)
+            if hit is not None:
+                if type(hit) is bytes:
+                    return loads_body(hit)
+                doc, plan = hit
+                out = doc.copy()
+                for k in plan:
+                    out[k] = out[k].copy()
+                return out  # type: ignore[no-any-return]
         with self._c_push_lock:
             self._c_reading += 1
             start, gen = self._c_inval, self._c_gen
@@ -784,7 +823,10 @@ class ClientNode(Node):
                     if gen == self._c_gen and self._c_recent.get(id, -1) <= start and self._c_push is not None:
                         if len(cache) >= self.options.cache_docs:
                             del cache[next(iter(cache))]
-                        cache[id] = data
+                        out = loads_body(data)
+                        plan = copy_plan(out) if len(data) <= _DECODED_MAX else None
+                        cache[id] = data if plan is None else (loads_body(data), plan)
+                        return out
             return loads_body(data)
         finally:
             with self._c_push_lock:
