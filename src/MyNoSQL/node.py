@@ -11,6 +11,7 @@ network modules are imported only when a service starts: a local-only database n
 
 Shutdown order (``close``), each step done before the next starts:
 
+0. the database stops serving other processes (:mod:`MyNoSQL.shared`; they take over once the lock is released);
 1. the server stops accepting connections;
 2. the final push (Peer): what is not pushed yet goes to a mirror, bounded by ``Options.final_push``, while the
    database is still open;
