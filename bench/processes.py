@@ -270,6 +270,7 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=5000)
     ap.add_argument("--procs", type=int, default=4)
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--writes-only", action="store_true", help="only the write phase (not saved)")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "processes.md"))
     args = ap.parse_args()
     if args.worker:
@@ -280,6 +281,9 @@ def main() -> None:
     t_start = time.monotonic()
     try:
         writes = {e: phase_writes(root, e, args.procs, n) for e in ENGINES}
+        if args.writes_only:
+            print(orjson.dumps(writes, option=orjson.OPT_INDENT_2).decode())
+            return
         vis = {e: phase_visibility(root, e, args.procs) for e in ENGINES}
         reads = {e: phase_reads(root, e, args.procs) for e in ("mynosql", "sqlite")}
     finally:

@@ -9,13 +9,13 @@ replication, serving as a mirror) and also serves the database on the Unix socke
 The protocol: frames of a little-endian header (JSON length, raw length), orjson JSON, then raw bytes (a record's
 encoded body, never base64). Nothing is pickled: records travel in the codec's tagged JSON
 (:mod:`MyNoSQL.records.codec`), errors as the name of a class of :mod:`MyNoSQL.errors` and its arguments.
-A client opens one socket per thread that calls at once, plus one on which the owner **pushes** every change
-(``seq, id, rev, deleted``), sent from the writing thread before the write is acknowledged to whoever made it.
+A client opens one socket per thread that calls at once, plus a lifeline that ends when the owner does.
 
-Reads: a client keeps the records it read (``Options.cache_docs``) and drops one when a push names it. Before it
-answers a ``readdoc`` it takes in what was pushed to it (one ``poll`` system call when nothing was): any save
-acknowledged before the read began was pushed before its acknowledgement, so no process reads a record older
-than a save that returned anywhere.
+Reads: a client keeps the records it read (``Options.cache_docs``). The owner notes each record it changes in a
+ring in the mapped file ``CHANGED`` (the hash of its id) from the writing thread, *before* the write is
+acknowledged. Before a ``readdoc`` a client compares the ring's head with where it stood (a read of mapped
+memory, no system call) and drops the records noted since. So no process reads a record older than a save
+that returned anywhere. ``watch`` in a client reads the changes feed when the ring moved (every 10 ms at most).
 
 Takeover: when the owner exits or is killed, the OS releases its lock and closes its sockets. Each client sees
 the end of its sockets; the first to take the lock opens the store itself (recovering the write-ahead log: every
@@ -38,7 +38,7 @@ import socket
 import struct
 import threading
 import time
-from collections import deque
+import zlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -63,16 +63,20 @@ log = logging.getLogger("MyNoSQL")
 T = TypeVar("T")
 
 SOCKET = "SOCKET"  # the owner's Unix socket, in the database folder (owner-only permissions, as the folder)
-CHANGED = "CHANGED"  # 8 bytes: the seq of the latest change the owner pushed (clients map it: see _c_stale)
+CHANGED = "CHANGED"  # the ring of changed ids that the owner writes and its clients map (see _Ring)
 OPEN_WAIT = 1.0  # seconds opendb tries to reach the process that has the database open (or to take the lock)
 TAKEOVER_WAIT = 30.0  # seconds a client tries to reach a new owner (or become it) once its owner is gone
 HELLO_WAIT = 60.0  # seconds an owner may take to answer a new connection (it may be recovering its log)
 CALL_WAIT = 600.0  # the longest one call may take (a compact, a pull) before its owner counts as hung
-PUSH_WAIT = 2.0  # an owner drops a client that has not read its pushes for this long (it reconnects)
+WATCH_EVERY = 0.01  # seconds between two looks of a watching client at the ring (then it reads the changes feed)
+RING = 1 << 16  # entries of the ring: a client that fell further behind drops its whole cache
 PAGE = 1000  # changes or records per trip of an iteration
 MAX_FRAME = 1 << 30
 _HEAD = struct.Struct("<II")
-_SEQ = struct.Struct("<q")
+_Q = struct.Struct("<q")
+_AT = struct.Struct("<qq")  # the ring's head: entries written so far, and the owner's epoch (random at its start)
+_SLOT = struct.Struct("<qQ")  # an entry: its number, the hash of the record id
+_RING_BYTES = _AT.size + RING * _SLOT.size
 _DECODED_MAX = 1024  # a client keeps a cached record of up to this many JSON bytes decoded (as Database.readdoc)
 _TOMBSTONE_BODY = b"{}"
 
@@ -145,20 +149,29 @@ def listen(folder: Path) -> socket.socket | None:
     return sock
 
 
-def _map_changed(folder: Path, *, write: bool) -> mmap.mmap:
-    """The ``CHANGED`` file, mapped: the owner writes the seq of each change there before it pushes the change, so
-    a client knows without a system call whether anything was pushed since it last looked."""
+def id_hash(id: str) -> int:
+    """64 bits of a record id, the same in every process (two C checksums: fast, and a collision only costs a
+    needless cache miss... or, for two ids cached at once, one of them dropped late: 1 in 2**64)."""
+    b = id.encode()
+    return zlib.crc32(b) | (zlib.adler32(b) << 32)
+
+
+def _map_ring(folder: Path, *, write: bool) -> mmap.mmap:
+    """The ``CHANGED`` file, mapped: the owner notes there each record it changes (the hash of its id) before the
+    change is acknowledged; a client compares the head with where it stood, without a system call, and drops the
+    records named since from its cache. On x86 and ARM64 alike the owner writes an entry, then the head: a client
+    that reads the head reads the entries before it (Python's mmap copies are ordered by the GIL's barriers)."""
     fd = os.open(folder / CHANGED, (os.O_RDWR | os.O_CREAT) if write else os.O_RDONLY, 0o600)
     try:
-        if write and os.fstat(fd).st_size < _SEQ.size:
-            os.ftruncate(fd, _SEQ.size)
-        return mmap.mmap(fd, _SEQ.size, access=mmap.ACCESS_WRITE if write else mmap.ACCESS_READ)
+        if write and os.fstat(fd).st_size < _RING_BYTES:
+            os.ftruncate(fd, _RING_BYTES)
+        return mmap.mmap(fd, _RING_BYTES, access=mmap.ACCESS_WRITE if write else mmap.ACCESS_READ)
     finally:
         os.close(fd)
 
 
 def _dial(folder: Path, kind: str) -> tuple[socket.socket, dict[str, Any]]:
-    """A connection to the owner, introduced (``kind``: "call" or "push"); raises OSError or EOFError."""
+    """A connection to the owner, introduced (``kind``: "call", or "watch": the lifeline); raises OSError."""
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     fd = None
     try:
@@ -247,7 +260,7 @@ def _delete(node: Database, id: str, rev: str, retry: bool) -> dict[str, Any]:
 
 
 def _changes_page(node: Database, since: int) -> list[list[Any]]:
-    return [[c.seq, c.id, c.rev, c.deleted] for c in itertools.islice(node.changes(since), PAGE)]
+    return [[c.seq, c.id, c.rev, c.deleted] for c in itertools.islice(Database.changes(node, since), PAGE)]
 
 
 def _docs_page(node: Database, since: int) -> tuple[int, bytes]:
@@ -276,14 +289,6 @@ _CALLS: dict[str, Callable[..., Any]] = {
 }
 
 
-class _Push:
-    __slots__ = ("lock", "sock")
-
-    def __init__(self, sock: socket.socket) -> None:
-        self.sock = sock
-        self.lock = threading.Lock()
-
-
 class OwnerServer:
     """Serves the owner's open database to the other processes of this machine, on its Unix socket.
 
@@ -296,13 +301,14 @@ class OwnerServer:
         self._lock = threading.Lock()
         self._conns: set[socket.socket] = set()
         self._threads: list[threading.Thread] = []
-        self._pushes: list[_Push] = []  # replaced, never changed in place: the writing threads read it unlocked
         self._unlisten: Callable[[], None] | None = None
         self._stopping = False
         self._accepter = threading.Thread(target=self._accept, name=f"MyNoSQL-share-{node.name}", daemon=True)
-        self._changed_map = _map_changed(node.path, write=True)
-        # A value no client saw: one that cached records under a dead owner takes in what it pushed (its end).
-        _SEQ.pack_into(self._changed_map, 0, -2 - random.getrandbits(60))
+        self._ring = _map_ring(node.path, write=True)
+        self._ring_lock = threading.Lock()
+        self._ring_n = 0
+        # A new epoch: a client that cached records under a dead owner drops them at its next read.
+        _AT.pack_into(self._ring, 0, 0, random.getrandbits(62))
 
     def start(self) -> None:
         self._accepter.start()
@@ -314,7 +320,6 @@ class OwnerServer:
             self._stopping = True
             conns = list(self._conns)
             self._conns.clear()
-            self._pushes = []
             unlisten, self._unlisten = self._unlisten, None
         if unlisten is not None:
             unlisten()
@@ -329,7 +334,7 @@ class OwnerServer:
             t.join()
         for c in conns:
             c.close()
-        self._changed_map.close()
+        self._ring.close()
         fd = None
         try:
             addr, fd = _address(self._node.path)
@@ -360,52 +365,33 @@ class OwnerServer:
             t.start()
 
     def _changed(self, new: DocState, prev: DocState | None) -> None:
-        """A store listener (in the writing thread, before the write is acknowledged): push it to every client."""
-        pushes = self._pushes
-        if not pushes:
-            return
-        win = new.winner
-        data = orjson.dumps([new.seq, new.id, win, new.tree[win][1]])
-        frame = _HEAD.pack(len(data), 0) + data
-        _SEQ.pack_into(self._changed_map, 0, new.seq)  # first: a client that sees it changed then reads the push
-        for p in pushes:
-            with p.lock:
-                try:
-                    p.sock.sendall(frame)
-                except OSError:  # gone, or not reading: it reconnects (and forgets what it cached)
-                    self._drop(p)
-
-    def _drop(self, push: _Push) -> None:
-        with self._lock:
-            self._pushes = [p for p in self._pushes if p is not push]
-            self._conns.discard(push.sock)
-            unlisten = None
-            if not self._pushes:
-                unlisten, self._unlisten = self._unlisten, None
-        if unlisten is not None:
-            unlisten()
-        with contextlib.suppress(OSError):
-            push.sock.shutdown(socket.SHUT_RDWR)
-        push.sock.close()
+        """A store listener (in the writing thread, before the write is acknowledged): note the record in the
+        ring, for the clients' caches."""
+        h = id_hash(new.id)
+        ring = self._ring
+        with self._ring_lock:
+            n = self._ring_n
+            _SLOT.pack_into(ring, _AT.size + (n % RING) * _SLOT.size, n, h)
+            self._ring_n = n + 1
+            _Q.pack_into(ring, 0, n + 1)
 
     def _serve(self, conn: socket.socket) -> None:
-        keep = False
         try:
             conn.settimeout(HELLO_WAIT)
             hello, _ = _recv(conn)
             if not (isinstance(hello, list) and len(hello) == 3 and hello[0] == "hello"):
                 return
             answer = {"pid": os.getpid()}
-            if hello[1] == "push":
-                conn.settimeout(PUSH_WAIT)
+            if hello[1] == "watch":  # a client's lifeline: it ends with this process (or this server)
                 with self._lock:
                     if self._stopping:
                         return
-                    self._pushes = [*self._pushes, _Push(conn)]
-                    if self._unlisten is None:
+                    if self._unlisten is None:  # from the first client on, until the owner closes
                         self._unlisten = self._node.on_change(self._changed)
-                _send(conn, answer)  # registered first: every write after this answer is pushed
-                keep = True
+                _send(conn, answer)  # the ring notes every write from before this answer on
+                conn.settimeout(None)
+                while conn.recv(64):
+                    pass
                 return
             _send(conn, answer)
             conn.settimeout(None)
@@ -423,10 +409,9 @@ class OwnerServer:
         except (OSError, EOFError, orjson.JSONDecodeError):
             pass  # the client went away (or this server stops)
         finally:
-            if not keep:
-                with self._lock:
-                    self._conns.discard(conn)
-                conn.close()
+            with self._lock:
+                self._conns.discard(conn)
+            conn.close()
 
     def _handle(self, msg: Any, raw: bytes) -> tuple[Any, bytes]:
         node = self._node
@@ -465,10 +450,12 @@ class _Promoted(Exception):
 
 class ClientNode(Node):
     """The database as another process of this machine owns it: each call goes to that process (its
-    :class:`OwnerServer`). Reads are cached here until a push from the owner says the record changed. When the
-    owner goes away this process may take over (see the module docstring): from then on it is the owner, and
-    every call runs here as in a :class:`Node`.
+    :class:`OwnerServer`). Reads are cached here until the owner's ring (``CHANGED``) says the record changed.
+    When the owner goes away this process may take over (see the module docstring): from then on it is the owner,
+    and every call runs here as in a :class:`Node`.
 
+    ``watch`` callbacks run in this client's thread, at most ``WATCH_EVERY`` seconds after a change, with the
+    changes feed's newest revision of each record changed (several changes of one record in between come as one).
     Not available until it takes over: attachments, live queries (``observe``), and the replication primitives;
     they raise :class:`~MyNoSQL.MyNoSQLError` saying so."""
 
@@ -481,25 +468,23 @@ class ClientNode(Node):
         self._c_closed = False
         self._promoted = False
         self._c_lock = threading.RLock()  # takeover and close, one at a time
-        self._c_push_lock = threading.Lock()  # the push socket, the cache's invalidations
+        self._c_ring_lock = threading.Lock()  # the ring position, the cache's invalidations
         self._c_idle: list[socket.socket] = []
         self._c_epoch = 0  # connections made to an owner
         self._c_gen = 0  # changes when cached records may have missed an invalidation
-        self._c_push: socket.socket | None = None
-        self._c_poll = select.poll()  # used under the push lock only
-        self._c_wait = select.poll()  # used by the client's thread only
-        self._c_buf = bytearray()
+        self._c_life: socket.socket | None = None  # ends when the owner does
+        self._c_hup = select.poll()
+        self._c_ring: mmap.mmap | None = None
+        self._c_at = (0, 0)  # the ring's head and epoch when this client last took it in
         self._c_cache: dict[str, Any] = {}  # id -> JSON bytes, or (decoded record, its copy plan)
-        self._c_map: mmap.mmap | None = None
-        self._c_mapped = -1  # the CHANGED value when the pushes were last taken in
-        self._c_inval = 0  # pushes taken in
+        self._c_hashes: dict[int, str] = {}  # id_hash -> id, of the cached records
         self._c_reading = 0  # reads under way
-        self._c_recent: dict[str, int] = {}  # id -> _c_inval at its push, while reads are under way
+        self._c_recent: dict[int, int] = {}  # id_hash -> its ring entry, while reads are under way
         self._c_watchers: dict[int, Callable[[Change], None]] = {}
         self._c_stops: dict[int, Callable[[], None]] = {}
         self._c_keys = itertools.count()
-        self._c_events: deque[Change] = deque()
-        self._c_seq = 0
+        self._c_seq = 0  # the changes feed read by watch so far
+        self._c_seen = 0  # the ring's head then
         self._c_owner = 0
         self._c_error: str | None = None
         self._c_connect()
@@ -509,74 +494,67 @@ class ClientNode(Node):
     # -- connections ----------------------------------------------------------------------------------------
 
     def _c_connect(self) -> None:
-        sock, hello = _dial(self.path, "push")
+        sock, hello = _dial(self.path, "watch")
         try:
-            changed = _map_changed(self.path, write=False)
+            ring = _map_ring(self.path, write=False)
         except (OSError, ValueError):
             sock.close()
             raise
-        poll, wait = select.poll(), select.poll()
-        poll.register(sock, select.POLLIN)
-        wait.register(sock, select.POLLIN)
-        with self._c_push_lock:
-            self._c_push, self._c_poll, self._c_wait, self._c_buf = sock, poll, wait, bytearray()
-            self._c_map, self._c_mapped = changed, -1
+        hup = select.poll()
+        hup.register(sock, getattr(select, "POLLRDHUP", 0x2000))
+        with self._c_ring_lock:
+            self._c_life, self._c_hup, self._c_ring = sock, hup, ring
+            self._c_at = _AT.unpack_from(ring)
             self._c_owner = int(hello["pid"])
 
     def _c_close_sockets(self) -> None:
         idle, self._c_idle = self._c_idle, []
         for s in idle:
             s.close()
-        with self._c_push_lock:
+        with self._c_ring_lock:
             self._c_lost()
 
     def _c_lost(self) -> None:
-        """The push socket ended (under the push lock): nothing cached can be trusted until a new owner pushes."""
+        """The owner is gone (under the ring lock): nothing cached can be trusted until a new owner answers."""
         self._c_gen += 1
         self._c_cache.clear()
-        if self._c_push is not None:
-            self._c_push.close()
-        self._c_push = None
-        self._c_poll, self._c_wait = select.poll(), select.poll()
-        if self._c_map is not None:
-            self._c_map.close()
-            self._c_map = None
+        self._c_hashes.clear()
+        if self._c_life is not None:
+            self._c_life.close()
+        self._c_life = None
+        self._c_hup = select.poll()
+        if self._c_ring is not None:
+            self._c_ring.close()
+            self._c_ring = None
 
-    def _c_pump(self) -> None:
-        """Take in what the owner pushed: drop those records from the cache, queue them for ``watch``."""
-        with self._c_push_lock:
-            sock = self._c_push
-            if sock is None:
+    def _c_sync(self) -> None:
+        """Drop from the cache the records the owner changed since this client last looked at the ring."""
+        with self._c_ring_lock:
+            ring = self._c_ring
+            if ring is None:
                 return
-            if self._c_map is not None:
-                self._c_mapped = _SEQ.unpack_from(self._c_map)[0]  # before reading: a later change pumps again
-            buf = self._c_buf
-            while self._c_poll.poll(0):
-                try:
-                    data = sock.recv(262144)
-                except OSError:
-                    data = b""
-                if not data:
-                    self._c_lost()
-                    return
-                buf += data
-            pos, end = 0, len(buf)
-            cache, watching = self._c_cache, bool(self._c_watchers)
-            while end - pos >= 8:
-                jl, rl = _HEAD.unpack_from(buf, pos)
-                if end - pos < 8 + jl + rl:
-                    break
-                seq, id, rev, deleted = orjson.loads(buf[pos + 8:pos + 8 + jl])
-                pos += 8 + jl + rl
-                self._c_inval += 1
-                cache.pop(id, None)
-                if self._c_reading:
-                    self._c_recent[id] = self._c_inval
-                if watching:
-                    self._c_events.append(Change(seq, id, rev, deleted))
-                if seq > self._c_seq:
-                    self._c_seq = seq
-            del buf[:pos]
+            head, epoch = at = _AT.unpack_from(ring)
+            last, was = self._c_at
+            cache, hashes = self._c_cache, self._c_hashes
+            if epoch != was or head < last or head - last > RING:  # a new owner, or too far behind
+                self._c_gen += 1
+                cache.clear()
+                hashes.clear()
+            else:
+                reading, recent = self._c_reading, self._c_recent
+                for n in range(last, head):
+                    got, h = _SLOT.unpack_from(ring, _AT.size + (n % RING) * _SLOT.size)
+                    if got != n:  # overwritten meanwhile: too far behind
+                        self._c_gen += 1
+                        cache.clear()
+                        hashes.clear()
+                        break
+                    id = hashes.pop(h, None)
+                    if id is not None:
+                        cache.pop(id, None)
+                    if reading:
+                        recent[h] = n
+            self._c_at = at
 
     def _c_call(self, op: str, args: list[Any], raw: bytes = b"") -> tuple[Any, bytes]:
         """One call to the owner; repeated (at most 4 times) on a new owner if the owner went away meanwhile."""
@@ -661,41 +639,43 @@ class ClientNode(Node):
         log.info("database %s: process %d took it over from process %d", self.name, os.getpid(), self._c_owner)
 
     def _c_follow(self) -> None:
-        """The client's thread: takes in pushes, runs ``watch`` callbacks, takes over when the owner is gone."""
-        epoch = self._c_epoch
+        """The client's thread: notices the owner's end (then takes over, or finds the new owner), and runs the
+        ``watch`` callbacks."""
         while not self._c_closed and not self._promoted:
+            watching = bool(self._c_watchers)
             try:
-                ready = self._c_wait.poll(250)
-            except (OSError, ValueError):  # pragma: no cover - replaced meanwhile
-                ready = []
-            if ready:
-                self._c_pump()
-            if self._c_epoch != epoch:  # reconnected: what the new owner wrote before it knew us
-                epoch = self._c_epoch
-                self._c_catch_up()
-            self._c_deliver()
-            if self._c_push is None and not self._c_closed and not self._promoted:
+                ended = self._c_hup.poll(WATCH_EVERY * 1000 if watching else 250)
+            except (OSError, ValueError, RuntimeError):  # pragma: no cover - replaced meanwhile
+                ended = []
+            if ended:
+                with self._c_ring_lock:
+                    self._c_lost()
+            if self._c_life is None and not self._c_closed and not self._promoted:
                 try:
                     self._c_recover(self._c_epoch)
                 except MyNoSQLError as exc:
                     log.error("database %s: %s", self.name, exc)
                     return
+            elif watching:
+                self._c_watch_changes()
 
-    def _c_catch_up(self) -> None:
-        if not self._c_watchers:
-            return
+    def _c_watch_changes(self) -> None:
+        """If the ring moved since the last look, read the changes feed since then and call the callbacks."""
+        ring = self._c_ring
         try:
-            for c in itertools.islice(self.changes(self._c_seq), 100_000):
-                if c.seq > self._c_seq:
-                    self._c_events.append(c)
-                    self._c_seq = c.seq
+            head: int = _Q.unpack_from(ring)[0] if ring is not None else self._c_seen
+        except ValueError:  # closed meanwhile
+            return
+        if head == self._c_seen:
+            return
+        self._c_seen = head
+        try:
+            changes = list(itertools.islice(self.changes(self._c_seq), 100_000))
         except MyNoSQLError as exc:
-            log.warning("database %s: watch could not catch up after a takeover: %s", self.name, exc)
-
-    def _c_deliver(self) -> None:
-        events = self._c_events
-        while events:
-            change = events.popleft()
+            log.warning("database %s: watch could not read the changes: %s", self.name, exc)
+            return
+        for change in changes:
+            self._c_seq = max(self._c_seq, change.seq)
             for cb in list(self._c_watchers.values()):
                 try:
                     cb(change)
@@ -792,9 +772,9 @@ class ClientNode(Node):
         if self._promoted:
             return Node.readdoc(self, id) if rev is None else Node.readdoc(self, id, rev)
         try:
-            if _SEQ.unpack_from(self._c_map)[0] != self._c_mapped:  # type: ignore[arg-type]
-                self._c_pump()
-        except (TypeError, ValueError):  # no map: reconnecting (the cache is empty)
+            if _AT.unpack_from(self._c_ring) != self._c_at:  # type: ignore[arg-type]
+                self._c_sync()
+        except (TypeError, ValueError):  # no ring: reconnecting (the cache is empty)
             pass
         if type(id) is not str:
             id = validate_id(id)
@@ -808,28 +788,32 @@ class ClientNode(Node):
                 for k in plan:
                     out[k] = out[k].copy()
                 return out  # type: ignore[no-any-return]
-        with self._c_push_lock:
+        with self._c_ring_lock:
             self._c_reading += 1
-            start, gen = self._c_inval, self._c_gen
+            start, gen = self._c_at[0], self._c_gen
         try:
             try:
                 _, data = self._c_call("read", [id, rev])
             except _Promoted:
                 return Node.readdoc(self, id) if rev is None else Node.readdoc(self, id, rev)
             if rev is None:
-                self._c_pump()
-                with self._c_push_lock:
+                h = id_hash(id)
+                self._c_sync()
+                with self._c_ring_lock:
                     cache = self._c_cache
-                    if gen == self._c_gen and self._c_recent.get(id, -1) <= start and self._c_push is not None:
+                    if gen == self._c_gen and self._c_recent.get(h, -1) < start and self._c_ring is not None:
                         if len(cache) >= self.options.cache_docs:
-                            del cache[next(iter(cache))]
+                            old = next(iter(cache))
+                            del cache[old]
+                            self._c_hashes.pop(id_hash(old), None)
                         out = loads_body(data)
                         plan = copy_plan(out) if len(data) <= _DECODED_MAX else None
                         cache[id] = data if plan is None else (loads_body(data), plan)
+                        self._c_hashes[h] = id
                         return out
             return loads_body(data)
         finally:
-            with self._c_push_lock:
+            with self._c_ring_lock:
                 self._c_reading -= 1
                 if not self._c_reading:
                     self._c_recent.clear()
@@ -853,6 +837,8 @@ class ClientNode(Node):
                 return Node.watch(self, callback)
             if self._c_closed:
                 raise DatabaseClosed(f"database {self.name!r} is closed")
+            if not self._c_watchers:  # from now on (the first watcher of this client)
+                self._c_seq = self.seq
             key = next(self._c_keys)
             self._c_watchers[key] = callback
 

@@ -236,8 +236,14 @@ def test_writers_and_readers_killed_at_random_lose_no_acknowledged_save(tmp_path
     conflicts_seen = False
     for step in range(8):
         base = acked()
-        poll_until(lambda: acked() >= base + 100 or not any(a in writers for a in running()),  # noqa: B023
-                   timeout=60, what="progress of the writers")
+        try:
+            poll_until(lambda: acked() >= base + 100 or not any(a in writers for a in running()),  # noqa: B023
+                       timeout=60, what="progress of the writers")
+        except TimeoutError:
+            for a in running():  # where each stands, on stderr (faulthandler)
+                a.p.send_signal(signal.SIGUSR1)
+            time.sleep(2)  # for the dumps to be written: not a wait for the database
+            raise
         pid = owner_pid(tmp_path) if step % 2 == 0 else None
         victims = [a for a in running() if a.p.pid == pid] or running()
         victim = rnd.choice(victims)

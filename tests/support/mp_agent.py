@@ -15,7 +15,9 @@ ids of the changes collected so far), ``dump`` ({id: [rev, body]} of every recor
 from __future__ import annotations
 
 import contextlib
+import faulthandler
 import random
+import signal
 import sys
 from typing import Any
 
@@ -32,6 +34,7 @@ def out(value: Any) -> None:
 
 
 def main() -> None:
+    faulthandler.register(signal.SIGUSR1, all_threads=True)  # a test that times out can ask where it stands
     location, name = sys.argv[1], sys.argv[2]
     h = MyNoSQL.MyNoSQL(location)
     h.opendb(name)
