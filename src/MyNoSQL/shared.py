@@ -623,19 +623,23 @@ class ClientNode(Node):
         """Become the owner (under ``_c_lock``, the lock held): open the store, start its services, serve."""
         listener = listen(self.path)
         try:
-            Node.__init__(self, self._c_location, self.name, self.options, lock=lock)
+            Node.__init__(self, self._c_location, self.name, self.options, lock=lock, start=False)
         except BaseException as exc:
             if listener is not None:
                 listener.close()
             self._c_error = f"taking it over failed: {exc}"
             raise
-        if listener is not None:
-            server = OwnerServer(self, listener)
-            self.share(server.stop)
-            server.start()
         self._promoted = True
         for key, cb in self._c_watchers.items():
             self._c_stops[key] = Database.watch(self, cb)
+        try:
+            Node.start(self)  # replication, serving as a mirror: what the configuration asks of the owner
+        except Exception as exc:  # kept in sync_error (status()); the database itself is open and served
+            log.error("database %s: its services did not start after the takeover: %s", self.name, exc)
+        if listener is not None:  # the others' calls, last: they find the database as its owner has it
+            server = OwnerServer(self, listener)
+            self.share(server.stop)
+            server.start()
         log.info("database %s: process %d took it over from process %d", self.name, os.getpid(), self._c_owner)
 
     def _c_follow(self) -> None:

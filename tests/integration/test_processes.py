@@ -17,6 +17,7 @@ from typing import Any
 
 import orjson
 import pytest
+from support.mirrors import call, wait_until
 
 import MyNoSQL
 from MyNoSQL.records.revtree import rev_gen
@@ -192,6 +193,37 @@ def test_the_owner_killed_a_client_takes_over_and_nothing_acknowledged_is_lost(t
     assert {id: dump_c[id][0] for id in last} == last and dump_c["after"][0] == after["rev"]
     assert d.ask("verify") == []
     poll_until(lambda: "after" in d.ask("events"), timeout=10, what="d's watch after the takeover")
+
+
+def test_replication_runs_in_the_owner_alone_and_moves_when_it_is_killed(tmp_path: Path, agents: list[Agent],
+                                                                       mirrors: Any) -> None:
+    m = mirrors("db")
+    owner = Agent(tmp_path)
+    agents.append(owner)
+    owner.ask("addpeer", m.url)
+    c, d = Agent(tmp_path), Agent(tmp_path)
+    agents.extend((c, d))
+    assert [owner.ask("syncing"), c.ask("syncing"), d.ask("syncing")] == [True, False, False]
+    c.ask("write", 100, 30, 1)
+
+    def on_mirror() -> bool:
+        last = {id: rev for id, rev, _ in c.acks}
+        return all(call("GET", f"{m.url}/db/{id}")["_rev"] == rev for id, rev in last.items())
+
+    wait_until(on_mirror, what="the first writes on the mirror")
+    owner.kill()
+    c.ask("write", 100, 30, 2)  # through the takeover
+
+    seen: list[list[bool]] = []
+
+    def one_pusher() -> bool:  # the new owner starts its replication (while it already answers calls)
+        seen.append([c.ask("syncing"), d.ask("syncing")])
+        return seen[-1].count(True) == 1
+
+    wait_until(one_pusher, what="the replication in the new owner")
+    assert [True, True] not in seen  # never two pushers
+    wait_until(on_mirror, what="the writes after the takeover on the mirror")
+    assert call("GET", f"{m.url}/db")["doc_count"] == len({id for id, _, _ in c.acks})
 
 
 def owner_pid(location: Path) -> int | None:

@@ -5,7 +5,8 @@ a line on stdout. For the tests of several processes on one database (tests/inte
     -> ["save", {"id": "a"}]      <- {"ok": {"id": "a", "rev": "1-..."}}
     -> ["read", "a"]              <- {"ok": {...}} or {"err": "DocumentNotFound", "msg": "..."}
 
-Also: ``delete id rev``, ``role`` ("owner" or "client"), ``watch`` (start collecting changes), ``events`` (the
+Also: ``delete id rev``, ``role`` ("owner" or "client"), ``addpeer url``, ``syncing`` (whether this process
+runs the replication), ``watch`` (start collecting changes), ``events`` (the
 ids of the changes collected so far), ``dump`` ({id: [rev, body]} of every record), ``verify``, ``close``, and
 ``write n ids seed`` (a writer loop: n saves of random ids among ``ids``, each read then saved; prints one line
 ``ack id rev i`` per acknowledged save, ``conflict id`` per refused one, then ``done``), ``readloop n ids seed``
@@ -53,6 +54,10 @@ def main() -> None:
             elif op == "role":
                 db = h.db
                 out({"ok": "client" if isinstance(db, ClientNode) and not db._promoted else "owner"})
+            elif op == "addpeer":
+                out({"ok": h.addpeer(args[0])})
+            elif op == "syncing":  # whether this process runs the replication (only the owner may)
+                out({"ok": getattr(h.db, "_peer", None) is not None})
             elif op == "watch":
                 h.watch(lambda c: events.append(c.id))
                 out({"ok": True})
