@@ -57,7 +57,7 @@ from .records.ids import new_id, validate_id
 from .records.revtree import DocState
 
 if TYPE_CHECKING:
-    from .storage.store import Store
+    from .storage.store import Listener, Store
 
 log = logging.getLogger("MyNoSQL")
 T = TypeVar("T")
@@ -853,6 +853,17 @@ class ClientNode(Node):
                 local()
 
         return stop
+
+    def on_change(self, listener: Listener) -> Callable[[], None]:
+        """As :meth:`Node.on_change`; in a client (until it takes over) ``listener(state, None)`` is called as a
+        ``watch`` callback is, with a state that has the record's id, seq and newest revision but no body."""
+        if self._promoted:
+            return Node.on_change(self, listener)
+
+        def relay(c: Change) -> None:
+            listener(DocState(c.id, c.seq, {c.rev: (None, c.deleted)}, {}), None)
+
+        return self.watch(relay)
 
     def changes(self, since: int = 0) -> Iterator[Change]:
         while True:

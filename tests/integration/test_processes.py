@@ -143,6 +143,29 @@ def test_a_second_handle_in_the_same_process_shares_too(tmp_path: Path) -> None:
         assert b.status()["owner_pid"] == os.getpid()
 
 
+def test_the_asyncio_handle_follows_the_changes_of_other_processes(tmp_path: Path) -> None:
+    import asyncio
+
+    from MyNoSQL.aio import AsyncMyNoSQL
+
+    async def main() -> list[str]:
+        with MyNoSQL.MyNoSQL(tmp_path) as owner:
+            owner.opendb("db")
+            async with AsyncMyNoSQL(tmp_path) as db:
+                await db.opendb("db")  # a client of the owner
+                got: list[str] = []
+                owner.savedoc({"id": "before"})
+                async for change in db.changes(since=0, live=True):
+                    got.append(change.id)
+                    if change.id == "before":
+                        await asyncio.to_thread(owner.savedoc, {"id": "after"})
+                    if len(got) == 2:
+                        break
+                return got
+
+    assert asyncio.run(asyncio.wait_for(main(), 30)) == ["before", "after"]
+
+
 def test_exclusive_keeps_the_database_to_one_process(tmp_path: Path, agents: list[Agent]) -> None:
     b = Agent(tmp_path)
     agents.append(b)
