@@ -466,6 +466,7 @@ class ClientNode(Node):
         self._c_location = Path(location)
         self._closed = False  # Node's (Database.__init__ sets it True while it opens, when this one takes over)
         self._c_closed = False
+        self._c_closing = False
         self._promoted = False
         self._c_lock = threading.RLock()  # takeover and close, one at a time
         self._c_ring_lock = threading.Lock()  # the ring position, the cache's invalidations
@@ -561,7 +562,7 @@ class ClientNode(Node):
         for _ in range(4):
             if self._promoted:
                 raise _Promoted
-            if self._c_closed:
+            if self._c_closed or self._c_closing:
                 raise DatabaseClosed(f"database {self.name!r} is closed")
             epoch = self._c_epoch
             try:
@@ -601,7 +602,7 @@ class ClientNode(Node):
                 raise DatabaseClosed(f"database {self.name!r}: {self._c_error}")
             deadline = time.monotonic() + TAKEOVER_WAIT
             delay = 0.002
-            while True:
+            while not self._c_closing:
                 lock = FileLock(self.path / "LOCK")
                 if lock.try_acquire():
                     self._c_promote(lock)
@@ -700,6 +701,7 @@ class ClientNode(Node):
 
     def close(self) -> None:
         """Close this process's connections (or, once it took over, the database as :meth:`Node.close`)."""
+        self._c_closing = True  # a takeover under way gives up (it holds _c_lock)
         with self._c_lock:
             if self._promoted:
                 Node.close(self)

@@ -166,6 +166,43 @@ def test_the_asyncio_handle_follows_the_changes_of_other_processes(tmp_path: Pat
     assert asyncio.run(asyncio.wait_for(main(), 30)) == ["before", "after"]
 
 
+def test_a_save_repeated_after_a_takeover_is_not_a_conflict(tmp_path: Path) -> None:
+    """What a client does when its owner died during a save: it sends the save again, to the new owner (the dead
+    one may have written it). The same save twice is the revision it makes, not a ConflictError."""
+    from MyNoSQL import shared
+    from MyNoSQL.records.codec import encode_body
+
+    with MyNoSQL.MyNoSQL(tmp_path) as h:
+        db = h.opendb("db")
+        blob = encode_body({"v": 1})[0]
+        first, _ = shared._save(db, "k", None, blob, True, False)
+        assert shared._save(db, "k", None, blob, True, True)[0] == first  # a repeat of a creation
+        blob2 = encode_body({"v": 2})[0]
+        second, _ = shared._save(db, "k", first[0], blob2, False, False)
+        assert shared._save(db, "k", first[0], blob2, False, True)[0] == second  # a repeat of an update
+        with pytest.raises(MyNoSQL.ConflictError):  # a stale rev that was never this save's is still refused
+            shared._save(db, "k", first[0], encode_body({"v": 3})[0], False, True)
+        gone = shared._delete(db, "k", second[0], False)
+        assert shared._delete(db, "k", second[0], True) == gone
+
+
+def test_the_owner_closing_hands_the_database_to_a_client(tmp_path: Path, agents: list[Agent]) -> None:
+    h = MyNoSQL.MyNoSQL(tmp_path)
+    h.opendb("db")
+    saved = h.savedoc({"id": "a"})
+    b = Agent(tmp_path)
+    agents.append(b)
+    assert b.ask("watch") is True
+    h.closedb()
+    assert b.ask("read", "a") == saved
+    assert b.ask("role") == "owner"  # it took the lock once the owner released it
+    b.ask("save", {"id": "b"})
+    poll_until(lambda: b.ask("events") == ["b"], timeout=10, what="b's watch after it took over")
+    with MyNoSQL.MyNoSQL(tmp_path) as again:  # and now this process is its client
+        again.opendb("db")
+        assert isinstance(again.db, ClientNode) and again.readdoc("b")["id"] == "b"
+
+
 def test_exclusive_keeps_the_database_to_one_process(tmp_path: Path, agents: list[Agent]) -> None:
     b = Agent(tmp_path)
     agents.append(b)
