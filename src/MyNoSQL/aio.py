@@ -281,6 +281,10 @@ class AsyncMyNoSQL:
         :meth:`MyNoSQL.MyNoSQL.resolve`). Returns the merged record with its new ``rev``."""
         return await self._call(self._node().resolve, id, merged, losers)
 
+    async def purge(self, id: str, revs: list[str]) -> list[str]:
+        """Remove leaf revisions of ``id`` for good (as :meth:`MyNoSQL.MyNoSQL.purge`). Returns those purged."""
+        return await self._call(self._node().purge, id, revs)
+
     def changes(self, since: int = 0, *, live: bool = False) -> AsyncGenerator[Change, None]:
         """The changes feed: the newest revision of each record changed after ``since``, oldest first.
 

@@ -49,6 +49,7 @@ class DatabaseConfig:
     certfile: str | None = None
     keyfile: str | None = None
     revs_limit: int | None = None  # CouchDB's _revs_limit, when one was set for this database
+    purged_infos_limit: int | None = None  # CouchDB's _purged_infos_limit, when one was set (default 1000)
     security: Mapping[str, Any] | None = None  # CouchDB's _security object (admins, members)
     extra: Mapping[str, Any] = dataclasses.field(default_factory=dict)  # keys of other versions, kept
 
@@ -93,6 +94,9 @@ class DatabaseConfig:
             if values.get("revs_limit") is not None and (type(values["revs_limit"]) is not int
                                                          or values["revs_limit"] < 1):
                 raise ValueError("revs_limit must be a positive integer or null")
+            if values.get("purged_infos_limit") is not None and (type(values["purged_infos_limit"]) is not int
+                                                                 or values["purged_infos_limit"] < 1):
+                raise ValueError("purged_infos_limit must be a positive integer or null")
             if values.get("security") is not None and not isinstance(values["security"], dict):
                 raise ValueError("security must be an object or null")
             if "uuid" not in values:

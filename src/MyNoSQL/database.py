@@ -59,6 +59,7 @@ log = logging.getLogger("MyNoSQL")
 DEFAULT_PORT = 8800
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.$()+%-]{0,199}$")
 _TOMBSTONE_BODY = b"{}"
+DEFAULT_PURGED_INFOS_LIMIT = 1000  # CouchDB's default _purged_infos_limit
 # readdoc keeps the records it reads more than once, of up to this many JSON bytes, decoded while their state is
 # in RAM (about 3x the RAM of the JSON; the record cache's count bounds it): later reads copy that memo.
 _DECODED_MAX = 1024
@@ -367,6 +368,21 @@ class Database:
         self._update_config(revs_limit=limit)
 
     @property
+    def purged_infos_limit(self) -> int:
+        """How many of the newest purges the database remembers (:meth:`purged_infos`): CouchDB's
+        ``_purged_infos_limit`` (``set_purged_infos_limit``, remembered; 1000 by default)."""
+        return self._config.purged_infos_limit or DEFAULT_PURGED_INFOS_LIMIT
+
+    def set_purged_infos_limit(self, limit: int) -> None:
+        """Remember a ``_purged_infos_limit`` for this database; older purges are forgotten now (the purge
+        sequence stays)."""
+        store = self._check()
+        if type(limit) is not int or not 1 <= limit <= 1_000_000_000:
+            raise InvalidDocument("purged_infos_limit must be a positive integer")
+        self._update_config(purged_infos_limit=limit)
+        store.index.add_purges([], limit)
+
+    @property
     def security(self) -> dict[str, Any]:
         """CouchDB's ``_security`` object of this database (``admins`` and ``members``, each ``names`` and
         ``roles``); empty lists by default. The database keeps it; a mirror enforces it."""
@@ -453,13 +469,15 @@ class Database:
         """Call ``callback(change)`` after every change, local or replicated. Returns a function that stops it.
 
         Callbacks run in the thread that made the change; keep them short. An exception in one is logged.
+        A record purged (:meth:`purge`, every leaf) is reported deleted, with ``rev`` ``""``.
         """
         store = self._check()
 
         def listener(new: DocState, prev: DocState | None) -> None:
             win = new.winner
             try:
-                callback(Change(new.seq, new.id, win, new.tree[win][1]))
+                callback(Change(new.seq, new.id, "", True) if new.purged else
+                         Change(new.seq, new.id, win, new.tree[win][1]))
             except Exception:
                 log.exception("watch callback %r failed", callback)
 
@@ -1078,6 +1096,73 @@ class Database:
         """The bytes of attachment ``name`` of record ``id`` (its winning revision, or leaf ``rev``)."""
         with self.openattachment(id, name, rev) as f:
             return f.read()
+
+    def purge(self, id: str, revs: list[str]) -> list[str]:
+        """Remove leaf revisions of a record for good, as CouchDB's ``_purge``: no tombstone is left and nothing
+        replicates. Returns the revisions purged (those of ``revs`` that are leaves of the record now; others, and
+        a record that does not exist, are ignored).
+
+        Purging some leaves of a conflicted record leaves the others (the winner is chosen among them again: a
+        change in the changes feed). Purging every leaf removes the record: ``readdoc`` raises
+        :class:`DocumentNotFound`, it is in no listing nor the changes feed, and the next ``compact()`` deletes
+        its attachments' bytes if no other record has them. A purge is durable as a save is (the write-ahead
+        log). A replica that still has the record sends it back at the next replication that reads from it
+        (as with CouchDB): purge it there too.
+        """
+        return self.purge_many({id: revs})[id]
+
+    def purge_many(self, requests: dict[str, list[str]]) -> dict[str, list[str]]:
+        """:meth:`purge` of each ``{id: [rev, ...]}``; returns ``{id: [the revisions purged]}`` (CouchDB's
+        ``_purge``). Every id and list is checked before anything is purged; the purges are logged together."""
+        store = self._check()
+        if not isinstance(requests, dict):
+            raise InvalidDocument("purge needs {id: [rev, ...]}")
+        for id, revs in requests.items():
+            validate_id(id)
+            if not isinstance(revs, list) or not all(type(r) is str for r in revs) or len(revs) > 10_000:
+                raise InvalidDocument("purge needs a list of revision ids")
+        out: dict[str, list[str]] = {}
+        log: list[tuple[str, str]] = []
+        try:
+            for id, revs in requests.items():
+                out[id] = self._purge(store, id, revs)
+                if out[id]:
+                    log.append((id, orjson.dumps(out[id]).decode()))
+        finally:
+            if log:
+                store.index.add_purges(log, self.purged_infos_limit)
+        return out
+
+    @staticmethod
+    def _purge(store: Store, id: str, revs: list[str]) -> list[str]:
+        purged: list[str] = []
+
+        def mutate(prev: DocState | None) -> DocState | None:
+            purged.clear()
+            if prev is None:
+                return None
+            leaves = set(revtree.leaves(prev.tree))
+            purged.extend(r for r in dict.fromkeys(revs) if r in leaves)
+            if not purged:
+                return None
+            if len(purged) == len(leaves):
+                return DocState.purge_marker(id)
+            tree = revtree.without_leaves(prev.tree, purged)
+            atts = {r: a for r, a in (prev.atts or {}).items() if r in tree} or None
+            return DocState(id, 0, tree, {r: b for r, b in prev.bodies.items() if r in tree}, atts)
+
+        store.put(id, mutate)
+        return list(purged)
+
+    @property
+    def purge_seq(self) -> int:
+        """How many purges this database made (CouchDB's ``purge_seq``: one step per record purged)."""
+        return self._check().index.purge_seq()
+
+    def purged_infos(self) -> list[dict[str, Any]]:
+        """The newest purges (at most :attr:`purged_infos_limit`), oldest first: ``{"id", "revs", "purge_seq"}``."""
+        return [{"id": id, "revs": orjson.loads(revs), "purge_seq": seq}
+                for seq, id, revs in self._check().index.purges()]
 
     def conflicts(self, id: str) -> list[str]:
         """Revisions of ``id`` that lost the winner rule and are not deleted (CouchDB's ``_conflicts``)."""

@@ -158,6 +158,13 @@ class MyNoSQL:
         since you read it. Returns the merged record with its new ``rev``. See docs/tutorial.md."""
         return self.db.resolve(id, merged, losers)
 
+    def purge(self, id: str, revs: list[str]) -> list[str]:
+        """Remove leaf revisions of ``id`` for good, as CouchDB's ``_purge`` (no tombstone; nothing replicates).
+        Returns the revisions purged (those of ``revs`` that are leaves now). Purging every leaf removes the record
+        as if it never existed; a replica that still has it sends it back unless purged there too. See
+        :meth:`MyNoSQL.database.Database.purge`."""
+        return self.db.purge(id, revs)
+
     def changes(self, since: int = 0) -> Iterator[Change]:
         """The local changes feed: the newest revision of each record changed after ``since``, oldest first."""
         return self.db.changes(since)

@@ -284,7 +284,8 @@ _CALLS: dict[str, Callable[..., Any]] = {
     "createindex": lambda n, fields, name, pfs, wait: n.createindex(fields, name, pfs, wait=wait),
     "dropindex": Node.dropindex, "indexes": lambda n: [str(i) for i in n.indexes()],
     "find": Node.find, "explain": Node.explain, "subscribe": Node.subscribe, "unsubscribe": Node.unsubscribe,
-    "resolve": Node.resolve, "pull": lambda n, url, timeout: n.pull(url, timeout=timeout),
+    "resolve": Node.resolve, "purge": Node.purge, "purge_many": Node.purge_many,
+    "pull": lambda n, url, timeout: n.pull(url, timeout=timeout),
     "push": lambda n, url, timeout: n.push(url, timeout=timeout),
 }
 
@@ -993,6 +994,12 @@ class ClientNode(Node):
 
     def resolve(self, id: str, merged: dict[str, Any], losers: list[str] | None = None) -> dict[str, Any]:
         return self._either(Node.resolve, "resolve", id, merged, losers)
+
+    def purge(self, id: str, revs: list[str]) -> list[str]:
+        return self._either(Node.purge, "purge", id, revs)
+
+    def purge_many(self, requests: dict[str, list[str]]) -> dict[str, list[str]]:
+        return self._either(Node.purge_many, "purge_many", requests)
 
     def pull(self, url: str, *, timeout: float = 60.0) -> dict[str, Any]:
         return self._either(lambda n, u, t: Node.pull(n, u, timeout=t), "pull", url, timeout)

@@ -141,6 +141,11 @@ def test_a_second_handle_in_the_same_process_shares_too(tmp_path: Path) -> None:
         assert len(b) == 1 and "k" in b and b.find({"v": {"$size": 2}}) == [saved]
         assert [c.id for c in b.changes()] == ["k"] and list(b) == [saved]
         assert b.status()["owner_pid"] == os.getpid()
+        assert b.purge("k", [saved["rev"]]) == [saved["rev"]]  # the owner's cache and the client's forget it
+        with pytest.raises(MyNoSQL.DocumentNotFound):
+            b.readdoc("k")
+        with pytest.raises(MyNoSQL.DocumentNotFound):
+            a.readdoc("k")
 
 
 def test_the_asyncio_handle_follows_the_changes_of_other_processes(tmp_path: Path) -> None:

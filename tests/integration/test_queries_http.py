@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import urllib.error
 from typing import Any
 
@@ -57,6 +58,10 @@ def test_changes_filtered_by_a_selector(mirrors: Any) -> None:
                 {"selector": {"site": "north", "ts": {"$lt": 6}}})
     assert [r["id"] for r in feed["results"]] == ["r000", "r002", "r004"]
     assert feed["results"][0]["doc"]["sensor"] == "s-0" and feed["last_seq"] == 12
-    with pytest.raises(urllib.error.HTTPError) as bad:
-        call("POST", f"{url}/_changes?filter=_selector", {"nothing": 1})
-    assert bad.value.code == 400
+    # CouchDB's words for a missing selector and for one that is not an object.
+    for body, reason in (({"nothing": 1}, "Selector must be specified in POST payload"),
+                         ({"selector": [1]}, "Selector error: expected a JSON object")):
+        with pytest.raises(urllib.error.HTTPError) as bad:
+            call("POST", f"{url}/_changes?filter=_selector", body)
+        assert bad.value.code == 400
+        assert json.loads(bad.value.read()) == {"error": "bad_request", "reason": reason}

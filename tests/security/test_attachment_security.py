@@ -129,6 +129,19 @@ def test_hostile_multipart_bodies(srv: Serve) -> None:
         ("thousands of parts", related("bnd", {**doc, "_attachments": {f"n{i}": {"follows": True}
                                                                        for i in range(1001)}}, []), MP),
         ("bad id", related("bnd", {**doc, "_id": "other"}, [({}, data)]), MP),
+        ("wrong boundary", related("other", doc, [({}, data)]), MP),
+        ("a boundary of 5,000 bytes", related("b" * 5000, doc, [({}, data)]),
+         {"Content-Type": f'multipart/related; boundary="{"b" * 5000}"'}),
+        ("empty body", b"", MP),
+        ("only the closing boundary", b"--bnd--", MP),
+        ("a huge part header", related("bnd", doc, [({"X-Pad": "p" * 200_000}, data)]), MP),
+        ("thousands of part headers", related("bnd", doc, [({f"X-H{i}": "v" for i in range(5000)}, data)]), MP),
+        ("a huge header on the JSON part", b"--bnd\r\nContent-Type: application/json\r\nX-Pad: " + b"p" * 200_000
+         + b"\r\n\r\n" + json.dumps(doc).encode() + b"\r\n--bnd--", MP),
+        ("cut in the part headers", related("bnd", doc, [({}, data)])[:-len(data) - 30], MP),
+        ("cut in the JSON part", related("bnd", doc, [({}, data)])[:60], MP),
+        ("part headers never end", related("bnd", doc, [])[:-8] + b"\r\n--bnd\r\nContent-Type: x" + b"y" * 100_000,
+         MP),
     ]
     for what, body, headers in cases:
         for query in ("?new_edits=false", ""):
@@ -163,7 +176,17 @@ def test_sizes_over_the_limit(srv: Serve) -> None:
     assert srv.json("PUT", "/db/big", {"_attachments": {"a": {"data": big}}})[0] == 413
     assert srv.json("PUT", "/db/big", {"_attachments": {"a": {"stub": True, "length": LIMIT + 1}}})[0] == 413
     code, body = srv.json("POST", "/db/_bulk_docs", {"docs": [{"_attachments": {"a": {"data": big}}}]})
-    assert code == 400 and "over the limit" in body["reason"], body
+    assert code == 413 and body["error"] == "attachment_too_large" and "over the limit" in body["reason"], body
+    code, body = srv.json("POST", "/db/_bulk_docs", {"new_edits": False, "docs": [
+        {"_id": "big", "_rev": "1-" + "c" * 32, "_attachments": {"a": {"data": big}}}]})
+    assert code == 413 and body["error"] == "attachment_too_large", body  # CouchDB: the whole request, 413
+    over = b"x" * (LIMIT + 1)
+    for att_meta in (follows("a.bin", over), {"a.bin": {"follows": True}}):
+        sent = related("bnd", {"_id": "big", "_rev": "1-" + "c" * 32, "_attachments": att_meta}, [({}, over)])
+        code, _, raw = srv.req("PUT", "/db/big?new_edits=false", sent, MP)
+        assert code == 413 and json.loads(raw)["error"] == "attachment_too_large", raw[:300]
+    code, _, raw = srv.req("PUT", "/db/big/a.bin", b"x" * (LIMIT + 1), {"Content-Type": "application/octet-stream"})
+    assert json.loads(raw)["error"] == "attachment_too_large"
     srv.nothing_written()
 
 

@@ -124,7 +124,7 @@ paths = st.sampled_from([
     "/", "/_up", "/_mirrors", "/_metrics", "/_dashboard", "/_dashboard/data", "/db", "/db/", "/other",
     "/db/_changes", "/db/_revs_diff", "/db/_bulk_get",
     "/db/_bulk_docs", "/db/_ensure_full_commit", "/db/_all_docs", "/db/_local/{id}", "/db/{id}", "/{id}",
-    "/db/_design/{id}", "/db/{id}/{id}",
+    "/db/_design/{id}", "/db/{id}/{id}", "/db/_purge", "/db/_purged_infos", "/db/_purged_infos_limit",
 ])
 encodings = st.one_of(st.none(), st.tuples(st.sampled_from(["gzip", "deflate"]), st.booleans()),
                       st.just(("identity", False)))

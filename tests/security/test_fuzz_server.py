@@ -1,7 +1,7 @@
 """Hostile input against the server routes of a mirror that serves a folder of databases: database names for
-PUT/DELETE, _all_dbs, _session, _security, _revs_limit, _all_docs and _changes parameters (every feed), design
-document routes. The server answers 2xx or 4xx, never 5xx; no folder appears outside its root; it serves a
-legitimate client afterwards."""
+PUT/DELETE, _all_dbs, _session, _security, _revs_limit, _purge, _purged_infos(_limit), _all_docs and _changes
+parameters (every feed), design document routes. The server answers 2xx or 4xx, never 5xx; no folder appears
+outside its root; it serves a legitimate client afterwards."""
 
 from __future__ import annotations
 
@@ -46,6 +46,10 @@ values = st.recursive(st.none() | st.booleans() | st.integers() | st.text(max_si
 security = st.one_of(values, st.fixed_dictionaries({}, optional={
     "admins": st.one_of(values, st.fixed_dictionaries({}, optional={"names": values, "roles": values})),
     "members": st.one_of(values, st.fixed_dictionaries({}, optional={"names": values, "roles": values}))}))
+purges = st.dictionaries(st.one_of(st.sampled_from(["seed", "_local/x", "_design/d", "a\x00b", "x" * 2000]),
+                                   st.text(max_size=10)),
+                         st.lists(st.one_of(st.sampled_from(["1-" + "a" * 32, "0-x", "bad", ""]), st.text(max_size=8)),
+                                  max_size=3), max_size=5)
 queries = st.dictionaries(
     st.sampled_from(["keys", "key", "startkey", "endkey", "start_key", "end_key", "descending", "include_docs",
                      "conflicts", "limit", "skip", "inclusive_end", "feed", "since", "timeout", "heartbeat",
@@ -60,13 +64,14 @@ routes = st.sampled_from([
     ("PUT", "/db/_security"), ("GET", "/db/_revs_limit"), ("PUT", "/db/_revs_limit"), ("POST", "/db/_compact"),
     ("GET", "/db/_all_docs"), ("POST", "/db/_all_docs"), ("GET", "/db/_changes"), ("POST", "/db/_changes"),
     ("GET", "/db/_design/{name}/_view/v"), ("PUT", "/db/_design/{name}"), ("GET", "/db/_design_docs"),
-    ("OPTIONS", "/db"), ("GET", "/db/seed"),
+    ("OPTIONS", "/db"), ("GET", "/db/seed"), ("POST", "/{name}/_purge"), ("POST", "/db/_purge"),
+    ("GET", "/db/_purged_infos"), ("GET", "/{name}/_purged_infos_limit"), ("PUT", "/db/_purged_infos_limit"),
 ])
 
 
 @seed(20261202)
 @settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck), database=None)
-@given(route=routes, name=names, query=queries, body=st.one_of(st.none(), security, values),
+@given(route=routes, name=names, query=queries, body=st.one_of(st.none(), security, values, purges),
        auth=st.sampled_from([ADMIN, ADMIN, USER, None, "Basic !!"]),
        origin=st.sampled_from([None, "http://app.example", "http://evil.example"]))
 def test_server_routes_answer_2xx_or_4xx(server: tuple[MirrorProcess, Path], route: tuple[str, str], name: str,

@@ -168,6 +168,9 @@ async def test_every_call_works_and_round_trips(tmp_path: Path) -> None:
     assert gone == {"id": "c", "rev": gone["rev"], "deleted": True}
     with pytest.raises(MyNoSQL.DocumentNotFound):
         await db.readdoc("c")
+    p = await db.savedoc({"id": "p"})
+    assert await db.purge("p", [p["rev"]]) == [p["rev"]]  # not even a tombstone left
+    assert await db.run(lambda n: n.state("p")) is None
 
     assert await db.indexadd("temp") is True and await db.indexadd("temp") is False
     assert await db.indexread("temp") == {a["id"]: 22.0}

@@ -31,6 +31,10 @@ except ImportError:  # pragma: no cover - an interpreter built without it
 REV_RE = re.compile(r"^([1-9][0-9]{0,9})-([0-9a-zA-Z]{1,64})$")
 _U32 = struct.Struct("<I").pack
 STRICT_REV_RE = re.compile(r"^[1-9][0-9]{0,9}-[0-9a-f]{32}$")
+# The only revision of a *purge marker*: the state a purge that removed every leaf of a record leaves in the store
+# until the compactor drops the record's index row (generation 0: never a real revision, which starts at 1, and
+# refused wherever a revision comes in). It looks like a deleted record to whatever reads a state.
+PURGED_REV = "0-purged"
 
 # node: rev -> (parent rev or None, deleted)
 Tree = dict[str, tuple[str | None, bool]]
@@ -133,6 +137,17 @@ def merge_path(tree: Tree, path: Sequence[str], deleted: bool) -> tuple[Tree, bo
     return out, True
 
 
+def without_leaves(tree: Tree, gone: Iterable[str]) -> Tree:
+    """``tree`` without the leaves ``gone`` and the ancestors that only they had (CouchDB's purge of leaves: the
+    path from each purged leaf up to the revision another leaf shares goes). Order kept (parents first)."""
+    drop = set(gone)
+    keep: set[str] = set()
+    for leaf in leaves(tree):
+        if leaf not in drop:
+            keep.update(ancestry(tree, leaf))
+    return {rev: node for rev, node in tree.items() if rev in keep}
+
+
 def revs_diff(tree: Tree | None, revs: Iterable[str]) -> list[str]:
     """The revisions of ``revs`` that ``tree`` does not hold."""
     if tree is None:
@@ -207,6 +222,17 @@ class DocState:
     @property
     def deleted(self) -> bool:
         return self.tree[self.winner][1]
+
+    @property
+    def purged(self) -> bool:
+        """Whether this is a purge marker (:func:`purge_marker`): the record is gone."""
+        return PURGED_REV in self.tree
+
+    @classmethod
+    def purge_marker(cls, id: str) -> DocState:
+        """The state that says "record ``id`` was purged": the store never hands it out as a record, and drops
+        the record's index row when it packs it."""
+        return cls(id, 0, {PURGED_REV: (None, True)}, {PURGED_REV: b"{}"})
 
     def conflicts(self) -> list[str]:
         """Non-deleted leaves other than the winner, in winner-rule order (CouchDB's ``_conflicts``)."""

@@ -237,10 +237,12 @@ class MirrorApp:
             return error_response(409, "conflict", "Document update conflict.")
         except MissingStub as exc:
             return error_response(412, "missing_stub", str(exc))
-        except AttachmentTooLarge as exc:
-            return error_response(413, "too_large", str(exc))
+        except AttachmentTooLarge as exc:  # CouchDB's {request_entity_too_large, {attachment, Name}}
+            return error_response(413, "attachment_too_large", str(exc))
         except InvalidDocument as exc:
             return error_response(400, "bad_request", str(exc))
+        except HttpProcessingError:  # a body's parser (aiohttp's multipart) refused what it read: the client's fault
+            return error_response(400, "bad_request", "malformed request body")
         except web.HTTPException as exc:
             if exc.status == 413:
                 return error_response(413, "too_large", "the request body is too large")
@@ -315,7 +317,13 @@ class MirrorApp:
         cookie (counted by the login throttle like any login)."""
         given: Any
         if request.content_type == "application/x-www-form-urlencoded":
-            given = dict(await request.post())
+            try:
+                given = dict(await request.post())
+            except (UnicodeDecodeError, ValueError) as exc:  # not UTF-8, or not a form
+                raise HttpError(400, "bad_request", "the form is not valid") from exc
+        elif request.content_type != "application/json":  # CouchDB's bad_ctype (no login by a text/plain CSRF)
+            raise HttpError(415, "bad_content_type", "Content-Type must be 'application/x-www-form-urlencoded' or "
+                            "'application/json'")
         else:
             given = await self.ctx.rules.body(request)
             if not isinstance(given, dict):

@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 import aiohttp
 import orjson
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from ..database import Database
 from ..errors import InvalidDocument
@@ -150,7 +151,7 @@ async def receive_into(stream: Any, writer: BlobWriter, timeout: float, *, limit
                 break
             total += len(chunk)
             if limit is not None and total > limit:
-                raise HttpError(413, "too_large", f"the attachment is over the limit of {limit} bytes")
+                raise HttpError(413, "attachment_too_large", f"the attachment is over the limit of {limit} bytes")
             if gunzip is not None:
                 for part in gunzip.feed(chunk):
                     buf += part
@@ -165,7 +166,7 @@ async def receive_into(stream: Any, writer: BlobWriter, timeout: float, *, limit
         if buf:
             await asyncio.to_thread(writer.write, buf)
     except att.AttachmentTooLarge as exc:
-        raise HttpError(413, "too_large", str(exc)) from exc
+        raise HttpError(413, "attachment_too_large", str(exc)) from exc
     return total
 
 
@@ -214,6 +215,8 @@ async def receive_multipart(request: web.Request, db: Database, id: str, limits:
             given = doc.get("_attachments")
             try:
                 parsed = {} if given is None else att.parse_attachments(given, max_bytes=limits.max_attachment_bytes)
+            except att.AttachmentTooLarge as exc:
+                raise HttpError(413, "attachment_too_large", str(exc)) from exc
             except InvalidDocument as exc:
                 raise HttpError(400, "bad_request", str(exc)) from exc
             for name, a in parsed.items():
@@ -239,6 +242,9 @@ async def receive_multipart(request: web.Request, db: Database, id: str, limits:
             raise HttpError(408, "timeout", "the request body did not arrive in time") from exc
         except InvalidDocument as exc:
             raise HttpError(400, "bad_request", str(exc)) from exc
+        except HttpProcessingError as exc:  # aiohttp's parser: a part header over its limits (8 KiB, 32 of them)
+            raise HttpError(400, "bad_request", "malformed multipart body: a part's headers are too long or too "
+                            "many") from exc
         except (ValueError, AssertionError, LookupError, aiohttp.ClientError, RuntimeError) as exc:
             raise HttpError(400, "bad_request", f"malformed multipart body: {str(exc)[:200]}") from exc
     except BaseException:
@@ -419,7 +425,7 @@ class AttachmentRoutes:
                             "Content-Encoding)")
         length = request.content_length
         if length is not None and length > limit:
-            raise HttpError(413, "too_large", f"the attachment is over the limit of {limit} bytes")
+            raise HttpError(413, "attachment_too_large", f"the attachment is over the limit of {limit} bytes")
         md5 = request.headers.get("Content-MD5")
         digest = None
         if md5 is not None:

@@ -1,5 +1,6 @@
 """A database's own routes on a mirror, as CouchDB has them: ``GET|HEAD|PUT|DELETE /{db}``, ``POST /{db}``,
-``_all_docs`` (GET and POST), ``_security``, ``_revs_limit``, ``_compact``, ``_view_cleanup``,
+``_all_docs`` (GET and POST), ``_security``, ``_revs_limit``, ``_purge``, ``_purged_infos``,
+``_purged_infos_limit``, ``_compact``, ``_view_cleanup``,
 ``_ensure_full_commit``, and the design-document routes that would run JavaScript (answered 501: MyNoSQL runs
 none; design documents themselves are stored and replicated as any document)."""
 
@@ -19,7 +20,7 @@ from ..records.revtree import DocState
 from .context import ServerContext
 from .documents import no_follows
 from .registry import name_of
-from .requests import NOT_ADMIN, HttpError, flag, json_response
+from .requests import NOT_ADMIN, HttpError, check_ids_and_revs, flag, json_response, reserved
 
 log = logging.getLogger("MyNoSQL")
 
@@ -31,7 +32,7 @@ def database_info(db: Database) -> dict[str, Any]:
     """CouchDB's ``GET /{db}`` answer (sizes: the bytes of the database folder)."""
     disk = sum(p.stat().st_size for p in db.path.iterdir() if p.is_file())
     return {"db_name": name_of(db.name), "update_seq": db.seq,
-            "sizes": {"file": disk, "external": disk, "active": disk}, "purge_seq": 0,
+            "sizes": {"file": disk, "external": disk, "active": disk}, "purge_seq": db.purge_seq,
             "other": {"data_size": disk}, "doc_del_count": db.deleted_count(), "doc_count": len(db),
             "disk_size": disk, "disk_format_version": 8, "data_size": disk, "compact_running": False,
             "cluster": {"q": 1, "n": 1, "w": 1, "r": 1}, "instance_start_time": "0", "props": {}}
@@ -65,6 +66,13 @@ class DatabaseRoutes:
         r.add_put("/{db}/_security", self.put_security)
         r.add_get("/{db}/_revs_limit", self.get_revs_limit)
         r.add_put("/{db}/_revs_limit", self.put_revs_limit)
+        r.add_post("/{db}/_purge", self.purge)
+        r.add_route("*", "/{db}/_purge", self.not_allowed("POST"))
+        r.add_get("/{db}/_purged_infos", self.purged_infos)
+        r.add_route("*", "/{db}/_purged_infos", self.not_allowed("GET"))
+        r.add_get("/{db}/_purged_infos_limit", self.get_purged_infos_limit)
+        r.add_put("/{db}/_purged_infos_limit", self.put_purged_infos_limit)
+        r.add_route("*", "/{db}/_purged_infos_limit", self.not_allowed("GET,PUT"))
         r.add_post("/{db}/_compact", self.compact)
         r.add_post("/{db}/_compact/{ddoc}", self.compact)
         r.add_post("/{db}/_view_cleanup", self.view_cleanup)
@@ -254,6 +262,59 @@ class DatabaseRoutes:
             raise HttpError(400, "bad_request", "the revs limit must be a positive integer")
         await asyncio.to_thread(db.set_revs_limit, body)
         return json_response({"ok": True})
+
+    # -- purge --------------------------------------------------------------------------------------------------
+
+    async def purge(self, request: web.Request) -> web.Response:
+        """``POST /{db}/_purge`` (server admins, as CouchDB): ``{id: [rev, ...]}`` -> 201 ``{"purge_seq": null,
+        "purged": {id: [the revisions purged]}}``. Only leaves are purged; a record whose every leaf is, is gone."""
+        self.ctx.require_admin(request)
+        db = await self.ctx.db(request)
+        if request.content_type != "application/json":
+            raise HttpError(415, "bad_content_type", "Content-Type must be application/json")
+        body = await self.rules.body(request)
+        if not isinstance(body, dict) or not all(
+            isinstance(k, str) and isinstance(v, list) and all(isinstance(r, str) for r in v) for k, v in body.items()
+        ):
+            raise HttpError(400, "bad_request", "expected {id: [rev, ...]}")
+        self.rules.batch(body, "ids")
+        self.rules.batch([r for v in body.values() for r in v], "revisions")
+        check_ids_and_revs((id, rev) for id, revs in body.items() for rev in revs)
+
+        def run() -> dict[str, list[str]]:
+            done = db.purge_many({id: revs for id, revs in body.items() if not reserved(id)})
+            return {id: done.get(id, []) for id in body}  # a reserved id (_local/...) is never a record here
+
+        return json_response({"purge_seq": None, "purged": await asyncio.to_thread(run)}, 201)
+
+    async def purged_infos(self, request: web.Request) -> web.Response:
+        """``GET /{db}/_purged_infos``: the newest purges (``_purged_infos_limit`` of them), oldest first."""
+        db = await self.ctx.db(request)
+        infos = await asyncio.to_thread(db.purged_infos)
+        return json_response({"purged_infos": [{"id": p["id"], "revs": p["revs"]} for p in infos]})
+
+    async def get_purged_infos_limit(self, request: web.Request) -> web.Response:
+        self.ctx.require_admin(request)
+        db = await self.ctx.db(request)
+        return json_response(db.purged_infos_limit)
+
+    async def put_purged_infos_limit(self, request: web.Request) -> web.Response:
+        self.ctx.require_admin(request)
+        db = await self.ctx.db(request)
+        body = await self.rules.body(request)
+        if type(body) is not int or not 1 <= body <= 1_000_000_000:
+            raise HttpError(400, "bad_request", "`purged_infos_limit` must be positive integer")
+        await asyncio.to_thread(db.set_purged_infos_limit, body)
+        return json_response({"ok": True})
+
+    @staticmethod
+    def not_allowed(allowed: str) -> Any:
+        async def answer(request: web.Request) -> web.Response:
+            resp = json_response({"error": "method_not_allowed", "reason": f"Only {allowed} allowed"}, 405)
+            resp.headers["Allow"] = allowed
+            return resp
+
+        return answer
 
     async def compact(self, request: web.Request) -> web.Response:
         """``POST /{db}/_compact`` (database or server admins): rewrite the shards holding dead revisions, in the

@@ -111,8 +111,10 @@ def selector_filter(body: Any) -> Callable[[DocState], bool]:
     """The row filter of ``_changes?filter=_selector``: a test of the winning revision against the body's
     ``selector`` (a deleted record never matches, as in CouchDB)."""
     selector = body.get("selector") if isinstance(body, dict) else None
+    if selector is None:
+        raise HttpError(400, "bad_request", "Selector must be specified in POST payload")
     if not isinstance(selector, dict):
-        raise HttpError(400, "bad_request", "filter=_selector needs a POST body {\"selector\": {...}}")
+        raise HttpError(400, "bad_request", "Selector error: expected a JSON object")
     test = compile_selector(selector).test
 
     def keep(state: DocState) -> bool:

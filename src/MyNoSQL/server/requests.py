@@ -272,5 +272,7 @@ class Rules:
                 return Refused(doc.get("_id"), problem)
         try:
             return check(doc)
+        except att.AttachmentTooLarge as exc:  # CouchDB refuses the whole request: 413 attachment_too_large
+            raise HttpError(413, "attachment_too_large", f"document {n}: {exc}") from exc
         except InvalidDocument as exc:
             raise HttpError(400, "bad_request", f"document {n}: {exc}") from exc

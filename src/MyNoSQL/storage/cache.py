@@ -66,6 +66,12 @@ class RecordCache(Generic[K, V]):
         if key in self._lru or key in self._weak:
             self.put(key, value)
 
+    def discard(self, key: K) -> None:
+        """Forget ``key`` (a record that no longer exists)."""
+        with self._lock:
+            self._lru.pop(key, None)
+            self._weak.pop(key, None)
+
     def clear(self) -> None:
         with self._lock:
             self._lru.clear()

@@ -17,6 +17,8 @@ Tables::
                                                         through qkeys_by_key(ino, key, id, loc), a covering index
     att_fetched(digest TEXT PRIMARY KEY, blob TEXT)     attachment bytes a Peer fetched from a mirror: the blob
                                                         holding the bytes of that digest (records keep stubs)
+    purges(seq INTEGER PRIMARY KEY, id, revs)           the newest purges (CouchDB's purged infos): the purge
+                                                        sequence, the record, its purged revisions (JSON list)
 
 Keying ``docs`` by a hash keeps the row at ~20 bytes whatever the id's length: the id itself is inside the
 record, and every read checks it.
@@ -53,6 +55,7 @@ CREATE TABLE IF NOT EXISTS qkeys(ino INTEGER NOT NULL, id TEXT NOT NULL, key BLO
     PRIMARY KEY(ino, id)) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS qkeys_by_key ON qkeys(ino, key, id, loc);
 CREATE TABLE IF NOT EXISTS att_fetched(digest TEXT PRIMARY KEY, blob TEXT NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS purges(seq INTEGER PRIMARY KEY, id TEXT NOT NULL, revs TEXT NOT NULL);
 """
 
 
@@ -195,23 +198,28 @@ class Index:
         sidx_set: list[tuple[str, str, bytes]],
         sidx_del: list[tuple[str, str]],
         extra: Callable[[sqlite3.Connection], None] | None = None,
+        removals: Sequence[tuple[str, int, int, bool]] = (),
     ) -> list[bool]:
         """One transaction: new blocks, record placements, live counts, shard lengths, meta, secondary indexes,
         and what ``extra(connection)`` writes (the query indexes' rows).
 
         A placement is ``(id, h, loc, prev_loc, prev_in_x)``: the record's new location and where its previous
         state was (``prev_loc`` -1: never on disk). Returns, per placement, whether it lives in ``docs_x``.
+        A removal is ``(id, h, prev_loc, prev_in_x)``: a purged record, whose row goes (its state is dead).
         """
         with self._wlock:
-            return self._commit_flush(blocks, placements, shard_sizes, meta, sidx_set, sidx_del, extra)
+            return self._commit_flush(blocks, placements, shard_sizes, meta, sidx_set, sidx_del, extra, removals)
 
     def _commit_flush(self, blocks: list[BlockInfo], placements: list[tuple[str, int, int, int, bool]],
                       shard_sizes: dict[int, int], meta: dict[str, Any], sidx_set: list[tuple[str, str, bytes]],
                       sidx_del: list[tuple[str, str]],
-                      extra: Callable[[sqlite3.Connection], None] | None = None) -> list[bool]:
+                      extra: Callable[[sqlite3.Connection], None] | None = None,
+                      removals: Sequence[tuple[str, int, int, bool]] = ()) -> list[bool]:
         w = self._w
         in_x: list[bool] = []
         dead: dict[int, int] = {}
+        for _id, _h, prev_loc, _x in removals:
+            dead[prev_loc >> 8] = dead.get(prev_loc >> 8, 0) + 1
         try:
             w.execute("BEGIN IMMEDIATE")
             _rows(w, "INSERT INTO blocks(bno, shard, off, len, count, first_seq, last_seq, live)",
@@ -243,6 +251,10 @@ class Index:
             _rows(w, "INSERT INTO docs(h, loc)", docs_new)
             _rows(w, "INSERT OR REPLACE INTO docs(h, loc)", docs_upd)  # rows that exist: a replace is an update
             w.executemany("INSERT OR REPLACE INTO docs_x(id, loc) VALUES(?,?)", x_set)
+            # (Purging an id that owns its hash in docs while another id of that hash sits in docs_x would hide
+            # the other one from reads: a 1-in-2**64 pair of ids, accepted.)
+            w.executemany("DELETE FROM docs WHERE h=?", [(h,) for _id, h, _loc, x in removals if not x])
+            w.executemany("DELETE FROM docs_x WHERE id=?", [(id,) for id, _h, _loc, x in removals if x])
             dead_rows = list(dead.items())
             for i in range(0, len(dead_rows), 300):
                 part = dead_rows[i : i + 300]
@@ -378,6 +390,41 @@ class Index:
             except sqlite3.Error as exc:
                 raise StorageError(None, f"cannot write local document: {exc}") from exc
         return rev
+
+    # -- purges (CouchDB's purge sequence and purged infos) -----------------------------------------------------
+
+    def _local_con(self) -> sqlite3.Connection:
+        if self._l is None:
+            self._l = self._connect()
+            self._l.execute("PRAGMA synchronous=NORMAL")
+        return self._l
+
+    def add_purges(self, entries: Sequence[tuple[str, str]], keep: int) -> int:
+        """Log purges ``(id, revs as a JSON list)``, each one step of the purge sequence, and keep only the newest
+        ``keep`` (CouchDB's ``purged_infos_limit``). Returns the purge sequence. Written after the purge itself
+        (no fsync: like checkpoints, a power cut may lose the last entries; the purge is in the log)."""
+        with self._llock:
+            con = self._local_con()
+            try:
+                con.execute("BEGIN IMMEDIATE")
+                seq = int(con.execute("SELECT coalesce(max(seq), 0) FROM purges").fetchone()[0])
+                con.executemany("INSERT INTO purges(seq, id, revs) VALUES(?,?,?)",
+                                [(seq + i + 1, id, revs) for i, (id, revs) in enumerate(entries)])
+                seq += len(entries)
+                con.execute("DELETE FROM purges WHERE seq <= ?", (seq - max(1, keep),))
+                con.execute("COMMIT")
+            except sqlite3.Error as exc:
+                with contextlib.suppress(sqlite3.Error):
+                    con.execute("ROLLBACK")
+                raise StorageError(None, f"cannot log a purge: {exc}") from exc
+        return seq
+
+    def purge_seq(self) -> int:
+        return int(self._one("SELECT coalesce(max(seq), 0) FROM purges", ()))
+
+    def purges(self) -> list[tuple[int, str, str]]:
+        """The purges logged, oldest first: (purge seq, id, revs as JSON)."""
+        return self._all("SELECT seq, id, revs FROM purges ORDER BY seq")
 
     # -- attachment bytes fetched by a Peer (see storage/blobs.py) ----------------------------------------------
 

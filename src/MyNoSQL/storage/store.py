@@ -16,6 +16,13 @@ together hold ``BACKLOG`` times either amount.
 
 Read path: active memtable, frozen memtable, record cache, then index -> block (decompressed-block cache) ->
 record. Disk reads are cached only if no flush completed meanwhile, so a stale state can never be cached.
+
+Purge (``Database.purge``): a record whose every leaf is purged gets a *purge marker*
+(``DocState.purge_marker``) written like any state (log, memtable: durable as a save); reads and the changes
+feed treat it as no record at all, and the flush that packs it writes no block for it but deletes the record's
+index row (its old block's record is dead from then on: garbage collection and ``compact`` drop it with the
+shard). So a crash, a reopen, a flush, garbage collection or a rebuild of anything from the index cannot bring
+it back.
 """
 
 from __future__ import annotations
@@ -125,7 +132,7 @@ class Store:
                 state = DocState.from_bytes(payload)
                 if state.seq > self.flushed_seq:
                     state.raw = bytes(payload)
-                    prev = self.get_state(state.id)
+                    prev = self._get_raw(state.id)
                     self._install(state, prev)
                     self.seq = max(self.seq, state.seq)
             if not self._active and old_segments:
@@ -142,6 +149,20 @@ class Store:
     # -- reads ------------------------------------------------------------------------------------------------
 
     def get_state(self, id: str) -> DocState | None:
+        """The newest state of record ``id``, or None (never held, or purged)."""
+        s = self._active.get(id)
+        if s is not None:
+            return None if s.purged else s
+        s = self._frozen.get(id)
+        if s is not None:
+            return None if s.purged else s
+        s = self.cache.get(id)
+        if s is not None:
+            return s
+        return self._get_disk(id)
+
+    def _get_raw(self, id: str) -> DocState | None:
+        """``get_state``, purge markers included (what a write replaces: the marker knows the disk location)."""
         s = self._active.get(id)
         if s is not None:
             return s
@@ -151,6 +172,9 @@ class Store:
         s = self.cache.get(id)
         if s is not None:
             return s
+        return self._get_disk(id)
+
+    def _get_disk(self, id: str) -> DocState | None:
         gen = self._flush_gen
         s = self._read_disk(id)
         if s is not None:
@@ -225,12 +249,13 @@ class Store:
         try:
             with self.lock:
                 self._wait_for_space()
-                prev = None if fresh else self.get_state(id)
+                raw = None if fresh else self._get_raw(id)
+                prev = None if raw is None or raw.purged else raw
                 new = mutate(prev)
                 if new is None:
                     return prev, None
                 # Alone, a saver makes its own frame durable as it writes it; with others, they share syncs.
-                pos = self._write(new, prev, alone=self._power and len(savers) == 1)
+                pos = self._write(new, raw, alone=self._power and len(savers) == 1)
             if self._power:
                 self.wal.wait_durable(pos)
         finally:
@@ -289,8 +314,8 @@ class Store:
         active[new.id] = new
         self._active_delta += delta
         self.live_count += delta
-        if prev is None:
-            self.record_count += 1
+        # A purge marker is no record: it takes one away (the index row goes when it is packed).
+        self.record_count += (0 if new.purged else 1) - (0 if prev is None or prev.purged else 1)
         # The record cache is refreshed when this state leaves the memtables (end of its flush); until then
         # every read finds it in the memtable first.
         if self._flush_due():
@@ -510,7 +535,10 @@ class Store:
     def _flush_frozen(self, closed_segment: int) -> None:
         t0 = time.perf_counter()
         frozen, delta = self._frozen, self._frozen_delta
-        states = sorted(frozen.values(), key=lambda s: s.seq)
+        every = sorted(frozen.values(), key=lambda s: s.seq)
+        # Purge markers get no block: their records' index rows are deleted (they have none if never packed).
+        states = [s for s in every if not s.purged]
+        gone = [s for s in every if s.purged]
         n = self.opts.block_docs
         bno = self._next_bno
         packed = []
@@ -530,19 +558,22 @@ class Store:
         self.stats.fsync_total += time.perf_counter() - t1
         self.stats.fsyncs += len({i.shard for i in infos})  # one fsync per shard appended to
         sizes = {i.shard: self.shards.sizes()[i.shard] for i in infos}
-        sidx_set, sidx_del = self._secondary_rows(states)
+        sidx_set, sidx_del = self._secondary_rows(every)
         hashes = [id_hash(s.id) for s in states]
         extra = None
         if self.qdefs:
             qsets, qdels = rows_for(self.qdefs, states, locs)
+            qdels += rows_for(self.qdefs, gone, [-1] * len(gone))[1]  # a marker is deleted: no row
             extra = lambda w: self.index.write_qkeys(qsets, qdels, w)  # noqa: E731
+        removals = [(s.id, id_hash(s.id), s.disk_loc, s.in_x) for s in gone if s.disk_loc >= 0]
         try:
             in_x = self.index.commit_flush(
                 blocks=infos,
                 placements=[(s.id, h, loc, s.disk_loc, s.in_x)
                             for s, h, loc in zip(states, hashes, locs, strict=True)],
+                removals=removals,
                 shard_sizes=sizes,
-                meta={"flushed_seq": states[-1].seq, "next_bno": bno, "live_count": self._flushed_live + delta},
+                meta={"flushed_seq": every[-1].seq, "next_bno": bno, "live_count": self._flushed_live + delta},
                 sidx_set=sidx_set,
                 sidx_del=sidx_del,
                 extra=extra,
@@ -551,9 +582,10 @@ class Store:
             self.shards.rollback(before)
             raise
         self._next_bno = bno
-        self.flushed_seq = states[-1].seq
+        self.flushed_seq = every[-1].seq
         self._flushed_live += delta
         self.x_rows += sum(1 for s, x in zip(states, in_x, strict=True) if x and not s.in_x)
+        self.x_rows -= sum(1 for r in removals if r[3])
         bloom = self._bloom
         if bloom is not None:  # before the memtable lets go of them: a reader must find them one way or the other
             bloom.add_all([h for s, h in zip(states, hashes, strict=True) if s.disk_loc < 0])
@@ -568,6 +600,12 @@ class Store:
                 newer = active.get(s.id)
                 if newer is not None:
                     newer.disk_loc, newer.in_x = loc, x
+            for s in gone:
+                s.disk_loc, s.in_x, s.raw = -1, False, None
+                self.cache.discard(s.id)
+                newer = active.get(s.id)
+                if newer is not None:  # saved again since: a new record as far as the index knows
+                    newer.disk_loc, newer.in_x = -1, False
             self._frozen, self._frozen_delta, self._frozen_bytes = {}, 0, 0
             self._flush_gen += 1
             self._space.notify_all()
@@ -748,7 +786,7 @@ class Store:
                 pending = dict(self._frozen)
                 pending.update(self._active)
             break
-        yield from sorted((s for s in pending.values() if s.seq > cursor), key=lambda s: s.seq)
+        yield from sorted((s for s in pending.values() if s.seq > cursor and not s.purged), key=lambda s: s.seq)
 
     def raw_bytes_on_disk(self) -> int:
         """Decompressed size of every block on disk (from the block headers: nothing is decompressed)."""
