@@ -17,11 +17,11 @@ Phases, each engine in turn on a fresh database, every process started first and
 2. visibility: with ``--procs`` processes open, one saves a record (a counter) 2,000 times, noting the time each
    ``savedoc`` returned; another reads it in a loop, noting when it first sees each value. Visibility = seen -
    returned (a read that began after the save returned always sees it; so this is the reader's loop time).
+3. cached reads: with the others open, one process reads 2,000 records it read before, 20 times over
+   (MyNoSQL: a client's cache, kept current by the owner's ring) vs SQLite's point SELECT + orjson decode.
+
 ``BENCH_SWITCH=0.0005`` sets ``sys.setswitchinterval`` in every process (the owner's threads then take turns every
 0.5 ms instead of 5: its clients' calls wait less behind its own busy thread).
-
-3. cached reads: with the others open, one process reads 2,000 records it read before, 20 times over
-   (MyNoSQL: a client's cache, kept current by the owner's pushes) vs SQLite's point SELECT + orjson decode.
 """
 
 from __future__ import annotations
