@@ -74,6 +74,7 @@ PAGE = 1000  # changes or records per trip of an iteration
 MAX_FRAME = 1 << 30
 _HEAD = struct.Struct("<II")
 _Q = struct.Struct("<q")
+_LEN = struct.Struct("<I")
 _AT = struct.Struct("<qq")  # the ring's head: entries written so far, and the owner's epoch (random at its start)
 _SLOT = struct.Struct("<qQ")  # an entry: its number, the hash of the record id
 _RING_BYTES = _AT.size + RING * _SLOT.size
@@ -274,6 +275,24 @@ def _docs_page(node: Database, since: int) -> tuple[int, bytes]:
     return last, b"[" + b",".join(out) + b"]"
 
 
+def _states_page(node: Database, since: int) -> tuple[int, bytes]:
+    """The states changed after ``since`` (at most PAGE): the last seq, and each state's bytes after its length."""
+    last, out = since, list[bytes]()
+    for s in itertools.islice(Database.states_since(node, since), PAGE):
+        last = s.seq
+        data = s.to_bytes()
+        out += (_LEN.pack(len(data)), data)
+    return last, b"".join(out)
+
+
+def _unpack_states(data: bytes) -> Iterator[DocState]:
+    pos = 0
+    while pos < len(data):
+        (n,) = _LEN.unpack_from(data, pos)
+        yield DocState.from_bytes(data[pos + 4:pos + 4 + n])
+        pos += 4 + n
+
+
 _CALLS: dict[str, Callable[..., Any]] = {
     "conflicts": Node.conflicts, "len": Node.__len__, "contains": Node.__contains__, "seq": lambda n: n.seq,
     "deleted_count": Node.deleted_count, "status": Node.status, "verify": lambda n: n.verify(),
@@ -284,7 +303,8 @@ _CALLS: dict[str, Callable[..., Any]] = {
     "createindex": lambda n, fields, name, pfs, wait: n.createindex(fields, name, pfs, wait=wait),
     "dropindex": Node.dropindex, "indexes": lambda n: [str(i) for i in n.indexes()],
     "find": Node.find, "explain": Node.explain, "subscribe": Node.subscribe, "unsubscribe": Node.unsubscribe,
-    "resolve": Node.resolve, "purge": Node.purge, "purge_many": Node.purge_many,
+    "resolve": Node.resolve, "purge": Node.purge, "purge_many": Node.purge_many, "local_get": Node.local_get,
+    "userlist": Node.userlist, "index_rows": Node.index_rows,
     "pull": lambda n, url, timeout: n.pull(url, timeout=timeout),
     "push": lambda n, url, timeout: n.push(url, timeout=timeout),
 }
@@ -433,6 +453,11 @@ class OwnerServer:
             return _delete(node, args[0], args[1], args[2]), b""
         if op == "changes":
             return _changes_page(node, args[0]), b""
+        if op == "state":
+            state = node.state(validate_id(args[0]))
+            return state is not None, state.to_bytes() if state is not None else b""
+        if op == "states":
+            return _states_page(node, args[0])
         if op == "docs":
             return _docs_page(node, args[0])
         if op == "call":
@@ -867,6 +892,41 @@ class ClientNode(Node):
             listener(DocState(c.id, c.seq, {c.rev: (None, c.deleted)}, {}), None)
 
         return self.watch(relay)
+
+    def state(self, id: str) -> DocState | None:
+        if self._promoted:
+            return Node.state(self, id)
+        try:
+            found, data = self._c_call("state", [id])
+        except _Promoted:
+            return Node.state(self, id)
+        return DocState.from_bytes(data) if found else None
+
+    def states_since(self, since: int = 0) -> Iterator[DocState]:
+        while True:
+            if self._promoted:
+                last, data = _states_page(self, since)
+            else:
+                try:
+                    last, data = self._c_call("states", [since])
+                except _Promoted:
+                    continue
+            yield from _unpack_states(data)
+            if last == since:
+                return
+            since = last
+
+    def conflicted(self) -> Iterator[DocState]:
+        return (s for s in self.states_since(0) if s.conflicts())
+
+    def local_get(self, id: str) -> dict[str, Any] | None:
+        return self._either(Node.local_get, "local_get", id)
+
+    def userlist(self) -> dict[str, str]:
+        return self._either(Node.userlist, "userlist")
+
+    def index_rows(self) -> int:
+        return self._either(Node.index_rows, "index_rows")
 
     def changes(self, since: int = 0) -> Iterator[Change]:
         while True:
