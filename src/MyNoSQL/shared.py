@@ -38,6 +38,7 @@ import socket
 import struct
 import threading
 import time
+import weakref
 import zlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -51,6 +52,7 @@ from .database import Change, Database, FileLock, prepare_folder, validate_db_na
 from .errors import ConflictError, DatabaseClosed, DatabaseLocked, DocumentNotFound, InvalidDocument, MyNoSQLError
 from .node import Node
 from .options import Options
+from .query import IndexInfo
 from .records import revtree
 from .records.codec import copy_plan, decode_value, encode_body, encode_value, loads_body
 from .records.ids import new_id, validate_id
@@ -301,7 +303,9 @@ _CALLS: dict[str, Callable[..., Any]] = {
     "setlisten": lambda n, host, port, advertise: n.setlisten(host, port, advertise=advertise),
     "indexadd": Node.indexadd, "indexdrop": Node.indexdrop, "indexread": Node.indexread,
     "createindex": lambda n, fields, name, pfs, wait: n.createindex(fields, name, pfs, wait=wait),
-    "dropindex": Node.dropindex, "indexes": lambda n: [str(i) for i in n.indexes()],
+    "dropindex": Node.dropindex,
+    "indexes": lambda n: [[str(i), i.kind, i.fields, i.ddoc, i.partial_filter_selector, i.building]
+                          for i in n.indexes()],
     "find": Node.find, "explain": Node.explain, "subscribe": Node.subscribe, "unsubscribe": Node.unsubscribe,
     "resolve": Node.resolve, "purge": Node.purge, "purge_many": Node.purge_many, "local_get": Node.local_get,
     "userlist": Node.userlist, "index_rows": Node.index_rows,
@@ -317,7 +321,10 @@ class OwnerServer:
     the calls on the node; :meth:`stop` (run first by ``Node.close``) ends and joins them all."""
 
     def __init__(self, node: Node, listener: socket.socket) -> None:
-        self._node = node
+        # Weak: an application that drops its handle without closing it lets the node (and its lock) go, as a
+        # single process always did; the others then take over, and this server's threads end.
+        self._ref = weakref.ref(node)
+        self._name, self._path = node.name, node.path
         self._listener = listener
         self._lock = threading.Lock()
         self._conns: set[socket.socket] = set()
@@ -358,7 +365,7 @@ class OwnerServer:
         self._ring.close()
         fd = None
         try:
-            addr, fd = _address(self._node.path)
+            addr, fd = _address(self._path)
             os.unlink(addr)
         except OSError:
             pass
@@ -371,6 +378,9 @@ class OwnerServer:
             try:
                 conn, _ = self._listener.accept()
             except TimeoutError:
+                if self._ref() is None:  # dropped unclosed: end the connections (the others take over)
+                    threading.Thread(target=self.stop, name=f"MyNoSQL-share-{self._name}-end", daemon=True).start()
+                    return
                 continue
             except OSError:
                 return
@@ -379,7 +389,7 @@ class OwnerServer:
                     conn.close()
                     return
                 self._conns.add(conn)
-                t = threading.Thread(target=self._serve, args=(conn,), name=f"MyNoSQL-share-{self._node.name}-call",
+                t = threading.Thread(target=self._serve, args=(conn,), name=f"MyNoSQL-share-{self._name}-call",
                                      daemon=True)
                 self._threads = [x for x in self._threads if x.is_alive()]
                 self._threads.append(t)
@@ -408,7 +418,10 @@ class OwnerServer:
                     if self._stopping:
                         return
                     if self._unlisten is None:  # from the first client on, until the owner closes
-                        self._unlisten = self._node.on_change(self._changed)
+                        node = self._ref()
+                        if node is None:
+                            return
+                        self._unlisten = node.on_change(self._changed)
                 _send(conn, answer)  # the ring notes every write from before this answer on
                 conn.settimeout(None)
                 while conn.recv(64):
@@ -424,7 +437,7 @@ class OwnerServer:
                 except (MyNoSQLError, TypeError, ValueError, KeyError) as exc:
                     reply, out = _error_reply(exc), b""
                 except Exception as exc:  # a bug: the caller gets an error, the owner keeps serving
-                    log.exception("database %s: a call from another process failed", self._node.name)
+                    log.exception("database %s: a call from another process failed", self._name)
                     reply, out = _error_reply(MyNoSQLError(f"{type(exc).__name__}: {exc}")), b""
                 _send(conn, reply, out)
         except (OSError, EOFError, orjson.JSONDecodeError):
@@ -435,7 +448,9 @@ class OwnerServer:
             conn.close()
 
     def _handle(self, msg: Any, raw: bytes) -> tuple[Any, bytes]:
-        node = self._node
+        node = self._ref()
+        if node is None:
+            raise DatabaseClosed("the database was dropped by the process that had it open")
         op, args = msg
         if op == "read":
             id, rev = args
@@ -1036,7 +1051,11 @@ class ClientNode(Node):
     def indexes(self) -> list[Any]:
         if self._promoted:
             return Node.indexes(self)
-        return self._either(Node.indexes, "indexes")
+        try:
+            rows, _ = self._c_call("call", ["indexes", []])
+        except _Promoted:
+            return Node.indexes(self)
+        return [IndexInfo.make(n, k, f, d, decode_value(p), tuple(b) if b else None) for n, k, f, d, p, b in rows]
 
     def find(self, selector: dict[str, Any], fields: list[str] | None = None, sort: list[Any] | None = None,
              limit: int | None = None, skip: int = 0, use_index: Any = None) -> list[dict[str, Any]]:
