@@ -151,7 +151,8 @@ class AsyncMyNoSQL:
         """Open (creating if needed) the database ``name`` in a worker thread, after closing the one this handle
         had open. Returns the :class:`~MyNoSQL.Node` (its methods block: see :meth:`run`).
 
-        Raises :class:`DatabaseLocked` if another process (or handle) has it open."""
+        Another process may have it open too (see :meth:`MyNoSQL.MyNoSQL.opendb`); :class:`DatabaseLocked` if it
+        does not share it."""
         async with self._lifecycle:
             await self._close()
             self._pool = concurrent.futures.ThreadPoolExecutor(

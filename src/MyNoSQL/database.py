@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import hashlib
 import logging
 import os
@@ -151,7 +152,7 @@ def _subscription(selector: dict[str, Any]) -> tuple[str, Any]:
     return hashlib.sha1(orjson.dumps(sel, option=orjson.OPT_SORT_KEYS), usedforsecurity=False).hexdigest()[:16], sel
 
 
-class _FileLock:
+class FileLock:
     """An exclusive OS lock on ``LOCK``: released by the OS if the process dies."""
 
     def __init__(self, path: Path) -> None:
@@ -159,7 +160,20 @@ class _FileLock:
         self._f: IO[bytes] | None = None
 
     def acquire(self) -> None:
-        f = open(self.path, "a+b")  # noqa: SIM115 - held open for the database's lifetime
+        if not self.try_acquire():
+            raise DatabaseLocked(
+                f"database {self.path.parent} is open in another process or handle; close it there first"
+            )
+
+    def try_acquire(self) -> bool:
+        """Take the lock if no one holds it. False if someone does; :class:`StorageError` if this file system
+        has no working locks (some network file systems), as opening must fail rather than share unsafely."""
+        if self._f is not None:
+            return True
+        try:
+            f = open(self.path, "a+b")  # noqa: SIM115 - held open for the database's lifetime
+        except OSError as exc:
+            raise StorageError(exc.errno, f"cannot open the lock file {self.path}: {exc.strerror}") from exc
         try:
             if sys.platform == "win32":  # pragma: no cover
                 import msvcrt
@@ -171,10 +185,12 @@ class _FileLock:
                 fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as exc:
             f.close()
-            raise DatabaseLocked(
-                f"database {self.path.parent} is open in another process or handle; close it there first"
-            ) from exc
+            if sys.platform != "win32" and exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise StorageError(exc.errno, f"file locks do not work where database {self.path.parent} is "
+                                   f"({exc.strerror}): MyNoSQL needs them to open a database safely") from exc
+            return False
         self._f = f
+        return True
 
     def release(self) -> None:
         if self._f is not None:
@@ -182,26 +198,35 @@ class _FileLock:
             self._f = None
 
 
+def prepare_folder(path: Path) -> None:
+    """Create a database's folder (and the data directory above it, owner only) if need be."""
+    try:
+        if not path.parent.exists():
+            path.parent.mkdir(parents=True, mode=0o700)  # the data directory: owner only
+        if not path.exists():
+            path.mkdir(mode=0o700)
+    except FileExistsError:  # made by another process meanwhile
+        pass
+    except OSError as exc:
+        raise StorageError(exc.errno, f"cannot create database directory {path}: {exc.strerror}") from exc
+
+
 class Database:
     """An open database. Thread-safe. Get one from ``MyNoSQL.opendb``."""
 
-    def __init__(self, location: Path, name: str, options: Options) -> None:
+    def __init__(self, location: Path, name: str, options: Options, *, lock: FileLock | None = None) -> None:
+        """``lock``: the lock on the database's ``LOCK`` file, already held (see :func:`prepare_folder`)."""
         self.name = validate_db_name(name)
         self.options = options
         self.path = Path(location) / name
         self._closed = True
         self._read_through: ReadThrough | None = None
         self._att_fetch: AttachmentFetch | None = None
-        try:
-            location = Path(location)
-            if not location.exists():
-                location.mkdir(parents=True, mode=0o700)  # the data directory: owner only
-            if not self.path.exists():
-                self.path.mkdir(mode=0o700)
-        except OSError as exc:
-            raise StorageError(exc.errno, f"cannot create database directory {self.path}: {exc.strerror}") from exc
-        self._lock = _FileLock(self.path / "LOCK")
-        self._lock.acquire()
+        if lock is None:
+            prepare_folder(self.path)
+            lock = FileLock(self.path / "LOCK")
+            lock.acquire()
+        self._lock = lock
         try:
             sweep_temp_files(self.path)
             self._config_lock = threading.Lock()
@@ -479,6 +504,30 @@ class Database:
             raise InvalidDocument(
                 f"record {id!r} is {len(blob)} bytes encoded, over the limit of {self.options.max_doc_bytes}"
             )
+        prev, state = self._put_body(store, id, rev, blob, fresh)
+        if decoded is not None and state is not None:
+            win = state.winner
+            if state.bodies[win] is blob:  # the saved revision won: answer with the copy encode_body decoded
+                return {"id": id, "rev": win, **decoded}
+        data = (state or prev).doc_json  # type: ignore[union-attr]  # one of them exists
+        assert data is not None
+        return loads_body(data)  # a new dict, nothing shared with the caller or the store
+
+    def put_encoded(self, id: str, rev: str | None, blob: bytes,
+                    fresh: bool = False) -> tuple[DocState | None, DocState | None]:
+        """:meth:`savedoc` of a body already encoded (``encode_body``; another process did it): the previous
+        state and the new one (None: same content, nothing written). ``fresh``: ``id`` was just made at random."""
+        store = self._check()
+        validate_id(id)
+        if len(blob) > self.options.max_doc_bytes:
+            raise InvalidDocument(
+                f"record {id!r} is {len(blob)} bytes encoded, over the limit of {self.options.max_doc_bytes}"
+            )
+        return self._put_body(store, id, rev, blob, fresh)
+
+    def _put_body(self, store: Store, id: str, rev: str | None, blob: bytes,
+                  fresh: bool) -> tuple[DocState | None, DocState | None]:
+        """The write of :meth:`savedoc`, its record already encoded: (previous state, new state or None)."""
         limit = self.revs_limit
 
         def mutate(prev: DocState | None) -> DocState | None:
@@ -514,14 +563,7 @@ class Database:
             bodies[new] = blob
             return DocState(id, 0, revtree.stem(tree2, limit), bodies)
 
-        prev, state = store.put(id, mutate, fresh=fresh)
-        if decoded is not None and state is not None:
-            win = state.winner
-            if state.bodies[win] is blob:  # the saved revision won: answer with the copy encode_body decoded
-                return {"id": id, "rev": win, **decoded}
-        data = (state or prev).doc_json  # type: ignore[union-attr]  # one of them exists
-        assert data is not None
-        return loads_body(data)  # a new dict, nothing shared with the caller or the store
+        return store.put(id, mutate, fresh=fresh)
 
     def readdoc(self, id: str, rev: str | None = None) -> dict[str, Any]:
         """The winning revision of ``id`` as a new dict; with ``rev``, that revision (any stored leaf: the winner

@@ -15,7 +15,7 @@ Every error the library raises on purpose derives from :class:`MyNoSQLError`::
      │                                 record, _local documents); ``limit`` names it
      │    └── InvalidQuery              a selector, sort, field list or index definition that is not valid
      ├── DatabaseClosed                the handle has no open database (never opened, or closed)
-     ├── DatabaseLocked                another process (or handle) has this database open
+     ├── DatabaseLocked                another process (or handle) has this database open, not shared
      ├── CorruptionError               a checksum or structure check failed on disk; says where
      ├── StorageError(OSError)         the operating system refused a write (disk full, permissions)
      ├── RemoteError                   a mirror or server could not be reached, or answered with an error
@@ -129,7 +129,8 @@ class DatabaseClosed(MyNoSQLError):
 
 
 class DatabaseLocked(MyNoSQLError):
-    """The database is already open in another process (or another handle of this one)."""
+    """The database is already open in another process (or another handle of this one) that does not share it
+    (``Options(exclusive=True)``), or this one asked for it alone and another has it open."""
 
 
 class CorruptionError(MyNoSQLError):

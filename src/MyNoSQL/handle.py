@@ -12,6 +12,7 @@ from .errors import DatabaseClosed
 from .live import LiveQuery, QueryChange
 from .node import Node
 from .options import Options
+from .shared import open_node
 
 
 class MyNoSQL:
@@ -49,10 +50,11 @@ class MyNoSQL:
     def opendb(self, name: str) -> Node:
         """Open (creating if needed) the database ``name``; closes the one this handle had open, if any.
 
-        Raises :class:`DatabaseLocked` if another process (or handle) has it open.
+        Another process (or handle) may have it open: the first one owns it and this one sends it its calls (see
+        ``Options.exclusive``). Raises :class:`DatabaseLocked` if the one that has it open does not share it.
         """
         self.closedb()
-        self._db = Node(self.location, name, self.options)
+        self._db = open_node(self.location, name, self.options)
         return self._db
 
     def closedb(self) -> None:

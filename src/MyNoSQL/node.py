@@ -11,6 +11,7 @@ network modules are imported only when a service starts: a local-only database n
 
 Shutdown order (``close``), each step done before the next starts:
 
+0. the database stops serving other processes (:mod:`MyNoSQL.shared`; they take over once the lock is released);
 1. the server stops accepting connections;
 2. the final push (Peer): what is not pushed yet goes to a mirror, bounded by ``Options.final_push``, while the
    database is still open;
@@ -25,11 +26,12 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .config import DatabaseConfig
-from .database import Database
+from .database import Database, FileLock
 from .errors import DocumentUnavailable, MyNoSQLError
 from .net.urls import db_url, normalize_peer_url
 from .options import Options
@@ -47,9 +49,11 @@ log = logging.getLogger("MyNoSQL")
 class Node(Database):
     """An open database and the background services its configuration asks for. Thread-safe."""
 
-    def __init__(self, location: Path, name: str, options: Options, *, start: bool = True) -> None:
+    def __init__(self, location: Path, name: str, options: Options, *, start: bool = True,
+                 lock: FileLock | None = None) -> None:
         """``start=False`` opens the database without starting any service yet (``mynosql serve`` changes the
-        configuration first, then calls :meth:`start`)."""
+        configuration first, then calls :meth:`start`). ``lock``: the database's lock, already held."""
+        self._unshare: Callable[[], None] | None = None  # stops serving other processes (MyNoSQL.shared)
         self._services_lock = threading.RLock()
         self._loop: LoopThread | None = None
         self._peer: PeerSync | None = None
@@ -58,7 +62,7 @@ class Node(Database):
         self._running: tuple[Any, ...] | None = None  # what the running services were started for
         self._started = False
         self.sync_error: str | None = None
-        super().__init__(location, name, options)
+        super().__init__(location, name, options, lock=lock)
         if start:
             self.start()
 
@@ -168,12 +172,20 @@ class Node(Database):
         database. Idempotent."""
         if self.closed:
             return
+        unshare, self._unshare = self._unshare, None
+        if unshare is not None:  # other processes' calls end first: they take over once the lock is released
+            unshare()
         with self._services_lock:
             self._started = False
             try:
                 self._stop_services(final_push=self.options.final_push)
             finally:
                 super().close()
+
+    def share(self, stop: Callable[[], None]) -> None:
+        """Remember how to stop serving this database to other processes (:mod:`MyNoSQL.shared`): ``close`` does
+        it first, before anything else stops."""
+        self._unshare = stop
 
     # -- what the services add to the database's API ----------------------------------------------------------
 

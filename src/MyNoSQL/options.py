@@ -121,6 +121,11 @@ class Options:
     strict_queries:
         True makes ``find`` (and ``explain``, ``observe``) raise :class:`~MyNoSQL.NoUsableIndex` for a query no
         index can answer, instead of reading every record (see docs/queries.md).
+    exclusive:
+        False (default): other processes that open the same database share it: the first one owns it (its store,
+        compactor and replication) and serves the others' calls over a Unix socket in the database folder; when
+        it exits or dies, another takes over (see docs/architecture.md). True: this process opens the database
+        only if no other has it open, and lets no other in (:class:`~MyNoSQL.DatabaseLocked` either way).
     gc_live_ratio:
         a closed shard whose live records fall below this fraction of its records is rewritten (its live
         records move to the newest shard) and deleted.
@@ -149,6 +154,7 @@ class Options:
     learn_mirrors: bool = True
     cors_origins: tuple[str, ...] = ()
     strict_queries: bool = False
+    exclusive: bool = False
 
     def __post_init__(self) -> None:
         if self.durability not in ("process", "power"):

@@ -114,7 +114,7 @@ def test_second_process_gets_databaselocked_and_lock_dies_with_holder(tmp_path: 
         assert holder.stdout is not None and holder.stdout.readline().strip() == "open"
         t0 = time.monotonic()
         with pytest.raises(MyNoSQL.DatabaseLocked, match="open in another process"):
-            MyNoSQL.MyNoSQL(tmp_path).opendb("l")
+            MyNoSQL.MyNoSQL(tmp_path, options=MyNoSQL.Options(exclusive=True)).opendb("l")
         assert time.monotonic() - t0 < 2.0  # at once, never a hang
     finally:
         holder.kill()

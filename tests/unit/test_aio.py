@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import gc
 import socket
 import threading
@@ -210,9 +211,10 @@ async def test_every_call_works_and_round_trips(tmp_path: Path) -> None:
 
 
 async def test_opening_a_database_open_elsewhere_says_so_and_leaves_no_thread(tmp_path: Path) -> None:
-    with MyNoSQL.MyNoSQL(tmp_path, options=LOCAL) as other:
+    exclusive = dataclasses.replace(LOCAL, exclusive=True)
+    with MyNoSQL.MyNoSQL(tmp_path, options=exclusive) as other:
         other.opendb("t")
-        db = AsyncMyNoSQL(tmp_path, options=LOCAL)
+        db = AsyncMyNoSQL(tmp_path, options=exclusive)
         with pytest.raises(MyNoSQL.DatabaseLocked):
             await db.opendb("t")
         assert not aio_threads()

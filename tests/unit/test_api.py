@@ -219,11 +219,13 @@ def test_several_databases_open_at_once(location: Path) -> None:
     b.closedb()
 
 
-def test_same_database_twice_is_locked(location: Path) -> None:
-    a = MyNoSQL.MyNoSQL(location)
+def test_same_database_twice_is_locked_when_exclusive(location: Path) -> None:
+    a = MyNoSQL.MyNoSQL(location, options=MyNoSQL.Options(exclusive=True))
     a.opendb("x")
     with pytest.raises(MyNoSQL.DatabaseLocked):
         MyNoSQL.MyNoSQL(location).opendb("x")
+    with pytest.raises(MyNoSQL.DatabaseLocked):
+        MyNoSQL.MyNoSQL(location, options=MyNoSQL.Options(exclusive=True)).opendb("x")
     a.closedb()
     b = MyNoSQL.MyNoSQL(location)
     b.opendb("x")  # released on close

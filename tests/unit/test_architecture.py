@@ -7,7 +7,7 @@ Every import counts, also those inside functions (a lazy import is still a depen
     storage      storage/*                               files, no network
     database     database, config, credentials, query, live    knows no HTTP
     services     replication/*, server/*                 replication and the server never import each other
-    composition  node, handle, aio, cli, demo, __init__, __main__
+    composition  node, shared, handle, aio, cli, demo, __init__, __main__
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ LAYERS = [
     ("storage", ["storage"]),
     ("database", ["database", "config", "credentials", "query", "live"]),
     ("services", ["replication", "server"]),
-    ("composition", ["node", "service", "handle", "aio", "cli", "demo", "__init__", "__main__"]),
+    ("composition", ["node", "shared", "service", "handle", "aio", "cli", "demo", "__init__", "__main__"]),
 ]
 RANK = {part: i for i, (_, parts) in enumerate(LAYERS) for part in parts}
 

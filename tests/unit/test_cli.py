@@ -140,7 +140,13 @@ def test_put_get_delete_status_with_exit_codes(tmp_path: Path) -> None:
     assert st["records"] == 1 and st["mode"] == "Peer" and st["conflicts"] == 0
     assert run("delete", *p, "a").returncode == 0
     assert run("get", *p, "a").returncode == 4
-    with MyNoSQL.MyNoSQL(tmp_path) as h:
+    with MyNoSQL.MyNoSQL(tmp_path) as h:  # the command shares the database with the process that has it open
+        h.opendb("d")
+        h.savedoc({"id": "b"})
+        assert json.loads(run("status", *p, "--json").stdout)["records"] == 1
+        assert json.loads(run("get", *p, "b").stdout)["id"] == "b"
+        assert run("export", *p).stdout.count(b"\n") == 2  # a (deleted) and b
+    with MyNoSQL.MyNoSQL(tmp_path, options=MyNoSQL.Options(exclusive=True)) as h:
         h.opendb("d")
         assert "a" not in h
         locked = run("status", *p)

@@ -1,0 +1,381 @@
+"""Several processes on one database (issue 17): the first to open it owns it, the others call it over its Unix
+socket, and one of them takes over when the owner exits or is killed. Real processes: tests/support/mp_agent.py."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import queue
+import random
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from support.mirrors import call, wait_until
+
+import MyNoSQL
+from MyNoSQL.records.revtree import rev_gen
+from MyNoSQL.shared import ClientNode
+from MyNoSQL.testing import poll_until
+
+pytestmark = pytest.mark.process
+
+ROOT = Path(__file__).resolve().parents[2]
+AGENT = ROOT / "tests" / "support" / "mp_agent.py"
+ENV = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+
+
+class Agent:
+    """A child process with the database open, driven one command at a time (see mp_agent.py)."""
+
+    def __init__(self, location: Path, name: str = "db") -> None:
+        self.p = subprocess.Popen([sys.executable, str(AGENT), str(location), name], stdin=subprocess.PIPE,
+                                  stdout=subprocess.PIPE, text=True, env=ENV)
+        self.lines: queue.Queue[str] = queue.Queue()
+        self.acks: list[tuple[str, str, int]] = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+        assert self.answer() == "open"
+
+    def _read(self) -> None:
+        assert self.p.stdout is not None
+        for line in self.p.stdout:
+            if not line.endswith("\n"):  # cut by a kill: not acknowledged
+                break
+            if line.startswith("ack "):
+                _, id, rev, i = line.split()
+                self.acks.append((id, rev, int(i)))
+            elif not line.startswith("conflict "):
+                self.lines.put(line)
+        self.lines.put("")
+
+    def send(self, *cmd: Any) -> None:
+        assert self.p.stdin is not None
+        self.p.stdin.write(orjson.dumps(list(cmd)).decode() + "\n")
+        self.p.stdin.flush()
+
+    def answer(self, timeout: float = 60.0) -> Any:
+        line = self.lines.get(timeout=timeout)
+        if not line:
+            raise EOFError(f"agent {self.p.pid} exited ({self.p.poll()})")
+        msg = orjson.loads(line)
+        if "err" in msg:
+            raise AssertionError(f"agent {self.p.pid}: {msg['err']}: {msg['msg']}")
+        return msg["ok"]
+
+    def ask(self, *cmd: Any) -> Any:
+        self.send(*cmd)
+        return self.answer()
+
+    def error(self, *cmd: Any) -> str:
+        """The name of the error the command raises."""
+        self.send(*cmd)
+        msg = orjson.loads(self.lines.get(timeout=60))
+        assert "err" in msg, msg
+        return str(msg["err"])
+
+    def kill(self) -> None:
+        self.p.send_signal(signal.SIGKILL)
+        self.p.wait(timeout=30)
+        self._reader.join(timeout=30)
+
+    def close(self) -> None:
+        if self.p.poll() is None:
+            with contextlib.suppress(EOFError, BrokenPipeError, queue.Empty):
+                self.ask("close")
+            self.p.wait(timeout=60)
+        self._reader.join(timeout=30)
+
+
+@pytest.fixture
+def agents() -> Any:
+    started: list[Agent] = []
+    yield started
+    for a in started:
+        if a.p.poll() is None:
+            a.p.kill()
+            a.p.wait(timeout=30)
+
+
+def test_a_second_process_reads_and_writes_while_the_first_has_it_open(tmp_path: Path, agents: list[Agent]) -> None:
+    with MyNoSQL.MyNoSQL(tmp_path) as h:
+        h.opendb("db")
+        b = Agent(tmp_path)
+        agents.append(b)
+        assert b.ask("role") == "client"
+        saved = b.ask("save", {"id": "a", "v": 1})
+        assert h.readdoc("a") == saved  # another's write, as soon as its savedoc returned
+        assert b.ask("read", "a") == saved  # its own write
+        s2 = h.savedoc({**saved, "v": 2})
+        assert b.ask("read", "a") == s2  # its cached copy was dropped before h's savedoc returned
+        assert b.error("save", saved) == "ConflictError"  # a stale rev, whichever process wrote the newer one
+        s3 = b.ask("save", {**s2, "v": 3})
+        with pytest.raises(MyNoSQL.ConflictError):
+            h.savedoc(s2)
+        assert h.readdoc("a") == s3
+        fresh = b.ask("save", {"when": "now"})  # an id made by the client
+        assert h.readdoc(fresh["id"]) == fresh
+        gone = b.ask("delete", "a", s3["rev"])
+        assert gone["deleted"]
+        with pytest.raises(MyNoSQL.DocumentNotFound):
+            h.readdoc("a")
+        assert b.error("read", "a") == "DocumentNotFound"
+        assert b.ask("dump") == {fresh["id"]: [fresh["rev"], {"when": "now"}]}
+        b.close()
+        assert h.verify() == []
+
+
+def test_a_second_handle_in_the_same_process_shares_too(tmp_path: Path) -> None:
+    with MyNoSQL.MyNoSQL(tmp_path) as a, MyNoSQL.MyNoSQL(tmp_path) as b:
+        a.opendb("db")
+        b.opendb("db")
+        assert isinstance(b.db, ClientNode) and not isinstance(a.db, ClientNode)
+        saved = b.savedoc({"id": "k", "v": [1, 2], "t": (1, "x")})  # tagged values travel as they are stored
+        assert a.readdoc("k") == saved == b.readdoc("k")
+        assert len(b) == 1 and "k" in b and b.find({"v": {"$size": 2}}) == [saved]
+        assert [c.id for c in b.changes()] == ["k"] and list(b) == [saved]
+        assert b.status()["owner_pid"] == os.getpid()
+        assert b.purge("k", [saved["rev"]]) == [saved["rev"]]  # the owner's cache and the client's forget it
+        with pytest.raises(MyNoSQL.DocumentNotFound):
+            b.readdoc("k")
+        with pytest.raises(MyNoSQL.DocumentNotFound):
+            a.readdoc("k")
+
+
+def test_the_asyncio_handle_follows_the_changes_of_other_processes(tmp_path: Path) -> None:
+    import asyncio
+
+    from MyNoSQL.aio import AsyncMyNoSQL
+
+    async def main() -> list[str]:
+        with MyNoSQL.MyNoSQL(tmp_path) as owner:
+            owner.opendb("db")
+            async with AsyncMyNoSQL(tmp_path) as db:
+                await db.opendb("db")  # a client of the owner
+                got: list[str] = []
+                owner.savedoc({"id": "before"})
+                async for change in db.changes(since=0, live=True):
+                    got.append(change.id)
+                    if change.id == "before":
+                        await asyncio.to_thread(owner.savedoc, {"id": "after"})
+                    if len(got) == 2:
+                        break
+                return got
+
+    assert asyncio.run(asyncio.wait_for(main(), 30)) == ["before", "after"]
+
+
+def test_a_save_repeated_after_a_takeover_is_not_a_conflict(tmp_path: Path) -> None:
+    """What a client does when its owner died during a save: it sends the save again, to the new owner (the dead
+    one may have written it). The same save twice is the revision it makes, not a ConflictError."""
+    from MyNoSQL import shared
+    from MyNoSQL.records.codec import encode_body
+
+    with MyNoSQL.MyNoSQL(tmp_path) as h:
+        db = h.opendb("db")
+        blob = encode_body({"v": 1})[0]
+        first, _ = shared._save(db, "k", None, blob, True, False)
+        assert shared._save(db, "k", None, blob, True, True)[0] == first  # a repeat of a creation
+        blob2 = encode_body({"v": 2})[0]
+        second, _ = shared._save(db, "k", first[0], blob2, False, False)
+        assert shared._save(db, "k", first[0], blob2, False, True)[0] == second  # a repeat of an update
+        with pytest.raises(MyNoSQL.ConflictError):  # a stale rev that was never this save's is still refused
+            shared._save(db, "k", first[0], encode_body({"v": 3})[0], False, True)
+        gone = shared._delete(db, "k", second[0], False)
+        assert shared._delete(db, "k", second[0], True) == gone
+
+
+def test_the_owner_closing_hands_the_database_to_a_client(tmp_path: Path, agents: list[Agent]) -> None:
+    h = MyNoSQL.MyNoSQL(tmp_path)
+    h.opendb("db")
+    saved = h.savedoc({"id": "a"})
+    b = Agent(tmp_path)
+    agents.append(b)
+    assert b.ask("watch") is True
+    h.closedb()
+    assert b.ask("read", "a") == saved
+    assert b.ask("role") == "owner"  # it took the lock once the owner released it
+    b.ask("save", {"id": "b"})
+    poll_until(lambda: b.ask("events") == ["b"], timeout=10, what="b's watch after it took over")
+    with MyNoSQL.MyNoSQL(tmp_path) as again:  # and now this process is its client
+        again.opendb("db")
+        assert isinstance(again.db, ClientNode) and again.readdoc("b")["id"] == "b"
+
+
+def test_exclusive_keeps_the_database_to_one_process(tmp_path: Path, agents: list[Agent]) -> None:
+    b = Agent(tmp_path)
+    agents.append(b)
+    t0 = time.monotonic()
+    with pytest.raises(MyNoSQL.DatabaseLocked, match="open in another process"):
+        MyNoSQL.MyNoSQL(tmp_path, options=MyNoSQL.Options(exclusive=True)).opendb("db")
+    assert time.monotonic() - t0 < 2.0
+    b.close()
+    with MyNoSQL.MyNoSQL(tmp_path, options=MyNoSQL.Options(exclusive=True)) as h:
+        h.opendb("db")
+        t0 = time.monotonic()
+        with pytest.raises(MyNoSQL.DatabaseLocked, match="does not share it"):
+            MyNoSQL.MyNoSQL(tmp_path).opendb("db")
+        assert time.monotonic() - t0 < 3.0
+
+
+def test_watch_in_one_process_sees_saves_in_another(tmp_path: Path, agents: list[Agent]) -> None:
+    with MyNoSQL.MyNoSQL(tmp_path) as h:
+        h.opendb("db")
+        seen: list[str] = []
+        h.watch(lambda c: seen.append(c.id))
+        b, c = Agent(tmp_path), Agent(tmp_path)
+        agents.extend((b, c))
+        assert b.ask("watch") is True
+        b.ask("save", {"id": "from-b"})
+        assert seen == ["from-b"]  # the owner's callbacks ran before b's savedoc returned
+        h.savedoc({"id": "from-owner"})
+        c.ask("save", {"id": "from-c"})
+        poll_until(lambda: b.ask("events") == ["from-b", "from-owner", "from-c"], timeout=10, what="b's events")
+        assert seen == ["from-b", "from-owner", "from-c"]
+
+
+def test_the_owner_killed_a_client_takes_over_and_nothing_acknowledged_is_lost(tmp_path: Path,
+                                                                            agents: list[Agent]) -> None:
+    owner = Agent(tmp_path)
+    c, d = Agent(tmp_path), Agent(tmp_path)
+    agents.extend((owner, c, d))
+    assert [owner.ask("role"), c.ask("role"), d.ask("role")] == ["owner", "client", "client"]
+    assert d.ask("watch") is True
+    c.ask("write", 200, 30, 1)
+    assert len(c.acks) > 100
+    owner.kill()
+    after = c.ask("save", {"id": "after"})  # promoted, or a client of whichever of c and d took over
+    assert sorted([c.ask("role"), d.ask("role")]) == ["client", "owner"]
+    last = {id: rev for id, rev, _ in c.acks}
+    dump_c, dump_d = c.ask("dump"), d.ask("dump")
+    assert dump_c == dump_d
+    assert {id: dump_c[id][0] for id in last} == last and dump_c["after"][0] == after["rev"]
+    assert d.ask("verify") == []
+    poll_until(lambda: "after" in d.ask("events"), timeout=10, what="d's watch after the takeover")
+
+
+def test_replication_runs_in_the_owner_alone_and_moves_when_it_is_killed(tmp_path: Path, agents: list[Agent],
+                                                                       mirrors: Any) -> None:
+    m = mirrors("db")
+    owner = Agent(tmp_path)
+    agents.append(owner)
+    owner.ask("addpeer", m.url)
+    c, d = Agent(tmp_path), Agent(tmp_path)
+    agents.extend((c, d))
+    assert [owner.ask("syncing"), c.ask("syncing"), d.ask("syncing")] == [True, False, False]
+    c.ask("write", 100, 30, 1)
+
+    def on_mirror() -> bool:
+        last = {id: rev for id, rev, _ in c.acks}
+        return all(call("GET", f"{m.url}/db/{id}")["_rev"] == rev for id, rev in last.items())
+
+    wait_until(on_mirror, what="the first writes on the mirror")
+    owner.kill()
+    c.ask("write", 100, 30, 2)  # through the takeover
+
+    seen: list[list[bool]] = []
+
+    def one_pusher() -> bool:  # the new owner starts its replication (while it already answers calls)
+        seen.append([c.ask("syncing"), d.ask("syncing")])
+        return seen[-1].count(True) == 1
+
+    wait_until(one_pusher, what="the replication in the new owner")
+    assert [True, True] not in seen  # never two pushers
+    wait_until(on_mirror, what="the writes after the takeover on the mirror")
+    assert call("GET", f"{m.url}/db")["doc_count"] == len({id for id, _, _ in c.acks})
+
+
+def owner_pid(location: Path) -> int | None:
+    """The process that holds the database's lock (Linux's /proc/locks), or None."""
+    ino = os.stat(location / "db" / "LOCK").st_ino
+    for line in Path("/proc/locks").read_text().splitlines():
+        parts = line.split()
+        if "FLOCK" in parts and parts[-3].endswith(f":{ino}"):
+            return int(parts[-4])
+    return None
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/locks").exists(), reason="needs Linux's /proc/locks")
+def test_writers_and_readers_killed_at_random_lose_no_acknowledged_save(tmp_path: Path, agents: list[Agent]) -> None:
+    """4 writer and 2 reader processes on 40 ids (collisions: conflicts are refused), 8 SIGKILLs (every other one
+    the owner's, the others of random processes) while they run, each process replaced; then every acknowledged
+    save is there, the same from every process, and verify is clean."""
+    rnd = random.Random(17)
+    writers: list[Agent] = []
+    readers: list[Agent] = []
+    killed: list[Agent] = []
+
+    def start(n_writers: int, n_readers: int) -> None:
+        new = [(Agent(tmp_path), True) for _ in range(n_writers)] + [(Agent(tmp_path), False) for _ in range(n_readers)]
+        for a, writes in new:  # all started first, then told to go: they run at the same time
+            if writes:
+                a.send("write", 1500, 40, rnd.randrange(1 << 30))
+                writers.append(a)
+            else:
+                a.send("readloop", 20000, 40, rnd.randrange(1 << 30))
+                readers.append(a)
+            agents.append(a)
+
+    def acked() -> int:
+        return sum(len(a.acks) for a in writers)
+
+    def running() -> list[Agent]:
+        return [a for a in writers + readers if a.p.poll() is None and a not in killed]
+
+    start(4, 2)
+    conflicts_seen = False
+    for step in range(8):
+        base = acked()
+        try:
+            poll_until(lambda: acked() >= base + 100 or not any(a in writers for a in running()),  # noqa: B023
+                       timeout=60, what="progress of the writers")
+        except TimeoutError:
+            for a in running():  # where each stands, on stderr (faulthandler)
+                a.p.send_signal(signal.SIGUSR1)
+            time.sleep(2)  # for the dumps to be written: not a wait for the database
+            raise
+        pid = owner_pid(tmp_path) if step % 2 == 0 else None
+        victims = [a for a in running() if a.p.pid == pid] or running()
+        victim = rnd.choice(victims)
+        victim.kill()
+        killed.append(victim)
+        start(int(victim in writers), int(victim in readers))
+    for a in running():
+        result = a.answer(timeout=180)  # a reader that saw a revision go back fails here
+        assert result == "done" or isinstance(result, int)
+        conflicts_seen = conflicts_seen or (a in writers and len(a.acks) < 1500)
+    assert conflicts_seen  # the writers did collide
+    for a in agents:
+        a.close()
+
+    acks = [ack for a in writers for ack in a.acks]
+    assert len(acks) > 3000
+    p1, p2 = Agent(tmp_path), Agent(tmp_path)
+    agents.extend((p1, p2))
+    dump = p1.ask("dump")
+    assert dump == p2.ask("dump")
+    assert p1.ask("verify") == []
+    p1.close()
+    p2.close()
+    with MyNoSQL.MyNoSQL(tmp_path, options=MyNoSQL.Options(exclusive=True)) as h:
+        db = h.opendb("db")
+        for id, rev, _ in acks:
+            state = db.state(id)
+            assert state is not None and rev in state.tree, (id, rev)
+        best: dict[str, tuple[int, str, int]] = {}
+        for id, rev, i in acks:
+            if rev_gen(rev) > best.get(id, (0, "", 0))[0]:
+                best[id] = (rev_gen(rev), rev, i)
+        for id, (gen, rev, i) in best.items():
+            cur_rev, body = dump[id]
+            assert rev_gen(cur_rev) >= gen  # a save in flight when its writer was killed may have landed after
+            if cur_rev == rev:
+                assert body["i"] == i
+        assert db.verify() == []
