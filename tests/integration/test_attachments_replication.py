@@ -141,3 +141,27 @@ def test_one_shot_push_and_pull_carry_attachments(mirrors: Any, peers: Any, tmp_
     assert fresh.getattachment("r3", "photo.jpg") == photo and fresh.getattachment("r3", "own.txt") == b"record 3"
     assert blobs(fresh) == 21  # the photo once, and each record's own text
     assert local.push(m.url)["docs_written"] == 0  # in step: nothing travels again
+
+
+def test_a_replica_in_step_gets_no_attachment_bytes_again(mirrors: Any, peers: Any) -> None:
+    """A source without a checkpoint with the mirror (a peer that pulled the records, a failover, a one-shot
+    replication) whose revisions the mirror already holds sends nothing again: not even the revisions whose
+    attachments are new in them (revpos = their generation), which a small batch to a MyNoSQL mirror used to send
+    whole, bytes and all, without asking ``_revs_diff`` (found by the chaos runner: --seed 60001 --attachments)."""
+    from MyNoSQL.testing import FaultProxy
+
+    m = mirrors()
+    local = peers("local", MyNoSQL.Options(background_sync=False))
+    for i in range(5):
+        local.putattachment(f"r{i}", "photo.jpg", os.urandom(100_000), "image/jpeg")
+    assert local.push(m.url)["docs_written"] == 5
+    fresh = peers("fresh", MyNoSQL.Options(background_sync=False))
+    assert fresh.pull(m.url)["docs_written"] == 5
+    proxy = FaultProxy("127.0.0.1", m.port).start()
+    try:
+        res = fresh.push(proxy.url)
+        sent = proxy.stats().bytes_client_to_server
+    finally:
+        proxy.stop()
+    assert res["docs_written"] == 0 and not res["errors"], res
+    assert sent < 20_000, f"{sent} bytes sent to a mirror that holds every revision"
