@@ -319,10 +319,15 @@ async def replicate(source: Endpoint, target: Endpoint, *, batch_size: int = 100
         docs = await _bulk_get(source, missing) if missing else []
         if small:  # no _revs_diff asked: ask it now for documents with attachments (their bytes must not travel
             # to a target that holds them: a source without a checkpoint with it, a failover, a one-shot pass)
-            heavy = {d["_id"]: [d["_rev"]] for d in docs if _has_attachments(d)}
+            # every revision of a record is asked about: a record's leaves come as several documents
+            heavy: dict[str, list[str]] = {}
+            for d in docs:
+                if _has_attachments(d):
+                    heavy.setdefault(d["_id"], []).append(d["_rev"])
             if heavy:
                 lacking = await _revs_diff(target, heavy, ancestors)
-                docs = [d for d in docs if d["_id"] not in heavy or d["_rev"] in lacking.get(d["_id"], ())]
+                docs = [d for d in docs
+                        if d["_rev"] not in heavy.get(d["_id"], ()) or d["_rev"] in lacking.get(d["_id"], ())]
         return rows, last, docs, ancestors
 
     batch = await fetch(since, wait)
