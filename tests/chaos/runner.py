@@ -641,7 +641,8 @@ def main(argv: list[str] | None = None) -> int:
         for fut in concurrent.futures.as_completed(futures):
             s, problems, part = fut.result()
             _merge(stats, part)
-            print(f"seed {s}: {'ok' if not problems else 'FAILED'}", flush=True)
+            print(f"seed {s}: {'ok' if not problems else 'FAILED'} ({part['ops']} ops, {part['acked']} acked, "
+                  f"{part['att_writes']} attachment writes, {part['att_reads']} attachment reads)", flush=True)
             for p in problems[:10]:
                 print("   ", p, flush=True)
             if problems:
