@@ -127,6 +127,11 @@ class Service:
                                      peers=tuple(peers))
         self.service.dbs.on_open.append(opened)
         self.url = self.service.start()  # with peers, it opens every database and replicates it
+        # A request (another mirror's pull) may have opened a database first: its hooks (this one included)
+        # may still be running when start() returns; they end on the service's loop.
+        deadline = time.monotonic() + 30
+        while set(names) - set(self.dbs) and time.monotonic() < deadline:
+            time.sleep(0.01)
         missing = set(names) - set(self.dbs)
         if missing:
             raise RuntimeError(f"the mirror did not open {sorted(missing)}")
