@@ -1,12 +1,23 @@
 """A node of the chaos runner: a MyNoSQL peer (or mirror) in its own process, driven by JSON lines on stdin.
 
-Usage: python agent.py PATH DBNAME MODE CLOCK_OFFSET_SECONDS [PORT]
-Commands (one JSON object a line) and answers (one JSON line each):
-  {"op": "save", "id": I, "body": {...}}      -> {"ok": true, "rev": R} | {"ok": false, "error": E}
+Usage: python agent.py PATH DBNAMES MODE CLOCK_OFFSET_SECONDS [PORT [PEER_URLS]]
+DBNAMES: one database name, or several separated by commas. A peer opens each with its own handle (and
+replicates each). A mirror of one database is a database that serves itself (``setdbmode("Mirror")``); a
+mirror of several is ``mynosql serve``'s :class:`MirrorService` over the folder PATH, pulling every database
+from PEER_URLS (comma-separated server URLs of the other mirrors).
+Commands (one JSON object a line; "db" names the database, the first one when absent) and answers (one line):
+  {"op": "save", "id": I, "body": {...}}      -> {"ok": true, "rev": R, "atts": A} | {"ok": false, "error": E}
   {"op": "delete", "id": I}                   -> {"ok": true, "rev": R} | {"ok": false, "error": E}
+  {"op": "putatt", "id": I, "name": N, "blob": K}  -> {"ok": true, "rev": R, "atts": A} (blob K of payload.py)
+  {"op": "delatt", "id": I, "name": N}        -> {"ok": true, "rev": R, "atts": A} | {"ok": false, "error": E}
+      A: the attachments of the new revision, {name: [digest, length]} (None if it could not be read back)
   {"op": "addpeer", "url": U}                 -> {"ok": true}
   {"op": "read", "id": I}                     -> {"ok": true, "rev": R} | {"ok": false, "error": E}
-  {"op": "dump"}      -> {"ok": true, "docs": {id: {"winner": R, "leaves": {rev: deleted}, "revs": [...]}}}
+  {"op": "dump"}      -> {"ok": true, "docs": {id: {"winner": R, "leaves": {rev: deleted}, "revs": [...],
+                                                    "atts": {leaf: {name: [digest, length]}}}}}
+  {"op": "atthash", "winners": bool}          -> {"ok": true, "hashes": {id: {rev: {name: digest}}}, "errors": [...]}
+      reads the bytes of every attachment of every live leaf (only the winners with "winners": a Peer then
+      fetches from a mirror those it has only the stub of) and gives the MD5 digest of what it read
   {"op": "status"}                            -> {"ok": true, "status": ...}
   {"op": "hang_in_compaction", "at": P}       -> {"ok": true, "hung": bool}
       compacts in a thread that stops for good right after the store step P ("shards.append": blocks written,
@@ -16,16 +27,22 @@ Commands (one JSON object a line) and answers (one JSON line each):
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import hashlib
 import json
 import sys
 import threading
 import time
+from pathlib import Path
+from typing import Any
 
 _offset = float(sys.argv[4])
 if _offset:  # a skewed clock: everything in Python that asks for the wall time gets it wrong by this much
     _real_time = time.time
     time.time = lambda: _real_time() + _offset  # type: ignore[assignment]
+
+from payload import BLOBS, blob_bytes  # noqa: E402  (beside this file)
 
 import MyNoSQL  # noqa: E402
 from MyNoSQL.records import revtree  # noqa: E402
@@ -59,25 +76,121 @@ def hang_in_compaction(db: MyNoSQL.Database, at: str) -> bool:
     return reached.is_set()
 
 
+def atts_of(db: MyNoSQL.Database, id: str, rev: str) -> dict[str, list[Any]] | None:
+    """The attachments of leaf ``rev``: {name: [digest, length]} (None if it is no longer a leaf here)."""
+    state = db.state(id)
+    if state is None or rev not in state.bodies:
+        return None
+    return {n: [m["digest"], m["length"]] for n, m in state.leaf_atts(rev).items()}
+
+
+def md5_of(f: Any) -> str:
+    h = hashlib.md5()
+    while chunk := f.read(65536):
+        h.update(chunk)
+    return "md5-" + base64.b64encode(h.digest()).decode("ascii")
+
+
+def atthash(db: MyNoSQL.Database, winners: bool) -> tuple[dict[str, Any], list[str]]:
+    hashes: dict[str, Any] = {}
+    errors: list[str] = []
+    for s in list(db.states_since(0)):
+        leaves = [s.winner] if winners else [r for r in revtree.leaves(s.tree) if r in s.bodies]
+        for rev in leaves:
+            if s.tree[rev][1]:
+                continue
+            for name in s.leaf_atts(rev):
+                try:
+                    with db.openattachment(s.id, name, rev) as f:
+                        hashes.setdefault(s.id, {}).setdefault(rev, {})[name] = md5_of(f)
+                except (MyNoSQL.MyNoSQLError, OSError) as exc:
+                    errors.append(f"{s.id} {rev} {name}: {type(exc).__name__}: {exc}")
+    return hashes, errors
+
+
+class Service:
+    """A mirror of several databases: ``mynosql serve``'s composition over the folder ``path``."""
+
+    def __init__(self, path: Path, names: list[str], port: int, peers: list[str], opts: MyNoSQL.Options) -> None:
+        from MyNoSQL.service import MirrorService
+
+        for name in names:  # the folders exist before the mirror serves them (mynosql serve --db NAME)
+            if not (path / name).exists():
+                with MyNoSQL.MyNoSQL(path, options=MyNoSQL.Options(background_sync=False)) as h:
+                    h.opendb(name).setdbmode("Mirror")
+        self.dbs: dict[str, MyNoSQL.Database] = {}
+
+        async def opened(name: str, db: MyNoSQL.Database) -> None:
+            self.dbs[name] = db
+
+        self.service = MirrorService(path, opts, host="127.0.0.1", port=port, only=frozenset(names),
+                                     peers=tuple(peers))
+        self.service.dbs.on_open.append(opened)
+        self.url = self.service.start()  # with peers, it opens every database and replicates it
+        # A request (another mirror's pull) may have opened a database first: its hooks (this one included)
+        # may still be running when start() returns; they end on the service's loop.
+        deadline = time.monotonic() + 30
+        while set(names) - set(self.dbs) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        missing = set(names) - set(self.dbs)
+        if missing:
+            raise RuntimeError(f"the mirror did not open {sorted(missing)}")
+
+    def status(self, name: str) -> dict[str, Any]:
+        return {"mirrors": self.service.replication_status(name), "server": self.url}
+
+
 def main() -> None:
-    path, name, mode = sys.argv[1], sys.argv[2], sys.argv[3]
+    path, names, mode = Path(sys.argv[1]), sys.argv[2].split(","), sys.argv[3]
+    port = int(sys.argv[5]) if len(sys.argv) > 5 else 0
+    peer_urls = [u for u in sys.argv[6].split(",") if u] if len(sys.argv) > 6 else []
     opts = MyNoSQL.Options(flush_docs=40, block_docs=8, flush_interval=0.05, longpoll=2.0, remote_timeout=2.0,
                            read_timeout=1.0, final_push=0.5, shard_max_bytes=30_000, learn_mirrors=False)
-    h = MyNoSQL.MyNoSQL(path, options=opts)
-    db = h.opendb(name)
-    if mode == "Mirror":
-        db.setlisten("127.0.0.1", int(sys.argv[5]))
-        db.setdbmode("Mirror")
-    print(json.dumps({"ready": True, "url": db.server_url}), flush=True)
+    handles: list[MyNoSQL.MyNoSQL] = []
+    service: Service | None = None
+    dbs: dict[str, Any] = {}
+    if mode == "Mirror" and len(names) > 1:
+        service = Service(path, names, port, peer_urls, opts)
+        dbs = service.dbs
+        url = service.url
+    else:
+        for name in names:
+            h = MyNoSQL.MyNoSQL(path, options=opts)
+            handles.append(h)
+            dbs[name] = h.opendb(name)
+        if mode == "Mirror":
+            db = dbs[names[0]]
+            db.setlisten("127.0.0.1", port)
+            db.setdbmode("Mirror")
+            for u in peer_urls:
+                db.addpeer(u)
+        url = dbs[names[0]].server_url
+    print(json.dumps({"ready": True, "url": url}), flush=True)
     for line in sys.stdin:
         cmd = json.loads(line)
         op = cmd["op"]
+        name = cmd.get("db") or names[0]
+        db = dbs.get(name)
+        if db is None:
+            raise SystemExit(f"no database {name!r} here: {sorted(dbs)} {sys.argv}")
         try:
-            if op == "save":
-                doc = dict(cmd["body"], id=cmd["id"])
+            if op in ("save", "putatt", "delatt"):
+                rev = None
                 with contextlib.suppress(MyNoSQL.DocumentNotFound):
-                    doc["rev"] = db.readdoc(cmd["id"])["rev"]
-                out = {"ok": True, "rev": db.savedoc(doc)["rev"]}
+                    rev = db.readdoc(cmd["id"])["rev"]
+                if op == "save":
+                    doc = dict(cmd["body"], id=cmd["id"])
+                    if rev is not None:
+                        doc["rev"] = rev
+                    new = db.savedoc(doc)["rev"]
+                elif op == "putatt":
+                    key = cmd["blob"]
+                    new = db.putattachment(cmd["id"], cmd["name"], blob_bytes(key), BLOBS[key][1], rev)
+                else:
+                    if rev is None:
+                        raise MyNoSQL.DocumentNotFound(cmd["id"])
+                    new = db.deleteattachment(cmd["id"], cmd["name"], rev)
+                out = {"ok": True, "rev": new, "atts": atts_of(db, cmd["id"], new)}
             elif op == "delete":
                 cur = db.readdoc(cmd["id"])
                 out = {"ok": True, "rev": db.deletedoc(cmd["id"], cur["rev"])["rev"]}
@@ -90,12 +203,18 @@ def main() -> None:
                 docs = {}
                 for s in db.states_since(0):
                     leaves = {r: s.tree[r][1] for r in revtree.leaves(s.tree)}
-                    docs[s.id] = {"winner": s.winner, "leaves": leaves, "revs": list(s.tree), "seq": s.seq}
+                    atts = {r: {n: [m["digest"], m["length"]] for n, m in s.leaf_atts(r).items()}
+                            for r in leaves if s.atts and s.leaf_atts(r)}
+                    docs[s.id] = {"winner": s.winner, "leaves": leaves, "revs": list(s.tree), "seq": s.seq,
+                                  "atts": atts}
                 out = {"ok": True, "docs": docs}
+            elif op == "atthash":
+                hashes, errors = atthash(db, bool(cmd.get("winners")))
+                out = {"ok": True, "hashes": hashes, "errors": errors}
             elif op == "status":
-                out = {"ok": True, "status": db.status()}
+                out = {"ok": True, "status": service.status(name) if service is not None else db.status()}
             elif op == "sync_state":  # for the report of a divergence
-                sync = db._peer  # white-box: what the peer's replication holds
+                sync = getattr(db, "_peer", None)  # white-box: what the peer's replication holds
                 out = {"ok": True, "current": sync and sync.current, "poll_since": sync and sync._poll_since,
                        "token": sync and sync.client_token, "seq": db.seq,
                        "get_state": {s.id: (lambda st: st and st.winner)(db.state(s.id))
@@ -110,7 +229,10 @@ def main() -> None:
         except MyNoSQL.MyNoSQLError as exc:
             out = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
         print(json.dumps(out, default=str), flush=True)
-    h.closedb()
+    if service is not None:
+        service.service.close()
+    for h in handles:
+        h.closedb()
 
 
 if __name__ == "__main__":

@@ -4,16 +4,31 @@
     python tests/chaos/runner.py --seed 7 --verbose   # replay one seed, printing its history
     python tests/chaos/runner.py --seed 7 --shrink    # look for a shorter history that still fails
     python tests/chaos/runner.py --runs 1000 --jobs 3 --report docs/chaos-1000.md   # seeds in 3 worker processes
+    python tests/chaos/runner.py --runs 500 --first 60001 --dbs 3 --attachments     # 2-3 databases, attachments
 
 A history mixes creates, updates and deletes of a small set of ids (so conflicts happen), partitions of any
 link (each peer-mirror and mirror-mirror link goes through its own fault proxy), isolated peers editing the same
 record offline, SIGKILL and restart of any node (in the middle of whatever it was doing: a flush, a
 replication batch; or at an exact step of a compaction: after the shard append, after the index commit, after
-the log is dropped), and clocks that differ by hours. Then every link heals, every node runs, and once quiet:
+the log is dropped), and clocks that differ by hours.
 
-- convergence: both mirrors hold the same records with the same leaves, winner and tombstones, and every peer's
-  copy of a record it holds has the mirrors' winner;
-- no acknowledged write lost: every revision a save or delete returned is on every mirror (leaf or ancestor);
+With ``--dbs N`` every node holds 2..N databases (the seed chooses how many): the mirrors are ``mynosql
+serve``'s MirrorService over a folder (serving and pulling each database), the peers open each with its own
+handle and replicate each; every operation names its database, and the same ids exist in
+every database. With ``--attachments`` the histories also put attachments on records (new ones, replacing one of
+the same name, on a record created by it, on a tombstone) and delete them; the bytes are a few blobs of 0 B to
+256 KiB (``payload.py``) shared by many records, so the same bytes are stored once and travel again and again.
+Then every link heals, every node runs, and once quiet, in every database:
+
+- convergence: both mirrors hold the same records with the same leaves, winner, tombstones and attachments
+  (name, digest, length of each leaf's), and every peer's copy of a record it holds has the mirrors' winner with
+  the same attachments;
+- no acknowledged write lost: every revision a save, delete or attachment write returned is on every mirror
+  (leaf or ancestor); an attachment write read back at once has the bytes asked for (the runner's own MD5 of
+  them), and every acknowledged revision still a leaf has, on every node holding it, exactly the attachments
+  its write left;
+- attachment bytes: every attachment of every leaf on a mirror, and of every winner a peer holds (a peer fetches
+  from a mirror those it has only the stub of), reads back as bytes whose MD5 is its digest;
 - the winner is CouchDB's rule applied to the leaves;
 - replicating again when in step moves nothing;
 - every database passes verify.
@@ -45,11 +60,40 @@ from MyNoSQL.records import revtree  # noqa: E402
 from MyNoSQL.replication.oneshot import replicate_once  # noqa: E402
 from MyNoSQL.testing import FaultProxy, poll_until  # noqa: E402
 
+try:
+    from .payload import BLOBS, NAMES, blob_bytes, digest
+except ImportError:  # run as a script: this folder is on sys.path
+    from payload import BLOBS, NAMES, blob_bytes, digest  # type: ignore[no-redef]
+
 AGENT = Path(__file__).with_name("agent.py")
 ENV = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
 IDS = [f"r{i}" for i in range(12)]
 N_PEERS, N_MIRRORS = 3, 2
 COMPACTION_STEPS = ["shards.append", "index.commit_flush", "wal.remove_through"]
+DB_NAMES = ["db", "photos", "user_7"]
+_DIGESTS: dict[int, tuple[str, int]] = {}
+
+
+def blob_digest(key: int) -> tuple[str, int]:
+    """The runner's own digest and length of blob ``key`` (what a node must give back)."""
+    if key not in _DIGESTS:
+        data = blob_bytes(key)
+        _DIGESTS[key] = (digest(data), len(data))
+    return _DIGESTS[key]
+
+
+def seed_dbs(seed: int, max_dbs: int) -> list[str]:
+    """The databases every node of ``seed`` holds: "db" alone, or 2..max_dbs of them (the seed chooses)."""
+    if max_dbs <= 1:
+        return ["db"]
+    rnd = random.Random(seed * 104_729 + 3)
+    return DB_NAMES[:rnd.randint(2, min(max_dbs, len(DB_NAMES)))]
+
+
+def op_db(op: tuple[Any, ...]) -> str:
+    """The database an operation names (histories with one database do not name it)."""
+    pos = {"save": 4, "delete": 3, "putatt": 5, "delatt": 4, "crash_compacting": 3}.get(op[0])
+    return op[pos] if pos is not None and len(op) > pos else "db"
 
 
 def free_port() -> int:
@@ -74,8 +118,10 @@ def free_port() -> int:
 
 
 class Node:
-    def __init__(self, name: str, path: Path, mode: str, offset: float, port: int = 0) -> None:
+    def __init__(self, name: str, path: Path, mode: str, offset: float, port: int = 0, *,
+                 dbs: list[str] | None = None, peer_urls: list[str] | None = None) -> None:
         self.name, self.path, self.mode, self.offset, self.port = name, path, mode, offset, port
+        self.dbs, self.peer_urls = dbs or ["db"], peer_urls or []
         self.proc: subprocess.Popen[str] | None = None
 
     @property
@@ -89,7 +135,8 @@ class Node:
             return ""
 
     def start(self) -> None:
-        args = [sys.executable, str(AGENT), str(self.path), "db", self.mode, str(self.offset), str(self.port)]
+        args = [sys.executable, str(AGENT), str(self.path), ",".join(self.dbs), self.mode, str(self.offset),
+                str(self.port), ",".join(self.peer_urls)]
         with open(self.stderr_path, "a") as err:
             self.proc = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err,
                                          text=True, env=ENV)
@@ -142,13 +189,17 @@ class Stats:
     runs: int = 0
     ops: int = 0
     acked: int = 0
+    att_writes: int = 0  # acknowledged attachment writes (put or delete)
+    att_reads: int = 0  # attachment bytes read back and checked against their digest, over every node
     faults: dict[str, int] = dataclasses.field(default_factory=dict)
     divergences: int = 0
     lost: int = 0
     failures: list[int] = dataclasses.field(default_factory=list)
 
 
-def make_history(seed: int, n_ops: int) -> list[tuple[Any, ...]]:
+def make_history(seed: int, n_ops: int, *, dbs: int = 1, attachments: bool = False) -> list[tuple[Any, ...]]:
+    if dbs > 1 or attachments:
+        return make_history_v2(seed, n_ops, dbs=dbs, attachments=attachments)
     rnd = random.Random(seed)
     links = [f"p{i}-m{j}" for i in range(N_PEERS) for j in range(N_MIRRORS)] + ["m0-m1", "m1-m0"]
     ops: list[tuple[Any, ...]] = []
@@ -183,11 +234,65 @@ def make_history(seed: int, n_ops: int) -> list[tuple[Any, ...]]:
     return ops
 
 
+def make_history_v2(seed: int, n_ops: int, *, dbs: int, attachments: bool) -> list[tuple[Any, ...]]:
+    """A history over several databases (each operation names one), with attachment writes."""
+    rnd = random.Random(seed)
+    names = seed_dbs(seed, dbs)
+    ids = IDS[:8]  # fewer ids than with one database: concurrent edits of one record stay frequent
+    links = [f"p{i}-m{j}" for i in range(N_PEERS) for j in range(N_MIRRORS)] + ["m0-m1", "m1-m0"]
+    ops: list[tuple[Any, ...]] = []
+
+    def write(peer: int, db: str) -> tuple[Any, ...]:
+        if attachments and rnd.random() < 0.5:
+            return ("putatt", peer, rnd.choice(ids), rnd.choice(NAMES), rnd.randrange(len(BLOBS)), db)
+        return ("save", peer, rnd.choice(ids), rnd.randrange(1000), db)
+
+    for _ in range(n_ops):
+        x = rnd.random()
+        peer = rnd.randrange(N_PEERS)
+        db = rnd.choice(names)
+        if x < 0.42:
+            ops.append(write(peer, db))
+        elif x < 0.49:
+            if attachments and rnd.random() < 0.5:
+                ops.append(("delatt", peer, rnd.choice(ids), rnd.choice(NAMES), db))
+            else:
+                ops.append(("delete", peer, rnd.choice(ids), db))
+        elif x < 0.58:
+            ops.append(("partition", rnd.choice(links)))
+        elif x < 0.65:
+            ops.append(("heal", rnd.choice(links)))
+        elif x < 0.71:
+            ops.append(("isolate", peer))
+        elif x < 0.77:
+            ops.append(("kill", f"p{peer}"))
+        elif x < 0.80:
+            ops.append(("kill", f"m{rnd.randrange(N_MIRRORS)}"))
+        elif x < 0.88:
+            ops.append(("pause", round(rnd.uniform(0.02, 0.3), 3)))
+        elif x < 0.92:  # SIGKILL at an exact step of a compaction (of one database; the others too are open)
+            if rnd.random() < 0.6:
+                ops.append(write(peer, db))
+                node = f"p{peer}"
+            else:
+                node = f"m{rnd.randrange(N_MIRRORS)}"
+            ops.append(("crash_compacting", node, rnd.choice(COMPACTION_STEPS), db))
+        else:
+            ops.append(("restart", f"p{peer}"))
+    return ops
+
+
+def replay_flags(dbs: int, attachments: bool) -> str:
+    return (f" --dbs {dbs}" if dbs > 1 else "") + (" --attachments" if attachments else "")
+
+
 def run_seed(seed: int, stats: Stats, *, n_ops: int = 40, verbose: bool = False,
-             history: list[tuple[Any, ...]] | None = None, skew: bool = False) -> list[str]:
+             history: list[tuple[Any, ...]] | None = None, skew: bool = False, dbs: int = 1,
+             attachments: bool = False) -> list[str]:
     """Run one seeded history; return the problems found (empty: every promise held)."""
     rnd = random.Random(seed * 7919 + 1)
-    ops = history if history is not None else make_history(seed, n_ops)
+    ops = history if history is not None else make_history(seed, n_ops, dbs=dbs, attachments=attachments)
+    db_names = seed_dbs(seed, dbs)
     problems: list[str] = []
     with tempfile.TemporaryDirectory(prefix=f"mynosql-chaos-{seed}-") as tmp:
         base = Path(tmp)
@@ -195,38 +300,51 @@ def run_seed(seed: int, stats: Stats, *, n_ops: int = 40, verbose: bool = False,
         offsets = {name: rnd.choice([0, 0, 3 * 3600, -5 * 3600, 86400]) for name in names}
         if skew:  # every node hours away from every other
             offsets = {name: (k - 2) * 7 * 3600.0 for k, name in enumerate(names)}
-        mirrors = {f"m{j}": Node(f"m{j}", base / f"m{j}", "Mirror", offsets[f"m{j}"], free_port())
+        mirrors = {f"m{j}": Node(f"m{j}", base / f"m{j}", "Mirror", offsets[f"m{j}"], free_port(), dbs=db_names)
                    for j in range(N_MIRRORS)}
-        peers = {f"p{i}": Node(f"p{i}", base / f"p{i}", "Peer", offsets[f"p{i}"]) for i in range(N_PEERS)}
+        peers = {f"p{i}": Node(f"p{i}", base / f"p{i}", "Peer", offsets[f"p{i}"], dbs=db_names)
+                 for i in range(N_PEERS)}
         proxies: dict[str, FaultProxy] = {}
         for i in range(N_PEERS):
             for j in range(N_MIRRORS):
                 proxies[f"p{i}-m{j}"] = FaultProxy("127.0.0.1", mirrors[f"m{j}"].port).start()
         proxies["m0-m1"] = FaultProxy("127.0.0.1", mirrors["m1"].port).start()
         proxies["m1-m0"] = FaultProxy("127.0.0.1", mirrors["m0"].port).start()
-        acked: list[tuple[str, str, str]] = []
+        mirrors["m0"].peer_urls = [proxies["m0-m1"].url]  # given at every start (a MirrorService's --peer)
+        mirrors["m1"].peer_urls = [proxies["m1-m0"].url]
+        acked: list[Ack] = []
         try:
             for m in mirrors.values():
                 m.start()
-            mirrors["m0"].call("addpeer", url=proxies["m0-m1"].url)
-            mirrors["m1"].call("addpeer", url=proxies["m1-m0"].url)
             for name, p in peers.items():
                 p.start()
-                for j in range(N_MIRRORS):
-                    p.call("addpeer", url=proxies[f"{name}-m{j}"].url)
+                for db in db_names:
+                    for j in range(N_MIRRORS):
+                        p.call("addpeer", url=proxies[f"{name}-m{j}"].url, db=db)
             for op in ops:
                 stats.ops += 1
                 kind = op[0]
                 if verbose:
                     print("  ", op)
-                if kind in ("save", "delete"):
+                if kind in ("save", "delete", "putatt", "delatt"):
                     node = peers[f"p{op[1]}"]
                     if not node.alive:
                         node.start()
-                    ans = node.call("save", id=op[2], body={"v": op[3], "by": node.name}) if kind == "save" \
-                        else node.call("delete", id=op[2])
+                    db = op_db(op)
+                    if kind == "save":
+                        ans = node.call("save", id=op[2], body={"v": op[3], "by": node.name}, db=db)
+                    elif kind == "delete":
+                        ans = node.call("delete", id=op[2], db=db)
+                    elif kind == "putatt":
+                        ans = node.call("putatt", id=op[2], name=op[3], blob=op[4], db=db)
+                    else:
+                        ans = node.call("delatt", id=op[2], name=op[3], db=db)
                     if ans.get("ok"):
-                        acked.append((node.name, op[2], ans["rev"]))
+                        ack = Ack(node.name, db, op[2], ans["rev"], ans.get("atts"), op)
+                        acked.append(ack)
+                        if kind in ("putatt", "delatt"):
+                            stats.att_writes += 1
+                        problems += ack.check_read_back()
                 else:
                     stats.faults[kind] = stats.faults.get(kind, 0) + 1
                     if kind == "partition":
@@ -245,7 +363,7 @@ def run_seed(seed: int, stats: Stats, *, n_ops: int = 40, verbose: bool = False,
                         node = (peers | mirrors)[op[1]]
                         if not node.alive:
                             node.start()
-                        if node.call("hang_in_compaction", at=op[2]).get("hung"):
+                        if node.call("hang_in_compaction", at=op[2], db=op_db(op)).get("hung"):
                             stats.faults["crash_compacting: landed at the step"] = \
                                 stats.faults.get("crash_compacting: landed at the step", 0) + 1
                         node.kill()
@@ -264,7 +382,7 @@ def run_seed(seed: int, stats: Stats, *, n_ops: int = 40, verbose: bool = False,
             for node in (*mirrors.values(), *peers.values()):
                 if not node.alive:
                     node.start()
-            problems = settle_and_check(mirrors, peers, acked, stats)
+            problems += settle_and_check(mirrors, peers, acked, stats, db_names)
         except Exception as exc:  # the harness itself failed: report it as a problem of this seed
             problems = [f"harness: {type(exc).__name__}: {exc}"]
         finally:
@@ -273,8 +391,10 @@ def run_seed(seed: int, stats: Stats, *, n_ops: int = 40, verbose: bool = False,
             for node in (*peers.values(), *mirrors.values()):
                 node.stop()
         if not problems:
-            problems = verify_files(base)
+            problems = verify_files(base, db_names)
     stats.runs += 1
+    stats.divergences += sum(1 for p in problems if p.startswith("diverged"))
+    stats.lost += sum(1 for p in problems if p.startswith("lost"))
     if problems:
         stats.failures.append(seed)
     return problems
@@ -295,82 +415,156 @@ def pause(proxies: dict[str, FaultProxy], seconds: float) -> None:
         poll_until(lambda: carried() > before, timeout=seconds, interval=0.01, what="replication traffic")
 
 
-def settle_and_check(mirrors: dict[str, Node], peers: dict[str, Node], acked: list[tuple[str, str, str]],
-                     stats: Stats, timeout: float = 60.0) -> list[str]:
+@dataclasses.dataclass
+class Ack:
+    """An acknowledged write: which node, database, record and revision; the attachments that revision had when
+    read back at once ({name: [digest, length]}; None: not read back, e.g. a tombstone); the operation."""
+    node: str
+    db: str
+    id: str
+    rev: str
+    atts: dict[str, list[Any]] | None
+    op: tuple[Any, ...]
+
+    def check_read_back(self) -> list[str]:
+        """An attachment write must have written the bytes asked for (the runner's own MD5 of them)."""
+        kind = self.op[0]
+        if self.atts is None or kind not in ("putatt", "delatt"):
+            return []
+        name = self.op[3]
+        if kind == "putatt" and self.atts.get(name) != list(blob_digest(self.op[4])):
+            return [f"lost: [{self.db}] {self.node}'s {self.op} acknowledged {self.id} {self.rev} but reads back "
+                    f"{self.atts.get(name)}, not {list(blob_digest(self.op[4]))}"]
+        if kind == "delatt" and name in self.atts:
+            return [f"lost: [{self.db}] {self.node}'s {self.op} acknowledged {self.id} {self.rev} but {name!r} is "
+                    "still there"]
+        return []
+
+
+def settle_and_check(mirrors: dict[str, Node], peers: dict[str, Node], acked: list[Ack], stats: Stats,
+                     dbs: list[str] | None = None, timeout: float = 60.0) -> list[str]:
+    dbs = dbs or ["db"]
     problems: list[str] = ["never checked"]
 
     def in_step() -> bool:
         nonlocal problems
-        problems = check(mirrors, peers, acked)
+        problems = [p for db in dbs for p in check(mirrors, peers, [a for a in acked if a.db == db], db)]
         return not problems
 
     with contextlib.suppress(TimeoutError):  # the problems of the last check are reported below
         poll_until(in_step, timeout=timeout, interval=0.2, what="replication to settle")
     if problems:
-        stats.divergences += sum(1 for p in problems if p.startswith("diverged"))
-        stats.lost += sum(1 for p in problems if p.startswith("lost"))
         return problems
+    for db in dbs:
+        problems += check_bytes(mirrors, peers, db, stats)
     # replicating again when in step moves nothing
-    urls = [f"http://127.0.0.1:{m.port}/db" for m in mirrors.values()]
-    for a, b in ((urls[0], urls[1]), (urls[1], urls[0])):
-        res = replicate_once(a, b, timeout=10)
-        if res["docs_written"]:
-            problems.append(f"not idempotent: replicating {a} -> {b} again wrote {res['docs_written']}")
+    for db in dbs:
+        urls = [f"http://127.0.0.1:{m.port}/{db}" for m in mirrors.values()]
+        for a, b in ((urls[0], urls[1]), (urls[1], urls[0])):
+            res = replicate_once(a, b, timeout=10)
+            if res["docs_written"]:
+                problems.append(f"not idempotent: replicating {a} -> {b} again wrote {res['docs_written']}")
     return problems
 
 
-def check(mirrors: dict[str, Node], peers: dict[str, Node], acked: list[tuple[str, str, str]]) -> list[str]:
+def check(mirrors: dict[str, Node], peers: dict[str, Node], acked: list[Ack], db: str = "db") -> list[str]:
+    """The promises in database ``db`` (``acked``: the writes acknowledged in it)."""
     problems = []
-    dumps = {name: m.call("dump")["docs"] for name, m in mirrors.items()}
+    dumps = {name: m.call("dump", db=db)["docs"] for name, m in mirrors.items()}
     first, second = dumps["m0"], dumps["m1"]
-    if {k: v["leaves"] for k, v in first.items()} != {k: v["leaves"] for k, v in second.items()}:
-        diff = sorted(k for k in set(first) | set(second) if first.get(k, {}).get("leaves")
-                      != second.get(k, {}).get("leaves"))
-        detail = {k: {"m0": first.get(k, {}).get("leaves"), "m1": second.get(k, {}).get("leaves")} for k in diff[:3]}
-        pulls = {name: m.call("status")["status"]["mirrors"] for name, m in mirrors.items()}
-        return [f"diverged: mirrors differ on {diff[:5]}: {json.dumps(detail)}; mirror pull states: "
+
+    def shape(docs: dict[str, Any]) -> dict[str, Any]:
+        return {k: (v["leaves"], v["atts"]) for k, v in docs.items()}
+
+    if shape(first) != shape(second):
+        diff = sorted(k for k in set(first) | set(second)
+                      if shape({k: first[k]} if k in first else {}) != shape({k: second[k]} if k in second else {}))
+        detail = {k: {m: (dumps[m][k]["leaves"], dumps[m][k]["atts"]) if k in dumps[m] else None for m in dumps}
+                  for k in diff[:3]}
+        pulls = {name: m.call("status", db=db)["status"]["mirrors"] for name, m in mirrors.items()}
+        return [f"diverged: [{db}] mirrors differ on {diff[:5]}: {json.dumps(detail)}; mirror pull states: "
                 f"{json.dumps(pulls, default=str)}"]
     for id, d in first.items():
         if d["winner"] != winner_rule(d["leaves"]):
-            problems.append(f"diverged: {id} winner {d['winner']} is not CouchDB's rule")
+            problems.append(f"diverged: [{db}] {id} winner {d['winner']} is not CouchDB's rule")
         if second[id]["winner"] != d["winner"]:
-            problems.append(f"diverged: {id} winners differ")
-    for peer, id, rev in acked:
+            problems.append(f"diverged: [{db}] {id} winners differ")
+    for a in acked:
         for name, docs in dumps.items():
-            if id not in docs or rev not in docs[id]["revs"]:
-                problems.append(f"lost: {peer}'s acknowledged {id} {rev} is not on {name}")
+            if a.id not in docs or a.rev not in docs[a.id]["revs"]:
+                problems.append(f"lost: [{db}] {a.node}'s acknowledged {a.id} {a.rev} is not on {name}")
+            elif a.atts is not None and a.rev in docs[a.id]["leaves"] \
+                    and docs[a.id]["atts"].get(a.rev, {}) != a.atts:
+                problems.append(f"lost: [{db}] {a.node}'s acknowledged {a.id} {a.rev} had attachments {a.atts}; "
+                                f"{name} has {docs[a.id]['atts'].get(a.rev, {})}")
     for name, p in peers.items():
-        st = p.call("status")["status"]
+        st = p.call("status", db=db)["status"]
         pending = sum(m["pending"] or 0 for m in st["mirrors"].values() if m.get("current"))
         if pending:
-            problems.append(f"not quiet: {name} has {pending} pending")
-        for id, d in p.call("dump")["docs"].items():
+            problems.append(f"not quiet: [{db}] {name} has {pending} pending")
+        for id, d in p.call("dump", db=db)["docs"].items():
             if id in first and d["winner"] != first[id]["winner"]:
                 where = {m: {"seq": docs[id].get("seq"), "leaves": docs[id]["leaves"]} for m, docs in dumps.items()
                          if id in docs}
-                problems.append(f"diverged: {name} holds {id} at {d['winner']}, mirrors at {first[id]['winner']}; "
-                                f"{name}: leaves {d['leaves']}, sync {json.dumps(p.call('sync_state'))}; "
+                problems.append(f"diverged: [{db}] {name} holds {id} at {d['winner']}, mirrors at "
+                                f"{first[id]['winner']}; {name}: leaves {d['leaves']}, "
+                                f"sync {json.dumps(p.call('sync_state', db=db))}; "
                                 f"mirrors: {json.dumps(where)}; "
                                 f"{name} status: {json.dumps(st['mirrors'], default=str)}; "
                                 f"{name} stderr: {p.stderr_tail(25)}")
+            elif id in first and d["atts"].get(d["winner"], {}) != first[id]["atts"].get(d["winner"], {}):
+                problems.append(f"diverged: [{db}] {name} holds {id} {d['winner']} with attachments "
+                                f"{d['atts'].get(d['winner'], {})}, the mirrors with "
+                                f"{first[id]['atts'].get(d['winner'], {})}")
+            for a in acked:
+                if a.id == id and a.atts is not None and a.rev in d["leaves"] \
+                        and d["atts"].get(a.rev, {}) != a.atts:
+                    problems.append(f"lost: [{db}] {a.node}'s acknowledged {id} {a.rev} had attachments {a.atts}; "
+                                    f"{name} has {d['atts'].get(a.rev, {})}")
     return problems
 
 
-def verify_files(base: Path) -> list[str]:
+def check_bytes(mirrors: dict[str, Node], peers: dict[str, Node], db: str, stats: Stats) -> list[str]:
+    """Read back the bytes of every attachment of every leaf on the mirrors and of every winner a peer holds
+    (fetched from a mirror when it has only the stub): their MD5 must be the digest the record gives."""
+    problems = []
+    for name, node in (peers | mirrors).items():
+        docs = node.call("dump", db=db)["docs"]
+        ans = node.call("atthash", db=db, winners=name.startswith("p"), timeout=120)
+        problems += [f"lost: [{db}] {name} cannot read attachment bytes: {e}" for e in ans["errors"]]
+        for id, revs in ans["hashes"].items():
+            for rev, hashes in revs.items():
+                for att_name, got in hashes.items():
+                    stats.att_reads += 1
+                    want = docs.get(id, {}).get("atts", {}).get(rev, {}).get(att_name, [None])[0]
+                    if got != want:
+                        problems.append(f"lost: [{db}] {name}: the bytes of {id} {rev} {att_name!r} hash to {got}, "
+                                        f"its digest says {want}")
+        expected = sum(len(a) for id, d in docs.items() for rev, a in d["atts"].items()
+                       if not d["leaves"].get(rev, True) and (name.startswith("m") or rev == d["winner"]))
+        read = sum(len(h) for revs in ans["hashes"].values() for h in revs.values())
+        if read + len(ans["errors"]) != expected:
+            problems.append(f"harness: [{db}] {name} read {read} attachments of the {expected} it holds")
+    return problems
+
+
+def verify_files(base: Path, dbs: list[str] | None = None) -> list[str]:
     import MyNoSQL
 
     problems = []
     for d in sorted(base.iterdir()):
-        if (d / "db").is_dir():
-            with MyNoSQL.MyNoSQL(d, options=MyNoSQL.Options(background_sync=False)) as h:
-                h.opendb("db")
-                problems += [f"verify {d.name}: {p}" for p in h.verify()]
+        for db in dbs or ["db"]:
+            if (d / db).is_dir():
+                with MyNoSQL.MyNoSQL(d, options=MyNoSQL.Options(background_sync=False)) as h:
+                    h.opendb(db)
+                    problems += [f"verify {d.name}/{db}: {p}" for p in h.verify()]
     return problems
 
 
-def shrink(seed: int, n_ops: int, budget: int = 30) -> list[tuple[Any, ...]]:
+def shrink(seed: int, n_ops: int, budget: int = 30, *, dbs: int = 1,
+           attachments: bool = False) -> list[tuple[Any, ...]]:
     """Delta debugging: drop chunks of the history while the run still fails."""
-    ops = make_history(seed, n_ops)
+    ops = make_history(seed, n_ops, dbs=dbs, attachments=attachments)
     chunk = max(1, len(ops) // 2)
     tries = 0
     while chunk >= 1 and tries < budget:
@@ -379,7 +573,7 @@ def shrink(seed: int, n_ops: int, budget: int = 30) -> list[tuple[Any, ...]]:
         while i < len(ops) and tries < budget:
             candidate = ops[:i] + ops[i + chunk:]
             tries += 1
-            if run_seed(seed, Stats(), history=candidate):
+            if run_seed(seed, Stats(), history=candidate, dbs=dbs, attachments=attachments):
                 ops = candidate
                 changed = True
             else:
@@ -392,7 +586,11 @@ def shrink(seed: int, n_ops: int, budget: int = 30) -> list[tuple[Any, ...]]:
 def report_markdown(stats: Stats, seconds: float, command: str, *, planned: int | None = None) -> str:
     rows = [("runs executed (seeds)", stats.runs), ("operations", stats.ops),
             *((f"faults injected: {k}", v) for k, v in sorted(stats.faults.items())),
-            ("acknowledged writes checked", stats.acked), ("divergences found", stats.divergences),
+            ("acknowledged writes checked", stats.acked),
+            *((("acknowledged attachment writes (put, delete)", stats.att_writes),
+               ("attachments read back and checked by digest (all nodes)", stats.att_reads))
+              if stats.att_writes or stats.att_reads else ()),
+            ("divergences found", stats.divergences),
             ("lost writes", stats.lost), ("failed seeds", ", ".join(map(str, sorted(stats.failures))) or "none"),
             ("wall time", f"{seconds:,.0f} s")]
     lines = ["| what | count |", "|---|---:|", *(f"| {k} | {v} |" for k, v in rows)]
@@ -401,15 +599,16 @@ def report_markdown(stats: Stats, seconds: float, command: str, *, planned: int 
     return f"{progress}Command: `{command}`\n\n" + "\n".join(lines) + "\n"
 
 
-def _one_seed(seed: int, n_ops: int, verbose: bool) -> tuple[int, list[str], dict[str, Any]]:
+def _one_seed(seed: int, n_ops: int, verbose: bool, dbs: int = 1,
+              attachments: bool = False) -> tuple[int, list[str], dict[str, Any]]:
     """One seed in a worker process: its problems and its own counts (merged by the parent)."""
     stats = Stats()
-    problems = run_seed(seed, stats, n_ops=n_ops, verbose=verbose)
+    problems = run_seed(seed, stats, n_ops=n_ops, verbose=verbose, dbs=dbs, attachments=attachments)
     return seed, problems, dataclasses.asdict(stats)
 
 
 def _merge(total: Stats, part: dict[str, Any]) -> None:
-    for key in ("runs", "ops", "acked", "divergences", "lost"):
+    for key in ("runs", "ops", "acked", "att_writes", "att_reads", "divergences", "lost"):
         setattr(total, key, getattr(total, key) + part[key])
     for kind, n in part["faults"].items():
         total.faults[kind] = total.faults.get(kind, 0) + n
@@ -423,6 +622,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=None, help="replay this one seed")
     ap.add_argument("--ops", type=int, default=40)
     ap.add_argument("--jobs", type=int, default=1, help="seeds run at once, each in its own worker process")
+    ap.add_argument("--dbs", type=int, default=1,
+                    help="databases on every node: 1 (\"db\"), or up to N (2..N, each seed chooses; at most 3)")
+    ap.add_argument("--attachments", action="store_true", help="histories also write and delete attachments")
     ap.add_argument("--verbose", action="store_true")
     ap.add_argument("--shrink", action="store_true")
     ap.add_argument("--report", type=Path, default=None,
@@ -435,25 +637,28 @@ def main(argv: list[str] | None = None) -> int:
     # spawn, not fork: a worker must not inherit the parent's threads (fault proxies) or file descriptors
     ctx = multiprocessing.get_context("spawn")
     with concurrent.futures.ProcessPoolExecutor(max_workers=max(1, a.jobs), mp_context=ctx) as pool:
-        futures = [pool.submit(_one_seed, s, a.ops, a.verbose) for s in seeds]
+        futures = [pool.submit(_one_seed, s, a.ops, a.verbose, a.dbs, a.attachments) for s in seeds]
         for fut in concurrent.futures.as_completed(futures):
             s, problems, part = fut.result()
             _merge(stats, part)
-            print(f"seed {s}: {'ok' if not problems else 'FAILED'}", flush=True)
+            print(f"seed {s}: {'ok' if not problems else 'FAILED'} ({part['ops']} ops, {part['acked']} acked, "
+                  f"{part['att_writes']} attachment writes, {part['att_reads']} attachment reads)", flush=True)
             for p in problems[:10]:
                 print("   ", p, flush=True)
             if problems:
-                print(f"   replay: python tests/chaos/runner.py --seed {s} --verbose", flush=True)
+                print(f"   replay: python tests/chaos/runner.py --seed {s}{replay_flags(a.dbs, a.attachments)}"
+                      f"{'' if a.ops == 40 else f' --ops {a.ops}'} --verbose", flush=True)
             if a.report and stats.runs % 25 == 0:
                 a.report.write_text(report_markdown(stats, time.monotonic() - t0, command, planned=len(seeds)))
     if a.shrink:
         for s in sorted(stats.failures):
-            short = shrink(s, a.ops)
+            short = shrink(s, a.ops, dbs=a.dbs, attachments=a.attachments)
             print(f"seed {s}: shortest failing history found ({len(short)} ops):")
             for op in short:
                 print("     ", op)
     dt = time.monotonic() - t0
-    summary = (f"{stats.runs} runs, {stats.ops} operations, {stats.acked} acknowledged writes checked, "
+    summary = (f"{stats.runs} runs, {stats.ops} operations, {stats.acked} acknowledged writes checked "
+               f"({stats.att_writes} attachment writes, {stats.att_reads} attachment reads checked), "
                f"faults {json.dumps(stats.faults, sort_keys=True)}, {stats.divergences} divergences, "
                f"{stats.lost} lost writes, failed seeds {sorted(stats.failures)}, {dt:.0f} s")
     print(summary)

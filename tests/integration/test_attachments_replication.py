@@ -141,3 +141,52 @@ def test_one_shot_push_and_pull_carry_attachments(mirrors: Any, peers: Any, tmp_
     assert fresh.getattachment("r3", "photo.jpg") == photo and fresh.getattachment("r3", "own.txt") == b"record 3"
     assert blobs(fresh) == 21  # the photo once, and each record's own text
     assert local.push(m.url)["docs_written"] == 0  # in step: nothing travels again
+
+
+def test_a_replica_in_step_gets_no_attachment_bytes_again(mirrors: Any, peers: Any) -> None:
+    """A source without a checkpoint with the mirror (a peer that pulled the records, a failover, a one-shot
+    replication) whose revisions the mirror already holds sends nothing again: not even the revisions whose
+    attachments are new in them (revpos = their generation), which a small batch to a MyNoSQL mirror used to send
+    whole, bytes and all, without asking ``_revs_diff`` (found by the chaos runner: --seed 60001 --attachments)."""
+    from MyNoSQL.testing import FaultProxy
+
+    m = mirrors()
+    local = peers("local", MyNoSQL.Options(background_sync=False))
+    for i in range(5):
+        local.putattachment(f"r{i}", "photo.jpg", os.urandom(100_000), "image/jpeg")
+    assert local.push(m.url)["docs_written"] == 5
+    fresh = peers("fresh", MyNoSQL.Options(background_sync=False))
+    assert fresh.pull(m.url)["docs_written"] == 5
+    proxy = FaultProxy("127.0.0.1", m.port).start()
+    try:
+        res = fresh.push(proxy.url)
+        sent = proxy.stats().bytes_client_to_server
+    finally:
+        proxy.stop()
+    assert res["docs_written"] == 0 and not res["errors"], res
+    assert sent < 20_000, f"{sent} bytes sent to a mirror that holds every revision"
+
+
+def test_every_leaf_of_a_record_with_attachments_is_pushed(mirrors: Any, peers: Any) -> None:
+    """A record with two conflicting leaves, both with attachments, one of them on the mirror already: the other
+    one travels. A small batch asks ``_revs_diff`` about its documents with attachments; it asked about one
+    revision per record and dropped the record's other leaves with it, and its checkpoint then moved past
+    them: a lost write (chaos seed 60006 with --dbs 3 --attachments: a peer's acknowledged revision, pushed,
+    never reached either mirror)."""
+    m = mirrors()
+    first = peers("first", MyNoSQL.Options(background_sync=False))
+    second = peers("second", MyNoSQL.Options(background_sync=False))
+    ids = [f"r{i}" for i in range(8)]
+    for id in ids:  # generation 2, its attachment from generation 1 (the case the old code asked about too)
+        for h in (first, second):
+            rev = h.putattachment(id, "a.bin", f"{id} of {h.db.path.parent.name}".encode(), "text/plain")
+            h.savedoc({"id": id, "rev": rev, "v": 2})
+    assert first.push(m.url)["docs_written"] == len(ids)
+    assert second.pull(m.url)["docs_written"] == len(ids)  # now each record has both leaves on `second`
+    leaves = {id: {second.readdoc(id)["rev"], *second.conflicts(id)} for id in ids}
+    assert all(len(revs) == 2 for revs in leaves.values())
+    res = second.push(m.url)
+    assert not res["errors"], res
+    for id in ids:
+        doc = json.loads(get(f"{m.url}/db/{id}?conflicts=true"))
+        assert {doc["_rev"], *doc.get("_conflicts", [])} == leaves[id], id

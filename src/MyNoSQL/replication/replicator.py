@@ -206,14 +206,11 @@ def bytes_to_send(doc: dict[str, Any], ancestors: list[str] | None) -> list[str]
     return [n for n, a in atts.items() if isinstance(a, dict) and a.get("stub") is True and _revpos(a) > since]
 
 
-def _old_attachments(doc: dict[str, Any]) -> bool:
-    """Whether ``doc`` has attachments added before its own revision (the target may have them)."""
+def _has_attachments(doc: dict[str, Any]) -> bool:
+    """Whether ``doc`` has attachments: the target may hold its revision already (none of their bytes need travel
+    again) or an ancestor (those added before it need not)."""
     atts = doc.get("_attachments")
-    rev = doc.get("_rev")
-    if not isinstance(atts, dict) or not atts or not isinstance(rev, str):
-        return False
-    gen = int(rev.partition("-")[0]) if rev.partition("-")[0].isdigit() else 0
-    return any(isinstance(a, dict) and _revpos(a) < gen for a in atts.values())
+    return isinstance(atts, dict) and bool(atts) and isinstance(doc.get("_rev"), str)
 
 
 async def _send_attachments(source: Endpoint, target: Endpoint, docs: list[tuple[dict[str, Any], list[str]]],
@@ -277,7 +274,8 @@ async def replicate(source: Endpoint, target: Endpoint, *, batch_size: int = 100
     the feed is read to its end, ``total`` is the number of changes processed.
 
     Extensions with a MyNoSQL mirror as target (plain protocol with anything else): a small batch skips
-    ``_revs_diff`` (the mirror ignores revisions it has), and the checkpoint rides in the ``_bulk_docs``
+    ``_revs_diff`` (the mirror ignores revisions it has) except for its documents with attachments (their bytes
+    must not travel to a target that holds them), and the checkpoint rides in the ``_bulk_docs``
     request: one round trip for a change.
     """
     t0 = time.monotonic()
@@ -319,11 +317,17 @@ async def replicate(source: Endpoint, target: Endpoint, *, batch_size: int = 100
         small = extended and n_revs <= SMALL_BATCH
         missing = query if small or not query else await _revs_diff(target, query, ancestors)
         docs = await _bulk_get(source, missing) if missing else []
-        if small:  # no _revs_diff asked: ask it now for documents with attachments the target may have
-            older = {d["_id"]: [d["_rev"]] for d in docs if _old_attachments(d)}
-            if older:
-                lacking = await _revs_diff(target, older, ancestors)
-                docs = [d for d in docs if d["_id"] not in older or d["_rev"] in lacking.get(d["_id"], ())]
+        if small:  # no _revs_diff asked: ask it now for documents with attachments (their bytes must not travel
+            # to a target that holds them: a source without a checkpoint with it, a failover, a one-shot pass)
+            # every revision of a record is asked about: a record's leaves come as several documents
+            heavy: dict[str, list[str]] = {}
+            for d in docs:
+                if _has_attachments(d):
+                    heavy.setdefault(d["_id"], []).append(d["_rev"])
+            if heavy:
+                lacking = await _revs_diff(target, heavy, ancestors)
+                docs = [d for d in docs
+                        if d["_rev"] not in heavy.get(d["_id"], ()) or d["_rev"] in lacking.get(d["_id"], ())]
         return rows, last, docs, ancestors
 
     batch = await fetch(since, wait)
