@@ -258,6 +258,7 @@ def test_a_web_app_syncs_attachments_both_ways(tmp_path: Path, app_origin: str) 
 
 
 @pytest.mark.slow
+@pytest.mark.soak
 def test_a_web_app_pushes_a_batch_of_photos_larger_than_a_request_may_be(tmp_path: Path, app_origin: str) -> None:
     """PouchDB sends a batch with its attachments inline (base64 JSON): 16 photos of 2 MiB make one ~45 MB
     _bulk_docs body, over the mirror's request limit (32 MiB); the mirror reads it a document at a time, and

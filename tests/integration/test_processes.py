@@ -302,6 +302,7 @@ def owner_pid(location: Path) -> int | None:
 
 
 @pytest.mark.slow
+@pytest.mark.soak
 @pytest.mark.skipif(not Path("/proc/locks").exists(), reason="needs Linux's /proc/locks")
 def test_writers_and_readers_killed_at_random_lose_no_acknowledged_save(tmp_path: Path, agents: list[Agent]) -> None:
     """4 writer and 2 reader processes on 40 ids (collisions: conflicts are refused), 8 SIGKILLs (every other one

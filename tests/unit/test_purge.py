@@ -246,8 +246,8 @@ def test_purged_infos_keep_the_newest_within_the_limit(location: Path) -> None:
         assert [p["id"] for p in db.db.purged_infos()] == ["d2"] and db.db.purge_seq == 3
 
 
-@pytest.mark.parametrize("seed, steps", [(15, 150), pytest.param(16, 2000, marks=pytest.mark.slow),
-                                         pytest.param(17, 2000, marks=pytest.mark.slow)])
+@pytest.mark.parametrize("seed, steps", [(15, 150), pytest.param(16, 2000, marks=[pytest.mark.slow, pytest.mark.soak]),
+                                         pytest.param(17, 2000, marks=[pytest.mark.slow, pytest.mark.soak])])
 def test_random_saves_and_purges_agree_with_a_model(location: Path, seed: int, steps: int) -> None:
     """Saves, deletions, partial and whole purges interleaved with small flushes, garbage collection and reopens."""
     rng = random.Random(seed)
