@@ -339,8 +339,7 @@ def test_writers_and_readers_killed_at_random_lose_no_acknowledged_save(tmp_path
                        timeout=60, what="progress of the writers")
         except TimeoutError:
             for a in running():  # where each stands, on stderr (faulthandler)
-                a.p.send_signal(signal.SIGUSR1)
-            time.sleep(2)  # for the dumps to be written: not a wait for the database
+                a.p.send_signal(signal.SIGUSR1)  # faulthandler writes the dump in the signal handler
             raise
         pid = owner_pid(tmp_path) if step % 2 == 0 else None
         victims = [a for a in running() if a.p.pid == pid] or running()

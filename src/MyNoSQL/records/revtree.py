@@ -173,8 +173,8 @@ class DocState:
     """Everything stored about one record: its id, last change seq, revision tree and leaf bodies."""
 
     __slots__ = (
-        "__weakref__", "_json", "_win", "atts", "bodies", "decoded", "disk_loc", "hit", "id", "in_x", "raw", "seq",
-        "tree"
+        "__weakref__", "_json", "_win", "atts", "bodies", "decoded", "disk_loc", "hit", "id", "in_x", "purged", "raw",
+        "seq", "tree"
     )
 
     def __init__(self, id: str, seq: int, tree: Tree, bodies: dict[str, bytes],
@@ -182,6 +182,9 @@ class DocState:
         self.id = id
         self.seq = seq
         self.tree = tree
+        # A purge marker (:meth:`purge_marker`): the record is gone. A plain slot, not a property: the store tests
+        # it on every cached read.
+        self.purged = PURGED_REV in tree
         self.bodies = bodies  # leaf rev -> encoded body (JSON bytes); deleted leaves keep theirs too
         # leaf rev -> {attachment name: metadata} (see records/attachments.py), for the leaves that have any;
         # None when none has (most records): never an empty dict. Never mutated once the state is built.
@@ -222,11 +225,6 @@ class DocState:
     @property
     def deleted(self) -> bool:
         return self.tree[self.winner][1]
-
-    @property
-    def purged(self) -> bool:
-        """Whether this is a purge marker (:func:`purge_marker`): the record is gone."""
-        return PURGED_REV in self.tree
 
     @classmethod
     def purge_marker(cls, id: str) -> DocState:

@@ -20,7 +20,7 @@ from ..records.revtree import DocState
 from .context import ServerContext
 from .documents import no_follows
 from .registry import name_of
-from .requests import NOT_ADMIN, HttpError, check_ids_and_revs, flag, json_response, reserved
+from .requests import NOT_ADMIN, HttpError, flag, json_response, reserved
 
 log = logging.getLogger("MyNoSQL")
 
@@ -272,14 +272,7 @@ class DatabaseRoutes:
         db = await self.ctx.db(request)
         if request.content_type != "application/json":
             raise HttpError(415, "bad_content_type", "Content-Type must be application/json")
-        body = await self.rules.body(request)
-        if not isinstance(body, dict) or not all(
-            isinstance(k, str) and isinstance(v, list) and all(isinstance(r, str) for r in v) for k, v in body.items()
-        ):
-            raise HttpError(400, "bad_request", "expected {id: [rev, ...]}")
-        self.rules.batch(body, "ids")
-        self.rules.batch([r for v in body.values() for r in v], "revisions")
-        check_ids_and_revs((id, rev) for id, revs in body.items() for rev in revs)
+        body = await self.rules.revs_body(request)
 
         def run() -> dict[str, list[str]]:
             done = db.purge_many({id: revs for id, revs in body.items() if not reserved(id)})

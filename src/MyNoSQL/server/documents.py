@@ -149,14 +149,7 @@ class DocumentRoutes:
 
     async def revs_diff(self, request: web.Request) -> web.Response:
         db = await self.ctx.db(request)
-        body = await self.rules.body(request)
-        if not isinstance(body, dict) or not all(
-            isinstance(k, str) and isinstance(v, list) and all(isinstance(r, str) for r in v) for k, v in body.items()
-        ):
-            raise HttpError(400, "bad_request", "expected {id: [rev, ...]}")
-        self.rules.batch(body, "ids")
-        self.rules.batch([r for v in body.values() for r in v], "revisions")
-        check_ids_and_revs((id, rev) for id, revs in body.items() for rev in revs)
+        body = await self.rules.revs_body(request)
         ancestors: dict[str, list[str]] = {}
         missing = await asyncio.to_thread(db.revs_diff, body, ancestors)
         out: dict[str, Any] = {}

@@ -123,29 +123,46 @@ class Databases:
         pending = self._opening.get(name)
         if pending is not None:
             return await asyncio.shield(pending)
+        return await self._open_one(name, if_servable=True)
+
+    async def _open_one(self, name: str, *, if_servable: bool = False) -> Database | None:
+        """Open ``name`` and run the open hooks; only then is it handed out (a request that comes meanwhile waits
+        for the same opening, so it never sees a database whose change notifier or pulls are not set up yet)."""
+        assert self.root is not None
+        pending = self._opening.get(name)
+        if pending is not None:
+            return await asyncio.shield(pending)
         fut: asyncio.Future[Database | None] = asyncio.get_running_loop().create_future()
         self._opening[name] = fut
         try:
-            db = await self._open_one(name) if self._servable(name) else None
+            db = await self._open_with_hooks(name) if not if_servable or self._servable(name) else None
+            if db is not None:
+                self._open[name] = _Entry(db, time.monotonic())
             fut.set_result(db)
-            return db
         except BaseException as exc:
             fut.set_exception(exc)
             fut.exception()  # retrieved: a failed open is reported to the request that made it
             raise
         finally:
             del self._opening[name]
+        await self._close_past_max()
+        return db
 
-    async def _open_one(self, name: str) -> Database:
+    async def _open_with_hooks(self, name: str) -> Database:
         assert self.root is not None
         try:
             db = await asyncio.to_thread(Database, self.root, folder_of(name), self.options)
         except DatabaseLocked as exc:
             raise HttpError(503, "database_locked", f"database {name!r} is open in another process") from exc
-        self._open[name] = _Entry(db, time.monotonic())
-        for hook in self.on_open:
-            await hook(name, db)
-        await self._close_past_max()
+        try:
+            for hook in self.on_open:
+                await hook(name, db)
+        except BaseException:
+            for hook in self.on_close:  # undo what the hooks that ran set up; the database closes all the same
+                with contextlib.suppress(Exception):
+                    await hook(name, db)
+            await asyncio.to_thread(db.close)
+            raise
         return db
 
     def hold(self, name: str) -> None:
@@ -178,6 +195,7 @@ class Databases:
             if is_database_folder(self.root / folder_of(name)):
                 raise HttpError(412, "file_exists", "The database could not be created, the file already exists.")
             db = await self._open_one(name)
+        assert db is not None
         return db
 
     async def delete(self, name: str) -> None:
@@ -224,6 +242,8 @@ class Databases:
         """Close every database this registry opened (fixed ones belong to their node: left open)."""
         if self.fixed:
             return
+        if self._opening:  # let openings under way finish, so that what they open is closed here too
+            await asyncio.wait(list(self._opening.values()), timeout=60)
         async with self._lock:
             for name in list(self._open):
                 await self._close(name)

@@ -204,6 +204,19 @@ class Rules:
             raise HttpError(413, "too_large", f"{len(items)} {what} in one request, over the limit of "
                             f"{self.limits.max_batch}")
 
+    async def revs_body(self, request: web.Request) -> dict[str, list[str]]:
+        """The ``{id: [rev, ...]}`` body of ``_revs_diff`` and ``_purge``: its shape, its batch limits (ids and
+        revisions), every id and rev well-formed, or a 4xx."""
+        body = await self.body(request)
+        if not isinstance(body, dict) or not all(
+            isinstance(k, str) and isinstance(v, list) and all(isinstance(r, str) for r in v) for k, v in body.items()
+        ):
+            raise HttpError(400, "bad_request", "expected {id: [rev, ...]}")
+        self.batch(body, "ids")
+        self.batch([r for v in body.values() for r in v], "revisions")
+        check_ids_and_revs((id, rev) for id, revs in body.items() for rev in revs)
+        return body
+
     def wire(self, db: Database, doc: Any) -> wire.WireDoc:
         """A replicated document (``new_edits=false``), checked."""
         lim = self.limits
