@@ -50,7 +50,7 @@ from .records.codec import copy_plan, decode_value, encode_body, loads_body
 from .records.ids import new_id, validate_id
 from .records.mango import compile_selector
 from .records.revtree import DocState
-from .storage.blobs import CHUNK, BlobReader, BlobWriter
+from .storage.blobs import CHUNK, BlobInfo, BlobReader, BlobWriter
 from .storage.fileutil import sweep_temp_files
 from .storage.store import FlushStats, Listener, Store
 
@@ -79,10 +79,12 @@ def _without(atts: dict[str, att.Atts] | None, revs: Any) -> dict[str, att.Atts]
 
 
 def _resolve(id: str, given: dict[str, att.AttNew], leaves: dict[str, att.Atts] | None, revpos: int, *,
-             lazy: bool, by_name: att.Atts | None) -> att.Atts:
+             lazy: bool, by_name: att.Atts | None,
+             by_digest: Callable[[att.Stub], att.Meta | None] | None = None) -> att.Atts:
     """The metadata of a new revision's attachments. Bytes are ``Stored`` by now; a stub takes the metadata of
     the attachment it names: in ``by_name`` (the revision edited: a normal write), else among the record's
-    ``leaves`` by digest (replication)."""
+    ``leaves`` by digest (replication), else ``by_digest`` (bytes of that digest this database still holds: a
+    revision that is no leaf here any more had them)."""
     out: att.Atts = {}
     for name in sorted(given):
         a = given[name]
@@ -110,6 +112,8 @@ def _resolve(id: str, given: dict[str, att.AttNew], leaves: dict[str, att.Atts] 
         elif lazy and a.digest is not None and a.length is not None:
             out[name] = {"content_type": a.content_type or "application/octet-stream", "digest": a.digest,
                          "length": a.length, "revpos": a.revpos or revpos}
+        elif by_digest is not None and (found := by_digest(a)) is not None:
+            out[name] = {**found, "revpos": a.revpos or revpos}
         else:
             raise att.MissingStub(f"Invalid attachment stub in {id} for {name}: its bytes are not here")
     return out
@@ -941,7 +945,7 @@ class Database:
                 if isinstance(a, att.Inline):
                     info = self._check().blobs.put(a.data, id, compress=att.worth_compressing(a.content_type))
                     keys.append(info.key)
-                    out[name] = att.Stored(a.content_type, info.key, att.md5_digest(info.md5), info.length, a.revpos)
+                    out[name] = att.Stored(a.content_type, info.key, self._held_digest(info), info.length, a.revpos)
                 else:
                     out[name] = a
         except BaseException:
@@ -970,7 +974,7 @@ class Database:
                 raise
         else:
             raise InvalidDocument(f"attachment data must be bytes or a binary file object, not {type(data).__name__}")
-        return att.Stored(ctype, info.key, att.md5_digest(info.md5), info.length, None)
+        return att.Stored(ctype, info.key, self._held_digest(info), info.length, None)
 
     def attachment_writer(self, content_type: str, max_bytes: int | None = None) -> BlobWriter:
         """A blob to write an attachment's bytes into as they arrive (a mirror's upload): ``write`` them, then
@@ -993,7 +997,15 @@ class Database:
                 and (encoded_md5 is None or digest != att.md5_digest(encoded_md5)):
             self._store.blobs.release(info.key, None)
             raise InvalidDocument("the attachment's digest does not match its data")
+        self._held_digest(info)
         return att.Stored(content_type, info.key, digest or actual, info.length, revpos)
+
+    def _held_digest(self, info: BlobInfo) -> str:
+        """The MD5 digest of a blob just stored, remembered with its blob (``att_fetched``, kept while the blob is
+        on disk): a replicated revision whose stub names bytes no leaf here has any more finds them by it."""
+        digest = att.md5_digest(info.md5)
+        self._check().index.set_fetched(digest, info.key)
+        return digest
 
     def release_attachment(self, stored: att.Stored) -> None:
         """Drop a ``Stored`` attachment that no record write took (a request that failed on the way)."""
@@ -1443,12 +1455,38 @@ class Database:
         given, keys = self._store_inline(id, atts)
         gen = revtree.rev_gen(path[0])
 
+        def by_digest(stub: att.Stub) -> att.Meta | None:
+            # A stub whose bytes no leaf here has: a Peer that holds only the stub of an attachment it never read
+            # edited the record from a revision that is no leaf here any more (another writer replaced the
+            # attachment meanwhile). The bytes are still here until compact() collects them: found by digest.
+            digest = stub.digest
+            if digest is None or not digest.startswith("md5-"):
+                return None
+            key = store.index.fetched_blob(digest)
+            if key is None:
+                return None
+            store.blobs.pin(key)  # pinned first: collect() keeps what is pinned
+            keys.append(key)  # released once the record is written (or not)
+            try:
+                with store.blobs.open(key) as reader:
+                    length = reader.length
+            except OSError:  # collected already
+                return None
+            if stub.length is not None and stub.length != length:
+                return None
+            return {"content_type": stub.content_type or "application/octet-stream", "digest": digest,
+                    "length": length, "revpos": stub.revpos or gen, "blob": key}
+
         def mutate_atts(prev: DocState | None) -> DocState | None:
             check_leaves(prev)
             tree, added = revtree.merge_path(prev.tree if prev else {}, path, deleted)
             if not added:
                 return None
-            new_atts = _resolve(id, given, prev.atts if prev is not None else None, gen, lazy=lazy, by_name=None)
+            # by digest only for a revision that extends one known here (whose attachment it keeps): a stub of a
+            # record that never had it stays CouchDB's missing_stub
+            extends = prev is not None and any(r in prev.tree for r in path[1:])
+            new_atts = _resolve(id, given, prev.atts if prev is not None else None, gen, lazy=lazy, by_name=None,
+                                by_digest=by_digest if extends and not lazy else None)
             bodies = dict(prev.bodies) if prev else {}
             all_atts = dict(prev.atts or {}) if prev else {}
             for ancestor in path[1:]:

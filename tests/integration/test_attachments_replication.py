@@ -190,3 +190,38 @@ def test_every_leaf_of_a_record_with_attachments_is_pushed(mirrors: Any, peers: 
     for id in ids:
         doc = json.loads(get(f"{m.url}/db/{id}?conflicts=true"))
         assert {doc["_rev"], *doc.get("_conflicts", [])} == leaves[id], id
+
+
+def test_a_peer_edit_keeping_bytes_it_never_read_reaches_a_mirror_that_replaced_them(mirrors: Any,
+                                                                                      peers: Any) -> None:
+    """A Peer holds only the stub of an attachment it never read. Offline, it edits the record while another
+    writer replaces that attachment on the mirror, so no leaf there has the old bytes any more and the Peer can
+    fetch them from no revision. Its acknowledged revision must still reach the mirror (a conflict, with the old
+    bytes): it travels with a stub, and the mirror finds the bytes by digest. Found by the chaos runner (--seed
+    60335 --dbs 3 --attachments): the Peer retried for ever and the write never arrived."""
+    m = mirrors()
+    writer = peers("writer", MyNoSQL.Options(background_sync=False))
+    old, new = b"the first notes\n" * 40, b"the second notes\n" * 40
+    r1 = writer.putattachment("r", "notes.txt", old, "text/plain")
+    assert writer.push(m.url)["docs_written"] == 1
+    reader = peers("reader")
+    reader.addpeer(m.url)
+    assert reader.readdoc("r")["rev"] == r1 and blobs(reader) == 0  # read through: the stub only
+    where = reader.db.path.parent
+    reader.closedb()
+    r2 = writer.putattachment("r", "notes.txt", new, "text/plain", r1)
+    assert writer.push(m.url)["docs_written"] == 1 and mirror_att(m, "r", "notes.txt") == new
+    with MyNoSQL.MyNoSQL(where, options=MyNoSQL.Options(background_sync=False)) as offline:
+        offline.opendb("db")
+        mine = offline.savedoc({**offline.readdoc("r"), "title": "edited offline"})["rev"]
+    assert mine.startswith("2-")
+    back = peers("reader")  # online again: its background push sends the edit
+
+    def leaves() -> set[str]:
+        doc = json.loads(get(f"{m.url}/db/r?conflicts=true"))
+        return {doc["_rev"], *doc.get("_conflicts", [])}
+
+    wait_until(lambda: mine in leaves(), timeout=60, what="the peer's revision on the mirror")
+    assert leaves() == {r2, mine}
+    assert mirror_att(m, "r", f"notes.txt?rev={mine}") == old and mirror_att(m, "r", f"notes.txt?rev={r2}") == new
+    assert back.getattachment("r", "notes.txt", rev=mine) == old  # and the peer can read them now

@@ -333,3 +333,35 @@ def test_the_pending_journal_stays_short_under_constant_writes(tmp_path: Path, m
     store.flushed(30)
     assert (store.dir / "pending").stat().st_size == 0
     store.close()
+
+
+def test_a_replicated_stub_finds_bytes_no_leaf_has_any_more_until_compact(db: MyNoSQL.MyNoSQL) -> None:
+    """A Peer that held only the stub of an attachment edits the record from revision 1 while another writer
+    replaced that attachment here: its revision 2 comes with a stub whose bytes no leaf here has. They are still
+    on disk (compact() has not collected them): found by digest. After compact(), CouchDB's missing_stub."""
+    d = db.db
+    old, new = b"the first notes\n" * 30, b"the second notes\n" * 30
+    r1 = db.putattachment("r", "notes.txt", old, "text/plain")
+    db.putattachment("r", "notes.txt", new, "text/plain", r1)  # the leaf now holds the new bytes only
+    # a stub whose length says other bytes is no match
+    with pytest.raises(att.MissingStub):
+        d.put_replicated("r", ["2-" + "d" * 32, r1], False, b"{}", {"notes.txt": att.Stub(md5(old), 1, None, 3)})
+    theirs = "2-" + "c" * 32
+    assert d.put_replicated("r", [theirs, r1], False, b'{"title":"edited offline"}',
+                            {"notes.txt": att.Stub(md5(old), 1, "text/plain", len(old))})
+    assert db.getattachment("r", "notes.txt", rev=theirs) == old
+    assert d.attachments("r", rev=theirs)["notes.txt"]["revpos"] == 1
+    # the bytes are kept while a leaf refers to them, found again after a reopen
+    db.closedb()
+    db.opendb("testdb")
+    d = db.db
+    assert d.put_replicated("r", ["2-" + "e" * 32, r1], False, b"{}",
+                            {"notes.txt": att.Stub(md5(old), 1, "text/plain", len(old))})
+    # once no leaf refers to them, compact() collects them: then a stub naming them is missing_stub
+    for rev in ("2-" + "c" * 32, "2-" + "e" * 32):
+        d.purge("r", [rev])
+    db.compact()
+    with pytest.raises(att.MissingStub):
+        d.put_replicated("r", ["2-" + "f" * 32, r1], False, b"{}",
+                         {"notes.txt": att.Stub(md5(old), 1, "text/plain", len(old))})
+    assert db.getattachment("r", "notes.txt") == new

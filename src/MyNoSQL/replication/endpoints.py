@@ -23,7 +23,7 @@ import aiohttp
 import orjson
 
 from ..database import Database
-from ..errors import DocumentNotFound, InvalidDocument, RemoteError
+from ..errors import DocumentNotFound, DocumentUnavailable, InvalidDocument, RemoteError
 from ..net import wire
 from ..net.urls import basic_authorization, db_url, redact_url
 from ..options import Options
@@ -169,6 +169,28 @@ class LocalEndpoint:
                 yield data
         finally:
             reader.close()
+
+    async def bytes_lacking(self, id: str, rev: str, names: list[str]) -> list[str]:
+        """Of the attachments ``names`` of revision ``rev``, those whose bytes this database neither holds nor can
+        fetch now: a Peer that held only the stub of an attachment it never read, whose revision no mirror serves
+        any more (another writer replaced it). They can only travel as stubs, which a MyNoSQL mirror resolves by
+        digest while it still holds the bytes."""
+        db = self.db
+
+        def check() -> list[str]:
+            state = db.state(id)
+            if state is None:
+                return []
+            out = []
+            for name in names:
+                try:
+                    if db.local_blob(state, db.attachment_meta(state, rev, name)) is None:
+                        db.open_blob(state, rev, name).close()  # fetched from a mirror now, if one has them
+                except DocumentUnavailable:
+                    out.append(name)
+            return out
+
+        return await asyncio.to_thread(check)
 
     async def put_with_attachments(self, doc: dict[str, Any], fetch: Fetch) -> int:
         """Write a replicated revision whose attachments marked ``follows`` come from ``fetch(name)``, each

@@ -213,6 +213,14 @@ def _has_attachments(doc: dict[str, Any]) -> bool:
     return isinstance(atts, dict) and bool(atts) and isinstance(doc.get("_rev"), str)
 
 
+def _unpushable(id: str, names: list[str]) -> RemoteError:
+    """The target lacks the bytes of attachments this source has only as stubs: the revision cannot go yet (the
+    replication fails and is retried; never skipped past, which would lose it)."""
+    which = ", ".join(map(repr, names))[:200]
+    return RemoteError(f"record {id!r}: the target lacks the bytes of attachment(s) {which} and neither this "
+                       "database nor a mirror has them", status=412, kind="missing_stub")
+
+
 async def _send_attachments(source: Endpoint, target: Endpoint, docs: list[tuple[dict[str, Any], list[str]]],
                             result: ReplicationResult) -> list[dict[str, Any]]:
     """Write the documents that need attachment bytes: small ones get them inline and are returned (for the
@@ -227,6 +235,10 @@ async def _send_attachments(source: Endpoint, target: Endpoint, docs: list[tuple
         atts = dict(stubs)
         doc = {**read, "_attachments": atts}
         id, rev = doc["_id"], doc["_rev"]
+        lacking = getattr(source, "bytes_lacking", None)  # a local Peer may hold some attachments as stubs only
+        gone: list[str] = await lacking(id, rev, names) if lacking is not None else []
+        if gone:  # they travel as stubs: a MyNoSQL mirror finds the bytes by digest if it still has them
+            names = [n for n in names if n not in gone]
         size = sum(a.get("length") or 0 for n, a in atts.items() if n in names)
         unknown = any(type(atts[n].get("length")) is not int for n in names)
         if size <= target.inline_bytes or unknown:
@@ -251,6 +263,8 @@ async def _send_attachments(source: Endpoint, target: Endpoint, docs: list[tuple
             if status == 412 and retry:  # missing_stub: the target lacks bytes it had: send them all
                 await one(read, [n for n, a in stubs.items() if isinstance(a, dict) and a.get("stub") is True],
                           retry=False)
+            elif status == 412 and gone:
+                raise _unpushable(id, gone) from exc
             elif isinstance(exc, RemoteError) and 400 <= status < 500 and status not in (401, 403, 407, 408, 429):
                 result.errors.append({"id": id, "error": f"HTTP {status}", "reason": str(exc)[:300]})
             else:
@@ -364,6 +378,9 @@ async def replicate(source: Endpoint, target: Endpoint, *, batch_size: int = 100
                     extra = await _send_attachments(source, target, again, result)
                     if extra:
                         errs, written, _ = await _bulk_docs(target, extra, None)
+                        missing = [e for e in errs if e.get("error") == "missing_stub"]
+                        if missing:  # every byte this source has went: the rest it has only as stubs
+                            raise _unpushable(str(missing[0].get("id")), ["held as stubs only"])
                         result.errors.extend(errs)
                         result.docs_written += written
             result.last_seq = since

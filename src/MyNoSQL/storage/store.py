@@ -816,8 +816,8 @@ class Store:
         return False
 
     def live_blobs(self) -> set[str]:
-        """Every blob that a leaf revision refers to (a scan of every record). Rows of blobs fetched for digests
-        that no leaf refers to any more are dropped on the way."""
+        """Every blob that a leaf revision refers to (a scan of every record). Rows of ``att_fetched`` (digest ->
+        blob) whose digest no stub and whose blob no leaf refers to any more are dropped on the way."""
         fetched = self.index.fetched_all()
         keys: set[str] = set()
         stubs: set[str] = set()
@@ -833,7 +833,7 @@ class Store:
         for digest, key in fetched.items():
             if digest in stubs:
                 keys.add(key)
-            else:
+            elif key not in keys:  # kept while a leaf refers to its blob (a replicated stub may name it again)
                 self.index.set_fetched(digest, None)
         return keys
 
