@@ -485,6 +485,14 @@ class QueryEngine:
             return best  # the whole index, for its order (or as use_index asks)
         return Plan("scan", warning=warning)
 
+    def plan_held(self, node: Node, sort: list[Path], held: tuple[int, Plan] | None) -> tuple[int, Plan]:
+        """``(version, plan)`` of a query run again and again (a live query's): ``held`` itself while no index was
+        added, built or dropped since it was made, else a new plan."""
+        version = self._version
+        if held is not None and held[0] == version:
+            return held
+        return version, self.plan(node, sort)
+
     def _named(self, use_index: Any) -> IndexDef | None:
         if use_index is None:
             return None
@@ -566,10 +574,11 @@ class QueryEngine:
                 if batch:
                     yield batch
 
-    def _read_row(self, id: str, loc: int, exact: bool, fast: bool, again: bool, test: Callable[[Any], bool],
+    def _read_row(self, id: str | None, loc: int, exact: bool, fast: bool, again: bool, test: Callable[[Any], bool],
                   memo: dict[int, list[bytes] | None]) -> tuple[dict[str, Any], Hit] | None:
         """The match an index row points to (``exact``: no need to test it; ``fast``: as a final Python record,
-        remembered ``again``), or None. ``memo``: the blocks this query has read."""
+        remembered ``again``), or None. ``memo``: the blocks this query has read. ``id`` None: the record at
+        ``loc``, whichever it is (None when it is not there in one revision)."""
         bno = loc >> 8
         records = memo.get(bno, _NOT_READ)
         if records is _NOT_READ:
@@ -581,7 +590,8 @@ class QueryEngine:
             (mlen,) = _U32.unpack_from(data, 0)
             meta = loads(data[4 : 4 + mlen])
             nodes = meta[2]
-            if meta[0] == id and len(nodes) == 1:  # one revision, the usual case: no DocState to build
+            if (id is None or meta[0] == id) and len(nodes) == 1:
+                id = meta[0]  # one revision, the usual case: no DocState to build
                 if nodes[0][2]:
                     return None  # deleted
                 rev = nodes[0][0]
@@ -591,6 +601,8 @@ class QueryEngine:
                 doc["_id"] = id
                 doc["_rev"] = rev
                 return (doc, Hit(id, rev, data, True, 4 + mlen)) if exact or test(doc) else None
+        if id is None:
+            return None
         found = self.store.winner_at(loc, id, {})  # more revisions, or the block moved: the slow way
         if found is None:
             return None
@@ -613,7 +625,7 @@ class QueryEngine:
         d = plan.index
         assert d is not None
         stop = None if limit is None else skip + limit
-        qkeys = store.index.qkeys_range
+        qlocs = store.index.qlocs_range
         get = self._docs.get
         memo: dict[int, list[bytes] | None] = {}
         out: list[dict[str, Any]] = []
@@ -623,11 +635,14 @@ class QueryEngine:
                 break
             lo, hi = plan.ranges[i]
             if i == plan.loose:  # the array values an $in looks into, whose records are tested: none, usually
-                if qkeys(d.ino, lo, hi, limit=1):
+                if qlocs(d.ino, lo, hi, limit=1):
                     return None
                 continue
-            rows = qkeys(d.ino, lo, hi, desc=desc, limit=stop)
-            for id, loc, _key in rows:
+            # Only where the records are (a record's place names it: a memo hit needs no id)
+            text = qlocs(d.ino, lo, hi, desc=desc, limit=None if stop is None else stop - len(out))
+            if not text:
+                continue
+            for loc in orjson.loads("[" + text + "]"):
                 known = get(loc, _NOT_READ)
                 if known is not None and known is not _NOT_READ:  # returned before: copy its dict form
                     rec, cplan = known
@@ -636,13 +651,11 @@ class QueryEngine:
                         doc[k] = doc[k].copy()
                     add(doc)
                     continue
-                got = self._read_row(id, loc, True, True, known is None, _never, memo)
+                got = self._read_row(None, loc, True, True, known is None, _never, memo)
                 if got is None or got[1] is not _FINAL:
-                    return None  # deleted meanwhile, or more revisions: select's way
+                    return None  # deleted meanwhile, moved, or more revisions: select's way
                 add(got[0])
-            if stop is not None and len(rows) >= stop and len(out) < stop:
-                return None  # a full page gave fewer records: select pages on
-        return out[skip:stop] if skip or (stop is not None and len(out) > stop) else out
+        return out[skip:] if skip else out
 
     def _remember(self, loc: int, again: bool, id: str, rev: str, body: bytes) -> dict[str, Any]:
         """The Python record (``id``, ``rev``, decoded body) at ``loc``, for the caller; kept in the record memo
