@@ -321,10 +321,6 @@ class Hit:
         return cls(s.id, win, s.bodies[win], owned)
 
 
-def _never(_doc: Any) -> bool:
-    return False
-
-
 # A match already in its final form (a Python record of the caller's own): :meth:`QueryEngine.output` returns it.
 _FINAL = Hit("", "", b"", True)
 _DOC_MAX = 1024  # records of at most this many bytes of JSON keep their dict form in the query's record memo
@@ -574,11 +570,10 @@ class QueryEngine:
                 if batch:
                     yield batch
 
-    def _read_row(self, id: str | None, loc: int, exact: bool, fast: bool, again: bool, test: Callable[[Any], bool],
+    def _read_row(self, id: str, loc: int, exact: bool, fast: bool, again: bool, test: Callable[[Any], bool],
                   memo: dict[int, list[bytes] | None]) -> tuple[dict[str, Any], Hit] | None:
         """The match an index row points to (``exact``: no need to test it; ``fast``: as a final Python record,
-        remembered ``again``), or None. ``memo``: the blocks this query has read. ``id`` None: the record at
-        ``loc``, whichever it is (None when it is not there in one revision)."""
+        remembered ``again``), or None. ``memo``: the blocks this query has read."""
         bno = loc >> 8
         records = memo.get(bno, _NOT_READ)
         if records is _NOT_READ:
@@ -590,8 +585,7 @@ class QueryEngine:
             (mlen,) = _U32.unpack_from(data, 0)
             meta = loads(data[4 : 4 + mlen])
             nodes = meta[2]
-            if (id is None or meta[0] == id) and len(nodes) == 1:
-                id = meta[0]  # one revision, the usual case: no DocState to build
+            if meta[0] == id and len(nodes) == 1:  # one revision, the usual case: no DocState to build
                 if nodes[0][2]:
                     return None  # deleted
                 rev = nodes[0][0]
@@ -601,8 +595,6 @@ class QueryEngine:
                 doc["_id"] = id
                 doc["_rev"] = rev
                 return (doc, Hit(id, rev, data, True, 4 + mlen)) if exact or test(doc) else None
-        if id is None:
-            return None
         found = self.store.winner_at(loc, id, {})  # more revisions, or the block moved: the slow way
         if found is None:
             return None
@@ -626,6 +618,7 @@ class QueryEngine:
         assert d is not None
         stop = None if limit is None else skip + limit
         qlocs = store.index.qlocs_range
+        read_block, remember, unpack, loads = store.read_block, self._remember, _U32.unpack_from, orjson.loads
         get = self._docs.get
         memo: dict[int, list[bytes] | None] = {}
         out: list[dict[str, Any]] = []
@@ -642,7 +635,7 @@ class QueryEngine:
             text = qlocs(d.ino, lo, hi, desc=desc, limit=None if stop is None else stop - len(out))
             if not text:
                 continue
-            for loc in orjson.loads("[" + text + "]"):
+            for loc in loads("[" + text + "]"):
                 known = get(loc, _NOT_READ)
                 if known is not None and known is not _NOT_READ:  # returned before: copy its dict form
                     rec, cplan = known
@@ -651,24 +644,41 @@ class QueryEngine:
                         doc[k] = doc[k].copy()
                     add(doc)
                     continue
-                got = self._read_row(None, loc, True, True, known is None, _never, memo)
-                if got is None or got[1] is not _FINAL:
-                    return None  # deleted meanwhile, moved, or more revisions: select's way
-                add(got[0])
+                # Not in the memo: read from its block (what _read_row does, inline: a query of first reads
+                # makes this step once per record).
+                bno = loc >> 8
+                records = memo.get(bno, _NOT_READ)
+                if records is _NOT_READ:
+                    records = memo[bno] = read_block(bno)
+                slot = loc & 0xFF
+                if records is None or slot >= len(records):
+                    return None  # the block moved meanwhile: select's way
+                data = records[slot]
+                (mlen,) = unpack(data, 0)
+                meta = loads(data[4 : 4 + mlen])
+                nodes = meta[2]
+                if len(nodes) != 1 or nodes[0][2]:
+                    return None  # more revisions, or deleted meanwhile: select's way
+                add(remember(loc, known is None, meta[0], nodes[0][0], data[4 + mlen :]))
         return out[skip:] if skip else out
 
     def _remember(self, loc: int, again: bool, id: str, rev: str, body: bytes) -> dict[str, Any]:
         """The Python record (``id``, ``rev``, decoded body) at ``loc``, for the caller; kept in the record memo
         in its dict form when it is returned ``again`` (and small and shallow enough to copy cheaply)."""
         out: dict[str, Any] = {"id": id, "rev": rev}
-        out.update(loads_body(body))
+        values = orjson.loads(body)
+        out.update(decode_value(values) if b'"$' in body else values)
         docs = self._docs
         if self._docs_max <= 0:
             return out
         cplan = copy_plan(out) if again and len(body) <= _DOC_MAX else None
         if loc not in docs and len(docs) >= self._docs_max:
-            with contextlib.suppress(KeyError):  # the oldest goes (O(1); a dict's next(iter()) skips every hole)
+            # The oldest goes (O(1); a dict's next(iter()) skips every hole). Not contextlib.suppress: a context
+            # manager per record read cost more than the rest of this method.
+            try:  # noqa: SIM105
                 docs.popitem(last=False)
+            except KeyError:  # emptied by another thread meanwhile
+                pass
         if cplan is None:
             docs[loc] = None
             return out
