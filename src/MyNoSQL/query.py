@@ -665,9 +665,8 @@ class QueryEngine:
     def _remember(self, loc: int, again: bool, id: str, rev: str, body: bytes) -> dict[str, Any]:
         """The Python record (``id``, ``rev``, decoded body) at ``loc``, for the caller; kept in the record memo
         in its dict form when it is returned ``again`` (and small and shallow enough to copy cheaply)."""
-        out: dict[str, Any] = {"id": id, "rev": rev}
         values = orjson.loads(body)
-        out.update(decode_value(values) if b'"$' in body else values)
+        out: dict[str, Any] = {"id": id, "rev": rev, **(decode_value(values) if b'"$' in body else values)}
         docs = self._docs
         if self._docs_max <= 0:
             return out
