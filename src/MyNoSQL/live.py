@@ -19,7 +19,7 @@ import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from .query import Hit, py_spec, python_names
+from .query import Hit, Plan, py_spec, python_names
 from .records.collate import encode_key
 from .records.mango import Path, compile_selector, match_doc, parse_fields, parse_sort, sort_key
 from .records.revtree import DocState
@@ -61,6 +61,7 @@ class LiveQuery:
         self._queue: queue.SimpleQueue[Any] | None = queue.SimpleQueue() if callback is None else None
         self._lock = threading.Lock()
         self._rows: dict[str, tuple[bytes, str, dict[str, Any]]] = {}  # id -> (sort key, rev, record)
+        self._plan: tuple[int, Plan] | None = None  # planned once, again only when the indexes change
         self._stopped = False
         with self._lock:
             self._unlisten = engine.store.add_listener(self._on_write)
@@ -71,7 +72,9 @@ class LiveQuery:
     # -- the result ---------------------------------------------------------------------------------------
 
     def _query(self) -> dict[str, tuple[bytes, str, dict[str, Any]]]:
-        picked, _plan = self._engine.select(self._node, self._paths, self._desc, limit=self._limit, skip=self._skip)
+        self._plan = planned = self._engine.plan_held(self._node, self._paths, self._plan)
+        picked, _plan = self._engine.select(self._node, self._paths, self._desc, limit=self._limit, skip=self._skip,
+                                            plan=planned[1])
         rows = {}
         for i, (doc, s) in enumerate(picked):
             key = sort_key(doc, self._paths, s.id) if self._paths else encode_key(i)

@@ -321,10 +321,6 @@ class Hit:
         return cls(s.id, win, s.bodies[win], owned)
 
 
-def _never(_doc: Any) -> bool:
-    return False
-
-
 # A match already in its final form (a Python record of the caller's own): :meth:`QueryEngine.output` returns it.
 _FINAL = Hit("", "", b"", True)
 _DOC_MAX = 1024  # records of at most this many bytes of JSON keep their dict form in the query's record memo
@@ -485,6 +481,14 @@ class QueryEngine:
             return best  # the whole index, for its order (or as use_index asks)
         return Plan("scan", warning=warning)
 
+    def plan_held(self, node: Node, sort: list[Path], held: tuple[int, Plan] | None) -> tuple[int, Plan]:
+        """``(version, plan)`` of a query run again and again (a live query's): ``held`` itself while no index was
+        added, built or dropped since it was made, else a new plan."""
+        version = self._version
+        if held is not None and held[0] == version:
+            return held
+        return version, self.plan(node, sort)
+
     def _named(self, use_index: Any) -> IndexDef | None:
         if use_index is None:
             return None
@@ -613,7 +617,8 @@ class QueryEngine:
         d = plan.index
         assert d is not None
         stop = None if limit is None else skip + limit
-        qkeys = store.index.qkeys_range
+        qlocs = store.index.qlocs_range
+        read_block, remember, unpack, loads = store.read_block, self._remember, _U32.unpack_from, orjson.loads
         get = self._docs.get
         memo: dict[int, list[bytes] | None] = {}
         out: list[dict[str, Any]] = []
@@ -623,11 +628,14 @@ class QueryEngine:
                 break
             lo, hi = plan.ranges[i]
             if i == plan.loose:  # the array values an $in looks into, whose records are tested: none, usually
-                if qkeys(d.ino, lo, hi, limit=1):
+                if qlocs(d.ino, lo, hi, limit=1):
                     return None
                 continue
-            rows = qkeys(d.ino, lo, hi, desc=desc, limit=stop)
-            for id, loc, _key in rows:
+            # Only where the records are (a record's place names it: a memo hit needs no id)
+            text = qlocs(d.ino, lo, hi, desc=desc, limit=None if stop is None else stop - len(out))
+            if not text:
+                continue
+            for loc in loads("[" + text + "]"):
                 known = get(loc, _NOT_READ)
                 if known is not None and known is not _NOT_READ:  # returned before: copy its dict form
                     rec, cplan = known
@@ -636,26 +644,40 @@ class QueryEngine:
                         doc[k] = doc[k].copy()
                     add(doc)
                     continue
-                got = self._read_row(id, loc, True, True, known is None, _never, memo)
-                if got is None or got[1] is not _FINAL:
-                    return None  # deleted meanwhile, or more revisions: select's way
-                add(got[0])
-            if stop is not None and len(rows) >= stop and len(out) < stop:
-                return None  # a full page gave fewer records: select pages on
-        return out[skip:stop] if skip or (stop is not None and len(out) > stop) else out
+                # Not in the memo: read from its block (what _read_row does, inline: a query of first reads
+                # makes this step once per record).
+                bno = loc >> 8
+                records = memo.get(bno, _NOT_READ)
+                if records is _NOT_READ:
+                    records = memo[bno] = read_block(bno)
+                slot = loc & 0xFF
+                if records is None or slot >= len(records):
+                    return None  # the block moved meanwhile: select's way
+                data = records[slot]
+                (mlen,) = unpack(data, 0)
+                meta = loads(data[4 : 4 + mlen])
+                nodes = meta[2]
+                if len(nodes) != 1 or nodes[0][2]:
+                    return None  # more revisions, or deleted meanwhile: select's way
+                add(remember(loc, known is None, meta[0], nodes[0][0], data[4 + mlen :]))
+        return out[skip:] if skip else out
 
     def _remember(self, loc: int, again: bool, id: str, rev: str, body: bytes) -> dict[str, Any]:
         """The Python record (``id``, ``rev``, decoded body) at ``loc``, for the caller; kept in the record memo
         in its dict form when it is returned ``again`` (and small and shallow enough to copy cheaply)."""
-        out: dict[str, Any] = {"id": id, "rev": rev}
-        out.update(loads_body(body))
+        values = orjson.loads(body)
+        out: dict[str, Any] = {"id": id, "rev": rev, **(decode_value(values) if b'"$' in body else values)}
         docs = self._docs
         if self._docs_max <= 0:
             return out
         cplan = copy_plan(out) if again and len(body) <= _DOC_MAX else None
         if loc not in docs and len(docs) >= self._docs_max:
-            with contextlib.suppress(KeyError):  # the oldest goes (O(1); a dict's next(iter()) skips every hole)
+            # The oldest goes (O(1); a dict's next(iter()) skips every hole). Not contextlib.suppress: a context
+            # manager per record read cost more than the rest of this method.
+            try:  # noqa: SIM105
                 docs.popitem(last=False)
+            except KeyError:  # emptied by another thread meanwhile
+                pass
         if cplan is None:
             docs[loc] = None
             return out

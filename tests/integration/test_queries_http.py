@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import json
 import urllib.error
+from pathlib import Path
 from typing import Any
 
 import pytest
 from support.mirrors import call, wait_until
+
+import MyNoSQL
+from MyNoSQL.testing import poll_until
 
 
 def _load(url: str, n: int = 60) -> None:
@@ -65,3 +69,37 @@ def test_changes_filtered_by_a_selector(mirrors: Any) -> None:
             call("POST", f"{url}/_changes?filter=_selector", body)
         assert bad.value.code == 400
         assert json.loads(bad.value.read()) == {"error": "bad_request", "reason": reason}
+
+
+def test_find_over_http_reads_the_index_not_every_record(tmp_path: Path) -> None:
+    """A mirror opened with ``strict_queries`` refuses any ``_find`` that would read every record: so one that
+    answers read the planner's index (``_explain`` says which), as ``db.find`` does."""
+    opts = MyNoSQL.Options(strict_queries=True)
+    with MyNoSQL.MyNoSQL(tmp_path / "mirror", options=opts) as h:
+        db = h.opendb("iot")
+        for i in range(200):
+            db.savedoc({"id": f"r{i:03}", "sensor": f"s-{i % 10}", "ts": i})
+        db.setlisten("127.0.0.1", 0)
+        h.setdbmode("Mirror")
+        server = poll_until(lambda: db.status().get("server"), timeout=20, what="the mirror")
+        url = f"http://127.0.0.1:{str(server).rsplit(':', 1)[1].strip('/')}/iot"
+        query = {"selector": {"sensor": "s-3", "ts": {"$gte": 100}}, "sort": [{"ts": "desc"}], "limit": 4}
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            call("POST", f"{url}/_find", query)
+        assert refused.value.code == 400 and json.loads(refused.value.read())["error"] == "no_usable_index"
+        call("POST", f"{url}/_index", {"index": {"fields": ["sensor", "ts"]}, "name": "by-sensor"})
+        wait_until(lambda: "building" not in call("GET", f"{url}/_index")["indexes"][1], what="the index built")
+        explained = call("POST", f"{url}/_explain", query)
+        assert explained["index"]["name"] == "by-sensor"
+        assert explained["mynosql"]["strategy"] == "index" and explained["mynosql"]["in_memory_sort"] is False
+        for _ in range(2):  # the second time with the plan and the records the first one left
+            found = call("POST", f"{url}/_find", query)
+            assert [d["_id"] for d in found["docs"]] == ["r193", "r183", "r173", "r163"] and "warning" not in found
+            assert found["docs"][0] == {"_id": "r193", "_rev": db.readdoc("r193")["rev"], "sensor": "s-3", "ts": 193}
+        db.flush()  # now from the index alone (nothing pending)
+        assert call("POST", f"{url}/_find", {**query, "fields": ["_id"]})["docs"][0] == {"_id": "r193"}
+        assert call("POST", f"{url}/_explain", query)["mynosql"]["examined"] == 4  # stops at the limit
+        with pytest.raises(urllib.error.HTTPError) as still:
+            call("POST", f"{url}/_find", {"selector": {"ts": {"$gt": 5}, "sensor": {"$ne": "s-1"}},
+                                          "use_index": "nope"})
+        assert still.value.code == 400

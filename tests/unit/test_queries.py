@@ -484,3 +484,43 @@ def test_a_live_top_n_always_equals_the_query(db: Any, desc: bool) -> None:
             db.db.flush()
         assert [r["id"] for r in live.results] == [r["id"] for r in db.find(selector, sort=sort, limit=5)], step
     live.stop()
+
+
+def test_a_live_query_plans_once_and_again_when_the_indexes_change(db: Any) -> None:
+    _readings(db, 40)
+    q = db.db.queries
+    calls: list[Any] = []
+    plan = q.plan
+    q.plan = lambda *a, **k: calls.append(a) or plan(*a, **k)  # type: ignore[method-assign]
+    try:
+        live = db.observe({"ts": {"$gte": 30}}, lambda change: None, sort=[{"ts": "desc"}], limit=3)
+        for i in range(5):  # each enters the top 3 and pushes the last out; then one leaves it: queried again
+            db.savedoc({"id": f"new{i}", "sensor": "s-1", "ts": 100 + i})
+        db.deletedoc("new4", db.readdoc("new4")["rev"])
+        assert len(calls) == 1 and live._plan[1].kind == "scan"
+        db.db.flush()
+        db.createindex(["ts"])
+        db.deletedoc("new3", db.readdoc("new3")["rev"])  # the query runs again: with the new index
+        assert len(calls) == 2 and live._plan[1].kind == "index"
+        assert [r["id"] for r in live.results] == ["new2", "new1", "new0"]
+        assert live.results == db.find({"ts": {"$gte": 30}}, sort=[{"ts": "desc"}], limit=3)
+        live.stop()
+    finally:
+        del q.plan
+
+
+@pytest.mark.parametrize("desc", [False, True])
+def test_index_rows_come_in_key_order_however_many(db: Any, desc: bool) -> None:
+    """find on an index with nothing pending reads only the rows' places, in one text (``qlocs_range``): in key
+    then id order, limited or not."""
+    for i in range(600):
+        db.savedoc({"id": f"k{(i * 7919) % 600:03}", "k": i % 37})
+    db.db.flush()
+    db.createindex(["k"])
+    sort = [{"k": "desc" if desc else "asc"}]
+    want = sorted(((r["k"], r["id"]) for r in db), reverse=desc)
+    for limit in (None, 1, 50, 599, 600, 1000):
+        for _ in range(2):  # read, then from the memo
+            got = db.find({"k": {"$gte": 0}}, sort=sort, limit=limit)
+            assert [(r["k"], r["id"]) for r in got] == want[:limit]
+    assert db.find({"k": {"$gte": 0}}, sort=sort, limit=3, skip=598) == db.find({"k": {"$gte": 0}}, sort=sort)[598:]
