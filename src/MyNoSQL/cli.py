@@ -48,7 +48,9 @@ from .handle import MyNoSQL
 from .net.urls import basic_authorization, db_url, redact_url
 from .options import Limits, Options
 from .records import revtree
-from .records.codec import decode_value
+from .records.attachments import Follows, parse_attachments
+from .records.codec import decode_value, dumps_exact, loads_body
+from .records.ids import validate_id
 from .version import __version__
 
 EXIT_FAIL, EXIT_USAGE, EXIT_LOCKED, EXIT_NOT_FOUND, EXIT_CONFLICT, EXIT_REMOTE = 1, 2, 3, 4, 5, 6
@@ -608,14 +610,43 @@ def import_(path: Path | None, name: str, as_json: bool, source: IO[bytes]) -> N
 
 
 def import_line(db: Database, line: bytes) -> None:
-    from .records.attachments import Follows, parse_attachments
-    from .records.codec import dumps_exact, loads_body
-    from .records.ids import validate_id
-
     obj = orjson.loads(line)
     id = validate_id(obj["id"])
-    revs = [n[0] for n in obj["revs"]]
-    tree: revtree.Tree = {n[0]: (None if n[1] < 0 else revs[n[1]], bool(n[2])) for n in obj["revs"]}
+    nodes = obj["revs"]
+    if obj.get("attachments"):
+        _import_leaves(db, id, obj, nodes)
+        return
+    # The usual line (no attachments): the tree is checked once, each leaf's body encoded once, and a record new
+    # here is written whole (Database.import_record), as merging each leaf's path in turn would leave it.
+    tree: revtree.Tree = {}
+    revs: list[str] = []
+    gens: list[int] = []
+    for node in nodes:
+        rev, parent, deleted = node
+        gen = revtree.parse_rev(rev)[0]
+        if parent < 0:
+            tree[rev] = (None, bool(deleted))
+        elif parent < len(revs) and gens[parent] + 1 == gen:
+            tree[rev] = (revs[parent], bool(deleted))
+        else:
+            raise InvalidDocument(f"record {id!r}: revision {rev!r} does not follow its parent in the tree")
+        revs.append(rev)
+        gens.append(gen)
+    leaves: dict[str, bytes] = {}
+    for leaf, body in obj["leaves"].items():
+        if leaf not in tree or not isinstance(body, dict):
+            raise InvalidDocument(f"record {id!r}: leaf {leaf!r} is not in its revision tree")
+        blob = dumps_exact(body)
+        if b'"$' in blob:
+            loads_body(blob)  # the tagged values must decode
+        leaves[leaf] = blob
+    db.import_record(id, tree, leaves)
+
+
+def _import_leaves(db: Database, id: str, obj: dict[str, Any], nodes: list[Any]) -> None:
+    """A line with attachments: each leaf is merged like a replicated revision (``put_replicated``)."""
+    revs = [n[0] for n in nodes]
+    tree: revtree.Tree = {n[0]: (None if n[1] < 0 else revs[n[1]], bool(n[2])) for n in nodes}
     atts = obj.get("attachments") or {}
     if not isinstance(atts, dict):
         raise InvalidDocument(f"record {id!r}: attachments must be an object of attachments by revision")

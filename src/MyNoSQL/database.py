@@ -1463,6 +1463,39 @@ class Database:
 
         return self._put_releasing(id, mutate_atts, keys)[1]
 
+    def import_record(self, id: str, tree: revtree.Tree, leaves: dict[str, bytes]) -> int:
+        """Merge a whole record made elsewhere (``mynosql import``): its revision tree (parents first) and the
+        encoded bodies of its leaves, no attachments. The result is what :meth:`put_replicated` of each leaf's
+        path in turn gives; a record this database does not hold yet is written in one save. Returns how many
+        of ``leaves`` were new here."""
+        store = self._check()
+        limit = self.revs_limit
+        whole: list[bool] = []
+
+        def mutate(prev: DocState | None) -> DocState | None:
+            if prev is not None or len(leaves) > self.options.limits.max_leaves:
+                return None  # merged leaf by leaf below, with every check of put_replicated
+            out: revtree.Tree = {}
+            for leaf in leaves:
+                path = revtree.ancestry(tree, leaf)
+                for i in range(len(path) - 1, -1, -1):
+                    if path[i] not in out:  # oldest first: parents before children, as merge_path inserts them
+                        out[path[i]] = (path[i + 1] if i + 1 < len(path) else None, False)
+            parents = {parent for parent, _deleted in out.values()}
+            if any(leaf in parents for leaf in leaves):
+                return None  # a "leaf" that another one extends: leaf by leaf below
+            for leaf in leaves:
+                out[leaf] = (out[leaf][0], tree[leaf][1])
+            out = revtree.stem(out, limit)
+            whole.append(True)
+            return DocState(id, 0, out, {r: b for r, b in leaves.items() if r in out}, None)
+
+        store.put(id, mutate)
+        if whole:
+            return len(leaves)
+        return sum(self.put_replicated(id, revtree.ancestry(tree, leaf), tree[leaf][1], blob)
+                   for leaf, blob in leaves.items())
+
     def revs_diff(self, query: dict[str, list[str]],
                   ancestors: dict[str, list[str]] | None = None) -> dict[str, list[str]]:
         """For each id, the revisions of the list that this database does not have. ``ancestors``, if given, is
