@@ -593,31 +593,62 @@ def import_(path: Path | None, name: str, as_json: bool, source: IO[bytes]) -> N
     """Read JSON Lines made by ``export``: ids, revisions and conflicts are kept (merged like replication)."""
     n = errors = 0
     # Progress in bytes: their total is known when SOURCE is a regular file (a count of lines is not, cheaply).
+    # Records without attachments go to the database in batches (Database.import_records: one hold of the store's
+    # lock per batch); a line with attachments is merged on its own, after the batch before it.
+    pending: list[tuple[int, tuple[str, revtree.Tree, dict[str, bytes]]]] = []
+
+    def write_pending() -> None:
+        nonlocal n, errors
+        results = db.import_records([r for _lineno, r in pending]) if pending else []
+        for (lineno, _r), res in zip(pending, results, strict=True):
+            if isinstance(res, Exception):
+                errors += 1
+                click.echo(f"line {lineno}: {res}", err=True)
+            else:
+                n += 1
+        pending.clear()
+
     with opened(path, name, create=True) as db, progress("import", _regular_size(source), "bytes") as bar:
         for lineno, line in enumerate(source, 1):
             bar.update(len(line))
             if not line.strip():
                 continue
             try:
-                import_line(db, line)
-                n += 1
-            except (ValueError, KeyError, TypeError, InvalidDocument) as exc:
+                obj = orjson.loads(line)
+                if obj.get("attachments"):
+                    write_pending()
+                    _import_leaves(db, validate_id(obj["id"]), obj, obj["revs"])
+                    n += 1
+                else:
+                    pending.append((lineno, _import_record(obj)))
+            except (ValueError, KeyError, TypeError, AttributeError, InvalidDocument) as exc:
                 errors += 1
                 click.echo(f"line {lineno}: {exc}", err=True)
+            if len(pending) >= IMPORT_BATCH:
+                write_pending()
+        write_pending()
     _out({"imported": n, "errors": errors}, as_json, f"imported {n} records, {errors} errors")
     if errors:
         raise SystemExit(EXIT_FAIL)
 
 
+IMPORT_BATCH = 256  # records per Database.import_records call
+
+
 def import_line(db: Database, line: bytes) -> None:
+    """Import one line made by ``export``."""
     obj = orjson.loads(line)
+    if obj.get("attachments"):
+        _import_leaves(db, validate_id(obj["id"]), obj, obj["revs"])
+    else:
+        db.import_record(*_import_record(obj))
+
+
+def _import_record(obj: dict[str, Any]) -> tuple[str, revtree.Tree, dict[str, bytes]]:
+    """A line without attachments, checked: (id, tree, encoded leaves) for Database.import_record. The tree is
+    checked once and each leaf's body encoded once."""
     id = validate_id(obj["id"])
     nodes = obj["revs"]
-    if obj.get("attachments"):
-        _import_leaves(db, id, obj, nodes)
-        return
-    # The usual line (no attachments): the tree is checked once, each leaf's body encoded once, and a record new
-    # here is written whole (Database.import_record), as merging each leaf's path in turn would leave it.
     tree: revtree.Tree = {}
     revs: list[str] = []
     gens: list[int] = []
@@ -640,7 +671,7 @@ def import_line(db: Database, line: bytes) -> None:
         if b'"$' in blob:
             loads_body(blob)  # the tagged values must decode
         leaves[leaf] = blob
-    db.import_record(id, tree, leaves)
+    return id, tree, leaves
 
 
 def _import_leaves(db: Database, id: str, obj: dict[str, Any], nodes: list[Any]) -> None:
