@@ -645,24 +645,21 @@ def import_line(db: Database, line: bytes) -> None:
 
 
 def _import_record(obj: dict[str, Any]) -> tuple[str, revtree.Tree, dict[str, bytes]]:
-    """A line without attachments, checked: (id, tree, encoded leaves) for Database.import_record. The tree is
-    checked once and each leaf's body encoded once."""
+    """A line without attachments: (id, tree, encoded leaves) for Database.import_records, which checks the
+    revisions once; each leaf's body is encoded once."""
     id = validate_id(obj["id"])
     nodes = obj["revs"]
     tree: revtree.Tree = {}
     revs: list[str] = []
-    gens: list[int] = []
     for node in nodes:
         rev, parent, deleted = node
-        gen = revtree.parse_rev(rev)[0]
         if parent < 0:
             tree[rev] = (None, bool(deleted))
-        elif parent < len(revs) and gens[parent] + 1 == gen:
+        elif parent < len(revs):
             tree[rev] = (revs[parent], bool(deleted))
         else:
-            raise InvalidDocument(f"record {id!r}: revision {rev!r} does not follow its parent in the tree")
+            raise InvalidDocument(f"record {id!r}: revision {rev!r} comes before its parent in the tree")
         revs.append(rev)
-        gens.append(gen)
     leaves: dict[str, bytes] = {}
     for leaf, body in obj["leaves"].items():
         if leaf not in tree or not isinstance(body, dict):

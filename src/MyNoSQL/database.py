@@ -1464,8 +1464,9 @@ class Database:
         return self._put_releasing(id, mutate_atts, keys)[1]
 
     def import_record(self, id: str, tree: revtree.Tree, leaves: dict[str, bytes]) -> int:
-        """Merge a whole record made elsewhere (``mynosql import``): its revision tree (parents first) and the
-        encoded bodies of its leaves, no attachments. The result is what :meth:`put_replicated` of each leaf's
+        """Merge a whole record made elsewhere (``mynosql import``): its revision tree (parents first; each
+        revision one generation after its parent, else ValueError) and the encoded bodies of its leaves (a body is
+        not checked), no attachments. The result is what :meth:`put_replicated` of each leaf's
         path in turn gives; a record this database does not hold yet is written in one save. Returns how many
         of ``leaves`` were new here."""
         result = self.import_records([(id, tree, leaves)])[0]
@@ -1484,6 +1485,12 @@ class Database:
 
         def mutation(k: int, id: str, tree: revtree.Tree, leaves: dict[str, bytes]) -> Callable[..., Any]:
             def mutate(prev: DocState | None) -> DocState | None:
+                gens = {rev: revtree.parse_rev(rev)[0] for rev in tree}  # ValueError: not a revision id
+                for rev, (parent, _deleted) in tree.items():
+                    if parent is not None and gens.get(parent, -1) + 1 != gens[rev]:
+                        raise ValueError(f"record {id!r}: revision {rev!r} does not follow its parent {parent!r}")
+                if any(leaf not in tree for leaf in leaves):
+                    raise ValueError(f"record {id!r}: a leaf is not in its revision tree")
                 if prev is not None or len(leaves) > max_leaves:
                     return None  # merged leaf by leaf below, with every check of put_replicated
                 if len(tree) == 1 and len(leaves) == 1:  # one revision, the usual record: the tree as it is
