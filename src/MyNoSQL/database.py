@@ -1465,7 +1465,7 @@ class Database:
 
     def import_record(self, id: str, tree: revtree.Tree, leaves: dict[str, bytes]) -> int:
         """Merge a whole record made elsewhere (``mynosql import``): its revision tree (parents first; each
-        revision one generation after its parent, else ValueError) and the encoded bodies of its leaves (a body is
+        revision one generation after its parent, else InvalidDocument) and the encoded bodies of its leaves (a body is
         not checked), no attachments. The result is what :meth:`put_replicated` of each leaf's
         path in turn gives; a record this database does not hold yet is written in one save. Returns how many
         of ``leaves`` were new here."""
@@ -1488,9 +1488,10 @@ class Database:
                 gens = {rev: revtree.parse_rev(rev)[0] for rev in tree}  # ValueError: not a revision id
                 for rev, (parent, _deleted) in tree.items():
                     if parent is not None and gens.get(parent, -1) + 1 != gens[rev]:
-                        raise ValueError(f"record {id!r}: revision {rev!r} does not follow its parent {parent!r}")
+                        raise InvalidDocument(f"record {id!r}: revision {rev!r} does not follow its parent "
+                                              f"{parent!r}")
                 if any(leaf not in tree for leaf in leaves):
-                    raise ValueError(f"record {id!r}: a leaf is not in its revision tree")
+                    raise InvalidDocument(f"record {id!r}: a leaf is not in its revision tree")
                 if prev is not None or len(leaves) > max_leaves:
                     return None  # merged leaf by leaf below, with every check of put_replicated
                 if len(tree) == 1 and len(leaves) == 1:  # one revision, the usual record: the tree as it is
