@@ -12,7 +12,7 @@
 // Prints one JSON line: {"ok", "docs_written", "load_ms", "elapsed_ms", "node_ms"} where elapsed_ms is the
 // (re)open and the replication and node_ms is the time since the process started (node start-up, require
 // and load included).
-// Exits after 600 s whatever happens.
+// Exits after POUCH_PUSH_MAX_SECONDS (default 1800) whatever happens.
 'use strict';
 
 for (const name of ['log', 'info', 'debug', 'warn']) {
@@ -33,10 +33,11 @@ const opts = optsArg ? JSON.parse(optsArg) : {};
 const adapter = opts.adapter || 'memory';
 delete opts.adapter;
 
+const maxSeconds = Number(process.env.POUCH_PUSH_MAX_SECONDS || 1800);
 setTimeout(() => {
-  process.stderr.write('pouch_push.js: 600 s elapsed, exiting\n');
+  process.stderr.write(`pouch_push.js: ${maxSeconds} s elapsed, exiting\n`);
   process.exit(2);
-}, 600 * 1000).unref();
+}, maxSeconds * 1000).unref();
 
 let PouchDB;
 let dir = null;

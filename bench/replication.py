@@ -414,7 +414,7 @@ def pouch_push(docs_file: Path, tgt: str, n: int, opts: dict[str, Any]) -> dict[
     env = {**os.environ, "NODE_PATH": str(INTEROP / "node_modules")}
     t0 = time.perf_counter()
     proc = subprocess.run(["node", str(POUCH_PUSH_JS), str(docs_file), tgt, orjson.dumps(opts).decode()],
-                          capture_output=True, text=True, env=env, cwd=INTEROP, timeout=max(300.0, n / 50.0),
+                          capture_output=True, text=True, env=env, cwd=INTEROP, timeout=1900.0,
                           check=False)
     try:
         res: dict[str, Any] = orjson.loads(proc.stdout.strip().splitlines()[-1])
