@@ -48,7 +48,9 @@ from .handle import MyNoSQL
 from .net.urls import basic_authorization, db_url, redact_url
 from .options import Limits, Options
 from .records import revtree
-from .records.codec import decode_value
+from .records.attachments import Follows, parse_attachments
+from .records.codec import decode_value, dumps_exact, loads_body
+from .records.ids import validate_id
 from .version import __version__
 
 EXIT_FAIL, EXIT_USAGE, EXIT_LOCKED, EXIT_NOT_FOUND, EXIT_CONFLICT, EXIT_REMOTE = 1, 2, 3, 4, 5, 6
@@ -591,31 +593,88 @@ def import_(path: Path | None, name: str, as_json: bool, source: IO[bytes]) -> N
     """Read JSON Lines made by ``export``: ids, revisions and conflicts are kept (merged like replication)."""
     n = errors = 0
     # Progress in bytes: their total is known when SOURCE is a regular file (a count of lines is not, cheaply).
+    # Records without attachments go to the database in batches (Database.import_records: one hold of the store's
+    # lock per batch); a line with attachments is merged on its own, after the batch before it.
+    pending: list[tuple[int, tuple[str, revtree.Tree, dict[str, bytes]]]] = []
+
+    def write_pending() -> None:
+        nonlocal n, errors
+        results = db.import_records([r for _lineno, r in pending]) if pending else []
+        for (lineno, _r), res in zip(pending, results, strict=True):
+            if isinstance(res, Exception):
+                errors += 1
+                click.echo(f"line {lineno}: {res}", err=True)
+            else:
+                n += 1
+        pending.clear()
+
     with opened(path, name, create=True) as db, progress("import", _regular_size(source), "bytes") as bar:
         for lineno, line in enumerate(source, 1):
             bar.update(len(line))
             if not line.strip():
                 continue
             try:
-                import_line(db, line)
-                n += 1
-            except (ValueError, KeyError, TypeError, InvalidDocument) as exc:
+                obj = orjson.loads(line)
+                if obj.get("attachments"):
+                    write_pending()
+                    _import_leaves(db, validate_id(obj["id"]), obj, obj["revs"])
+                    n += 1
+                else:
+                    pending.append((lineno, _import_record(obj)))
+            except (ValueError, KeyError, TypeError, AttributeError, InvalidDocument) as exc:
                 errors += 1
                 click.echo(f"line {lineno}: {exc}", err=True)
+            if len(pending) >= IMPORT_BATCH:
+                write_pending()
+        write_pending()
     _out({"imported": n, "errors": errors}, as_json, f"imported {n} records, {errors} errors")
     if errors:
         raise SystemExit(EXIT_FAIL)
 
 
-def import_line(db: Database, line: bytes) -> None:
-    from .records.attachments import Follows, parse_attachments
-    from .records.codec import dumps_exact, loads_body
-    from .records.ids import validate_id
+IMPORT_BATCH = 256  # records per Database.import_records call
 
+
+def import_line(db: Database, line: bytes) -> None:
+    """Import one line made by ``export``."""
     obj = orjson.loads(line)
+    if obj.get("attachments"):
+        _import_leaves(db, validate_id(obj["id"]), obj, obj["revs"])
+    else:
+        db.import_record(*_import_record(obj))
+
+
+def _import_record(obj: dict[str, Any]) -> tuple[str, revtree.Tree, dict[str, bytes]]:
+    """A line without attachments: (id, tree, encoded leaves) for Database.import_records, which checks the
+    revisions once; each leaf's body is encoded once."""
     id = validate_id(obj["id"])
-    revs = [n[0] for n in obj["revs"]]
-    tree: revtree.Tree = {n[0]: (None if n[1] < 0 else revs[n[1]], bool(n[2])) for n in obj["revs"]}
+    nodes = obj["revs"]
+    tree: revtree.Tree = {}
+    revs: list[str] = []
+    for node in nodes:
+        rev, parent, deleted = node
+        if parent < 0:
+            tree[rev] = (None, bool(deleted))
+        elif parent < len(revs):
+            tree[rev] = (revs[parent], bool(deleted))
+        else:
+            raise InvalidDocument(f"record {id!r}: revision {rev!r} comes before its parent in the tree")
+        revs.append(rev)
+    leaves: dict[str, bytes] = {}
+    for leaf, body in obj["leaves"].items():
+        if leaf not in tree or not isinstance(body, dict):
+            raise InvalidDocument(f"record {id!r}: leaf {leaf!r} is not in its revision tree")
+        blob = dumps_exact(body)
+        if b'"$' in blob:
+            loads_body(blob)  # the tagged values must decode
+        leaves[leaf] = blob
+    return id, tree, leaves
+
+
+def _import_leaves(db: Database, id: str, obj: dict[str, Any], nodes: list[Any]) -> None:
+    """A line with attachments: each leaf is merged like a replicated revision (``put_replicated``)."""
+    revs = [n[0] for n in nodes]
+    tree: revtree.Tree = {n[0]: (None if n[1] < 0 else revs[n[1]], bool(n[2])) for n in nodes}
     atts = obj.get("attachments") or {}
     if not isinstance(atts, dict):
         raise InvalidDocument(f"record {id!r}: attachments must be an object of attachments by revision")

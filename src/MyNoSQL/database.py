@@ -1501,6 +1501,71 @@ class Database:
 
         return self._put_releasing(id, mutate_atts, keys)[1]
 
+    def import_record(self, id: str, tree: revtree.Tree, leaves: dict[str, bytes]) -> int:
+        """Merge a whole record made elsewhere (``mynosql import``): its revision tree (parents first; each
+        revision one generation after its parent, else InvalidDocument) and the encoded bodies of its leaves (a body is
+        not checked), no attachments. The result is what :meth:`put_replicated` of each leaf's
+        path in turn gives; a record this database does not hold yet is written in one save. Returns how many
+        of ``leaves`` were new here."""
+        result = self.import_records([(id, tree, leaves)])[0]
+        if isinstance(result, Exception):
+            raise result
+        return result
+
+    def import_records(self, records: list[tuple[str, revtree.Tree, dict[str, bytes]]]) -> list[int | Exception]:
+        """:meth:`import_record` of each record in turn, the new ones written in one batch (one hold of the
+        store's lock). Returns, per record, how many of its leaves were new, or the error that refused it (the
+        others are written)."""
+        store = self._check()
+        limit = self.revs_limit
+        max_leaves = self.options.limits.max_leaves
+        whole: set[int] = set()
+
+        def mutation(k: int, id: str, tree: revtree.Tree, leaves: dict[str, bytes]) -> Callable[..., Any]:
+            def mutate(prev: DocState | None) -> DocState | None:
+                gens = {rev: revtree.parse_rev(rev)[0] for rev in tree}  # ValueError: not a revision id
+                for rev, (parent, _deleted) in tree.items():
+                    if parent is not None and gens.get(parent, -1) + 1 != gens[rev]:
+                        raise InvalidDocument(f"record {id!r}: revision {rev!r} does not follow its parent "
+                                              f"{parent!r}")
+                if any(leaf not in tree for leaf in leaves):
+                    raise InvalidDocument(f"record {id!r}: a leaf is not in its revision tree")
+                if prev is not None or len(leaves) > max_leaves:
+                    return None  # merged leaf by leaf below, with every check of put_replicated
+                if len(tree) == 1 and len(leaves) == 1:  # one revision, the usual record: the tree as it is
+                    whole.add(k)
+                    return DocState(id, 0, tree, leaves, None)
+                out: revtree.Tree = {}
+                for leaf in leaves:
+                    path = revtree.ancestry(tree, leaf)
+                    for i in range(len(path) - 1, -1, -1):
+                        if path[i] not in out:  # oldest first: parents before children, as merge_path inserts
+                            out[path[i]] = (path[i + 1] if i + 1 < len(path) else None, False)
+                parents = {parent for parent, _deleted in out.values()}
+                if any(leaf in parents for leaf in leaves):
+                    return None  # a "leaf" that another one extends: leaf by leaf below
+                for leaf in leaves:
+                    out[leaf] = (out[leaf][0], tree[leaf][1])
+                out = revtree.stem(out, limit)
+                whole.add(k)
+                return DocState(id, 0, out, {r: b for r, b in leaves.items() if r in out}, None)
+            return mutate
+
+        results: list[int | Exception] = []
+        done = store.put_many([(id, mutation(k, id, tree, leaves)) for k, (id, tree, leaves) in enumerate(records)])
+        for k, ((id, tree, leaves), outcome) in enumerate(zip(records, done, strict=True)):
+            if isinstance(outcome, Exception):
+                results.append(outcome)
+            elif k in whole:
+                results.append(len(leaves))
+            else:
+                try:
+                    results.append(sum(self.put_replicated(id, revtree.ancestry(tree, leaf), tree[leaf][1], blob)
+                                       for leaf, blob in leaves.items()))
+                except (ValueError, LimitExceeded) as exc:
+                    results.append(exc)
+        return results
+
     def revs_diff(self, query: dict[str, list[str]],
                   ancestors: dict[str, list[str]] | None = None) -> dict[str, list[str]]:
         """For each id, the revisions of the list that this database does not have. ``ancestors``, if given, is

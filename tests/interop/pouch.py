@@ -303,16 +303,20 @@ def pouchdb_server(
     port: int = 0,
     *,
     mode: str = "fullCouchDB",
+    adapter: str = "memory",
     startup_timeout: float = 30.0,
     stop_timeout: float = 5.0,
 ) -> Iterator[PouchServer]:
     """Start ``server.js`` on 127.0.0.1 (``port`` 0 = any free port) and yield a ``PouchServer``.
 
-    ``mode`` is the express-pouchdb mode (``fullCouchDB`` or ``minimumForPouchDB``).  The databases
-    live in memory and vanish with the process.  Call ``ensure_node_modules()`` first.
+    ``mode`` is the express-pouchdb mode (``fullCouchDB`` or ``minimumForPouchDB``).  ``adapter`` is the
+    server's storage: ``memory`` (the default) or ``leveldb`` (a temporary folder, pouchdb-server's default
+    storage); either way the databases vanish with the process.  Call ``ensure_node_modules()`` first.
     """
     if mode not in SERVER_MODES:
         raise ValueError(f"mode must be one of {SERVER_MODES}, got {mode!r}")
+    if adapter not in ("memory", "leveldb"):
+        raise ValueError(f"adapter must be memory or leveldb, got {adapter!r}")
     if not 0 <= port <= 65535:
         raise ValueError(f"port must be in 0..65535, got {port}")
     node = shutil.which("node")
@@ -331,7 +335,8 @@ def pouchdb_server(
             stdout=subprocess.PIPE,
             stderr=stderr_file,
             text=True,
-            env=_node_env({"POUCHDB_SERVER_MODE": mode, "POUCHDB_SERVER_WATCH_STDIN": "1"}),
+            env=_node_env({"POUCHDB_SERVER_MODE": mode, "POUCHDB_SERVER_WATCH_STDIN": "1",
+                           "POUCHDB_SERVER_ADAPTER": adapter}),
         )
         assert proc.stdout is not None
         lines: queue.Queue[str | None] = queue.Queue()

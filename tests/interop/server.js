@@ -9,6 +9,8 @@
 // Environment:
 //   POUCHDB_SERVER_MODE        express-pouchdb mode: "fullCouchDB" (default) or "minimumForPouchDB".
 //   POUCHDB_SERVER_WATCH_STDIN "1" = exit when stdin reaches EOF (the parent died or closed the pipe).
+//   POUCHDB_SERVER_ADAPTER     "memory" (default) or "leveldb": the databases live in a temporary folder
+//                              (removed at exit), as with pouchdb-server's default storage.
 //
 // SIGTERM / SIGINT close the listener, drop open connections and exit 0.
 'use strict';
@@ -42,15 +44,28 @@ if (!MODES.has(mode)) {
   fail(`invalid POUCHDB_SERVER_MODE ${JSON.stringify(mode)} (expected one of ${[...MODES].join(', ')})`);
 }
 
-const PouchDB = PouchDBCore
-  .plugin(require('pouchdb-adapter-memory'))
-  .plugin(require('pouchdb-adapter-http'))
-  .plugin(require('pouchdb-mapreduce'))
-  .plugin(require('pouchdb-replication'));
-const MemoryPouchDB = PouchDB.defaults({ adapter: 'memory' });
+const storage = process.env.POUCHDB_SERVER_ADAPTER || 'memory';
+let ServerPouchDB;
+let levelDir = null;
+if (storage === 'memory') {
+  ServerPouchDB = PouchDBCore
+    .plugin(require('pouchdb-adapter-memory'))
+    .plugin(require('pouchdb-adapter-http'))
+    .plugin(require('pouchdb-mapreduce'))
+    .plugin(require('pouchdb-replication'))
+    .defaults({ adapter: 'memory' });
+} else if (storage === 'leveldb') {
+  const fs = require('fs');
+  const path = require('path');
+  levelDir = fs.mkdtempSync(path.join(os.tmpdir(), 'pouchdb-server-'));
+  process.on('exit', () => fs.rmSync(levelDir, { recursive: true, force: true }));
+  ServerPouchDB = require('pouchdb').defaults({ prefix: levelDir + path.sep });
+} else {
+  fail(`invalid POUCHDB_SERVER_ADAPTER ${JSON.stringify(storage)} (expected memory or leveldb)`);
+}
 
 // inMemoryConfig: no config.json on disk; logPath: the CouchDB-style log goes nowhere.
-const pouchApp = expressPouchDB(MemoryPouchDB, {
+const pouchApp = expressPouchDB(ServerPouchDB, {
   mode,
   inMemoryConfig: true,
   logPath: os.devNull,

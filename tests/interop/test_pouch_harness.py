@@ -179,3 +179,21 @@ def test_server_context_manager_stops_and_reaps(pouch_node_modules: None) -> Non
     assert process.returncode == 0  # clean exit on SIGTERM, already reaped
     with pytest.raises(urllib.error.URLError):
         urllib.request.urlopen(f"{server.url}/", timeout=HTTP_TIMEOUT_S)
+
+
+def test_a_leveldb_server_keeps_docs_in_a_folder_it_removes(pouch_node_modules: None) -> None:
+    import glob
+    import os
+    import tempfile
+
+    before = set(glob.glob(os.path.join(tempfile.gettempdir(), "pouchdb-server-*")))
+    with pouchdb_server(adapter="leveldb") as server:
+        db_url = new_db(server.url)
+        assert http("PUT", f"{db_url}/a", {"v": 1})[0] == 201
+        status, doc = http("GET", f"{db_url}/a")
+        assert status == 200 and doc["v"] == 1
+        made = set(glob.glob(os.path.join(tempfile.gettempdir(), "pouchdb-server-*"))) - before
+        assert len(made) == 1 and os.listdir(made.pop())  # the database's leveldb files
+    assert set(glob.glob(os.path.join(tempfile.gettempdir(), "pouchdb-server-*"))) - before == set()
+    with pytest.raises(ValueError), pouchdb_server(adapter="sqlite"):
+        pass

@@ -601,3 +601,36 @@ def test_serve_json_lines(tmp_path: Path) -> None:
         if proc.poll() is None:
             proc.kill()
             proc.wait(timeout=30)
+
+
+def test_import_writes_a_new_record_whole_as_merging_each_leaf_would(tmp_path: Path) -> None:
+    from MyNoSQL.cli import export_line, import_line
+    from MyNoSQL.records import revtree
+
+    with MyNoSQL.MyNoSQL(tmp_path / "a") as h, MyNoSQL.MyNoSQL(tmp_path / "b") as h2:
+        src = h.opendb("src")
+        h.savedoc({"id": "a", "v": 1})
+        base = h.readdoc("a")
+        h.savedoc({**base, "v": 2})
+        other = revtree.new_rev(base["rev"], False, b'{"v":-1}')
+        src.put_replicated("a", [other, base["rev"]], False, b'{"v":-1}')  # a conflict
+        gone = revtree.new_rev(other, True, b'{}')
+        src.put_replicated("a", [gone, other, base["rev"]], True, b'{}')  # ... deleted on one side
+        h.savedoc({"id": "b", "v": 1})
+        lines = [export_line(s) for s in src.states_since(0)]
+        expected = {s.id: (list(s.tree.items()), s.bodies) for s in src.states_since(0)}
+        dst = h2.opendb("dst")
+        dst.put_replicated("b", [src.readdoc("b")["rev"]], False, b'{"v":1}')  # held already: merged leaf by leaf
+        for line in lines:
+            import_line(dst, line)
+        got = {s.id: (list(s.tree.items()), s.bodies) for s in dst.states_since(0)}
+        assert got == expected  # same trees, in the same order, and the same leaves
+        bad = orjson_line({"id": "c", "revs": [["2-" + "a" * 32, -1, 0], ["4-" + "b" * 32, 0, 0]],
+                           "leaves": {"4-" + "b" * 32: {}}})
+        with pytest.raises(MyNoSQL.errors.InvalidDocument):
+            import_line(dst, bad)  # a revision two generations after its parent
+        assert "c" not in dst
+
+
+def orjson_line(obj: Any) -> bytes:
+    return json.dumps(obj).encode() + b"\n"

@@ -414,3 +414,24 @@ def test_write_ahead_log_syncs_are_counted_and_timed(location: Path) -> None:
             db.savedoc({"id": f"p{i}"})
         db.db.flush()
         assert db.db.storage_stats.wal.count == 0 and db.db.storage_stats.fsyncs == 1
+
+
+@pytest.mark.parametrize("durability", ["process", "power"])
+def test_import_records_writes_a_batch_and_refuses_only_the_bad_record(location: Path, durability: str) -> None:
+    from MyNoSQL.records import revtree
+
+    rev = "1-" + "a" * 32
+    with MyNoSQL.MyNoSQL(location, options=MyNoSQL.Options(durability=durability)) as h:
+        db = h.opendb("db")
+        seen: list[str] = []
+        db.on_change(lambda new, prev: seen.append(new.id))
+        tree: revtree.Tree = {rev: (None, False)}
+        bad: revtree.Tree = {"2-" + "b" * 32: (None, False), "4-" + "c" * 32: ("2-" + "b" * 32, False)}
+        out = db.import_records([("a", tree, {rev: b'{"v":1}'}), ("b", bad, {"4-" + "c" * 32: b"{}"}),
+                                 ("c", tree, {rev: b'{"v":3}'}), ("a", tree, {rev: b'{"v":1}'})])
+        assert out[0] == 1 and isinstance(out[1], ValueError) and out[2] == 1 and out[3] == 0
+        assert h.readdoc("a") == {"id": "a", "rev": rev, "v": 1} and h.readdoc("c")["v"] == 3 and "b" not in h
+        assert seen == ["a", "c"]  # the change listeners saw each write once, in order
+    with MyNoSQL.MyNoSQL(location) as h:
+        h.opendb("db")
+        assert len(h) == 2 and h.readdoc("c")["rev"] == rev

@@ -282,6 +282,47 @@ class Store:
                 log.exception("a change listener failed")
         return prev, new
 
+    def put_many(self, items: list[tuple[str, Mutation]]) -> list[tuple[DocState | None, DocState | None] | Exception]:
+        """``put`` of each item in turn under one hold of the lock and one back-pressure check: a bulk writer's
+        path (``mynosql import``). A mutation that raises gives its exception in place of that item's result, and
+        the other items are written; a storage error stops the batch (the items before it are written)."""
+        if self._power:  # each save waits for its sync there: the savers' group commit does the batching
+            out: list[tuple[DocState | None, DocState | None] | Exception] = []
+            for id, mutate in items:
+                try:
+                    out.append(self.put(id, mutate))
+                except (ValueError, KeyError, TypeError) as exc:
+                    out.append(exc)
+            return out
+        if not self._want_bloom:
+            self._want_bloom = True
+            self._wake.set()
+        out = []
+        try:
+            with self.lock:
+                self._wait_for_space()
+                for id, mutate in items:
+                    raw = self._get_raw(id)
+                    prev = None if raw is None or raw.purged else raw
+                    try:
+                        new = mutate(prev)
+                    except (ValueError, KeyError, TypeError) as exc:
+                        out.append(exc)
+                        continue
+                    if new is not None:
+                        self._write(new, raw)
+                        self._puts += 1
+                    out.append((prev, new))
+        finally:
+            for r in out:
+                if isinstance(r, tuple) and r[1] is not None:
+                    for listener in self._listeners:
+                        try:
+                            listener(r[1], r[0])
+                        except Exception:
+                            log.exception("a change listener failed")
+        return out
+
     def _flush_due(self) -> bool:
         return len(self._active) >= self.opts.flush_docs or self._active_bytes >= self.opts.flush_bytes
 
