@@ -75,20 +75,25 @@ def test_a_compactor_behind_the_savers_packs_fast_blocks_and_everything_reads_ba
     with MyNoSQL.MyNoSQL(location, options=opts) as db:
         db.opendb("fast")
         store = db.db._store
-        with store._flush_lock:  # one flush of them all, by this thread
+        with store._flush_lock:  # every flush here by this thread, none by the compactor
             monkeypatch.setattr(store, "_flush_due", lambda: True)  # as if a flush's worth waited already
             ids = [db.savedoc({"n": i, "pad": "x" * (i % 50)})["id"] for i in range(600)]
             store._flush_locked()
-        assert store.stats.fast_blocks == store.stats.blocks > 0
-        assert store.stats.blocks == -(-600 // 32)  # DEFLATE blocks hold twice block_docs
-        monkeypatch.undo()
-        ids += [db.savedoc({"n": 600 + i})["id"] for i in range(100)]
-        store.flush()  # not behind: the normal codec
-        assert store.stats.blocks == store.stats.fast_blocks + -(-100 // 16)
+            assert store.stats.fast_blocks == store.stats.blocks > 0
+            assert store.stats.blocks == -(-600 // 32)  # DEFLATE blocks hold twice block_docs
+            monkeypatch.undo()
+            assert store._behind  # that flush ended with a flush's worth waiting: the next one starts behind
+            ids += [db.savedoc({"n": 600 + i})["id"] for i in range(100)]
+            store._flush_locked()
+            assert store.stats.fast_blocks == store.stats.blocks == -(-600 // 32) + -(-100 // 32)
+            assert not store._behind
+            ids += [db.savedoc({"n": 700 + i})["id"] for i in range(100)]
+            store._flush_locked()  # not behind: the normal codec
+            assert store.stats.blocks == store.stats.fast_blocks + -(-100 // 16)
         assert db.db.verify() == []
     with MyNoSQL.MyNoSQL(location, options=opts) as db:
         db.opendb("fast")
-        assert [db.readdoc(i)["n"] for i in ids] == list(range(700))
+        assert [db.readdoc(i)["n"] for i in ids] == list(range(800))
         assert db.db.verify() == []
 
 
