@@ -80,12 +80,12 @@ def test_a_compactor_behind_the_savers_packs_fast_blocks_and_everything_reads_ba
             ids = [db.savedoc({"n": i, "pad": "x" * (i % 50)})["id"] for i in range(600)]
             store._flush_locked()
             assert store.stats.fast_blocks == store.stats.blocks > 0
-            assert store.stats.blocks == -(-600 // 32)  # DEFLATE blocks hold twice block_docs
+            assert store.stats.blocks == -(-600 // 64)  # DEFLATE blocks hold 4 x block_docs
             monkeypatch.undo()
             assert store._behind  # that flush ended with a flush's worth waiting: the next one starts behind
             ids += [db.savedoc({"n": 600 + i})["id"] for i in range(100)]
             store._flush_locked()
-            assert store.stats.fast_blocks == store.stats.blocks == -(-600 // 32) + -(-100 // 32)
+            assert store.stats.fast_blocks == store.stats.blocks == -(-600 // 64) + -(-100 // 64)
             assert not store._behind
             ids += [db.savedoc({"n": 700 + i})["id"] for i in range(100)]
             store._flush_locked()  # not behind: the normal codec
@@ -126,7 +126,7 @@ def test_an_idle_compactor_repacks_a_shard_of_fast_blocks_with_lzma(
             store._flush_locked()
             monkeypatch.setattr(store, "_flush_due", lambda: False)
             first = store.shards.current
-            assert store.stats.fast_blocks == store.stats.blocks == -(-700 // 32)
+            assert store.stats.fast_blocks == store.stats.blocks == -(-700 // 64)
         wait_until(lambda: not (location / "repack" / f"shard-{first:06d}.msd").exists(), timeout=30)
         assert store._count_fast() == {}
         assert db.db.verify() == []
@@ -150,7 +150,7 @@ def test_the_default_codec_is_lzma_and_a_database_of_both_codecs_reads_back(loca
         ids += [db.savedoc({"n": 300 + i})["id"] for i in range(300)]
         store = db.db._store
         store.flush()
-        assert store.stats.fast_blocks == store.stats.blocks == -(-300 // 128)
+        assert store.stats.fast_blocks == store.stats.blocks == -(-300 // 255)  # 4 x 64, at most 255
         assert store._count_fast() == {store.shards.current: 300}
         assert [db.readdoc(i)["n"] for i in ids] == list(range(600)) and db.db.verify() == []
     with MyNoSQL.MyNoSQL(location) as db:  # the default reads DEFLATE blocks too

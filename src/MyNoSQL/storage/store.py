@@ -661,10 +661,13 @@ class Store:
             # LZMA's (checked per block: the backlog moves while we pack). A flush that starts right after one that
             # ended behind (self._behind) is behind from its first block: the savers are still going, and LZMA2
             # blocks at the start of each flush were a quarter of a long burst's records at ~7x DEFLATE's cost.
-            # DEFLATE blocks hold twice as many records: ~4% smaller, and still cheap to decompress for one read.
+            # DEFLATE blocks hold 4 times as many records (at most 255): ~2% smaller than at twice, still cheap to
+            # decompress for one read (~1 us a record), and half the compressor calls. Each call releases the GIL,
+            # and taking it back from a saver that runs Python (its log is a mapped file: no system call) can
+            # wait a whole switch interval (5 ms): per block, that was more than its compression.
             codec = CODEC_LZMA if self._lzma and not ((self._behind or self._flush_due()) and not self._stop.is_set()) \
                 else CODEC_DEFLATE
-            step = n if codec == CODEC_LZMA else min(255, 2 * n)
+            step = n if codec == CODEC_LZMA else min(255, 4 * n)
             chunk = states[pos : pos + step]
             pos += step
             records = [s.raw or s.to_bytes() for s in chunk]
