@@ -62,31 +62,18 @@ CREATE TABLE IF NOT EXISTS purges(seq INTEGER PRIMARY KEY, id TEXT NOT NULL, rev
 """
 
 
-def max_params(con: sqlite3.Connection) -> int:
-    """How many parameters one statement of ``con`` may take: SQLite's limit (32,766 since 3.32; read where the
-    interpreter can, Python 3.11+), at most 32,766; else 999, the oldest SQLite's."""
-    getlimit = getattr(con, "getlimit", None)
-    if getlimit is None:
-        return 999
-    try:
-        return max(999, min(32_766, int(getlimit(getattr(sqlite3, "SQLITE_LIMIT_VARIABLE_NUMBER", 9)))))
-    except (sqlite3.Error, AttributeError):
-        return 999
-
-
-def _rows(con: sqlite3.Connection, head: str, rows: Sequence[tuple[Any, ...]], tail: str = "",
-          params: int = 999) -> None:
-    """``head VALUES (..),(..),... tail`` with as many rows per statement as ``params`` parameters allow.
+def _rows(con: sqlite3.Connection, head: str, rows: Sequence[tuple[Any, ...]], tail: str = "") -> None:
+    """``head VALUES (..),(..),... tail`` with as many rows per statement as 999 parameters allow.
 
     Every SQLite step releases the GIL, and taking it back while another thread runs Python can cost the whole
     switch interval (5 ms): ``executemany`` steps once per row, so a flush of 4,096 records took seconds under a
-    busy reader or writer. A multi-row statement is one step for hundreds (thousands, where SQLite allows 32,766
-    parameters) of rows. (Multi-row VALUES works since SQLite 3.7.11.)
+    busy reader or writer. A multi-row statement is one step for hundreds of rows. (999 is the oldest SQLite's
+    limit on parameters; multi-row VALUES works since SQLite 3.7.11.)
     """
     if not rows:
         return
     width = len(rows[0])
-    per = max(1, params // width)
+    per = max(1, 999 // width)
     one = "(" + ",".join("?" * width) + ")"
     for i in range(0, len(rows), per):
         part = rows[i : i + per]
@@ -112,7 +99,6 @@ class Index:
                 raise CorruptionError(f"{path}: index format {fmt} is not supported (expected {FORMAT})",
                                       path=str(path))
             self._r = self._connect()
-            self._params = max_params(self._w)
         except sqlite3.DatabaseError as exc:
             raise CorruptionError(f"{path}: the index cannot be opened: {exc}", path=str(path)) from exc
         self._rlock = threading.Lock()
@@ -261,14 +247,12 @@ class Index:
             dead[prev_loc >> 8] = dead.get(prev_loc >> 8, 0) + 1
         try:
             w.execute("BEGIN IMMEDIATE")
-            params = self._params
             _rows(w, "INSERT INTO blocks(bno, shard, off, len, count, first_seq, last_seq, live)",
-                  [(b.bno, b.shard, b.offset, b.length, b.count, b.first_seq, b.last_seq, b.count) for b in blocks],
-                  params=params)
+                  [(b.bno, b.shard, b.offset, b.length, b.count, b.first_seq, b.last_seq, b.count) for b in blocks])
             fresh = [p for p in placements if p[3] < 0]
             taken: set[int] = set()
-            for i in range(0, len(fresh), params):
-                chunk = [p[1] for p in fresh[i : i + params]]
+            for i in range(0, len(fresh), 500):
+                chunk = [p[1] for p in fresh[i : i + 500]]
                 q = ",".join("?" * len(chunk))
                 taken.update(r[0] for r in w.execute(f"SELECT h FROM docs WHERE h IN ({q})", chunk))
             docs_new: list[tuple[int, int]] = []
@@ -289,8 +273,8 @@ class Index:
                     taken.add(h)
                     docs_new.append((h, loc))
                     in_x.append(False)
-            _rows(w, "INSERT INTO docs(h, loc)", docs_new, params=params)
-            _rows(w, "INSERT OR REPLACE INTO docs(h, loc)", docs_upd, params=params)  # rows that exist: an update
+            _rows(w, "INSERT INTO docs(h, loc)", docs_new)
+            _rows(w, "INSERT OR REPLACE INTO docs(h, loc)", docs_upd)  # rows that exist: a replace is an update
             w.executemany("INSERT OR REPLACE INTO docs_x(id, loc) VALUES(?,?)", x_set)
             # (Purging an id that owns its hash in docs while another id of that hash sits in docs_x would hide
             # the other one from reads: a 1-in-2**64 pair of ids, accepted.)

@@ -116,7 +116,8 @@ class Store:
         self._first_pending = 0.0
         self._flush_gen = 0
         self._gc_pending: set[int] = set()
-        self._behind = False  # the last flush ended with a flush's worth of newer records waiting
+        self._behind = False  # the last flush ended behind: savers were held back, a flush's worth waits already
+        self._held = False  # a saver waited for space (back-pressure) since the last flush ended
         self._fast: dict[int, int] | None = None  # shard -> records in its fast blocks (None: not counted yet)
         self._puts = 0  # saves since open (the compactor's idle test)
         self._repacked_at = -1  # self._puts when _repack last found nothing to do
@@ -336,6 +337,7 @@ class Store:
                 and self.stats.last_error is None:  # a failing compactor (disk full) must not block savers
             if deadline is None:
                 deadline = time.monotonic() + 60.0
+                self._held = True
             self._wake.set()
             if not self._space.wait(timeout=max(0.0, deadline - time.monotonic())):
                 break
@@ -659,8 +661,9 @@ class Store:
             # DEFLATE, unless the codec is LZMA2 and the compactor is not behind the savers: with a whole flush's
             # worth waiting already, DEFLATE, so that a saver that goes on runs at its own pace rather than
             # LZMA's (checked per block: the backlog moves while we pack). A flush that starts right after one that
-            # ended behind (self._behind) is behind from its first block: the savers are still going, and LZMA2
-            # blocks at the start of each flush were a quarter of a long burst's records at ~7x DEFLATE's cost.
+            # ended behind (self._behind: savers were held back by it) is behind from its first block: the savers
+            # are still going, and LZMA2 blocks at the start of each flush were a quarter of a long burst's records
+            # at ~7x DEFLATE's cost.
             # DEFLATE blocks hold 4 times as many records (at most 255): ~2% smaller than at twice, still cheap to
             # decompress for one read (~1 us a record), and half the compressor calls. Each call releases the GIL,
             # and taking it back from a saver that runs Python (its log is a mapped file: no system call) can
@@ -738,7 +741,10 @@ class Store:
                     newer.disk_loc, newer.in_x = -1, False
             self._frozen, self._frozen_delta, self._frozen_bytes = {}, 0, 0
             self._flush_gen += 1
-            self._behind = self._flush_due()  # a whole flush's worth came while this one was packed
+            # Behind for good: savers were held back while this one was packed, and a whole flush's worth came
+            # meanwhile (a burst that fits in the backlog never waits: its next flush starts with LZMA2).
+            self._behind = self._held and self._flush_due()
+            self._held = False
             self._space.notify_all()
         self.stats.records += len(states)
         self.stats.blocks += len(packed)
