@@ -53,7 +53,7 @@ from .bloom import Bloom
 from .cache import BlockCache, RecordCache
 from .index import Index, id_hash
 from .qindex import IndexDef, rows_for
-from .shards import CODEC_DEFLATE, CODEC_LZMA, ShardFiles, pack_block, shard_name
+from .shards import CODEC_DEFLATE, CODEC_LZMA, DEFLATE_FAST_LEVEL, DEFLATE_LEVEL, ShardFiles, pack_block, shard_name
 from .wal import SyncStats, WriteAheadLog
 
 Progress = Callable[[int, int | None], None]  # progress(done, total): total None when unknown
@@ -668,8 +668,8 @@ class Store:
             # decompress for one read (~1 us a record), and half the compressor calls. Each call releases the GIL,
             # and taking it back from a saver that runs Python (its log is a mapped file: no system call) can
             # wait a whole switch interval (5 ms): per block, that was more than its compression.
-            codec = CODEC_LZMA if self._lzma and not ((self._behind or self._flush_due()) and not self._stop.is_set()) \
-                else CODEC_DEFLATE
+            behind = (self._behind or self._flush_due()) and not self._stop.is_set()
+            codec = CODEC_LZMA if self._lzma and not behind else CODEC_DEFLATE
             step = n if codec == CODEC_LZMA else min(255, 4 * n)
             chunk = states[pos : pos + step]
             pos += step
@@ -677,7 +677,8 @@ class Store:
             raw_total += sum(map(len, records))
             fast += codec == CODEC_DEFLATE
             codecs.append(codec)
-            packed.append((bno, pack_block(bno, records, chunk[0].seq, chunk[-1].seq, codec),
+            level = DEFLATE_FAST_LEVEL if behind else DEFLATE_LEVEL
+            packed.append((bno, pack_block(bno, records, chunk[0].seq, chunk[-1].seq, codec, level),
                            len(chunk), chunk[0].seq, chunk[-1].seq))
             locs.extend((bno << 8) | slot for slot in range(len(chunk)))
             bno += 1
