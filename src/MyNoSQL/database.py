@@ -584,6 +584,14 @@ class Database:
         if rev is not None:
             return self._read_rev(state, rev)
         decoded = state.decoded
+        if decoded is None:  # a first read (a cold one, or a scan): parse the body alone, unless it has tags
+            win = state.winner
+            body = state.bodies[win]
+            if not state.tree[win][1] and body.find(b'"$') < 0:
+                state.decoded = True
+                out: dict[str, Any] = {"id": state.id, "rev": win}
+                out.update(orjson.loads(body))
+                return out
         if type(decoded) is not tuple:  # no memo yet: parse the JSON
             data = state.doc_json
             if data is None:

@@ -84,11 +84,12 @@ class Options:
         2-core machine).
     block_docs:
         records per LZMA2 block (16-64 is the measured sweet spot of size against read latency); a DEFLATE
-        block holds twice as many (at most 255).
+        block holds 4 times as many (at most 255).
     codec:
         how the compactor compresses new shard blocks. ``"lzma"`` (default): raw LZMA2, the smallest files;
-        while the compactor is behind the savers it packs DEFLATE blocks (so a saver that goes on is not held to
-        LZMA's pace), and re-packs them with LZMA2 once no save has come for a few seconds. ``"deflate"``: raw
+        while the compactor is behind the savers (and for the whole flush after one that ended behind) it packs
+        DEFLATE blocks (so a saver that goes on is not held to LZMA's pace), and re-packs them with LZMA2 once no
+        save has come for a few seconds. ``"deflate"``: raw
         DEFLATE only; on small JSON records (bench/local.py's) ~5x cheaper to compress and ~7x cheaper to
         decompress than LZMA2 for ~4% more bytes (faster cold reads). Blocks of either codec are read whatever
         this says (docs/format.md).

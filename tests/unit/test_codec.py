@@ -50,6 +50,20 @@ def test_special_types_round_trip(db: MyNoSQL.MyNoSQL) -> None:
         assert source["dt_aware"].utcoffset() == SPECIAL["dt_aware"].utcoffset()
 
 
+@pytest.mark.parametrize("body", [{"v": [1, 2.5], "s": "x"}, {}, {"d": datetime.date(2026, 1, 2)},
+                                  {"two": {"$a": 1}, "n": None}, {"look": {"$bytes": "not really"}}])
+def test_a_first_read_from_disk_is_what_a_later_one_is(location: Any, body: dict[str, Any]) -> None:
+    """readdoc parses a record's body alone the first time (a cold read), its whole JSON later: the same dict."""
+    with MyNoSQL.MyNoSQL(location) as db:
+        db.opendb("c")
+        rev = db.savedoc({"id": "r", **body})["rev"]
+    with MyNoSQL.MyNoSQL(location) as db:
+        db.opendb("c")
+        reads = [db.readdoc("r") for _ in range(3)]
+    for out in reads:
+        assert out == {"id": "r", "rev": rev, **body} and list(out) == ["id", "rev", *body]
+
+
 def test_subclasses_are_stored_as_their_base_type(db: MyNoSQL.MyNoSQL) -> None:
     class Color(str, enum.Enum):
         RED = "red"

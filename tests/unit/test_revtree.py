@@ -8,6 +8,7 @@ import struct
 import orjson
 import pytest
 
+from MyNoSQL import CorruptionError
 from MyNoSQL.records import revtree
 from MyNoSQL.records.revtree import DocState
 
@@ -93,7 +94,6 @@ def test_state_encoding_round_trips_and_detects_damage() -> None:
     s = DocState("id/ü", 42, {r1: (None, False), r2: (r1, True)}, {r2: b"{}"})
     back = DocState.from_bytes(s.to_bytes())
     assert (back.id, back.seq, back.tree, back.bodies) == (s.id, s.seq, s.tree, s.bodies)
-    from MyNoSQL import CorruptionError
 
     with pytest.raises(CorruptionError):
         DocState.from_bytes(s.to_bytes()[:-1])
@@ -111,3 +111,11 @@ def test_a_one_revision_state_is_encoded_as_the_format_says(deleted: bool) -> No
     assert (back.id, back.seq, back.tree, back.bodies) == (s.id, s.seq, s.tree, s.bodies)
     stub = DocState("r/2", 8, {rev: (None, deleted)}, {})  # a revision without its body (never fetched)
     assert DocState.from_bytes(stub.to_bytes()).bodies == {}
+    # from_bytes has a short path for it too: it must read what the general path reads, and refuse what it refuses
+    for data in (s.to_bytes(), memoryview(s.to_bytes())):
+        back = DocState.from_bytes(data)
+        assert type(back.bodies[rev]) is bytes and back.tree == {rev: (None, deleted)}
+    with pytest.raises(CorruptionError):
+        DocState.from_bytes(s.to_bytes()[:-1])
+    with pytest.raises(CorruptionError):
+        DocState.from_bytes(s.to_bytes() + b" ")

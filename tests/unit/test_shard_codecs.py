@@ -75,20 +75,29 @@ def test_a_compactor_behind_the_savers_packs_fast_blocks_and_everything_reads_ba
     with MyNoSQL.MyNoSQL(location, options=opts) as db:
         db.opendb("fast")
         store = db.db._store
-        with store._flush_lock:  # one flush of them all, by this thread
+        with store._flush_lock:  # every flush here by this thread, none by the compactor
             monkeypatch.setattr(store, "_flush_due", lambda: True)  # as if a flush's worth waited already
             ids = [db.savedoc({"n": i, "pad": "x" * (i % 50)})["id"] for i in range(600)]
             store._flush_locked()
-        assert store.stats.fast_blocks == store.stats.blocks > 0
-        assert store.stats.blocks == -(-600 // 32)  # DEFLATE blocks hold twice block_docs
-        monkeypatch.undo()
-        ids += [db.savedoc({"n": 600 + i})["id"] for i in range(100)]
-        store.flush()  # not behind: the normal codec
-        assert store.stats.blocks == store.stats.fast_blocks + -(-100 // 16)
+            assert store.stats.fast_blocks == store.stats.blocks > 0
+            assert store.stats.blocks == -(-600 // 64)  # DEFLATE blocks hold 4 x block_docs
+            assert not store._behind  # no saver was held back: the next flush starts with LZMA2...
+            store._held = True  # ...unless one was: a flush ends behind when savers waited and a flush's worth did
+            ids += [db.savedoc({"n": 600 + i})["id"] for i in range(10)]
+            store._flush_locked()
+            assert store._behind and store.stats.fast_blocks == store.stats.blocks == -(-600 // 64) + 1
+            monkeypatch.undo()
+            ids += [db.savedoc({"n": 610 + i})["id"] for i in range(90)]
+            store._flush_locked()  # behind from its first block, though nothing waits now
+            assert store.stats.fast_blocks == store.stats.blocks == -(-600 // 64) + 1 + -(-90 // 64)
+            assert not store._behind
+            ids += [db.savedoc({"n": 700 + i})["id"] for i in range(100)]
+            store._flush_locked()  # not behind: the normal codec
+            assert store.stats.blocks == store.stats.fast_blocks + -(-100 // 16)
         assert db.db.verify() == []
     with MyNoSQL.MyNoSQL(location, options=opts) as db:
         db.opendb("fast")
-        assert [db.readdoc(i)["n"] for i in ids] == list(range(700))
+        assert [db.readdoc(i)["n"] for i in ids] == list(range(800))
         assert db.db.verify() == []
 
 
@@ -121,7 +130,7 @@ def test_an_idle_compactor_repacks_a_shard_of_fast_blocks_with_lzma(
             store._flush_locked()
             monkeypatch.setattr(store, "_flush_due", lambda: False)
             first = store.shards.current
-            assert store.stats.fast_blocks == store.stats.blocks == -(-700 // 32)
+            assert store.stats.fast_blocks == store.stats.blocks == -(-700 // 64)
         wait_until(lambda: not (location / "repack" / f"shard-{first:06d}.msd").exists(), timeout=30)
         assert store._count_fast() == {}
         assert db.db.verify() == []
@@ -145,7 +154,7 @@ def test_the_default_codec_is_lzma_and_a_database_of_both_codecs_reads_back(loca
         ids += [db.savedoc({"n": 300 + i})["id"] for i in range(300)]
         store = db.db._store
         store.flush()
-        assert store.stats.fast_blocks == store.stats.blocks == -(-300 // 128)
+        assert store.stats.fast_blocks == store.stats.blocks == -(-300 // 255)  # 4 x 64, at most 255
         assert store._count_fast() == {store.shards.current: 300}
         assert [db.readdoc(i)["n"] for i in ids] == list(range(600)) and db.db.verify() == []
     with MyNoSQL.MyNoSQL(location) as db:  # the default reads DEFLATE blocks too

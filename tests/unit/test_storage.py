@@ -302,6 +302,64 @@ def test_every_id_hash_is_read_back_across_query_chunks(location: Path) -> None:
         index.close()
 
 
+def test_every_location_is_read_back_across_query_chunks(location: Path) -> None:
+    from MyNoSQL.storage.index import Index
+
+    location.mkdir(parents=True, exist_ok=True)
+    index = Index(location / "index.sqlite")
+    try:
+        hashes = [-(1 << 63), -5, 0, 1, 2, 3, 7, 1 << 40, (1 << 63) - 1]
+        with index._w:
+            index._w.executemany("INSERT INTO docs(h, loc) VALUES(?, ?)", [(h, k * 3) for k, h in enumerate(hashes)])
+        for chunk in (1, 2, 3, 4, 9, 10, 65_536):
+            hs, locs = index.all_locs(chunk)
+            assert list(hs) == hashes and list(locs) == [k * 3 for k in range(len(hashes))]
+    finally:
+        index.close()
+
+
+def test_many_cold_reads_look_up_locations_in_ram_and_a_flush_makes_them_stale(location: Path) -> None:
+    """Past LOCMAP_AFTER lookups per record, a store reads every index location into RAM once and looks up there;
+    a flush that moves records (or adds them) drops that copy, so no read ever follows a stale location."""
+    from MyNoSQL.storage.store import LOCMAP_AFTER
+
+    opts = MyNoSQL.Options(block_docs=8, background_sync=False)
+    n = 400
+    with MyNoSQL.MyNoSQL(location, options=opts) as db:
+        db.opendb("m")
+        for i in range(n):
+            db.savedoc({"id": f"m{i:03d}", "v": i})
+    with MyNoSQL.MyNoSQL(location, options=dataclasses.replace(opts, cache_docs=1)) as db:
+        db.opendb("m")
+        store = db.db._store
+        queries = 0
+        real = store.index.loc_by_hash
+
+        def counted(h: int) -> int | None:
+            nonlocal queries
+            queries += 1
+            return real(h)
+
+        store.index.loc_by_hash = counted  # type: ignore[method-assign]
+        for i in range(n):
+            assert db.readdoc(f"m{i:03d}")["v"] == i
+        assert store._locmap is not None
+        assert queries <= n // LOCMAP_AFTER + 1  # the rest came from RAM
+        with pytest.raises(MyNoSQL.DocumentNotFound):
+            db.readdoc("nobody")  # not in the arrays: no record, no query
+        assert queries <= n // LOCMAP_AFTER + 1
+        for i in range(0, n, 2):
+            db.savedoc({**db.readdoc(f"m{i:03d}"), "v": -i})  # new states, new locations once flushed
+        db.savedoc({"id": "late", "v": 1})
+        db.db.flush()
+        store.collect_garbage(everything=True)
+        db.db.flush()
+        for i in range(n):
+            assert db.readdoc(f"m{i:03d}")["v"] == (-i if i % 2 == 0 else i)
+        assert db.readdoc("late")["v"] == 1
+        assert not db.db.verify()
+
+
 @pytest.mark.slow
 def test_garbage_collection_moves_a_big_shard_a_flush_at_a_time(location: Path) -> None:
     """Evacuating a mostly dead shard put all its live records in the memtable at once (past the back-pressure

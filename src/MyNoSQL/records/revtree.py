@@ -30,6 +30,7 @@ except ImportError:  # pragma: no cover - an interpreter built without it
 
 REV_RE = re.compile(r"^([1-9][0-9]{0,9})-([0-9a-zA-Z]{1,64})$")
 _U32 = struct.Struct("<I").pack
+_U32_FROM = struct.Struct("<I").unpack_from
 STRICT_REV_RE = re.compile(r"^[1-9][0-9]{0,9}-[0-9a-f]{32}$")
 # The only revision of a *purge marker*: the state a purge that removed every leaf of a record leaves in the store
 # until the compactor drops the record's index row (generation 0: never a real revision, which starts at 1, and
@@ -279,11 +280,16 @@ class DocState:
     @classmethod
     def from_bytes(cls, data: bytes | memoryview) -> DocState:
         try:
-            (mlen,) = struct.unpack_from("<I", data, 0)
+            (mlen,) = _U32_FROM(data, 0)
             head = orjson.loads(data[4 : 4 + mlen])
             atts = None
             if len(head) == 4:
                 id, seq, nodes, lens = head
+                if len(nodes) == 1 and len(lens) == 1:  # one revision, the usual case: what the loop below makes
+                    rev, parent, deleted = nodes[0]
+                    idx, blen = lens[0]
+                    if parent < 0 and idx == 0 and 4 + mlen + blen == len(data) and type(rev) is str:
+                        return cls(id, seq, {rev: (None, bool(deleted))}, {rev: bytes(data[4 + mlen :])})
             else:
                 id, seq, nodes, lens, by_node = head
             revs = [n[0] for n in nodes]

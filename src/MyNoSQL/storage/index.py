@@ -31,6 +31,7 @@ import hashlib
 import os
 import sqlite3
 import threading
+from array import array
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -146,6 +147,28 @@ class Index:
     def loc_by_hash(self, h: int) -> int | None:
         result: int | None = self._one("SELECT loc FROM docs WHERE h=?", (h,))
         return result
+
+    def all_locs(self, chunk: int = 65_536) -> tuple[array[int], array[int]]:
+        """Every ``docs`` row as two arrays in hash order: (hashes, locations), for a store that looks many up.
+
+        A chunk of rows per query, joined into text values (see :meth:`iter_hashes`): ~0.2 us a row, against
+        ~8-13 us for one ``SELECT`` from Python."""
+        hs: array[int] = array("q")
+        locs: array[int] = array("q")
+        low = -(1 << 63)
+        while True:
+            text_h, text_l, high, n = self._one(
+                "SELECT group_concat(h), group_concat(loc), max(h), count(*) FROM (SELECT h, loc FROM docs "
+                "WHERE h >= ? ORDER BY h LIMIT ?)", (low, chunk))
+            if n:
+                hs.extend(map(int, text_h.split(",")))
+                locs.extend(map(int, text_l.split(",")))
+            if n < chunk or high == (1 << 63) - 1:
+                break
+            low = high + 1
+        if len(hs) != len(locs):
+            raise CorruptionError(f"{self.path}: index rows changed while read", path=str(self.path))
+        return hs, locs
 
     def loc_by_id(self, id: str) -> int | None:
         result: int | None = self._one("SELECT loc FROM docs_x WHERE id=?", (id,))

@@ -55,6 +55,9 @@ CODEC_LZMA = 0  # raw LZMA2, decoded with FILTERS
 CODEC_DEFLATE = 1  # raw DEFLATE (RFC 1951), zlib wbits -15
 CODECS = (CODEC_LZMA, CODEC_DEFLATE)
 DEFLATE_LEVEL = 9  # ~1.5% smaller than level 6 on blocks of ~15-30 KB of records, for about the same time
+# The level of a block packed while the compactor is behind the savers (re-packed with LZMA2 when idle): on
+# bench/local.py's records in blocks of 255, 80.1 bytes a record for ~8.4 us of compression against 77.0 for ~18.
+DEFLATE_FAST_LEVEL = 4
 # What a reader needs: raw LZMA2 with a 64 KiB dictionary (lc/lp/pb travel inside the LZMA2 stream).
 FILTERS = [{"id": lzma.FILTER_LZMA2, "preset": 6, "dict_size": 1 << 16}]
 # How the compactor encodes (not part of the format): preset 6 with a binary-tree match finder of 3-byte hashes,
@@ -107,19 +110,20 @@ class BlockInfo:
     last_seq: int
 
 
-def deflate(raw: bytes) -> bytes:
+def deflate(raw: bytes, level: int = DEFLATE_LEVEL) -> bytes:
     # Z_FILTERED (fewer short matches, more literals for the Huffman coder): ~4.5% smaller than the default
     # strategy on bench/local.py's records (78.8 against 82.6 bytes a record in blocks of 128), for ~5% more time.
-    c = zlib.compressobj(DEFLATE_LEVEL, zlib.DEFLATED, -15, 9, zlib.Z_FILTERED)
+    c = zlib.compressobj(level, zlib.DEFLATED, -15, 9, zlib.Z_FILTERED)
     return c.compress(raw) + c.flush()
 
 
 def pack_block(bno: int, records: Sequence[bytes], first_seq: int, last_seq: int,
-               codec: int = CODEC_LZMA) -> bytes:
-    """A block of ``records``; ``codec`` CODEC_LZMA (the normal one) or CODEC_DEFLATE (the fast one)."""
+               codec: int = CODEC_LZMA, level: int = DEFLATE_LEVEL) -> bytes:
+    """A block of ``records``; ``codec`` CODEC_LZMA (the normal one) or CODEC_DEFLATE (the fast one, at
+    ``level``)."""
     raw = b"".join((struct.pack(f"<{len(records)}I", *map(len, records)), *records))
     if codec == CODEC_DEFLATE:
-        comp = deflate(raw)
+        comp = deflate(raw, level)
     else:
         comp = lzma.compress(raw, format=lzma.FORMAT_RAW, filters=ENCODE_FILTERS)
     head = _HEAD.pack(BLOCK_MAGIC, VERSION, codec, len(records), len(raw), len(comp), bno, first_seq, last_seq,

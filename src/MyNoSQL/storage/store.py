@@ -36,6 +36,8 @@ import itertools
 import logging
 import threading
 import time
+from array import array
+from bisect import bisect_left
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,7 +53,7 @@ from .bloom import Bloom
 from .cache import BlockCache, RecordCache
 from .index import Index, id_hash
 from .qindex import IndexDef, rows_for
-from .shards import CODEC_DEFLATE, CODEC_LZMA, ShardFiles, pack_block, shard_name
+from .shards import CODEC_DEFLATE, CODEC_LZMA, DEFLATE_FAST_LEVEL, DEFLATE_LEVEL, ShardFiles, pack_block, shard_name
 from .wal import SyncStats, WriteAheadLog
 
 Progress = Callable[[int, int | None], None]  # progress(done, total): total None when unknown
@@ -69,6 +71,13 @@ BACKLOG = 4
 # in fast (DEFLATE) blocks written while it was behind (``Store._repack``). Only in a process that has saved
 # something: one that only reads never rewrites the files under its reads.
 REPACK_IDLE = 5.0
+# A store that looks up many record locations loads every (id hash, location) row of the index into two sorted
+# arrays (16 bytes a record) and looks up there (~1 us) instead of asking SQLite (~8-13 us a query from Python):
+# once it has made 1/LOCMAP_AFTER as many lookups as there are records (then loading, ~0.2 us a row, has cost
+# at most what those lookups cost), up to LOCMAP_MAX_ROWS records. Any flush makes the arrays stale: they are
+# dropped, and the count starts again.
+LOCMAP_AFTER = 32
+LOCMAP_MAX_ROWS = 1 << 21
 
 
 class _Moved(Exception):
@@ -107,9 +116,13 @@ class Store:
         self._first_pending = 0.0
         self._flush_gen = 0
         self._gc_pending: set[int] = set()
+        self._behind = False  # the last flush ended behind: savers were held back, a flush's worth waits already
+        self._held = False  # a saver waited for space (back-pressure) since the last flush ended
         self._fast: dict[int, int] | None = None  # shard -> records in its fast blocks (None: not counted yet)
         self._puts = 0  # saves since open (the compactor's idle test)
         self._repacked_at = -1  # self._puts when _repack last found nothing to do
+        self._locmap: tuple[int, array[int], array[int]] | None = None  # (flush gen, hashes, locations)
+        self._lookups = 0  # index lookups since the location arrays were last loaded or dropped
         self._bloom: Bloom | None = None  # built by the compactor thread once the database is written to
         self._want_bloom = False
         self.stats = FlushStats()
@@ -203,7 +216,7 @@ class Store:
             return None  # certainly not on disk: no index query
         for _attempt in range(3):
             try:
-                loc = self.index.loc_by_hash(h)
+                loc = self._loc_by_hash(h)
                 if loc is None:
                     return None
                 s = self._read_loc(loc)
@@ -220,8 +233,31 @@ class Store:
                 s.in_x = True
                 return s
             except _Moved:
+                self._locmap = None
                 continue
         raise CorruptionError(f"record {id!r}: its index entry points to a block that does not exist")
+
+    def _loc_by_hash(self, h: int) -> int | None:
+        """The index's location of the id hash ``h`` (``Index.loc_by_hash``), from the location arrays when they
+        are loaded and current (see LOCMAP_AFTER)."""
+        m = self._locmap
+        if m is not None:
+            if m[0] == self._flush_gen:
+                hs = m[1]
+                i = bisect_left(hs, h)
+                return m[2][i] if i < len(hs) and hs[i] == h else None
+            self._locmap = None  # a flush changed the index since they were loaded
+            self._lookups = 0
+        self._lookups = n = self._lookups + 1
+        if n * LOCMAP_AFTER >= self.record_count >= LOCMAP_AFTER and self.record_count <= LOCMAP_MAX_ROWS:
+            gen = self._flush_gen  # before reading: a flush committing meanwhile makes them stale at once
+            self._lookups = 0
+            try:
+                hs, locs = self.index.all_locs()
+            except CorruptionError:
+                return self.index.loc_by_hash(h)
+            self._locmap = (gen, hs, locs)
+        return self.index.loc_by_hash(h)
 
     def _read_block(self, bno: int) -> list[bytes]:
         records = self.blocks.get(bno)
@@ -253,7 +289,10 @@ class Store:
 
         ``fresh``: the caller generated this id at random, so no current state can exist.
         """
-        if not self._want_bloom:  # the first write: reads of unknown ids start to matter (a reader never pays)
+        if not self._want_bloom and not fresh:
+            # The first write of an id that may exist: reads of unknown ids start to matter (a reader never pays,
+            # nor a saver of new records only: an id generated at random is never looked up, and the filter, ~3 us
+            # of the compactor's Python a record, a third of it rebuilding as the database doubles, would go unused)
             self._want_bloom = True
             self._wake.set()
         savers = self._savers
@@ -339,6 +378,7 @@ class Store:
                 and self.stats.last_error is None:  # a failing compactor (disk full) must not block savers
             if deadline is None:
                 deadline = time.monotonic() + 60.0
+                self._held = True
             self._wake.set()
             if not self._space.wait(timeout=max(0.0, deadline - time.monotonic())):
                 break
@@ -552,6 +592,7 @@ class Store:
                     continue
                 if self._fast[shard] * 2 < count:
                     continue  # mostly LZMA2 already: re-packing would cost more bytes (its dead ones) than it saves
+                self._behind = False  # idle: no saver is going (else the moved records would be packed fast again)
                 if shard == self.shards.appending:
                     self.shards.roll()  # the moved records go to a new shard, so this one can be deleted
                 self._evacuate(shard, stop=lambda: self._puts != puts or self._stop.is_set())
@@ -660,18 +701,25 @@ class Store:
         while pos < len(states):
             # DEFLATE, unless the codec is LZMA2 and the compactor is not behind the savers: with a whole flush's
             # worth waiting already, DEFLATE, so that a saver that goes on runs at its own pace rather than
-            # LZMA's (checked per block: the backlog moves while we pack). DEFLATE blocks hold twice as many
-            # records: ~4% smaller, and still cheap to decompress for one read.
-            codec = CODEC_LZMA if self._lzma and not (self._flush_due() and not self._stop.is_set()) \
-                else CODEC_DEFLATE
-            step = n if codec == CODEC_LZMA else min(255, 2 * n)
+            # LZMA's (checked per block: the backlog moves while we pack). A flush that starts right after one that
+            # ended behind (self._behind: savers were held back by it) is behind from its first block: the savers
+            # are still going, and LZMA2 blocks at the start of each flush were a quarter of a long burst's records
+            # at ~7x DEFLATE's cost.
+            # DEFLATE blocks hold 4 times as many records (at most 255): ~2% smaller than at twice, still cheap to
+            # decompress for one read (~1 us a record), and half the compressor calls. Each call releases the GIL,
+            # and taking it back from a saver that runs Python (its log is a mapped file: no system call) can
+            # wait a whole switch interval (5 ms): per block, that was more than its compression.
+            behind = (self._behind or self._flush_due()) and not self._stop.is_set()
+            codec = CODEC_LZMA if self._lzma and not behind else CODEC_DEFLATE
+            step = n if codec == CODEC_LZMA else min(255, 4 * n)
             chunk = states[pos : pos + step]
             pos += step
             records = [s.raw or s.to_bytes() for s in chunk]
             raw_total += sum(map(len, records))
             fast += codec == CODEC_DEFLATE
             codecs.append(codec)
-            packed.append((bno, pack_block(bno, records, chunk[0].seq, chunk[-1].seq, codec),
+            level = DEFLATE_FAST_LEVEL if behind else DEFLATE_LEVEL
+            packed.append((bno, pack_block(bno, records, chunk[0].seq, chunk[-1].seq, codec, level),
                            len(chunk), chunk[0].seq, chunk[-1].seq))
             locs.extend((bno << 8) | slot for slot in range(len(chunk)))
             bno += 1
@@ -735,6 +783,10 @@ class Store:
                     newer.disk_loc, newer.in_x = -1, False
             self._frozen, self._frozen_delta, self._frozen_bytes = {}, 0, 0
             self._flush_gen += 1
+            # Behind for good: savers were held back while this one was packed, and a whole flush's worth came
+            # meanwhile (a burst that fits in the backlog never waits: its next flush starts with LZMA2).
+            self._behind = self._held and self._flush_due()
+            self._held = False
             self._space.notify_all()
         self.stats.records += len(states)
         self.stats.blocks += len(packed)
