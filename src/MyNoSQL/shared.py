@@ -48,14 +48,14 @@ import orjson
 
 from . import errors
 from .config import DatabaseConfig, load_config
-from .database import Change, Database, FileLock, prepare_folder, validate_db_name
+from .database import Change, Database, FileLock, prepare_folder, prepare_save, validate_db_name
 from .errors import ConflictError, DatabaseClosed, DatabaseLocked, DocumentNotFound, InvalidDocument, MyNoSQLError
 from .node import Node
 from .options import Options
 from .query import IndexInfo
 from .records import revtree
 from .records.codec import copy_plan, decode_value, encode_body, encode_value, loads_body
-from .records.ids import new_id, validate_id
+from .records.ids import validate_id
 from .records.revtree import DocState
 
 if TYPE_CHECKING:
@@ -792,21 +792,7 @@ class ClientNode(Node):
     def savedoc(self, doc: dict[str, Any]) -> dict[str, Any]:
         if self._promoted:
             return Node.savedoc(self, doc)
-        if not isinstance(doc, dict):
-            raise InvalidDocument(f"a record must be a dict, not {type(doc).__name__}")
-        id = doc.get("id")
-        fresh = id is None
-        id = new_id() if fresh else validate_id(id)
-        rev = doc.get("rev")
-        if rev is not None and type(rev) is not str:
-            raise InvalidDocument(f"rev must be a string, not {type(rev).__name__}")
-        body = dict(doc)
-        body.pop("id", None)
-        body.pop("rev", None)
-        blob, decoded = encode_body(body)
-        if len(blob) > self.options.max_doc_bytes:
-            raise InvalidDocument(
-                f"record {id!r} is {len(blob)} bytes encoded, over the limit of {self.options.max_doc_bytes}")
+        id, rev, fresh, blob, decoded = prepare_save(doc, self.options.max_doc_bytes)
         try:
             (win, own), data = self._c_call("save", [id, rev, fresh, False], blob)
         except _Promoted:  # taken over during the call: the dead owner may have written it
