@@ -215,6 +215,28 @@ def prepare_folder(path: Path) -> None:
         raise StorageError(exc.errno, f"cannot create database directory {path}: {exc.strerror}") from exc
 
 
+
+def prepare_save(doc: Any, max_doc_bytes: int) -> tuple[str, str | None, bool, bytes, dict[str, Any] | None]:
+    """The checks and encoding of a ``savedoc`` input, the same in the owner and in a process that shares its
+    database: ``(id, rev, fresh, blob, decoded)``. ``fresh``: the id was just made at random (no current state
+    can exist); ``blob``, ``decoded``: what :func:`encode_body` returns for the body (``id`` and ``rev`` taken
+    out). Raises :class:`InvalidDocument`."""
+    if not isinstance(doc, dict):
+        raise InvalidDocument(f"a record must be a dict, not {type(doc).__name__}")
+    id = doc.get("id")
+    fresh = id is None  # a random 128-bit id is new: no need to look it up
+    id = new_id() if fresh else validate_id(id)
+    rev = doc.get("rev")
+    if rev is not None and type(rev) is not str:
+        raise InvalidDocument(f"rev must be a string, not {type(rev).__name__}")
+    body = dict(doc)
+    body.pop("id", None)
+    body.pop("rev", None)
+    blob, decoded = encode_body(body)
+    if len(blob) > max_doc_bytes:
+        raise InvalidDocument(f"record {id!r} is {len(blob)} bytes encoded, over the limit of {max_doc_bytes}")
+    return id, rev, fresh, blob, decoded
+
 class Database:
     """An open database. Thread-safe. Get one from ``MyNoSQL.opendb``."""
 
@@ -492,22 +514,7 @@ class Database:
     def savedoc(self, doc: dict[str, Any]) -> dict[str, Any]:
         """Save a record; see :meth:`MyNoSQL.savedoc` for the rules and the durability contract."""
         store = self._check()
-        if not isinstance(doc, dict):
-            raise InvalidDocument(f"a record must be a dict, not {type(doc).__name__}")
-        id = doc.get("id")
-        fresh = id is None  # a random 128-bit id is new: no need to look it up
-        id = new_id() if fresh else validate_id(id)
-        rev = doc.get("rev")
-        if rev is not None and type(rev) is not str:
-            raise InvalidDocument(f"rev must be a string, not {type(rev).__name__}")
-        body = dict(doc)
-        body.pop("id", None)
-        body.pop("rev", None)
-        blob, decoded = encode_body(body)
-        if len(blob) > self.options.max_doc_bytes:
-            raise InvalidDocument(
-                f"record {id!r} is {len(blob)} bytes encoded, over the limit of {self.options.max_doc_bytes}"
-            )
+        id, rev, fresh, blob, decoded = prepare_save(doc, self.options.max_doc_bytes)
         prev, state = self._put_body(store, id, rev, blob, fresh)
         if decoded is not None and state is not None:
             win = state.winner

@@ -379,3 +379,4 @@ def test_writers_and_readers_killed_at_random_lose_no_acknowledged_save(tmp_path
             if cur_rev == rev:
                 assert body["i"] == i
         assert db.verify() == []
+

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import select
 import socket
 import threading
 from pathlib import Path
@@ -57,3 +58,49 @@ def test_frames_carry_json_and_raw_bytes_of_any_size() -> None:
         a.close()
         with pytest.raises(EOFError):
             shared._recv(b)
+
+
+class _Turn:
+    """A stand-in for the owner's ``_turn`` event that records how long it was asked to wait."""
+
+    def __init__(self) -> None:
+        self.waits: list[float] = []
+
+    def clear(self) -> None:
+        pass
+
+    def wait(self, timeout: float) -> bool:
+        self.waits.append(timeout)
+        return False
+
+
+def test_the_owner_s_own_write_gives_way_only_to_a_waiting_request(tmp_path: Path) -> None:
+    """After its own write, an owner thread waits (GIVE_WAY at most) only while another process's request waits on
+    a calling connection; never in a serving thread, never before a client connected (no listener then)."""
+    h = MyNoSQL.MyNoSQL(tmp_path)
+    h.opendb("db")
+    b = MyNoSQL.MyNoSQL(tmp_path)
+    b.opendb("db")  # a client (a second handle shares too): its lifeline makes the owner note its writes
+    try:
+        server = h.db._unshare.__self__  # type: ignore[attr-defined, union-attr]
+        assert isinstance(server, shared.OwnerServer)
+        turn = _Turn()
+        server._turn = turn  # type: ignore[assignment]
+        mine, theirs = socket.socketpair()
+        with mine, theirs:
+            server._calls.register(mine, select.POLLIN)
+            h.savedoc({"id": "quiet"})
+            assert turn.waits == []  # nothing waits: no pause
+            theirs.send(b"request")
+            h.savedoc({"id": "busy"})
+            assert turn.waits == [shared.GIVE_WAY]
+            server._callers.add(threading.get_ident())  # as a serving thread: it is the one taking requests
+            try:
+                h.savedoc({"id": "served"})
+            finally:
+                server._callers.discard(threading.get_ident())
+            assert turn.waits == [shared.GIVE_WAY]
+            server._calls.unregister(mine)
+    finally:
+        b.closedb()
+        h.closedb()

@@ -26,6 +26,7 @@ Every sync (group commits, and the syncs of segment files and their directory) i
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import mmap
@@ -89,6 +90,7 @@ class WriteAheadLog:
         self._written = 0  # bytes appended since open, over all segments
         self._synced = 0
         self._sync_lock = threading.Lock()
+        self._next: tuple[int, mmap.mmap | None, int, int] | None = None  # the next segment, made ahead (prepare)
         self._dsync = power_safe and hasattr(os, "pwritev") and hasattr(os, "RWF_DSYNC")
 
     # -- recovery ---------------------------------------------------------------------------------------------
@@ -313,11 +315,22 @@ class WriteAheadLog:
                     raise StorageError(exc.errno, f"cannot sync the write-ahead log: {exc.strerror}") from exc
                 self._synced = max(self._synced, target)
 
+    def prepare(self) -> None:
+        """Make the next segment ahead (creating, reserving and mapping it; with ``power_safe``, zeroing and
+        syncing it too), so that :meth:`rotate`, under the caller's write lock, only switches to it. Called by the
+        one thread that rotates, outside that lock. A failure is left for ``rotate`` to meet and report. A crash
+        leaves an empty segment, which recovery reads as such."""
+        if self._next is None:
+            with contextlib.suppress(OSError):
+                self._next = self._create_segment(self._segment + 1)
+
     def rotate(self) -> int:
         """Start a new segment (caller serialises with appends). Returns the number of the last closed one."""
         with self._sync_lock:
             old = self._segment
-            new = self._create_segment(old + 1)  # first: if the disk is full, the current segment stays
+            new, self._next = self._next, None
+            if new is None:
+                new = self._create_segment(old + 1)  # first: if the disk is full, the current segment stays
             self._close_segment()
             self._synced = self._written
             self._fd, self._mm, self._size, self._pos = new
@@ -331,6 +344,13 @@ class WriteAheadLog:
                 (self.directory / _segment_name(s)).unlink(missing_ok=True)
 
     def close(self) -> None:
+        nxt, self._next = self._next, None
+        if nxt is not None:  # made ahead, never written: not a segment to recover
+            fd, mm, _size, _pos = nxt
+            if mm is not None:
+                mm.close()
+            os.close(fd)
+            (self.directory / _segment_name(self._segment + 1)).unlink(missing_ok=True)
         if self._fd >= 0:
             with self._sync_lock:
                 self._close_segment()
