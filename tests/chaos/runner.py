@@ -5,6 +5,7 @@
     python tests/chaos/runner.py --seed 7 --shrink    # look for a shorter history that still fails
     python tests/chaos/runner.py --runs 1000 --jobs 3 --report docs/chaos-1000.md   # seeds in 3 worker processes
     python tests/chaos/runner.py --runs 500 --first 60001 --dbs 3 --attachments     # 2-3 databases, attachments
+    python tests/chaos/runner.py --runs 100 --first 70001 --procs 3 --dbs 2 --attachments  # peers of 1-3 processes
 
 A history mixes creates, updates and deletes of a small set of ids (so conflicts happen), partitions of any
 link (each peer-mirror and mirror-mirror link goes through its own fault proxy), isolated peers editing the same
@@ -18,7 +19,21 @@ handle and replicate each; every operation names its database, and the same ids 
 every database. With ``--attachments`` the histories also put attachments on records (new ones, replacing one of
 the same name, on a record created by it, on a tombstone) and delete them; the bytes are a few blobs of 0 B to
 256 KiB (``payload.py``) shared by many records, so the same bytes are stored once and travel again and again.
-Then every link heals, every node runs, and once quiet, in every database:
+With ``--procs N`` a peer node is 1..N OS processes (the seed chooses how many for each peer; one peer at least
+has N) that open the same folder and databases (``MyNoSQL/shared.py``): the first to open a database owns it
+(its store, replication), the others are its clients, and when the owner exits or is killed one of them takes
+over. Each process of the node runs the agent. A save or delete of the history goes to a random process of the
+node (a dead one starts again first); attachment writes, and the compaction that a ``crash_compacting`` stops,
+go to the process that owns the database, since a client cannot make them yet (its attachment calls and
+``observe`` raise an error naming the owner's pid): so the histories stay the same and ownership moves under
+them. A ``kill`` of such a node SIGKILLs one of its processes, half the time the owner of one of its databases
+(a takeover follows) and otherwise any one (owner or client); the killed process starts again at once half the
+time (as under a supervisor), else at its next operation. A ``restart`` stops and starts one process
+gracefully (an owner hands its databases over). After every acknowledged write another running process of the
+node reads the record at once: reading an ancestor of the acknowledged revision (or nothing while it is a live
+leaf) is a stale read, counted as a divergence. Mirrors stay one process each.
+
+Then every link heals, every node (every process of it) runs, and once quiet, in every database:
 
 - convergence: both mirrors hold the same records with the same leaves, winner, tombstones and attachments
   (name, digest, length of each leaf's), and every peer's copy of a record it holds has the mirrors' winner with
@@ -30,6 +45,7 @@ Then every link heals, every node runs, and once quiet, in every database:
 - attachment bytes: every attachment of every leaf on a mirror, and of every winner a peer holds (a peer fetches
   from a mirror those it has only the stub of), reads back as bytes whose MD5 is its digest;
 - the winner is CouchDB's rule applied to the leaves;
+- with ``--procs``: every process of a peer reads (``readdoc``) every record at the winner its node holds;
 - replicating again when in step moves nothing;
 - every database passes verify.
 """
@@ -162,8 +178,13 @@ class Proc:
 
     def call(self, op: str, timeout: float = 30, **kw: Any) -> dict[str, Any]:
         assert self.proc is not None and self.proc.stdin is not None
-        self.proc.stdin.write(json.dumps({"op": op, **kw}) + "\n")
-        self.proc.stdin.flush()
+        try:
+            self.proc.stdin.write(json.dumps({"op": op, **kw}) + "\n")
+            self.proc.stdin.flush()
+        except BrokenPipeError:
+            self.proc.wait(10)
+            raise RuntimeError(f"{self.name} exited with {self.proc.returncode} (asked {op}); its stderr: "
+                               f"{self.stderr_tail()}") from None
         return self._readline(timeout)
 
     @property
@@ -451,7 +472,12 @@ def run_seed(seed: int, stats: Stats, *, n_ops: int = 40, verbose: bool = False,
                         node = (peers | mirrors)[op[1]]
                         running = [p for p in node.procs if p.alive]
                         if len(node.procs) > 1 and running:  # one process of several: the owner, or a client
-                            victim = prnd.choice(running)
+                            # half the time the owner of a database (a takeover follows), else any process;
+                            # a history written by hand may say which: ("kill", node, "owner" | "client")
+                            owner = op[2] == "owner" if len(op) > 2 else prnd.random() < 0.5
+                            victim = node.owner(prnd.choice(db_names)) if owner else prnd.choice(running)
+                            if len(op) > 2 and op[2] == "client":
+                                victim = prnd.choice([p for p in running if not p.call("role")["owns"]] or running)
                             role = "owner" if victim.call("role")["owns"] else "client"
                             stats.faults[f"kill: a process of several, {role}"] = \
                                 stats.faults.get(f"kill: a process of several, {role}", 0) + 1
@@ -487,8 +513,7 @@ def run_seed(seed: int, stats: Stats, *, n_ops: int = 40, verbose: bool = False,
             for p in proxies.values():
                 p.heal()
             for node in (*mirrors.values(), *peers.values()):
-                if not node.alive:
-                    node.start()
+                node.start()  # every process of it that is not running
             problems += settle_and_check(mirrors, peers, acked, stats, db_names)
         except Exception as exc:  # the harness itself failed: report it as a problem of this seed
             problems = [f"harness: {type(exc).__name__}: {exc}"]
