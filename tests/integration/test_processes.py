@@ -166,7 +166,8 @@ def test_a_client_answers_what_a_node_says_of_itself(tmp_path: Path) -> None:
         with pytest.raises(MyNoSQL.MyNoSQLError, match=f"pid {os.getpid()}"):
             client.storage_stats  # noqa: B018
         a.closedb()  # the client takes over: the same calls now answer from its own store
-        poll_until(lambda: client._promoted, timeout=30, interval=0.01, what="the client to take over")
+        poll_until(lambda: client._promoted and client.server_url, timeout=30, interval=0.01,
+                   what="the client to take over and serve")  # its services start once it owns the database
         assert client.health() is None and client.server_url == f"http://127.0.0.1:{port}"
         assert client.storage_stats is not None and client.replication_status() == {}
     assert client.health() == "closed"
