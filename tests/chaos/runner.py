@@ -158,7 +158,7 @@ class Proc:
         with open(self.stderr_path, "a") as err:
             self.proc = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err,
                                          text=True, env=ENV)
-        ready = self._readline(60)
+        ready = self._readline(120)  # under a load average of 30+ a mirror once took more than 60 s (seed 70109)
         if not ready.get("ready"):
             raise RuntimeError(f"{self.name} did not start: {ready}")
 
@@ -169,7 +169,7 @@ class Proc:
         sel = selectors.DefaultSelector()
         sel.register(self.proc.stdout, selectors.EVENT_READ)
         if not sel.select(timeout):
-            raise TimeoutError(f"{self.name} did not answer within {timeout} s")
+            raise TimeoutError(f"{self.name} did not answer within {timeout} s; its stderr: {self.stderr_tail(5)}")
         line = self.proc.stdout.readline()
         if not line:
             self.proc.wait(10)
