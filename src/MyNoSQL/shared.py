@@ -59,7 +59,7 @@ from .records.ids import validate_id
 from .records.revtree import DocState
 
 if TYPE_CHECKING:
-    from .storage.store import Listener, Store
+    from .storage.store import FlushStats, Listener, Store
 
 log = logging.getLogger("MyNoSQL")
 T = TypeVar("T")
@@ -312,6 +312,8 @@ _CALLS: dict[str, Callable[..., Any]] = {
     "userlist": Node.userlist, "index_rows": Node.index_rows,
     "pull": lambda n, url, timeout: n.pull(url, timeout=timeout),
     "push": lambda n, url, timeout: n.push(url, timeout=timeout),
+    "server_url": lambda n: n.server_url, "replication_status": Node.replication_status, "health": Node.health,
+    "security": lambda n: n.security, "purged_infos_limit": lambda n: n.purged_infos_limit,
 }
 
 
@@ -782,6 +784,17 @@ class ClientNode(Node):
                 pass
         return local(self, *args)
 
+    def _ask(self, op: str) -> Any:
+        """The owner's answer to ``op`` (a property or a call without arguments); this process's own once it took
+        over (``None`` then: the caller reads it locally)."""
+        if not self._promoted:
+            try:
+                result, _ = self._c_call("call", [op, encode_value([])])
+                return decode_value(result)
+            except _Promoted:
+                pass
+        return None
+
     # -- lifecycle ------------------------------------------------------------------------------------------
 
     def close(self) -> None:
@@ -825,6 +838,45 @@ class ClientNode(Node):
     @property
     def revs_limit(self) -> int:
         return self.config.revs_limit or self.options.revs_limit
+
+    @property
+    def server_url(self) -> str | None:
+        """The URL the owner serves this database on (Mirror mode), or None."""
+        out: str | None = self._ask("server_url")
+        return super().server_url if self._promoted else out
+
+    def replication_status(self) -> dict[str, Any]:
+        """The owner's (replication runs there)."""
+        out: dict[str, Any] = self._ask("replication_status")
+        return super().replication_status() if self._promoted else out
+
+    def health(self) -> str | None:
+        """The owner's (one call to it), or why it cannot be asked."""
+        if self._c_closed:
+            return "closed"
+        if not self._promoted:
+            try:
+                out: str | None = self._ask("health")
+            except MyNoSQLError as exc:
+                return f"its owner process cannot be asked: {exc}"
+            if not self._promoted:
+                return out
+        return super().health()
+
+    @property
+    def security(self) -> dict[str, Any]:
+        out: dict[str, Any] = self._ask("security")
+        return super().security if self._promoted else out
+
+    @property
+    def purged_infos_limit(self) -> int:
+        out: int = self._ask("purged_infos_limit")
+        return super().purged_infos_limit if self._promoted else out
+
+    @property
+    def storage_stats(self) -> FlushStats:
+        self._check()  # the owner's store: not here until this process takes over
+        return super().storage_stats
 
     @property
     def owner_pid(self) -> int:

@@ -19,6 +19,13 @@ Commands (one JSON object a line; "db" names the database, the first one when ab
       reads the bytes of every attachment of every live leaf (only the winners with "winners": a Peer then
       fetches from a mirror those it has only the stub of) and gives the MD5 digest of what it read
   {"op": "status"}                            -> {"ok": true, "status": ...}
+  {"op": "role"}                              -> {"ok": true, "pid": P, "owns": [names of the databases it owns]}
+      a node may be several processes opening the same databases (the runner's --procs): the first to open a
+      database owns it, the others are its clients, and one of them takes over when the owner goes away
+  {"op": "readcheck", "id": I, "rev": R}      -> {"ok": true, "rev": what readdoc gives here, "stale": bool}
+      after another process of the node acknowledged R: stale if the read gave an ancestor of R, or nothing
+      while R is a live leaf
+  {"op": "readall"}                           -> {"ok": true, "revs": {id: readdoc's rev here, None if deleted}}
   {"op": "hang_in_compaction", "at": P}       -> {"ok": true, "hung": bool}
       compacts in a thread that stops for good right after the store step P ("shards.append": blocks written,
       index not committed; "index.commit_flush": index committed, log not yet dropped; "wal.remove_through":
@@ -31,6 +38,7 @@ import base64
 import contextlib
 import hashlib
 import json
+import os
 import sys
 import threading
 import time
@@ -46,6 +54,7 @@ from payload import BLOBS, blob_bytes  # noqa: E402  (beside this file)
 
 import MyNoSQL  # noqa: E402
 from MyNoSQL.records import revtree  # noqa: E402
+from MyNoSQL.testing import poll_until  # noqa: E402
 
 
 def hang_in_compaction(db: MyNoSQL.Database, at: str) -> bool:
@@ -108,6 +117,43 @@ def atthash(db: MyNoSQL.Database, winners: bool) -> tuple[dict[str, Any], list[s
     return hashes, errors
 
 
+def owns(db: Any) -> bool:
+    """Whether this process owns ``db`` (a plain database, or a shared one's client that took it over)."""
+    return getattr(db, "owner_pid", os.getpid()) == os.getpid()
+
+
+def read_rev(db: Any, id: str) -> str | None:
+    """What ``readdoc`` gives in this process (a client: from its cache when it holds the record)."""
+    try:
+        return str(db.readdoc(id)["rev"])
+    except MyNoSQL.DocumentNotFound:
+        return None
+
+
+def readcheck(db: Any, id: str, acked: str) -> dict[str, Any]:
+    """Read ``id`` here after another process of this node acknowledged revision ``acked`` of it. The read is
+    stale if it gives an ancestor of ``acked`` (then ``acked`` was already written, so what it read was no
+    longer a leaf), or nothing while ``acked`` is still a live leaf (then the winner was live all along)."""
+    rev = read_rev(db, id)
+    state = db.state(id)  # the owner's, after the read: a tree only grows
+    stale = False
+    if state is not None and acked in state.tree:
+        ancestors, at = set(), state.tree[acked][0]
+        for _ in range(len(state.tree)):
+            if at is None:
+                break
+            ancestors.add(at)
+            at = state.tree[at][0] if at in state.tree else None
+        live_leaf = acked in revtree.leaves(state.tree) and not state.tree[acked][1]
+        stale = rev in ancestors or (rev is None and live_leaf)
+    return {"rev": rev, "stale": stale}
+
+
+def readall(db: Any) -> dict[str, str | None]:
+    """``readdoc`` here of every record the database holds: the winner, or None for a tombstone."""
+    return {s.id: read_rev(db, s.id) for s in list(db.states_since(0))}
+
+
 class Service:
     """A mirror of several databases: ``mynosql serve``'s composition over the folder ``path``."""
 
@@ -129,12 +175,11 @@ class Service:
         self.url = self.service.start()  # with peers, it opens every database and replicates it
         # A request (another mirror's pull) may have opened a database first: its hooks (this one included)
         # may still be running when start() returns; they end on the service's loop.
-        deadline = time.monotonic() + 30
-        while set(names) - set(self.dbs) and time.monotonic() < deadline:
-            time.sleep(0.01)
-        missing = set(names) - set(self.dbs)
-        if missing:
-            raise RuntimeError(f"the mirror did not open {sorted(missing)}")
+        try:
+            poll_until(lambda: not set(names) - set(self.dbs), timeout=30, interval=0.01,
+                       what=f"the mirror to open {sorted(names)}")
+        except TimeoutError as exc:
+            raise RuntimeError(f"the mirror did not open {sorted(set(names) - set(self.dbs))}") from exc
 
     def status(self, name: str) -> dict[str, Any]:
         return {"mirrors": self.service.replication_status(name), "server": self.url}
@@ -199,6 +244,12 @@ def main() -> None:
                 out = {"ok": True}
             elif op == "read":
                 out = {"ok": True, "rev": db.readdoc(cmd["id"])["rev"]}
+            elif op == "role":
+                out = {"ok": True, "pid": os.getpid(), "owns": sorted(n for n, d in dbs.items() if owns(d))}
+            elif op == "readcheck":
+                out = {"ok": True, **readcheck(db, cmd["id"], cmd["rev"])}
+            elif op == "readall":
+                out = {"ok": True, "revs": readall(db)}
             elif op == "dump":
                 docs = {}
                 for s in db.states_since(0):

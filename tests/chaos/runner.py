@@ -5,6 +5,7 @@
     python tests/chaos/runner.py --seed 7 --shrink    # look for a shorter history that still fails
     python tests/chaos/runner.py --runs 1000 --jobs 3 --report docs/chaos-1000.md   # seeds in 3 worker processes
     python tests/chaos/runner.py --runs 500 --first 60001 --dbs 3 --attachments     # 2-3 databases, attachments
+    python tests/chaos/runner.py --runs 100 --first 70001 --procs 3 --dbs 2 --attachments  # peers of 1-3 processes
 
 A history mixes creates, updates and deletes of a small set of ids (so conflicts happen), partitions of any
 link (each peer-mirror and mirror-mirror link goes through its own fault proxy), isolated peers editing the same
@@ -18,7 +19,21 @@ handle and replicate each; every operation names its database, and the same ids 
 every database. With ``--attachments`` the histories also put attachments on records (new ones, replacing one of
 the same name, on a record created by it, on a tombstone) and delete them; the bytes are a few blobs of 0 B to
 256 KiB (``payload.py``) shared by many records, so the same bytes are stored once and travel again and again.
-Then every link heals, every node runs, and once quiet, in every database:
+With ``--procs N`` a peer node is 1..N OS processes (the seed chooses how many for each peer; one peer at least
+has N) that open the same folder and databases (``MyNoSQL/shared.py``): the first to open a database owns it
+(its store, replication), the others are its clients, and when the owner exits or is killed one of them takes
+over. Each process of the node runs the agent. A save or delete of the history goes to a random process of the
+node (a dead one starts again first); attachment writes, and the compaction that a ``crash_compacting`` stops,
+go to the process that owns the database, since a client cannot make them yet (its attachment calls and
+``observe`` raise an error naming the owner's pid): so the histories stay the same and ownership moves under
+them. A ``kill`` of such a node SIGKILLs one of its processes, half the time the owner of one of its databases
+(a takeover follows) and otherwise any one (owner or client); the killed process starts again at once half the
+time (as under a supervisor), else at its next operation. A ``restart`` stops and starts one process
+gracefully (an owner hands its databases over). After every acknowledged write another running process of the
+node reads the record at once: reading an ancestor of the acknowledged revision (or nothing while it is a live
+leaf) is a stale read, counted as a divergence. Mirrors stay one process each.
+
+Then every link heals, every node (every process of it) runs, and once quiet, in every database:
 
 - convergence: both mirrors hold the same records with the same leaves, winner, tombstones and attachments
   (name, digest, length of each leaf's), and every peer's copy of a record it holds has the mirrors' winner with
@@ -30,6 +45,7 @@ Then every link heals, every node runs, and once quiet, in every database:
 - attachment bytes: every attachment of every leaf on a mirror, and of every winner a peer holds (a peer fetches
   from a mirror those it has only the stub of), reads back as bytes whose MD5 is its digest;
 - the winner is CouchDB's rule applied to the leaves;
+- with ``--procs``: every process of a peer reads (``readdoc``) every record at the winner its node holds;
 - replicating again when in step moves nothing;
 - every database passes verify.
 """
@@ -117,16 +133,17 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-class Node:
-    def __init__(self, name: str, path: Path, mode: str, offset: float, port: int = 0, *,
-                 dbs: list[str] | None = None, peer_urls: list[str] | None = None) -> None:
-        self.name, self.path, self.mode, self.offset, self.port = name, path, mode, offset, port
-        self.dbs, self.peer_urls = dbs or ["db"], peer_urls or []
+class Proc:
+    """One process of a node: an agent (``agent.py``) driven by JSON lines."""
+
+    def __init__(self, node: Node, index: int) -> None:
+        self.node, self.index = node, index
+        self.name = node.name if len(node.procs_wanted) == 1 else f"{node.name}.{index}"
         self.proc: subprocess.Popen[str] | None = None
 
     @property
     def stderr_path(self) -> Path:
-        return self.path.with_name(f"{self.name}.stderr")  # beside the node's folder, kept across restarts
+        return self.node.path.with_name(f"{self.name}.stderr")  # beside the node's folder, kept across restarts
 
     def stderr_tail(self, lines: int = 15) -> str:
         try:
@@ -135,12 +152,13 @@ class Node:
             return ""
 
     def start(self) -> None:
-        args = [sys.executable, str(AGENT), str(self.path), ",".join(self.dbs), self.mode, str(self.offset),
-                str(self.port), ",".join(self.peer_urls)]
+        n = self.node
+        args = [sys.executable, str(AGENT), str(n.path), ",".join(n.dbs), n.mode, str(n.offset),
+                str(n.port), ",".join(n.peer_urls)]
         with open(self.stderr_path, "a") as err:
             self.proc = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err,
                                          text=True, env=ENV)
-        ready = self._readline(60)
+        ready = self._readline(120)  # under a load average of 30+ a mirror once took more than 60 s (seed 70109)
         if not ready.get("ready"):
             raise RuntimeError(f"{self.name} did not start: {ready}")
 
@@ -151,7 +169,7 @@ class Node:
         sel = selectors.DefaultSelector()
         sel.register(self.proc.stdout, selectors.EVENT_READ)
         if not sel.select(timeout):
-            raise TimeoutError(f"{self.name} did not answer within {timeout} s")
+            raise TimeoutError(f"{self.name} did not answer within {timeout} s; its stderr: {self.stderr_tail(5)}")
         line = self.proc.stdout.readline()
         if not line:
             self.proc.wait(10)
@@ -160,8 +178,13 @@ class Node:
 
     def call(self, op: str, timeout: float = 30, **kw: Any) -> dict[str, Any]:
         assert self.proc is not None and self.proc.stdin is not None
-        self.proc.stdin.write(json.dumps({"op": op, **kw}) + "\n")
-        self.proc.stdin.flush()
+        try:
+            self.proc.stdin.write(json.dumps({"op": op, **kw}) + "\n")
+            self.proc.stdin.flush()
+        except BrokenPipeError:
+            self.proc.wait(10)
+            raise RuntimeError(f"{self.name} exited with {self.proc.returncode} (asked {op}); its stderr: "
+                               f"{self.stderr_tail()}") from None
         return self._readline(timeout)
 
     @property
@@ -184,6 +207,65 @@ class Node:
                 self.kill()
 
 
+class Node:
+    """A node of the history: one process (a mirror, a peer by default), or ``procs`` processes that open the
+    same folder and databases (a peer with ``--procs``): the first to open a database owns it, the others are
+    its clients (``MyNoSQL/shared.py``)."""
+
+    def __init__(self, name: str, path: Path, mode: str, offset: float, port: int = 0, *,
+                 dbs: list[str] | None = None, peer_urls: list[str] | None = None, procs: int = 1) -> None:
+        self.name, self.path, self.mode, self.offset, self.port = name, path, mode, offset, port
+        self.dbs, self.peer_urls = dbs or ["db"], peer_urls or []
+        self.procs_wanted = range(max(1, procs))
+        self.procs = [Proc(self, k) for k in self.procs_wanted]
+
+    def stderr_tail(self, lines: int = 15) -> str:
+        return " || ".join(f"{p.name}: {p.stderr_tail(lines)}" for p in self.procs)
+
+    def start(self) -> None:
+        """Start every process that is not running, one after the other (the first of a fresh node owns)."""
+        for p in self.procs:
+            if not p.alive:
+                p.start()
+
+    def any(self) -> Proc:
+        """A running process (the first one); starts the first if none runs."""
+        for p in self.procs:
+            if p.alive:
+                return p
+        self.procs[0].start()
+        return self.procs[0]
+
+    def call(self, op: str, timeout: float = 30, **kw: Any) -> dict[str, Any]:
+        return self.any().call(op, timeout, **kw)
+
+    def owner(self, db: str) -> Proc:
+        """The running process that owns ``db`` (after a kill of the owner, once another took it over)."""
+        if len(self.procs) == 1:
+            return self.any()
+
+        def find() -> Proc | None:
+            running = [p for p in self.procs if p.alive] or [self.any()]
+            return next((p for p in running if db in p.call("role")["owns"]), None)
+
+        try:
+            return poll_until(find, timeout=40, interval=0.05, what=f"a process of {self.name} to own {db}")
+        except TimeoutError as exc:
+            raise RuntimeError(f"no process of {self.name} owns {db}: {exc}; {self.stderr_tail(5)}") from exc
+
+    @property
+    def alive(self) -> bool:
+        return any(p.alive for p in self.procs)
+
+    def kill(self) -> None:
+        for p in self.procs:
+            p.kill()
+
+    def stop(self) -> None:
+        for p in reversed(self.procs):  # the clients first: the owner (usually the first) has the least to hand on
+            p.stop()
+
+
 @dataclasses.dataclass
 class Stats:
     runs: int = 0
@@ -192,7 +274,8 @@ class Stats:
     att_writes: int = 0  # acknowledged attachment writes (put or delete)
     att_reads: int = 0  # attachment bytes read back and checked against their digest, over every node
     faults: dict[str, int] = dataclasses.field(default_factory=dict)
-    divergences: int = 0
+    reads_checked: int = 0  # reads in another process of the node right after an acknowledged write
+    divergences: int = 0  # including stale reads
     lost: int = 0
     failures: list[int] = dataclasses.field(default_factory=list)
 
@@ -282,15 +365,30 @@ def make_history_v2(seed: int, n_ops: int, *, dbs: int, attachments: bool) -> li
     return ops
 
 
-def replay_flags(dbs: int, attachments: bool) -> str:
-    return (f" --dbs {dbs}" if dbs > 1 else "") + (" --attachments" if attachments else "")
+def replay_flags(dbs: int, attachments: bool, procs: int = 1) -> str:
+    return (f" --dbs {dbs}" if dbs > 1 else "") + (" --attachments" if attachments else "") \
+        + (f" --procs {procs}" if procs > 1 else "")
+
+
+def seed_procs(seed: int, max_procs: int) -> list[int]:
+    """How many processes each peer node of ``seed`` runs: 1..max_procs each (the seed chooses), at least one
+    peer with ``max_procs`` when that is more than 1."""
+    if max_procs <= 1:
+        return [1] * N_PEERS
+    rnd = random.Random(seed * 6_700_417 + 5)
+    counts = [rnd.randint(1, max_procs) for _ in range(N_PEERS)]
+    if max(counts) < max_procs:
+        counts[rnd.randrange(N_PEERS)] = max_procs
+    return counts
 
 
 def run_seed(seed: int, stats: Stats, *, n_ops: int = 40, verbose: bool = False,
              history: list[tuple[Any, ...]] | None = None, skew: bool = False, dbs: int = 1,
-             attachments: bool = False) -> list[str]:
+             attachments: bool = False, procs: int = 1) -> list[str]:
     """Run one seeded history; return the problems found (empty: every promise held)."""
     rnd = random.Random(seed * 7919 + 1)
+    prnd = random.Random(seed * 15_485_863 + 7)  # which process of a node: apart, so histories stay the same
+    n_procs = seed_procs(seed, procs)
     ops = history if history is not None else make_history(seed, n_ops, dbs=dbs, attachments=attachments)
     db_names = seed_dbs(seed, dbs)
     problems: list[str] = []
@@ -302,8 +400,10 @@ def run_seed(seed: int, stats: Stats, *, n_ops: int = 40, verbose: bool = False,
             offsets = {name: (k - 2) * 7 * 3600.0 for k, name in enumerate(names)}
         mirrors = {f"m{j}": Node(f"m{j}", base / f"m{j}", "Mirror", offsets[f"m{j}"], free_port(), dbs=db_names)
                    for j in range(N_MIRRORS)}
-        peers = {f"p{i}": Node(f"p{i}", base / f"p{i}", "Peer", offsets[f"p{i}"], dbs=db_names)
+        peers = {f"p{i}": Node(f"p{i}", base / f"p{i}", "Peer", offsets[f"p{i}"], dbs=db_names, procs=n_procs[i])
                  for i in range(N_PEERS)}
+        if verbose and procs > 1:
+            print("   processes of each peer:", dict(zip(peers, n_procs, strict=True)))
         proxies: dict[str, FaultProxy] = {}
         for i in range(N_PEERS):
             for j in range(N_MIRRORS):
@@ -328,23 +428,37 @@ def run_seed(seed: int, stats: Stats, *, n_ops: int = 40, verbose: bool = False,
                     print("  ", op)
                 if kind in ("save", "delete", "putatt", "delatt"):
                     node = peers[f"p{op[1]}"]
-                    if not node.alive:
-                        node.start()
                     db = op_db(op)
+                    if kind in ("putatt", "delatt"):  # only the owner of a database writes attachments
+                        proc = node.owner(db)
+                    else:  # any process of the node (a dead one starts again)
+                        proc = prnd.choice(node.procs)
+                        if not proc.alive:
+                            proc.start()
+                    if verbose and len(node.procs) > 1:
+                        print("      in", proc.name)
                     if kind == "save":
-                        ans = node.call("save", id=op[2], body={"v": op[3], "by": node.name}, db=db)
+                        ans = proc.call("save", id=op[2], body={"v": op[3], "by": node.name}, db=db)
                     elif kind == "delete":
-                        ans = node.call("delete", id=op[2], db=db)
+                        ans = proc.call("delete", id=op[2], db=db)
                     elif kind == "putatt":
-                        ans = node.call("putatt", id=op[2], name=op[3], blob=op[4], db=db)
+                        ans = proc.call("putatt", id=op[2], name=op[3], blob=op[4], db=db)
                     else:
-                        ans = node.call("delatt", id=op[2], name=op[3], db=db)
+                        ans = proc.call("delatt", id=op[2], name=op[3], db=db)
                     if ans.get("ok"):
-                        ack = Ack(node.name, db, op[2], ans["rev"], ans.get("atts"), op)
+                        ack = Ack(proc.name, db, op[2], ans["rev"], ans.get("atts"), op)
                         acked.append(ack)
                         if kind in ("putatt", "delatt"):
                             stats.att_writes += 1
                         problems += ack.check_read_back()
+                        others = [p for p in node.procs if p is not proc and p.alive]
+                        if others:  # another process reads it at once: never an older revision
+                            reader = prnd.choice(others)
+                            got = reader.call("readcheck", id=op[2], rev=ans["rev"], db=db)
+                            stats.reads_checked += 1
+                            if not got.get("ok") or got["stale"]:
+                                problems.append(f"stale: [{db}] {reader.name} read {op[2]} at {got} right after "
+                                                f"{proc.name} acknowledged {ans['rev']} ({op})")
                 else:
                     stats.faults[kind] = stats.faults.get(kind, 0) + 1
                     if kind == "partition":
@@ -356,23 +470,42 @@ def run_seed(seed: int, stats: Stats, *, n_ops: int = 40, verbose: bool = False,
                             proxies[f"p{op[1]}-m{j}"].partition()
                     elif kind == "kill":
                         node = (peers | mirrors)[op[1]]
-                        node.kill()
+                        running = [p for p in node.procs if p.alive]
+                        if len(node.procs) > 1 and running:  # one process of several: the owner, or a client
+                            # half the time the owner of a database (a takeover follows), else any process;
+                            # a history written by hand may say which: ("kill", node, "owner" | "client")
+                            owner = op[2] == "owner" if len(op) > 2 else prnd.random() < 0.5
+                            victim = node.owner(prnd.choice(db_names)) if owner else prnd.choice(running)
+                            if len(op) > 2 and op[2] == "client":
+                                victim = prnd.choice([p for p in running if not p.call("role")["owns"]] or running)
+                            role = "owner" if victim.call("role")["owns"] else "client"
+                            stats.faults[f"kill: a process of several, {role}"] = \
+                                stats.faults.get(f"kill: a process of several, {role}", 0) + 1
+                            victim.kill()
+                            if prnd.random() < 0.5:  # restarted at once (a supervisor), else at its next op
+                                victim.start()
+                        else:
+                            node.kill()
                         if op[1].startswith("m"):
                             node.start()  # a mirror comes back at once (same port); peers on their next op
                     elif kind == "crash_compacting":
                         node = (peers | mirrors)[op[1]]
-                        if not node.alive:
-                            node.start()
-                        if node.call("hang_in_compaction", at=op[2], db=op_db(op)).get("hung"):
+                        victim = node.owner(op_db(op))  # the process whose store compacts
+                        if victim.call("hang_in_compaction", at=op[2], db=op_db(op)).get("hung"):
                             stats.faults["crash_compacting: landed at the step"] = \
                                 stats.faults.get("crash_compacting: landed at the step", 0) + 1
-                        node.kill()
+                        victim.kill()
                         if op[1].startswith("m"):
                             node.start()
-                    elif kind == "restart":
+                    elif kind == "restart":  # a graceful stop and start: of one process of a node of several
                         node = peers[op[1]]
-                        node.stop()
-                        node.start()
+                        if len(node.procs) > 1:
+                            victim = prnd.choice(node.procs)
+                            victim.stop()
+                            victim.start()
+                        else:
+                            node.stop()
+                            node.start()
                     elif kind == "pause":  # let background replication interleave: until the links carry
                         pause(proxies, op[1])  # something, for at most op[1] seconds (all may be partitioned)
             stats.acked += len(acked)
@@ -380,8 +513,7 @@ def run_seed(seed: int, stats: Stats, *, n_ops: int = 40, verbose: bool = False,
             for p in proxies.values():
                 p.heal()
             for node in (*mirrors.values(), *peers.values()):
-                if not node.alive:
-                    node.start()
+                node.start()  # every process of it that is not running
             problems += settle_and_check(mirrors, peers, acked, stats, db_names)
         except Exception as exc:  # the harness itself failed: report it as a problem of this seed
             problems = [f"harness: {type(exc).__name__}: {exc}"]
@@ -393,7 +525,7 @@ def run_seed(seed: int, stats: Stats, *, n_ops: int = 40, verbose: bool = False,
         if not problems:
             problems = verify_files(base, db_names)
     stats.runs += 1
-    stats.divergences += sum(1 for p in problems if p.startswith("diverged"))
+    stats.divergences += sum(1 for p in problems if p.startswith(("diverged", "stale")))
     stats.lost += sum(1 for p in problems if p.startswith("lost"))
     if problems:
         stats.failures.append(seed)
@@ -498,6 +630,15 @@ def check(mirrors: dict[str, Node], peers: dict[str, Node], acked: list[Ack], db
                 problems.append(f"lost: [{db}] {a.node}'s acknowledged {a.id} {a.rev} had attachments {a.atts}; "
                                 f"{name} has {docs[a.id]['atts'].get(a.rev, {})}")
     for name, p in peers.items():
+        if len(p.procs) > 1:  # every process of the node reads what its owner holds
+            own = {id: None if d["leaves"][d["winner"]] else d["winner"]
+                   for id, d in p.call("dump", db=db)["docs"].items()}
+            for proc in p.procs:
+                revs = proc.call("readall", db=db)["revs"]
+                if revs != own:
+                    diff = sorted(k for k in set(revs) | set(own) if revs.get(k, "-") != own.get(k, "-"))
+                    problems.append(f"diverged: [{db}] {proc.name} reads {[(k, revs.get(k, '-')) for k in diff[:3]]},"
+                                    f" its node holds {[(k, own.get(k, '-')) for k in diff[:3]]}")
         st = p.call("status", db=db)["status"]
         pending = sum(m["pending"] or 0 for m in st["mirrors"].values() if m.get("current"))
         if pending:
@@ -530,7 +671,7 @@ def check_bytes(mirrors: dict[str, Node], peers: dict[str, Node], db: str, stats
     problems = []
     for name, node in (peers | mirrors).items():
         docs = node.call("dump", db=db)["docs"]
-        ans = node.call("atthash", db=db, winners=name.startswith("p"), timeout=120)
+        ans = node.owner(db).call("atthash", db=db, winners=name.startswith("p"), timeout=120)
         problems += [f"lost: [{db}] {name} cannot read attachment bytes: {e}" for e in ans["errors"]]
         for id, revs in ans["hashes"].items():
             for rev, hashes in revs.items():
@@ -562,7 +703,7 @@ def verify_files(base: Path, dbs: list[str] | None = None) -> list[str]:
 
 
 def shrink(seed: int, n_ops: int, budget: int = 30, *, dbs: int = 1,
-           attachments: bool = False) -> list[tuple[Any, ...]]:
+           attachments: bool = False, procs: int = 1) -> list[tuple[Any, ...]]:
     """Delta debugging: drop chunks of the history while the run still fails."""
     ops = make_history(seed, n_ops, dbs=dbs, attachments=attachments)
     chunk = max(1, len(ops) // 2)
@@ -573,7 +714,7 @@ def shrink(seed: int, n_ops: int, budget: int = 30, *, dbs: int = 1,
         while i < len(ops) and tries < budget:
             candidate = ops[:i] + ops[i + chunk:]
             tries += 1
-            if run_seed(seed, Stats(), history=candidate, dbs=dbs, attachments=attachments):
+            if run_seed(seed, Stats(), history=candidate, dbs=dbs, attachments=attachments, procs=procs):
                 ops = candidate
                 changed = True
             else:
@@ -587,10 +728,12 @@ def report_markdown(stats: Stats, seconds: float, command: str, *, planned: int 
     rows = [("runs executed (seeds)", stats.runs), ("operations", stats.ops),
             *((f"faults injected: {k}", v) for k, v in sorted(stats.faults.items())),
             ("acknowledged writes checked", stats.acked),
+            *((("reads in another process right after a write, checked", stats.reads_checked),)
+              if stats.reads_checked else ()),
             *((("acknowledged attachment writes (put, delete)", stats.att_writes),
                ("attachments read back and checked by digest (all nodes)", stats.att_reads))
               if stats.att_writes or stats.att_reads else ()),
-            ("divergences found", stats.divergences),
+            ("divergences found (stale reads included)", stats.divergences),
             ("lost writes", stats.lost), ("failed seeds", ", ".join(map(str, sorted(stats.failures))) or "none"),
             ("wall time", f"{seconds:,.0f} s")]
     lines = ["| what | count |", "|---|---:|", *(f"| {k} | {v} |" for k, v in rows)]
@@ -599,16 +742,16 @@ def report_markdown(stats: Stats, seconds: float, command: str, *, planned: int 
     return f"{progress}Command: `{command}`\n\n" + "\n".join(lines) + "\n"
 
 
-def _one_seed(seed: int, n_ops: int, verbose: bool, dbs: int = 1,
-              attachments: bool = False) -> tuple[int, list[str], dict[str, Any]]:
+def _one_seed(seed: int, n_ops: int, verbose: bool, dbs: int = 1, attachments: bool = False,
+              procs: int = 1) -> tuple[int, list[str], dict[str, Any]]:
     """One seed in a worker process: its problems and its own counts (merged by the parent)."""
     stats = Stats()
-    problems = run_seed(seed, stats, n_ops=n_ops, verbose=verbose, dbs=dbs, attachments=attachments)
+    problems = run_seed(seed, stats, n_ops=n_ops, verbose=verbose, dbs=dbs, attachments=attachments, procs=procs)
     return seed, problems, dataclasses.asdict(stats)
 
 
 def _merge(total: Stats, part: dict[str, Any]) -> None:
-    for key in ("runs", "ops", "acked", "att_writes", "att_reads", "divergences", "lost"):
+    for key in ("runs", "ops", "acked", "att_writes", "att_reads", "reads_checked", "divergences", "lost"):
         setattr(total, key, getattr(total, key) + part[key])
     for kind, n in part["faults"].items():
         total.faults[kind] = total.faults.get(kind, 0) + n
@@ -625,6 +768,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--dbs", type=int, default=1,
                     help="databases on every node: 1 (\"db\"), or up to N (2..N, each seed chooses; at most 3)")
     ap.add_argument("--attachments", action="store_true", help="histories also write and delete attachments")
+    ap.add_argument("--procs", type=int, default=1,
+                    help="processes of each peer node: 1, or 1..N (each seed chooses, one peer at least N); they "
+                         "open the same databases, one owns each and the others are its clients")
     ap.add_argument("--verbose", action="store_true")
     ap.add_argument("--shrink", action="store_true")
     ap.add_argument("--report", type=Path, default=None,
@@ -637,28 +783,30 @@ def main(argv: list[str] | None = None) -> int:
     # spawn, not fork: a worker must not inherit the parent's threads (fault proxies) or file descriptors
     ctx = multiprocessing.get_context("spawn")
     with concurrent.futures.ProcessPoolExecutor(max_workers=max(1, a.jobs), mp_context=ctx) as pool:
-        futures = [pool.submit(_one_seed, s, a.ops, a.verbose, a.dbs, a.attachments) for s in seeds]
+        futures = [pool.submit(_one_seed, s, a.ops, a.verbose, a.dbs, a.attachments, a.procs) for s in seeds]
         for fut in concurrent.futures.as_completed(futures):
             s, problems, part = fut.result()
             _merge(stats, part)
             print(f"seed {s}: {'ok' if not problems else 'FAILED'} ({part['ops']} ops, {part['acked']} acked, "
-                  f"{part['att_writes']} attachment writes, {part['att_reads']} attachment reads)", flush=True)
+                  f"{part['att_writes']} attachment writes, {part['att_reads']} attachment reads, "
+                  f"{part['reads_checked']} reads checked)", flush=True)
             for p in problems[:10]:
                 print("   ", p, flush=True)
             if problems:
-                print(f"   replay: python tests/chaos/runner.py --seed {s}{replay_flags(a.dbs, a.attachments)}"
+                print(f"   replay: python tests/chaos/runner.py --seed {s}{replay_flags(a.dbs, a.attachments, a.procs)}"
                       f"{'' if a.ops == 40 else f' --ops {a.ops}'} --verbose", flush=True)
             if a.report and stats.runs % 25 == 0:
                 a.report.write_text(report_markdown(stats, time.monotonic() - t0, command, planned=len(seeds)))
     if a.shrink:
         for s in sorted(stats.failures):
-            short = shrink(s, a.ops, dbs=a.dbs, attachments=a.attachments)
+            short = shrink(s, a.ops, dbs=a.dbs, attachments=a.attachments, procs=a.procs)
             print(f"seed {s}: shortest failing history found ({len(short)} ops):")
             for op in short:
                 print("     ", op)
     dt = time.monotonic() - t0
     summary = (f"{stats.runs} runs, {stats.ops} operations, {stats.acked} acknowledged writes checked "
                f"({stats.att_writes} attachment writes, {stats.att_reads} attachment reads checked), "
+               f"{stats.reads_checked} reads in another process checked, "
                f"faults {json.dumps(stats.faults, sort_keys=True)}, {stats.divergences} divergences, "
                f"{stats.lost} lost writes, failed seeds {sorted(stats.failures)}, {dt:.0f} s")
     print(summary)

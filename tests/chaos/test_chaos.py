@@ -5,7 +5,9 @@ from __future__ import annotations
 import pytest
 
 from .payload import BLOBS, blob_bytes, digest
-from .runner import Ack, Stats, make_history, op_db, run_seed, seed_dbs
+from .runner import Ack, Stats, make_history, op_db, run_seed, seed_dbs, seed_procs
+
+SEED_PROCS = 17006
 
 
 @pytest.mark.parametrize("seed", [1, 2])
@@ -32,6 +34,32 @@ def test_several_databases_with_attachments_keep_every_promise() -> None:
     assert stats.att_writes > 0 and stats.att_reads > 0
 
 
+# A short history for peer p0, a node of 2 processes (seed_procs(SEED_PROCS, 2)[0] == 2): writes from both,
+# attachment writes (to the owner), the owner SIGKILLed twice (takeovers), a client killed, a crash in a compaction.
+PROCS_HISTORY: list[tuple[object, ...]] = [
+    ("save", 0, "r1", 1, "db"), ("save", 0, "r2", 2, "photos"), ("putatt", 0, "r1", "a.bin", 2, "db"),
+    ("save", 0, "r1", 3, "db"), ("kill", "p0", "owner"), ("save", 0, "r1", 4, "db"),
+    ("putatt", 0, "r2", "notes.txt", 1, "photos"), ("save", 1, "r1", 5, "db"), ("kill", "p0", "client"),
+    ("delete", 0, "r2", "photos"), ("save", 0, "r3", 6, "db"), ("crash_compacting", "p0", "index.commit_flush", "db"),
+    ("save", 0, "r3", 7, "db"), ("pause", 0.1), ("kill", "p0", "owner"), ("save", 0, "r1", 8, "db"),
+    ("save", 2, "r1", 9, "db"),
+]
+
+
+@pytest.mark.slow
+def test_peers_of_several_processes_keep_every_promise() -> None:
+    """``--procs``: a peer of 2 processes sharing its databases (one owns each, the other is its client), SIGKILL
+    of an owner (a takeover follows) and of a client; every write acknowledged by any process is on every mirror,
+    the other process reads it at once, and every process reads what its node holds."""
+    assert seed_procs(SEED_PROCS, 2)[0] == 2
+    stats = Stats()
+    problems = run_seed(SEED_PROCS, stats, history=PROCS_HISTORY, dbs=2, attachments=True, procs=2)
+    assert problems == [], problems
+    assert stats.reads_checked > 0 and stats.att_writes > 0
+    assert stats.faults.get("kill: a process of several, owner") == 2, stats.faults
+    assert stats.faults.get("kill: a process of several, client") == 1, stats.faults
+
+
 def test_histories_with_databases_and_attachments_replay_the_same() -> None:
     ops = make_history(60001, 200, dbs=3, attachments=True)
     assert ops == make_history(60001, 200, dbs=3, attachments=True)
@@ -41,6 +69,8 @@ def test_histories_with_databases_and_attachments_replay_the_same() -> None:
     assert {len(seed_dbs(s, 3)) for s in range(60001, 60021)} == {2, 3}
     assert [blob_bytes(k) for k in range(len(BLOBS))] == [blob_bytes(k) for k in range(len(BLOBS))]
     assert max(len(blob_bytes(k)) for k in range(len(BLOBS))) == 256 * 1024
+    assert seed_procs(70001, 1) == [1, 1, 1] and seed_procs(70001, 3) == seed_procs(70001, 3)
+    assert all(max(seed_procs(s, 3)) == 3 and min(seed_procs(s, 3)) >= 1 for s in range(70001, 70021))
 
 
 def test_a_wrong_attachment_read_back_is_a_lost_write() -> None:

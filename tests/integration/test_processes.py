@@ -17,7 +17,7 @@ from typing import Any
 
 import orjson
 import pytest
-from support.mirrors import call, wait_until
+from support.mirrors import call, free_port, wait_until
 
 import MyNoSQL
 from MyNoSQL.records.revtree import rev_gen
@@ -146,6 +146,31 @@ def test_a_second_handle_in_the_same_process_shares_too(tmp_path: Path) -> None:
             b.readdoc("k")
         with pytest.raises(MyNoSQL.DocumentNotFound):
             a.readdoc("k")
+
+
+def test_a_client_answers_what_a_node_says_of_itself(tmp_path: Path) -> None:
+    """server_url, replication_status, health, security, purged_infos_limit read the owner's (they raised
+    AttributeError in a client: the chaos runner's agent asks server_url of every process); storage_stats, the
+    owner's store, raises the error naming the owner."""
+    port = free_port()
+    with MyNoSQL.MyNoSQL(tmp_path) as a, MyNoSQL.MyNoSQL(tmp_path) as b:
+        a.opendb("db").setlisten("127.0.0.1", port)
+        a.setdbmode("Mirror")
+        client = b.opendb("db")
+        assert isinstance(client, ClientNode)
+        assert client.server_url == a.db.server_url == f"http://127.0.0.1:{port}"
+        assert client.known_mirrors() == a.db.known_mirrors()
+        assert client.replication_status() == a.db.replication_status()
+        assert client.health() is None
+        assert client.security == a.db.security and client.purged_infos_limit == a.db.purged_infos_limit
+        with pytest.raises(MyNoSQL.MyNoSQLError, match=f"pid {os.getpid()}"):
+            client.storage_stats  # noqa: B018
+        a.closedb()  # the client takes over: the same calls now answer from its own store
+        poll_until(lambda: client._promoted and client.server_url, timeout=30, interval=0.01,
+                   what="the client to take over and serve")  # its services start once it owns the database
+        assert client.health() is None and client.server_url == f"http://127.0.0.1:{port}"
+        assert client.storage_stats is not None and client.replication_status() == {}
+    assert client.health() == "closed"
 
 
 def test_the_asyncio_handle_follows_the_changes_of_other_processes(tmp_path: Path) -> None:
