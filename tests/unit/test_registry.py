@@ -99,3 +99,31 @@ def test_close_all_waits_for_an_opening_under_way(tmp_path: Path) -> None:
         assert db is not None and db.closed
 
     asyncio.run(run())
+
+
+def test_a_database_being_deleted_is_not_opened_again_meanwhile(tmp_path: Path) -> None:
+    """DELETE /{db} closes the database and removes its folder; a request that comes meanwhile gets None (404),
+    never a database opened again in the folder being removed (the PouchDB suite under load: "Directory not
+    empty", "no such table")."""
+    make(tmp_path, "db")
+
+    async def run() -> None:
+        dbs = Databases(root=tmp_path)
+        closing, release = asyncio.Event(), asyncio.Event()
+
+        async def slow_close(name: str, db: Database) -> None:
+            closing.set()
+            await release.wait()
+
+        dbs.on_close.append(slow_close)
+        db = await dbs.get("db")
+        assert db is not None
+        deleting = asyncio.create_task(dbs.delete("db"))
+        await asyncio.wait_for(closing.wait(), 10)
+        assert await dbs.get("db") is None and not dbs.servable("db")
+        release.set()
+        await asyncio.wait_for(deleting, 30)
+        assert db.closed and dbs.names() == [] and dbs.open_items() == []
+        assert await dbs.get("db") is None
+
+    asyncio.run(run())

@@ -30,7 +30,14 @@ from aiohttp.http_exceptions import HttpProcessingError
 
 from ..credentials import Users
 from ..database import Database
-from ..errors import AttachmentNotFound, ConflictError, DocumentNotFound, InvalidDocument, MyNoSQLError
+from ..errors import (
+    AttachmentNotFound,
+    ConflictError,
+    DatabaseClosed,
+    DocumentNotFound,
+    InvalidDocument,
+    MyNoSQLError,
+)
 from ..options import Limits
 from ..records.attachments import AttachmentTooLarge, MissingStub
 from .auth import Authenticator, Throttle, basic_credentials
@@ -243,6 +250,11 @@ class MirrorApp:
             return error_response(400, "bad_request", str(exc))
         except HttpProcessingError:  # a body's parser (aiohttp's multipart) refused what it read: the client's fault
             return error_response(400, "bad_request", "malformed request body")
+        except DatabaseClosed:
+            name = request.match_info.get("db", "")
+            if name and not self.dbs.servable(name):  # deleted while the request ran: CouchDB's answer then
+                return error_response(404, "not_found", "Database does not exist.")
+            return error_response(503, "unavailable", "the database closed while the request ran: retry it")
         except web.HTTPException as exc:
             if exc.status == 413:
                 return error_response(413, "too_large", "the request body is too large")

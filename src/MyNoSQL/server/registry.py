@@ -73,6 +73,7 @@ class Databases:
         self.idle, self.max_open = idle, max_open
         self._open: dict[str, _Entry] = {n: _Entry(db, time.monotonic()) for n, db in (fixed or {}).items()}
         self._opening: dict[str, asyncio.Future[Database | None]] = {}
+        self._deleting: set[str] = set()  # DELETE /{db} under way: not opened again meanwhile (404)
         self._lock = asyncio.Lock()  # creating, deleting and closing take turns
         self.on_open: list[Hook] = []  # run on the loop once a database is open (notifiers, replication)
         self.on_close: list[Hook] = []  # run on the loop before a database closes
@@ -99,9 +100,15 @@ class Databases:
         while a server still runs: ``/_up`` says so)."""
         return [(n, e.db) for n, e in list(self._open.items())]
 
+    def servable(self, name: str) -> bool:
+        """Whether this mirror serves database ``name`` now (a folder check: nothing is opened)."""
+        return self._servable(name)
+
     def _servable(self, name: str) -> bool:
         if self.fixed or self.root is None:
             return name in self._open
+        if name in self._deleting:
+            return False
         if self.only is not None and name not in self.only:
             return False
         try:
@@ -114,6 +121,8 @@ class Databases:
 
     async def get(self, name: str) -> Database | None:
         """The open database ``name`` (opened now if it is not), or None if this mirror does not serve it."""
+        if name in self._deleting:
+            return None
         entry = self._open.get(name)
         if entry is not None and not entry.db.closed:
             entry.last_used = time.monotonic()
@@ -204,10 +213,17 @@ class Databases:
             raise HttpError(403, "forbidden", "this mirror serves only its configured databases")
         if not self._servable(name):
             raise HttpError(404, "not_found", "Database does not exist.")
-        async with self._lock:
-            await self._close(name)
-            folder = self.root / validate_db_name(folder_of(name))
-            await asyncio.to_thread(shutil.rmtree, folder)
+        self._deleting.add(name)  # requests that come meanwhile get 404, and nothing opens it again under rmtree
+        try:
+            pending = self._opening.get(name)
+            if pending is not None:  # an opening under way: let it finish, then close what it opened
+                await asyncio.wait([pending], timeout=60)
+            async with self._lock:
+                await self._close(name)
+                folder = self.root / validate_db_name(folder_of(name))
+                await asyncio.to_thread(shutil.rmtree, folder)
+        finally:
+            self._deleting.discard(name)
 
     async def _close(self, name: str) -> None:
         entry = self._open.pop(name, None)
