@@ -599,34 +599,37 @@ def import_(path: Path | None, name: str, as_json: bool, source: IO[bytes]) -> N
 
     def write_pending() -> None:
         nonlocal n, errors
-        results = db.import_records([r for _lineno, r in pending]) if pending else []
-        for (lineno, _r), res in zip(pending, results, strict=True):
+        batch = list(pending)
+        pending.clear()
+        results = db.import_records([r for _lineno, r in batch]) if batch else []
+        for (lineno, _r), res in zip(batch, results, strict=True):
             if isinstance(res, Exception):
                 errors += 1
                 click.echo(f"line {lineno}: {res}", err=True)
             else:
                 n += 1
-        pending.clear()
 
     with opened(path, name, create=True) as db, progress("import", _regular_size(source), "bytes") as bar:
-        for lineno, line in enumerate(source, 1):
-            bar.update(len(line))
-            if not line.strip():
-                continue
-            try:
-                obj = orjson.loads(line)
-                if obj.get("attachments"):
+        try:
+            for lineno, line in enumerate(source, 1):
+                bar.update(len(line))
+                if not line.strip():
+                    continue
+                try:
+                    obj = orjson.loads(line)
+                    if obj.get("attachments"):
+                        write_pending()
+                        _import_leaves(db, validate_id(obj["id"]), obj, obj["revs"])
+                        n += 1
+                    else:
+                        pending.append((lineno, _import_record(obj)))
+                except (ValueError, KeyError, TypeError, AttributeError, InvalidDocument) as exc:
+                    errors += 1
+                    click.echo(f"line {lineno}: {exc}", err=True)
+                if len(pending) >= IMPORT_BATCH:
                     write_pending()
-                    _import_leaves(db, validate_id(obj["id"]), obj, obj["revs"])
-                    n += 1
-                else:
-                    pending.append((lineno, _import_record(obj)))
-            except (ValueError, KeyError, TypeError, AttributeError, InvalidDocument) as exc:
-                errors += 1
-                click.echo(f"line {lineno}: {exc}", err=True)
-            if len(pending) >= IMPORT_BATCH:
-                write_pending()
-        write_pending()
+        finally:  # what was read is kept, also when the import is interrupted (Ctrl-C) while it waits for a line
+            write_pending()
     _out({"imported": n, "errors": errors}, as_json, f"imported {n} records, {errors} errors")
     if errors:
         raise SystemExit(EXIT_FAIL)

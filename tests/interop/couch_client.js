@@ -37,6 +37,7 @@ async function main() {
   steps.bulk = await db.bulkDocs(docs);
   const posted = await db.post({ free: true });
   steps.posted_id_length = posted.id.length;
+  steps.posted_id = posted.id;
   steps.all = await db.allDocs({ include_docs: true });
   steps.keys = await db.allDocs({ keys: ['doc03', 'missing', 'doc01'] });
   steps.range = await db.allDocs({ startkey: 'doc02', endkey: 'doc05', inclusive_end: false });
