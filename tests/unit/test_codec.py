@@ -7,6 +7,7 @@ import decimal
 import enum
 import uuid
 from collections import OrderedDict
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -152,3 +153,22 @@ def test_a_copy_by_the_copy_plan_shares_nothing_mutable(body: dict[str, Any]) ->
     assert out == doc
     ours = {id(x) for x in _mutable_parts(out)}
     assert not ours & {id(x) for x in _mutable_parts(doc)}
+
+
+@pytest.mark.parametrize("body", [{"$x": 1}, {"$int": "7"}, {"$dict": {"k": 1}}, {"$dict": {"$int": "7"}},
+                                  {"$datetime": "not a date"}])
+def test_a_record_whose_only_field_starts_with_a_dollar_reads_back_as_saved(tmp_path: Path, body: dict) -> None:
+    """The codec wraps a body whose only key starts with "$" in {"$dict": ...} (it could pass for a tag); the
+    record read back had that wrapper as a field ({"$x": 1} came back as {"$dict": {"$x": 1}})."""
+    with MyNoSQL.MyNoSQL(tmp_path) as db:
+        db.opendb("db")
+        saved = db.savedoc({"id": "r", **body})
+        assert {k: v for k, v in saved.items() if k not in ("id", "rev")} == body
+        for _ in range(3):  # the first read, the memo, a copy of it
+            doc = db.readdoc("r")
+            assert {k: v for k, v in doc.items() if k not in ("id", "rev")} == body
+    with MyNoSQL.MyNoSQL(tmp_path) as db:  # from disk
+        db.opendb("db")
+        doc = db.readdoc("r")
+        assert {k: v for k, v in doc.items() if k not in ("id", "rev")} == body
+        assert db.find({"_id": "r"})[0]["id"] == "r"

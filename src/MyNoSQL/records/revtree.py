@@ -219,6 +219,10 @@ class DocState:
             if self.tree[win][1]:
                 return None
             body = self.bodies[win]
+            if body.startswith(b'{"$dict":'):  # maybe the wrapper of a body whose only key starts with "$"
+                outer = orjson.loads(body)
+                if len(outer) == 1:  # spliced beside id and rev, its key can no longer pass for a tag
+                    body = orjson.dumps(outer["$dict"])
             head = b'{"id":' + orjson.dumps(self.id) + b',"rev":"' + win.encode() + b'"'
             data = self._json = head + (b"}" if body == b"{}" else b"," + body[1:])
         return data
