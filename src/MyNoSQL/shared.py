@@ -572,6 +572,7 @@ class ClientNode(Node):
         self._c_stops: dict[int, Callable[[], None]] = {}
         self._c_keys = itertools.count()
         self._c_seq = 0  # the changes feed read by watch so far
+        self._c_watch_failing = False  # the last read of the changes feed for watch failed
         self._c_seen = 0  # the ring's head then
         self._c_owner = 0
         self._c_error: str | None = None
@@ -760,12 +761,15 @@ class ClientNode(Node):
             return
         if head == self._c_seen:
             return
-        self._c_seen = head
         try:
             changes = list(itertools.islice(self.changes(self._c_seq), 100_000))
-        except MyNoSQLError as exc:
-            log.warning("database %s: watch could not read the changes: %s", self.name, exc)
+        except MyNoSQLError as exc:  # e.g. a new owner still starting: looked at again next time
+            if not self._c_watch_failing:  # logged once, not at every look
+                log.warning("database %s: watch could not read the changes: %s", self.name, exc)
+            self._c_watch_failing = True
             return
+        self._c_watch_failing = False
+        self._c_seen = head  # only now: a failed read must not mark these changes seen (the ring may not move again)
         for change in changes:
             self._c_seq = max(self._c_seq, change.seq)
             for cb in list(self._c_watchers.values()):
