@@ -347,11 +347,8 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Any:
     h.closedb()
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(data=docs, selector=selectors, sort=sorts, limit=st.one_of(st.none(), st.integers(0, 5)),
-       flush=st.sampled_from(["none", "half", "all"]))
-def test_the_planner_answers_as_a_full_scan(world: Any, data: list[dict[str, Any]], selector: dict[str, Any],
-                                            sort: Any, limit: int | None, flush: str) -> None:
+def planner_answers_as_a_full_scan(world: Any, data: list[dict[str, Any]], selector: dict[str, Any],
+                                   sort: Any, limit: int | None, flush: str) -> None:
     db = world.db
     for r in list(db):
         db.deletedoc(r["id"], r["rev"])
@@ -380,6 +377,17 @@ def test_the_planner_answers_as_a_full_scan(world: Any, data: list[dict[str, Any
             q.ready = saved
             q._version += 1
         assert ordered_by_index == by_scan
+
+
+def planner_property(examples: int) -> Any:
+    """The property above as a test of `examples` random cases (hypothesis, shrinking on failure)."""
+    return settings(max_examples=examples, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])(
+        given(data=docs, selector=selectors, sort=sorts, limit=st.one_of(st.none(), st.integers(0, 5)),
+              flush=st.sampled_from(["none", "half", "all"]))(planner_answers_as_a_full_scan))
+
+
+test_the_planner_answers_as_a_full_scan = planner_property(50)  # the default suite: 50 cases
+test_the_planner_answers_as_a_full_scan_soak = pytest.mark.soak(planner_property(500))  # -m soak: 500 cases
 
 
 # -- live queries ---------------------------------------------------------------------------------------------
