@@ -285,6 +285,29 @@ def test_the_owner_killed_a_client_takes_over_and_nothing_acknowledged_is_lost(t
     poll_until(lambda: "after" in d.ask("events"), timeout=10, what="d's watch after the takeover")
 
 
+def test_clients_saving_at_once_lose_nothing_when_one_of_them_is_killed(tmp_path: Path,
+                                                                         agents: list[Agent]) -> None:
+    """Three clients save at once (the owner serves them side by side); one of
+    them is killed mid-run: the others go on and finish, and every save acknowledged to any of them is there."""
+    owner = Agent(tmp_path)
+    writers = [Agent(tmp_path) for _ in range(3)]
+    agents.extend((owner, *writers))
+    for i, w in enumerate(writers):
+        w.send("write", 600, 20, i, f"w{i}-")
+    victim = writers[2]
+    poll_until(lambda: len(victim.acks) > 100, timeout=60, what="the victim's first saves")
+    victim.kill()
+    assert [w.answer() for w in writers[:2]] == ["done", "done"]
+    assert owner.ask("role") == "owner"
+    dump = owner.ask("dump")
+    for w in writers[:2]:
+        assert len(w.acks) == 600
+        assert {id: dump[id][0] for id, _, _ in w.acks} == {id: rev for id, rev, _ in w.acks}
+    for id, rev, _ in victim.acks:  # its last save may have been written without its answer arriving
+        assert rev_gen(dump[id][0]) >= rev_gen(rev)
+    assert owner.ask("verify") == []
+
+
 def test_replication_runs_in_the_owner_alone_and_moves_when_it_is_killed(tmp_path: Path, agents: list[Agent],
                                                                        mirrors: Any) -> None:
     m = mirrors("db")

@@ -8,8 +8,9 @@ a line on stdout. For the tests of several processes on one database (tests/inte
 Also: ``delete id rev``, ``role`` ("owner" or "client"), ``addpeer url``, ``syncing`` (whether this process
 runs the replication), ``watch`` (start collecting changes), ``events`` (the
 ids of the changes collected so far), ``dump`` ({id: [rev, body]} of every record), ``verify``, ``close``, and
-``write n ids seed`` (a writer loop: n saves of random ids among ``ids``, each read then saved; prints one line
-``ack id rev i`` per acknowledged save, ``conflict id`` per refused one, then ``done``), ``readloop n ids seed``
+``write n ids seed [prefix]`` (a writer loop: n saves of random ids among ``ids`` (``<prefix><number>``,
+prefix "k" by default), each read then saved; prints one line ``ack id rev i`` per acknowledged save,
+``conflict id`` per refused one, then ``done``), ``readloop n ids seed``
 (n reads of random ids; fails if a record's revision ever goes back).
 """
 
@@ -73,10 +74,11 @@ def main() -> None:
                 out({"ok": True})
                 return
             elif op == "write":
-                n, ids, seed = args
+                n, ids, seed, *more = args
+                prefix = more[0] if more else "k"
                 rnd = random.Random(seed)
                 for i in range(n):
-                    id = f"k{rnd.randrange(ids)}"
+                    id = f"{prefix}{rnd.randrange(ids)}"
                     doc: dict[str, Any] = {"id": id, "i": i, "seed": seed}
                     with contextlib.suppress(MyNoSQL.DocumentNotFound):
                         doc["rev"] = h.readdoc(id)["rev"]
