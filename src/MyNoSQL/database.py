@@ -71,6 +71,11 @@ AttachmentFetch = Callable[[str, str, str, dict[str, Any]], str]
 __all__ = ["Change", "Database", "default_location", "new_id", "validate_db_name", "validate_id"]
 
 
+# A batch of at least this many replicated revisions is a bulk load (a replication catching up): the compactor
+# packs it with the fast codec and re-packs it once the saves stop (Store.put_many(fast=True)).
+BULK_LOAD = 100
+
+
 def _check_leaves(prev: DocState | None, id: str, path: list[str], max_leaves: int) -> None:
     """A replicated path grafted on anything but a leaf (its newest revision the tree knows) is one more leaf:
     bounded, or a replicator could make a record of so many conflicting leaves that no batch could carry it
@@ -1533,7 +1538,7 @@ class Database:
         :meth:`merge_replicated`'s when this returns."""
         store = self._check()
         done = store.put_many([(id, self._merge_mutation(id, path, deleted, blob))
-                               for id, path, deleted, blob in revisions])
+                               for id, path, deleted, blob in revisions], fast=len(revisions) >= BULK_LOAD)
         return [r if isinstance(r, Exception) else r[1] for r in done]
 
     def import_record(self, id: str, tree: revtree.Tree, leaves: dict[str, bytes]) -> int:
