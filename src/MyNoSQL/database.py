@@ -1563,11 +1563,18 @@ class Database:
 
         def mutation(k: int, id: str, tree: revtree.Tree, leaves: dict[str, bytes]) -> Callable[..., Any]:
             def mutate(prev: DocState | None) -> DocState | None:
-                gens = {rev: revtree.parse_rev(rev)[0] for rev in tree}  # ValueError: not a revision id
-                for rev, (parent, _deleted) in tree.items():
-                    if parent is not None and gens.get(parent, -1) + 1 != gens[rev]:
-                        raise InvalidDocument(f"record {id!r}: revision {rev!r} does not follow its parent "
-                                              f"{parent!r}")
+                if len(tree) == 1:  # the usual record: one revision, which has no parent (generations start at 1)
+                    for rev, (parent, _deleted) in tree.items():
+                        revtree.parse_rev(rev)  # ValueError: not a revision id
+                        if parent is not None:
+                            raise InvalidDocument(f"record {id!r}: revision {rev!r} does not follow its parent "
+                                                  f"{parent!r}")
+                else:
+                    gens = {rev: revtree.parse_rev(rev)[0] for rev in tree}  # ValueError: not a revision id
+                    for rev, (parent, _deleted) in tree.items():
+                        if parent is not None and gens.get(parent, -1) + 1 != gens[rev]:
+                            raise InvalidDocument(f"record {id!r}: revision {rev!r} does not follow its parent "
+                                                  f"{parent!r}")
                 if any(leaf not in tree for leaf in leaves):
                     raise InvalidDocument(f"record {id!r}: a leaf is not in its revision tree")
                 if prev is not None or len(leaves) > max_leaves:
@@ -1592,7 +1599,8 @@ class Database:
             return mutate
 
         results: list[int | Exception] = []
-        done = store.put_many([(id, mutation(k, id, tree, leaves)) for k, (id, tree, leaves) in enumerate(records)])
+        done = store.put_many([(id, mutation(k, id, tree, leaves)) for k, (id, tree, leaves) in enumerate(records)],
+                              fast=len(records) >= BULK_LOAD)
         for k, ((id, tree, leaves), outcome) in enumerate(zip(records, done, strict=True)):
             if isinstance(outcome, Exception):
                 results.append(outcome)
