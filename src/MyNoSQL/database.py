@@ -71,6 +71,21 @@ AttachmentFetch = Callable[[str, str, str, dict[str, Any]], str]
 __all__ = ["Change", "Database", "default_location", "new_id", "validate_db_name", "validate_id"]
 
 
+# A batch of at least this many replicated revisions is a bulk load (a replication catching up): the compactor
+# packs it with the fast codec and re-packs it once the saves stop (Store.put_many(fast=True)).
+BULK_LOAD = 100
+
+
+def _check_leaves(prev: DocState | None, id: str, path: list[str], max_leaves: int) -> None:
+    """A replicated path grafted on anything but a leaf (its newest revision the tree knows) is one more leaf:
+    bounded, or a replicator could make a record of so many conflicting leaves that no batch could carry it
+    (Limits.max_leaves). Checked first: refusing costs no copy of the tree. (Only leaves keep a body.)"""
+    if prev is not None and len(prev.bodies) >= max_leaves and path and path[0] not in prev.tree \
+            and next((r for r in path[1:] if r in prev.tree), None) not in prev.bodies:
+        raise LimitExceeded(f"record {id!r} has {len(prev.bodies)} leaf revisions (conflicting branches), "
+                            "its limit", limit="max_leaves")
+
+
 def _without(atts: dict[str, att.Atts] | None, revs: Any) -> dict[str, att.Atts] | None:
     """A record's attachments by leaf, without those of ``revs`` (leaves that stop being leaves)."""
     if atts is None or not any(r in atts for r in revs):
@@ -1439,32 +1454,10 @@ class Database:
         max_leaves = self.options.limits.max_leaves
 
         def check_leaves(prev: DocState | None) -> None:
-            # A path grafted on anything but a leaf (its newest revision the tree knows) is one more leaf: bounded,
-            # or a replicator could make a record of so many conflicting leaves that no batch could carry it
-            # (Limits.max_leaves). Checked first: refusing costs no copy of the tree. (Only leaves keep a body.)
-            if prev is not None and len(prev.bodies) >= max_leaves and path and path[0] not in prev.tree \
-                    and next((r for r in path[1:] if r in prev.tree), None) not in prev.bodies:
-                raise LimitExceeded(f"record {id!r} has {len(prev.bodies)} leaf revisions (conflicting branches), "
-                                    "its limit", limit="max_leaves")
+            _check_leaves(prev, id, path, max_leaves)
 
         if not atts:
-            if atts is not None:
-                atts = None
-
-            def mutate(prev: DocState | None) -> DocState | None:
-                check_leaves(prev)
-                tree, added = revtree.merge_path(prev.tree if prev else {}, path, deleted)
-                if not added:
-                    return None
-                bodies = dict(prev.bodies) if prev else {}
-                for ancestor in path[1:]:
-                    bodies.pop(ancestor, None)  # a leaf this path extends is a leaf no more
-                bodies[path[0]] = blob
-                tree = revtree.stem(tree, limit)
-                return DocState(id, 0, tree, {r: b for r, b in bodies.items() if r in tree},
-                                _without(prev.atts, path[1:]) if prev is not None else None)
-
-            _prev, new = store.put(id, mutate)
+            _prev, new = store.put(id, self._merge_mutation(id, path, deleted, blob))
             return new
 
         given, keys = self._store_inline(id, atts)
@@ -1516,6 +1509,38 @@ class Database:
 
         return self._put_releasing(id, mutate_atts, keys)[1]
 
+    def _merge_mutation(self, id: str, path: list[str], deleted: bool, blob: bytes) -> Callable[..., Any]:
+        """The store mutation that merges a replicated revision without attachments (``merge_replicated``)."""
+        limit = self.revs_limit
+        max_leaves = self.options.limits.max_leaves
+
+        def mutate(prev: DocState | None) -> DocState | None:
+            _check_leaves(prev, id, path, max_leaves)
+            tree, added = revtree.merge_path(prev.tree if prev else {}, path, deleted)
+            if not added:
+                return None
+            bodies = dict(prev.bodies) if prev else {}
+            for ancestor in path[1:]:
+                bodies.pop(ancestor, None)  # a leaf this path extends is a leaf no more
+            bodies[path[0]] = blob
+            tree = revtree.stem(tree, limit)
+            return DocState(id, 0, tree, {r: b for r, b in bodies.items() if r in tree},
+                            _without(prev.atts, path[1:]) if prev is not None else None)
+
+        return mutate
+
+    def merge_replicated_many(self, revisions: list[tuple[str, list[str], bool, bytes]]
+                              ) -> list[DocState | Exception | None]:
+        """``merge_replicated`` of each ``(id, path, deleted, blob)`` in turn (revisions without attachments),
+        written in one batch (one hold of the store's lock: a mirror's ``_bulk_docs`` with ``new_edits=false``).
+        Returns, per revision, the record's new state, None if it was known, or the error that refused it
+        (:class:`LimitExceeded`, ``ValueError``; the others are written). Each is durable as
+        :meth:`merge_replicated`'s when this returns."""
+        store = self._check()
+        done = store.put_many([(id, self._merge_mutation(id, path, deleted, blob))
+                               for id, path, deleted, blob in revisions], fast=len(revisions) >= BULK_LOAD)
+        return [r if isinstance(r, Exception) else r[1] for r in done]
+
     def import_record(self, id: str, tree: revtree.Tree, leaves: dict[str, bytes]) -> int:
         """Merge a whole record made elsewhere (``mynosql import``): its revision tree (parents first; each
         revision one generation after its parent, else InvalidDocument) and the encoded bodies of its leaves (a body is
@@ -1538,11 +1563,18 @@ class Database:
 
         def mutation(k: int, id: str, tree: revtree.Tree, leaves: dict[str, bytes]) -> Callable[..., Any]:
             def mutate(prev: DocState | None) -> DocState | None:
-                gens = {rev: revtree.parse_rev(rev)[0] for rev in tree}  # ValueError: not a revision id
-                for rev, (parent, _deleted) in tree.items():
-                    if parent is not None and gens.get(parent, -1) + 1 != gens[rev]:
-                        raise InvalidDocument(f"record {id!r}: revision {rev!r} does not follow its parent "
-                                              f"{parent!r}")
+                if len(tree) == 1:  # the usual record: one revision, which has no parent (generations start at 1)
+                    for rev, (parent, _deleted) in tree.items():
+                        revtree.parse_rev(rev)  # ValueError: not a revision id
+                        if parent is not None:
+                            raise InvalidDocument(f"record {id!r}: revision {rev!r} does not follow its parent "
+                                                  f"{parent!r}")
+                else:
+                    gens = {rev: revtree.parse_rev(rev)[0] for rev in tree}  # ValueError: not a revision id
+                    for rev, (parent, _deleted) in tree.items():
+                        if parent is not None and gens.get(parent, -1) + 1 != gens[rev]:
+                            raise InvalidDocument(f"record {id!r}: revision {rev!r} does not follow its parent "
+                                                  f"{parent!r}")
                 if any(leaf not in tree for leaf in leaves):
                     raise InvalidDocument(f"record {id!r}: a leaf is not in its revision tree")
                 if prev is not None or len(leaves) > max_leaves:
@@ -1567,7 +1599,8 @@ class Database:
             return mutate
 
         results: list[int | Exception] = []
-        done = store.put_many([(id, mutation(k, id, tree, leaves)) for k, (id, tree, leaves) in enumerate(records)])
+        done = store.put_many([(id, mutation(k, id, tree, leaves)) for k, (id, tree, leaves) in enumerate(records)],
+                              fast=len(records) >= BULK_LOAD)
         for k, ((id, tree, leaves), outcome) in enumerate(zip(records, done, strict=True)):
             if isinstance(outcome, Exception):
                 results.append(outcome)

@@ -176,6 +176,44 @@ def test_conflicting_leaves_of_one_record_are_bounded(tmp_path: Path) -> None:
         h.closedb()
 
 
+def test_a_batch_of_replicated_revisions_merges_as_one_at_a_time(tmp_path: Path) -> None:
+    """merge_replicated_many (a mirror's _bulk_docs, new_edits=false) gives the states, answers and change order
+    that merge_replicated of each revision in turn gives: conflicts, a revision known already, one record twice in
+    the batch, a deletion, a path that extends another of the batch, and a leaf over max_leaves refused alone."""
+    r = [f"{g}-{i:032x}" for g, i in ((1, 0), (1, 1), (1, 2), (1, 9), (2, 1), (3, 2), (2, 2), (2, 3))]
+    batch: list[tuple[str, list[str], bool, bytes]] = [
+        ("r", [r[0]], False, b'{"a":0}'), ("r", [r[1]], False, b'{"a":1}'), ("s", [r[0]], False, b'{"s":0}'),
+        ("r", [r[2]], False, b'{"a":2}'), ("r", [r[3]], False, b'{"a":9}'),  # a fourth leaf: refused alone
+        ("r", [r[0]], False, b'{"a":0}'),  # known already
+        ("r", [r[4], r[0]], True, b"{}"),  # deletes the first leaf
+        ("t", [r[5], r[6], r[1]], False, b'{"t":3}'), ("t", [r[7], r[1]], False, b'{"t":2}'),
+        ("s", [r[4], r[0]], False, b'{"s":1}'),
+    ]
+    outcomes = []
+    for name in ("one", "many"):
+        h = MyNoSQL.MyNoSQL(tmp_path / name, options=MyNoSQL.Options(limits=Limits(max_leaves=3)))
+        db = h.opendb("db")
+        try:
+            if name == "one":
+                got: list[object] = []
+                for id, path, deleted, blob in batch:
+                    try:
+                        got.append(db.merge_replicated(id, path, deleted, blob))
+                    except LimitExceeded as exc:
+                        got.append(exc)
+            else:
+                got = list(db.merge_replicated_many(batch))
+            answers = [type(g).__name__ if isinstance(g, Exception) else None if g is None else (g.id, g.seq)
+                       for g in got]
+            states = {s.id: (s.seq, s.tree, s.bodies) for s in db.states_since(0)}
+            outcomes.append((answers, states, [(c.id, c.rev) for c in db.changes(0)]))
+        finally:
+            h.closedb()
+    assert outcomes[0] == outcomes[1]
+    answers = outcomes[1][0]
+    assert answers[4] == "LimitExceeded" and answers[5] is None and answers.count(None) == 1
+
+
 def test_local_documents_are_bounded_in_number(tmp_path: Path) -> None:
     h = MyNoSQL.MyNoSQL(tmp_path)
     db = h.opendb("db")

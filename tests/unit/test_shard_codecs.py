@@ -140,6 +140,48 @@ def test_an_idle_compactor_repacks_a_shard_of_fast_blocks_with_lzma(
         assert [db.readdoc(i)["n"] for i in ids] == list(range(700)) and db.db.verify() == []
 
 
+def test_a_replicated_bulk_load_packs_fast_blocks_then_lzma_once_idle(
+    location: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A mirror's _bulk_docs of >= BULK_LOAD revisions (a replication catching up) is packed with the fast codec
+    while such batches keep coming (within flush_interval), a small one as usual; once idle, LZMA2 again."""
+    from MyNoSQL.database import BULK_LOAD
+    from MyNoSQL.records import revtree
+    from MyNoSQL.storage import store as store_module
+
+    monkeypatch.setattr(store_module, "REPACK_IDLE", 0.0)
+    opts = MyNoSQL.Options(flush_interval=3600, block_docs=16, background_sync=False, codec="lzma")
+    with MyNoSQL.MyNoSQL(location, options=opts) as db:
+        db.opendb("ingest")
+        store = db.db._store
+
+        def batch(start: int, n: int) -> list[tuple[str, list[str], bool, bytes]]:
+            out = []
+            for i in range(start, start + n):
+                blob = orjson_body(i)
+                out.append((f"r{i:05d}", [revtree.new_rev(None, False, blob)], False, blob))
+            return out
+
+        with store._flush_lock:  # nothing is packed (nor re-packed) until both loads are written
+            small = db.db.merge_replicated_many(batch(0, BULK_LOAD - 1))  # a small batch: not a bulk load
+            assert all(s is not None for s in small)
+            store._flush_locked()
+            assert store.stats.fast_blocks == 0 and store.stats.blocks == -(-(BULK_LOAD - 1) // 16)
+            assert all(s is not None for s in db.db.merge_replicated_many(batch(BULK_LOAD, 300)))
+            store._flush_locked()
+            assert store.stats.fast_blocks == -(-300 // 64)  # DEFLATE blocks hold 4 x block_docs
+        wait_until(lambda: store._count_fast() == {}, timeout=30)  # idle: re-packed with LZMA2
+        assert db.db.verify() == []
+        assert [db.readdoc(f"r{i:05d}")["n"] for i in (*range(BULK_LOAD - 1), *range(BULK_LOAD, BULK_LOAD + 300))] \
+            == [*range(BULK_LOAD - 1), *range(BULK_LOAD, BULK_LOAD + 300)]
+
+
+def orjson_body(i: int) -> bytes:
+    from MyNoSQL.records.codec import encode_body
+
+    return encode_body({"n": i, "pad": "z" * (i % 30)})[0]
+
+
 def test_the_default_codec_is_lzma_and_a_database_of_both_codecs_reads_back(location: Path) -> None:
     assert MyNoSQL.Options().codec == "lzma"  # the product's promise: records at rest are LZMA-compressed
     with MyNoSQL.MyNoSQL(location, options=MyNoSQL.Options(flush_interval=3600)) as db:

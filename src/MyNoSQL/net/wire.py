@@ -40,7 +40,9 @@ AttData = Callable[[str, dict[str, Any]], bytes]
 
 def body_to_wire(blob: bytes) -> dict[str, Any]:
     body: dict[str, Any] = orjson.loads(blob)
-    if any(k[:1] == "_" for k in body):
+    # a key starting with _ shows as '"_' in the JSON (or as an escape, which orjson never writes): most bodies
+    # have neither, and skip the look at every key
+    if (b'"_' in blob or b"\\u" in blob) and any(k[:1] == "_" for k in body):
         body = {("$" + k if k[:1] == "_" and k not in KEPT_SPECIAL else k): v for k, v in body.items()}
     return body
 
@@ -54,11 +56,22 @@ def unsupported_member(doc: dict[str, Any]) -> str | None:
 
 
 def body_from_wire(doc: dict[str, Any]) -> dict[str, Any]:
-    problem = unsupported_member(doc)
-    if problem is not None:
-        raise InvalidDocument(problem)
-    return {("_" + k[2:] if k[:2] == "$_" else k): v for k, v in doc.items()
-            if k[:1] != "_" or k in KEPT_SPECIAL}
+    """The body of a document from the wire: its members but the special ones (those of ``KEPT_SPECIAL`` are
+    kept), ``$_x`` as ``_x``; a special member this database does not take is an InvalidDocument
+    (``unsupported_member``'s reason). One pass over the members (a replicated batch checks every document)."""
+    out: dict[str, Any] = {}
+    for k, v in doc.items():
+        c = k[:1]
+        if c == "_":
+            if k in KEPT_SPECIAL:
+                out[k] = v
+            elif k not in _WIRE_META:
+                raise InvalidDocument(f"Bad special document member: {k}")
+            continue
+        if c == "$" and k[:2] == "$_":
+            k = "_" + k[2:]
+        out[k] = v
+    return out
 
 
 def revisions(state: DocState, rev: str) -> dict[str, Any]:

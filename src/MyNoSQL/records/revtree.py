@@ -73,16 +73,22 @@ def new_rev(parent: str | None, deleted: bool, body: bytes) -> str:
 
 
 def leaves(tree: Tree) -> list[str]:
+    if len(tree) == 1:  # most records: one revision, its own leaf
+        return list(tree)
     parents = {p for p, _ in tree.values() if p is not None}
     return [r for r in tree if r not in parents]
 
 
 def winner(tree: Tree) -> str:
+    if len(tree) == 1:
+        return next(iter(tree))
     return max(leaves(tree), key=lambda r: rev_key(r, tree[r][1]))
 
 
 def sorted_leaves(tree: Tree) -> list[str]:
     """Leaves, winner first, then the others in the order of the winner rule."""
+    if len(tree) == 1:
+        return list(tree)
     return sorted(leaves(tree), key=lambda r: rev_key(r, tree[r][1]), reverse=True)
 
 

@@ -123,6 +123,7 @@ class Store:
         self._gc_pending: set[int] = set()
         self._behind = False  # the last flush ended behind: savers were held back, a flush's worth waits already
         self._held = False  # a saver waited for space (back-pressure) since the last flush ended
+        self._bulk_at = -1e9  # time.monotonic() of the last bulk load's batch (put_many(fast=True))
         self._fast: dict[int, int] | None = None  # shard -> records in its fast blocks (None: not counted yet)
         self._puts = 0  # saves since open (the compactor's idle test)
         self._repacked_at = -1  # self._puts when _repack last found nothing to do
@@ -326,10 +327,18 @@ class Store:
                 log.exception("a change listener failed")
         return prev, new
 
-    def put_many(self, items: list[tuple[str, Mutation]]) -> list[tuple[DocState | None, DocState | None] | Exception]:
+    def put_many(self, items: list[tuple[str, Mutation]], *, fast: bool = False
+                 ) -> list[tuple[DocState | None, DocState | None] | Exception]:
         """``put`` of each item in turn under one hold of the lock and one back-pressure check: a bulk writer's
-        path (``mynosql import``). A mutation that raises gives its exception in place of that item's result, and
-        the other items are written; a storage error stops the batch (the items before it are written)."""
+        path (``mynosql import``, a mirror's ``_bulk_docs``). A mutation that raises gives its exception in place
+        of that item's result, and the other items are written; a storage error stops the batch (the items before
+        it are written).
+
+        ``fast``: a batch of a bulk load that goes on (a replication catching up): until ``flush_interval`` after
+        the last such batch the compactor packs with the fast codec, as when it is behind, and re-packs with the
+        normal one once the saves stop (``REPACK_IDLE``)."""
+        if fast:
+            self._bulk_at = time.monotonic()
         if self._power:  # each save waits for its sync there: the savers' group commit does the batching
             out: list[tuple[DocState | None, DocState | None] | Exception] = []
             for id, mutate in items:
@@ -598,6 +607,7 @@ class Store:
                 if self._fast[shard] * 2 < count:
                     continue  # mostly LZMA2 already: re-packing would cost more bytes (its dead ones) than it saves
                 self._behind = False  # idle: no saver is going (else the moved records would be packed fast again)
+                self._bulk_at = -1e9  # nor a bulk load
                 if shard == self.shards.appending:
                     self.shards.roll()  # the moved records go to a new shard, so this one can be deleted
                 self._evacuate(shard, stop=lambda: self._puts != puts or self._stop.is_set())
@@ -717,7 +727,11 @@ class Store:
             # decompress for one read (~1 us a record), and half the compressor calls. Each call releases the GIL,
             # and taking it back from a saver that runs Python (its log is a mapped file: no system call) can
             # wait a whole switch interval (5 ms): per block, that was more than its compression.
-            behind = (self._behind or self._flush_due()) and not self._stop.is_set()
+            # A bulk load that goes on (put_many(fast=True) within flush_interval) counts as behind too: its
+            # batches come faster than LZMA2 packs them, and LZMA2 would take a core from the writer and its peer
+            # (a mirror's ingest: ~45-75 us of compression a record against ~8 for DEFLATE at the fast level).
+            bulk = time.monotonic() - self._bulk_at < self.opts.flush_interval
+            behind = (self._behind or self._flush_due() or bulk) and not self._stop.is_set()
             codec = CODEC_LZMA if self._lzma and not behind else CODEC_DEFLATE
             step = n if codec == CODEC_LZMA else min(255, 4 * n)
             chunk = states[pos : pos + step]
