@@ -546,3 +546,18 @@ def test_records_whose_ids_share_a_hash_are_all_read_back(location: Path, monkey
         db.opendb("t")
         assert [db.readdoc(f"same-{k}")["k"] for k in (0, 40, 80)] == [0, 40, 800]
         assert len(db) == 120
+
+
+def test_the_id_filter_full_has_no_false_negative_and_few_false_maybes() -> None:
+    import random
+
+    from MyNoSQL.storage.bloom import Bloom
+
+    rng = random.Random(7)
+    bloom = Bloom(50_000)
+    stored = [rng.getrandbits(64) - (1 << 63) for _ in range(50_000)]
+    bloom.add_all(stored)
+    assert not bloom.full and all(h in bloom for h in stored)
+    others = [rng.getrandbits(64) - (1 << 63) for _ in range(100_000)]
+    # each false "maybe" is an index query from the saver's thread (a bulk load of new ids asks about every one)
+    assert sum(h in bloom for h in others) / len(others) < 0.004
