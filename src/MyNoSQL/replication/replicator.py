@@ -182,6 +182,23 @@ async def _source_writable(source: Endpoint, rep_id: str, session: str) -> bool:
 SMALL_BATCH = 50  # below this many revisions, a MyNoSQL target gets the documents without a _revs_diff first
 
 
+class _Blind:
+    """Whether a MyNoSQL target gets the next batch without a ``_revs_diff`` first: while it lacked every
+    revision of the last batch it was asked about and has written every document sent since (a first
+    replication into an empty mirror). The first batch the target already holds a revision of ends it; with
+    pipelining, at most the batch read meanwhile travels in vain."""
+
+    def __init__(self) -> None:
+        self.on = False
+
+    def asked(self, n_revs: int, missing: dict[str, list[str]]) -> None:
+        self.on = n_revs > SMALL_BATCH and sum(map(len, missing.values())) == n_revs
+
+    def wrote(self, sent: int, written: int, errors: int) -> None:
+        if written < sent - errors:
+            self.on = False
+
+
 def _revision_ids(doc: dict[str, Any]) -> list[str]:
     """The revision of a document read with ``revs=true`` and its ancestors, newest first."""
     hist = doc.get("_revisions")
@@ -290,7 +307,8 @@ async def replicate(source: Endpoint, target: Endpoint, *, batch_size: int = 100
     Extensions with a MyNoSQL mirror as target (plain protocol with anything else): a small batch skips
     ``_revs_diff`` (the mirror ignores revisions it has) except for its documents with attachments (their bytes
     must not travel to a target that holds them), and the checkpoint rides in the ``_bulk_docs``
-    request: one round trip for a change.
+    request: one round trip for a change. A large batch skips it too while the target lacked everything of the
+    last batch it was asked about and wrote everything sent since (see :class:`_Blind`).
     """
     t0 = time.monotonic()
     result = ReplicationResult()
@@ -314,6 +332,7 @@ async def replicate(source: Endpoint, target: Endpoint, *, batch_size: int = 100
         history = list(((tgt_ck if readonly else src_ck) or {}).get("history", []))[:20]
     result.start_seq = result.last_seq = since
     extended = getattr(target, "mynosql", False)
+    blind = _Blind()
     total = await changes_to_come(source, since) if progress is not None else None
 
     Batch = tuple[list[dict[str, Any]], Any, list[dict[str, Any]], dict[str, list[str]]]
@@ -328,8 +347,10 @@ async def replicate(source: Endpoint, target: Endpoint, *, batch_size: int = 100
         query = {r["id"]: [c["rev"] for c in r.get("changes", [])] for r in rows if "id" in r}
         n_revs = sum(map(len, query.values()))
         result.missing_checked += n_revs
-        small = extended and n_revs <= SMALL_BATCH
+        small = extended and (n_revs <= SMALL_BATCH or blind.on)
         missing = query if small or not query else await _revs_diff(target, query, ancestors)
+        if not small and extended:
+            blind.asked(n_revs, missing)
         docs = await _bulk_get(source, missing) if missing else []
         if small:  # no _revs_diff asked: ask it now for documents with attachments (their bytes must not travel
             # to a target that holds them: a source without a checkpoint with it, a failover, a one-shot pass)
@@ -370,6 +391,7 @@ async def replicate(source: Endpoint, target: Endpoint, *, batch_size: int = 100
                 stubs = any("_attachments" in d for d in docs)
                 errors, written, ck_written = await _bulk_docs(target, docs, None if stubs else (rep_id, ck))
                 result.docs_written += written
+                blind.wrote(len(docs), written, len(errors))
                 retry = {e.get("id") for e in errors if e.get("error") == "missing_stub"}
                 result.errors.extend(e for e in errors if e.get("id") not in retry)
                 again = [(d, [n for n, a in d["_attachments"].items() if isinstance(a, dict) and a.get("stub")])

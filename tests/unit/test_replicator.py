@@ -1,0 +1,95 @@
+"""The replicator's choices, in process: when a MyNoSQL target is asked ``_revs_diff`` and when it is not."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import MyNoSQL
+from MyNoSQL.database import Database
+from MyNoSQL.replication.endpoints import LocalEndpoint
+from MyNoSQL.replication.replicator import replicate
+
+
+class Target(LocalEndpoint):
+    """A local database standing in for a mirror (``mynosql``: the protocol extensions apply), counting what it
+    is asked and sent."""
+
+    def __init__(self, db: Database, *, mynosql: bool = True) -> None:
+        super().__init__(db)
+        self.mynosql = mynosql
+        self.asked: list[int] = []  # revisions asked about, per _revs_diff
+        self.sent: list[int] = []  # documents sent, per _bulk_docs
+
+    async def revs_diff(self, query: dict[str, list[str]],
+                        ancestors: dict[str, list[str]] | None = None) -> dict[str, list[str]]:
+        self.asked.append(sum(map(len, query.values())))
+        return await super().revs_diff(query, ancestors)
+
+    async def bulk_docs(self, docs: Any, checkpoint: Any = None) -> tuple[list[dict[str, Any]], int, bool]:
+        self.sent.append(len(docs))
+        return await super().bulk_docs(docs, checkpoint)
+
+
+def _copy(src: Database, dst: Database, ids: list[str]) -> None:
+    """``dst`` gets the revisions ``src`` has of ``ids`` (as if another peer had pushed them there)."""
+    for id in ids:
+        state = src.state(id)
+        assert state is not None
+        dst.put_replicated(id, [state.winner], False, state.bodies[state.winner])
+
+
+def test_an_empty_mirror_is_asked_revs_diff_once_then_sent_batches_directly(tmp_path: Path) -> None:
+    with MyNoSQL.MyNoSQL(tmp_path / "a") as a, MyNoSQL.MyNoSQL(tmp_path / "b") as b:
+        src, tgt = a.opendb("db"), b.opendb("db")
+        for i in range(500):
+            src.savedoc({"id": f"r{i:03d}", "n": i})
+        target = Target(tgt)
+        res = asyncio.run(replicate(LocalEndpoint(src), target, batch_size=100))
+        assert res.docs_written == 500 and res.errors == [] and res.batches == 5
+        assert target.asked == [100]  # the first batch: everything missing, so the others go without asking
+        assert target.sent == [100] * 5
+        assert len(tgt) == 500 and all(tgt.state(f"r{i:03d}").winner == src.state(f"r{i:03d}").winner
+                                       for i in range(500))
+
+
+def test_a_mirror_that_holds_a_batch_already_is_asked_again(tmp_path: Path) -> None:
+    with MyNoSQL.MyNoSQL(tmp_path / "a") as a, MyNoSQL.MyNoSQL(tmp_path / "b") as b:
+        src, tgt = a.opendb("db"), b.opendb("db")
+        for i in range(600):
+            src.savedoc({"id": f"r{i:03d}", "n": i})
+        held = [f"r{i:03d}" for i in range(100, 200)]  # the second batch: another peer pushed it there
+        _copy(src, tgt, held)
+        target = Target(tgt)
+        res = asyncio.run(replicate(LocalEndpoint(src), target, batch_size=100))
+        assert res.docs_written == 500 and res.errors == [] and res.batches == 6
+        # batch 1 asked (all missing); batch 2 sent without asking, the target wrote none of it: asking again.
+        # Batch 3 is read while batch 2 is written (pipelining): it goes without asking if its read began
+        # before batch 2's answer, and then batch 4 asks. Either way, one more question, all missing again, and
+        # the rest goes without asking.
+        assert target.asked == [100, 100]
+        assert target.sent == [100] * 6
+        assert len(tgt) == 600
+
+
+def test_a_mirror_that_holds_everything_is_asked_about_every_batch(tmp_path: Path) -> None:
+    with MyNoSQL.MyNoSQL(tmp_path / "a") as a, MyNoSQL.MyNoSQL(tmp_path / "b") as b:
+        src, tgt = a.opendb("db"), b.opendb("db")
+        for i in range(300):
+            src.savedoc({"id": f"r{i:03d}", "n": i})
+        _copy(src, tgt, [f"r{i:03d}" for i in range(300)])
+        target = Target(tgt)
+        res = asyncio.run(replicate(LocalEndpoint(src), target, batch_size=100))
+        assert res.docs_written == 0 and res.batches == 3
+        assert target.asked == [100, 100, 100] and target.sent == []  # nothing travels in vain
+
+
+def test_a_plain_couchdb_target_is_always_asked_revs_diff(tmp_path: Path) -> None:
+    with MyNoSQL.MyNoSQL(tmp_path / "a") as a, MyNoSQL.MyNoSQL(tmp_path / "b") as b:
+        src, tgt = a.opendb("db"), b.opendb("db")
+        for i in range(300):
+            src.savedoc({"id": f"r{i:03d}", "n": i})
+        target = Target(tgt, mynosql=False)
+        res = asyncio.run(replicate(LocalEndpoint(src), target, batch_size=100))
+        assert res.docs_written == 300 and target.asked == [100, 100, 100]
