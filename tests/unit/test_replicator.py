@@ -16,9 +16,10 @@ class Target(LocalEndpoint):
     """A local database standing in for a mirror (``mynosql``: the protocol extensions apply), counting what it
     is asked and sent."""
 
-    def __init__(self, db: Database, *, mynosql: bool = True) -> None:
+    def __init__(self, db: Database, *, mynosql: bool = True, empty: bool = False) -> None:
         super().__init__(db)
         self.mynosql = mynosql
+        self.empty = empty  # as HttpEndpoint.ensure_exists finds it
         self.asked: list[int] = []  # revisions asked about, per _revs_diff
         self.sent: list[int] = []  # documents sent, per _bulk_docs
 
@@ -52,6 +53,24 @@ def test_an_empty_mirror_is_asked_revs_diff_once_then_sent_batches_directly(tmp_
         assert target.sent == [100] * 5
         assert len(tgt) == 500 and all(tgt.state(f"r{i:03d}").winner == src.state(f"r{i:03d}").winner
                                        for i in range(500))
+
+
+def test_a_mirror_that_says_it_was_never_written_to_is_not_asked_at_all(tmp_path: Path) -> None:
+    with MyNoSQL.MyNoSQL(tmp_path / "a") as a, MyNoSQL.MyNoSQL(tmp_path / "b") as b:
+        src, tgt = a.opendb("db"), b.opendb("db")
+        for i in range(300):
+            src.savedoc({"id": f"r{i:03d}", "n": i})
+        target = Target(tgt, empty=True)
+        res = asyncio.run(replicate(LocalEndpoint(src), target, batch_size=100))
+        assert res.docs_written == 300 and target.asked == [] and target.sent == [100] * 3
+        # it was not empty after all (another peer pushed meanwhile): asked again after the first batch it held
+        more = Target(tgt, empty=True)
+        for i in range(300, 500):
+            src.savedoc({"id": f"r{i:03d}", "n": i})
+        _copy(src, tgt, [f"r{i:03d}" for i in range(300, 400)])
+        res = asyncio.run(replicate(LocalEndpoint(src), more, batch_size=100, extra_id="again"))
+        assert res.docs_written == 100 and len(tgt) == 500
+        assert more.asked and len(more.sent) <= 4  # never every batch of the 5 read without asking
 
 
 def test_a_mirror_that_holds_a_batch_already_is_asked_again(tmp_path: Path) -> None:
@@ -93,3 +112,23 @@ def test_a_plain_couchdb_target_is_always_asked_revs_diff(tmp_path: Path) -> Non
         target = Target(tgt, mynosql=False)
         res = asyncio.run(replicate(LocalEndpoint(src), target, batch_size=100))
         assert res.docs_written == 300 and target.asked == [100, 100, 100]
+
+
+def test_ensure_exists_says_whether_a_mirror_database_was_ever_written_to(tmp_path: Path) -> None:
+    from MyNoSQL.replication.endpoints import HttpEndpoint, client_session
+
+    with MyNoSQL.MyNoSQL(tmp_path / "m", options=MyNoSQL.Options()) as m:  # serving (background_sync)
+        m.opendb("db")
+        m.setlisten("127.0.0.1", 0)
+        assert m.setdbmode("Mirror")
+        url = m.status()["server"]
+
+        async def empty(name: str) -> bool:
+            async with client_session(MyNoSQL.Options()) as session:
+                ep = HttpEndpoint(session, f"{url}/{name}")
+                await ep.ensure_exists()
+                return ep.empty
+
+        assert asyncio.run(empty("db")) is True
+        m.savedoc({"id": "x"})
+        assert asyncio.run(empty("db")) is False

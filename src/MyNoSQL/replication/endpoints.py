@@ -296,6 +296,7 @@ class HttpEndpoint:
         self._gzip = False  # set once the server says it is a MyNoSQL mirror
         self._last_written: int | None = None
         self.exists = False  # ensure_exists succeeded once
+        self.empty = False  # ensure_exists found (or made) a database that was never written to
         self.client = client
         self._local_revs: dict[str, str] = {}  # _local doc id -> the _rev our last write of it got
         # The remote's latest change sequence, as a MyNoSQL mirror tells it with each _changes answer
@@ -370,11 +371,14 @@ class HttpEndpoint:
         if self.exists:
             return
         try:
-            await self.request("GET", "")
+            info = await self.request("GET", "")
+            seq = info.get("update_seq") if isinstance(info, dict) else None
+            self.empty = type(seq) is int and seq == 0
         except RemoteError as exc:
             if exc.status != 404:
                 raise
             await self.request("PUT", "", ok=(201, 202, 412))
+            self.empty = True
         self.exists = True
 
     async def changes(self, since: Any, limit: int, timeout: float | None = None) -> tuple[list[dict[str, Any]], Any]:

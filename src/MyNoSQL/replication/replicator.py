@@ -184,12 +184,12 @@ SMALL_BATCH = 50  # below this many revisions, a MyNoSQL target gets the documen
 
 class _Blind:
     """Whether a MyNoSQL target gets the next batch without a ``_revs_diff`` first: while it lacked every
-    revision of the last batch it was asked about and has written every document sent since (a first
-    replication into an empty mirror). The first batch the target already holds a revision of ends it; with
-    pipelining, at most the batch read meanwhile travels in vain."""
+    revision of the last batch it was asked about (or said it was never written to: ``empty``) and has written
+    every document sent since (a first replication into an empty mirror). The first batch the target already
+    holds a revision of ends it; with pipelining, at most the batch read meanwhile travels in vain."""
 
-    def __init__(self) -> None:
-        self.on = False
+    def __init__(self, empty: bool) -> None:
+        self.on = empty
 
     def asked(self, n_revs: int, missing: dict[str, list[str]]) -> None:
         self.on = n_revs > SMALL_BATCH and sum(map(len, missing.values())) == n_revs
@@ -332,7 +332,7 @@ async def replicate(source: Endpoint, target: Endpoint, *, batch_size: int = 100
         history = list(((tgt_ck if readonly else src_ck) or {}).get("history", []))[:20]
     result.start_seq = result.last_seq = since
     extended = getattr(target, "mynosql", False)
-    blind = _Blind()
+    blind = _Blind(extended and getattr(target, "empty", False) is True)
     total = await changes_to_come(source, since) if progress is not None else None
 
     Batch = tuple[list[dict[str, Any]], Any, list[dict[str, Any]], dict[str, list[str]]]
