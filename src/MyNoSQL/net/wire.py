@@ -101,6 +101,48 @@ def doc_to_wire(state: DocState, rev: str, *, revs: bool = False, conflicts: boo
     return doc
 
 
+class WireJSON(dict):  # type: ignore[type-arg]
+    """A document read with its history (``revs=True``) and serialized already: ``json`` is the whole CouchDB
+    document; the dict holds only its ``_id`` and ``_rev`` (what a replicator looks at). A sender puts ``json`` in
+    its request as it is (``orjson.Fragment``); anything else that needs the document parses ``json``
+    (:func:`full`): the dict alone is NOT the document."""
+
+    __slots__ = ("json",)
+
+    def __init__(self, id: str, rev: str, json: bytes) -> None:
+        super().__init__(_id=id, _rev=rev)
+        self.json = json
+
+
+def full(doc: dict[str, Any]) -> dict[str, Any]:
+    """The document itself (a :class:`WireJSON` parsed; any other dict as it is)."""
+    if type(doc) is WireJSON:
+        parsed: dict[str, Any] = orjson.loads(doc.json)
+        return parsed
+    return doc
+
+
+def for_request(doc: dict[str, Any]) -> Any:
+    """What goes in a request body for ``doc``: a :class:`WireJSON`'s bytes as they are, else the dict."""
+    return orjson.Fragment(doc.json) if type(doc) is WireJSON else doc
+
+
+def doc_json_to_wire(state: DocState, rev: str) -> WireJSON | None:
+    """``doc_to_wire(state, rev, revs=True)`` serialized without parsing the stored body (its bytes are spliced
+    after the metadata), or None when that is not possible: a revision with attachments, or a body that may
+    have a top-level key starting with ``_`` (it travels as ``$_x``)."""
+    body = state.bodies[rev]
+    if (state.atts is not None and rev in state.atts) or b'"_' in body or b"\\u" in body or body[:1] != b"{":
+        return None
+    chain = revtree.ancestry(state.tree, rev)
+    gen = revtree.rev_gen(rev)
+    head = orjson.dumps({"_id": state.id, "_rev": rev, "_deleted": True} if state.tree[rev][1]
+                        else {"_id": state.id, "_rev": rev})
+    hist = orjson.dumps({"start": gen, "ids": [r.partition("-")[2] for r in chain]})
+    tail = b"}" if body == b"{}" else b"," + body[1:]
+    return WireJSON(state.id, rev, b"".join((head[:-1], b',"_revisions":', hist, tail)))
+
+
 def attachments_to_wire(atts: att.Atts, data: AttData | None, since: int, follows: bool) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for name, meta in atts.items():

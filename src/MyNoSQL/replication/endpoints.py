@@ -196,7 +196,8 @@ class LocalEndpoint:
         """Write a replicated revision whose attachments marked ``follows`` come from ``fetch(name)``, each
         streamed to disk as it arrives. Returns 1 if the revision was new here."""
         opts = self.db.options
-        w = wire.doc_from_wire(doc, validate_id=validate_id, max_bytes=opts.max_doc_bytes, max_revs=opts.revs_limit)
+        w = wire.doc_from_wire(wire.full(doc), validate_id=validate_id, max_bytes=opts.max_doc_bytes,
+                               max_revs=opts.revs_limit)
         db = self.db
         given: dict[str, att.AttNew] = {}
         stored: list[att.Stored] = []
@@ -234,8 +235,8 @@ class LocalEndpoint:
                 if state is None:
                     continue
                 for rev in revs:
-                    if rev in state.bodies:
-                        out.append(wire.doc_to_wire(state, rev, revs=True))
+                    if rev in state.bodies:  # serialized already when it can be (no body parsed to be dumped)
+                        out.append(wire.doc_json_to_wire(state, rev) or wire.doc_to_wire(state, rev, revs=True))
             return out
 
         if len(wants) <= SMALL:
@@ -251,7 +252,7 @@ class LocalEndpoint:
             errors = []
             written = 0
             opts = self.db.options
-            for doc in docs:
+            for doc in map(wire.full, docs):
                 try:
                     w = wire.doc_from_wire(doc, validate_id=validate_id, max_bytes=opts.max_doc_bytes,
                                                max_revs=opts.revs_limit)
@@ -429,6 +430,7 @@ class HttpEndpoint:
     async def put_with_attachments(self, doc: dict[str, Any], fetch: Fetch) -> int:
         """``PUT /{db}/{doc}?new_edits=false`` as ``multipart/related`` (CouchDB's replicator does the same): the
         document, then the bytes of each attachment marked ``follows`` (``fetch(name)``), streamed."""
+        doc = wire.full(doc)
         boundary = secrets.token_hex(16)
         follows = [(n, a) for n, a in doc.get("_attachments", {}).items() if a.get("follows")]
         first = (f"--{boundary}\r\nContent-Type: application/json\r\n\r\n").encode() + orjson.dumps(doc)
@@ -500,7 +502,7 @@ class HttpEndpoint:
     async def bulk_docs(
         self, docs: Sequence[dict[str, Any]], checkpoint: tuple[str, dict[str, Any]] | None = None
     ) -> tuple[list[dict[str, Any]], int, bool]:
-        body: dict[str, Any] = {"docs": list(docs), "new_edits": False}
+        body: dict[str, Any] = {"docs": [wire.for_request(d) for d in docs], "new_edits": False}
         extended = self.mynosql and checkpoint is not None
         if extended:
             assert checkpoint is not None
