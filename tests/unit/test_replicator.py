@@ -6,6 +6,8 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 import MyNoSQL
 from MyNoSQL.database import Database
 from MyNoSQL.replication.endpoints import LocalEndpoint
@@ -190,3 +192,52 @@ def test_a_push_sends_pre_serialized_documents_a_local_target_reads_them_whole(t
         res = asyncio.run(replicate(source, LocalEndpoint(tgt), batch_size=30))
         assert res.docs_written == 100 and res.errors == []
         assert all(tgt.readdoc(f"r{i:03d}") == src.readdoc(f"r{i:03d}") for i in range(100))
+
+
+def test_a_question_refused_as_too_large_is_asked_again_in_halves() -> None:
+    from MyNoSQL.errors import RemoteError
+    from MyNoSQL.replication.replicator import _bulk_get, _revs_diff
+
+    asked: list[int] = []
+
+    class Refusing:
+        """Refuses (413) any question of more than 3 revisions."""
+
+        def _check(self, query: dict[str, list[str]]) -> None:
+            n = sum(map(len, query.values()))
+            asked.append(n)
+            if n > 3:
+                raise RemoteError("HTTP 413", status=413)
+
+        async def bulk_get(self, wants: dict[str, list[str]]) -> list[dict[str, Any]]:
+            self._check(wants)
+            return [{"_id": id, "_rev": rev} for id, revs in wants.items() for rev in revs]
+
+        async def revs_diff(self, query: dict[str, list[str]],
+                            ancestors: dict[str, list[str]] | None = None) -> dict[str, list[str]]:
+            self._check(query)
+            if ancestors is not None:
+                ancestors.update({id: ["1-a"] for id in query})
+            return {id: revs[:1] for id, revs in query.items()}
+
+    wants = {"a": ["1-a", "2-a"], "b": ["1-b"], "c": ["1-c", "2-c", "3-c"], "d": ["1-d"]}
+    docs = asyncio.run(_bulk_get(Refusing(), wants))  # type: ignore[arg-type]
+    assert sorted((d["_id"], d["_rev"]) for d in docs) == sorted((i, r) for i, rs in wants.items() for r in rs)
+    assert asked == [7, 3, 4, 2, 2]  # the whole once, then halves of its pairs (the whole is not asked again)
+    asked.clear()
+    small = {"a": ["1-a"], "b": ["1-b"]}
+    assert asyncio.run(_bulk_get(Refusing(), small)) == [{"_id": "a", "_rev": "1-a"}, {"_id": "b", "_rev": "1-b"}]
+    assert asked == [2]  # one question, as asked
+    asked.clear()
+    ancestors: dict[str, list[str]] = {}
+    missing = asyncio.run(_revs_diff(Refusing(), wants, ancestors))  # type: ignore[arg-type]
+    # the parts' answers merged (this fake names the first revision of each id it is asked about, per part)
+    assert missing == {"a": ["1-a"], "b": ["1-b"], "c": ["1-c", "3-c"], "d": ["1-d"]}
+    assert set(ancestors) == set(wants) and asked == [7, 3, 4, 2, 2]
+
+    class RefusesOne(Refusing):
+        def _check(self, query: dict[str, list[str]]) -> None:
+            raise RemoteError("HTTP 413", status=413)
+
+    with pytest.raises(RemoteError):  # a single revision refused is an error, not a loop
+        asyncio.run(_bulk_get(RefusesOne(), {"a": ["1-a"]}))  # type: ignore[arg-type]
