@@ -101,36 +101,34 @@ def doc_to_wire(state: DocState, rev: str, *, revs: bool = False, conflicts: boo
     return doc
 
 
-class WireJSON(dict):  # type: ignore[type-arg]
-    """A document read with its history (``revs=True``) and serialized already: ``json`` is the whole CouchDB
-    document; the dict holds only its ``_id`` and ``_rev`` (what a replicator looks at). A sender puts ``json`` in
-    its request as it is (``orjson.Fragment``); anything else that needs the document parses ``json``
-    (:func:`full`): the dict alone is NOT the document."""
-
-    __slots__ = ("json",)
-
-    def __init__(self, id: str, rev: str, json: bytes) -> None:
-        super().__init__(_id=id, _rev=rev)
-        self.json = json
+# A document read for a push, serialized already (doc_json_to_wire), is {"_id": id, "_rev": rev, SERIALIZED: the
+# whole document's JSON bytes}: the id and rev a replicator looks at, and the document itself, which a sender puts
+# in its request as it is (for_request) and anything else parses (full). No JSON parser makes a bytes value, so
+# no document from elsewhere passes for one; orjson refuses to serialize bytes, so one that reached a request
+# unconverted would fail loudly; and a dict of strings and bytes is not tracked by the garbage collector (the
+# documents of a batch in flight do not burden its oldest generation, which scans the whole heap).
+SERIALIZED = "_mynosql_json"
 
 
 def full(doc: dict[str, Any]) -> dict[str, Any]:
-    """The document itself (a :class:`WireJSON` parsed; any other dict as it is)."""
-    if type(doc) is WireJSON:
-        parsed: dict[str, Any] = orjson.loads(doc.json)
+    """The document itself (a pre-serialized one parsed; any other as it is)."""
+    data = doc.get(SERIALIZED)
+    if type(data) is bytes:
+        parsed: dict[str, Any] = orjson.loads(data)
         return parsed
     return doc
 
 
 def for_request(doc: dict[str, Any]) -> Any:
-    """What goes in a request body for ``doc``: a :class:`WireJSON`'s bytes as they are, else the dict."""
-    return orjson.Fragment(doc.json) if type(doc) is WireJSON else doc
+    """What goes in a request body for ``doc``: a pre-serialized document's bytes as they are, else the dict."""
+    data = doc.get(SERIALIZED)
+    return orjson.Fragment(data) if type(data) is bytes else doc
 
 
-def doc_json_to_wire(state: DocState, rev: str) -> WireJSON | None:
+def doc_json_to_wire(state: DocState, rev: str) -> dict[str, Any] | None:
     """``doc_to_wire(state, rev, revs=True)`` serialized without parsing the stored body (its bytes are spliced
-    after the metadata), or None when that is not possible: a revision with attachments, or a body that may
-    have a top-level key starting with ``_`` (it travels as ``$_x``)."""
+    after the metadata; see SERIALIZED), or None when that is not possible: a revision with attachments, or a
+    body that may have a top-level key starting with ``_`` (it travels as ``$_x``)."""
     body = state.bodies[rev]
     if (state.atts is not None and rev in state.atts) or b'"_' in body or b"\\u" in body or body[:1] != b"{":
         return None
@@ -140,7 +138,8 @@ def doc_json_to_wire(state: DocState, rev: str) -> WireJSON | None:
                         else {"_id": state.id, "_rev": rev})
     hist = orjson.dumps({"start": gen, "ids": [r.partition("-")[2] for r in chain]})
     tail = b"}" if body == b"{}" else b"," + body[1:]
-    return WireJSON(state.id, rev, b"".join((head[:-1], b',"_revisions":', hist, tail)))
+    return {"_id": state.id, "_rev": rev,
+            SERIALIZED: b"".join((head[:-1], b',"_revisions":', hist, tail))}
 
 
 def attachments_to_wire(atts: att.Atts, data: AttData | None, since: int, follows: bool) -> dict[str, Any]:

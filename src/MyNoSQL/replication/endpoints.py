@@ -127,9 +127,11 @@ class LocalEndpoint:
         self.db = db
         self.lazy = lazy
         self.identity = local_identity(db)
-        # The states the last changes() read: bulk_get serves the same batch from them instead of looking every
-        # record up again (a revision's body and ancestry never change, so an older state serves it as well).
-        self._recent: dict[str, DocState] = {}
+        # What the last changes() read, by id: the next bulk_get serves the same batch from it instead of looking
+        # every record up again (a revision's body and ancestry never change, so an older state serves it as
+        # well), then drops it. A record with one leaf is kept as that leaf's document, serialized (its state is
+        # not kept: see wire.SERIALIZED).
+        self._recent: dict[str, DocState | dict[str, Any]] = {}
 
     async def info(self) -> dict[str, Any]:
         return {"db_name": self.db.name, "update_seq": self.db.seq, "doc_count": len(self.db)}
@@ -138,9 +140,12 @@ class LocalEndpoint:
         start = since if isinstance(since, int) else 0
 
         def read() -> tuple[list[dict[str, Any]], int]:
-            states = list(islice(self.db.states_since(start), limit))
-            self._recent = {s.id: s for s in states}
-            rows = [wire.changes_row(s) for s in states]
+            recent: dict[str, DocState | dict[str, Any]] = {}
+            rows = []
+            for s in islice(self.db.states_since(start), limit):
+                rows.append(wire.changes_row(s))
+                recent[s.id] = (len(s.tree) == 1 and wire.doc_json_to_wire(s, s.winner)) or s
+            self._recent = recent
             return rows, rows[-1]["seq"] if rows else start
 
         if self.db.seq - start <= SMALL:
@@ -226,10 +231,19 @@ class LocalEndpoint:
 
     async def bulk_get(self, wants: dict[str, list[str]]) -> list[dict[str, Any]]:
         def read() -> list[dict[str, Any]]:
-            out = []
+            out: list[dict[str, Any]] = []
             recent = self._recent
+            self._recent = {}  # served once (a batch asks once): what it kept need not outlive it
             for id, revs in wants.items():
-                state = recent.get(id)
+                kept = recent.get(id)
+                state: DocState | None
+                if isinstance(kept, dict):
+                    if revs == [kept["_rev"]]:
+                        out.append(kept)
+                        continue
+                    state = None
+                else:
+                    state = kept
                 if state is None or not all(rev in state.bodies for rev in revs):
                     state = self.db.state(id)
                 if state is None:

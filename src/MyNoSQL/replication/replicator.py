@@ -335,16 +335,20 @@ async def replicate(source: Endpoint, target: Endpoint, *, batch_size: int = 100
     blind = _Blind(extended and getattr(target, "empty", False) is True)
     total = await changes_to_come(source, since) if progress is not None else None
 
-    Batch = tuple[list[dict[str, Any]], Any, list[dict[str, Any]], dict[str, list[str]]]
+    # (rows read, last seq, documents, ancestors): the rows themselves are not kept (a batch's objects that
+    # live on while the one before it is written burden the collector's oldest generation)
+    Batch = tuple[int, Any, list[dict[str, Any]], dict[str, list[str]]]
 
     async def fetch(after: Any, wait_for: float | None) -> Batch:
         """Steps 3-5 for one batch: the changes after ``after``, what the target lacks, those documents, and the
         revisions the target has of them (whose attachments need not travel)."""
         rows, last = await source.changes(after, batch_size, timeout=wait_for)
         ancestors: dict[str, list[str]] = {}
+        n_rows = len(rows)
         if not rows:
-            return rows, last, [], ancestors
+            return 0, last, [], ancestors
         query = {r["id"]: [c["rev"] for c in r.get("changes", [])] for r in rows if "id" in r}
+        del rows
         n_revs = sum(map(len, query.values()))
         result.missing_checked += n_revs
         small = extended and (n_revs <= SMALL_BATCH or blind.on)
@@ -363,14 +367,14 @@ async def replicate(source: Endpoint, target: Endpoint, *, batch_size: int = 100
                 lacking = await _revs_diff(target, heavy, ancestors)
                 docs = [d for d in docs
                         if d["_rev"] not in heavy.get(d["_id"], ()) or d["_rev"] in lacking.get(d["_id"], ())]
-        return rows, last, docs, ancestors
+        return n_rows, last, docs, ancestors
 
     batch = await fetch(since, wait)
     while batch[0] and (max_batches is None or result.batches < max_batches):
-        rows, last_seq, docs, ancestors = batch
-        result.docs_read += len(rows)
+        n_rows, last_seq, docs, ancestors = batch
+        result.docs_read += n_rows
         # pipelining: the next batch is read while this one is written (checkpoints stay in order)
-        more = len(rows) >= batch_size and (max_batches is None or result.batches + 1 < max_batches)
+        more = n_rows >= batch_size and (max_batches is None or result.batches + 1 < max_batches)
         prefetch = asyncio.ensure_future(fetch(last_seq, None)) if more else None
         try:
             since = last_seq
@@ -422,7 +426,7 @@ async def replicate(source: Endpoint, target: Endpoint, *, batch_size: int = 100
                 resume.source_readonly = readonly
             if progress is not None:
                 done = result.docs_read
-                if len(rows) < batch_size:  # a short batch: the end of the feed, the count is final
+                if n_rows < batch_size:  # a short batch: the end of the feed, the count is final
                     total = done
                 progress(done, None if total is None else max(total, done))
         except BaseException:
