@@ -675,3 +675,18 @@ def test_import_writes_a_new_record_whole_as_merging_each_leaf_would(tmp_path: P
 
 def orjson_line(obj: Any) -> bytes:
     return json.dumps(obj).encode() + b"\n"
+
+
+def test_a_serve_process_freezes_its_start_up_heap_and_collects_young_objects_less_often() -> None:
+    import gc
+
+    from MyNoSQL.cli import GC_YOUNG, tune_gc
+
+    before = gc.get_threshold()
+    try:
+        tune_gc()
+        assert gc.get_threshold() == (GC_YOUNG, *before[1:])
+        assert gc.get_freeze_count() > 0
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*before)
