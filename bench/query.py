@@ -9,7 +9,9 @@ callback latency; and the bytes a subscribed peer moves. Writes bench/results/qu
 Every query is checked to give the same records in every engine before it is timed. Ratios are the anchor's
 time over ours (> 1: we are faster); p50 and p99 over the repetitions, run interleaved (one of each engine in
 turn, which one goes first alternating) so that a slow spell of this shared machine, and the cold CPU caches
-another engine's query leaves behind, hit all of them alike.
+another engine's query leaves behind, hit all of them alike. The first ``--warmup`` repetitions of every engine
+are not timed: the first queries fill caches (our record memo, SQLite's page cache, the CPU's), and a p99 is
+one of a few slowest repetitions, so two or three cold starts would otherwise be all of it.
 """
 
 from __future__ import annotations
@@ -162,7 +164,8 @@ def pouch_run(docs: list[dict[str, Any]], qs: list[dict[str, Any]], repeat: int)
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--n", type=int, default=100_000)
-    ap.add_argument("--reps", type=int, default=200)
+    ap.add_argument("--reps", type=int, default=500)
+    ap.add_argument("--warmup", type=int, default=5, help="untimed repetitions of each query and engine first")
     ap.add_argument("--tiny-reps", type=int, default=5)
     ap.add_argument("--live", type=int, default=2000)
     ap.add_argument("--quick", action="store_true", help="fewer repetitions, no pouchdb-find, no peer")
@@ -200,7 +203,8 @@ def main() -> None:
         flags = "" if args.cache_docs is None else f" --cache-docs {args.cache_docs}"
         say(f"`PYTHONPATH=src .venv/bin/python bench/query.py --n {n}{flags}` on {time.strftime('%Y-%m-%d')}, "
             f"git {git.stdout.strip()}; "
-            f"{args.reps} repetitions per query (TinyDB {args.tiny_reps}), interleaved (MyNoSQL and SQLite take turns "
+            f"{args.reps} repetitions per query after {args.warmup} untimed (TinyDB {args.tiny_reps}), "
+            "interleaved (MyNoSQL and SQLite take turns "
             f"going first). Load {load:.1f} s; three "
             f"one-field indexes built in {build:.1f} s.")
         say()
@@ -228,6 +232,10 @@ def main() -> None:
         times: dict[str, dict[str, list[float]]] = {q["name"]: {"ours": [], "sqlite": [], "tinydb": []} for q in qs}
         engines: list[tuple[str, Callable[[dict[str, Any]], list[dict[str, Any]]]]] = [("ours", ours),
                                                                                       ("sqlite", sq)]
+        for _ in range(args.warmup):
+            for q in qs:
+                for _name, fn in engines:
+                    fn(q)
         for rep in range(args.reps):
             for q in qs:
                 # Which engine runs first alternates: the first after another query finds the CPU caches cold

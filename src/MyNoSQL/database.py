@@ -1515,6 +1515,9 @@ class Database:
         max_leaves = self.options.limits.max_leaves
 
         def mutate(prev: DocState | None) -> DocState | None:
+            if prev is None and len(path) == 1:  # a new record of one revision (a first replication): no merge
+                revtree.parse_rev(path[0])  # a revision id, or ValueError (as merge_path says)
+                return DocState(id, 0, {path[0]: (None, deleted)}, {path[0]: blob}, None)
             _check_leaves(prev, id, path, max_leaves)
             tree, added = revtree.merge_path(prev.tree if prev else {}, path, deleted)
             if not added:

@@ -457,7 +457,18 @@ def test_local_documents_are_bounded_in_size_and_number(tmp_path: Path, creds: P
             "mynosql_checkpoint": {"id": "ck-new", "doc": {"v": 1}}})
         assert status == 403 and "local documents" in body["reason"]
         assert call(s, "GET", "/db/with-ck")[0] == 404  # nothing of the request was written
-        assert metric(s, "mynosql_limit_refusals_total", limit="max_local_docs") == 2
+        # a large batch (its checkpoint written by the thread that writes its documents): refused the same way
+        status, body = jcall(s, "POST", "/db/_bulk_docs", {
+            "docs": [{"_id": f"many-{i}", "_rev": "1-" + "b" * 32} for i in range(100)], "new_edits": False,
+            "mynosql_checkpoint": {"id": "ck-new", "doc": {"v": 1}}})
+        assert status == 403 and "local documents" in body["reason"]
+        assert all(call(s, "GET", f"/db/many-{i}")[0] == 404 for i in (0, 50, 99))
+        assert metric(s, "mynosql_limit_refusals_total", limit="max_local_docs") == 3
+        status, body = jcall(s, "POST", "/db/_bulk_docs", {  # an existing checkpoint is updated with them
+            "docs": [{"_id": f"many-{i}", "_rev": "1-" + "b" * 32} for i in range(100)], "new_edits": False,
+            "mynosql_checkpoint": {"id": "ck1", "doc": {"v": 7}}})
+        assert status == 201 and call(s, "GET", "/db/many-99")[0] == 200
+        assert jcall(s, "GET", "/db/_local/ck1")[1]["v"] == 7
     finally:
         s.verify_after_stop()
 

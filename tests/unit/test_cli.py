@@ -84,6 +84,46 @@ def test_top_level_help_lists_every_exit_code() -> None:
     assert codes == ["0", "1", "2", "3", "4", "5", "6", "130"], out.stdout.decode()
 
 
+
+@pytest.mark.process
+def test_ctrl_c_in_the_middle_of_a_file_import_keeps_what_was_read_and_closes_cleanly(tmp_path: Path) -> None:
+    """SIGINT while an import of a file is busy (not waiting for input): it stops at the next line, writes the
+    records read so far, closes the database, exits 130; every record there is the file's, and verify is clean."""
+    n = 60_000
+    dump = tmp_path / "dump.jsonl"
+    with dump.open("wb") as f:
+        for i in range(n):
+            rev = f"1-{i:032x}"
+            f.write(json.dumps({"id": f"r{i:06}", "revs": [[rev, -1, 0]], "leaves": {rev: {"i": i}}}).encode() + b"\n")
+    proc = subprocess.Popen([sys.executable, "-m", "MyNoSQL", "import", "--path", str(tmp_path / "db"), "--db", "d",
+                             str(dump)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            env={**ENV, "MYNOSQL_PROGRESS_INTERVAL": "0"})
+    assert proc.stderr is not None
+    try:
+        shown = b""
+        deadline = time.monotonic() + 60
+        while shown.count(b"import: ") < 2000 and time.monotonic() < deadline:  # well into the file
+            ready, _, _ = select.select([proc.stderr], [], [], 1.0)
+            if ready:
+                chunk = os.read(proc.stderr.fileno(), 65536)
+                assert chunk, "import ended before it was interrupted"
+                shown += chunk
+        proc.send_signal(signal.SIGINT)
+        _stdout, stderr = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=30)
+    assert proc.returncode == 130, stderr[-2000:]
+    assert b"Interrupted." in stderr and b"Traceback" not in stderr
+    with MyNoSQL.MyNoSQL(tmp_path / "db") as h:
+        db = h.opendb("d")
+        got = {doc["id"]: doc for doc in db}
+        assert 2000 <= len(got) < n  # interrupted in the middle, what came before it kept
+        for id, doc in got.items():
+            assert doc["i"] == int(id[1:]) and doc["rev"] == f"1-{int(id[1:]):032x}"
+        assert db.verify() == []
+
 def test_ctrl_c_exits_130_with_a_json_error(tmp_path: Path) -> None:
     """An import reading a pipe, interrupted (SIGINT) while it waits for the next line: exit 130, the records
     read so far kept, and with --json the error object on stdout."""
@@ -713,3 +753,18 @@ def test_a_killed_import_leaves_a_clean_database_that_a_second_import_completes(
     with MyNoSQL.MyNoSQL(tmp_path) as h:
         h.opendb("d")
         assert len(h) == 40_000 and h.readdoc("r039999")["i"] == 39_999
+
+
+def test_a_serve_process_freezes_its_start_up_heap_and_collects_young_objects_less_often() -> None:
+    import gc
+
+    from MyNoSQL.cli import GC_YOUNG, tune_gc
+
+    before = gc.get_threshold()
+    try:
+        tune_gc()
+        assert gc.get_threshold() == (GC_YOUNG, *before[1:])
+        assert gc.get_freeze_count() > 0
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*before)

@@ -214,6 +214,36 @@ def test_a_batch_of_replicated_revisions_merges_as_one_at_a_time(tmp_path: Path)
     assert answers[4] == "LimitExceeded" and answers[5] is None and answers.count(None) == 1
 
 
+def test_a_new_record_of_one_revision_gets_the_state_a_merge_makes(tmp_path: Path) -> None:
+    """The shortcut for a record new here whose revision comes without ancestors (a first replication) makes the
+    state merge_path would, refuses a malformed revision alone, and later revisions merge onto it."""
+    from MyNoSQL.records import revtree
+
+    a, b, c, d = (f"1-{x * 32}" for x in "abcd")
+    batch: list[tuple[str, list[str], bool, bytes]] = [
+        ("a", [a], False, b'{"x":1}'), ("d", [b], True, b"{}"), ("bad", ["x-1"], False, b"{}"),
+        ("two", [f"2-{'e' * 32}", c], False, b'{"y":2}'),
+    ]
+    h = MyNoSQL.MyNoSQL(tmp_path)
+    db = h.opendb("db")
+    try:
+        got = db.merge_replicated_many(batch)
+        assert isinstance(got[2], ValueError)
+        for (id, path, deleted, blob), state in zip(batch, got, strict=True):
+            if id == "bad":
+                continue
+            assert isinstance(state, revtree.DocState)
+            assert state.tree == revtree.merge_path({}, path, deleted)[0] and state.bodies == {path[0]: blob}
+            assert state.atts is None and state.deleted is deleted and db.state(id).tree == state.tree
+        assert db.state("bad") is None
+        more = db.merge_replicated_many([("a", [f"2-{'f' * 32}", a], False, b'{"x":2}'), ("a", [d], False, b"{}")])
+        s = db.state("a")
+        assert more[0] is not None and s is not None and len(s.tree) == 3 and set(s.bodies) == {f"2-{'f' * 32}", d}
+        assert db.readdoc("a")["x"] == 2
+    finally:
+        h.closedb()
+
+
 def test_local_documents_are_bounded_in_number(tmp_path: Path) -> None:
     h = MyNoSQL.MyNoSQL(tmp_path)
     db = h.opendb("db")

@@ -127,3 +127,39 @@ def test_a_database_being_deleted_is_not_opened_again_meanwhile(tmp_path: Path) 
         assert await dbs.get("db") is None
 
     asyncio.run(run())
+
+
+def test_a_request_during_an_idle_close_waits_for_it_and_opens_the_database_again(tmp_path: Path) -> None:
+    """A database closed for idleness leaves the open list before its close ends (its on_close hooks run, then its
+    store closes and releases the folder's lock): a request that comes meanwhile waits for the close and opens
+    it again, never DatabaseLocked (a 503 on a mirror under load: test_couch_server's idle test saw it)."""
+    make(tmp_path, "db")
+
+    async def run() -> None:
+        dbs = Databases(root=tmp_path, idle=0.0)
+        hooked = asyncio.Event()
+        release = asyncio.Event()
+
+        async def slow_close(name: str, db: Database) -> None:
+            hooked.set()
+            await release.wait()
+
+        dbs.on_close.append(slow_close)
+        first = await dbs.get("db")
+        assert first is not None
+        closing = asyncio.create_task(dbs.close_idle())
+        await asyncio.wait_for(hooked.wait(), 10)
+        assert dbs.open_items() == [] and not first.closed  # out of the list, still holding its lock
+        again = asyncio.create_task(dbs.get("db"))
+        for _ in range(5):
+            await asyncio.sleep(0)
+        assert not again.done()  # it waits for the close
+        release.set()
+        assert await asyncio.wait_for(closing, 10) == 1
+        second = await asyncio.wait_for(again, 10)
+        assert first.closed and second is not None and second is not first
+        assert second.readdoc("a")["id"] == "a"
+        dbs.on_close.clear()
+        await dbs.close_all()
+
+    asyncio.run(run())

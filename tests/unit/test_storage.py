@@ -561,3 +561,23 @@ def test_the_id_filter_full_has_no_false_negative_and_few_false_maybes() -> None
     others = [rng.getrandbits(64) - (1 << 63) for _ in range(100_000)]
     # each false "maybe" is an index query from the saver's thread (a bulk load of new ids asks about every one)
     assert sum(h in bloom for h in others) / len(others) < 0.004
+
+
+def test_the_id_filter_sets_and_tests_the_bits_its_probes_name() -> None:
+    import random
+
+    from MyNoSQL.storage.bloom import Bloom
+
+    rng = random.Random(7)
+    hashes = [rng.getrandbits(64) - (1 << 63) for _ in range(5000)]
+    others = [rng.getrandbits(64) - (1 << 63) for _ in range(5000)]
+    bloom, spec = Bloom(10_000), Bloom(10_000)
+    bloom.add_all(hashes)
+    for h in hashes:  # what add_all must do: set the four bits _probes names
+        for p in spec._probes(h):
+            spec.bits[p >> 3] |= 1 << (p & 7)
+    assert bloom.bits == spec.bits and bloom.count == len(hashes)
+    assert all(h in bloom for h in hashes)  # never "certainly not" for an id it holds
+    for h in others:
+        assert (h in bloom) == all(spec.bits[p >> 3] & (1 << (p & 7)) for p in spec._probes(h))
+    assert sum(h in bloom for h in others) < len(others) // 20

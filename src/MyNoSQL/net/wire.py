@@ -101,6 +101,47 @@ def doc_to_wire(state: DocState, rev: str, *, revs: bool = False, conflicts: boo
     return doc
 
 
+# A document read for a push, serialized already (doc_json_to_wire), is {"_id": id, "_rev": rev, SERIALIZED: the
+# whole document's JSON bytes}: the id and rev a replicator looks at, and the document itself, which a sender puts
+# in its request as it is (for_request) and anything else parses (full). No JSON parser makes a bytes value, so
+# no document from elsewhere passes for one; orjson refuses to serialize bytes, so one that reached a request
+# unconverted would fail loudly; and a dict of strings and bytes is not tracked by the garbage collector (the
+# documents of a batch in flight do not burden its oldest generation, which scans the whole heap).
+SERIALIZED = "_mynosql_json"
+
+
+def full(doc: dict[str, Any]) -> dict[str, Any]:
+    """The document itself (a pre-serialized one parsed; any other as it is)."""
+    data = doc.get(SERIALIZED)
+    if type(data) is bytes:
+        parsed: dict[str, Any] = orjson.loads(data)
+        return parsed
+    return doc
+
+
+def for_request(doc: dict[str, Any]) -> Any:
+    """What goes in a request body for ``doc``: a pre-serialized document's bytes as they are, else the dict."""
+    data = doc.get(SERIALIZED)
+    return orjson.Fragment(data) if type(data) is bytes else doc
+
+
+def doc_json_to_wire(state: DocState, rev: str) -> dict[str, Any] | None:
+    """``doc_to_wire(state, rev, revs=True)`` serialized without parsing the stored body (its bytes are spliced
+    after the metadata; see SERIALIZED), or None when that is not possible: a revision with attachments, or a
+    body that may have a top-level key starting with ``_`` (it travels as ``$_x``)."""
+    body = state.bodies[rev]
+    if (state.atts is not None and rev in state.atts) or b'"_' in body or b"\\u" in body or body[:1] != b"{":
+        return None
+    chain = revtree.ancestry(state.tree, rev)
+    gen = revtree.rev_gen(rev)
+    head = orjson.dumps({"_id": state.id, "_rev": rev, "_deleted": True} if state.tree[rev][1]
+                        else {"_id": state.id, "_rev": rev})
+    hist = orjson.dumps({"start": gen, "ids": [r.partition("-")[2] for r in chain]})
+    tail = b"}" if body == b"{}" else b"," + body[1:]
+    return {"_id": state.id, "_rev": rev,
+            SERIALIZED: b"".join((head[:-1], b',"_revisions":', hist, tail))}
+
+
 def attachments_to_wire(atts: att.Atts, data: AttData | None, since: int, follows: bool) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for name, meta in atts.items():

@@ -127,9 +127,11 @@ class LocalEndpoint:
         self.db = db
         self.lazy = lazy
         self.identity = local_identity(db)
-        # The states the last changes() read: bulk_get serves the same batch from them instead of looking every
-        # record up again (a revision's body and ancestry never change, so an older state serves it as well).
-        self._recent: dict[str, DocState] = {}
+        # What the last changes() read, by id: the next bulk_get serves the same batch from it instead of looking
+        # every record up again (a revision's body and ancestry never change, so an older state serves it as
+        # well), then drops it. A record with one leaf is kept as that leaf's document, serialized (its state is
+        # not kept: see wire.SERIALIZED).
+        self._recent: dict[str, DocState | dict[str, Any]] = {}
 
     async def info(self) -> dict[str, Any]:
         return {"db_name": self.db.name, "update_seq": self.db.seq, "doc_count": len(self.db)}
@@ -138,9 +140,12 @@ class LocalEndpoint:
         start = since if isinstance(since, int) else 0
 
         def read() -> tuple[list[dict[str, Any]], int]:
-            states = list(islice(self.db.states_since(start), limit))
-            self._recent = {s.id: s for s in states}
-            rows = [wire.changes_row(s) for s in states]
+            recent: dict[str, DocState | dict[str, Any]] = {}
+            rows = []
+            for s in islice(self.db.states_since(start), limit):
+                rows.append(wire.changes_row(s))
+                recent[s.id] = (len(s.tree) == 1 and wire.doc_json_to_wire(s, s.winner)) or s
+            self._recent = recent
             return rows, rows[-1]["seq"] if rows else start
 
         if self.db.seq - start <= SMALL:
@@ -196,7 +201,8 @@ class LocalEndpoint:
         """Write a replicated revision whose attachments marked ``follows`` come from ``fetch(name)``, each
         streamed to disk as it arrives. Returns 1 if the revision was new here."""
         opts = self.db.options
-        w = wire.doc_from_wire(doc, validate_id=validate_id, max_bytes=opts.max_doc_bytes, max_revs=opts.revs_limit)
+        w = wire.doc_from_wire(wire.full(doc), validate_id=validate_id, max_bytes=opts.max_doc_bytes,
+                               max_revs=opts.revs_limit)
         db = self.db
         given: dict[str, att.AttNew] = {}
         stored: list[att.Stored] = []
@@ -225,17 +231,26 @@ class LocalEndpoint:
 
     async def bulk_get(self, wants: dict[str, list[str]]) -> list[dict[str, Any]]:
         def read() -> list[dict[str, Any]]:
-            out = []
+            out: list[dict[str, Any]] = []
             recent = self._recent
+            self._recent = {}  # served once (a batch asks once): what it kept need not outlive it
             for id, revs in wants.items():
-                state = recent.get(id)
+                kept = recent.get(id)
+                state: DocState | None
+                if isinstance(kept, dict):
+                    if revs == [kept["_rev"]]:
+                        out.append(kept)
+                        continue
+                    state = None
+                else:
+                    state = kept
                 if state is None or not all(rev in state.bodies for rev in revs):
                     state = self.db.state(id)
                 if state is None:
                     continue
                 for rev in revs:
-                    if rev in state.bodies:
-                        out.append(wire.doc_to_wire(state, rev, revs=True))
+                    if rev in state.bodies:  # serialized already when it can be (no body parsed to be dumped)
+                        out.append(wire.doc_json_to_wire(state, rev) or wire.doc_to_wire(state, rev, revs=True))
             return out
 
         if len(wants) <= SMALL:
@@ -251,7 +266,7 @@ class LocalEndpoint:
             errors = []
             written = 0
             opts = self.db.options
-            for doc in docs:
+            for doc in map(wire.full, docs):
                 try:
                     w = wire.doc_from_wire(doc, validate_id=validate_id, max_bytes=opts.max_doc_bytes,
                                                max_revs=opts.revs_limit)
@@ -296,6 +311,7 @@ class HttpEndpoint:
         self._gzip = False  # set once the server says it is a MyNoSQL mirror
         self._last_written: int | None = None
         self.exists = False  # ensure_exists succeeded once
+        self.empty = False  # ensure_exists found (or made) a database that was never written to
         self.client = client
         self._local_revs: dict[str, str] = {}  # _local doc id -> the _rev our last write of it got
         # The remote's latest change sequence, as a MyNoSQL mirror tells it with each _changes answer
@@ -370,11 +386,14 @@ class HttpEndpoint:
         if self.exists:
             return
         try:
-            await self.request("GET", "")
+            info = await self.request("GET", "")
+            seq = info.get("update_seq") if isinstance(info, dict) else None
+            self.empty = type(seq) is int and seq == 0
         except RemoteError as exc:
             if exc.status != 404:
                 raise
             await self.request("PUT", "", ok=(201, 202, 412))
+            self.empty = True
         self.exists = True
 
     async def changes(self, since: Any, limit: int, timeout: float | None = None) -> tuple[list[dict[str, Any]], Any]:
@@ -425,6 +444,7 @@ class HttpEndpoint:
     async def put_with_attachments(self, doc: dict[str, Any], fetch: Fetch) -> int:
         """``PUT /{db}/{doc}?new_edits=false`` as ``multipart/related`` (CouchDB's replicator does the same): the
         document, then the bytes of each attachment marked ``follows`` (``fetch(name)``), streamed."""
+        doc = wire.full(doc)
         boundary = secrets.token_hex(16)
         follows = [(n, a) for n, a in doc.get("_attachments", {}).items() if a.get("follows")]
         first = (f"--{boundary}\r\nContent-Type: application/json\r\n\r\n").encode() + orjson.dumps(doc)
@@ -496,7 +516,7 @@ class HttpEndpoint:
     async def bulk_docs(
         self, docs: Sequence[dict[str, Any]], checkpoint: tuple[str, dict[str, Any]] | None = None
     ) -> tuple[list[dict[str, Any]], int, bool]:
-        body: dict[str, Any] = {"docs": list(docs), "new_edits": False}
+        body: dict[str, Any] = {"docs": [wire.for_request(d) for d in docs], "new_edits": False}
         extended = self.mynosql and checkpoint is not None
         if extended:
             assert checkpoint is not None

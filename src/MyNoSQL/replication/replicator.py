@@ -182,6 +182,23 @@ async def _source_writable(source: Endpoint, rep_id: str, session: str) -> bool:
 SMALL_BATCH = 50  # below this many revisions, a MyNoSQL target gets the documents without a _revs_diff first
 
 
+class _Blind:
+    """Whether a MyNoSQL target gets the next batch without a ``_revs_diff`` first: while it lacked every
+    revision of the last batch it was asked about (or said it was never written to: ``empty``) and has written
+    every document sent since (a first replication into an empty mirror). The first batch the target already
+    holds a revision of ends it; with pipelining, at most the batch read meanwhile travels in vain."""
+
+    def __init__(self, empty: bool) -> None:
+        self.on = empty
+
+    def asked(self, n_revs: int, missing: dict[str, list[str]]) -> None:
+        self.on = n_revs > SMALL_BATCH and sum(map(len, missing.values())) == n_revs
+
+    def wrote(self, sent: int, written: int, errors: int) -> None:
+        if written < sent - errors:
+            self.on = False
+
+
 def _revision_ids(doc: dict[str, Any]) -> list[str]:
     """The revision of a document read with ``revs=true`` and its ancestors, newest first."""
     hist = doc.get("_revisions")
@@ -290,7 +307,8 @@ async def replicate(source: Endpoint, target: Endpoint, *, batch_size: int = 100
     Extensions with a MyNoSQL mirror as target (plain protocol with anything else): a small batch skips
     ``_revs_diff`` (the mirror ignores revisions it has) except for its documents with attachments (their bytes
     must not travel to a target that holds them), and the checkpoint rides in the ``_bulk_docs``
-    request: one round trip for a change.
+    request: one round trip for a change. A large batch skips it too while the target lacked everything of the
+    last batch it was asked about and wrote everything sent since (see :class:`_Blind`).
     """
     t0 = time.monotonic()
     result = ReplicationResult()
@@ -314,22 +332,29 @@ async def replicate(source: Endpoint, target: Endpoint, *, batch_size: int = 100
         history = list(((tgt_ck if readonly else src_ck) or {}).get("history", []))[:20]
     result.start_seq = result.last_seq = since
     extended = getattr(target, "mynosql", False)
+    blind = _Blind(extended and getattr(target, "empty", False) is True)
     total = await changes_to_come(source, since) if progress is not None else None
 
-    Batch = tuple[list[dict[str, Any]], Any, list[dict[str, Any]], dict[str, list[str]]]
+    # (rows read, last seq, documents, ancestors): the rows themselves are not kept (a batch's objects that
+    # live on while the one before it is written burden the collector's oldest generation)
+    Batch = tuple[int, Any, list[dict[str, Any]], dict[str, list[str]]]
 
     async def fetch(after: Any, wait_for: float | None) -> Batch:
         """Steps 3-5 for one batch: the changes after ``after``, what the target lacks, those documents, and the
         revisions the target has of them (whose attachments need not travel)."""
         rows, last = await source.changes(after, batch_size, timeout=wait_for)
         ancestors: dict[str, list[str]] = {}
+        n_rows = len(rows)
         if not rows:
-            return rows, last, [], ancestors
+            return 0, last, [], ancestors
         query = {r["id"]: [c["rev"] for c in r.get("changes", [])] for r in rows if "id" in r}
+        del rows
         n_revs = sum(map(len, query.values()))
         result.missing_checked += n_revs
-        small = extended and n_revs <= SMALL_BATCH
+        small = extended and (n_revs <= SMALL_BATCH or blind.on)
         missing = query if small or not query else await _revs_diff(target, query, ancestors)
+        if not small and extended:
+            blind.asked(n_revs, missing)
         docs = await _bulk_get(source, missing) if missing else []
         if small:  # no _revs_diff asked: ask it now for documents with attachments (their bytes must not travel
             # to a target that holds them: a source without a checkpoint with it, a failover, a one-shot pass)
@@ -342,14 +367,14 @@ async def replicate(source: Endpoint, target: Endpoint, *, batch_size: int = 100
                 lacking = await _revs_diff(target, heavy, ancestors)
                 docs = [d for d in docs
                         if d["_rev"] not in heavy.get(d["_id"], ()) or d["_rev"] in lacking.get(d["_id"], ())]
-        return rows, last, docs, ancestors
+        return n_rows, last, docs, ancestors
 
     batch = await fetch(since, wait)
     while batch[0] and (max_batches is None or result.batches < max_batches):
-        rows, last_seq, docs, ancestors = batch
-        result.docs_read += len(rows)
+        n_rows, last_seq, docs, ancestors = batch
+        result.docs_read += n_rows
         # pipelining: the next batch is read while this one is written (checkpoints stay in order)
-        more = len(rows) >= batch_size and (max_batches is None or result.batches + 1 < max_batches)
+        more = n_rows >= batch_size and (max_batches is None or result.batches + 1 < max_batches)
         prefetch = asyncio.ensure_future(fetch(last_seq, None)) if more else None
         try:
             since = last_seq
@@ -370,6 +395,7 @@ async def replicate(source: Endpoint, target: Endpoint, *, batch_size: int = 100
                 stubs = any("_attachments" in d for d in docs)
                 errors, written, ck_written = await _bulk_docs(target, docs, None if stubs else (rep_id, ck))
                 result.docs_written += written
+                blind.wrote(len(docs), written, len(errors))
                 retry = {e.get("id") for e in errors if e.get("error") == "missing_stub"}
                 result.errors.extend(e for e in errors if e.get("id") not in retry)
                 again = [(d, [n for n, a in d["_attachments"].items() if isinstance(a, dict) and a.get("stub")])
@@ -400,7 +426,7 @@ async def replicate(source: Endpoint, target: Endpoint, *, batch_size: int = 100
                 resume.source_readonly = readonly
             if progress is not None:
                 done = result.docs_read
-                if len(rows) < batch_size:  # a short batch: the end of the feed, the count is final
+                if n_rows < batch_size:  # a short batch: the end of the feed, the count is final
                     total = done
                 progress(done, None if total is None else max(total, done))
         except BaseException:

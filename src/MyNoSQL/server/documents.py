@@ -265,8 +265,11 @@ class DocumentRoutes:
         if checkpoint is not None:
             checked_local_id(checkpoint["id"])
             self.rules.local_size(checkpoint["doc"])
-            if not await asyncio.to_thread(self._local_room, db, checkpoint["id"]):
-                self._local_full()
+        # A large batch (a replication catching up) has its checkpoint written by the thread that wrote its
+        # documents, right after them: one thread hop a request. A small one (a change as it happens) lets the
+        # longpolls its write woke answer first, then writes the checkpoint.
+        ck_inline = checkpoint is not None and len(docs) > SMALL_INLINE
+        room = ck_written = True
         written = 0
         admin = self.ctx.is_db_admin(request, db)
         refused = 0
@@ -277,7 +280,10 @@ class DocumentRoutes:
         stored.clear()
 
         def write() -> list[dict[str, Any]]:
-            nonlocal written, refused
+            nonlocal written, refused, room, ck_written
+            if checkpoint is not None and not self._local_room(db, checkpoint["id"]):
+                room = False  # refused before any document is written
+                return []
             # Every document is checked against the limits before any is written: over a limit, the whole
             # request is refused and nothing is written (a conflict stays a per-document answer, as in CouchDB).
             check: Callable[[Any], wire.WireDoc | Edit] = \
@@ -347,6 +353,12 @@ class DocumentRoutes:
                     out.append({"id": doc.get("_id"), "error": "conflict", "reason": str(exc)})
             if run:
                 write_run()
+            if ck_inline:  # after the documents: a checkpoint never runs ahead of what it covers
+                assert checkpoint is not None
+                try:
+                    db.local_put(checkpoint["id"], checkpoint["doc"], max_docs=self.ctx.limits.max_local_docs)
+                except LimitExceeded:
+                    ck_written = False
             return out
 
         def write_releasing() -> list[dict[str, Any]]:
@@ -357,14 +369,18 @@ class DocumentRoutes:
                     release_all(db, kept)
 
         answer = await asyncio.to_thread(write_releasing)  # even a small write may wait for the compactor
+        if not room:
+            self._local_full()
         self.ctx.observer.docs_in += written  # counted here, on the event loop: worker threads never race on it
         if refused:
             self.ctx.observer.refusals["max_leaves"] += refused
-        if written and self.ctx.notifiers.get(db.name):
-            for _ in range(3):  # let waiting longpolls answer first: the checkpoint below can wait a moment
-                await asyncio.sleep(0)
-        if checkpoint is not None:  # after the documents: a checkpoint never runs ahead of what it covers
-            await self._local_put(db, checkpoint["id"], checkpoint["doc"])
+        if not ck_written:
+            self._local_full()
+        if checkpoint is not None and not ck_inline:
+            if written and self.ctx.notifiers.get(db.name):
+                for _ in range(3):  # let waiting longpolls answer first: the checkpoint below can wait a moment
+                    await asyncio.sleep(0)
+            await self._local_put(db, checkpoint["id"], checkpoint["doc"])  # after the documents
         resp = json_response(answer, 201)
         resp.headers["X-MyNoSQL-Written"] = str(written)
         return resp

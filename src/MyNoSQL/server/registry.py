@@ -73,6 +73,7 @@ class Databases:
         self.idle, self.max_open = idle, max_open
         self._open: dict[str, _Entry] = {n: _Entry(db, time.monotonic()) for n, db in (fixed or {}).items()}
         self._opening: dict[str, asyncio.Future[Database | None]] = {}
+        self._closing: dict[str, asyncio.Future[None]] = {}  # closes under way: an opening waits for its end
         self._deleting: set[str] = set()  # DELETE /{db} under way: not opened again meanwhile (404)
         self._lock = asyncio.Lock()  # creating, deleting and closing take turns
         self.on_open: list[Hook] = []  # run on the loop once a database is open (notifiers, replication)
@@ -144,6 +145,9 @@ class Databases:
         fut: asyncio.Future[Database | None] = asyncio.get_running_loop().create_future()
         self._opening[name] = fut
         try:
+            closing = self._closing.get(name)
+            if closing is not None:  # closed for idleness (or past max_open) a moment ago: it still holds its lock
+                await asyncio.shield(closing)
             db = await self._open_with_hooks(name) if not if_servable or self._servable(name) else None
             if db is not None:
                 self._open[name] = _Entry(db, time.monotonic())
@@ -226,15 +230,23 @@ class Databases:
             self._deleting.discard(name)
 
     async def _close(self, name: str) -> None:
+        """Close ``name``. From the moment it leaves ``_open``, a request for it waits for this close to end and
+        then opens it again (not DatabaseLocked: the closing one holds the lock until its store is closed)."""
         entry = self._open.pop(name, None)
         if entry is None:
             return
-        for hook in self.on_close:
-            try:
-                await hook(name, entry.db)
-            except Exception as exc:  # the database closes all the same
-                log.error("closing database %s: %s", name, exc)
-        await asyncio.to_thread(entry.db.close)
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._closing[name] = done
+        try:
+            for hook in self.on_close:
+                try:
+                    await hook(name, entry.db)
+                except Exception as exc:  # the database closes all the same
+                    log.error("closing database %s: %s", name, exc)
+            await asyncio.to_thread(entry.db.close)
+        finally:
+            del self._closing[name]
+            done.set_result(None)
 
     async def _close_past_max(self) -> None:
         idle = sorted((e.last_used, n) for n, e in self._open.items() if not e.busy)

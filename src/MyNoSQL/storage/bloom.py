@@ -32,18 +32,37 @@ class Bloom:
 
     def add_all(self, hashes: Sequence[int]) -> None:
         """Add the id hashes of a flush (or of a rebuild)."""
-        bits, probes = self.bits, self._probes
+        # _probes inlined: this runs in the compactor thread, holding the GIL, for every record a flush packs
+        bits, m = self.bits, self.m
         for h in hashes:
-            for p in probes(h):
-                bits[p >> 3] |= 1 << (p & 7)
+            a = h & 0xFFFFFFFF
+            b = (h >> 32) & 0xFFFFFFFF | 1
+            p = a % m
+            bits[p >> 3] |= 1 << (p & 7)
+            p = (a + b) % m
+            bits[p >> 3] |= 1 << (p & 7)
+            p = (a + 2 * b) % m
+            bits[p >> 3] |= 1 << (p & 7)
+            p = (a + 3 * b) % m
+            bits[p >> 3] |= 1 << (p & 7)
         self.count += len(hashes)
 
     def __contains__(self, h: int) -> bool:
-        bits = self.bits
-        for p in self._probes(h):  # noqa: SIM110 - a plain loop is faster than all() over a generator
-            if not bits[p >> 3] & (1 << (p & 7)):
-                return False
-        return True
+        # _probes inlined, each probe tested as soon as it is known (most ids asked about are not there)
+        bits, m = self.bits, self.m
+        a = h & 0xFFFFFFFF
+        b = (h >> 32) & 0xFFFFFFFF | 1
+        p = a % m
+        if not bits[p >> 3] & (1 << (p & 7)):
+            return False
+        p = (a + b) % m
+        if not bits[p >> 3] & (1 << (p & 7)):
+            return False
+        p = (a + 2 * b) % m
+        if not bits[p >> 3] & (1 << (p & 7)):
+            return False
+        p = (a + 3 * b) % m
+        return bool(bits[p >> 3] & (1 << (p & 7)))
 
     @property
     def full(self) -> bool:
