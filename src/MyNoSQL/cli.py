@@ -192,19 +192,29 @@ class CtrlC:
         if self._waiting:
             raise KeyboardInterrupt
 
-    @contextlib.contextmanager
-    def waiting(self) -> Iterator[None]:
-        self._waiting = True
-        try:
-            yield
-        finally:
-            self._waiting = False
+    def waiting(self) -> _Waiting:
+        """``with ctrl_c.waiting():`` around a blocking read: Ctrl-C there is raised at once. A small class, not a
+        generator context manager: ``import`` enters it once per line (1.5 against 0.3 us a line here)."""
+        return _Waiting(self)
 
     def __exit__(self, kind: type[BaseException] | None, *_rest: Any) -> None:
         if self._old is not None:
             signal.signal(signal.SIGINT, self._old)
         if self.hit and kind is None:
             raise KeyboardInterrupt
+
+
+class _Waiting:
+    __slots__ = ("ctrl_c",)
+
+    def __init__(self, ctrl_c: CtrlC) -> None:
+        self.ctrl_c = ctrl_c
+
+    def __enter__(self) -> None:
+        self.ctrl_c._waiting = True
+
+    def __exit__(self, *_exc: object) -> None:
+        self.ctrl_c._waiting = False
 
 
 def _regular_size(f: IO[bytes]) -> int | None:
@@ -672,8 +682,9 @@ def import_(path: Path | None, name: str, as_json: bool, source: IO[bytes]) -> N
             progress("import", _regular_size(source), "bytes") as bar:
         try:
             lines = enumerate(source, 1)
+            waiting = ctrl_c.waiting()
             while not ctrl_c.hit:
-                with ctrl_c.waiting():  # Ctrl-C while waiting for a line: raised at once
+                with waiting:  # Ctrl-C while waiting for a line: raised at once
                     item = next(lines, None)
                 if item is None:
                     break
