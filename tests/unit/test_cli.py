@@ -677,6 +677,84 @@ def orjson_line(obj: Any) -> bytes:
     return json.dumps(obj).encode() + b"\n"
 
 
+@pytest.mark.slow
+def test_a_killed_import_leaves_a_clean_database_that_a_second_import_completes(tmp_path: Path) -> None:
+    """SIGKILL in the middle of an import: the database opens and verifies clean, holds at least every batch
+    written before the last line it had read (each one in the write-ahead log, which a killed process does not
+    lose), nothing else than what the dump says, and the same import run again completes it."""
+    import threading
+
+    from MyNoSQL.records.revtree import new_rev
+
+    lines = []
+    for i in range(40_000):
+        body = json.dumps({"i": i, "sensor": f"s-{i % 50}"}, separators=(",", ":")).encode()
+        rev = new_rev(None, False, body)
+        r = rev.encode()
+        lines.append(b'{"id":"r%06d","revs":[["%s",-1,0]],"leaves":{"%s":%s}}\n' % (i, r, r, body))
+    dump = tmp_path / "dump.jsonl"
+    dump.write_bytes(b"".join(lines))
+    p = ["--path", str(tmp_path), "--db", "d"]
+    proc = subprocess.Popen([sys.executable, "-m", "MyNoSQL", "import", *p, "-"], stdin=subprocess.PIPE,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            env={**ENV, "MYNOSQL_PROGRESS_INTERVAL": "0.05"})
+    assert proc.stdin is not None and proc.stderr is not None
+    stdin = proc.stdin
+
+    def feed() -> None:
+        try:
+            stdin.write(dump.read_bytes())  # the whole dump, then the pipe stays open: the import waits for more
+            stdin.flush()
+        except (BrokenPipeError, ValueError):
+            pass
+
+    writer = threading.Thread(target=feed, daemon=True)
+    writer.start()
+    shown, read_mb = b"", 0.0
+    try:
+        deadline = time.monotonic() + 120
+        while read_mb < 3.0 and time.monotonic() < deadline:
+            ready, _, _ = select.select([proc.stderr], [], [], 1.0)
+            if ready:
+                chunk = os.read(proc.stderr.fileno(), 65536)
+                assert chunk, f"import ended before it was killed: {shown[-2000:]!r}"
+                shown += chunk
+                done = re.findall(rb"import: ([0-9.]+) MB", shown)
+                read_mb = float(done[-1]) if done else 0.0
+        assert read_mb >= 3.0, shown[-2000:]
+        proc.kill()
+        proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=30)
+        stdin.close()
+        writer.join(timeout=30)
+    # The progress line counts a line's bytes as it starts on it: every line before was imported, but for the
+    # batch (256 lines) that had not reached the store yet.
+    ends = 0
+    started = 0
+    for line in lines:
+        ends += len(line)
+        if ends > (read_mb - 0.05) * 1e6:
+            break
+        started += 1
+    assert run("verify", *p).returncode == 0
+    with MyNoSQL.MyNoSQL(tmp_path) as h:
+        db = h.opendb("d")
+        got = {s.id: s for s in db.states_since(0)}
+    assert len(got) >= (started - 1) // 256 * 256 >= 20_000, (len(got), started)
+    for id, s in got.items():
+        i = int(id[1:])
+        assert {r: json.loads(b) for r, b in s.bodies.items()} == json.loads(lines[i])["leaves"]
+    out = run("import", *p, str(dump), "--json")
+    assert out.returncode == 0 and json.loads(out.stdout) == {"imported": 40_000, "errors": 0}, out.stderr
+    assert run("verify", *p).returncode == 0
+    with MyNoSQL.MyNoSQL(tmp_path) as h:
+        h.opendb("d")
+        assert len(h) == 40_000 and h.readdoc("r039999")["i"] == 39_999
+
+
 def test_a_serve_process_freezes_its_start_up_heap_and_collects_young_objects_less_often() -> None:
     import gc
 

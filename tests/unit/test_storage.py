@@ -495,6 +495,74 @@ def test_import_records_writes_a_batch_and_refuses_only_the_bad_record(location:
         assert len(h) == 2 and h.readdoc("c")["rev"] == rev
 
 
+def test_a_fresh_id_whose_hash_is_taken_goes_to_the_collision_table(location: Path) -> None:
+    # Two ids of one 64-bit hash (made here; 1 in 2**64 in life): the first placement of a hash owns its docs
+    # row, any later one lives in docs_x, whether the owner came in an earlier commit or in the same one.
+    from MyNoSQL.storage.index import Index
+
+    location.mkdir(parents=True, exist_ok=True)
+    index = Index(location / "index.sqlite")
+
+    def commit(placements: list[tuple[str, int, int, int, bool]]) -> list[bool]:
+        return index.commit_flush(blocks=[], placements=placements, shard_sizes={}, meta={}, sidx_set=[],
+                                  sidx_del=[])
+
+    try:
+        assert commit([("a", 5, 256, -1, False), ("b", 9, 257, -1, False)]) == [False, False]
+        # 600 fresh ids (more than one statement's rows), two of which take hashes already owned (5 on disk,
+        # 7 by an earlier placement of this commit), and an update of the owner of 9
+        fresh = [(f"n{k}", 1000 + k, 512 + k, -1, False) for k in range(600)]
+        fresh[300] = ("c", 7, 512 + 300, -1, False)
+        fresh[450] = ("d", 5, 512 + 450, -1, False)
+        fresh[599] = ("e", 7, 512 + 599, -1, False)
+        in_x = commit([*fresh, ("b", 9, 2000, 257, False)])
+        assert [k for k, x in enumerate(in_x) if x] == [450, 599]
+        docs = dict(index._w.execute("SELECT h, loc FROM docs"))
+        assert docs[5] == 256 and docs[7] == 512 + 300 and docs[9] == 2000 and len(docs) == 2 + 597 + 1
+        assert dict(index._w.execute("SELECT id, loc FROM docs_x")) == {"d": 512 + 450, "e": 512 + 599}
+    finally:
+        index.close()
+
+
+def test_records_whose_ids_share_a_hash_are_all_read_back(location: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from MyNoSQL.storage import store as store_module
+
+    real = store_module.id_hash
+    monkeypatch.setattr(store_module, "id_hash", lambda id: 42 if id.startswith("same-") else real(id))
+    opts = MyNoSQL.Options(flush_docs=50, flush_interval=0.01)
+    with MyNoSQL.MyNoSQL(location, options=opts) as db:
+        db.opendb("t")
+        db.savedoc({"id": "same-0", "k": 0})
+        for k in range(1, 120):
+            db.savedoc({"id": f"same-{k}" if k % 40 == 0 else f"other-{k}", "k": k})
+    with MyNoSQL.MyNoSQL(location, options=opts) as db:
+        db.opendb("t")
+        for k in (0, 40, 80):
+            assert db.readdoc(f"same-{k}")["k"] == k
+        assert db.readdoc("other-41")["k"] == 41
+        rec = db.readdoc("same-80")
+        db.savedoc({**rec, "k": 800})
+    with MyNoSQL.MyNoSQL(location, options=opts) as db:
+        db.opendb("t")
+        assert [db.readdoc(f"same-{k}")["k"] for k in (0, 40, 80)] == [0, 40, 800]
+        assert len(db) == 120
+
+
+def test_the_id_filter_full_has_no_false_negative_and_few_false_maybes() -> None:
+    import random
+
+    from MyNoSQL.storage.bloom import Bloom
+
+    rng = random.Random(7)
+    bloom = Bloom(50_000)
+    stored = [rng.getrandbits(64) - (1 << 63) for _ in range(50_000)]
+    bloom.add_all(stored)
+    assert not bloom.full and all(h in bloom for h in stored)
+    others = [rng.getrandbits(64) - (1 << 63) for _ in range(100_000)]
+    # each false "maybe" is an index query from the saver's thread (a bulk load of new ids asks about every one)
+    assert sum(h in bloom for h in others) / len(others) < 0.004
+
+
 def test_the_id_filter_sets_and_tests_the_bits_its_probes_name() -> None:
     import random
 

@@ -253,31 +253,40 @@ class Index:
             w.execute("BEGIN IMMEDIATE")
             _rows(w, "INSERT INTO blocks(bno, shard, off, len, count, first_seq, last_seq, live)",
                   [(b.bno, b.shard, b.offset, b.length, b.count, b.first_seq, b.last_seq, b.count) for b in blocks])
-            fresh = [p for p in placements if p[3] < 0]
-            taken: set[int] = set()
-            for i in range(0, len(fresh), 500):
-                chunk = [p[1] for p in fresh[i : i + 500]]
-                q = ",".join("?" * len(chunk))
-                taken.update(r[0] for r in w.execute(f"SELECT h FROM docs WHERE h IN ({q})", chunk))
-            docs_new: list[tuple[int, int]] = []
             docs_upd: list[tuple[int, int]] = []
             x_set: list[tuple[str, int]] = []
-            for id, h, loc, prev_loc, prev_in_x in placements:
-                if prev_loc >= 0:
-                    dead[prev_loc >> 8] = dead.get(prev_loc >> 8, 0) + 1
-                    if prev_in_x:
-                        x_set.append((id, loc))
-                    else:
-                        docs_upd.append((h, loc))
-                    in_x.append(prev_in_x)
-                elif h in taken:  # another id has this hash: a 1-in-2**64 event per pair, handled all the same
-                    x_set.append((id, loc))
-                    in_x.append(True)
-                else:
-                    taken.add(h)
-                    docs_new.append((h, loc))
+            fresh: list[tuple[int, int, int]] = []  # (h, loc, k): a record never on disk before
+            for k, (id, h, loc, prev_loc, prev_in_x) in enumerate(placements):
+                if prev_loc < 0:
+                    fresh.append((h, loc, k))
                     in_x.append(False)
-            _rows(w, "INSERT INTO docs(h, loc)", docs_new)
+                    continue
+                in_x.append(prev_in_x)
+                dead[prev_loc >> 8] = dead.get(prev_loc >> 8, 0) + 1
+                if prev_in_x:
+                    x_set.append((id, loc))
+                else:
+                    docs_upd.append((h, loc))
+            # A fresh record takes the row of its hash unless another id has it already (on disk, or an earlier
+            # placement of this flush): a 1-in-2**64 event per pair, handled all the same, in docs_x. The rows
+            # go in hash order (an insert lands next to the one before in the b-tree: ~30% less CPU than in
+            # placement order at 1,000,000 rows) and INSERT OR IGNORE says how many it took; only a statement
+            # that took fewer than its rows asks which (no SELECT of every hash first: half the commit's CPU).
+            fresh.sort(key=lambda f: f[0])  # stable: of two fresh ids of one hash, the earlier placement wins
+            per = 999 // 2
+            for i in range(0, len(fresh), per):
+                rows = fresh[i : i + per]
+                before = w.total_changes
+                w.execute(f"INSERT OR IGNORE INTO docs(h, loc) VALUES {','.join(['(?,?)'] * len(rows))}",
+                          [v for h, loc, _k in rows for v in (h, loc)])
+                if w.total_changes - before != len(rows):
+                    hs = list({h for h, _loc, _k in rows})
+                    have = set(w.execute(f"SELECT h, loc FROM docs WHERE h IN ({','.join('?' * len(hs))})", hs))
+                    for h, loc, k in rows:
+                        if (h, loc) not in have:  # locations are unique: this placement's row was not taken
+                            x_set.append((placements[k][0], loc))
+                            in_x[k] = True
+            docs_upd.sort()
             _rows(w, "INSERT OR REPLACE INTO docs(h, loc)", docs_upd)  # rows that exist: a replace is an update
             w.executemany("INSERT OR REPLACE INTO docs_x(id, loc) VALUES(?,?)", x_set)
             # (Purging an id that owns its hash in docs while another id of that hash sits in docs_x would hide
