@@ -79,10 +79,10 @@ def settle(db: Any, quiet: float = 8.0, deadline: float = 600.0) -> float:
     a memtable of moved records to scan (explain said "examines ~4,118" for a 100-record equality), not the
     database as an application that runs on finds it. SQLite's side is complete (committed, ANALYZEd) too."""
     t0 = last_change = time.monotonic()
-    seen = db.storage_stats().flushes
+    seen = db.storage_stats.flushes
     while time.monotonic() - t0 < deadline:
         time.sleep(0.25)
-        now = db.storage_stats().flushes
+        now = db.storage_stats.flushes
         if now != seen:
             seen, last_change = now, time.monotonic()
         elif time.monotonic() - last_change >= quiet:
