@@ -168,9 +168,9 @@ def tracked(items: Iterable[T], what: str, total: int | None) -> Iterator[T]:
 
 class CtrlC:
     """Ctrl-C (SIGINT) during a command that must finish what it started (``import``: write the records read so
-    far, then close the database). Raised at once only inside ``waiting()`` (a blocking read of input); anywhere
-    else it is noted (``hit``: the command stops at its next step) and raised as KeyboardInterrupt when this
-    context ends, after the contexts inside it (the database's close) ended.
+    far, then close the database). Raised at once only inside ``waiting()`` (a blocking read of input) or at a
+    second Ctrl-C; anywhere else it is noted (``hit``: the command stops at its next step) and raised as
+    KeyboardInterrupt when this context ends, after the contexts inside it (the database's close) ended.
 
     With Python's default handler the KeyboardInterrupt lands at whatever bytecode runs when the signal is
     seen: also in a ``finally`` that should write the last batch, before it writes anything (a pipe's end and
@@ -188,9 +188,10 @@ class CtrlC:
         return self
 
     def _handler(self, signum: int, frame: Any) -> None:
-        self.hit = True
-        if self._waiting:
+        if self._waiting or self.hit:  # waiting for input, or a second Ctrl-C: the user insists
+            self.hit = True
             raise KeyboardInterrupt
+        self.hit = True
 
     def waiting(self) -> _Waiting:
         """``with ctrl_c.waiting():`` around a blocking read: Ctrl-C there is raised at once. A small class, not a

@@ -768,3 +768,23 @@ def test_a_serve_process_freezes_its_start_up_heap_and_collects_young_objects_le
     finally:
         gc.unfreeze()
         gc.set_threshold(*before)
+
+
+def test_ctrl_c_is_noted_while_working_raised_while_waiting_and_at_a_second_press() -> None:
+    """cli.CtrlC, in this process (the main thread): a first SIGINT while the command works only sets ``hit``;
+    one while it waits for input raises at once; a second one raises wherever it lands; the context raises
+    KeyboardInterrupt at its end if one was noted; the handler before it is back afterwards."""
+    from MyNoSQL.cli import CtrlC
+
+    before = signal.getsignal(signal.SIGINT)
+    with pytest.raises(KeyboardInterrupt), CtrlC() as c:
+        signal.raise_signal(signal.SIGINT)  # working: noted
+        assert c.hit
+        with pytest.raises(KeyboardInterrupt):
+            signal.raise_signal(signal.SIGINT)  # a second press: raised here
+    assert signal.getsignal(signal.SIGINT) is before
+    with pytest.raises(KeyboardInterrupt), CtrlC() as c, pytest.raises(KeyboardInterrupt), c.waiting():
+        signal.raise_signal(signal.SIGINT)  # waiting for input: raised at once
+    with CtrlC() as c:  # nothing pressed: nothing raised
+        assert not c.hit
+    assert signal.getsignal(signal.SIGINT) is before
