@@ -252,6 +252,42 @@ def prepare_save(doc: Any, max_doc_bytes: int) -> tuple[str, str | None, bool, b
         raise InvalidDocument(f"record {id!r} is {len(blob)} bytes encoded, over the limit of {max_doc_bytes}")
     return id, rev, fresh, blob, decoded
 
+def save_mutation(prev: DocState | None, id: str, rev: str | None, blob: bytes, limit: int,
+                  child: Callable[[DocState, str, bytes, att.Atts, int], DocState]) -> DocState | None:
+    """The new state a ``savedoc`` of ``blob`` (with ``rev``) makes of record ``id`` in state ``prev``, or None
+    (same content: nothing to write). Raises :class:`ConflictError`. ``child``: the new state when ``prev`` has
+    attachments (the revision edited keeps its attachments, and other leaves theirs). The same in the owner and
+    in a process that appends to the shared log itself."""
+    if prev is None:
+        if rev is not None:
+            raise ConflictError(f"record {id!r} does not exist, so {rev!r} is not its current revision", id=id)
+        new = revtree.new_rev(None, False, blob)
+        return DocState(id, 0, {new: (None, False)}, {new: blob})
+    tree = prev.tree
+    win = prev.winner
+    if rev is None:
+        if not tree[win][1]:
+            raise ConflictError(f"record {id!r} already exists (rev {win}); pass its current rev to update it",
+                                id=id, current_rev=win)
+        parent = win  # re-creating a deleted record continues its history
+    elif rev in prev.bodies and not tree[rev][1]:
+        parent = rev
+        if prev.bodies[rev] == blob:
+            return None  # same content: no new revision
+    else:
+        raise ConflictError(f"record {id!r} has revision {win}, not {rev}: it was changed since you read it",
+                            id=id, current_rev=win)
+    if prev.atts is not None:
+        return child(prev, parent, blob, prev.leaf_atts(parent), limit)
+    new = revtree.new_rev(parent, False, blob)
+    tree2 = dict(tree)
+    tree2[new] = (parent, False)
+    bodies = dict(prev.bodies)
+    del bodies[parent]
+    bodies[new] = blob
+    return DocState(id, 0, revtree.stem(tree2, limit), bodies)
+
+
 class Database:
     """An open database. Thread-safe. Get one from ``MyNoSQL.opendb``."""
 
@@ -297,7 +333,9 @@ class Database:
     def _check(self) -> Store:
         if self._closed:
             raise DatabaseClosed(f"database {self.name!r} is closed")
-        return self._store
+        store = self._store
+        store.catch_up()  # other processes' appends to a shared log: as current as this process's writes
+        return store
 
     def close(self) -> None:
         """Pack pending records into shards, join the compactor and release the lock. Idempotent."""
@@ -557,37 +595,7 @@ class Database:
         limit = self.revs_limit
 
         def mutate(prev: DocState | None) -> DocState | None:
-            if prev is None:
-                if rev is not None:
-                    raise ConflictError(f"record {id!r} does not exist, so {rev!r} is not its current revision",
-                                        id=id)
-                new = revtree.new_rev(None, False, blob)
-                return DocState(id, 0, {new: (None, False)}, {new: blob})
-            tree = prev.tree
-            win = prev.winner
-            if rev is None:
-                if not tree[win][1]:
-                    raise ConflictError(
-                        f"record {id!r} already exists (rev {win}); pass its current rev to update it",
-                        id=id, current_rev=win)
-                parent = win  # re-creating a deleted record continues its history
-            elif rev in prev.bodies and not tree[rev][1]:
-                parent = rev
-                if prev.bodies[rev] == blob:
-                    return None  # same content: no new revision
-            else:
-                raise ConflictError(
-                    f"record {id!r} has revision {win}, not {rev}: it was changed since you read it",
-                    id=id, current_rev=win)
-            if prev.atts is not None:  # the revision edited keeps its attachments (and other leaves theirs)
-                return self._child(prev, parent, blob, prev.leaf_atts(parent), limit)
-            new = revtree.new_rev(parent, False, blob)
-            tree2 = dict(tree)
-            tree2[new] = (parent, False)
-            bodies = dict(prev.bodies)
-            del bodies[parent]
-            bodies[new] = blob
-            return DocState(id, 0, revtree.stem(tree2, limit), bodies)
+            return save_mutation(prev, id, rev, blob, limit, self._child)
 
         return store.put(id, mutate, fresh=fresh)
 
@@ -1426,6 +1434,15 @@ class Database:
     def states_since(self, since: int = 0) -> Iterator[DocState]:
         """The newest state of every record changed after ``since``, in change order (the changes feed)."""
         return self._check().iter_states(since)
+
+    def _share_log(self, note: Callable[[str], None]) -> bool:
+        """Other processes have this database open (``shared.py``): ``note(id)`` every write from now on, before it
+        is acknowledged, and let them append to the log themselves where it is mapped. True if they may."""
+        return self._check().share(note)
+
+    def _unshare_log(self) -> None:
+        """The other processes' appends stop (they send their saves here, or to the next owner); notes stop."""
+        self._check().unshare()
 
     def on_change(self, listener: Listener) -> Callable[[], None]:
         """Call ``listener(new_state, previous_state)`` after every write (in the writing thread; keep it short).

@@ -39,7 +39,6 @@ import struct
 import threading
 import time
 import weakref
-import zlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -48,7 +47,7 @@ import orjson
 
 from . import errors
 from .config import DatabaseConfig, load_config
-from .database import Change, Database, FileLock, prepare_folder, prepare_save, validate_db_name
+from .database import Change, Database, FileLock, prepare_folder, prepare_save, save_mutation, validate_db_name
 from .errors import ConflictError, DatabaseClosed, DatabaseLocked, DocumentNotFound, InvalidDocument, MyNoSQLError
 from .node import Node
 from .options import Options
@@ -57,6 +56,9 @@ from .records import revtree
 from .records.codec import copy_plan, decode_value, encode_body, encode_value, loads_body
 from .records.ids import validate_id
 from .records.revtree import DocState
+from .storage.sharedlog import Fallback, LogWriter
+from .storage.sharedlog import id_hash_ring as id_hash
+from .storage.store import BACKLOG
 
 if TYPE_CHECKING:
     from .storage.store import FlushStats, Listener, Store
@@ -153,13 +155,6 @@ def listen(folder: Path) -> socket.socket | None:
     return sock
 
 
-def id_hash(id: str) -> int:
-    """64 bits of a record id, the same in every process (two C checksums: fast, and a collision only costs a
-    needless cache miss... or, for two ids cached at once, one of them dropped late: 1 in 2**64)."""
-    b = id.encode()
-    return zlib.crc32(b) | (zlib.adler32(b) << 32)
-
-
 def _map_ring(folder: Path, *, write: bool) -> mmap.mmap:
     """The ``CHANGED`` file, mapped: the owner notes there each record it changes (the hash of its id) before the
     change is acknowledged; a client compares the head with where it stood, without a system call, and drops the
@@ -172,6 +167,19 @@ def _map_ring(folder: Path, *, write: bool) -> mmap.mmap:
         return mmap.mmap(fd, _RING_BYTES, access=mmap.ACCESS_WRITE if write else mmap.ACCESS_READ)
     finally:
         os.close(fd)
+
+
+def _ring_note(ring: mmap.mmap, h: int) -> None:
+    """Note the record whose id hashes to ``h`` (``id_hash``) in the ring (the caller serialises the notes: the
+    owner's write lock, and the shared log's lock once other processes append too): the entry, then the head."""
+    n = _Q.unpack_from(ring, 0)[0]
+    _SLOT.pack_into(ring, _AT.size + (n % RING) * _SLOT.size, n, h)
+    _Q.pack_into(ring, 0, n + 1)
+
+
+def _backlog_wait() -> None:
+    """A save waits while the owner's compactor is behind (more than BACKLOG flushes' worth not in shards)."""
+    time.sleep(0.001)
 
 
 def _dial(folder: Path, kind: str) -> tuple[socket.socket, dict[str, Any]]:
@@ -336,13 +344,13 @@ class OwnerServer:
         self._stopping = False
         self._accepter = threading.Thread(target=self._accept, name=f"MyNoSQL-share-{node.name}", daemon=True)
         self._ring = _map_ring(node.path, write=True)
-        self._ring_lock = threading.Lock()
-        self._ring_n = 0
+        self._log = False  # the other processes append their saves to the log themselves (storage/sharedlog.py)
         # Giving way: the calling connections (a request waiting on one: POLLIN), the threads that serve them,
         # and the requests they took so far (see _give_way).
         self._calls = select.poll()
         self._polling = threading.Lock()
         self._callers: set[int] = set()
+        self._calling = 0  # calling connections registered in _calls
         self._taken = 0
         self._turn = threading.Event()
         # A new epoch: a client that cached records under a dead owner drops them at its next read.
@@ -361,6 +369,9 @@ class OwnerServer:
             unlisten, self._unlisten = self._unlisten, None
         if unlisten is not None:
             unlisten()
+            node = self._ref()
+            if node is not None and not node.closed:  # first: the others' appends stop, this process reads them
+                node._unshare_log()
         with contextlib.suppress(OSError):
             self._listener.shutdown(socket.SHUT_RDWR)
         self._listener.close()
@@ -405,17 +416,15 @@ class OwnerServer:
                 self._threads.append(t)
             t.start()
 
+    def _note(self, id: str) -> None:
+        """The store's note of each write (under its write lock, before the write is acknowledged): the record in
+        the ring, for the clients' caches."""
+        _ring_note(self._ring, id_hash(id))
+
     def _changed(self, new: DocState, prev: DocState | None) -> None:
-        """A store listener (in the writing thread, before the write is acknowledged): note the record in the
-        ring, for the clients' caches."""
-        h = id_hash(new.id)
-        ring = self._ring
-        with self._ring_lock:
-            n = self._ring_n
-            _SLOT.pack_into(ring, _AT.size + (n % RING) * _SLOT.size, n, h)
-            self._ring_n = n + 1
-            _Q.pack_into(ring, 0, n + 1)
-        if threading.get_ident() not in self._callers:
+        """A store listener (after a write): a request of another process waiting gets its turn (none can wait
+        while no other process has a calling connection open: their saves go to the shared log)."""
+        if self._calling and threading.get_ident() not in self._callers:
             self._give_way()
 
     def _give_way(self) -> None:
@@ -457,7 +466,9 @@ class OwnerServer:
                         node = self._ref()
                         if node is None:
                             return
+                        self._log = node._share_log(self._note)
                         self._unlisten = node.on_change(self._changed)
+                answer["log"] = self._log
                 _send(conn, answer)  # the ring notes every write from before this answer on
                 conn.settimeout(None)
                 while conn.recv(64):
@@ -467,7 +478,7 @@ class OwnerServer:
             conn.settimeout(None)
             me = threading.get_ident()
             self._callers.add(me)
-            self._calls.register(conn, select.POLLIN)
+            self.register_call(conn)
             while True:
                 try:
                     msg, raw = _recv(conn)
@@ -486,12 +497,21 @@ class OwnerServer:
         except (OSError, EOFError, orjson.JSONDecodeError):
             pass  # the client went away (or this server stops)
         finally:
-            with contextlib.suppress(KeyError, ValueError):
-                self._calls.unregister(conn)
+            self.unregister_call(conn)
             self._callers.discard(threading.get_ident())
             with self._lock:
                 self._conns.discard(conn)
             conn.close()
+
+    def register_call(self, conn: socket.socket) -> None:
+        """A calling connection: its requests are what the owner's own writes give way to."""
+        self._calls.register(conn, select.POLLIN)
+        self._calling += 1
+
+    def unregister_call(self, conn: socket.socket) -> None:
+        with contextlib.suppress(KeyError, ValueError):
+            self._calls.unregister(conn)
+            self._calling -= 1
 
     def _handle(self, msg: Any, raw: bytes) -> tuple[Any, bytes]:
         node = self._ref()
@@ -576,6 +596,9 @@ class ClientNode(Node):
         self._c_seen = 0  # the ring's head then
         self._c_owner = 0
         self._c_error: str | None = None
+        self._c_log = False  # the owner lets this process append its saves to the log itself
+        self._c_writer: LogWriter | None = None
+        self._c_limit = 0  # the revs_limit, read once (for the saves appended here)
         self._c_connect()
         self._c_thread = threading.Thread(target=self._c_follow, name=f"MyNoSQL-client-{name}", daemon=True)
         self._c_thread.start()
@@ -595,6 +618,7 @@ class ClientNode(Node):
             self._c_life, self._c_hup, self._c_ring = sock, hup, ring
             self._c_at = _AT.unpack_from(ring)
             self._c_owner = int(hello["pid"])
+            self._c_log = hello.get("log") is True
 
     def _c_close_sockets(self) -> None:
         idle, self._c_idle = self._c_idle, []
@@ -710,6 +734,7 @@ class ClientNode(Node):
 
     def _c_promote(self, lock: FileLock) -> None:
         """Become the owner (under ``_c_lock``, the lock held): open the store, start its services, serve."""
+        self._c_drop_writer()
         listener = listen(self.path)
         try:
             Node.__init__(self, self._c_location, self.name, self.options, lock=lock, start=False)
@@ -730,6 +755,41 @@ class ClientNode(Node):
             self.share(server.stop)
             server.start()
         log.info("database %s: process %d took it over from process %d", self.name, os.getpid(), self._c_owner)
+
+    def _c_drop_writer(self) -> None:
+        writer, self._c_writer = self._c_writer, None
+        self._c_log = False
+        if writer is not None:
+            writer.close()
+
+    def _c_append(self, id: str, rev: str | None, fresh: bool, blob: bytes
+                  ) -> tuple[DocState | None, DocState | None] | None:
+        """A save appended to the shared log by this process, or None: the owner must make it."""
+        writer = self._c_writer
+        if writer is None:
+            with self._c_lock:
+                if not self._c_log or self._promoted or self._c_closed or self._c_closing:
+                    return None
+                writer = self._c_writer
+                if writer is None:
+                    try:
+                        self._c_limit = self.revs_limit
+                        writer = self._c_writer = LogWriter(self.path, _ring_note, _RING_BYTES,
+                                                            BACKLOG * self.options.flush_docs)
+                    except (OSError, ValueError, MyNoSQLError) as exc:
+                        log.warning("database %s: saving through its owner process (%s)", self.name, exc)
+                        self._c_log = False
+                        return None
+        limit = self._c_limit
+
+        def attachments(*_: Any) -> DocState:
+            raise Fallback  # a record with attachments: the owner keeps them
+
+        try:
+            return writer.save(id, fresh, lambda prev: save_mutation(prev, id, rev, blob, limit, attachments),
+                               _backlog_wait)
+        except Fallback:
+            return None
 
     def _c_follow(self) -> None:
         """The client's thread: notices the owner's end (then takes over, or finds the new owner), and runs the
@@ -809,6 +869,7 @@ class ClientNode(Node):
                 Node.close(self)
             elif not self._c_closed:
                 self._c_closed = True
+                self._c_drop_writer()
                 self._c_close_sockets()
         if self._c_thread is not threading.current_thread():
             self._c_thread.join()
@@ -893,6 +954,18 @@ class ClientNode(Node):
         if self._promoted:
             return Node.savedoc(self, doc)
         id, rev, fresh, blob, decoded = prepare_save(doc, self.options.max_doc_bytes)
+        if self._c_log and self.options.durability == "process":  # power: the owner's group commit syncs it
+            done = self._c_append(id, rev, fresh, blob)
+            if done is not None:
+                prev, new = done
+                st = new or prev
+                assert st is not None
+                win = st.winner
+                if st.bodies.get(win) == blob:
+                    return {"id": id, "rev": win, **(decoded if decoded is not None else loads_body(blob))}
+                data = st.doc_json
+                assert data is not None
+                return loads_body(data)
         try:
             (win, own), data = self._c_call("save", [id, rev, fresh, False], blob)
         except _Promoted:  # taken over during the call: the dead owner may have written it

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import errno
 import fcntl
-import select
 import socket
 import threading
 from pathlib import Path
@@ -88,7 +87,7 @@ def test_the_owner_s_own_write_gives_way_only_to_a_waiting_request(tmp_path: Pat
         server._turn = turn  # type: ignore[assignment]
         mine, theirs = socket.socketpair()
         with mine, theirs:
-            server._calls.register(mine, select.POLLIN)
+            server.register_call(mine)
             h.savedoc({"id": "quiet"})
             assert turn.waits == []  # nothing waits: no pause
             theirs.send(b"request")

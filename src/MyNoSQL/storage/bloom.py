@@ -12,17 +12,61 @@ waiting for the GIL while the compactor packed): 3.75 s of a 43 s import.
 
 from __future__ import annotations
 
+import contextlib
+import mmap
+import os
+import struct
 from collections.abc import Sequence
+from pathlib import Path
+
+FILTER = "IDFILTER"  # the filter, shared with other processes that append to the log (storage/sharedlog.py)
+_MAGIC = 0x31544C464449534E  # "NSIDFLT1"
+_HEAD = struct.Struct("<QQQ")  # magic, retired (1: a newer filter replaced it), m
+_HEADER = 64
 
 
 class Bloom:
     BITS_PER_KEY = 16
 
-    def __init__(self, capacity: int) -> None:
+    def __init__(self, capacity: int, folder: Path | None = None) -> None:
+        """``folder``: keep the bits in a mapped file there (``IDFILTER`` once :meth:`publish` ed), for the other
+        processes that have the database open to read."""
         self.capacity = max(capacity, 1 << 14)
         self.m = self.capacity * self.BITS_PER_KEY
-        self.bits = bytearray(self.m // 8 + 1)
         self.count = 0
+        self.folder = folder
+        self._mm: mmap.mmap | None = None
+        self.bits: bytearray | memoryview
+        if folder is None:
+            self.bits = bytearray(self.m // 8 + 1)
+            return
+        tmp = folder / (FILTER + ".tmp")
+        fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            os.ftruncate(fd, _HEADER + self.m // 8 + 1)
+            self._mm = mmap.mmap(fd, _HEADER + self.m // 8 + 1)
+        finally:
+            os.close(fd)
+        _HEAD.pack_into(self._mm, 0, _MAGIC, 0, self.m)
+        self.bits = memoryview(self._mm)[_HEADER:]
+
+    def publish(self) -> None:
+        """Built: other processes may read it (it replaces the file of the filter before it)."""
+        assert self.folder is not None
+        os.replace(self.folder / (FILTER + ".tmp"), self.folder / FILTER)
+
+    def retire(self) -> None:
+        """A newer filter replaced this one (or the database closes): readers drop it."""
+        if self._mm is not None:
+            with contextlib.suppress(ValueError):
+                _HEAD.pack_into(self._mm, 0, _MAGIC, 1, self.m)
+
+    @staticmethod
+    def remove(folder: Path) -> None:
+        """The filter file of a previous owner: not to be trusted by anyone (a new owner, before it opens)."""
+        for name in (FILTER, FILTER + ".tmp"):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(folder / name)
 
     def _probes(self, h: int) -> tuple[int, int, int, int]:
         a = h & 0xFFFFFFFF
@@ -67,3 +111,34 @@ class Bloom:
     @property
     def full(self) -> bool:
         return self.count > self.capacity
+
+
+class SharedBloom(Bloom):
+    """Another process's view of the filter file ``IDFILTER`` (read-only): ``h in filter`` as :class:`Bloom`;
+    :attr:`current` goes False once the owner replaced or retired it."""
+
+    def __init__(self, folder: Path) -> None:  # not Bloom's: nothing to build, the owner's bits are read
+        fd = os.open(folder / FILTER, os.O_RDONLY)
+        try:
+            size = os.fstat(fd).st_size
+            self._mm = mmap.mmap(fd, size, access=mmap.ACCESS_READ)
+        finally:
+            os.close(fd)
+        magic, _retired, m = _HEAD.unpack_from(self._mm, 0)
+        if magic != _MAGIC or size < _HEADER + m // 8 + 1:
+            self._mm.close()
+            raise ValueError("not a filter file")
+        self.m = m
+        self.bits = memoryview(self._mm)[_HEADER:]
+        self.capacity, self.count, self.folder = m // self.BITS_PER_KEY, 0, None
+
+    @property
+    def current(self) -> bool:
+        assert self._mm is not None
+        return _HEAD.unpack_from(self._mm, 0)[1] == 0  # type: ignore[no-any-return]
+
+
+    def close(self) -> None:
+        assert isinstance(self.bits, memoryview) and self._mm is not None
+        self.bits.release()
+        self._mm.close()

@@ -34,6 +34,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import logging
+import random
 import threading
 import time
 from array import array
@@ -54,7 +55,7 @@ from .cache import BlockCache, RecordCache
 from .index import Index, id_hash
 from .qindex import IndexDef, rows_for
 from .shards import CODEC_DEFLATE, CODEC_LZMA, DEFLATE_FAST_LEVEL, DEFLATE_LEVEL, ShardFiles, pack_block, shard_name
-from .wal import SyncStats, WriteAheadLog
+from .wal import FLUSHED, HEAD, OLDEST, SEQ, SHAREABLE, Control, SyncStats, WriteAheadLog
 
 Progress = Callable[[int, int | None], None]  # progress(done, total): total None when unknown
 
@@ -71,6 +72,7 @@ BACKLOG = 4
 # in fast (DEFLATE) blocks written while it was behind (``Store._repack``). Only in a process that has saved
 # something: one that only reads never rewrites the files under its reads.
 REPACK_IDLE = 5.0
+INGEST_BULK = 1000  # states other processes append in a second that make a bulk load (see _ingest)
 # A store that looks up many record locations loads every (id hash, location) row of the index into two sorted
 # arrays (16 bytes a record) and looks up there (~1 us) instead of asking SQLite (~8-13 us a query from Python):
 # once it has made 1/LOCMAP_AFTER as many lookups as there are records (then loading, ~0.2 us a row, has cost
@@ -145,6 +147,14 @@ class Store:
         # One entry per saver between the start of put and its frame being durable (power mode): list.append and
         # list.pop are atomic, so counting needs no lock.
         self._savers: list[None] = []
+        # Sharing with other processes (share()): the log's control page while they may append to the log,
+        # the hook that notes each write in their ring, and the states they appended that this process read
+        # and whose listeners have not run yet.
+        self._shared: Control | None = None
+        self._note: Callable[[str], None] | None = None
+        self._ingested: list[tuple[DocState, DocState | None]] = []
+        self._follower: threading.Thread | None = None
+        self._ingest_since, self._ingest_count = 0.0, 0  # states read from others in the current second
 
         self.index = Index(directory / "index.sqlite")
         self.blobs = BlobStore(directory / "attachments")  # attachment bytes (nothing on disk before the first)
@@ -158,6 +168,13 @@ class Store:
             self.record_count = int(rows) + int(self.x_rows)  # every id with a state, deleted ones too
             self.seq = self.flushed_seq
             self.live_count = self._flushed_live
+            if not options.exclusive and SHAREABLE:  # others that appended to a dead owner's log stop first
+                ctl = Control(directory)
+                try:
+                    ctl.clear_epoch()
+                finally:
+                    ctl.close()
+                Bloom.remove(directory)  # a dead owner's filter knows nothing of the flushes to come
             self.wal = WriteAheadLog(directory, power_safe=options.durability == "power", stats=self.stats.wal)
             old_segments = self.wal.segments()
             for payload in self.wal.recover():
@@ -182,6 +199,9 @@ class Store:
 
     def get_state(self, id: str) -> DocState | None:
         """The newest state of record ``id``, or None (never held, or purged)."""
+        ctl = self._shared
+        if ctl is not None and ctl.get(HEAD) != self.wal.end:
+            self.catch_up()
         s = self._active.get(id)
         if s is not None:
             return None if s.purged else s
@@ -307,19 +327,26 @@ class Store:
         try:
             with self.lock:
                 self._wait_for_space()
-                raw = None if fresh else self._get_raw(id)
-                prev = None if raw is None or raw.purged else raw
-                new = mutate(prev)
-                if new is None:
-                    return prev, None
-                # Alone, a saver makes its own frame durable as it writes it; with others, they share syncs.
-                pos = self._write(new, raw, alone=self._power and len(savers) == 1)
-                self._puts += 1
+                ctl = self._lock_log()
+                try:
+                    raw = None if fresh else self._get_raw(id)
+                    prev = None if raw is None or raw.purged else raw
+                    new = mutate(prev)
+                    if new is None:
+                        return prev, None
+                    # Alone, a saver makes its own frame durable as it writes it; with others, they share syncs.
+                    pos = self._write(new, raw, alone=self._power and len(savers) == 1)
+                    self._puts += 1
+                finally:
+                    if ctl is not None:
+                        ctl.unlock()
             if self._power:
                 self.wal.wait_durable(pos)
         finally:
             if self._power:
                 savers.pop()
+            if self._ingested:
+                self._dispatch()
         for listener in self._listeners:
             try:
                 listener(new, prev)
@@ -354,19 +381,26 @@ class Store:
         try:
             with self.lock:
                 self._wait_for_space()
-                for id, mutate in items:
-                    raw = self._get_raw(id)
-                    prev = None if raw is None or raw.purged else raw
-                    try:
-                        new = mutate(prev)
-                    except (ValueError, KeyError, TypeError) as exc:
-                        out.append(exc)
-                        continue
-                    if new is not None:
-                        self._write(new, raw)
-                        self._puts += 1
-                    out.append((prev, new))
+                ctl = self._lock_log()
+                try:
+                    for id, mutate in items:
+                        raw = self._get_raw(id)
+                        prev = None if raw is None or raw.purged else raw
+                        try:
+                            new = mutate(prev)
+                        except (ValueError, KeyError, TypeError) as exc:
+                            out.append(exc)
+                            continue
+                        if new is not None:
+                            self._write(new, raw)
+                            self._puts += 1
+                        out.append((prev, new))
+                finally:
+                    if ctl is not None:
+                        ctl.unlock()
         finally:
+            if self._ingested:
+                self._dispatch()
             for r in out:
                 if isinstance(r, tuple) and r[1] is not None:
                     for listener in self._listeners:
@@ -408,8 +442,157 @@ class Store:
         except StorageError:
             self.seq -= 1
             raise
+        note = self._note
+        if note is not None:  # before the write is acknowledged: other processes drop their cached copy
+            note(new.id)
+        ctl = self._shared
+        if ctl is not None:  # the others' appends go after this one (the seq first: see sharedlog.py)
+            ctl.put(SEQ, self.seq)
+            self.wal.publish()
         self._install(new, prev)
         return pos
+
+    # -- sharing with other processes (storage/sharedlog.py) --------------------------------------------------
+
+    def share(self, note: Callable[[str], None]) -> bool:
+        """From now on note every write (``note(id)``, under the write lock, before it is acknowledged) and let
+        other processes append to the log themselves (a mapped log only: ``durability="process"``). True if the
+        log is shared."""
+        with self.lock:
+            self._note = note
+            if self._shared is not None:
+                return True
+            if self._stop.is_set() or not SHAREABLE:
+                return False
+            ctl = Control(self.directory)
+            ctl.lock()
+            try:
+                shared = self.wal.share(ctl, self.seq, self.flushed_seq, random.getrandbits(63) | 1)
+            finally:
+                ctl.unlock()
+            if not shared:
+                ctl.close()
+                return False
+            self._shared = ctl
+            self._want_bloom = True  # the others ask it (in a file) whether an id may be on disk
+            self._wake.set()
+            self._follower = threading.Thread(target=self._follow_loop, name=f"MyNoSQL-follow-{self.directory.name}",
+                                              daemon=True)
+            self._follower.start()
+            return True
+
+    def unshare(self) -> None:
+        """Other processes stop appending (their saves go to this one, or wait for the next owner); what they
+        appended is read first. Notes stop."""
+        with self.lock:
+            self._note = None
+            ctl = self._lock_log()
+            if ctl is None:
+                return
+            try:
+                self.wal.unshare()
+                self._shared = None
+                if self._bloom is not None:
+                    self._bloom.retire()
+            finally:
+                ctl.unlock()
+                ctl.close()
+        follower, self._follower = self._follower, None
+        if follower is not None and follower is not threading.current_thread():
+            follower.join()
+        self._dispatch()
+
+    def _lock_log(self) -> Control | None:
+        """Under the write lock: if the log is shared, take its lock and read what the others appended."""
+        ctl = self._shared
+        if ctl is None:
+            return None
+        # What the others published is read before the lock is taken (no lock of theirs is needed for that): a
+        # process that holds the lock makes every other wait, so it holds it for as short a time as it can.
+        self._ingest(self.wal.follow(locked=False)[0])
+        ctl.lock()
+        try:
+            self._ingest(self.wal.follow(locked=True)[0])
+            seq = ctl.get(SEQ)
+            if seq > self.seq:  # a writer died between giving a seq and publishing its frame: a gap
+                self.seq = seq
+        except BaseException:
+            ctl.unlock()
+            raise
+        return ctl
+
+    def _ingest(self, payloads: list[bytes]) -> None:
+        """Under the write lock: the states other processes appended into the memtable (their listeners run at
+        the next _dispatch)."""
+        for payload in payloads:
+            state = DocState.from_bytes(payload)
+            state.raw = payload
+            raw = self._get_raw(state.id)
+            self._install(state, raw)
+            self._puts += 1
+            if state.seq > self.seq:
+                self.seq = state.seq
+            self._ingested.append((state, None if raw is None or raw.purged else raw))
+        if payloads:
+            if not self._want_bloom:
+                self._want_bloom = True
+                self._wake.set()
+            # Other processes saving fast count as a bulk load: the compactor packs with the fast codec (LZMA2 took
+            # most of a core from 2 that their saves needed: bench/processes.py) and re-packs once they stop.
+            now = time.monotonic()
+            if now - self._ingest_since >= 1.0:
+                self._ingest_since, self._ingest_count = now, 0
+            self._ingest_count += len(payloads)
+            if self._ingest_count >= INGEST_BULK:
+                self._bulk_at = now
+
+    def catch_up(self) -> None:
+        """Read what other processes appended to the shared log (before a read: theirs are as current as
+        this process's own writes), and run the listeners for it. Reading needs no lock of theirs: only this
+        process moves the log to a new segment, and what they publish is whole (the log's lock only if a frame
+        is not visible whole yet)."""
+        ctl = self._shared
+        if ctl is not None and ctl.get(HEAD) != self.wal.end:
+            with self.lock:
+                if self._shared is ctl:
+                    got, whole = self.wal.follow(locked=False)
+                    self._ingest(got)
+                    if not whole:
+                        ctl = self._lock_log()
+                        if ctl is not None:
+                            ctl.unlock()
+        if self._ingested:
+            self._dispatch()
+
+    def _dispatch(self) -> None:
+        """Run the listeners for the states other processes appended (outside the write lock, in order)."""
+        with self.lock:
+            got, self._ingested = self._ingested, []
+        for new, prev in got:
+            for listener in self._listeners:
+                try:
+                    listener(new, prev)
+                except Exception:
+                    log.exception("a change listener failed")
+
+    def _follow_loop(self) -> None:
+        """While the log is shared: read the others' appends every 2 ms (every 20 ms after a second without
+        any), so that listeners (replication, watch, live queries) hear of them without a read here."""
+        quiet = 0
+        while not self._stop.wait(0.002 if quiet < 500 else 0.02):
+            ctl = self._shared
+            if ctl is None:
+                return
+            try:
+                if ctl.get(HEAD) != self.wal.end or self._ingested:
+                    quiet = 0
+                    self.catch_up()
+                else:
+                    quiet += 1
+            except (ValueError, OSError):  # unshared meanwhile
+                return
+            except Exception:
+                log.exception("%s: reading the other processes' appends failed", self.directory.name)
 
     def _install(self, new: DocState, prev: DocState | None) -> None:
         if prev is not None and new.disk_loc < 0:
@@ -569,11 +752,16 @@ class Store:
         """(Re)build the filter of on-disk ids; holds the flush lock so no flush adds ids meanwhile."""
         with self._flush_lock:
             docs, x = self.index.count_rows()
-            bloom = Bloom(2 * (int(docs) + int(x)))
+            shared = self._shared is not None  # then in a file, for the other processes' appends too
+            bloom = Bloom(2 * (int(docs) + int(x)), self.directory if shared else None)
             hashes = self.index.iter_hashes()
             while chunk := list(itertools.islice(hashes, 4096)):
                 bloom.add_all(chunk)
-            self._bloom = bloom
+            if shared:
+                bloom.publish()
+            old, self._bloom = self._bloom, bloom
+            if old is not None:
+                old.retire()
 
     def _count_fast(self) -> dict[int, int]:
         """Records in fast blocks per shard, from the block headers (nothing is decompressed)."""
@@ -641,7 +829,9 @@ class Store:
                 elif self._lzma and self._puts and time.monotonic() - idle_since >= REPACK_IDLE and self._repack():
                     self.collect_garbage()
                     self._wake.set()  # more to do: go on at once while still idle
-                if (self._bloom is None and self._want_bloom) or (self._bloom is not None and self._bloom.full):
+                bloom = self._bloom
+                if (bloom is None and self._want_bloom) or (bloom is not None and (
+                        bloom.full or (self._shared is not None and bloom.folder is None))):
                     try:
                         self._build_bloom()
                     except Exception as exc:  # reads just keep asking the index
@@ -672,17 +862,22 @@ class Store:
             return
         self.wal.prepare()  # the slow part of a rotation (a new file, reserved), outside the write lock
         with self.lock:
-            if not self._active:
-                return
-            frozen, delta = self._active, self._active_delta
-            self._frozen, self._frozen_delta, self._frozen_bytes = frozen, delta, self._active_bytes
-            self._active, self._active_delta, self._active_bytes = {}, 0, 0
-            self._space.notify_all()  # the active memtable is empty again: waiting savers go on
+            ctl = self._lock_log()  # shared: what the others appended is flushed with the rest, then rotated
             try:
-                closed = self.wal.rotate()
-            except OSError as exc:
-                self._unfreeze()
-                raise StorageError(exc.errno, f"cannot rotate the write-ahead log: {exc.strerror}") from exc
+                if not self._active:
+                    return
+                frozen, delta = self._active, self._active_delta
+                self._frozen, self._frozen_delta, self._frozen_bytes = frozen, delta, self._active_bytes
+                self._active, self._active_delta, self._active_bytes = {}, 0, 0
+                self._space.notify_all()  # the active memtable is empty again: waiting savers go on
+                try:
+                    closed = self.wal.rotate()
+                except OSError as exc:
+                    self._unfreeze()
+                    raise StorageError(exc.errno, f"cannot rotate the write-ahead log: {exc.strerror}") from exc
+            finally:
+                if ctl is not None:
+                    ctl.unlock()
         try:
             self._flush_frozen(closed)
         except BaseException:
@@ -786,8 +981,15 @@ class Store:
         bloom = self._bloom
         if bloom is not None:  # before the memtable lets go of them: a reader must find them one way or the other
             bloom.add_all([h for s, h in zip(states, hashes, strict=True) if s.disk_loc < 0])
+        ctl = self._shared
+        if ctl is not None:  # before the segments go: other processes' appenders learn that the index moved on
+            with contextlib.suppress(ValueError):  # unshared meanwhile (closing)
+                ctl.put(FLUSHED, self.flushed_seq)
         with contextlib.suppress(OSError):
             self.wal.remove_through(closed_segment)
+        if ctl is not None:  # they forget those segments: the index has them
+            with contextlib.suppress(ValueError):
+                ctl.put(OLDEST, closed_segment + 1)
         self.blobs.flushed(self.flushed_seq)
         # The packed states learn where they are, a slice at a time under the write lock (each record's update is
         # atomic against a saver that replaces it), with a pause between slices in which waiting savers get the
@@ -889,13 +1091,18 @@ class Store:
             records = [DocState.from_bytes(r) for r in self.shards.read_block(shard, off, length)]
             live = self._live_filter(bno, records)
             with self.lock:
-                for slot, s in live:
-                    if s.id in self._active or s.id in self._frozen:
-                        continue  # a newer state is pending; it supersedes this one when flushed
-                    s.disk_loc = (bno << 8) | slot
-                    s.in_x = self.index.loc_by_id(s.id) == s.disk_loc if self.x_rows else False
-                    self._write(s, s)  # same record, new change seq: a move, not an edit
-                    moved += 1
+                ctl = self._lock_log()  # a newer state another process appended counts as pending too
+                try:
+                    for slot, s in live:
+                        if s.id in self._active or s.id in self._frozen:
+                            continue  # a newer state is pending; it supersedes this one when flushed
+                        s.disk_loc = (bno << 8) | slot
+                        s.in_x = self.index.loc_by_id(s.id) == s.disk_loc if self.x_rows else False
+                        self._write(s, s)  # same record, new change seq: a move, not an edit
+                        moved += 1
+                finally:
+                    if ctl is not None:
+                        ctl.unlock()
             if self._flush_due():  # a big shard moves a flush at a time: bounded RAM
                 self._flush_locked()
             if progress is not None:
@@ -1119,6 +1326,7 @@ class Store:
         with self.lock:
             self._space.notify_all()
         self._thread.join()  # no timeout: a flush running on when the files close could lose its batch
+        self.unshare()  # what other processes appended is read, and flushed below with the rest
         try:
             self.flush()
             self.blobs.flushed(self.flushed_seq)

@@ -42,12 +42,114 @@ from pathlib import Path
 from ..errors import StorageError
 from .fileutil import fsync_dir, write_all, write_all_at
 
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - no flock (Windows): the log is never shared, saves go to the owner
+    fcntl = None  # type: ignore[assignment]
+SHAREABLE = fcntl is not None
+
 log = logging.getLogger("MyNoSQL")
 
 MAGIC = b"MNSQWAL1"
 _FRAME = struct.Struct("<II")
 MAX_FRAME = 1 << 30
 SEGMENT_RESERVE = 1 << 20  # bytes reserved ahead in the open segment (doubles as it fills)
+
+
+CTL = "WALCTL"
+PAGE = 4096
+CTL_MAGIC = 0x314C544351534E4D  # "MNSQCTL1"
+_U64 = struct.Struct("<Q")
+EPOCH, SEGMENT, HEAD, SEQ, SIZE, OLDEST, FLUSHED = (8 * i for i in range(1, 8))
+_FIELDS = struct.Struct("<8Q")
+
+
+def _libc_flock() -> Callable[[int, int], int] | None:
+    """libc's ``flock``, called with the interpreter's lock held (``ctypes.PyDLL``; ``fcntl.flock`` lets it go
+    around the call). Only for calls that cannot block: ``LOCK_NB``, ``LOCK_UN``."""
+    if fcntl is None:  # pragma: no cover
+        return None
+    try:
+        import ctypes
+
+        fn = ctypes.PyDLL(None).flock
+        fn.argtypes = (ctypes.c_int, ctypes.c_int)
+        fn.restype = ctypes.c_int
+        return fn
+    except (ImportError, OSError, AttributeError):  # pragma: no cover - no ctypes, or no flock in libc
+        return None
+
+
+_flock_held = _libc_flock()
+
+
+class Control:
+    """The control page ``WALCTL``, mapped, and its lock (``flock``: between processes only; the threads of one
+    process serialise themselves first)."""
+
+    def __init__(self, folder: Path) -> None:
+        fd = os.open(folder / CTL, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            if os.fstat(fd).st_size < PAGE:
+                os.ftruncate(fd, PAGE)
+            self.mm = mmap.mmap(fd, PAGE)
+        except BaseException:
+            os.close(fd)
+            raise
+        self.fd = fd
+
+    def lock(self) -> None:
+        # Uncontended, without letting go of the interpreter's lock (_flock_held): a thread that let it go here
+        # would hold the log's lock while it waits to get the interpreter's back (up to a switch interval, 5 ms,
+        # behind the compactor), and every other process's save would wait that long.
+        if _flock_held is None or _flock_held(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB) != 0:
+            fcntl.flock(self.fd, fcntl.LOCK_EX)
+
+    def unlock(self) -> None:
+        if _flock_held is None or _flock_held(self.fd, fcntl.LOCK_UN) != 0:
+            fcntl.flock(self.fd, fcntl.LOCK_UN)
+
+    def get(self, field: int) -> int:
+        return _U64.unpack_from(self.mm, field)[0]  # type: ignore[no-any-return]
+
+    def put(self, field: int, value: int) -> None:
+        _U64.pack_into(self.mm, field, value)
+
+    def fields(self) -> tuple[int, ...]:
+        return _FIELDS.unpack_from(self.mm, 0)
+
+    def close(self) -> None:
+        with contextlib.suppress(ValueError, OSError):
+            self.mm.close()
+        with contextlib.suppress(OSError):
+            os.close(self.fd)
+
+    def clear_epoch(self) -> None:
+        """Under the lock: stop every other process's appends (a new owner, before it recovers the log)."""
+        self.lock()
+        try:
+            if self.get(0) == CTL_MAGIC:
+                self.put(EPOCH, 0)
+        finally:
+            self.unlock()
+
+
+def frames(mm: mmap.mmap | memoryview, pos: int, end: int, *, checked: bool) -> tuple[list[bytes], int]:
+    """The payloads of the frames from ``pos`` up to ``end`` and where they stopped. ``checked``: the frames of a
+    segment whose end is not known (a closed one: stop at its zero marker, or at anything not a whole, CRC-valid
+    frame); otherwise ``end`` is a published end and every frame before it is whole."""
+    out = []
+    while pos + _FRAME.size <= end:
+        length, crc = _FRAME.unpack_from(mm, pos)
+        stop = pos + _FRAME.size + length
+        if checked and (length == 0 or length > MAX_FRAME or stop > end):
+            break
+        payload = mm[pos + _FRAME.size:stop]
+        if checked and zlib.crc32(payload) != crc:
+            break
+        out.append(bytes(payload))
+        pos = stop
+    return out, pos
 
 
 def _segment_name(n: int) -> str:
@@ -92,6 +194,7 @@ class WriteAheadLog:
         self._sync_lock = threading.Lock()
         self._next: tuple[int, mmap.mmap | None, int, int] | None = None  # the next segment, made ahead (prepare)
         self._dsync = power_safe and hasattr(os, "pwritev") and hasattr(os, "RWF_DSYNC")
+        self.ctl: Control | None = None  # shared with other processes' appends (storage/sharedlog.py)
 
     # -- recovery ---------------------------------------------------------------------------------------------
 
@@ -291,12 +394,18 @@ class WriteAheadLog:
         if self._mm is not None:
             self._mm.close()
         self._mm, self._size = mm, size
+        if self.ctl is not None:
+            self.ctl.put(SIZE, size)
 
     def _close_segment(self) -> None:
-        """Unmap, cut the file to its used length, close."""
+        """Unmap, cut the file to its used length, close. (Shared: other processes may have it mapped, and a
+        frame one of them left half-written past the end: zeros mark the end instead, the length stays.)"""
         if self._mm is not None:
+            if self.ctl is not None:
+                self._mm[self._pos:self._pos + _FRAME.size] = bytes(_FRAME.size)
             self._mm.close()
-        os.ftruncate(self._fd, self._pos)
+        if self.ctl is None:
+            os.ftruncate(self._fd, self._pos)
         if self.power_safe:
             self._sync(os.fsync, self._fd)
         os.close(self._fd)
@@ -335,7 +444,70 @@ class WriteAheadLog:
             self._synced = self._written
             self._fd, self._mm, self._size, self._pos = new
             self._segment = old + 1
+            ctl = self.ctl
+            if ctl is not None:  # under the control lock (the store's rotation holds it)
+                epoch = ctl.get(EPOCH)
+                ctl.put(EPOCH, 0)  # a death before the epoch is back leaves the log unshared, never half-moved
+                ctl.put(SEGMENT, self._segment)
+                ctl.put(SIZE, self._size)
+                ctl.put(HEAD, self._pos)
+                ctl.put(EPOCH, epoch)
         return old
+
+    # -- sharing with other processes (storage/sharedlog.py) ------------------------------------------------
+
+    def share(self, ctl: Control, seq: int, flushed: int, epoch: int) -> bool:
+        """Let other processes append (under ``ctl``'s lock, taken by the caller). Only a mapped log (process
+        durability) is shared. Publishes where the log is, then the epoch."""
+        if self._mm is None:
+            return False
+        segs = self.segments()
+        ctl.put(EPOCH, 0)
+        ctl.put(SEGMENT, self._segment)
+        ctl.put(HEAD, self._pos)
+        ctl.put(SEQ, seq)
+        ctl.put(SIZE, self._size)
+        ctl.put(OLDEST, segs[0] if segs else self._segment)
+        ctl.put(FLUSHED, flushed)
+        ctl.put(0, CTL_MAGIC)
+        ctl.put(EPOCH, epoch)
+        self.ctl = ctl
+        return True
+
+    def follow(self, *, locked: bool) -> tuple[list[bytes], bool]:
+        """The frames other processes appended since this log's last append or follow, and whether they are all
+        of what was published. ``locked``: under the control lock. Without it (this process only reads them), each
+        frame's CRC is checked too, and the read stops at one that fails (not visible whole yet: the caller reads
+        again under the lock)."""
+        ctl = self.ctl
+        assert ctl is not None and self._mm is not None
+        head, size = ctl.get(HEAD), ctl.get(SIZE)
+        if head <= self._pos:
+            return [], True
+        if size > self._size:  # another process grew the segment
+            mm = mmap.mmap(self._fd, size)
+            self._mm.close()
+            self._mm, self._size = mm, size
+        got, pos = frames(self._mm, self._pos, min(head, self._size), checked=not locked)
+        self._written += pos - self._pos
+        self._pos = pos
+        return got, pos == head
+
+    @property
+    def end(self) -> int:
+        """Where the next frame goes in the current segment (a shared log: how far this process has read)."""
+        return self._pos
+
+    def publish(self) -> None:
+        """Under the control lock, after an append: the others' appends go after it."""
+        assert self.ctl is not None
+        self.ctl.put(HEAD, self._pos)
+
+    def unshare(self) -> None:
+        """Under the control lock: other processes stop appending (they send their saves to the owner)."""
+        if self.ctl is not None:
+            self.ctl.put(EPOCH, 0)
+            self.ctl = None
 
     def remove_through(self, n: int) -> None:
         """Delete segments numbered ``n`` and below (their records are in committed shard blocks)."""
@@ -354,3 +526,4 @@ class WriteAheadLog:
         if self._fd >= 0:
             with self._sync_lock:
                 self._close_segment()
+
