@@ -90,6 +90,8 @@ class LogWriter:
         self._pos = 0
         self._mem: dict[str, tuple[int, bytes]] = {}  # id -> (segment, its newest state's bytes)
         self._by_seg: dict[int, list[str]] = {}
+        self._late: list[tuple[int, bytes]] = []  # frames read under the lock, not in _mem yet (see _absorb)
+        self._oldest = 0  # the oldest segment the index did not cover when the log was last followed
         self._db: sqlite3.Connection | None = None
         self._filter: SharedBloom | None = None
         self._filter_tried = -1
@@ -104,6 +106,7 @@ class LogWriter:
         self._maps.clear()
         self._mem.clear()
         self._by_seg.clear()
+        self._late.clear()
         self._epoch, self._seg, self._pos = epoch, oldest, len(MAGIC)
         if self._filter is not None:  # a new owner's flushes are not in an old owner's filter
             self._filter.close()
@@ -147,14 +150,16 @@ class LogWriter:
                 del mem[id]
 
     def _follow(self, segment: int, head: int, oldest: int) -> None:
-        """Read what the others appended up to (segment, head); forget the segments the index has."""
+        """Read what the others appended up to (segment, head) into ``_late`` (:meth:`_absorb` puts it in the
+        log's memtable, once the lock is let go); forget the segments the index has."""
         for s in [s for s in self._by_seg if s < oldest]:
             self._drop(s)
         for s in [s for s in self._maps if s < oldest]:
             self._drop(s)
         if self._seg < oldest:
             self._seg, self._pos = oldest, len(MAGIC)
-        mem, by_seg = self._mem, self._by_seg
+        self._oldest = oldest
+        late = self._late
         while (self._seg, self._pos) < (segment, head):
             seg = self._seg
             last = seg == segment
@@ -167,17 +172,23 @@ class LogWriter:
                 self._seg, self._pos = seg + 1, len(MAGIC)
                 continue
             got, pos = frames(mm, self._pos, head if last else len(mm), checked=not last)
-            ids = by_seg.setdefault(seg, [])
-            for payload in got:
-                (mlen,) = _U32.unpack_from(payload, 0)
-                id = orjson.loads(payload[4:4 + mlen])[0]
-                mem[id] = (seg, payload)
-                ids.append(id)
+            late.extend((seg, payload) for payload in got)
             if last:
                 self._pos = pos
             else:
                 self._seg, self._pos = seg + 1, len(MAGIC)
                 self._unmap(seg)  # read to its end: no more appends there
+
+    def _absorb(self) -> None:
+        """The frames :meth:`_follow` read, into the log's memtable (the newest state of each id)."""
+        mem, by_seg = self._mem, self._by_seg
+        for seg, payload in self._late:
+            (mlen,) = _U32.unpack_from(payload, 0)
+            id = orjson.loads(payload[4:4 + mlen])[0]
+            if seg >= self._oldest:
+                mem[id] = (seg, payload)
+                by_seg.setdefault(seg, []).append(id)
+        self._late.clear()
 
     def _on_disk(self, id: str) -> bool:
         """Whether the index may have ``id``: the owner's id filter (``IDFILTER``) rules most new ids out; the
@@ -228,6 +239,8 @@ class LogWriter:
                     except ConflictError:
                         pre = None  # an update of a record believed new: decided under the lock
             h = id_hash_ring(id)
+            done: tuple[DocState | None, DocState | None] | None = None
+            mine_frame: tuple[int, bytes] | None = None
             for _ in range(60_000):
                 ctl.lock()
                 try:
@@ -242,6 +255,11 @@ class LogWriter:
                             self._reset(epoch, oldest)
                         self._follow(segment, head, oldest)
                         got = self._mem.get(id)
+                        if self._late:  # a state of this record read just now (its id opens the frame)?
+                            mine = b"[" + orjson.dumps(id) + b","
+                            for seg, payload in self._late:
+                                if payload.startswith(mine, 4):
+                                    got = (seg, payload)
                         if got is not None:
                             raw = DocState.from_bytes(got[1])
                             prev = None if raw.purged else raw
@@ -251,16 +269,25 @@ class LogWriter:
                             new = pre if pre is not None else mutate(None)
                         else:
                             raise Fallback
+                        mine_frame = None
                         if new is not None:
-                            self._append(new, h, segment, head, seq, size)
-                        return prev, new
+                            mine_frame = self._append(new, h, segment, head, seq, size)
+                        done = prev, new
                 finally:
                     ctl.unlock()
+                    if self._late:
+                        self._absorb()
+                if done is not None:
+                    if mine_frame is not None:  # after the others' frames: the newest state of its record
+                        self._mem[new.id] = mine_frame  # type: ignore[union-attr]
+                        self._by_seg.setdefault(mine_frame[0], []).append(new.id)  # type: ignore[union-attr]
+                    return done
                 wait()
             raise Fallback
 
-    def _append(self, new: DocState, h: int, segment: int, head: int, seq: int, size: int) -> None:
-        """Under the lock: ``new`` with the next seq, at the end of the log; noted in the ring; published."""
+    def _append(self, new: DocState, h: int, segment: int, head: int, seq: int, size: int) -> tuple[int, bytes]:
+        """Under the lock: ``new`` with the next seq, at the end of the log; noted in the ring; published.
+        Returns its segment and bytes (for the log's memtable)."""
         new.seq = seq + 1
         payload = new.to_bytes()
         frame = _FRAME.pack(len(payload), zlib.crc32(payload)) + payload
@@ -287,9 +314,8 @@ class LogWriter:
         self._note(self._ring, h)
         self.ctl.put(SEQ, seq + 1)  # the seq first: dying between the two leaves a gap, never a seq given twice
         self.ctl.put(HEAD, end)
-        self._mem[new.id] = (segment, payload)
-        self._by_seg.setdefault(segment, []).append(new.id)
         self._pos = end
+        return segment, payload
 
     def close(self) -> None:
         with self._lock:

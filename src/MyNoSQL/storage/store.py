@@ -327,8 +327,11 @@ class Store:
         try:
             with self.lock:
                 self._wait_for_space()
-                ctl = self._lock_log()
-                try:
+                if self._shared is not None:
+                    prev, new = self._put_shared(id, mutate, fresh)
+                    if new is None:
+                        return prev, None
+                else:
                     raw = None if fresh else self._get_raw(id)
                     prev = None if raw is None or raw.purged else raw
                     new = mutate(prev)
@@ -337,9 +340,6 @@ class Store:
                     # Alone, a saver makes its own frame durable as it writes it; with others, they share syncs.
                     pos = self._write(new, raw, alone=self._power and len(savers) == 1)
                     self._puts += 1
-                finally:
-                    if ctl is not None:
-                        ctl.unlock()
             if self._power:
                 self.wal.wait_durable(pos)
         finally:
@@ -432,6 +432,12 @@ class Store:
                 break
 
     def _write(self, new: DocState, prev: DocState | None, *, alone: bool = False) -> int:
+        pos = self._log_frame(new, prev, alone=alone)
+        self._install(new, prev)
+        return pos
+
+    def _log_frame(self, new: DocState, prev: DocState | None, *, alone: bool = False) -> int:
+        """The log half of :meth:`_write` (under the log's lock when it is shared): seq, frame, note, publish."""
         self.seq += 1
         new.seq = self.seq
         if prev is not None:
@@ -449,7 +455,6 @@ class Store:
         if ctl is not None:  # the others' appends go after this one (the seq first: see sharedlog.py)
             ctl.put(SEQ, self.seq)
             self.wal.publish()
-        self._install(new, prev)
         return pos
 
     # -- sharing with other processes (storage/sharedlog.py) --------------------------------------------------
@@ -502,6 +507,45 @@ class Store:
             follower.join()
         self._dispatch()
 
+    def _put_shared(self, id: str, mutate: Mutation, fresh: bool) -> tuple[DocState | None, DocState | None]:
+        """``put`` while other processes append to the log (under the write lock; the caller runs the listeners).
+        The new state is made before the log's lock is taken, from what the others published: a process that holds
+        that lock makes every other wait (and this one may lose the interpreter's lock to its compactor meanwhile),
+        so it holds it for the append alone, unless a state of the same record came in between."""
+        ctl = self._shared
+        assert ctl is not None
+        self._ingest(self.wal.follow(locked=False)[0])
+        raw = None if fresh else self._get_raw(id)
+        prev = None if raw is None or raw.purged else raw
+        new = mutate(prev)  # a conflict here is one with a save that returned before this one began
+        if new is None:
+            return prev, None
+        ctl.lock()
+        try:
+            # What came in meanwhile is read into the memtable after the lock is let go (it is only for this
+            # process); under it, only whether a state of the same record is among it (its id opens the frame).
+            late = self.wal.follow(locked=True)[0]
+            if late:
+                mine = b"[" + orjson.dumps(id) + b","
+                if any(p.startswith(mine, 4) for p in late):  # the same record, just now: made again
+                    self._ingest(late)
+                    late = []
+                    raw = self._get_raw(id)
+                    prev = None if raw is None or raw.purged else raw
+                    new = mutate(prev)
+                    if new is None:
+                        return prev, None
+            seq = ctl.get(SEQ)
+            if seq > self.seq:  # the others' seqs (or a gap a writer that died left)
+                self.seq = seq
+            self._log_frame(new, raw)
+        finally:
+            ctl.unlock()
+        self._ingest(late)
+        self._install(new, raw)
+        self._puts += 1
+        return prev, new
+
     def _lock_log(self) -> Control | None:
         """Under the write lock: if the log is shared, take its lock and read what the others appended."""
         ctl = self._shared
@@ -521,9 +565,10 @@ class Store:
             raise
         return ctl
 
-    def _ingest(self, payloads: list[bytes]) -> None:
+    def _ingest(self, payloads: list[bytes]) -> set[str]:
         """Under the write lock: the states other processes appended into the memtable (their listeners run at
-        the next _dispatch)."""
+        the next _dispatch). Returns their ids."""
+        ids = set()
         for payload in payloads:
             state = DocState.from_bytes(payload)
             state.raw = payload
@@ -533,6 +578,7 @@ class Store:
             if state.seq > self.seq:
                 self.seq = state.seq
             self._ingested.append((state, None if raw is None or raw.purged else raw))
+            ids.add(state.id)
         if payloads:
             if not self._want_bloom:
                 self._want_bloom = True
@@ -545,6 +591,7 @@ class Store:
             self._ingest_count += len(payloads)
             if self._ingest_count >= INGEST_BULK:
                 self._bulk_at = now
+        return ids
 
     def catch_up(self) -> None:
         """Read what other processes appended to the shared log (before a read: theirs are as current as
