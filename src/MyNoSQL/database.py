@@ -337,6 +337,12 @@ class Database:
         store.catch_up()  # other processes' appends to a shared log: as current as this process's writes
         return store
 
+    def _check_for_put(self) -> Store:
+        """``_check`` for a save: ``Store.put`` reads the other processes' appends itself."""
+        if self._closed:
+            raise DatabaseClosed(f"database {self.name!r} is closed")
+        return self._store
+
     def close(self) -> None:
         """Pack pending records into shards, join the compactor and release the lock. Idempotent."""
         if self._closed:
@@ -566,7 +572,7 @@ class Database:
 
     def savedoc(self, doc: dict[str, Any]) -> dict[str, Any]:
         """Save a record; see :meth:`MyNoSQL.savedoc` for the rules and the durability contract."""
-        store = self._check()
+        store = self._check_for_put()
         id, rev, fresh, blob, decoded = prepare_save(doc, self.options.max_doc_bytes)
         prev, state = self._put_body(store, id, rev, blob, fresh)
         if decoded is not None and state is not None:
