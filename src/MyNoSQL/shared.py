@@ -593,7 +593,7 @@ class ClientNode(Node):
         self._c_keys = itertools.count()
         self._c_seq = 0  # the changes feed read by watch so far
         self._c_watch_failing = False  # the last read of the changes feed for watch failed
-        self._c_seen = 0  # the ring's head then
+        self._c_seen = (0, 0)  # the ring's head and epoch then (a new owner starts its ring again at 0)
         self._c_owner = 0
         self._c_error: str | None = None
         self._c_log = False  # the owner lets this process append its saves to the log itself
@@ -746,6 +746,8 @@ class ClientNode(Node):
         self._promoted = True
         for key, cb in self._c_watchers.items():
             self._c_stops[key] = Database.watch(self, cb)
+        if self._c_watchers:  # what came since this client's last look (saves appended while no process owned
+            self._c_catch_up_watchers()  # the database, or just before its owner died): recovered, not seen
         try:
             Node.start(self)  # replication, serving as a mirror: what the configuration asks of the owner
         except Exception as exc:  # kept in sync_error (status()); the database itself is open and served
@@ -755,6 +757,25 @@ class ClientNode(Node):
             self.share(server.stop)
             server.start()
         log.info("database %s: process %d took it over from process %d", self.name, os.getpid(), self._c_owner)
+
+    def _c_catch_up_watchers(self) -> None:
+        """Once this process took over: the changes its ``watch`` callbacks had not seen yet (up to where the live
+        callbacks, registered first, begin; one may come twice, none is missed)."""
+        upto = Database.seq.fget(self)  # type: ignore[attr-defined]
+        try:
+            missed = list(itertools.islice(Database.changes(self, self._c_seq), 100_000))
+        except MyNoSQLError as exc:
+            log.warning("database %s: watch could not read the changes after the takeover: %s", self.name, exc)
+            return
+        for change in missed:
+            if change.seq > upto:
+                break
+            self._c_seq = max(self._c_seq, change.seq)
+            for cb in list(self._c_watchers.values()):
+                try:
+                    cb(change)
+                except Exception:
+                    log.exception("watch callback %r failed", cb)
 
     def _c_drop_writer(self) -> None:
         writer, self._c_writer = self._c_writer, None
@@ -816,10 +837,10 @@ class ClientNode(Node):
         """If the ring moved since the last look, read the changes feed since then and call the callbacks."""
         ring = self._c_ring
         try:
-            head: int = _Q.unpack_from(ring)[0] if ring is not None else self._c_seen
+            at: tuple[int, int] = _AT.unpack_from(ring) if ring is not None else self._c_seen
         except ValueError:  # closed meanwhile
             return
-        if head == self._c_seen:
+        if at == self._c_seen:
             return
         try:
             changes = list(itertools.islice(self.changes(self._c_seq), 100_000))
@@ -829,7 +850,7 @@ class ClientNode(Node):
             self._c_watch_failing = True
             return
         self._c_watch_failing = False
-        self._c_seen = head  # only now: a failed read must not mark these changes seen (the ring may not move again)
+        self._c_seen = at  # only now: a failed read must not mark these changes seen (the ring may not move again)
         for change in changes:
             self._c_seq = max(self._c_seq, change.seq)
             for cb in list(self._c_watchers.values()):
