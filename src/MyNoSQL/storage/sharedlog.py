@@ -203,7 +203,12 @@ class LogWriter:
             if flushed != self._filter_tried:  # looked for again after each flush, not at every save
                 self._filter_tried = flushed
                 with contextlib.suppress(OSError, ValueError):
-                    self._filter = filt = SharedBloom(self.folder)
+                    filt = SharedBloom(self.folder)
+                    if filt.current:  # not one the owner retired when it closed
+                        self._filter = filt
+                    else:
+                        filt.close()
+                        filt = None
         if filt is not None and h not in filt:
             return False
         db = self._db
