@@ -10,8 +10,8 @@ Phases, each engine in turn on a fresh database, every process started first and
 
 1. writes: ``--procs`` processes each save ``--n`` new records (~135-byte JSON, bench/local.py's records), one
    at a time. MyNoSQL with its default durability (a save survives a crash of its process) and its default
-   sharing (the first process to open the database owns it; the others send it their saves); SQLite in WAL mode,
-   synchronous=NORMAL (also survives a process crash), one connection per process, ``BEGIN IMMEDIATE`` + one
+   sharing (every process appends its saves to the shared log; the first to open owns the rest); SQLite in WAL
+   mode, synchronous=NORMAL (also survives a process crash), one connection per process, ``BEGIN IMMEDIATE`` + one
    INSERT + ``COMMIT`` per record; diskcache's ``Cache.set`` (its own SQLite per process). Throughput is all
    saves over the time from the first start to the last end; latencies are per save, over every process.
 2. visibility: with ``--procs`` processes open, one saves a record (a counter) 2,000 times, noting the time each
@@ -318,9 +318,9 @@ def main() -> None:
         f"run time {time.monotonic() - t_start:.0f} s",
         f"- Date: {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}; {platform.platform()}, "
         f"{os.cpu_count()} CPUs; Python {platform.python_version()}; SQLite {sqlite3.sqlite_version}",
-        "- MyNoSQL: default options (durability=process, shared: the first process owns the database, the others "
-        "are its clients). SQLite: WAL, synchronous=NORMAL, BEGIN IMMEDIATE + 1 INSERT + COMMIT per save, one "
-        "connection per process. diskcache: Cache.set per save.",
+        "- MyNoSQL: default options (durability=process; every process appends its saves to the shared log, the "
+        "first to open the database owns the rest: compactor, replication). SQLite: WAL, synchronous=NORMAL, "
+        "BEGIN IMMEDIATE + 1 INSERT + COMMIT per save, one connection per process. diskcache: Cache.set per save.",
         "",
         "| metric | MyNoSQL | SQLite WAL | diskcache | MyNoSQL / SQLite | aim |",
         "|---|---:|---:|---:|---:|---|",

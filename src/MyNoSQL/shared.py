@@ -4,18 +4,22 @@
 gets it is the **owner**: it opens the store as a single process always did (write-ahead log, compactor,
 replication, serving as a mirror) and also serves the database on the Unix socket ``SOCKET`` in its folder
 (:class:`OwnerServer`). Any other process that opens the database is a **client** (:class:`ClientNode`, a
-:class:`~MyNoSQL.node.Node` to its application): it keeps no store, and sends each call to the owner.
+:class:`~MyNoSQL.node.Node` to its application): it keeps no store, and sends each call to the owner but its
+saves: those it appends to the owner's write-ahead log itself, which the owner shares from the first client on
+(:mod:`MyNoSQL.storage.sharedlog`; saves the log cannot take, as an update of a record in the shards, go to the
+owner too).
 
 The protocol: frames of a little-endian header (JSON length, raw length), orjson JSON, then raw bytes (a record's
 encoded body, never base64). Nothing is pickled: records travel in the codec's tagged JSON
 (:mod:`MyNoSQL.records.codec`), errors as the name of a class of :mod:`MyNoSQL.errors` and its arguments.
 A client opens one socket per thread that calls at once, plus a lifeline that ends when the owner does.
 
-Reads: a client keeps the records it read (``Options.cache_docs``). The owner notes each record it changes in a
-ring in the mapped file ``CHANGED`` (the hash of its id) from the writing thread, *before* the write is
-acknowledged. Before a ``readdoc`` a client compares the ring's head with where it stood (a read of mapped
-memory, no system call) and drops the records noted since. So no process reads a record older than a save
-that returned anywhere. ``watch`` in a client reads the changes feed when the ring moved (every 10 ms at most).
+Reads: a client keeps the records it read (``Options.cache_docs``). The process that writes a record notes it
+in a ring in the mapped file ``CHANGED`` (the hash of its id) from the writing thread, *before* the write is
+acknowledged (under the shared log's lock). Before a ``readdoc`` a client compares the ring's head with where it
+stood (a read of mapped memory, no system call) and drops the records noted since. So no process reads a record
+older than a save that returned anywhere. ``watch`` in a client reads the changes feed when the ring moved (every
+10 ms at most).
 
 Takeover: when the owner exits or is killed, the OS releases its lock and closes its sockets. Each client sees
 the end of its sockets; the first to take the lock opens the store itself (recovering the write-ahead log: every
