@@ -334,7 +334,8 @@ class Database:
         if self._closed:
             raise DatabaseClosed(f"database {self.name!r} is closed")
         store = self._store
-        store.catch_up()  # other processes' appends to a shared log: as current as this process's writes
+        if store._shared is not None:  # other processes' appends to a shared log: as current as this one's
+            store.catch_up()
         return store
 
     def _check_for_put(self) -> Store:
