@@ -774,12 +774,16 @@ class ClientNode(Node):
         for change in missed:
             if change.seq > upto:
                 break
-            self._c_seq = max(self._c_seq, change.seq)
-            for cb in list(self._c_watchers.values()):
-                try:
-                    cb(change)
-                except Exception:
-                    log.exception("watch callback %r failed", cb)
+            self._c_deliver(change)
+
+    def _c_deliver(self, change: Change) -> None:
+        """One change to every ``watch`` callback of this client."""
+        self._c_seq = max(self._c_seq, change.seq)
+        for cb in list(self._c_watchers.values()):
+            try:
+                cb(change)
+            except Exception:
+                log.exception("watch callback %r failed", cb)
 
     def _c_drop_writer(self) -> None:
         writer, self._c_writer = self._c_writer, None
@@ -856,12 +860,7 @@ class ClientNode(Node):
         self._c_watch_failing = False
         self._c_seen = at  # only now: a failed read must not mark these changes seen (the ring may not move again)
         for change in changes:
-            self._c_seq = max(self._c_seq, change.seq)
-            for cb in list(self._c_watchers.values()):
-                try:
-                    cb(change)
-                except Exception:
-                    log.exception("watch callback %r failed", cb)
+            self._c_deliver(change)
 
     def _either(self, local: Callable[..., T], op: str, *args: Any) -> T:
         if not self._promoted:
