@@ -42,6 +42,8 @@ from .replicator import Resume, replicate
 
 log = logging.getLogger("MyNoSQL")
 
+RECHECK = "peer-recheck"  # the _local document of records to ask each mirror about again (PeerSync._mark_recheck)
+
 
 class PeerSync:
     """Started and stopped by its node, on the node's event loop."""
@@ -61,6 +63,7 @@ class PeerSync:
         self._unlisten: Callable[[], None] | None = None
         self._resume: dict[str, Resume] = {}  # per mirror: where the push stands (no checkpoint re-reads)
         self._poll_since: dict[str, Any] = {}
+        self._recheck_lock: asyncio.Lock | None = None
         self._endpoints: dict[str, HttpEndpoint] = {}
         self._subs_event: asyncio.Event | None = None  # set: catch up on the subscriptions
         self._event_loop: asyncio.AbstractEventLoop | None = None
@@ -72,6 +75,7 @@ class PeerSync:
         self._session = client_session(self.opts)
         self._changed = asyncio.Event()
         self._push_lock = asyncio.Lock()
+        self._recheck_lock = asyncio.Lock()
         self._subs_event = asyncio.Event()
         self._subs_event.set()
         self._event_loop = loop
@@ -228,6 +232,7 @@ class PeerSync:
             # A peer that never held a record needs no change from before now: what it reads or subscribes to
             # later comes as it is then (a fresh device does not read the whole feed of a big mirror).
             since = ck.get("since", 0) if ck else ("now" if self.db.seq == 0 else 0)
+        await self._recheck_held(url, remote)
         rows, last_seq = await remote.changes(since, 1000, timeout=self.opts.longpoll)
         state.ok()
         # the mirror's latest seq (a MyNoSQL mirror says it; a batch may end before it), else where the feed ended
@@ -241,6 +246,55 @@ class PeerSync:
         # Only now: a download that fails (the link drops) must be retried from the same rows, not skipped.
         self._poll_since[url] = last_seq
         state.pulled_seq = last_seq
+        await self._recheck_held(url, remote)  # records read through while this poll waited
+
+    async def _mark_recheck(self, id: str) -> None:
+        """A record came to be held here by a read-through: a mirror's poll position may be past a change that
+        has a newer revision of it (one answered by another mirror, or read before that poll had a position: a
+        first poll starts "now"). Every known mirror is asked for its leaves at its next poll; the marks are a
+        ``_local`` document, so they outlive this process (a takeover). Chaos seed 91050: a peer kept an older
+        revision for good."""
+        assert self._recheck_lock is not None
+        async with self._recheck_lock:
+            def mark() -> None:
+                doc = self.db.local_get(RECHECK) or {}
+                marks: dict[str, list[str]] = doc.get("ids") or {}
+                for url in self.db.config.peers:
+                    ids = marks.setdefault(url, [])
+                    if id not in ids:
+                        ids.append(id)
+                self.db.local_put(RECHECK, {"ids": marks})
+            await asyncio.to_thread(mark)
+
+    async def _recheck_held(self, url: str, remote: HttpEndpoint) -> None:
+        """Every leaf mirror ``url`` has of the records marked by :meth:`_mark_recheck` for it."""
+        assert self._recheck_lock is not None
+        doc = await asyncio.to_thread(self.db.local_get, RECHECK)
+        ids = ((doc or {}).get("ids") or {}).get(url)
+        if not ids:
+            return
+        for id in list(ids):
+            try:
+                docs = await remote.request("GET", doc_path(id), params={"open_revs": "all", "revs": "true"},
+                                            timeout=self.opts.read_timeout)
+            except RemoteError as exc:
+                if exc.status != 404:
+                    raise
+                docs = []
+            found = [d["ok"] for d in docs if isinstance(d, dict) and "ok" in d] if isinstance(docs, list) else []
+            if found:
+                await LocalEndpoint(self.db, lazy=True).bulk_docs(found)
+            async with self._recheck_lock:
+                def unmark(id: str = id) -> None:
+                    doc = self.db.local_get(RECHECK) or {}
+                    marks: dict[str, list[str]] = doc.get("ids") or {}
+                    left = [i for i in marks.get(url, []) if i != id]
+                    if left:
+                        marks[url] = left
+                    else:
+                        marks.pop(url, None)
+                    self.db.local_put(RECHECK, {"ids": marks} if marks else None)
+                await asyncio.to_thread(unmark)
 
     async def _download_held(self, remote: HttpEndpoint, rows: list[dict[str, Any]]) -> int:
         """Fetch the revisions the mirror has of records held here and this peer lacks."""
@@ -341,6 +395,7 @@ class PeerSync:
                 continue
             found = [d["ok"] for d in docs if isinstance(d, dict) and "ok" in d] if isinstance(docs, list) else []
             if found:
+                await self._mark_recheck(id)  # first: a crash right after the write must not lose the mark
                 await LocalEndpoint(self.db, lazy=True).bulk_docs(found)
             return bool(found), None
         return False, why
