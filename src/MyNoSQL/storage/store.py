@@ -338,7 +338,8 @@ class Store:
                     if new is None:
                         return prev, None
                     # Alone, a saver makes its own frame durable as it writes it; with others, they share syncs.
-                    pos = self._write(new, raw, alone=self._power and len(savers) == 1)
+                    pos = self._log_frame(new, raw, alone=self._power and len(savers) == 1)
+                    self._install(new, raw)
                     self._puts += 1
             if self._power:
                 self.wal.wait_durable(pos)

@@ -145,7 +145,7 @@ class Control:
             self.unlock()
 
 
-def frames(mm: mmap.mmap | memoryview, pos: int, end: int, *, checked: bool) -> tuple[list[bytes], int]:
+def frames(mm: mmap.mmap | memoryview | bytes, pos: int, end: int, *, checked: bool) -> tuple[list[bytes], int]:
     """The payloads of the frames from ``pos`` up to ``end`` and where they stopped. ``checked``: the frames of a
     segment whose end is not known (a closed one: stop at its zero marker, or at anything not a whole, CRC-valid
     frame); otherwise ``end`` is a published end and every frame before it is whole."""
@@ -232,18 +232,9 @@ class WriteAheadLog:
                 return  # created, crashed before the magic was complete: empty
             self._set_aside(path, data, 0, "bad segment header")
             return
-        pos = len(MAGIC)
         end = len(data)
-        while pos + _FRAME.size <= end:
-            length, crc = _FRAME.unpack_from(data, pos)
-            body_end = pos + _FRAME.size + length
-            if length == 0 or length > MAX_FRAME or body_end > end:
-                break
-            payload = data[pos + _FRAME.size : body_end]
-            if zlib.crc32(payload) != crc:
-                break
-            yield payload
-            pos = body_end
+        got, pos = frames(data, len(MAGIC), end, checked=True)
+        yield from got
         if pos >= end:
             return
         if data.count(b"\x00", pos) == end - pos:
