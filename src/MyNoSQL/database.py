@@ -555,7 +555,9 @@ class Database:
         """Call ``callback(change)`` after every change, local or replicated. Returns a function that stops it.
 
         Callbacks run in the thread that made the change; keep them short. An exception in one is logged.
-        A record purged (:meth:`purge`, every leaf) is reported deleted, with ``rev`` ``""``.
+        While other processes have the database open, the changes they make, and those this process makes while
+        theirs are still being read in, reach the callbacks a few milliseconds later from a thread of the
+        library, in change order. A record purged (:meth:`purge`, every leaf) is reported deleted, with ``rev`` ``""``.
         """
         store = self._check()
 
@@ -1452,7 +1454,8 @@ class Database:
         self._check().unshare()
 
     def on_change(self, listener: Listener) -> Callable[[], None]:
-        """Call ``listener(new_state, previous_state)`` after every write (in the writing thread; keep it short).
+        """Call ``listener(new_state, previous_state)`` after every write (in the writing thread, or in change order
+        from the thread that reads other processes' writes in: see :meth:`watch`; keep it short).
         Returns the function that removes it. For the replicator and the server; applications use ``watch``."""
         return self._check().add_listener(listener)
 

@@ -227,7 +227,8 @@ class MyNoSQL:
         """A live query: ``callback(change)`` first with the whole result (``change.initial``), then after every
         write, local or replicated, that changes it, with the records ``added`` to it, ``changed`` in it and
         ``removed`` from it (a :class:`~MyNoSQL.live.QueryChange`). It runs in the writing thread, right after
-        the write: keep it short. ``sort``/``limit``: the first ``limit`` records in that order are the result.
+        the write (with other processes open, maybe a few ms later from a library thread: see ``watch``): keep it
+        short. ``sort``/``limit``: the first ``limit`` records in that order are the result.
         Without a callback, iterate over the returned :class:`~MyNoSQL.live.LiveQuery` (or call its ``get``).
         ``.results`` is the current result; ``.stop()`` (or ``with``) ends it."""
         return self.db.observe(selector, callback, sort=sort, limit=limit, skip=skip, fields=fields)
@@ -251,7 +252,9 @@ class MyNoSQL:
         return self.db.status()
 
     def watch(self, callback: Callable[[Change], None]) -> Callable[[], None]:
-        """Call ``callback(change)`` after every change, local or replicated; returns a function to stop."""
+        """Call ``callback(change)`` after every change, local or replicated, in change order; returns a function
+        to stop. It runs in the thread that made the change (a change read in from another process, or made here
+        while such changes are still being read in: a thread of the library, a few ms later): keep it short."""
         return self.db.watch(callback)
 
     def pull(self, url: str, *, timeout: float = 60.0) -> dict[str, Any]:

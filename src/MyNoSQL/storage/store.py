@@ -39,6 +39,7 @@ import threading
 import time
 from array import array
 from bisect import bisect_left
+from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -73,6 +74,8 @@ BACKLOG = 4
 # something: one that only reads never rewrites the files under its reads.
 REPACK_IDLE = 5.0
 INGEST_BULK = 1000  # states other processes append in a second that make a bulk load (see _ingest)
+INGEST_SLICE = 64  # states the follower thread reads into the memtable per hold of the write lock
+SAVE_SLICE = 32  # of the queued states, at most this many are read into the memtable by each save (see _put_shared)
 # A store that looks up many record locations loads every (id hash, location) row of the index into two sorted
 # arrays (16 bytes a record) and looks up there (~1 us) instead of asking SQLite (~8-13 us a query from Python):
 # once it has made 1/LOCMAP_AFTER as many lookups as there are records (then loading, ~0.2 us a row, has cost
@@ -148,11 +151,14 @@ class Store:
         # list.pop are atomic, so counting needs no lock.
         self._savers: list[None] = []
         # Sharing with other processes (share()): the log's control page while they may append to the log,
-        # the hook that notes each write in their ring, and the states they appended that this process read
-        # and whose listeners have not run yet.
+        # the hook that notes each write in their ring, the frames of theirs read from the log and not in the
+        # memtable yet (in log order; among them, this process's own saves whose listeners wait for them: see
+        # _put_shared), and the states they appended that are in the memtable and whose listeners have not run yet.
         self._shared: Control | None = None
         self._note: Callable[[str], None] | None = None
+        self._queued: deque[bytes | tuple[DocState, DocState | None]] = deque()
         self._ingested: list[tuple[DocState, DocState | None]] = []
+        self._dispatching = threading.Lock()  # held by the thread running their listeners (see _dispatch)
         self._follower: threading.Thread | None = None
         self._ingest_since, self._ingest_count = 0.0, 0  # states read from others in the current second
 
@@ -200,7 +206,7 @@ class Store:
     def get_state(self, id: str) -> DocState | None:
         """The newest state of record ``id``, or None (never held, or purged)."""
         ctl = self._shared
-        if ctl is not None and ctl.get(HEAD) != self.wal.end:
+        if ctl is not None and (ctl.get(HEAD) != self.wal.end or self._queued):
             self.catch_up()
         s = self._active.get(id)
         if s is not None:
@@ -324,10 +330,12 @@ class Store:
         savers = self._savers
         if self._power:
             savers.append(None)
+        shared = False
         try:
             with self.lock:
                 self._wait_for_space()
                 if self._shared is not None:
+                    shared = True  # its listeners run from _ingested, in change order with the others' saves
                     prev, new = self._put_shared(id, mutate, fresh)
                     if new is None:
                         return prev, None
@@ -348,6 +356,8 @@ class Store:
                 savers.pop()
             if self._ingested:
                 self._dispatch()
+        if shared:
+            return prev, new
         for listener in self._listeners:
             try:
                 listener(new, prev)
@@ -395,6 +405,8 @@ class Store:
                         if new is not None:
                             self._write(new, raw)
                             self._puts += 1
+                            if ctl is not None:  # shared: listeners in change order with the others' saves
+                                self._ingested.append((new, prev))
                         out.append((prev, new))
                 finally:
                     if ctl is not None:
@@ -402,7 +414,7 @@ class Store:
         finally:
             if self._ingested:
                 self._dispatch()
-            for r in out:
+            for r in out if ctl is None else ():
                 if isinstance(r, tuple) and r[1] is not None:
                     for listener in self._listeners:
                         try:
@@ -509,13 +521,26 @@ class Store:
         self._dispatch()
 
     def _put_shared(self, id: str, mutate: Mutation, fresh: bool) -> tuple[DocState | None, DocState | None]:
-        """``put`` while other processes append to the log (under the write lock; the caller runs the listeners).
+        """``put`` while other processes append to the log (under the write lock). Its listeners are due after
+        those of the others' saves before it: it goes to ``_ingested`` (or, behind the frames still queued, to
+        ``_queued``), and the caller runs ``_dispatch``.
+
+        The others' frames are not read into the memtable here (``_queued``: the follower thread does that, a slice
+        at a time, and every read first): reading hundreds of them (the follower held back a few ms on 2 busy CPUs)
+        into the memtable took half of the owner's save time and made its slowest saves (bench/processes.py). Only
+        a frame of the same record counts for this save: then every queued frame is read in first.
         The new state is made before the log's lock is taken, from what the others published: a process that holds
         that lock makes every other wait (and this one may lose the interpreter's lock to its compactor meanwhile),
         so it holds it for the append alone, unless a state of the same record came in between."""
         ctl = self._shared
         assert ctl is not None
-        self._ingest(self.wal.follow(locked=False)[0])
+        queued = self._queued
+        queued.extend(self.wal.follow(locked=False)[0])
+        mine = b"[" + orjson.dumps(id) + b","  # a frame's id opens it
+        if queued and not fresh and any(type(p) is bytes and p.startswith(mine, 4) for p in queued):
+            self._drain()
+        elif queued:  # a share of the follower's work: the queue stays short, each save pays a bounded part of it
+            self._drain(SAVE_SLICE)
         raw = None if fresh else self._get_raw(id)
         prev = None if raw is None or raw.purged else raw
         new = mutate(prev)  # a conflict here is one with a save that returned before this one began
@@ -523,29 +548,47 @@ class Store:
             return prev, None
         ctl.lock()
         try:
-            # What came in meanwhile is read into the memtable after the lock is let go (it is only for this
-            # process); under it, only whether a state of the same record is among it (its id opens the frame).
             late = self.wal.follow(locked=True)[0]
-            if late:
-                mine = b"[" + orjson.dumps(id) + b","
-                if any(p.startswith(mine, 4) for p in late):  # the same record, just now: made again
-                    self._ingest(late)
-                    late = []
-                    raw = self._get_raw(id)
-                    prev = None if raw is None or raw.purged else raw
-                    new = mutate(prev)
-                    if new is None:
-                        return prev, None
+            if late and not fresh and any(p.startswith(mine, 4) for p in late):  # the same record, just now
+                queued.extend(late)
+                late = []
+                self._drain()
+                raw = self._get_raw(id)
+                prev = None if raw is None or raw.purged else raw
+                new = mutate(prev)
+                if new is None:
+                    return prev, None
             seq = ctl.get(SEQ)
             if seq > self.seq:  # the others' seqs (or a gap a writer that died left)
                 self.seq = seq
             self._log_frame(new, raw)
         finally:
             ctl.unlock()
-        self._ingest(late)
+        queued.extend(late)
         self._install(new, raw)
         self._puts += 1
+        if queued:
+            queued.append((new, prev))  # its listeners after those of the frames before it
+        else:
+            self._ingested.append((new, prev))
         return prev, new
+
+    def _drain(self, limit: int = 0) -> None:
+        """Under the write lock: the queued frames into the memtable, in order (``limit``: at most that many)."""
+        queued = self._queued
+        n = len(queued) if limit <= 0 else min(limit, len(queued))
+        payloads: list[bytes] = []
+        for _ in range(n):
+            item = queued.popleft()
+            if type(item) is bytes:
+                payloads.append(item)
+            else:  # a save of this process: its listeners after those of the frames before it
+                if payloads:
+                    self._ingest(payloads)
+                    payloads = []
+                self._ingested.append(item)  # type: ignore[arg-type]
+        if payloads:
+            self._ingest(payloads)
 
     def _lock_log(self) -> Control | None:
         """Under the write lock: if the log is shared, take its lock and read what the others appended."""
@@ -554,10 +597,13 @@ class Store:
             return None
         # What the others published is read before the lock is taken (no lock of theirs is needed for that): a
         # process that holds the lock makes every other wait, so it holds it for as short a time as it can.
-        self._ingest(self.wal.follow(locked=False)[0])
+        queued = self._queued
+        queued.extend(self.wal.follow(locked=False)[0])
+        self._drain()
         ctl.lock()
         try:
-            self._ingest(self.wal.follow(locked=True)[0])
+            queued.extend(self.wal.follow(locked=True)[0])
+            self._drain()
             seq = ctl.get(SEQ)
             if seq > self.seq:  # a writer died between giving a seq and publishing its frame: a gap
                 self.seq = seq
@@ -594,17 +640,19 @@ class Store:
                 self._bulk_at = now
         return ids
 
-    def catch_up(self) -> None:
+    def catch_up(self, limit: int = 0) -> None:
         """Read what other processes appended to the shared log (before a read: theirs are as current as
         this process's own writes), and run the listeners for it. Reading needs no lock of theirs: only this
         process moves the log to a new segment, and what they publish is whole (the log's lock only if a frame
-        is not visible whole yet)."""
+        is not visible whole yet). ``limit``: read at most that many of the queued frames into the memtable (the
+        follower thread's slices; a read takes them all)."""
         ctl = self._shared
-        if ctl is not None and ctl.get(HEAD) != self.wal.end:
+        if ctl is not None and (ctl.get(HEAD) != self.wal.end or self._queued):
             with self.lock:
                 if self._shared is ctl:
                     got, whole = self.wal.follow(locked=False)
-                    self._ingest(got)
+                    self._queued.extend(got)
+                    self._drain(limit)
                     if not whole:
                         ctl = self._lock_log()
                         if ctl is not None:
@@ -613,15 +661,27 @@ class Store:
             self._dispatch()
 
     def _dispatch(self) -> None:
-        """Run the listeners for the states other processes appended (outside the write lock, in order)."""
-        with self.lock:
-            got, self._ingested = self._ingested, []
-        for new, prev in got:
-            for listener in self._listeners:
-                try:
-                    listener(new, prev)
-                except Exception:
-                    log.exception("a change listener failed")
+        """Run the listeners for the states in ``_ingested`` (other processes' saves, and while shared this
+        process's own), in change order: one thread at a time, outside the write lock. A thread that finds another
+        at it leaves them to it (that one goes on until none is left, the follower thread within 20 ms): waiting
+        could deadlock with a listener that waits for this thread (a live query's lock), and a listener that saves
+        must not run the next ones ahead of those after it."""
+        if not self._dispatching.acquire(False):
+            return
+        try:
+            for _ in range(4):  # bounded: a thread of the application's must not deliver the others' saves for ever
+                with self.lock:
+                    got, self._ingested = self._ingested, []
+                if not got:
+                    return
+                for new, prev in got:
+                    for listener in self._listeners:
+                        try:
+                            listener(new, prev)
+                        except Exception:
+                            log.exception("a change listener failed")
+        finally:
+            self._dispatching.release()
 
     def _follow_loop(self) -> None:
         """While the log is shared: read the others' appends every 2 ms (every 20 ms after a second without
@@ -632,9 +692,14 @@ class Store:
             if ctl is None:
                 return
             try:
-                if ctl.get(HEAD) != self.wal.end or self._ingested:
+                if ctl.get(HEAD) != self.wal.end or self._ingested or self._queued:
                     quiet = 0
-                    self.catch_up()
+                    self.catch_up(INGEST_SLICE)
+                    # A slice at a time, with a pause between in which a saver waiting for the write lock takes it
+                    # (the lock is not handed over: this thread would take it again at once).
+                    while self._queued and self._shared is ctl and not self._stop.is_set():
+                        time.sleep(RELEASE_PAUSE)
+                        self.catch_up(INGEST_SLICE)
                 else:
                     quiet += 1
             except (ValueError, OSError):  # unshared meanwhile
@@ -662,7 +727,9 @@ class Store:
             self._wake.set()
 
     def add_listener(self, listener: Listener) -> Callable[[], None]:
-        """Call ``listener(new, previous)`` after every write (in the writing thread). Returns the remover."""
+        """Call ``listener(new, previous)`` after every write, in change order (in the writing thread; a write of
+        another process, or one made while such writes are queued: the thread that reads them in). Returns the
+        remover."""
         self._listeners.append(listener)  # list.append and remove are atomic: no lock against put's loop
 
         def remove() -> None:
@@ -712,6 +779,8 @@ class Store:
     def pending(self) -> dict[str, DocState]:
         """The states not packed yet (a copy): what the query indexes do not hold."""
         with self.lock:
+            if self._queued:
+                self._drain()
             pending = dict(self._frozen)
             pending.update(self._active)
         return pending
@@ -719,6 +788,8 @@ class Store:
     def has_pending(self) -> bool:
         """Whether any state is not packed yet (and so in no query index)."""
         with self.lock:
+            if self._queued:
+                self._drain()
             return bool(self._active) or bool(self._frozen)
 
     def read_block(self, bno: int) -> list[bytes] | None:
@@ -908,6 +979,13 @@ class Store:
     def _flush_locked(self) -> None:
         if not self._active:
             return
+        # The queued frames of other processes a slice at a time (what comes meanwhile, under the lock below), not
+        # all under one hold of the write lock: every save of this process would wait for it.
+        for _ in range(len(self._queued) // INGEST_SLICE):
+            if self._shared is None:
+                break
+            self.catch_up(INGEST_SLICE)
+            time.sleep(RELEASE_PAUSE)
         self.wal.prepare()  # the slow part of a rotation (a new file, reserved), outside the write lock
         with self.lock:
             ctl = self._lock_log()  # shared: what the others appended is flushed with the rest, then rotated
@@ -1253,6 +1331,8 @@ class Store:
             with self.lock:
                 if gen != self._flush_gen:
                     continue  # a flush landed while we read the disk: read what it wrote first
+                if self._queued:  # the memtable holds every state up to its newest: none is skipped for good
+                    self._drain()
                 pending = dict(self._frozen)
                 pending.update(self._active)
             break
