@@ -390,6 +390,33 @@ def test_the_owner_saving_among_other_writers_reports_every_change_once_and_in_o
         assert h.verify() == []
 
 
+def test_a_watch_callback_in_the_owner_may_save_while_other_processes_write(tmp_path: Path,
+                                                                             agents: list[Agent]) -> None:
+    """A callback that saves runs its own change's callbacks after the ones before it (no deadlock, no change
+    heard twice or out of order), whether the owner's or another process's save called it."""
+    with MyNoSQL.MyNoSQL(tmp_path) as h:
+        h.opendb("db")
+        heard: list[tuple[int, str]] = []
+
+        def echo(ch: MyNoSQL.Change) -> None:
+            heard.append((ch.seq, ch.id))
+            if not ch.id.startswith("echo-"):
+                h.savedoc({"id": f"echo-{ch.id}"})
+
+        h.watch(echo)
+        b = Agent(tmp_path)
+        agents.append(b)
+        for i in range(20):
+            b.ask("save", {"id": f"b{i}"})
+            h.savedoc({"id": f"o{i}"})
+        want = {f"b{i}" for i in range(20)} | {f"o{i}" for i in range(20)}
+        want |= {f"echo-{x}" for x in want}
+        poll_until(lambda: {id for _, id in heard} >= want, timeout=30, what="every save and its echo heard")
+        assert len(heard) == len(want) == 80
+        assert [seq for seq, _ in heard] == sorted(seq for seq, _ in heard)
+        assert {d["id"] for d in h} == want
+
+
 def test_the_owner_killed_a_client_takes_over_and_nothing_acknowledged_is_lost(tmp_path: Path,
                                                                             agents: list[Agent]) -> None:
     owner = Agent(tmp_path)

@@ -389,6 +389,7 @@ class Store:
             self._want_bloom = True
             self._wake.set()
         out = []
+        ctl = None
         try:
             with self.lock:
                 self._wait_for_space()
@@ -536,8 +537,8 @@ class Store:
         assert ctl is not None
         queued = self._queued
         queued.extend(self.wal.follow(locked=False)[0])
-        mine = b"[" + orjson.dumps(id) + b","  # a frame's id opens it
-        if queued and not fresh and any(type(p) is bytes and p.startswith(mine, 4) for p in queued):
+        mine = b"" if fresh else b"[" + orjson.dumps(id) + b","  # a frame's id opens it
+        if queued and mine and any(type(p) is bytes and p.startswith(mine, 4) for p in queued):
             self._drain()
         elif queued:  # a share of the follower's work: the queue stays short, each save pays a bounded part of it
             self._drain(SAVE_SLICE)
@@ -549,7 +550,7 @@ class Store:
         ctl.lock()
         try:
             late = self.wal.follow(locked=True)[0]
-            if late and not fresh and any(p.startswith(mine, 4) for p in late):  # the same record, just now
+            if late and mine and any(p.startswith(mine, 4) for p in late):  # the same record, just now
                 queued.extend(late)
                 late = []
                 self._drain()
@@ -981,10 +982,12 @@ class Store:
             return
         # The queued frames of other processes a slice at a time (what comes meanwhile, under the lock below), not
         # all under one hold of the write lock: every save of this process would wait for it.
+        # (No listener runs here: this thread holds the flush lock, which a listener may need. The follower does.)
         for _ in range(len(self._queued) // INGEST_SLICE):
-            if self._shared is None:
-                break
-            self.catch_up(INGEST_SLICE)
+            with self.lock:
+                if self._shared is None:
+                    break
+                self._drain(INGEST_SLICE)
             time.sleep(RELEASE_PAUSE)
         self.wal.prepare()  # the slow part of a rotation (a new file, reserved), outside the write lock
         with self.lock:
