@@ -75,6 +75,7 @@ BACKLOG = 4
 REPACK_IDLE = 5.0
 INGEST_BULK = 1000  # states other processes append in a second that make a bulk load (see _ingest)
 INGEST_SLICE = 64  # states the follower thread reads into the memtable per hold of the write lock
+FOLLOW_IDLE = 0.005  # the follower thread reads the queue in only this long after this process's last save
 SAVE_SLICE = 32  # of the queued states, at most this many are read into the memtable by each save (see _put_shared)
 # A store that looks up many record locations loads every (id hash, location) row of the index into two sorted
 # arrays (16 bytes a record) and looks up there (~1 us) instead of asking SQLite (~8-13 us a query from Python):
@@ -159,6 +160,7 @@ class Store:
         self._queued: deque[bytes | tuple[DocState, DocState | None]] = deque()
         self._ingested: list[tuple[DocState, DocState | None]] = []
         self._dispatching = threading.Lock()  # held by the thread running their listeners (see _dispatch)
+        self._put_at = 0.0  # when this process's last save began (while shared)
         self._follower: threading.Thread | None = None
         self._ingest_since, self._ingest_count = 0.0, 0  # states read from others in the current second
 
@@ -535,6 +537,7 @@ class Store:
         so it holds it for the append alone, unless a state of the same record came in between."""
         ctl = self._shared
         assert ctl is not None
+        self._put_at = time.monotonic()  # the follower leaves the queue to the saves meanwhile
         queued = self._queued
         queued.extend(self.wal.follow(locked=False)[0])
         mine = b"" if fresh else b"[" + orjson.dumps(id) + b","  # a frame's id opens it
@@ -693,6 +696,11 @@ class Store:
             if ctl is None:
                 return
             try:
+                if time.monotonic() - self._put_at < FOLLOW_IDLE and len(self._queued) < 4 * SAVE_SLICE:
+                    # This process saves: its saves read the queue in and run the listeners, 32 frames each; here
+                    # that would only take turns with them for the interpreter's lock (and hold the write lock).
+                    quiet = 0
+                    continue
                 if ctl.get(HEAD) != self.wal.end or self._ingested or self._queued:
                     quiet = 0
                     self.catch_up(INGEST_SLICE)
