@@ -273,28 +273,33 @@ class PeerSync:
         ids = ((doc or {}).get("ids") or {}).get(url)
         if not ids:
             return
-        for id in list(ids):
-            try:
-                docs = await remote.request("GET", doc_path(id), params={"open_revs": "all", "revs": "true"},
-                                            timeout=self.opts.read_timeout)
-            except RemoteError as exc:
-                if exc.status != 404:
-                    raise
-                docs = []
-            found = [d["ok"] for d in docs if isinstance(d, dict) and "ok" in d] if isinstance(docs, list) else []
+        for id in ids:  # a failure leaves every mark: the next poll asks again (asking twice is harmless)
+            found = await self._leaves(remote, id)
             if found:
                 await LocalEndpoint(self.db, lazy=True).bulk_docs(found)
-            async with self._recheck_lock:
-                def unmark(id: str = id) -> None:
-                    doc = self.db.local_get(RECHECK) or {}
-                    marks: dict[str, list[str]] = doc.get("ids") or {}
-                    left = [i for i in marks.get(url, []) if i != id]
-                    if left:
-                        marks[url] = left
-                    else:
-                        marks.pop(url, None)
-                    self.db.local_put(RECHECK, {"ids": marks} if marks else None)
-                await asyncio.to_thread(unmark)
+        done = set(ids)
+        async with self._recheck_lock:
+            def unmark() -> None:  # marks made meanwhile stay
+                doc = self.db.local_get(RECHECK) or {}
+                marks: dict[str, list[str]] = doc.get("ids") or {}
+                left = [i for i in marks.get(url, []) if i not in done]
+                if left:
+                    marks[url] = left
+                else:
+                    marks.pop(url, None)
+                self.db.local_put(RECHECK, {"ids": marks} if marks else None)
+            await asyncio.to_thread(unmark)
+
+    async def _leaves(self, remote: HttpEndpoint, id: str) -> list[dict[str, Any]]:
+        """Every leaf revision the mirror has of ``id`` (with its history), [] if it has none."""
+        try:
+            docs = await remote.request("GET", doc_path(id), params={"open_revs": "all", "revs": "true"},
+                                        timeout=self.opts.read_timeout)
+        except RemoteError as exc:
+            if exc.status == 404:
+                return []
+            raise
+        return [d["ok"] for d in docs if isinstance(d, dict) and "ok" in d] if isinstance(docs, list) else []
 
     async def _download_held(self, remote: HttpEndpoint, rows: list[dict[str, Any]]) -> int:
         """Fetch the revisions the mirror has of records held here and this peer lacks."""
@@ -383,17 +388,13 @@ class PeerSync:
         for url in dict.fromkeys([u for u in (self.current, *self.db.config.peers) if u]):
             remote = HttpEndpoint(self._session_(), db_url(url, self.db.name), timeout=self.opts.read_timeout)
             try:
-                docs = await remote.request("GET", doc_path(id), params={"open_revs": "all", "revs": "true"},
-                                            timeout=self.opts.read_timeout)
+                found = await self._leaves(remote, id)
             except RemoteError as exc:
-                if exc.status == 404:
-                    return False, None
                 why = str(exc)
                 continue
             except asyncio.TimeoutError:
                 why = f"{redact_url(url)} did not answer within {self.opts.read_timeout} s"
                 continue
-            found = [d["ok"] for d in docs if isinstance(d, dict) and "ok" in d] if isinstance(docs, list) else []
             if found:
                 await self._mark_recheck(id)  # first: a crash right after the write must not lose the mark
                 await LocalEndpoint(self.db, lazy=True).bulk_docs(found)
