@@ -19,7 +19,7 @@ import os
 import re
 import sys
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import IO, Any, BinaryIO, NamedTuple
 
@@ -1661,6 +1661,18 @@ class Database:
                     found = [r for r in state.bodies if revtree.rev_gen(r) < top and not state.tree[r][1]]
                     if found:
                         ancestors[id] = found
+        return out
+
+    def behind(self, query: Iterable[tuple[str, str]]) -> dict[str, list[str]]:
+        """Of these (id, revision) pairs, those this database has as a revision that is no longer a leaf (it has a
+        later revision of the record), by id. A Peer that pushed such a revision learns that the mirror holds a
+        newer one its changes feed may never show it (see PeerSync._push)."""
+        store = self._check()
+        out: dict[str, list[str]] = {}
+        for id, rev in query:
+            state = store.get_state(id)
+            if state is not None and rev in state.tree and rev not in state.bodies:
+                out.setdefault(id, []).append(rev)
         return out
 
     def local_get(self, id: str) -> dict[str, Any] | None:

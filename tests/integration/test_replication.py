@@ -245,12 +245,17 @@ def test_a_process_that_forgets_closedb_still_exits(tmp_path: Path) -> None:
         h.closedb()
 
 
-def _changes_requests(m: MirrorProcess) -> int:
-    """GET /{db}/_changes requests the mirror answered, from its own /_metrics."""
+def _requests(m: MirrorProcess, route: str, method: str) -> int:
+    """Requests to ``route`` the mirror answered, from its own /_metrics."""
     with urllib.request.urlopen(f"{m.url}/_metrics", timeout=10) as r:
         text = r.read().decode()
     return sum(int(float(line.rsplit(" ", 1)[1])) for line in text.splitlines()
-               if line.startswith('mynosql_http_requests_total{route="/{db}/_changes",method="GET"'))
+               if line.startswith(f'mynosql_http_requests_total{{route="{route}",method="{method}"'))
+
+
+def _changes_requests(m: MirrorProcess) -> int:
+    """GET /{db}/_changes requests the mirror answered."""
+    return _requests(m, "/{db}/_changes", "GET")
 
 
 def test_a_peer_is_not_woken_by_the_echo_of_its_own_pushes(mirrors: Any, peers: Any) -> None:
@@ -273,6 +278,41 @@ def test_a_peer_is_not_woken_by_the_echo_of_its_own_pushes(mirrors: Any, peers: 
     moved = other.savedoc({**theirs, "by": "other"})
     wait_until(lambda: p.db.state("seed").winner == moved["rev"], timeout=4.0,  # < the 5 s longpoll
                what="the author seeing another peer's update within one longpoll")
+
+
+@pytest.mark.parametrize("others", [0, 80], ids=["small-push", "push-with-revs-diff"])
+def test_a_record_created_anew_offline_with_a_revision_the_mirror_moved_past_converges(
+        mirrors: Any, peers: Any, others: int) -> None:
+    """Regression (chaos seed 94028): a peer, offline, creates a record it never held with the same content as its
+    first revision on the mirror, which has moved past it (revisions are a hash of parent and content: the same
+    revision). Its push sends nothing new (the mirror has that revision) and its poll position is past the
+    record's changes, so the peer kept its stale revision for good. The mirror now says which revisions sent to it
+    it has moved past (in a small push's _bulk_docs answer, a large one's _revs_diff answer) and the peer asks it
+    for their leaves."""
+    m = mirrors()
+    a, c = peers("a"), peers("c")
+    a.addpeer(m.url)
+    first = a.savedoc({"id": "r6", "hp": 10})
+    wait_until(lambda: mirror_doc(m, "r6") is not None, what="r6 on the mirror")
+    later_rev = a.savedoc({**first, "hp": 0})["rev"]
+    wait_until(lambda: mirror_doc(m, "r6")["_rev"] == later_rev, what="r6's second revision on the mirror")
+    c.savedoc({"id": "c-seed"})  # c holds records: its first poll reads the mirror's feed from the start...
+    c.addpeer(m.url)
+    # ... past r6's changes, which it skips (it does not hold r6)
+    wait_until(lambda: c.db.status()["mirrors"][m.url]["lag"] == 0, what="the peer's poll past r6's changes")
+    wait_until(lambda: c.db.status()["mirrors"][m.url]["pending"] == 0, what="nothing pending")
+    m.stop()
+    for i in range(others):  # more than a small batch: the push asks _revs_diff first
+        c.savedoc({"id": f"c-{i}", "i": i})
+    anew = c.savedoc({"id": "r6", "hp": 10})
+    assert anew["rev"] == first["rev"]  # the same revision, created apart
+    m.start()  # its metrics start afresh
+    wait_until(lambda: c.db.state("r6").winner == later_rev, what="the peer taking the mirror's later revision of r6")
+    wait_until(lambda: c.db.status()["mirrors"][m.url]["pending"] == 0, what="nothing pending")
+    assert mirror_doc(m, "r6")["_rev"] == later_rev  # type: ignore[index]
+    assert c.db.state("r6").bodies.keys() == {later_rev}  # one leaf: the mirror's
+    assert c.readdoc("r6")["hp"] == 0
+    assert (_requests(m, "/{db}/_revs_diff", "POST") > 0) == (others > 0)  # the path each case is about
 
 
 def test_a_download_that_fails_is_retried_not_skipped(mirrors: Any, peers: Any,

@@ -317,6 +317,10 @@ class HttpEndpoint:
         # The remote's latest change sequence, as a MyNoSQL mirror tells it with each _changes answer
         # (X-MyNoSQL-Update-Seq, an extension): how far behind its feed a pull is (replication lag).
         self.update_seq: int | None = None
+        # Records a MyNoSQL mirror said it holds later revisions of than the ones sent to it (an extension, see
+        # Database.behind): their changes may be behind this client's position in its feed. Filled by revs_diff
+        # and bulk_docs; the caller takes them (PeerSync._push).
+        self.behind: set[str] = set()
 
     def _headers(self, accept: str = "application/json") -> dict[str, str]:
         headers = {"Accept": accept}
@@ -414,11 +418,14 @@ class HttpEndpoint:
 
     async def revs_diff(self, query: dict[str, list[str]],
                         ancestors: dict[str, list[str]] | None = None) -> dict[str, list[str]]:
-        result = await self.request("POST", "/_revs_diff", body=query)
+        result = await self.request("POST", "/_revs_diff", body=query,
+                                    params={"mynosql_behind": "true"} if self.mynosql else None)
         out = {}
         for id, v in (result or {}).items():
             if not isinstance(v, dict):
                 continue
+            if v.get("mynosql_behind"):
+                self.behind.add(id)
             if v.get("missing"):
                 out[id] = v["missing"]
             found = v.get("possible_ancestors")
@@ -521,8 +528,12 @@ class HttpEndpoint:
         if extended:
             assert checkpoint is not None
             body["mynosql_checkpoint"] = {"id": checkpoint[0], "doc": checkpoint[1]}
+        if self.mynosql:
+            body["mynosql_behind"] = True
         result = await self.request("POST", "/_bulk_docs", body=body)
-        errors = [r for r in (result or []) if isinstance(r, dict) and "error" in r]
+        rows = [r for r in (result or []) if isinstance(r, dict)]
+        self.behind.update(r["id"] for r in rows if r.get("mynosql_behind") is True and isinstance(r.get("id"), str))
+        errors = [r for r in rows if "error" in r]
         written = self._last_written if extended and self._last_written is not None else len(docs) - len(errors)
         return errors, written, extended
 

@@ -215,7 +215,15 @@ class PeerSync:
             remote = self._endpoint(url)
             await remote.ensure_exists()
             resume = self._resume.setdefault(url, Resume())
-            res = await replicate(LocalEndpoint(self.db), remote, resume=resume)
+            try:
+                res = await replicate(LocalEndpoint(self.db), remote, resume=resume)
+            finally:
+                # Records the mirror already had the pushed revisions of, as ancestors of later ones: changes this
+                # peer's poll may have passed before it held them (it created them anew, offline, with the same
+                # content: the same revision). Its next poll asks for their leaves. Chaos seed 94028.
+                behind, remote.behind = remote.behind, set()
+                if behind:
+                    await self._mark_recheck(sorted(behind), [url])
             state.ok()
             state.docs_pushed += res.docs_written
             if isinstance(res.last_seq, int):  # the local feed is empty past it: everything up to it is pushed
@@ -248,10 +256,11 @@ class PeerSync:
         state.pulled_seq = last_seq
         await self._recheck_held(url, remote)  # records read through while this poll waited
 
-    async def _mark_recheck(self, id: str) -> None:
-        """A record came to be held here by a read-through: a mirror's poll position may be past a change that
-        has a newer revision of it (one answered by another mirror, or read before that poll had a position: a
-        first poll starts "now"). Every known mirror is asked for its leaves at its next poll; the marks are a
+    async def _mark_recheck(self, ids: list[str], urls: list[str] | None = None) -> None:
+        """Records came to be held here (a read-through) while a mirror's poll position may be past a change that
+        has a newer revision of them (one answered by another mirror, or read before that poll had a position: a
+        first poll starts "now"), or a mirror said it has later revisions than those pushed to it. Those mirrors
+        (``urls``; None: every known one) are asked for their leaves at their next poll; the marks are a
         ``_local`` document, so they outlive this process (a takeover). Chaos seed 91050: a peer kept an older
         revision for good."""
         assert self._recheck_lock is not None
@@ -259,10 +268,9 @@ class PeerSync:
             def mark() -> None:
                 doc = self.db.local_get(RECHECK) or {}
                 marks: dict[str, list[str]] = doc.get("ids") or {}
-                for url in self.db.config.peers:
-                    ids = marks.setdefault(url, [])
-                    if id not in ids:
-                        ids.append(id)
+                for url in self.db.config.peers if urls is None else urls:
+                    held = marks.setdefault(url, [])
+                    held.extend(id for id in ids if id not in held)
                 self.db.local_put(RECHECK, {"ids": marks})
             await asyncio.to_thread(mark)
 
@@ -396,7 +404,7 @@ class PeerSync:
                 why = f"{redact_url(url)} did not answer within {self.opts.read_timeout} s"
                 continue
             if found:
-                await self._mark_recheck(id)  # first: a crash right after the write must not lose the mark
+                await self._mark_recheck([id])  # first: a crash right after the write must not lose the mark
                 await LocalEndpoint(self.db, lazy=True).bulk_docs(found)
             return bool(found), None
         return False, why

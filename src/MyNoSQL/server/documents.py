@@ -151,12 +151,23 @@ class DocumentRoutes:
         db = await self.ctx.db(request)
         body = await self.rules.revs_body(request)
         ancestors: dict[str, list[str]] = {}
-        missing = await asyncio.to_thread(db.revs_diff, body, ancestors)
+        behind: dict[str, list[str]] = {}
+
+        def diff() -> dict[str, list[str]]:
+            missing = db.revs_diff(body, ancestors)
+            if flag(request, "mynosql_behind"):  # an extension a MyNoSQL peer asks for: see Database.behind
+                behind.update(db.behind((id, r) for id, revs in body.items() for r in revs
+                                        if r not in missing.get(id, ())))
+            return missing
+
+        missing = await asyncio.to_thread(diff)
         out: dict[str, Any] = {}
         for id, revs in missing.items():
             out[id] = {"missing": revs}
             if id in ancestors:
                 out[id]["possible_ancestors"] = ancestors[id]
+        for id, revs in behind.items():
+            out.setdefault(id, {"missing": []})["mynosql_behind"] = revs
         return json_response(out)
 
     def _over(self, size: int) -> NoReturn:
@@ -269,6 +280,11 @@ class DocumentRoutes:
         # documents, right after them: one thread hop a request. A small one (a change as it happens) lets the
         # longpolls its write woke answer first, then writes the checkpoint.
         ck_inline = checkpoint is not None and len(docs) > SMALL_INLINE
+        # An extension a MyNoSQL peer asks for: the revisions sent that were here already and are no longer leaves
+        # (this mirror has later ones the peer may never see in its feed: see Database.behind), answered as
+        # {"id", "rev", "mynosql_behind": true} rows, which carry no "error".
+        report_behind = new_edits is False and body.get("mynosql_behind") is True
+        known: list[tuple[str, str]] = []
         room = ck_written = True
         written = 0
         admin = self.ctx.is_db_admin(request, db)
@@ -310,7 +326,7 @@ class DocumentRoutes:
                         echo_log.expect(w.id, w.path[0], client)  # before the write can wake a longpoll
                 results = db.merge_replicated_many([(w.id, w.path, w.deleted, w.blob) for _doc, w in run])
                 failed: Exception | None = None
-                for (doc, _w), r in zip(run, results, strict=True):
+                for (doc, w), r in zip(run, results, strict=True):
                     if isinstance(r, LimitExceeded):  # refused on its own, as CouchDB refuses what validation forbids
                         refused += 1
                         out.append({"id": doc.get("_id"), "error": "forbidden", "reason": str(r)})
@@ -318,6 +334,8 @@ class DocumentRoutes:
                         failed = failed or r
                     elif r is not None:
                         written += 1
+                    elif report_behind:
+                        known.append((w.id, w.path[0]))
                 run.clear()
                 if failed is not None:
                     raise failed
@@ -341,6 +359,8 @@ class DocumentRoutes:
                             echo_log.expect(w.id, w.path[0], client)  # before the write can wake a longpoll
                         if db.merge_replicated(w.id, w.path, w.deleted, w.blob, atts[n]) is not None:
                             written += 1
+                        elif report_behind:
+                            known.append((w.id, w.path[0]))
                     else:
                         edit = w if w.deleted or atts[n] is None else w._replace(atts=atts[n])
                         out.append({"ok": True, **self._write(db, edit)})
@@ -353,6 +373,9 @@ class DocumentRoutes:
                     out.append({"id": doc.get("_id"), "error": "conflict", "reason": str(exc)})
             if run:
                 write_run()
+            if report_behind and known:
+                for id, revs in db.behind(known).items():
+                    out.extend({"id": id, "rev": r, "mynosql_behind": True} for r in revs)
             if ck_inline:  # after the documents: a checkpoint never runs ahead of what it covers
                 assert checkpoint is not None
                 try:
