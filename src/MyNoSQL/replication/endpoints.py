@@ -299,9 +299,10 @@ class HttpEndpoint:
     inline_bytes = 64 * 1024  # attachments of a document up to this size go base64 in _bulk_docs, else multipart
 
     def __init__(self, session: aiohttp.ClientSession, db_url: str, *, timeout: float = 30.0,
-                 client: str | None = None) -> None:
+                 client: str | None = None, track_behind: bool = False) -> None:
         """``client``: a token naming this replicating client to a MyNoSQL mirror, which then leaves the client's
-        own writes out of its ``_changes`` answers (they would only echo what it already has)."""
+        own writes out of its ``_changes`` answers (they would only echo what it already has). ``track_behind``:
+        ask a MyNoSQL mirror which revisions sent to it it has moved past (:attr:`behind`)."""
         self._auth = basic_authorization(db_url)
         self.url = redact_url(db_url).rstrip("/")
         self.identity = self.url
@@ -319,7 +320,8 @@ class HttpEndpoint:
         self.update_seq: int | None = None
         # Records a MyNoSQL mirror said it holds later revisions of than the ones sent to it (an extension, see
         # Database.behind): their changes may be behind this client's position in its feed. Filled by revs_diff
-        # and bulk_docs; the caller takes them (PeerSync._push).
+        # and bulk_docs when ``track_behind``; the caller takes them (PeerSync._push).
+        self.track_behind = track_behind
         self.behind: set[str] = set()
 
     def _headers(self, accept: str = "application/json") -> dict[str, str]:
@@ -419,7 +421,7 @@ class HttpEndpoint:
     async def revs_diff(self, query: dict[str, list[str]],
                         ancestors: dict[str, list[str]] | None = None) -> dict[str, list[str]]:
         result = await self.request("POST", "/_revs_diff", body=query,
-                                    params={"mynosql_behind": "true"} if self.mynosql else None)
+                                    params={"mynosql_behind": "true"} if self.track_behind and self.mynosql else None)
         out = {}
         for id, v in (result or {}).items():
             if not isinstance(v, dict):
@@ -528,7 +530,7 @@ class HttpEndpoint:
         if extended:
             assert checkpoint is not None
             body["mynosql_checkpoint"] = {"id": checkpoint[0], "doc": checkpoint[1]}
-        if self.mynosql:
+        if self.track_behind and self.mynosql:
             body["mynosql_behind"] = True
         result = await self.request("POST", "/_bulk_docs", body=body)
         rows = [r for r in (result or []) if isinstance(r, dict)]

@@ -204,7 +204,7 @@ class PeerSync:
         ep = self._endpoints.get(url)
         if ep is None or ep.session is not self._session:
             ep = HttpEndpoint(self._session_(), db_url(url, self.db.name), timeout=self.opts.remote_timeout,
-                              client=self.client_token)
+                              client=self.client_token, track_behind=True)
             self._endpoints[url] = ep
         return ep
 
@@ -221,9 +221,10 @@ class PeerSync:
                 # Records the mirror already had the pushed revisions of, as ancestors of later ones: changes this
                 # peer's poll may have passed before it held them (it created them anew, offline, with the same
                 # content: the same revision). Its next poll asks for their leaves. Chaos seed 94028.
-                behind, remote.behind = remote.behind, set()
-                if behind:
-                    await self._mark_recheck(sorted(behind), [url])
+                if remote.behind:  # kept until marked: a failure to mark them leaves them for the next push
+                    behind = sorted(remote.behind)
+                    await self._mark_recheck(behind, [url])
+                    remote.behind.difference_update(behind)
             state.ok()
             state.docs_pushed += res.docs_written
             if isinstance(res.last_seq, int):  # the local feed is empty past it: everything up to it is pushed
