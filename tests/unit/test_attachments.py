@@ -8,6 +8,7 @@ import hashlib
 import io
 import os
 import threading
+import time
 from pathlib import Path
 
 import psutil
@@ -227,7 +228,11 @@ def test_a_crash_between_the_blob_and_its_record_leaves_no_orphan(tmp_path: Path
     h2 = MyNoSQL.MyNoSQL(tmp_path)
     h2.opendb("db")
     try:
-        assert not orphan.exists() and not list((blobs.dir / "tmp").iterdir())
+        assert not list((blobs.dir / "tmp").iterdir())
+        deadline = time.monotonic() + 10  # the compactor deletes it once it made sure no record refers to it
+        while orphan.exists() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert not orphan.exists()
         assert h2.getattachment("kept", "a") == b"kept bytes" and h2.readdoc("kept")["rev"] == kept
         assert h2.verify() == []
     finally:
@@ -365,3 +370,40 @@ def test_a_replicated_stub_finds_bytes_no_leaf_has_any_more_until_compact(db: My
         d.put_replicated("r", ["2-" + "f" * 32, r1], False, b"{}",
                          {"notes.txt": att.Stub(md5(old), 1, "text/plain", len(old))})
     assert db.getattachment("r", "notes.txt") == new
+
+
+def test_recovery_keeps_a_blob_another_record_reuses_and_removes_true_orphans(location: Path) -> None:
+    """Regression (chaos seed 95021): recovery deleted a blob whose ``pending`` journal line named only a record that
+    no longer referred to it, while another record, which had re-used the same bytes (no line of its own), did: its
+    attachment's bytes were gone. Lines outlive their blob's flush (the journal is rewritten only when it grows
+    long), so a crash can leave such a line. Recovery now only suspects; the compactor deletes a suspect no record
+    refers to."""
+    photo = b"the same photo" * 1000
+    db = MyNoSQL.MyNoSQL(location)
+    db.opendb("testdb")
+    rev3 = db.putattachment("r3", "p.jpg", photo, "image/jpeg")
+    db.putattachment("r7", "p.jpg", photo, "image/jpeg")  # the same bytes: the same blob
+    db.deleteattachment("r3", "p.jpg", rev3)  # r7 alone refers to it now
+    [(key, path)] = [(p.name, p) for p in (db.db.path / "attachments").glob("??/*")]
+    journal = db.db.path / "attachments" / "pending"
+    db.closedb()
+    # what a crash can leave: the blob's line for the record it was first written for (r3), and a blob whose
+    # record was never written (r5: the crash came between the two)
+    orphans = BlobStore(location / "testdb" / "attachments")
+    orphan = orphans.put(b"never referred to", "r5")
+    orphans.close()
+    with journal.open("ab") as f:
+        f.write(key.encode() + b" " + b"r3".hex().encode() + b"\n")
+    assert orphans.has(orphan.key)
+    db = MyNoSQL.MyNoSQL(location, options=MyNoSQL.Options(flush_interval=0.05))
+    db.opendb("testdb")
+    try:
+        assert db.getattachment("r7", "p.jpg") == photo
+        deadline = time.monotonic() + 10
+        while orphans.has(orphan.key) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert not orphans.has(orphan.key), "the true orphan is still there"
+        assert path.is_file() and db.getattachment("r7", "p.jpg") == photo
+        assert db.verify() == []
+    finally:
+        db.closedb()

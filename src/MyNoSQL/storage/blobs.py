@@ -279,11 +279,14 @@ class BlobStore:
 
     # -- recovery and collection ------------------------------------------------------------------------------
 
-    def recover(self, referenced: Callable[[str, str], bool]) -> int:
-        """On open: delete what a crash left (``tmp/``; blobs of ``pending`` that none of the records they were
-        written for refers to: ``referenced(key, id)``). Returns how many blobs were deleted."""
+    def recover(self, referenced: Callable[[str, str], bool]) -> list[str]:
+        """On open: delete what a crash left in ``tmp/``, and return the blobs of ``pending`` that none of the
+        records they were written for refers to (``referenced(key, id)``): maybe orphans of a crash between a blob
+        and its record, but not certainly (the journal does not name every record that refers to a blob: one
+        that re-used its bytes later, a line kept after its blob's record was flushed). They are not deleted
+        here: :meth:`collect` deletes those that no record refers to (Store runs it once the store is open)."""
         if not self.dir.is_dir():
-            return 0
+            return []
         tmp = self.dir / "tmp"
         if tmp.is_dir():
             for p in tmp.iterdir():
@@ -294,7 +297,7 @@ class BlobStore:
         try:
             text = journal.read_bytes()
         except FileNotFoundError:
-            return 0
+            return []
         except OSError as exc:
             raise StorageError(exc.errno, f"cannot read {journal}: {exc.strerror}") from exc
         ids: dict[str, set[str]] = {}
@@ -306,28 +309,23 @@ class BlobStore:
                 ids.setdefault(key, set()).add(bytes.fromhex(hexid).decode("utf-8", "surrogatepass"))
             except ValueError:
                 continue
-        dropped = 0
-        for key, owners in ids.items():
-            if self.path(key).is_file() and not any(referenced(key, id) for id in owners):
-                with contextlib.suppress(OSError):
-                    self.path(key).unlink()
-                    dropped += 1
-                    log.info("%s: removed attachment blob %s (a crash came before its record was written)",
-                             self.dir.parent.name, key[:16])
+        suspects = [key for key, owners in ids.items()
+                    if self.path(key).is_file() and not any(referenced(key, id) for id in owners)]
         with contextlib.suppress(OSError):
             os.truncate(journal, 0)
-        return dropped
+        return suspects
 
-    def collect(self, live_keys: Callable[[], Iterable[str]]) -> tuple[int, int]:
-        """Delete every blob that ``live_keys()`` (every blob a leaf revision refers to, computed now) does not
-        name. Blobs written, re-used or pinned since the collection began are kept. Returns (blobs, bytes)."""
+    def collect(self, live_keys: Callable[[], Iterable[str]], only: Iterable[str] | None = None) -> tuple[int, int]:
+        """Delete every blob (of ``only``, if given) that ``live_keys()`` (every blob a leaf revision refers to,
+        computed now) does not name. Blobs written, re-used or pinned since the collection began are kept.
+        Returns (blobs, bytes)."""
         if not self.dir.is_dir():
             return 0, 0
         with self._collect_lock:
             with self._lock:
                 self._touched = set()
             try:
-                candidates = list(self.keys())
+                candidates = list(self.keys()) if only is None else [k for k in only if self.has(k)]
                 if not candidates:
                     return 0, 0
                 live = set(live_keys())

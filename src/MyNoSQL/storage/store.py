@@ -166,6 +166,7 @@ class Store:
 
         self.index = Index(directory / "index.sqlite")
         self.blobs = BlobStore(directory / "attachments")  # attachment bytes (nothing on disk before the first)
+        self._blob_suspects: list[str] = []  # blobs that may be orphans of a crash (see BlobStore.recover)
         try:
             self.shards = ShardFiles(directory, max_bytes=options.shard_max_bytes)
             self.shards.open(self.index.shard_sizes())
@@ -194,7 +195,10 @@ class Store:
                     self.seq = max(self.seq, state.seq)
             if not self._active and old_segments:
                 self.wal.remove_through(old_segments[-1])  # everything in them is in committed blocks
-            self.blobs.recover(self._blob_referenced)  # what a crash left between a blob and its record
+            # what a crash left between a blob and its record: deleted by the compactor thread if no record
+            # refers to them (a scan of every record; chaos seed 95021: a mirror lost the bytes of a record that
+            # re-used a blob whose journal line named only a record that no longer had it)
+            self._blob_suspects = self.blobs.recover(self._blob_referenced)
         except BaseException:
             self.shards.close()
             self.index.close()
@@ -952,6 +956,8 @@ class Store:
                 if due:
                     self.flush()
                 self.collect_garbage()
+                if self._blob_suspects:
+                    self._collect_suspects()
                 if self._active or self._puts != idle_puts:
                     idle_puts, idle_since = self._puts, time.monotonic()
                 elif self._lzma and self._puts and time.monotonic() - idle_since >= REPACK_IDLE and self._repack():
@@ -1304,6 +1310,14 @@ class Store:
             elif key not in keys:  # kept while a leaf refers to its blob (a replicated stub may name it again)
                 self.index.set_fetched(digest, None)
         return keys
+
+    def _collect_suspects(self) -> None:
+        """Delete the blobs recovery suspected to be orphans of a crash that no record refers to."""
+        dropped, freed = self.blobs.collect(self.live_blobs, only=self._blob_suspects)
+        self._blob_suspects = []
+        if dropped:
+            log.info("%s: removed %d attachment blob(s), %d bytes, that a crash left before their records were "
+                     "written", self.directory.name, dropped, freed)
 
     def collect_blobs(self) -> tuple[int, int]:
         """Delete the attachment blobs no leaf revision refers to any more. Returns (blobs, bytes) deleted."""
