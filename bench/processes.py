@@ -109,6 +109,13 @@ class Engine:
         data = self.cache.get(id)
         return orjson.loads(data) if data is not None else None
 
+    def held(self) -> dict[str, float]:
+        """MyNoSQL's owner: how often and how long its saves waited for its compactor (back-pressure)."""
+        store = getattr(self.h.db, "_store", None) if self.kind == "mynosql" else None
+        if store is None:
+            return {}
+        return {"held": store.stats.held, "held_max": store.stats.held_max * 1000, "slowed": store.stats.slowed}
+
     def close(self) -> None:
         if self.kind == "mynosql":
             self.h.closedb()
@@ -135,7 +142,7 @@ def worker(spec: dict[str, Any]) -> None:
             s = time.perf_counter_ns()
             eng.save(prefix + str(i), d)
             lat.append(time.perf_counter_ns() - s)
-        out = {"t0": t0, "t1": time.monotonic(), "lat": lat}
+        out = {"t0": t0, "t1": time.monotonic(), "lat": lat, **eng.held()}
     elif role == "vis-writer":
         acks = []
         rev = eng.update("probe", {"k": -1}, None)
@@ -237,7 +244,8 @@ def phase_writes(root: Path, engine: str, procs: int, n: int, tag: str = "") -> 
     span = max(r["t1"] for r in res) - min(r["t0"] for r in res)
     return {"rate": procs * n / span, "p50": pct(lat, 0.5), "p99": pct(lat, 0.99), "max": max(lat),
             "first_p99": pct(first, 0.99), "first_max": max(first), "others_p99": pct(others, 0.99),
-            "others_max": max(others)}
+            "others_max": max(others), "held": res[0].get("held", 0), "held_max": res[0].get("held_max", 0.0),
+            "slowed": res[0].get("slowed", 0)}
 
 
 def phase_visibility(root: Path, engine: str, procs: int) -> dict[str, float]:
@@ -307,7 +315,9 @@ def main() -> None:
             r = again[-1]
             print(f"repeat {i + 1}/{args.repeat}: {r['mynosql']['rate']:,.0f} / {r['sqlite']['rate']:,.0f} saves/s "
                   f"({r['mynosql']['rate'] / r['sqlite']['rate']:.2f}x), max {r['mynosql']['max']:.1f} ms "
-                  f"(owner {r['mynosql']['first_max']:.1f})", file=sys.stderr, flush=True)
+                  f"(owner {r['mynosql']['first_max']:.1f}; slowed {r['mynosql']['slowed']}, held back "
+                  f"{r['mynosql']['held']} times, longest {r['mynosql']['held_max']:.1f} ms)", file=sys.stderr,
+                  flush=True)
     finally:
         shutil.rmtree(root, ignore_errors=True)
     m, s, d = writes["mynosql"], writes["sqlite"], writes["diskcache"]
@@ -340,7 +350,8 @@ def main() -> None:
         *[f"| {' | '.join(r)} |" for r in rows],
         "",
         f"MyNoSQL's saves by role: the owner's own p99 {m['first_p99']:.2f} ms, max {m['first_max']:.1f} ms; its "
-        f"clients' p99 {m['others_p99']:.2f} ms, max {m['others_max']:.1f} ms.",
+        f"clients' p99 {m['others_p99']:.2f} ms, max {m['others_max']:.1f} ms. The owner's saves held back by its "
+        f"compactor (back-pressure): {m['held']}, the longest {m['held_max']:.1f} ms.",
         "",
         f"Visibility: values overwritten before the reader saw them (not stale reads): MyNoSQL "
         f"{vis['mynosql']['missed']}, SQLite {vis['sqlite']['missed']}, diskcache {vis['diskcache']['missed']} of "
@@ -359,11 +370,12 @@ def main() -> None:
             f"worst {maxes[-1]:.1f} ms; save p99 median {statistics.median(p99s):.2f} ms, worst {p99s[-1]:.2f} ms.",
             "",
             "| run | MyNoSQL saves/s | SQLite saves/s | ratio | MyNoSQL p99 (ms) | max (ms) | owner's max | "
-            "clients' max | SQLite max (ms) |",
-            "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+            "clients' max | owner held back: saves, longest (ms) | SQLite max (ms) |",
+            "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
             *[f"| {i + 1} | {r['mynosql']['rate']:,.0f} | {r['sqlite']['rate']:,.0f} | "
               f"{r['mynosql']['rate'] / r['sqlite']['rate']:.2f}x | {r['mynosql']['p99']:.2f} | "
               f"{r['mynosql']['max']:.1f} | {r['mynosql']['first_max']:.1f} | {r['mynosql']['others_max']:.1f} | "
+              f"{r['mynosql']['held']}, {r['mynosql']['held_max']:.1f} | "
               f"{r['sqlite']['max']:.1f} |" for i, r in enumerate(again)],
             "",
         ]

@@ -62,7 +62,7 @@ from .records.ids import validate_id
 from .records.revtree import DocState
 from .storage.sharedlog import Fallback, LogWriter
 from .storage.sharedlog import id_hash_ring as id_hash
-from .storage.store import BACKLOG
+from .storage.store import BACKLOG, SLOWDOWN, SOFT_BACKLOG
 
 if TYPE_CHECKING:
     from .storage.store import FlushStats, Listener, Store
@@ -182,8 +182,9 @@ def _ring_note(ring: mmap.mmap, h: int) -> None:
 
 
 def _backlog_wait() -> None:
-    """A save waits while the owner's compactor is behind (more than BACKLOG flushes' worth not in shards)."""
-    time.sleep(0.001)
+    """A save waits while the owner's compactor is behind (more than BACKLOG flushes' worth not in shards), and
+    once after it while more than SOFT_BACKLOG are."""
+    time.sleep(SLOWDOWN)
 
 
 def _dial(folder: Path, kind: str) -> tuple[socket.socket, dict[str, Any]]:
@@ -804,7 +805,8 @@ class ClientNode(Node):
                     try:
                         self._c_limit = self.revs_limit
                         writer = self._c_writer = LogWriter(self.path, _ring_note, _RING_BYTES,
-                                                            BACKLOG * self.options.flush_docs)
+                                                            BACKLOG * self.options.flush_docs,
+                                                            SOFT_BACKLOG * self.options.flush_docs)
                     except (OSError, ValueError, MyNoSQLError) as exc:
                         log.warning("database %s: saving through its owner process (%s)", self.name, exc)
                         self._c_log = False

@@ -13,7 +13,7 @@ from support.mirrors import wait_until
 
 import MyNoSQL
 from MyNoSQL.storage.cache import RecordCache
-from MyNoSQL.storage.store import BACKLOG
+from MyNoSQL.storage.store import BACKLOG, SOFT_BACKLOG, Store
 
 
 def _threads(n: int, target: object) -> None:
@@ -266,6 +266,39 @@ def test_a_writer_faster_than_the_compactor_is_held_back(location: Path) -> None
         assert peak <= held
         assert store.stats.flushes >= (30_000 - held) // held  # no flush takes more than held
         assert db.readdoc("r029999")["v"] == 29_999 and len(db) == 30_000
+
+
+def test_savers_slow_down_before_they_stop(location: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Past SOFT_BACKLOG flushes' worth not yet packed, each save gives the compactor a moment (about 1 ms); only at
+    BACKLOG does a save wait for a flush to end (bench/processes.py: one save of the owner waited 125-175 ms for the
+    flush in progress, near the end of nearly every run). A compactor that needs 0.3 s a flush, against a writer
+    as fast as it can go: the writer is slowed long before it is stopped, and no save of it waits a whole flush
+    until the backlog is full."""
+    flush_docs = 200
+    slow_flush = Store._flush_frozen
+
+    def flush_slowly(self: Store, closed_segment: int) -> None:
+        threading.Event().wait(0.3)  # a compactor far behind (a slow disk): not a wait for a result
+        slow_flush(self, closed_segment)
+
+    monkeypatch.setattr(Store, "_flush_frozen", flush_slowly)
+    opts = MyNoSQL.Options(flush_docs=flush_docs, flush_interval=0.05, background_sync=False)
+    with MyNoSQL.MyNoSQL(location, options=opts) as db:
+        db.opendb("slow")
+        store = db.db._store
+        slowed_at, held_at = [], []  # records not yet packed before each save that was slowed / held
+        for i in range(3_000):
+            n = len(store._active) + len(store._frozen)  # only this writer adds to it: it is at most n inside
+            slowed, held = store.stats.slowed, store.stats.held
+            db.savedoc({"id": f"r{i:05d}", "v": i})
+            if store.stats.slowed > slowed:
+                slowed_at.append(n)
+            if store.stats.held > held:
+                held_at.append(n)
+        assert slowed_at and min(slowed_at) >= SOFT_BACKLOG * flush_docs  # slowed, and only past the soft limit
+        assert not held_at or min(held_at) >= BACKLOG * flush_docs
+        assert len(slowed_at) > len(held_at)  # most of the waiting is a moment a save, not a whole flush
+        assert len(db) == 3_000 and db.readdoc("r02999")["v"] == 2_999
 
 
 @pytest.mark.slow

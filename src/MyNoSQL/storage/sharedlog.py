@@ -71,12 +71,14 @@ class Fallback(Exception):
 class LogWriter:
     """A process's appends to a log another process owns (see the module docstring). Thread-safe."""
 
-    def __init__(self, folder: Path, note: Callable[[mmap.mmap, int], None], ring_bytes: int, backlog: int) -> None:
+    def __init__(self, folder: Path, note: Callable[[mmap.mmap, int], None], ring_bytes: int, backlog: int,
+                 soft: int) -> None:
         """``note(ring, h)``: note the record whose :func:`id_hash_ring` is ``h`` in the mapped ``CHANGED`` ring
         of ``ring_bytes`` (under the log's lock, before the save is acknowledged)."""
         self.folder = folder
         self._note = note
         self._backlog = backlog  # saves wait while more records than this are not in the index yet
+        self._soft = soft  # and past this many each save waits once (store.SOFT_BACKLOG)
         fd = os.open(folder / "CHANGED", os.O_RDWR)
         try:
             self._ring = mmap.mmap(fd, ring_bytes)
@@ -225,7 +227,8 @@ class LogWriter:
              wait: Callable[[], None]) -> tuple[DocState | None, DocState | None]:
         """``mutate(current state) -> new state or None`` appended as a frame; (previous, new). Raises
         :class:`Fallback` when the owner must do it, and whatever ``mutate`` raises (a conflict). ``wait()``
-        is called (outside the lock) while the owner's compactor is behind by more than the backlog.
+        is called (outside the lock) while the owner's compactor is behind by more than the backlog, and once after
+        a save made while it is behind by more than the soft backlog (savers slow down before they stop).
 
         The log's lock is held as briefly as can be (a process preempted while it holds it makes every other
         wait): the index is asked, and the new state of a record believed new is made, before it is taken."""
@@ -252,6 +255,7 @@ class LogWriter:
                     magic, epoch, segment, head, seq, size, oldest, flushed = ctl.fields()
                     if magic != CTL_MAGIC or epoch == 0:
                         raise Fallback
+                    slow = seq - flushed > self._soft
                     if seq - flushed <= self._backlog:
                         # The index's answer holds if no flush committed since it was asked: a segment removed
                         # before this follow is one whose flush committed before that (FLUSHED goes first).
@@ -286,6 +290,8 @@ class LogWriter:
                     if mine_frame is not None:  # after the others' frames: the newest state of its record
                         self._mem[new.id] = mine_frame  # type: ignore[union-attr]
                         self._by_seg.setdefault(mine_frame[0], []).append(new.id)  # type: ignore[union-attr]
+                    if slow:
+                        wait()
                     return done
                 wait()
             raise Fallback

@@ -69,6 +69,12 @@ Listener = Callable[[DocState, DocState | None], None]  # (new state, previous s
 # flush_bytes): RAM stays bounded, and a burst of writes is taken at the saver's pace up to there while the
 # compactor packs what came before.
 BACKLOG = 4
+# Past this many times flush_docs (or flush_bytes), each save first gives the compactor up to SLOWDOWN seconds:
+# savers slow down before they would stop, so a burst the compactor nearly keeps up with costs each save a
+# little instead of one save a whole flush (bench/processes.py: the owner's save max was 125-175 ms, a wait at
+# BACKLOG for the flush in progress, once near the end of every run).
+SOFT_BACKLOG = 3
+SLOWDOWN = 0.001
 # Seconds without a save before the compactor re-packs, with the normal codec, a shard whose records are mostly
 # in fast (DEFLATE) blocks written while it was behind (``Store._repack``). Only in a process that has saved
 # something: one that only reads never rewrites the files under its reads.
@@ -110,6 +116,10 @@ class FlushStats:
     raw_bytes: int = 0  # records packed since open, before compression
     packed_bytes: int = 0  # the blocks they became
     fast_blocks: int = 0  # blocks packed with the fast codec (DEFLATE) because the compactor was behind
+    slowed: int = 0  # saves that gave the compactor a moment first (SOFT_BACKLOG)
+    held: int = 0  # saves that waited for the compactor (back-pressure, BACKLOG)
+    held_seconds: float = 0.0  # how long they waited in all
+    held_max: float = 0.0  # the longest wait
 
 
 class Store:
@@ -439,17 +449,34 @@ class Store:
         # rebuilding the id filter). A writer faster than the compactor holds a bounded backlog, in records and in
         # bytes (bench/replication.py, RSS phase; test_a_writer_faster_than_the_compactor_is_held_back,
         # test_big_records_are_held_back_by_their_bytes), and a burst below that never waits (bench/local.py).
-        docs, size = BACKLOG * self.opts.flush_docs, BACKLOG * self.opts.flush_bytes
+        opts = self.opts
+        n, nbytes = len(self._active) + len(self._frozen), self._active_bytes + self._frozen_bytes
+        if n < SOFT_BACKLOG * opts.flush_docs and nbytes < SOFT_BACKLOG * opts.flush_bytes:
+            return  # nearly every save
+        if self._stop.is_set() or self.stats.last_error is not None:  # a failing compactor (disk full) must not
+            return  # block savers
+        docs, size = BACKLOG * opts.flush_docs, BACKLOG * opts.flush_bytes
+        if n < docs and nbytes < size:  # slow down: the compactor gets the lock (and the interpreter) a moment
+            self.stats.slowed += 1
+            self._wake.set()
+            self._space.wait(timeout=SLOWDOWN)
+            return
         deadline = None  # read the clock only when waiting, not on every save
         while (len(self._active) + len(self._frozen) >= docs or self._active_bytes + self._frozen_bytes >= size) \
                 and not self._stop.is_set() \
-                and self.stats.last_error is None:  # a failing compactor (disk full) must not block savers
+                and self.stats.last_error is None:
             if deadline is None:
                 deadline = time.monotonic() + 60.0
                 self._held = True
             self._wake.set()
             if not self._space.wait(timeout=max(0.0, deadline - time.monotonic())):
                 break
+        if deadline is not None:
+            waited = time.monotonic() - deadline + 60.0
+            stats = self.stats
+            stats.held += 1
+            stats.held_seconds += waited
+            stats.held_max = max(stats.held_max, waited)
 
     def _write(self, new: DocState, prev: DocState | None, *, alone: bool = False) -> int:
         pos = self._log_frame(new, prev, alone=alone)
