@@ -234,7 +234,7 @@ def pct(values: list[float], q: float) -> float:
     return s[min(len(s) - 1, int(q * len(s)))]
 
 
-def phase_writes(root: Path, engine: str, procs: int, n: int, tag: str = "") -> dict[str, float]:
+def phase_writes(root: Path, engine: str, procs: int, n: int, tag: str = "") -> dict[str, Any]:
     g = Group(engine, fresh(root, f"w-{engine}{tag}"), ["write"] * procs, n)
     g.tell(g.procs, "go")
     res = g.finish()
@@ -245,7 +245,8 @@ def phase_writes(root: Path, engine: str, procs: int, n: int, tag: str = "") -> 
     return {"rate": procs * n / span, "p50": pct(lat, 0.5), "p99": pct(lat, 0.99), "max": max(lat),
             "first_p99": pct(first, 0.99), "first_max": max(first), "others_p99": pct(others, 0.99),
             "others_max": max(others), "held": res[0].get("held", 0), "held_max": res[0].get("held_max", 0.0),
-            "slowed": res[0].get("slowed", 0)}
+            "slowed": res[0].get("slowed", 0),
+            "ends": [round(r["t1"] - min(x["t0"] for x in res), 3) for r in res]}  # when each process finished
 
 
 def phase_visibility(root: Path, engine: str, procs: int) -> dict[str, float]:
