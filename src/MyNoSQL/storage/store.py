@@ -1233,12 +1233,28 @@ class Store:
             if shard == current:
                 continue
             if live <= 0:
-                self._drop_shard(shard)
+                # The index's counts say nothing there is live; its locations decide (a count that drifted,
+                # chaos seed 96162, must never delete a record): what they still place there moves first.
+                if not self._holds_live(shard):
+                    self._drop_shard(shard)
+                else:  # moved now (or when the newer state pending is flushed), then it goes
+                    held = self._evacuate(shard)
+                    log.warning("%s: shard %s still held records its live count did not (%d moved)",
+                                self.directory.name, shard_name(shard), held)
+                    moved += held
             elif shard not in self._gc_pending and live < count * ratio:
                 step = None if progress is None else lambda k, base=moved: progress(base + k, total)
                 moved += self._evacuate(shard, step)
                 self._gc_pending.add(shard)
         return moved
+
+    def _holds_live(self, shard: int) -> bool:
+        """Whether the index places any record in ``shard`` (a record moved out whose move is not flushed yet is
+        still placed there)."""
+        for bno, off, length in self.index.blocks_of_shard(shard):
+            if self._live_filter(bno, [DocState.from_bytes(r) for r in self.shards.read_block(shard, off, length)]):
+                return True
+        return False
 
     def _drop_shard(self, shard: int) -> None:
         bnos = [b for b, _, _ in self.index.blocks_of_shard(shard)]
