@@ -1148,9 +1148,18 @@ class Store:
         self._flushed_live += delta
         self.x_rows += sum(1 for s, x in zip(states, in_x, strict=True) if x and not s.in_x)
         self.x_rows -= sum(1 for r in removals if r[3])
+        # From here on nothing may fail the flush: the index has the records where ``locs`` says. A flush failed
+        # now would put the frozen states back with their old locations (_unfreeze), and their next flush would
+        # count them dead in their old blocks again: live counts that drift (one way to chaos seed 96162's).
         bloom = self._bloom
         if bloom is not None:  # before the memtable lets go of them: a reader must find them one way or the other
-            bloom.add_all([h for s, h in zip(states, hashes, strict=True) if s.disk_loc < 0])
+            try:
+                bloom.add_all([h for s, h in zip(states, hashes, strict=True) if s.disk_loc < 0])
+            except Exception as exc:  # e.g. a shared filter's mapping closed: every reader asks the index instead
+                bloom.retire()  # (the other processes' too) until the compactor builds a new one
+                self._bloom = None
+                log.warning("%s: id filter dropped (%s: %s); reads of unknown ids query the index",
+                            self.directory.name, type(exc).__name__, exc)
         ctl = self._shared
         if ctl is not None:  # before the segments go: other processes' appenders learn that the index moved on
             with contextlib.suppress(ValueError):  # unshared meanwhile (closing)
@@ -1160,7 +1169,10 @@ class Store:
         if ctl is not None:  # they forget those segments: the index has them
             with contextlib.suppress(ValueError):
                 ctl.put(OLDEST, closed_segment + 1)
-        self.blobs.flushed(self.flushed_seq)
+        try:
+            self.blobs.flushed(self.flushed_seq)
+        except OSError as exc:  # the journal keeps lines it no longer needs: harmless (see BlobStore.recover)
+            log.warning("%s: attachment journal not trimmed: %s", self.directory.name, exc)
         # The packed states learn where they are, a slice at a time under the write lock (each record's update is
         # atomic against a saver that replaces it), with a pause between slices in which waiting savers get the
         # lock: a whole flush's worth at once held every saver for 5-70 ms (bench/processes.py on 2 busy CPUs).
