@@ -203,6 +203,11 @@ class Index:
         """(shard, live records, all records) per shard."""
         return self._all("SELECT shard, SUM(live), SUM(count) FROM blocks GROUP BY shard ORDER BY shard")
 
+    def places_in_shard(self, shard: int) -> bool:
+        """Whether any row places a record in a block of ``shard`` (a scan of the rows, in SQLite)."""
+        q = "(SELECT 1 FROM {} WHERE (loc >> 8) IN (SELECT bno FROM blocks WHERE shard=?) LIMIT 1)"
+        return bool(self._one(f"SELECT EXISTS{q.format('docs')} OR EXISTS{q.format('docs_x')}", (shard, shard)))
+
     def blocks_of_shard(self, shard: int) -> list[tuple[int, int, int]]:
         return self._all("SELECT bno, off, len FROM blocks WHERE shard=? ORDER BY bno", (shard,))
 

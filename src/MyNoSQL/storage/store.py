@@ -1262,11 +1262,8 @@ class Store:
 
     def _holds_live(self, shard: int) -> bool:
         """Whether the index places any record in ``shard`` (a record moved out whose move is not flushed yet is
-        still placed there)."""
-        for bno, off, length in self.index.blocks_of_shard(shard):
-            if self._live_filter(bno, [DocState.from_bytes(r) for r in self.shards.read_block(shard, off, length)]):
-                return True
-        return False
+        still placed there). Asked of the index's rows, not by reading the shard's blocks."""
+        return self.index.places_in_shard(shard)
 
     def _drop_shard(self, shard: int) -> None:
         bnos = [b for b, _, _ in self.index.blocks_of_shard(shard)]
