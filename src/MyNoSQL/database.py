@@ -1644,15 +1644,20 @@ class Database:
                     results.append(exc)
         return results
 
-    def revs_diff(self, query: dict[str, list[str]],
-                  ancestors: dict[str, list[str]] | None = None) -> dict[str, list[str]]:
+    def revs_diff(self, query: dict[str, list[str]], ancestors: dict[str, list[str]] | None = None,
+                  behind: dict[str, list[str]] | None = None) -> dict[str, list[str]]:
         """For each id, the revisions of the list that this database does not have. ``ancestors``, if given, is
         filled with CouchDB's ``possible_ancestors``: per id, the leaves here of a lower generation than a missing
-        revision (a sender sends their attachments as stubs: ``atts_since``)."""
+        revision (a sender sends their attachments as stubs: ``atts_since``). ``behind``, if given, with the
+        revisions of the list this database has moved past (see :meth:`behind`)."""
         store = self._check()
         out: dict[str, list[str]] = {}
         for id, revs in query.items():
             state = store.get_state(id)
+            if behind is not None and state is not None:
+                old = [r for r in revs if r in state.tree and r not in state.bodies]
+                if old:
+                    behind[id] = old
             missing = revtree.revs_diff(state.tree if state else None, revs)
             if missing:
                 out[id] = missing

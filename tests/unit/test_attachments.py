@@ -8,11 +8,11 @@ import hashlib
 import io
 import os
 import threading
-import time
 from pathlib import Path
 
 import psutil
 import pytest
+from support.mirrors import wait_until
 
 import MyNoSQL
 from MyNoSQL.errors import AttachmentNotFound, ConflictError, CorruptionError, DocumentNotFound, InvalidDocument
@@ -229,10 +229,8 @@ def test_a_crash_between_the_blob_and_its_record_leaves_no_orphan(tmp_path: Path
     h2.opendb("db")
     try:
         assert not list((blobs.dir / "tmp").iterdir())
-        deadline = time.monotonic() + 10  # the compactor deletes it once it made sure no record refers to it
-        while orphan.exists() and time.monotonic() < deadline:
-            time.sleep(0.02)
-        assert not orphan.exists()
+        # the compactor deletes it once it made sure no record refers to it
+        wait_until(lambda: not orphan.exists(), timeout=10, what="the orphan blob deleted")
         assert h2.getattachment("kept", "a") == b"kept bytes" and h2.readdoc("kept")["rev"] == kept
         assert h2.verify() == []
     finally:
@@ -399,10 +397,7 @@ def test_recovery_keeps_a_blob_another_record_reuses_and_removes_true_orphans(lo
     db.opendb("testdb")
     try:
         assert db.getattachment("r7", "p.jpg") == photo
-        deadline = time.monotonic() + 10
-        while orphans.has(orphan.key) and time.monotonic() < deadline:
-            time.sleep(0.02)
-        assert not orphans.has(orphan.key), "the true orphan is still there"
+        wait_until(lambda: not orphans.has(orphan.key), timeout=10, what="the true orphan deleted")
         assert path.is_file() and db.getattachment("r7", "p.jpg") == photo
         assert db.verify() == []
     finally:

@@ -151,16 +151,9 @@ class DocumentRoutes:
         db = await self.ctx.db(request)
         body = await self.rules.revs_body(request)
         ancestors: dict[str, list[str]] = {}
-        behind: dict[str, list[str]] = {}
-
-        def diff() -> dict[str, list[str]]:
-            missing = db.revs_diff(body, ancestors)
-            if flag(request, "mynosql_behind"):  # an extension a MyNoSQL peer asks for: see Database.behind
-                behind.update(db.behind((id, r) for id, revs in body.items() for r in revs
-                                        if r not in missing.get(id, ())))
-            return missing
-
-        missing = await asyncio.to_thread(diff)
+        behind: dict[str, list[str]] = {}  # an extension a MyNoSQL peer asks for: see Database.behind
+        missing = await asyncio.to_thread(db.revs_diff, body, ancestors,
+                                          behind if flag(request, "mynosql_behind") else None)
         out: dict[str, Any] = {}
         for id, revs in missing.items():
             out[id] = {"missing": revs}

@@ -1247,7 +1247,7 @@ class Store:
             if live <= 0:
                 # The index's counts say nothing there is live; its locations decide (a count that drifted,
                 # chaos seed 96162, must never delete a record): what they still place there moves first.
-                if not self._holds_live(shard):
+                if not self.index.places_in_shard(shard):  # (a record moved out, not flushed yet, is still there)
                     self._drop_shard(shard)
                 else:  # moved now (or when the newer state pending is flushed), then it goes
                     held = self._evacuate(shard)
@@ -1259,11 +1259,6 @@ class Store:
                 moved += self._evacuate(shard, step)
                 self._gc_pending.add(shard)
         return moved
-
-    def _holds_live(self, shard: int) -> bool:
-        """Whether the index places any record in ``shard`` (a record moved out whose move is not flushed yet is
-        still placed there). Asked of the index's rows, not by reading the shard's blocks."""
-        return self.index.places_in_shard(shard)
 
     def _drop_shard(self, shard: int) -> None:
         bnos = [b for b, _, _ in self.index.blocks_of_shard(shard)]
