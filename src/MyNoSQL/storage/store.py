@@ -97,6 +97,55 @@ RELEASE_SLICE = 512
 RELEASE_PAUSE = 0.0001
 
 
+def _frame_key(data: bytes, start: int) -> bytes:
+    """The opening of a state's bytes (``data[start:]``: ``["<id>",``) up to the first ``",`` in it: the same for two
+    states of one record (a state's bytes open with its id), rarely for two records (only ids that share what
+    comes before a ``",`` inside one of them, which JSON writes as an escaped quote and a comma)."""
+    return data[start : data.find(b'",', start + 2) + 2]
+
+
+class _Frames(deque):  # type: ignore[type-arg]
+    """The other processes' frames read from the shared log and not in the memtable yet, in log order (among them
+    this process's own saves whose listeners wait for them: tuples), with a count of their records' keys
+    (:func:`_frame_key`): a save asks whether a frame of its record is queued in one lookup. A scan of the queue
+    per save (hundreds of frames when the owner's follower fell behind) took 15% of the owner's time
+    (bench/processes.py, py-spy)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.keys: dict[bytes, int] = {}
+        self._order: deque[bytes | None] = deque()  # each item's key (None for a tuple), in the same order
+
+    def extend(self, frames: list[bytes]) -> None:  # type: ignore[override]
+        if not frames:
+            return
+        keys = self.keys
+        got = [_frame_key(p, 4) for p in frames]
+        for k in got:
+            keys[k] = keys.get(k, 0) + 1
+        self._order.extend(got)
+        super().extend(frames)
+
+    def append(self, item: tuple[DocState, DocState | None]) -> None:
+        self._order.append(None)
+        super().append(item)
+
+    def popleft(self) -> bytes | tuple[DocState, DocState | None]:
+        k = self._order.popleft()
+        if k is not None:
+            keys = self.keys
+            n = keys[k] - 1
+            if n:
+                keys[k] = n
+            else:
+                del keys[k]
+        return super().popleft()  # type: ignore[no-any-return]
+
+    def may_hold(self, mine: bytes) -> bool:
+        """Whether a queued frame may be of the record whose bytes open with ``mine`` (``["<id>",``)."""
+        return _frame_key(mine, 0) in self.keys
+
+
 class _Moved(Exception):
     """A block vanished between the index lookup and the read (garbage collection moved its records)."""
 
@@ -167,7 +216,7 @@ class Store:
         # _put_shared), and the states they appended that are in the memtable and whose listeners have not run yet.
         self._shared: Control | None = None
         self._note: Callable[[str], None] | None = None
-        self._queued: deque[bytes | tuple[DocState, DocState | None]] = deque()
+        self._queued = _Frames()
         self._ingested: list[tuple[DocState, DocState | None]] = []
         self._dispatching = threading.Lock()  # held by the thread running their listeners (see _dispatch)
         self._put_at = 0.0  # when this process's last save began (while shared)
@@ -572,7 +621,7 @@ class Store:
         queued = self._queued
         queued.extend(self.wal.follow(locked=False)[0])
         mine = b"" if fresh else b"[" + orjson.dumps(id) + b","  # a frame's id opens it
-        if queued and mine and any(type(p) is bytes and p.startswith(mine, 4) for p in queued):
+        if queued and mine and queued.may_hold(mine):
             self._drain()
         elif queued:  # a share of the follower's work: the queue stays short, each save pays a bounded part of it
             self._drain(SAVE_SLICE)
