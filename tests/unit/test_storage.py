@@ -718,3 +718,15 @@ def test_the_queue_of_others_frames_finds_every_record_it_holds() -> None:
     popped = [q.popleft() for _ in range(len(q))]
     assert [p for p in popped if type(p) is bytes] == [frame(i) for i in held]
     assert not q.keys and not any(q.may_hold(opening(id)) for id in held)
+
+
+def test_the_id_hash_is_the_stored_formula() -> None:
+    """The index keeps each record under its id's hash: a faster computation must give the same numbers."""
+    import hashlib
+
+    from MyNoSQL.storage.index import id_hash
+
+    for id in ["a", "w1-1234", "é" * 40, "x" * 5000, "\x00", "record with spaces"]:
+        expected = int.from_bytes(hashlib.blake2b(id.encode(), digest_size=8).digest(), "little", signed=True)
+        assert id_hash(id) == expected
+    assert id_hash("a") == id_hash("a")  # the shared starting state is never changed

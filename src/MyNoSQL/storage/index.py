@@ -30,6 +30,7 @@ import contextlib
 import hashlib
 import os
 import sqlite3
+import struct
 import threading
 from array import array
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -84,8 +85,18 @@ def _rows(con: sqlite3.Connection, head: str, rows: Sequence[tuple[Any, ...]], t
         con.execute(f"{head} VALUES {','.join([one] * len(part))}{tail}", [v for r in part for v in r])
 
 
+_BLAKE2B_8 = hashlib.blake2b(digest_size=8)  # never updated: each hash starts from a copy (cheaper than a new one)
+_I64 = struct.Struct("<q").unpack
+
+
 def id_hash(id: str) -> int:
-    return int.from_bytes(hashlib.blake2b(id.encode(), digest_size=8).digest(), "little", signed=True)
+    """The index's key of a record id (stored: it must never change): the first 8 bytes of its BLAKE2b-64 digest,
+    a little-endian signed integer. Twice as fast as ``int.from_bytes(hashlib.blake2b(id.encode(), digest_size=8)
+    .digest(), "little", signed=True)``, which it equals: the owner of a shared log hashes every record twice
+    (7% of its time in bench/processes.py)."""
+    h = _BLAKE2B_8.copy()
+    h.update(id.encode())
+    return _I64(h.digest())[0]  # type: ignore[no-any-return]
 
 
 class Index:

@@ -812,7 +812,7 @@ class Store:
         self.record_count += (0 if new.purged else 1) - (0 if prev is None or prev.purged else 1)
         # The record cache is refreshed when this state leaves the memtables (end of its flush); until then
         # every read finds it in the memtable first.
-        if self._flush_due():
+        if self._flush_due() and not self._wake.is_set():  # (set() takes a lock: each save past the mark paid it)
             self._wake.set()
 
     def add_listener(self, listener: Listener) -> Callable[[], None]:
