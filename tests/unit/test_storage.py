@@ -730,3 +730,26 @@ def test_the_id_hash_is_the_stored_formula() -> None:
         expected = int.from_bytes(hashlib.blake2b(id.encode(), digest_size=8).digest(), "little", signed=True)
         assert id_hash(id) == expected
     assert id_hash("a") == id_hash("a")  # the shared starting state is never changed
+
+
+def test_the_record_cache_refreshes_only_what_it_holds() -> None:
+    """A flush replaces a cached record's state (in the LRU, or evicted but still held elsewhere) and adds none."""
+    import gc
+
+    from MyNoSQL.records.revtree import DocState
+
+    def state(id: str, seq: int) -> DocState:
+        return DocState(id, seq, {"1-" + "0" * 32: (None, False)}, {"1-" + "0" * 32: b"{}"})
+
+    cache: RecordCache[str, DocState] = RecordCache(2)
+    held = state("held", 1)
+    cache.put("held", held)
+    cache.put("b", state("b", 1))
+    cache.put("c", state("c", 1))  # "held" leaves the LRU; the weak map finds it while it is held
+    cache.put("gone", state("gone", 1))
+    cache.put("d", state("d", 1))  # "gone" leaves the LRU, and nothing else holds it
+    gc.collect()
+    for id in ("held", "d", "gone", "never"):
+        cache.refresh(id, state(id, 2))
+    assert cache.get("held").seq == 2 and cache.get("d").seq == 2  # type: ignore[union-attr]
+    assert cache.get("gone") is None and cache.get("never") is None

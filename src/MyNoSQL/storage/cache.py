@@ -68,7 +68,11 @@ class RecordCache(Generic[K, V]):
 
     def refresh(self, key: K, value: V) -> None:
         """Replace the cached value of ``key`` if there is one (a newer state of a cached record)."""
-        if key in self._lru or key in self._weak:
+        if key in self._lru:
+            self.put(key, value)
+            return
+        ref = self._wdata.get(key)  # `key in self._weak` is Python code (this runs for every record a flush packs)
+        if ref is not None and ref() is not None:
             self.put(key, value)
 
     def discard(self, key: K) -> None:
