@@ -538,7 +538,8 @@ def test_a_fresh_id_whose_hash_is_taken_goes_to_the_collision_table(location: Pa
     index = Index(location / "index.sqlite")
 
     def commit(placements: list[tuple[str, int, int, int, bool]]) -> list[bool]:
-        return index.commit_flush(blocks=[], placements=placements, shard_sizes={}, meta={}, sidx_set=[],
+        columns = tuple(list(c) for c in zip(*placements, strict=True))  # (ids, hashes, locs, prev_locs, prev_in_x)
+        return index.commit_flush(blocks=[], placements=columns, shard_sizes={}, meta={}, sidx_set=[],  # type: ignore[arg-type]
                                   sidx_del=[])
 
     try:

@@ -67,6 +67,11 @@ CREATE TABLE IF NOT EXISTS purges(seq INTEGER PRIMARY KEY, id TEXT NOT NULL, rev
 """
 
 
+# A flush's record placements, as columns: ids, id hashes, new locations, previous locations (-1: none), and
+# whether each previous state's row is in docs_x (see Index.commit_flush).
+Placements = tuple[Sequence[str], Sequence[int], Sequence[int], Sequence[int], Sequence[bool]]
+
+
 def _rows(con: sqlite3.Connection, head: str, rows: Sequence[tuple[Any, ...]], tail: str = "") -> None:
     """``head VALUES (..),(..),... tail`` with as many rows per statement as 999 parameters allow.
 
@@ -237,7 +242,7 @@ class Index:
         self,
         *,
         blocks: list[BlockInfo],
-        placements: list[tuple[str, int, int, int, bool]],
+        placements: Placements,
         shard_sizes: dict[int, int],
         meta: dict[str, Any],
         sidx_set: list[tuple[str, str, bytes]],
@@ -248,14 +253,16 @@ class Index:
         """One transaction: new blocks, record placements, live counts, shard lengths, meta, secondary indexes,
         and what ``extra(connection)`` writes (the query indexes' rows).
 
-        A placement is ``(id, h, loc, prev_loc, prev_in_x)``: the record's new location and where its previous
-        state was (``prev_loc`` -1: never on disk). Returns, per placement, whether it lives in ``docs_x``.
+        The placements are columns, ``(ids, hashes, locs, prev_locs, prev_in_x)``: each record's new location and
+        where its previous state was (``prev_loc`` -1: never on disk). Returns, per placement, whether it lives in
+        ``docs_x``. (Columns, not a tuple per record: a flush's tuples lived through dozens of the garbage
+        collector's young collections and made a third of the owner's in bench/processes.py.)
         A removal is ``(id, h, prev_loc, prev_in_x)``: a purged record, whose row goes (its state is dead).
         """
         with self._wlock:
             return self._commit_flush(blocks, placements, shard_sizes, meta, sidx_set, sidx_del, extra, removals)
 
-    def _commit_flush(self, blocks: list[BlockInfo], placements: list[tuple[str, int, int, int, bool]],
+    def _commit_flush(self, blocks: list[BlockInfo], placements: Placements,
                       shard_sizes: dict[int, int], meta: dict[str, Any], sidx_set: list[tuple[str, str, bytes]],
                       sidx_del: list[tuple[str, str]],
                       extra: Callable[[sqlite3.Connection], None] | None = None,
@@ -271,36 +278,40 @@ class Index:
                   [(b.bno, b.shard, b.offset, b.length, b.count, b.first_seq, b.last_seq, b.count) for b in blocks])
             docs_upd: list[tuple[int, int]] = []
             x_set: list[tuple[str, int]] = []
-            fresh: list[tuple[int, int, int]] = []  # (h, loc, k): a record never on disk before
-            for k, (id, h, loc, prev_loc, prev_in_x) in enumerate(placements):
+            ids, hashes, locs, prev_locs, prev_xs = placements
+            fresh: list[int] = []  # the placements of records never on disk before
+            for k, prev_loc in enumerate(prev_locs):
                 if prev_loc < 0:
-                    fresh.append((h, loc, k))
+                    fresh.append(k)
                     in_x.append(False)
                     continue
+                prev_in_x = prev_xs[k]
                 in_x.append(prev_in_x)
                 dead[prev_loc >> 8] = dead.get(prev_loc >> 8, 0) + 1
                 if prev_in_x:
-                    x_set.append((id, loc))
+                    x_set.append((ids[k], locs[k]))
                 else:
-                    docs_upd.append((h, loc))
+                    docs_upd.append((hashes[k], locs[k]))
             # A fresh record takes the row of its hash unless another id has it already (on disk, or an earlier
             # placement of this flush): a 1-in-2**64 event per pair, handled all the same, in docs_x. The rows
             # go in hash order (an insert lands next to the one before in the b-tree: ~30% less CPU than in
             # placement order at 1,000,000 rows) and INSERT OR IGNORE says how many it took; only a statement
             # that took fewer than its rows asks which (no SELECT of every hash first: half the commit's CPU).
-            fresh.sort(key=lambda f: f[0])  # stable: of two fresh ids of one hash, the earlier placement wins
+            fresh.sort(key=hashes.__getitem__)  # stable: of two fresh ids of one hash, the earlier placement wins
             per = 999 // 2
             for i in range(0, len(fresh), per):
                 rows = fresh[i : i + per]
+                params: list[int] = []
+                for k in rows:
+                    params += (hashes[k], locs[k])
                 before = w.total_changes
-                w.execute(f"INSERT OR IGNORE INTO docs(h, loc) VALUES {','.join(['(?,?)'] * len(rows))}",
-                          [v for h, loc, _k in rows for v in (h, loc)])
+                w.execute(f"INSERT OR IGNORE INTO docs(h, loc) VALUES {','.join(['(?,?)'] * len(rows))}", params)
                 if w.total_changes - before != len(rows):
-                    hs = list({h for h, _loc, _k in rows})
+                    hs = list({hashes[k] for k in rows})
                     have = set(w.execute(f"SELECT h, loc FROM docs WHERE h IN ({','.join('?' * len(hs))})", hs))
-                    for h, loc, k in rows:
-                        if (h, loc) not in have:  # locations are unique: this placement's row was not taken
-                            x_set.append((placements[k][0], loc))
+                    for k in rows:
+                        if (hashes[k], locs[k]) not in have:  # locations are unique: this placement's row was not taken
+                            x_set.append((ids[k], locs[k]))
                             in_x[k] = True
             docs_upd.sort()
             _rows(w, "INSERT OR REPLACE INTO docs(h, loc)", docs_upd)  # rows that exist: a replace is an update

@@ -1190,8 +1190,8 @@ class Store:
         try:
             in_x = self.index.commit_flush(
                 blocks=infos,
-                placements=[(s.id, h, loc, s.disk_loc, s.in_x)
-                            for s, h, loc in zip(states, hashes, locs, strict=True)],
+                placements=([s.id for s in states], hashes, locs, [s.disk_loc for s in states],
+                            [s.in_x for s in states]),
                 removals=removals,
                 shard_sizes=sizes,
                 meta={"flushed_seq": every[-1].seq, "next_bno": bno, "live_count": self._flushed_live + delta},
@@ -1235,13 +1235,13 @@ class Store:
         # The packed states learn where they are, a slice at a time under the write lock (each record's update is
         # atomic against a saver that replaces it), with a pause between slices in which waiting savers get the
         # lock: a whole flush's worth at once held every saver for 5-70 ms (bench/processes.py on 2 busy CPUs).
-        placed = list(zip(states, locs, in_x, strict=True))
-        for start in range(0, len(placed), RELEASE_SLICE):
+        for start in range(0, len(states), RELEASE_SLICE):
             if start:
                 time.sleep(RELEASE_PAUSE)
             with self.lock:
                 active = self._active
-                for s, loc, x in placed[start:start + RELEASE_SLICE]:
+                end = start + RELEASE_SLICE  # (zip's tuple is reused: no tuple per record lives through the slices)
+                for s, loc, x in zip(states[start:end], locs[start:end], in_x[start:end], strict=True):
                     s.disk_loc, s.in_x, s.raw = loc, x, None
                     self.cache.refresh(s.id, s)
                     newer = active.get(s.id)
