@@ -41,8 +41,8 @@ PURGED_REV = "0-purged"
 Tree = dict[str, tuple[str | None, bool]]
 # The node of a first revision, one object for all (a constant: the garbage collector does not track it, nor then
 # the tree of a one-revision record that holds it). A tuple made per record made a decoded record three objects
-# for the collector instead of one: the owner of a shared log decodes every other process's save (its full
-# collections took 25-45 ms with a flush's worth of them in memory: bench/processes.py).
+# for the collector instead of one, and the owner of a shared log decodes every other process's save
+# (bench/processes.py).
 ROOT_NODES = ((None, False), (None, True))
 _NO_ATTS: dict[str, dict[str, Any]] = {}
 

@@ -255,8 +255,8 @@ class Index:
 
         The placements are columns, ``(ids, hashes, locs, prev_locs, prev_in_x)``: each record's new location and
         where its previous state was (``prev_loc`` -1: never on disk). Returns, per placement, whether it lives in
-        ``docs_x``. (Columns, not a tuple per record: a flush's tuples lived through dozens of the garbage
-        collector's young collections and made a third of the owner's in bench/processes.py.)
+        ``docs_x``. (Columns, not a tuple per record: a flush's tuples lived as long as the flush, as many survivors
+        of the garbage collector's young collections as the records themselves in bench/processes.py.)
         A removal is ``(id, h, prev_loc, prev_in_x)``: a purged record, whose row goes (its state is dead).
         """
         with self._wlock:

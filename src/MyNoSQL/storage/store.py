@@ -698,29 +698,31 @@ class Store:
 
     def _ingest(self, payloads: list[bytes]) -> None:
         """Under the write lock: the states other processes appended into the memtable (their listeners run at
-        the next _dispatch). The owner of a shared log reads every other process's save here (a third of its time
+        the next _dispatch). The owner of a shared log reads every other process's save here (a quarter of its time
         in bench/processes.py): ``_get_raw`` inlined, the loop's lookups hoisted out of it."""
         from_bytes = DocState.from_bytes
         active, frozen, cache = self._active, self._frozen, self.cache
         install, ingested = self._install, self._ingested
         top = self.seq
-        for payload in payloads:
-            state = from_bytes(payload)
-            state.raw = payload
-            id = state.id
-            raw = active.get(id)
-            if raw is None:
-                raw = frozen.get(id)
+        try:
+            for payload in payloads:
+                state = from_bytes(payload)
+                state.raw = payload
+                id = state.id
+                raw = active.get(id)
                 if raw is None:
-                    raw = cache.get(id)
+                    raw = frozen.get(id)
                     if raw is None:
-                        raw = self._get_disk(id)
-            install(state, raw)
-            if state.seq > top:
-                top = state.seq
-            ingested.append((state, None if raw is None or raw.purged else raw))
-        self.seq = top
-        self._puts += len(payloads)
+                        raw = cache.get(id)
+                        if raw is None:
+                            raw = self._get_disk(id)
+                install(state, raw)
+                if state.seq > top:
+                    top = state.seq
+                ingested.append((state, None if raw is None or raw.purged else raw))
+        finally:  # (what was installed before a frame that failed to decode counts)
+            self.seq = top
+            self._puts += len(payloads)
         if payloads:
             if not self._want_bloom:
                 self._want_bloom = True
