@@ -754,3 +754,40 @@ def test_the_record_cache_refreshes_only_what_it_holds() -> None:
         cache.refresh(id, state(id, 2))
     assert cache.get("held").seq == 2 and cache.get("d").seq == 2  # type: ignore[union-attr]
     assert cache.get("gone") is None and cache.get("never") is None
+
+
+def test_a_flush_that_an_unshare_overtakes_after_its_commit_stands(location: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """An owner that stops sharing (it closes, or hands over) closes the log's control page; a flush of its
+    compactor that had already committed then wrote the page's FLUSHED/OLDEST fields into a closed mapping, and
+    ``pack_into`` raises TypeError there, which the flush did not expect (it suppressed ValueError): the flush
+    failed after its commit, put its records back with their old locations, and their next flush counted them dead
+    in their old blocks again (seen as "compactor of bench failed: TypeError: argument must be read-write
+    bytes-like object, not mmap.mmap" at the owner's close in bench/processes.py; chaos seed 96162's `verify`
+    complaint is this drift). The page now says ValueError, and the flush stands."""
+    opts = MyNoSQL.Options(flush_docs=1_000, flush_interval=3600, background_sync=False)
+    with MyNoSQL.MyNoSQL(location, options=opts) as db:
+        db.opendb("overtaken")
+        store = db.db._store
+        assert store.share(lambda id: None)
+        recs = [db.savedoc({"id": f"r{i}", "v": 0}) for i in range(20)]
+        store.flush()
+        recs = [db.savedoc({**r, "v": 1}) for r in recs]
+        real = store.wal.remove_through
+
+        def unshared_meanwhile(n: int) -> None:  # between the flush's two writes to the control page
+            monkeypatch.setattr(store.wal, "remove_through", real)
+            store.unshare()
+            real(n)
+
+        monkeypatch.setattr(store.wal, "remove_through", unshared_meanwhile)
+        store.flush()  # the old code raised TypeError here (and undid the flush in memory)
+        assert not store.has_pending()
+        recs = [db.savedoc({**r, "v": 2}) for r in recs]
+        store.flush()
+        assert [db.readdoc(r["id"])["v"] for r in recs] == [2] * 20
+        assert db.verify() == []
+    with MyNoSQL.MyNoSQL(location) as db:
+        db.opendb("overtaken")
+        assert db.verify() == []
+        assert [db.readdoc(f"r{i}")["v"] for i in range(20)] == [2] * 20

@@ -1223,7 +1223,7 @@ class Store:
                             self.directory.name, type(exc).__name__, exc)
         ctl = self._shared
         if ctl is not None:  # before the segments go: other processes' appenders learn that the index moved on
-            with contextlib.suppress(ValueError):  # unshared meanwhile (closing)
+            with contextlib.suppress(ValueError):  # unshared meanwhile (closing): the page is closed (Control.put)
                 ctl.put(FLUSHED, self.flushed_seq)
         with contextlib.suppress(OSError):
             self.wal.remove_through(closed_segment)

@@ -124,7 +124,12 @@ class Control:
         return _U64.unpack_from(self.mm, field)[0]  # type: ignore[no-any-return]
 
     def put(self, field: int, value: int) -> None:
-        _U64.pack_into(self.mm, field, value)
+        try:
+            _U64.pack_into(self.mm, field, value)
+        except TypeError:  # what pack_into raises for a closed mapping; get raises ValueError, as callers expect
+            if self.mm.closed:
+                raise ValueError("the log's control page is closed (the log is no longer shared)") from None
+            raise
 
     def fields(self) -> tuple[int, ...]:
         return _FIELDS.unpack_from(self.mm, 0)
