@@ -745,12 +745,12 @@ def test_the_record_cache_refreshes_only_what_it_holds() -> None:
     cache: RecordCache[str, DocState] = RecordCache(2)
     held = state("held", 1)
     cache.put("held", held)
-    cache.put("b", state("b", 1))
-    cache.put("c", state("c", 1))  # "held" leaves the LRU; the weak map finds it while it is held
     cache.put("gone", state("gone", 1))
-    cache.put("d", state("d", 1))  # "gone" leaves the LRU, and nothing else holds it
+    cache.put("b", state("b", 1))
+    cache.put("d", state("d", 1))  # both left the LRU: the weak map finds "held" (held here), not "gone"
     gc.collect()
-    for id in ("held", "d", "gone", "never"):
+    assert len(cache) == 2 and cache._wdata["held"]() is held and cache._wdata.get("gone", lambda: None)() is None
+    for id in ("d", "gone", "never", "held"):
         cache.refresh(id, state(id, 2))
     assert cache.get("held").seq == 2 and cache.get("d").seq == 2  # type: ignore[union-attr]
     assert cache.get("gone") is None and cache.get("never") is None
@@ -763,8 +763,8 @@ def test_a_flush_that_an_unshare_overtakes_after_its_commit_stands(location: Pat
     ``pack_into`` raises TypeError there, which the flush did not expect (it suppressed ValueError): the flush
     failed after its commit, put its records back with their old locations, and their next flush counted them dead
     in their old blocks again (seen as "compactor of bench failed: TypeError: argument must be read-write
-    bytes-like object, not mmap.mmap" at the owner's close in bench/processes.py; chaos seed 96162's `verify`
-    complaint is this drift). The page now says ValueError, and the flush stands."""
+    bytes-like object, not mmap.mmap" at an owner's close in a 4-process diagnostic run; the drift gives the
+    `verify` complaint of chaos seed 96162). The page now says ValueError, and the flush stands."""
     opts = MyNoSQL.Options(flush_docs=1_000, flush_interval=3600, background_sync=False)
     with MyNoSQL.MyNoSQL(location, options=opts) as db:
         db.opendb("overtaken")
