@@ -1655,7 +1655,7 @@ class Database:
         for id, revs in query.items():
             state = store.get_state(id)
             if behind is not None and state is not None:
-                old = [r for r in revs if r in state.tree and r not in state.bodies]
+                old = state.moved_past(revs)
                 if old:
                     behind[id] = old
             missing = revtree.revs_diff(state.tree if state else None, revs)
@@ -1676,7 +1676,7 @@ class Database:
         out: dict[str, list[str]] = {}
         for id, rev in query:
             state = store.get_state(id)
-            if state is not None and rev in state.tree and rev not in state.bodies:
+            if state is not None and state.moved_past((rev,)):
                 out.setdefault(id, []).append(rev)
         return out
 

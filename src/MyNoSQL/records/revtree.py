@@ -257,6 +257,12 @@ class DocState:
         tree = self.tree
         return [r for r in sorted_leaves(tree)[1:] if tree[r][1]]
 
+    def moved_past(self, revs: Iterable[str]) -> list[str]:
+        """Those of ``revs`` this record has as revisions that are no longer leaves (bodies are kept for leaves
+        only): it has later ones (see Database.behind)."""
+        tree, bodies = self.tree, self.bodies
+        return [r for r in revs if r in tree and r not in bodies]
+
     def leaf_atts(self, rev: str) -> dict[str, dict[str, Any]]:
         """The attachments of leaf ``rev`` (an empty dict when it has none: do not change it)."""
         atts = self.atts

@@ -114,32 +114,25 @@ class _Frames(deque):  # type: ignore[type-arg]
     def __init__(self) -> None:
         super().__init__()
         self.keys: dict[bytes, int] = {}
-        self._order: deque[bytes | None] = deque()  # each item's key (None for a tuple), in the same order
 
     def extend(self, frames: list[bytes]) -> None:  # type: ignore[override]
-        if not frames:
-            return
         keys = self.keys
-        got = [_frame_key(p, 4) for p in frames]
-        for k in got:
+        for p in frames:
+            k = _frame_key(p, 4)
             keys[k] = keys.get(k, 0) + 1
-        self._order.extend(got)
         super().extend(frames)
 
-    def append(self, item: tuple[DocState, DocState | None]) -> None:
-        self._order.append(None)
-        super().append(item)
-
     def popleft(self) -> bytes | tuple[DocState, DocState | None]:
-        k = self._order.popleft()
-        if k is not None:
+        item = super().popleft()
+        if type(item) is bytes:
             keys = self.keys
+            k = _frame_key(item, 4)
             n = keys[k] - 1
             if n:
                 keys[k] = n
             else:
                 del keys[k]
-        return super().popleft()  # type: ignore[no-any-return]
+        return item  # type: ignore[no-any-return]
 
     def may_hold(self, mine: bytes) -> bool:
         """Whether a queued frame may be of the record whose bytes open with ``mine`` (``["<id>",``)."""
